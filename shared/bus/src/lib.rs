@@ -1,0 +1,122 @@
+//! The message bus between Strata's stages.
+//!
+//! Stages exchange chunks through two kinds of channel, and this crate owns both behind the [`Bus`] trait:
+//!
+//! - **work queues** ([`Queue`]): durable, competing-consumer queues, one per stage. A message published with
+//!   [`Bus::publish_work`] is stored by the bus once the call returns; each message goes to exactly one worker of
+//!   the pool, which must [`Delivery::ack`] it once its output is safely handed on. An unacknowledged message is
+//!   redelivered (NATS: after the ack wait) to some worker.
+//! - **events** ([`Bus::publish_event`], [`Bus::subscribe`]): fire-and-forget notifications on a subject
+//!   (chunk-stored confirmations, backup requests and status). They may be lost; every consumer of an event
+//!   waits with a deadline and fails cleanly instead of hanging, so correctness never depends on them.
+//!
+//! Two implementations: [`nats::NatsBus`] (JetStream work-queue streams plus core NATS subjects) for a fleet,
+//! and [`local::LocalBus`] (bounded in-process channels) for the single-host mode, where every stage runs as a
+//! task of one process. Nothing above this crate knows which one it talks to.
+
+pub mod local;
+pub mod nats;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::time::Duration;
+
+pub use local::LocalBus;
+pub use nats::NatsBus;
+
+/// A stage's durable work queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Queue {
+    /// Plain chunks from the collector (and archive-push), waiting to be compressed and encrypted.
+    Seal,
+    /// Sealed chunks and commit requests, waiting for an uploader.
+    Upload,
+}
+
+impl Queue {
+    pub const ALL: [Queue; 2] = [Queue::Seal, Queue::Upload];
+
+    /// The JetStream stream holding this queue.
+    pub fn stream_name(self) -> &'static str {
+        match self {
+            Queue::Seal => "STRATA_SEAL",
+            Queue::Upload => "STRATA_UPLOAD",
+        }
+    }
+
+    /// The subject messages of this queue are published on.
+    pub fn subject(self) -> &'static str {
+        match self {
+            Queue::Seal => "strata.work.seal",
+            Queue::Upload => "strata.work.upload",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot reach the message bus at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the bus did not confirm a publish on {subject}: {reason}")]
+    PublishFailed { subject: String, reason: String },
+    #[error("message of {size} bytes exceeds the bus limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("bus setup failed: {0}")]
+    Setup(String),
+    #[error("the bus is closed")]
+    Closed,
+}
+
+impl BusError {
+    /// True when retrying the same call cannot succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, BusError::TooLarge { .. } | BusError::Setup(_) | BusError::Closed)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, BusError>;
+
+/// One message taken from a work queue. It must be acknowledged once the worker's output is durable
+/// (published on the next queue, or written to the repository); dropping it unacknowledged makes the bus
+/// redeliver it.
+#[async_trait]
+pub trait Delivery: Send {
+    fn payload(&self) -> &Bytes;
+    /// Removes the message from the queue. Returns once the bus has confirmed it.
+    async fn ack(self: Box<Self>) -> Result<()>;
+    /// Gives the message back for redelivery (to any worker) after `delay`.
+    async fn nak(self: Box<Self>, delay: Duration) -> Result<()>;
+}
+
+/// A worker's handle on a work queue.
+#[async_trait]
+pub trait WorkStream: Send {
+    /// Waits for the next message; `None` once the bus is closed.
+    async fn next(&mut self) -> Option<Result<Box<dyn Delivery>>>;
+    /// Returns the next message if one arrives within `wait`, else `Ok(None)`. Lets batching workers notice
+    /// that their input went idle.
+    async fn next_within(&mut self, wait: Duration) -> Result<Option<Box<dyn Delivery>>>;
+}
+
+/// A subscription to an event subject.
+#[async_trait]
+pub trait EventStream: Send {
+    /// Waits for the next event; `None` once the subscription ended.
+    async fn next(&mut self) -> Option<Bytes>;
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync {
+    /// Stores `payload` on `queue`. Returns only once the bus holds it durably (JetStream's publish ack).
+    async fn publish_work(&self, queue: Queue, payload: Bytes) -> Result<()>;
+    /// Joins the pool of workers of `queue`.
+    async fn work(&self, queue: Queue) -> Result<Box<dyn WorkStream>>;
+    /// Sends a best-effort event.
+    async fn publish_event(&self, subject: &str, payload: Bytes) -> Result<()>;
+    /// Receives the events of `subject`. With a `group`, each event goes to one member of the group only.
+    async fn subscribe(&self, subject: &str, group: Option<&str>) -> Result<Box<dyn EventStream>>;
+    /// The largest payload this bus carries.
+    fn max_payload(&self) -> usize;
+    /// Makes sure every event published before this call left the process (NATS flush).
+    async fn flush(&self) -> Result<()>;
+}

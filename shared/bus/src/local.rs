@@ -1,0 +1,221 @@
+//! The single-host bus: bounded in-process channels with the same contract as the NATS one.
+//!
+//! Work queues are bounded `async_channel`-style queues (a tokio mpsc receiver shared by the workers behind a
+//! mutex), so a fast producer waits for slow workers instead of growing memory. Nothing is persisted: in the
+//! single-host mode every stage lives and dies with the process, and a crash fails the backup, which the
+//! manifest-last rule makes harmless. `nak` puts the message back at the end of the queue.
+
+use super::{Bus, BusError, Delivery, EventStream, Queue, Result, WorkStream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, Mutex as AsyncMutex};
+
+/// Messages a work queue holds before `publish_work` waits.
+const QUEUE_DEPTH: usize = 32;
+/// Events a slow subscriber may fall behind before it starts losing them (which events are allowed to do).
+const EVENT_BACKLOG: usize = 4096;
+/// The single-host bus carries chunks by reference; this only mirrors the limit of the deployed NATS config
+/// so that a chunk size that works here also works on a fleet.
+const LOCAL_MAX_PAYLOAD: usize = 8 * 1024 * 1024;
+
+struct WorkChannel {
+    tx: mpsc::Sender<Bytes>,
+    rx: Arc<AsyncMutex<mpsc::Receiver<Bytes>>>,
+}
+
+/// An in-process [`Bus`]; clones share the same queues and subjects.
+#[derive(Clone)]
+pub struct LocalBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queues: HashMap<Queue, WorkChannel>,
+    subjects: Mutex<HashMap<String, broadcast::Sender<Bytes>>>,
+    groups: Mutex<HashMap<(String, String), Arc<AsyncMutex<broadcast::Receiver<Bytes>>>>>,
+}
+
+impl Default for LocalBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalBus {
+    pub fn new() -> Self {
+        let queues = Queue::ALL
+            .iter()
+            .map(|q| {
+                let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+                (*q, WorkChannel { tx, rx: Arc::new(AsyncMutex::new(rx)) })
+            })
+            .collect();
+        LocalBus {
+            inner: Arc::new(Inner {
+                queues,
+                subjects: Mutex::new(HashMap::new()),
+                groups: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn sender(&self, subject: &str) -> broadcast::Sender<Bytes> {
+        let mut subjects = self.inner.subjects.lock().expect("bus subject map poisoned");
+        subjects.entry(subject.to_string()).or_insert_with(|| broadcast::channel(EVENT_BACKLOG).0).clone()
+    }
+}
+
+struct LocalDelivery {
+    payload: Bytes,
+    requeue: mpsc::Sender<Bytes>,
+}
+
+#[async_trait]
+impl Delivery for LocalDelivery {
+    fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+    async fn ack(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+    async fn nak(self: Box<Self>, delay: Duration) -> Result<()> {
+        let requeue = self.requeue.clone();
+        let payload = self.payload;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = requeue.send(payload).await;
+        });
+        Ok(())
+    }
+}
+
+struct LocalWork {
+    rx: Arc<AsyncMutex<mpsc::Receiver<Bytes>>>,
+    requeue: mpsc::Sender<Bytes>,
+}
+
+impl LocalWork {
+    fn wrap(&self, payload: Bytes) -> Box<dyn Delivery> {
+        Box::new(LocalDelivery { payload, requeue: self.requeue.clone() })
+    }
+}
+
+#[async_trait]
+impl WorkStream for LocalWork {
+    async fn next(&mut self) -> Option<Result<Box<dyn Delivery>>> {
+        let payload = self.rx.lock().await.recv().await?;
+        Some(Ok(self.wrap(payload)))
+    }
+    async fn next_within(&mut self, wait: Duration) -> Result<Option<Box<dyn Delivery>>> {
+        let mut rx = match tokio::time::timeout(wait, self.rx.lock()).await {
+            Ok(rx) => rx,
+            Err(_) => return Ok(None),
+        };
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(payload)) => Ok(Some(self.wrap(payload))),
+            Ok(None) => Err(BusError::Closed),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+struct LocalEvents {
+    rx: Arc<AsyncMutex<broadcast::Receiver<Bytes>>>,
+}
+
+#[async_trait]
+impl EventStream for LocalEvents {
+    async fn next(&mut self) -> Option<Bytes> {
+        let mut rx = self.rx.lock().await;
+        loop {
+            match rx.recv().await {
+                Ok(b) => return Some(b),
+                // A lagging subscriber loses events, as it would on NATS; the waiter's deadline copes.
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for LocalBus {
+    async fn publish_work(&self, queue: Queue, payload: Bytes) -> Result<()> {
+        if payload.len() > LOCAL_MAX_PAYLOAD {
+            return Err(BusError::TooLarge { size: payload.len(), limit: LOCAL_MAX_PAYLOAD });
+        }
+        self.inner.queues[&queue].tx.send(payload).await.map_err(|_| BusError::Closed)
+    }
+
+    async fn work(&self, queue: Queue) -> Result<Box<dyn WorkStream>> {
+        let ch = &self.inner.queues[&queue];
+        Ok(Box::new(LocalWork { rx: ch.rx.clone(), requeue: ch.tx.clone() }))
+    }
+
+    async fn publish_event(&self, subject: &str, payload: Bytes) -> Result<()> {
+        // No subscriber is not an error: events are best-effort.
+        let _ = self.sender(subject).send(payload);
+        Ok(())
+    }
+
+    async fn subscribe(&self, subject: &str, group: Option<&str>) -> Result<Box<dyn EventStream>> {
+        let tx = self.sender(subject);
+        let rx = match group {
+            // Members of a group share one receiver, so each event reaches one of them.
+            Some(group) => {
+                let mut groups = self.inner.groups.lock().expect("bus group map poisoned");
+                groups
+                    .entry((subject.to_string(), group.to_string()))
+                    .or_insert_with(|| Arc::new(AsyncMutex::new(tx.subscribe())))
+                    .clone()
+            }
+            None => Arc::new(AsyncMutex::new(tx.subscribe())),
+        };
+        Ok(Box::new(LocalEvents { rx }))
+    }
+
+    fn max_payload(&self) -> usize {
+        LOCAL_MAX_PAYLOAD
+    }
+
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn work_is_shared_between_workers_and_nak_redelivers() {
+        let bus = LocalBus::new();
+        let mut w1 = bus.work(Queue::Seal).await.unwrap();
+        let mut w2 = bus.work(Queue::Seal).await.unwrap();
+        bus.publish_work(Queue::Seal, Bytes::from_static(b"a")).await.unwrap();
+        bus.publish_work(Queue::Seal, Bytes::from_static(b"b")).await.unwrap();
+        let a = w1.next().await.unwrap().unwrap();
+        let b = w2.next().await.unwrap().unwrap();
+        assert_eq!(a.payload().as_ref(), b"a");
+        assert_eq!(b.payload().as_ref(), b"b");
+        a.nak(Duration::ZERO).await.unwrap();
+        let again = w2.next().await.unwrap().unwrap();
+        assert_eq!(again.payload().as_ref(), b"a");
+        assert!(w1.next_within(Duration::from_millis(20)).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn events_reach_every_plain_subscriber_and_one_group_member() {
+        let bus = LocalBus::new();
+        let mut s1 = bus.subscribe("x", None).await.unwrap();
+        let mut s2 = bus.subscribe("x", None).await.unwrap();
+        let mut g1 = bus.subscribe("x", Some("g")).await.unwrap();
+        bus.publish_event("x", Bytes::from_static(b"1")).await.unwrap();
+        assert_eq!(s1.next().await.unwrap().as_ref(), b"1");
+        assert_eq!(s2.next().await.unwrap().as_ref(), b"1");
+        assert_eq!(g1.next().await.unwrap().as_ref(), b"1");
+    }
+}

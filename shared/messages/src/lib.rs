@@ -1,0 +1,275 @@
+//! The wire contract between Strata's stages, and the persisted records built from it.
+//!
+//! Every message and record is an rkyv archive. The crate is built with rkyv's `unaligned` feature because
+//! NATS hands payloads over at arbitrary offsets of its read buffer: with alignment 1, [`decode`] validates a
+//! payload in place and a chunk's bytes are borrowed straight from the received buffer, never copied.
+//!
+//! Every top-level type starts with a `version` field set to [`FORMAT_VERSION`]; [`decode`] refuses any other
+//! value with a typed error, so a fleet running mixed versions fails loudly instead of misreading data. A
+//! future format change adds a migration from the previous version here.
+//!
+//! Subject names are built only by the functions in [`subjects`], never with `format!` at call sites.
+
+pub mod manifest;
+pub mod subjects;
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+pub use manifest::{BackupRecord, BackupSummary, BackupType, FileEntry, FileKind, Manifest, WalRecord};
+
+/// The version of every message and record format defined here.
+pub const FORMAT_VERSION: u16 = 1;
+
+/// Content address of a plain chunk: its BLAKE3 hash.
+pub type ChunkId = [u8; 32];
+
+/// Identifies one pack file in a repository (random, hex in file names).
+pub type PackId = [u8; 16];
+
+/// Where a sealed chunk lives in the repository.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub id: ChunkId,
+    pub pack: PackId,
+    /// Offset of the sealed chunk inside the pack.
+    pub offset: u64,
+    pub sealed_len: u32,
+    /// Length of the plain chunk.
+    pub raw_len: u32,
+}
+
+/// A plain chunk on its way to the sealer (collector or archive-push -> sealer).
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub struct PlainChunk {
+    pub version: u16,
+    /// The job (backup or WAL push) this chunk belongs to; confirmations go to [`subjects::job_events`].
+    pub job: String,
+    pub stanza: String,
+    pub id: ChunkId,
+    /// Whether the uploader may answer with a copy already in the repository instead of storing this one.
+    pub dedup: bool,
+    /// zstd level requested by the job's owner.
+    pub compress_level: i8,
+    pub data: Vec<u8>,
+}
+
+/// What the uploaders' queue carries.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub enum UploadWork {
+    Chunk(SealedChunk),
+    CommitBackup(CommitBackup),
+    CommitWal(CommitWal),
+}
+
+/// A sealed chunk (sealer -> uploader).
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub struct SealedChunk {
+    pub version: u16,
+    pub job: String,
+    pub stanza: String,
+    pub id: ChunkId,
+    pub dedup: bool,
+    pub raw_len: u32,
+    /// The chunk as stored in a pack: the seal envelope (header, compressed and possibly encrypted body).
+    pub sealed: Vec<u8>,
+}
+
+/// Asks an uploader to commit a backup: every chunk it references has been confirmed stored.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub struct CommitBackup {
+    pub version: u16,
+    pub job: String,
+    pub stanza: String,
+    /// Every pack the backup's manifest and files reference; the uploader checks each is present before it
+    /// writes the record.
+    pub packs: Vec<PackId>,
+    pub record: BackupRecord,
+}
+
+/// Asks an uploader to publish an archived WAL file whose chunks are stored.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub struct CommitWal {
+    pub version: u16,
+    pub job: String,
+    pub stanza: String,
+    pub record: WalRecord,
+}
+
+/// Uploader -> job owner, on [`subjects::job_events`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+pub enum JobEvent {
+    /// These chunks are durable in the repository, at these places.
+    Stored(Vec<ChunkRef>),
+    /// The commit was written.
+    Committed,
+    /// For WAL: the repository already holds this file with the same content; nothing was written.
+    AlreadyArchived,
+    /// The commit was refused; nothing was written.
+    Rejected(String),
+}
+
+/// `strata backup` -> collector, on [`subjects::backup_requests`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+pub struct BackupRequest {
+    pub version: u16,
+    /// Also the backup's job id: status events go to [`subjects::backup_status`] of it.
+    pub label: String,
+    pub stanza: String,
+    pub backup_type: BackupType,
+    /// What the stanza was created for; the collector refuses a cluster that doesn't match.
+    pub expect_system_id: u64,
+    pub expect_pg_major: u32,
+    pub compress_level: i8,
+}
+
+/// Collector -> `strata backup`, on [`subjects::backup_status`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+pub enum BackupStatus {
+    Started { start_lsn: u64, total_bytes: u64 },
+    Progress { done_bytes: u64, total_bytes: u64 },
+    Done(BackupSummary),
+    Failed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("malformed {what} message: {reason}")]
+    Malformed { what: &'static str, reason: String },
+    #[error("{what} has format version {found}, this build reads version {expected}")]
+    Version { what: &'static str, found: u16, expected: u16 },
+}
+
+/// Serializes a message or record.
+pub fn encode<T>(value: &T) -> Vec<u8>
+where
+    T: for<'a> Serialize<rkyv::api::high::HighSerializer<Vec<u8>, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>>,
+{
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(value, Vec::new()).expect("serializing into a Vec cannot fail")
+}
+
+/// Types whose archived form carries a format version to check.
+pub trait Versioned: Archive {
+    const WHAT: &'static str;
+    fn archived_version(archived: &Self::Archived) -> Option<u16>;
+}
+
+/// Validates `bytes` in place and checks the format version; borrows, never copies.
+pub fn decode<T>(bytes: &[u8]) -> Result<&T::Archived, DecodeError>
+where
+    T: Versioned,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::BoxedError>>
+        + rkyv::Portable,
+{
+    let archived = rkyv::access::<T::Archived, rkyv::rancor::BoxedError>(bytes)
+        .map_err(|e| DecodeError::Malformed { what: T::WHAT, reason: e.to_string() })?;
+    if let Some(found) = T::archived_version(archived) {
+        if found != FORMAT_VERSION {
+            return Err(DecodeError::Version { what: T::WHAT, found, expected: FORMAT_VERSION });
+        }
+    }
+    Ok(archived)
+}
+
+/// Turns an archived value back into an owned one.
+pub fn to_owned<T>(archived: &T::Archived) -> T
+where
+    T: Archive,
+    T::Archived: Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+{
+    rkyv::deserialize::<T, rkyv::rancor::Error>(archived).expect("deserializing a validated archive cannot fail")
+}
+
+macro_rules! versioned {
+    ($t:ty, $what:literal) => {
+        impl Versioned for $t {
+            const WHAT: &'static str = $what;
+            fn archived_version(a: &Self::Archived) -> Option<u16> {
+                Some(a.version.to_native())
+            }
+        }
+    };
+}
+versioned!(PlainChunk, "plain chunk");
+versioned!(BackupRequest, "backup request");
+versioned!(manifest::Manifest, "manifest");
+versioned!(manifest::BackupRecord, "backup record");
+versioned!(manifest::WalRecord, "wal record");
+
+impl Versioned for UploadWork {
+    const WHAT: &'static str = "upload work";
+    fn archived_version(a: &Self::Archived) -> Option<u16> {
+        Some(match a {
+            ArchivedUploadWork::Chunk(c) => c.version.to_native(),
+            ArchivedUploadWork::CommitBackup(c) => c.version.to_native(),
+            ArchivedUploadWork::CommitWal(c) => c.version.to_native(),
+        })
+    }
+}
+impl Versioned for JobEvent {
+    const WHAT: &'static str = "job event";
+    fn archived_version(_: &Self::Archived) -> Option<u16> {
+        None
+    }
+}
+impl Versioned for BackupStatus {
+    const WHAT: &'static str = "backup status";
+    fn archived_version(_: &Self::Archived) -> Option<u16> {
+        None
+    }
+}
+
+/// Lowercase hex of an id, for file names and messages.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_chunk_round_trips_at_any_offset_without_copying() {
+        let msg = PlainChunk {
+            version: FORMAT_VERSION,
+            job: "j".into(),
+            stanza: "main".into(),
+            id: [7; 32],
+            dedup: true,
+            compress_level: 1,
+            data: vec![42; 10_000],
+        };
+        let bytes = encode(&msg);
+        for offset in 0..4 {
+            let mut shifted = vec![0u8; offset];
+            shifted.extend_from_slice(&bytes);
+            let a = decode::<PlainChunk>(&shifted[offset..]).unwrap();
+            assert_eq!(a.data.len(), 10_000);
+            let data_ptr = a.data.as_slice().as_ptr() as usize;
+            let buf = shifted.as_ptr() as usize;
+            assert!(data_ptr >= buf && data_ptr < buf + shifted.len(), "payload must be borrowed");
+        }
+    }
+
+    #[test]
+    fn wrong_version_and_garbage_are_refused() {
+        let mut msg = PlainChunk {
+            version: FORMAT_VERSION + 1,
+            job: String::new(),
+            stanza: String::new(),
+            id: [0; 32],
+            dedup: false,
+            compress_level: 1,
+            data: vec![],
+        };
+        assert!(matches!(decode::<PlainChunk>(&encode(&msg)), Err(DecodeError::Version { .. })));
+        msg.version = FORMAT_VERSION;
+        let bytes = encode(&msg);
+        assert!(decode::<PlainChunk>(&bytes[..bytes.len() / 2]).is_err());
+    }
+}

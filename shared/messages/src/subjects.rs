@@ -1,0 +1,25 @@
+//! Names of the event subjects. Work queues are named by `strata_bus::Queue`.
+
+/// Where backup requests for a stanza go; collectors of that stanza listen in one queue group.
+pub fn backup_requests(stanza: &str) -> String {
+    format!("strata.collect.{}", token(stanza))
+}
+
+/// The queue group collectors of a stanza join, so one collector takes each request.
+pub const COLLECTOR_GROUP: &str = "collectors";
+
+/// Status of a backup, from its collector to whoever asked for it.
+pub fn backup_status(label: &str) -> String {
+    format!("strata.backup.{}.status", token(label))
+}
+
+/// Confirmations for one job's chunks and commit, from uploaders to the job's owner.
+pub fn job_events(job: &str) -> String {
+    format!("strata.job.{}", token(job))
+}
+
+/// NATS subject tokens cannot hold '.', '*', '>' or whitespace; labels and stanza names are restricted by the
+/// config and the CLI, but map anything else to '_' so a subject is never malformed.
+fn token(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}

@@ -1,0 +1,75 @@
+//! Where repository objects live: the [`Storage`] trait and its backends.
+//!
+//! A repository is a set of named objects ('/'-separated paths relative to the repository root). Backends
+//! promise the same thing whatever they are: a `put` or `put_new` that returned `Ok` is durable and complete
+//! (never half-written under its final name), so the repository's commit rule (manifest last) holds on any of
+//! them. What differs between backends is declared in [`Features`], not guessed by callers.
+//!
+//! Errors say what failed ([`StorageError`]) and whether retrying can help ([`StorageError::is_permanent`]).
+
+pub mod posix;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use posix::PosixStorage;
+
+/// What a backend can do, as data (pgBackRest's `StorageFeature` idea).
+#[derive(Debug, Clone, Copy)]
+pub struct Features {
+    /// Directories exist as things that must be created and synced (POSIX), rather than being inferred from
+    /// object names (S3).
+    pub directories: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub path: String,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{path}: not found in the repository")]
+    NotFound { path: String },
+    #[error("{path}: already exists in the repository")]
+    AlreadyExists { path: String },
+    #[error("{path}: permission denied")]
+    PermissionDenied { path: String },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: {reason}")]
+    Corrupt { path: String, reason: String },
+}
+
+impl StorageError {
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, StorageError::Io { .. })
+    }
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound { .. })
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// Where this storage is, for messages ("posix:/var/lib/strata/repo").
+    fn describe(&self) -> String;
+    fn features(&self) -> Features;
+    /// Checks the repository is reachable and writable (a healthcheck run before any work starts).
+    async fn check_writable(&self) -> Result<()>;
+    /// Stores `data` at `path`, replacing what was there, atomically and durably.
+    async fn put(&self, path: &str, data: Bytes) -> Result<()>;
+    /// Stores `data` at `path` only if nothing is there yet ([`StorageError::AlreadyExists`] otherwise),
+    /// atomically and durably. The WAL archive's never-overwrite rule rests on this.
+    async fn put_new(&self, path: &str, data: Bytes) -> Result<()>;
+    async fn get(&self, path: &str) -> Result<Bytes>;
+    async fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes>;
+    /// The object's size, or `None` when it does not exist.
+    async fn size(&self, path: &str) -> Result<Option<u64>>;
+    /// Every object under the directory `prefix` (recursively), sorted by path.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    async fn delete(&self, path: &str) -> Result<()>;
+}

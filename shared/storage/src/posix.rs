@@ -1,0 +1,258 @@
+//! A repository on a local or mounted file system.
+//!
+//! Durability: every object is written to a temporary name in its final directory, fsynced, then renamed (or,
+//! for `put_new`, hard-linked, which fails if the name exists) and the directory fsynced, as are directories
+//! this call created. Only then does the call return: a crash leaves either the old state or the complete new
+//! object, plus perhaps a `.tmp-*` file that readers ignore.
+
+use super::{Features, ObjectInfo, Result, Storage, StorageError};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+const TMP_PREFIX: &str = ".tmp-";
+
+#[derive(Debug, Clone)]
+pub struct PosixStorage {
+    root: PathBuf,
+}
+
+impl PosixStorage {
+    /// A repository rooted at `root`, which must exist: a missing repository is a configuration error, not
+    /// something to create silently on the wrong mount.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        match fs::metadata(&root) {
+            Ok(m) if m.is_dir() => Ok(PosixStorage { root }),
+            Ok(_) => Err(StorageError::Corrupt { path: root.display().to_string(), reason: "not a directory".into() }),
+            Err(e) => Err(io_err(&root, e)),
+        }
+    }
+
+    fn full(&self, path: &str) -> PathBuf {
+        self.root.join(path)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Path) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || f(&root)).await.expect("storage task panicked")
+    }
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> StorageError {
+    let path = path.display().to_string();
+    match e.kind() {
+        ErrorKind::NotFound => StorageError::NotFound { path },
+        ErrorKind::AlreadyExists => StorageError::AlreadyExists { path },
+        ErrorKind::PermissionDenied => StorageError::PermissionDenied { path },
+        _ => StorageError::Io { path, source: e },
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, e))
+}
+
+/// Creates `dir` and missing parents below `root`, fsyncing each parent whose entry list changed.
+fn create_dirs(root: &Path, dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        if parent != root && parent.starts_with(root) {
+            create_dirs(root, parent)?;
+        }
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => fsync_dir(dir.parent().unwrap_or(root)),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err(dir, e)),
+    }
+}
+
+fn write_tmp(root: &Path, target: &Path, data: &[u8]) -> Result<PathBuf> {
+    let dir = target.parent().unwrap_or(root);
+    create_dirs(root, dir)?;
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+    let tmp = dir.join(format!("{TMP_PREFIX}{name}-{:016x}", rand::random::<u64>()));
+    let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| io_err(&tmp, e))?;
+    let written = f.write_all(data).and_then(|_| f.sync_all());
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(&tmp, e));
+    }
+    Ok(tmp)
+}
+
+#[async_trait]
+impl Storage for PosixStorage {
+    fn describe(&self) -> String {
+        format!("posix:{}", self.root.display())
+    }
+
+    fn features(&self) -> Features {
+        Features { directories: true }
+    }
+
+    async fn check_writable(&self) -> Result<()> {
+        self.blocking(|root| {
+            let probe = root.join(format!("{TMP_PREFIX}probe-{:016x}", rand::random::<u64>()));
+            File::create(&probe).map_err(|e| io_err(root, e))?;
+            fs::remove_file(&probe).map_err(|e| io_err(&probe, e))
+        })
+        .await
+    }
+
+    async fn put(&self, path: &str, data: Bytes) -> Result<()> {
+        let target = self.full(path);
+        self.blocking(move |root| {
+            let tmp = write_tmp(root, &target, &data)?;
+            if let Err(e) = fs::rename(&tmp, &target) {
+                let _ = fs::remove_file(&tmp);
+                return Err(io_err(&target, e));
+            }
+            fsync_dir(target.parent().unwrap_or(root))
+        })
+        .await
+    }
+
+    async fn put_new(&self, path: &str, data: Bytes) -> Result<()> {
+        let target = self.full(path);
+        self.blocking(move |root| {
+            if target.exists() {
+                return Err(StorageError::AlreadyExists { path: target.display().to_string() });
+            }
+            let tmp = write_tmp(root, &target, &data)?;
+            // link(2) refuses an existing name atomically, which rename(2) would silently replace.
+            let linked = fs::hard_link(&tmp, &target);
+            let _ = fs::remove_file(&tmp);
+            linked.map_err(|e| io_err(&target, e))?;
+            fsync_dir(target.parent().unwrap_or(root))
+        })
+        .await
+    }
+
+    async fn get(&self, path: &str) -> Result<Bytes> {
+        let target = self.full(path);
+        self.blocking(move |_| fs::read(&target).map(Bytes::from).map_err(|e| io_err(&target, e))).await
+    }
+
+    async fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes> {
+        let target = self.full(path);
+        self.blocking(move |_| {
+            let mut f = File::open(&target).map_err(|e| io_err(&target, e))?;
+            f.seek(SeekFrom::Start(offset)).map_err(|e| io_err(&target, e))?;
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact(&mut buf).map_err(|e| match e.kind() {
+                ErrorKind::UnexpectedEof => StorageError::Corrupt {
+                    path: target.display().to_string(),
+                    reason: format!("shorter than {} bytes", offset + len),
+                },
+                _ => io_err(&target, e),
+            })?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn size(&self, path: &str) -> Result<Option<u64>> {
+        let target = self.full(path);
+        self.blocking(move |_| match fs::metadata(&target) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&target, e)),
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let start = self.full(prefix);
+        self.blocking(move |root| {
+            let mut out = Vec::new();
+            let mut stack = vec![start];
+            while let Some(dir) = stack.pop() {
+                let entries = match fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err(&dir, e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(|e| io_err(&dir, e))?;
+                    let name = entry.file_name();
+                    if name.to_string_lossy().starts_with(TMP_PREFIX) {
+                        continue;
+                    }
+                    let meta = entry.metadata().map_err(|e| io_err(&entry.path(), e))?;
+                    if meta.is_dir() {
+                        stack.push(entry.path());
+                    } else if let Ok(rel) = entry.path().strip_prefix(root) {
+                        out.push(ObjectInfo { path: rel.to_string_lossy().into_owned(), size: meta.len() });
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.path.cmp(&b.path));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, path: &str) -> Result<()> {
+        let target = self.full(path);
+        self.blocking(move |root| {
+            fs::remove_file(&target).map_err(|e| io_err(&target, e))?;
+            fsync_dir(target.parent().unwrap_or(root))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> (tempfile::TempDir, PosixStorage) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = PosixStorage::open(dir.path()).unwrap();
+        (dir, s)
+    }
+
+    #[tokio::test]
+    async fn put_get_list_delete() {
+        let (_d, s) = repo();
+        s.check_writable().await.unwrap();
+        s.put("a/b/c", Bytes::from_static(b"hello")).await.unwrap();
+        s.put("a/b/c", Bytes::from_static(b"hello2")).await.unwrap();
+        assert_eq!(s.get("a/b/c").await.unwrap().as_ref(), b"hello2");
+        assert_eq!(s.get_range("a/b/c", 1, 3).await.unwrap().as_ref(), b"ell");
+        assert!(matches!(s.get_range("a/b/c", 4, 10).await, Err(StorageError::Corrupt { .. })));
+        assert_eq!(s.size("a/b/c").await.unwrap(), Some(6));
+        assert_eq!(s.size("nope").await.unwrap(), None);
+        let l = s.list("a").await.unwrap();
+        assert_eq!(l, vec![ObjectInfo { path: "a/b/c".into(), size: 6 }]);
+        assert!(s.list("missing").await.unwrap().is_empty());
+        s.delete("a/b/c").await.unwrap();
+        assert!(s.get("a/b/c").await.unwrap_err().is_not_found());
+    }
+
+    #[tokio::test]
+    async fn put_new_never_overwrites() {
+        let (_d, s) = repo();
+        s.put_new("w/x", Bytes::from_static(b"one")).await.unwrap();
+        let err = s.put_new("w/x", Bytes::from_static(b"two")).await.unwrap_err();
+        assert!(matches!(err, StorageError::AlreadyExists { .. }));
+        assert_eq!(s.get("w/x").await.unwrap().as_ref(), b"one");
+        // No temporary files are left behind.
+        assert_eq!(s.list("w").await.unwrap().len(), 1);
+        assert_eq!(std::fs::read_dir(_d.path().join("w")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn missing_root_is_refused() {
+        assert!(PosixStorage::open("/nonexistent/strata-repo").unwrap_err().is_not_found());
+    }
+}
