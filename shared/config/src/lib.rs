@@ -1,0 +1,259 @@
+//! Strata's configuration: one TOML file shared by the CLI and every service, each key overridable from the
+//! environment.
+//!
+//! The file is read with the `config` crate into [`Config`], whose structs all deny unknown fields: a
+//! misspelt key is one clear error naming it, never a silently ignored setting. Environment variables
+//! `STRATA_<KEY>` override keys, with `__` between levels (`STRATA_BUS`, `STRATA_PIPELINE__CHUNK_SIZE`,
+//! `STRATA_STANZA__MAIN__PG_CONN`). Only variables whose first level is a top-level key of the file are read,
+//! so unrelated `STRATA_*` variables (a test harness's, say) do not break parsing.
+//!
+//! [`Config::load`] also validates what serde cannot: at least one repository, unique repository names,
+//! stanza names usable in object paths and NATS subjects.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("unknown stanza '{name}' (the config defines: {known})")]
+    UnknownStanza { name: String, known: String },
+}
+
+/// Where the stages exchange work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusConfig {
+    /// Every stage runs inside the process that needs it (single-host mode).
+    Local,
+    /// A NATS server with JetStream, e.g. `nats://127.0.0.1:4222`.
+    Nats(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `local` or a `nats://` URL.
+    #[serde(default = "default_bus")]
+    bus: String,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub stanza: BTreeMap<String, StanzaConfig>,
+    #[serde(default)]
+    pub repo: Vec<RepoConfig>,
+}
+
+fn default_bus() -> String {
+    "local".into()
+}
+
+/// How the pipeline cuts, compresses and batches data. Defaults were chosen by measurement (README).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Size of the chunks files are cut into (a multiple of 8 KiB, at most 4 MiB).
+    pub chunk_size: usize,
+    /// zstd level for data chunks (0 = store uncompressed).
+    pub compress_level: i32,
+    /// zstd level for WAL.
+    pub wal_compress_level: i32,
+    /// Files the collector reads at once.
+    pub read_workers: usize,
+    /// Concurrent sealing tasks per sealer process.
+    pub sealer_workers: usize,
+    /// Concurrent pack writers per uploader process.
+    pub uploader_workers: usize,
+    /// An uploader closes a pack once it holds this many sealed bytes.
+    pub pack_size: usize,
+    /// Plain bytes a collector may have in the pipeline without a stored confirmation.
+    pub in_flight_bytes: usize,
+    /// A backup or WAL push fails when no progress is confirmed for this many seconds.
+    pub stall_timeout_secs: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            chunk_size: 1024 * 1024,
+            compress_level: 1,
+            wal_compress_level: 3,
+            read_workers: 2,
+            sealer_workers: 2,
+            uploader_workers: 2,
+            pack_size: 64 * 1024 * 1024,
+            in_flight_bytes: 64 * 1024 * 1024,
+            stall_timeout_secs: 120,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StanzaConfig {
+    /// The cluster's data directory.
+    pub pg_data: PathBuf,
+    /// libpq connection string of a superuser (or a role allowed pg_backup_start/stop) on that cluster.
+    pub pg_conn: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RepoType {
+    Posix,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: RepoType,
+    /// Root directory (posix).
+    pub path: PathBuf,
+}
+
+const TOP_LEVEL_KEYS: [&str; 4] = ["bus", "pipeline", "stanza", "repo"];
+
+impl Config {
+    /// Reads and validates `path`, with `STRATA_*` overrides taken from `env`.
+    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid { path: path.display().to_string(), reason };
+        if !path.is_file() {
+            return Err(invalid("no such file".into()));
+        }
+        let overrides: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| {
+                k.strip_prefix("STRATA_")
+                    .map(|rest| TOP_LEVEL_KEYS.iter().any(|t| rest.to_ascii_lowercase().split("__").next() == Some(t)))
+                    .unwrap_or(false)
+            })
+            .collect();
+        let raw = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("STRATA")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(overrides)),
+            )
+            .build()
+            .map_err(|e| invalid(e.to_string()))?;
+        let cfg: Config = raw.try_deserialize().map_err(|e| invalid(e.to_string()))?;
+        cfg.validate().map_err(invalid)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.bus_config()?;
+        if self.repo.is_empty() {
+            return Err("no [[repo]] is configured".into());
+        }
+        for (i, r) in self.repo.iter().enumerate() {
+            if self.repo[..i].iter().any(|o| o.name == r.name) {
+                return Err(format!("repository name '{}' is used twice", r.name));
+            }
+        }
+        for name in self.stanza.keys() {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(format!("stanza name '{name}' may only hold letters, digits, '-' and '_'"));
+            }
+        }
+        let p = &self.pipeline;
+        if p.chunk_size == 0 || p.chunk_size % 8192 != 0 || p.chunk_size > 4 * 1024 * 1024 {
+            return Err(format!("pipeline.chunk_size = {} must be a multiple of 8192 up to 4 MiB", p.chunk_size));
+        }
+        if p.read_workers == 0 || p.sealer_workers == 0 || p.uploader_workers == 0 {
+            return Err("pipeline worker counts must be at least 1".into());
+        }
+        if p.in_flight_bytes < p.chunk_size {
+            return Err("pipeline.in_flight_bytes must be at least pipeline.chunk_size".into());
+        }
+        Ok(())
+    }
+
+    pub fn bus_config(&self) -> Result<BusConfig, String> {
+        if self.bus == "local" {
+            Ok(BusConfig::Local)
+        } else if self.bus.starts_with("nats://") || self.bus.starts_with("tls://") {
+            Ok(BusConfig::Nats(self.bus.clone()))
+        } else {
+            Err(format!("bus = '{}' must be \"local\" or a nats:// URL", self.bus))
+        }
+    }
+
+    pub fn bus(&self) -> BusConfig {
+        self.bus_config().expect("validated in load")
+    }
+
+    pub fn stanza(&self, name: &str) -> Result<&StanzaConfig, ConfigError> {
+        self.stanza.get(name).ok_or_else(|| ConfigError::UnknownStanza {
+            name: name.to_string(),
+            known: if self.stanza.is_empty() {
+                "none".into()
+            } else {
+                self.stanza.keys().cloned().collect::<Vec<_>>().join(", ")
+            },
+        })
+    }
+
+    /// The repository backups are written to: the first one listed.
+    pub fn primary_repo(&self) -> &RepoConfig {
+        &self.repo[0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    const GOOD: &str = r#"
+        bus = "local"
+        [stanza.main]
+        pg_data = "/var/lib/postgresql/15/main"
+        pg_conn = "host=/run/postgresql"
+        [[repo]]
+        name = "local"
+        type = "posix"
+        path = "/var/lib/strata"
+    "#;
+
+    #[test]
+    fn loads_and_env_overrides() {
+        let f = write(GOOD);
+        let env = vec![
+            ("STRATA_BUS".to_string(), "nats://127.0.0.1:4222".to_string()),
+            ("STRATA_PIPELINE__CHUNK_SIZE".to_string(), "262144".to_string()),
+            ("STRATA_BIN_DIR".to_string(), "/elsewhere".to_string()),
+        ];
+        let c = Config::load(f.path(), env).unwrap();
+        assert_eq!(c.bus(), BusConfig::Nats("nats://127.0.0.1:4222".into()));
+        assert_eq!(c.pipeline.chunk_size, 262144);
+        assert_eq!(c.stanza("main").unwrap().pg_conn, "host=/run/postgresql");
+        let err = c.stanza("other").unwrap_err().to_string();
+        assert_eq!(err, "unknown stanza 'other' (the config defines: main)");
+    }
+
+    #[test]
+    fn typos_and_bad_values_name_the_key() {
+        let f = write(&GOOD.replace("pg_conn", "pg_con"));
+        let err = Config::load(f.path(), vec![]).unwrap_err().to_string();
+        assert!(err.contains("pg_con"), "{err}");
+        let f = write(&GOOD.replace("posix", "ftp"));
+        assert!(Config::load(f.path(), vec![]).is_err());
+        let f = write(&GOOD.replace("\"local\"\n", "\"amqp://x\"\n"));
+        assert!(Config::load(f.path(), vec![]).unwrap_err().to_string().contains("bus"));
+        let f = write("bus = \"local\"\n");
+        assert!(Config::load(f.path(), vec![]).unwrap_err().to_string().contains("no [[repo]]"));
+        assert!(Config::load(Path::new("/nonexistent.toml"), vec![]).is_err());
+    }
+}

@@ -1,0 +1,373 @@
+//! The repository format, over any [`Storage`].
+//!
+//! ```text
+//! strata.repo                              format marker (JSON), written by the first stanza-create
+//! pack/<2 hex>/<32 hex>.pack               sealed chunks of any stanza, then the pack's index (see [`pack`])
+//! stanza/<name>/stanza.json                the cluster the stanza is for (system id, major version)
+//! stanza/<name>/backup/<label>.record      a committed backup: summary + where its manifest's chunks are
+//! stanza/<name>/wal/<16 hex>/<wal file>    an archived WAL file: its hash + where its chunks are
+//! ```
+//!
+//! # Consistency
+//! Objects are written durably before they are referenced: packs first, then records. A backup exists only
+//! once its record is written, and the record is written only after every pack it references is present
+//! ([`Repo::commit_backup`] checks). A failed or interrupted backup leaves packs that no record references;
+//! they are invisible to `info` and `restore` (expire reclaims them). WAL records are created with
+//! `put_new`, so an archived WAL file is never replaced; pushing the same name again is accepted only with
+//! identical content.
+//!
+//! Packs are shared by all stanzas, so identical chunks are stored once across the repository.
+
+pub mod pack;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use strata_messages::{decode, encode, hex, BackupRecord, ChunkId, ChunkRef, Manifest, PackId, WalRecord};
+use strata_seal::{SealError, Sealer};
+use strata_storage::{Storage, StorageError};
+
+pub use pack::PackBuilder;
+
+const FORMAT_MARKER: &str = "strata.repo";
+const REPO_FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("stanza '{stanza}' does not exist in repository {repo} (run stanza-create)")]
+    NoStanza { stanza: String, repo: String },
+    #[error("stanza '{stanza}' {reason}")]
+    StanzaMismatch { stanza: String, reason: String },
+    #[error("backup '{label}' does not exist in stanza '{stanza}'")]
+    NoBackup { stanza: String, label: String },
+    #[error("WAL file {name} is already archived with different content; the archived copy is kept")]
+    WalConflict { name: String },
+    #[error("pack {pack} is corrupt: {reason}")]
+    CorruptPack { pack: String, reason: String },
+    #[error("{path} is corrupt: {reason}")]
+    CorruptObject { path: String, reason: String },
+    #[error("chunk {chunk} (pack {pack}): {source}")]
+    Chunk { chunk: String, pack: String, source: SealError },
+    #[error("repository {repo}: {source}")]
+    Storage { repo: String, source: StorageError },
+}
+
+pub type Result<T> = std::result::Result<T, RepoError>;
+
+/// The cluster a stanza backs up; every backup and WAL file is checked against it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StanzaInfo {
+    pub stanza: String,
+    pub system_id: u64,
+    pub pg_version_num: u32,
+    pub pg_major: u32,
+    pub wal_segment_size: u64,
+    pub created: i64,
+}
+
+/// Result of pushing a WAL record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WalPut {
+    Stored,
+    /// The same file (same hash) was already archived; nothing was written.
+    AlreadyArchived,
+}
+
+#[derive(Clone)]
+pub struct Repo {
+    name: String,
+    storage: Arc<dyn Storage>,
+}
+
+pub fn pack_path(id: &PackId) -> String {
+    let h = hex(id);
+    format!("pack/{}/{}.pack", &h[..2], h)
+}
+
+fn stanza_dir(stanza: &str) -> String {
+    format!("stanza/{stanza}")
+}
+
+fn wal_path(stanza: &str, name: &str) -> String {
+    let dir = if name.len() >= 24 { &name[..16] } else { "history" };
+    format!("{}/wal/{dir}/{name}", stanza_dir(stanza))
+}
+
+impl Repo {
+    pub fn new(name: impl Into<String>, storage: Arc<dyn Storage>) -> Self {
+        Repo { name: name.into(), storage }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    fn err(&self, source: StorageError) -> RepoError {
+        RepoError::Storage { repo: format!("'{}' ({})", self.name, self.storage.describe()), source }
+    }
+
+    /// Checks that the repository is reachable and writable.
+    pub async fn check_writable(&self) -> Result<()> {
+        self.storage.check_writable().await.map_err(|e| self.err(e))
+    }
+
+    // ---------------------------------------------------------------- stanzas
+
+    /// Creates the stanza, or confirms an existing one describes the same cluster.
+    pub async fn create_stanza(&self, info: &StanzaInfo) -> Result<bool> {
+        if self.storage.size(FORMAT_MARKER).await.map_err(|e| self.err(e))?.is_none() {
+            let marker = serde_json::json!({ "format": REPO_FORMAT }).to_string();
+            self.storage.put(FORMAT_MARKER, Bytes::from(marker)).await.map_err(|e| self.err(e))?;
+        }
+        match self.stanza(&info.stanza).await {
+            Ok(existing) => {
+                check_same_cluster(&existing, info.system_id, info.pg_major)?;
+                Ok(false)
+            }
+            Err(RepoError::NoStanza { .. }) => {
+                let body = serde_json::to_vec_pretty(info).expect("stanza info serializes");
+                let path = format!("{}/stanza.json", stanza_dir(&info.stanza));
+                match self.storage.put_new(&path, Bytes::from(body)).await {
+                    Ok(()) => Ok(true),
+                    // Another stanza-create won the race; it must agree with us.
+                    Err(StorageError::AlreadyExists { .. }) => {
+                        check_same_cluster(&self.stanza(&info.stanza).await?, info.system_id, info.pg_major)?;
+                        Ok(false)
+                    }
+                    Err(e) => Err(self.err(e)),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn stanza(&self, stanza: &str) -> Result<StanzaInfo> {
+        let path = format!("{}/stanza.json", stanza_dir(stanza));
+        match self.storage.get(&path).await {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| RepoError::CorruptObject { path, reason: e.to_string() }),
+            Err(StorageError::NotFound { .. }) => {
+                Err(RepoError::NoStanza { stanza: stanza.into(), repo: self.name.clone() })
+            }
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    // ---------------------------------------------------------------- packs
+
+    /// Writes a finished pack durably and returns where each of its chunks now is.
+    pub async fn write_pack(&self, pack: PackBuilder) -> Result<Vec<ChunkRef>> {
+        let (id, bytes, refs) = pack.finish();
+        self.storage.put(&pack_path(&id), bytes).await.map_err(|e| self.err(e))?;
+        Ok(refs)
+    }
+
+    /// Every pack in the repository.
+    pub async fn list_packs(&self) -> Result<Vec<(PackId, u64)>> {
+        let objects = self.storage.list("pack").await.map_err(|e| self.err(e))?;
+        Ok(objects.iter().filter_map(|o| pack::parse_pack_path(&o.path).map(|id| (id, o.size))).collect())
+    }
+
+    /// Reads a pack's index from its tail.
+    pub async fn pack_index(&self, id: &PackId, size: u64) -> Result<Vec<ChunkRef>> {
+        let path = pack_path(id);
+        let corrupt = |reason: String| RepoError::CorruptPack { pack: hex(id), reason };
+        if size < pack::FOOTER_LEN as u64 {
+            return Err(corrupt(format!("{size} bytes is too short for a pack")));
+        }
+        let footer = self.storage.get_range(&path, size - pack::FOOTER_LEN as u64, pack::FOOTER_LEN as u64).await;
+        let footer = footer.map_err(|e| self.err(e))?;
+        let (count, digest) = pack::parse_footer(&footer).map_err(corrupt)?;
+        let index_len = count as u64 * pack::INDEX_ENTRY_LEN as u64;
+        if index_len + pack::FOOTER_LEN as u64 > size {
+            return Err(corrupt(format!("index of {count} entries does not fit in {size} bytes")));
+        }
+        let start = size - pack::FOOTER_LEN as u64 - index_len;
+        let index = self.storage.get_range(&path, start, index_len).await.map_err(|e| self.err(e))?;
+        pack::parse_index(id, &index, &digest, start).map_err(corrupt)
+    }
+
+    /// The sealed bytes of one chunk.
+    pub async fn read_sealed(&self, r: &ChunkRef) -> Result<Bytes> {
+        self.storage.get_range(&pack_path(&r.pack), r.offset, r.sealed_len as u64).await.map_err(|e| self.err(e))
+    }
+
+    /// The plain bytes of one chunk, checked against its content address.
+    pub async fn read_chunk(&self, sealer: &Sealer, r: &ChunkRef) -> Result<Vec<u8>> {
+        let sealed = self.read_sealed(r).await?;
+        sealer
+            .unseal(&sealed, &r.id)
+            .map_err(|source| RepoError::Chunk { chunk: hex(&r.id), pack: hex(&r.pack), source })
+    }
+
+    // ---------------------------------------------------------------- backups
+
+    /// Publishes a backup: the commit point. Refuses when a referenced pack is missing or the label is taken.
+    pub async fn commit_backup(&self, stanza: &str, packs: &[PackId], record: &BackupRecord) -> Result<()> {
+        let label = &record.summary.label;
+        for id in packs.iter().collect::<HashSet<_>>() {
+            if self.storage.size(&pack_path(id)).await.map_err(|e| self.err(e))?.is_none() {
+                return Err(RepoError::CorruptPack {
+                    pack: hex(id),
+                    reason: format!("referenced by backup {label} but missing; the backup is not committed"),
+                });
+            }
+        }
+        self.stanza(stanza).await?;
+        let path = format!("{}/backup/{label}.record", stanza_dir(stanza));
+        self.storage.put_new(&path, Bytes::from(encode(record))).await.map_err(|e| self.err(e))
+    }
+
+    /// Committed backups of a stanza, oldest first.
+    pub async fn backups(&self, stanza: &str) -> Result<Vec<BackupRecord>> {
+        let dir = format!("{}/backup", stanza_dir(stanza));
+        let mut out = Vec::new();
+        for o in self.storage.list(&dir).await.map_err(|e| self.err(e))? {
+            if o.path.ends_with(".record") {
+                out.push(self.read_record(&o.path).await?);
+            }
+        }
+        out.sort_by(|a, b| a.summary.stop_lsn.cmp(&b.summary.stop_lsn).then(a.summary.label.cmp(&b.summary.label)));
+        Ok(out)
+    }
+
+    pub async fn backup(&self, stanza: &str, label: &str) -> Result<BackupRecord> {
+        let path = format!("{}/backup/{label}.record", stanza_dir(stanza));
+        match self.read_record(&path).await {
+            Err(RepoError::Storage { source: StorageError::NotFound { .. }, .. }) => {
+                Err(RepoError::NoBackup { stanza: stanza.into(), label: label.into() })
+            }
+            other => other,
+        }
+    }
+
+    async fn read_record(&self, path: &str) -> Result<BackupRecord> {
+        let bytes = self.storage.get(path).await.map_err(|e| self.err(e))?;
+        decode::<BackupRecord>(&bytes)
+            .map(strata_messages::to_owned::<BackupRecord>)
+            .map_err(|e| RepoError::CorruptObject { path: path.into(), reason: e.to_string() })
+    }
+
+    /// Fetches and decodes a backup's manifest.
+    pub async fn manifest(&self, sealer: &Sealer, record: &BackupRecord) -> Result<Manifest> {
+        let mut bytes = Vec::with_capacity(record.manifest_len as usize);
+        for r in &record.manifest_chunks {
+            bytes.extend_from_slice(&self.read_chunk(sealer, r).await?);
+        }
+        let what = format!("manifest of backup {}", record.summary.label);
+        decode::<Manifest>(&bytes)
+            .map(strata_messages::to_owned::<Manifest>)
+            .map_err(|e| RepoError::CorruptObject { path: what, reason: e.to_string() })
+    }
+
+    // ---------------------------------------------------------------- WAL
+
+    /// Publishes an archived WAL file. Never replaces an existing one: the same content is accepted
+    /// ([`WalPut::AlreadyArchived`]), different content is [`RepoError::WalConflict`].
+    pub async fn put_wal(&self, stanza: &str, record: &WalRecord) -> Result<WalPut> {
+        let path = wal_path(stanza, &record.name);
+        match self.storage.put_new(&path, Bytes::from(encode(record))).await {
+            Ok(()) => Ok(WalPut::Stored),
+            Err(StorageError::AlreadyExists { .. }) => match self.wal(stanza, &record.name).await? {
+                Some(existing) if existing.hash == record.hash && existing.size == record.size => {
+                    Ok(WalPut::AlreadyArchived)
+                }
+                _ => Err(RepoError::WalConflict { name: record.name.clone() }),
+            },
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    pub async fn wal(&self, stanza: &str, name: &str) -> Result<Option<WalRecord>> {
+        let path = wal_path(stanza, name);
+        match self.storage.get(&path).await {
+            Ok(bytes) => decode::<WalRecord>(&bytes)
+                .map(|a| Some(strata_messages::to_owned::<WalRecord>(a)))
+                .map_err(|e| RepoError::CorruptObject { path, reason: e.to_string() }),
+            Err(StorageError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Names of every archived WAL file of a stanza, sorted.
+    pub async fn wal_names(&self, stanza: &str) -> Result<Vec<String>> {
+        let dir = format!("{}/wal", stanza_dir(stanza));
+        let objects = self.storage.list(&dir).await.map_err(|e| self.err(e))?;
+        let mut names: Vec<String> =
+            objects.into_iter().filter_map(|o| o.path.rsplit('/').next().map(str::to_string)).collect();
+        names.sort();
+        Ok(names)
+    }
+}
+
+/// Refuses a cluster other than the one the stanza was created for.
+pub fn check_same_cluster(info: &StanzaInfo, system_id: u64, pg_major: u32) -> Result<()> {
+    if info.pg_major != pg_major {
+        return Err(RepoError::StanzaMismatch {
+            stanza: info.stanza.clone(),
+            reason: format!(
+                "is for PostgreSQL {} but the cluster runs PostgreSQL {pg_major}; create a new stanza for it",
+                info.pg_major
+            ),
+        });
+    }
+    if info.system_id != system_id {
+        return Err(RepoError::StanzaMismatch {
+            stanza: info.stanza.clone(),
+            reason: format!(
+                "is for database system {} but the cluster's system identifier is {system_id}",
+                info.system_id
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// What the repository holds: chunk id -> location, built from the pack indexes and refreshed incrementally.
+#[derive(Default)]
+pub struct ChunkIndex {
+    chunks: HashMap<ChunkId, ChunkRef>,
+    packs: HashSet<PackId>,
+}
+
+impl ChunkIndex {
+    /// Reads the indexes of packs not seen yet.
+    pub async fn refresh(&mut self, repo: &Repo) -> Result<()> {
+        for (id, size) in repo.list_packs().await? {
+            if self.packs.contains(&id) {
+                continue;
+            }
+            for r in repo.pack_index(&id, size).await? {
+                self.chunks.entry(r.id).or_insert(r);
+            }
+            self.packs.insert(id);
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, id: &ChunkId) -> Option<&ChunkRef> {
+        self.chunks.get(id)
+    }
+
+    pub fn insert(&mut self, r: ChunkRef) {
+        self.packs.insert(r.pack);
+        self.chunks.entry(r.id).or_insert(r);
+    }
+
+    pub fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests;
