@@ -80,7 +80,7 @@ pub type Result<T> = std::result::Result<T, BusError>;
 /// (published on the next queue, or written to the repository); dropping it unacknowledged makes the bus
 /// redeliver it.
 #[async_trait]
-pub trait Delivery: Send {
+pub trait Delivery: Send + Sync {
     fn payload(&self) -> &Bytes;
     /// Removes the message from the queue. Returns once the bus has confirmed it.
     async fn ack(self: Box<Self>) -> Result<()>;

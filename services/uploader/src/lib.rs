@@ -1,0 +1,261 @@
+//! The uploader: writes sealed chunks into pack files in the repository, and commits backups and WAL files.
+//!
+//! # Batching and acknowledgement
+//! A worker takes chunks from the `Upload` work queue until it holds `pipeline.pack_size` sealed bytes or its
+//! input has been idle for [`IDLE_FLUSH`]; the batch becomes one pack, written durably (the storage's `put`
+//! returns only once the object is fsynced or accepted whole). Only then does the worker publish a
+//! [`JobEvent::Stored`] confirmation to each chunk's job and acknowledge the messages. A crash before that point
+//! loses nothing: the bus redelivers the chunks and the job owner, which counts confirmations, never sees
+//! them as stored.
+//!
+//! # Deduplication
+//! Chunks are content-addressed. A chunk marked `dedup` that the repository already holds is not written
+//! again; its confirmation points at the existing copy. The worker learns what the repository holds from the
+//! pack indexes ([`ChunkIndex`]), loaded on the first deduplicable chunk and kept current with the packs it
+//! writes itself.
+//!
+//! # Commits
+//! Commit requests are handled after the batch's pack is durable. A backup's record is written only after
+//! [`Repo::commit_backup`] checked every referenced pack exists; a WAL record is created with put-if-absent, so
+//! an archived WAL file is never replaced. The outcome goes back to the job as an event.
+
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use strata_bus::{Bus, Delivery, Queue, WorkStream};
+use strata_messages::{
+    decode, encode, subjects, ArchivedUploadWork, ChunkRef, JobEvent, PackId, UploadWork,
+};
+use strata_repo::{ChunkIndex, PackBuilder, Repo, RepoError, WalPut};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+/// A worker writes what it holds once its input has been quiet this long: the job owner limits its chunks
+/// in flight and waits for confirmations, so holding a partial pack longer would only stall it.
+pub const IDLE_FLUSH: Duration = Duration::from_millis(25);
+
+struct Shared {
+    repo: Repo,
+    bus: Arc<dyn Bus>,
+    pack_size: usize,
+    index: Mutex<Option<ChunkIndex>>,
+}
+
+/// Runs `workers` pack writers until `shutdown` completes. Checks first that the repository is writable,
+/// so a misconfigured uploader fails at start with one line instead of failing every job.
+pub async fn run(
+    repo: Repo,
+    bus: Arc<dyn Bus>,
+    workers: usize,
+    pack_size: usize,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    repo.check_writable().await?;
+    let shared = Arc::new(Shared { repo, bus, pack_size, index: Mutex::new(None) });
+    let cancel = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let input = shared.bus.work(Queue::Upload).await?;
+        tasks.push(tokio::spawn(worker(shared.clone(), input, cancel.clone())));
+    }
+    info!(workers, repo = shared.repo.name(), "uploader running");
+    shutdown.await;
+    cancel.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+async fn worker(shared: Arc<Shared>, mut input: Box<dyn WorkStream>, cancel: CancellationToken) {
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return,
+            next = input.next() => next,
+        };
+        let first = match first {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                warn!(error = %e, "uploader could not take work");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            None => return,
+        };
+        let mut batch = vec![first];
+        let mut bytes = batch[0].payload().len();
+        while bytes < shared.pack_size {
+            match input.next_within(IDLE_FLUSH).await {
+                Ok(Some(d)) => {
+                    bytes += d.payload().len();
+                    batch.push(d);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(error = %e, "uploader input failed; writing what it holds");
+                    break;
+                }
+            }
+        }
+        process_batch(&shared, batch).await;
+    }
+}
+
+/// Confirmations and outcomes owed to one job by one batch.
+#[derive(Default)]
+struct JobReply {
+    stored: Vec<ChunkRef>,
+    written_bytes: u64,
+}
+
+async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
+    let mut pack = PackBuilder::new();
+    // For every chunk of the batch: its job, and either the existing copy or "in this pack".
+    let mut placed: Vec<(String, [u8; 32], Option<ChunkRef>)> = Vec::new();
+    let mut commits = Vec::new();
+    for (i, d) in batch.iter().enumerate() {
+        let work = match decode::<UploadWork>(d.payload()) {
+            Ok(w) => w,
+            Err(e) => {
+                error!(error = %e, "uploader dropped a malformed message");
+                continue;
+            }
+        };
+        match work {
+            ArchivedUploadWork::Chunk(c) => {
+                let existing = if c.dedup { lookup(shared, &c.id).await } else { None };
+                if existing.is_none() && !pack.contains(&c.id) {
+                    pack.add(c.id, c.raw_len.to_native(), c.sealed.as_slice());
+                }
+                placed.push((c.job.to_string(), c.id, existing));
+            }
+            ArchivedUploadWork::CommitBackup(_) | ArchivedUploadWork::CommitWal(_) => commits.push(i),
+        }
+    }
+
+    let mut replies: HashMap<String, JobReply> = HashMap::new();
+    if !placed.is_empty() {
+        let written = if pack.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let len = pack.body_len();
+            let r = shared.repo.write_pack(pack).await;
+            if let Ok(refs) = &r {
+                debug!(chunks = refs.len(), bytes = len, "pack written");
+            }
+            r
+        };
+        match written {
+            Ok(refs) => {
+                let by_id: HashMap<[u8; 32], ChunkRef> = refs.iter().map(|r| (r.id, *r)).collect();
+                if let Some(index) = shared.index.lock().await.as_mut() {
+                    refs.iter().for_each(|r| index.insert(*r));
+                }
+                let mut counted = std::collections::HashSet::new();
+                for (job, id, existing) in placed {
+                    let reply = replies.entry(job).or_default();
+                    match existing {
+                        Some(r) => reply.stored.push(r),
+                        None => {
+                            let r = by_id[&id];
+                            if counted.insert(id) {
+                                reply.written_bytes += r.sealed_len as u64;
+                            }
+                            reply.stored.push(r);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                // Tell the jobs at once rather than letting them wait for their stall deadline.
+                error!(error = %e, "uploader could not write a pack");
+                let jobs: std::collections::HashSet<String> = placed.into_iter().map(|p| p.0).collect();
+                for job in jobs {
+                    publish(shared, &job, &JobEvent::Rejected(format!("uploader: {e}"))).await;
+                }
+            }
+        }
+    }
+    for (job, reply) in replies {
+        let event = JobEvent::Stored { chunks: reply.stored, written_bytes: reply.written_bytes };
+        publish(shared, &job, &event).await;
+    }
+    for i in commits {
+        let work = decode::<UploadWork>(batch[i].payload()).expect("decoded above");
+        let (job, event) = match work {
+            ArchivedUploadWork::CommitBackup(c) => {
+                let record = strata_messages::to_owned::<strata_messages::BackupRecord>(&c.record);
+                let packs: Vec<PackId> = c.packs.iter().copied().collect();
+                let event = match shared.repo.commit_backup(c.stanza.as_str(), &packs, &record).await {
+                    Ok(()) => {
+                        info!(stanza = %c.stanza, label = %record.summary.label, "backup committed");
+                        JobEvent::Committed
+                    }
+                    Err(e) => {
+                        error!(stanza = %c.stanza, label = %record.summary.label, error = %e, "backup commit refused");
+                        JobEvent::Rejected(e.to_string())
+                    }
+                };
+                (c.job.to_string(), event)
+            }
+            ArchivedUploadWork::CommitWal(c) => {
+                let record = strata_messages::to_owned::<strata_messages::WalRecord>(&c.record);
+                let event = match shared.repo.put_wal(c.stanza.as_str(), &record).await {
+                    Ok(WalPut::Stored) => JobEvent::Committed,
+                    Ok(WalPut::AlreadyArchived) => JobEvent::AlreadyArchived,
+                    Err(e @ RepoError::WalConflict { .. }) => {
+                        error!(stanza = %c.stanza, wal = %record.name, "{e}");
+                        JobEvent::Rejected(e.to_string())
+                    }
+                    Err(e) => JobEvent::Rejected(e.to_string()),
+                };
+                (c.job.to_string(), event)
+            }
+            ArchivedUploadWork::Chunk(_) => unreachable!("only commits were queued"),
+        };
+        publish(shared, &job, &event).await;
+    }
+    if let Err(e) = shared.bus.flush().await {
+        warn!(error = %e, "uploader could not flush confirmations");
+    }
+    for d in batch {
+        if let Err(e) = d.ack().await {
+            // Redelivery stores the chunk again (harmless) and confirms it again.
+            warn!(error = %e, "uploader could not acknowledge a message");
+        }
+    }
+}
+
+async fn lookup(shared: &Shared, id: &[u8; 32]) -> Option<ChunkRef> {
+    let mut guard = shared.index.lock().await;
+    if guard.is_none() {
+        let mut index = ChunkIndex::default();
+        if let Err(e) = index.refresh(&shared.repo).await {
+            // Without the index, deduplication is off for now; storing a chunk twice is only wasteful.
+            warn!(error = %e, "uploader could not read the pack indexes; storing chunks without deduplication");
+            return None;
+        }
+        info!(chunks = index.len(), "uploader loaded the repository's chunk index");
+        *guard = Some(index);
+    }
+    guard.as_ref().and_then(|i| i.get(id).copied())
+}
+
+async fn publish(shared: &Shared, job: &str, event: &JobEvent) {
+    if let Err(e) = shared.bus.publish_event(&subjects::job_events(job), Bytes::from(encode(event))).await {
+        warn!(job, error = %e, "uploader could not send a job event");
+    }
+}
+
+/// Opens the repository a `[[repo]]` entry describes.
+pub fn open_repo(cfg: &strata_config::RepoConfig) -> anyhow::Result<Repo> {
+    use anyhow::Context;
+    let storage = match cfg.kind {
+        strata_config::RepoType::Posix => strata_storage::PosixStorage::open(&cfg.path)
+            .with_context(|| format!("repository '{}'", cfg.name))?,
+    };
+    Ok(Repo::new(cfg.name.clone(), Arc::new(storage)))
+}

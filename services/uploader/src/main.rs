@@ -1,0 +1,27 @@
+//! `strata-uploader --config FILE`: a pool of pack writers for the primary repository, on the NATS bus.
+
+use anyhow::Context;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(version, about = "Strata uploader: writes sealed chunks into the repository and commits backups")]
+struct Args {
+    #[arg(long, env = "STRATA_CONFIG")]
+    config: std::path::PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    strata_runtime::init_tracing();
+    strata_runtime::exit_with(async {
+        let args = Args::parse();
+        let cfg = strata_config::Config::load(&args.config, std::env::vars())?;
+        let repo = strata_uploader::open_repo(cfg.primary_repo()).context("strata-uploader")?;
+        let bus = strata_runtime::connect_service_bus(&cfg).await.context("strata-uploader")?;
+        let p = &cfg.pipeline;
+        strata_uploader::run(repo, bus, p.uploader_workers, p.pack_size, strata_runtime::shutdown_signal())
+            .await
+            .context("strata-uploader")
+    })
+    .await
+}

@@ -1,0 +1,473 @@
+//! WAL segment names, archive file kinds and the long page header at the start of each segment.
+//!
+//! The WAL is one byte stream cut into segment files of equal size (16 MiB unless `initdb --wal-segsize` chose a
+//! power of two from 1 MiB to 1 GiB). A segment is named `TTTTTTTTXXXXXXXXYYYYYYYY`: the timeline, then the segment
+//! number split into a "log id" and a "segment within log id", where one log id covers 4 GiB of WAL. That split
+//! depends on the segment size, so every name function takes `seg_size`; passing the wrong size gives a name that
+//! PostgreSQL would never write. The size comes from `pg_control` (or the long header below) and must be checked
+//! once with [`is_valid_seg_size`]; the functions here that cannot fail panic on an invalid size, as a programming
+//! error, while [`WalSegment::parse`] returns `None`.
+//!
+//! Besides segments, `archive_command` is handed `.partial` segments (the last, incomplete segment of an old
+//! timeline after promotion), timeline `.history` files and `.backup` history files; [`classify_wal_file`] tells
+//! them apart using the same patterns as PostgreSQL's `xlog_internal.h` (upper-case hex only).
+//!
+//! Byte layout follows `XLogLongPageHeaderData` of PostgreSQL 15, read as little-endian (see the crate docs).
+
+use crate::{Lsn, TimelineId};
+
+/// Smallest WAL segment size `initdb` accepts (`WalSegMinSize`).
+pub const MIN_SEG_SIZE: u64 = 1024 * 1024;
+/// Largest WAL segment size `initdb` accepts (`WalSegMaxSize`).
+pub const MAX_SEG_SIZE: u64 = 1024 * 1024 * 1024;
+
+/// Whether `seg_size` is a WAL segment size PostgreSQL can have (`IsValidWalSegSize`): a power of two from 1 MiB to
+/// 1 GiB.
+pub fn is_valid_seg_size(seg_size: u64) -> bool {
+    seg_size.is_power_of_two() && (MIN_SEG_SIZE..=MAX_SEG_SIZE).contains(&seg_size)
+}
+
+/// Segments per 4 GiB "log id" (`XLogSegmentsPerXLogId`).
+fn segments_per_xlog_id(seg_size: u64) -> u64 {
+    assert!(
+        is_valid_seg_size(seg_size),
+        "invalid wal segment size {seg_size}"
+    );
+    0x1_0000_0000 / seg_size
+}
+
+/// One WAL segment file: a timeline and a segment number (`XLogSegNo`).
+///
+/// Ordering is by timeline, then segment number, so sorting a set of segments groups them per timeline.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WalSegment {
+    pub timeline: TimelineId,
+    pub segno: u64,
+}
+
+impl WalSegment {
+    /// The segment of `timeline` that holds the byte at `lsn` (`XLByteToSeg`).
+    ///
+    /// A segment's end position belongs to the next segment; to find the segment a record *ending* at `lsn` was
+    /// written to, pass `lsn - 1` as PostgreSQL's `XLByteToPrevSeg` does.
+    ///
+    /// # Panics
+    /// If `seg_size` is not a valid segment size.
+    pub fn containing(timeline: TimelineId, lsn: Lsn, seg_size: u64) -> WalSegment {
+        assert!(
+            is_valid_seg_size(seg_size),
+            "invalid wal segment size {seg_size}"
+        );
+        WalSegment {
+            timeline,
+            segno: lsn.0 / seg_size,
+        }
+    }
+
+    /// The file name, 24 upper-case hex digits (`XLogFileName`), e.g. `000000010000000000000003`.
+    ///
+    /// # Panics
+    /// If `seg_size` is not a valid segment size.
+    pub fn name(&self, seg_size: u64) -> String {
+        let per = segments_per_xlog_id(seg_size);
+        format!(
+            "{:08X}{:08X}{:08X}",
+            self.timeline,
+            self.segno / per,
+            self.segno % per
+        )
+    }
+
+    /// Parses a segment file name (`XLogFromFileName`), or `None` if `name` is not exactly 24 upper-case hex digits,
+    /// names timeline 0, has a segment part too large for `seg_size` (a name PostgreSQL would not write with that
+    /// size), or `seg_size` is invalid.
+    pub fn parse(name: &str, seg_size: u64) -> Option<WalSegment> {
+        if !is_valid_seg_size(seg_size) || !is_upper_hex(name, 24) {
+            return None;
+        }
+        let timeline = u32::from_str_radix(&name[0..8], 16).ok()?;
+        let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+        let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
+        let per = segments_per_xlog_id(seg_size);
+        if timeline == 0 || seg >= per {
+            return None;
+        }
+        Some(WalSegment {
+            timeline,
+            segno: log * per + seg,
+        })
+    }
+
+    /// The following segment on the same timeline.
+    pub fn next(&self) -> WalSegment {
+        WalSegment {
+            timeline: self.timeline,
+            segno: self.segno + 1,
+        }
+    }
+
+    /// Position of the segment's first byte (`XLogSegNoOffsetToRecPtr` with offset 0).
+    ///
+    /// # Panics
+    /// If `seg_size` is not a valid segment size.
+    pub fn start_lsn(&self, seg_size: u64) -> Lsn {
+        assert!(
+            is_valid_seg_size(seg_size),
+            "invalid wal segment size {seg_size}"
+        );
+        Lsn(self.segno * seg_size)
+    }
+}
+
+/// What a file handed to `archive_command` (or found in the archive) is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum WalFileKind {
+    /// A complete segment: `000000010000000000000003`.
+    Segment,
+    /// The unfinished last segment of a timeline, archived at promotion: `000000010000000000000003.partial`.
+    Partial,
+    /// A timeline history file, written at promotion: `00000002.history`.
+    History,
+    /// A backup history file, written by `pg_backup_stop()`: `000000010000000000000003.00000028.backup`.
+    BackupHistory,
+}
+
+/// Classifies an archive file name; `None` for anything PostgreSQL would not archive.
+///
+/// The patterns are those of `IsXLogFileName`, `IsPartialXLogFileName`, `IsTLHistoryFileName` and
+/// `IsBackupHistoryFileName`. The last is stricter here than in PostgreSQL (which only checks the first 24
+/// characters and the suffix): Strata requires the exact `%08X.backup` form PostgreSQL writes.
+pub fn classify_wal_file(name: &str) -> Option<WalFileKind> {
+    // Work on bytes: slicing the str at fixed offsets could split a multi-byte character.
+    let b = name.as_bytes();
+    match b.len() {
+        24 if upper_hex(b) => Some(WalFileKind::Segment),
+        32 if upper_hex(&b[..24]) && &b[24..] == b".partial" => Some(WalFileKind::Partial),
+        16 if upper_hex(&b[..8]) && &b[8..] == b".history" => Some(WalFileKind::History),
+        40 if upper_hex(&b[..24])
+            && b[24] == b'.'
+            && upper_hex(&b[25..33])
+            && &b[33..] == b".backup" =>
+        {
+            Some(WalFileKind::BackupHistory)
+        }
+        _ => None,
+    }
+}
+
+/// Name of the history file for `timeline` (`TLHistoryFileName`), e.g. `00000002.history`.
+pub fn history_file_name(timeline: TimelineId) -> String {
+    format!("{timeline:08X}.history")
+}
+
+/// Whether `s` is exactly `len` characters of `0-9A-F`. Checking this first also makes the callers' slicing at
+/// fixed offsets safe, since every byte is then ASCII.
+fn is_upper_hex(s: &str, len: usize) -> bool {
+    s.len() == len && upper_hex(s.as_bytes())
+}
+
+fn upper_hex(b: &[u8]) -> bool {
+    b.iter().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'))
+}
+
+/// `XLOG_PAGE_MAGIC` of PostgreSQL 15: the first two bytes of every WAL page it writes.
+pub const XLOG_PAGE_MAGIC_PG15: u16 = 0xD110;
+
+/// `xlp_info` bit saying the page has the long header (`XLP_LONG_HEADER`); set on the first page of each segment.
+pub const XLP_LONG_HEADER: u16 = 0x0002;
+
+/// Size of `XLogLongPageHeaderData` (`SizeOfXLogLongPHD`).
+pub const LONG_HEADER_SIZE: usize = 40;
+
+/// The header on the first page of a WAL segment (`XLogLongPageHeaderData`).
+///
+/// It identifies the segment independently of its file name: which cluster wrote it (`system_id`, the same value as
+/// in `pg_control`), which major version (`magic`), and where it sits in the stream (`page_addr`, the segment's start
+/// LSN). Archive-push compares these with the stanza before accepting a file.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct WalLongHeader {
+    /// `xlp_magic`; see [`magic_to_major_version`].
+    pub magic: u16,
+    /// `xlp_tli`: timeline of the first record on the page.
+    pub timeline: TimelineId,
+    /// `xlp_pageaddr`: WAL position of this page, i.e. the segment's start LSN.
+    pub page_addr: Lsn,
+    /// `xlp_sysid`: the cluster's database system identifier.
+    pub system_id: u64,
+    /// `xlp_seg_size`: the WAL segment size of the cluster.
+    pub seg_size: u32,
+    /// `xlp_xlog_blcksz`: the WAL page size of the cluster.
+    pub block_size: u32,
+}
+
+impl WalLongHeader {
+    /// The segment this header says it starts, or `None` if its `seg_size` is not a valid size or `page_addr` is
+    /// not at a segment boundary (the bytes are not a segment start).
+    pub fn segment(&self) -> Option<WalSegment> {
+        let seg_size = u64::from(self.seg_size);
+        if !is_valid_seg_size(seg_size) || self.page_addr.segment_offset(seg_size) != 0 {
+            return None;
+        }
+        Some(WalSegment::containing(
+            self.timeline,
+            self.page_addr,
+            seg_size,
+        ))
+    }
+}
+
+/// Reads the long page header at offset 0 of a segment; `None` if fewer than [`LONG_HEADER_SIZE`] bytes are given or
+/// the `XLP_LONG_HEADER` bit is not set. The magic is returned as found, not checked.
+pub fn parse_long_header(segment_start: &[u8]) -> Option<WalLongHeader> {
+    let h = segment_start.get(..LONG_HEADER_SIZE)?;
+    let u16_at = |o: usize| u16::from_le_bytes([h[o], h[o + 1]]);
+    let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+    let u64_at = |o: usize| u64::from(u32_at(o)) | (u64::from(u32_at(o + 4)) << 32);
+
+    // Layout: xlp_magic u16 @0, xlp_info u16 @2, xlp_tli u32 @4, xlp_pageaddr u64 @8, xlp_rem_len u32 @16, padding
+    // to 24 (MAXALIGN), xlp_sysid u64 @24, xlp_seg_size u32 @32, xlp_xlog_blcksz u32 @36.
+    if u16_at(2) & XLP_LONG_HEADER == 0 {
+        return None;
+    }
+    Some(WalLongHeader {
+        magic: u16_at(0),
+        timeline: u32_at(4),
+        page_addr: Lsn(u64_at(8)),
+        system_id: u64_at(24),
+        seg_size: u32_at(32),
+        block_size: u32_at(36),
+    })
+}
+
+/// The major version whose WAL carries `magic`, for the releases Strata can recognise (12 to 17).
+///
+/// The magic changes whenever the WAL format does, which is at most once per major release and never within one,
+/// so it identifies the major version that wrote a segment. Values are from each release's `xlog_internal.h`.
+pub fn magic_to_major_version(magic: u16) -> Option<u32> {
+    match magic {
+        0xD101 => Some(12),
+        0xD106 => Some(13),
+        0xD10D => Some(14),
+        XLOG_PAGE_MAGIC_PG15 => Some(15),
+        0xD113 => Some(16),
+        0xD116 => Some(17),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: u64 = 1024 * 1024;
+
+    /// First 40 bytes of segment 000000010000000000000001 of a PostgreSQL 15.x cluster made by `initdb -k`; system
+    /// id 7711650395882422118, 16 MiB segments (see tests/fixtures/README.md).
+    const WAL_HEAD: &[u8] =
+        include_bytes!("../tests/fixtures/wal_000000010000000000000001_head.bin");
+
+    #[test]
+    fn names_with_16_mib_segments() {
+        let seg = 16 * MB;
+        let s = WalSegment::containing(1, Lsn(0x300_0028), seg);
+        assert_eq!(
+            s,
+            WalSegment {
+                timeline: 1,
+                segno: 3
+            }
+        );
+        assert_eq!(s.name(seg), "000000010000000000000003");
+        assert_eq!(s.start_lsn(seg), Lsn(0x300_0000));
+        // 256 segments per log id: segment 0xFF is the last of log 0, 0x100 the first of log 1.
+        assert_eq!(
+            WalSegment {
+                timeline: 1,
+                segno: 0xFF
+            }
+            .name(seg),
+            "0000000100000000000000FF"
+        );
+        assert_eq!(
+            WalSegment {
+                timeline: 1,
+                segno: 0xFF
+            }
+            .next()
+            .name(seg),
+            "000000010000000100000000"
+        );
+        let lsn: Lsn = "16/B374D848".parse().unwrap();
+        let s = WalSegment::containing(0x2A, lsn, seg);
+        assert_eq!(s.name(seg), "0000002A00000016000000B3");
+        assert_eq!(WalSegment::parse("0000002A00000016000000B3", seg), Some(s));
+    }
+
+    #[test]
+    fn names_with_64_mib_segments() {
+        let seg = 64 * MB;
+        // 64 segments per log id, so the segment part only goes up to 0x3F.
+        let lsn: Lsn = "1/C4000000".parse().unwrap();
+        let s = WalSegment::containing(3, lsn, seg);
+        assert_eq!(s.segno, 64 + 0x31);
+        assert_eq!(s.name(seg), "000000030000000100000031");
+        assert_eq!(WalSegment::parse("000000030000000100000031", seg), Some(s));
+        assert_eq!(
+            WalSegment {
+                timeline: 1,
+                segno: 63
+            }
+            .next()
+            .name(seg),
+            "000000010000000100000000"
+        );
+        assert_eq!(s.start_lsn(seg), lsn);
+        // Valid with 16 MiB segments, impossible with 64 MiB ones.
+        assert_eq!(WalSegment::parse("000000010000000000000040", seg), None);
+        assert!(WalSegment::parse("000000010000000000000040", 16 * MB).is_some());
+    }
+
+    #[test]
+    fn parse_round_trips_for_every_segment_size() {
+        let mut size = MIN_SEG_SIZE;
+        while size <= MAX_SEG_SIZE {
+            for segno in [
+                0,
+                1,
+                7,
+                0x1_0000 / (size / MB).max(1),
+                123_456 / (size / MB).max(1),
+            ] {
+                let s = WalSegment { timeline: 7, segno };
+                assert_eq!(
+                    WalSegment::parse(&s.name(size), size),
+                    Some(s),
+                    "size {size} segno {segno}"
+                );
+                assert_eq!(WalSegment::containing(7, s.start_lsn(size), size), s);
+            }
+            size *= 2;
+        }
+    }
+
+    #[test]
+    fn parse_rejects_what_postgresql_would_not_write() {
+        let seg = 16 * MB;
+        for bad in [
+            "",
+            "00000001000000000000003",
+            "0000000100000000000000030",
+            "00000001000000000000000a",
+            "00000001000000000000000G",
+            "000000000000000000000003",
+            "000000010000000000000100",
+            "000000010000000000000003.partial",
+            "+00000010000000000000003",
+            "0000000100000000000000é",
+        ] {
+            assert_eq!(WalSegment::parse(bad, seg), None, "{bad:?}");
+        }
+        assert_eq!(WalSegment::parse("000000010000000000000003", 0), None);
+        assert_eq!(WalSegment::parse("000000010000000000000003", 3 * MB), None);
+    }
+
+    #[test]
+    fn valid_segment_sizes() {
+        assert!(is_valid_seg_size(MB));
+        assert!(is_valid_seg_size(16 * MB));
+        assert!(is_valid_seg_size(1024 * MB));
+        assert!(!is_valid_seg_size(0));
+        assert!(!is_valid_seg_size(MB / 2));
+        assert!(!is_valid_seg_size(2048 * MB));
+        assert!(!is_valid_seg_size(24 * MB));
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid wal segment size")]
+    fn name_panics_on_an_invalid_size() {
+        WalSegment {
+            timeline: 1,
+            segno: 1,
+        }
+        .name(0);
+    }
+
+    #[test]
+    fn classifies_archive_files() {
+        use WalFileKind::*;
+        let cases = [
+            ("000000010000000000000003", Some(Segment)),
+            ("000000010000000A000000FF", Some(Segment)),
+            ("000000010000000000000003.partial", Some(Partial)),
+            ("00000002.history", Some(History)),
+            (
+                "000000010000000000000003.00000028.backup",
+                Some(BackupHistory),
+            ),
+            ("00000001000000000000000a", None),
+            ("00000001000000000000003", None),
+            ("000000010000000000000003.partial.tmp", None),
+            ("000000010000000000000003.gz", None),
+            ("00000002.HISTORY", None),
+            ("0000002.history", None),
+            ("0000000g.history", None),
+            ("000000010000000000000003.28.backup", None),
+            ("000000010000000000000003.0000002X.backup", None),
+            ("000000010000000000000003.00000028.backups", None),
+            ("archive_status", None),
+            ("", None),
+            ("é00000010000000000000003", None),
+            // 32 bytes with a two-byte character across offset 24: must not panic.
+            ("00000001000000000000000é.partia", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(classify_wal_file(name), want, "{name:?}");
+        }
+        assert_eq!(history_file_name(2), "00000002.history");
+        assert_eq!(classify_wal_file(&history_file_name(0x1F)), Some(History));
+    }
+
+    #[test]
+    fn parses_the_long_header_of_a_real_segment() {
+        let h = parse_long_header(WAL_HEAD).expect("fixture has a long header");
+        assert_eq!(h.magic, XLOG_PAGE_MAGIC_PG15);
+        assert_eq!(magic_to_major_version(h.magic), Some(15));
+        assert_eq!(h.timeline, 1);
+        assert_eq!(h.page_addr, Lsn(0x100_0000));
+        assert_eq!(h.system_id, 7711650395882422118);
+        assert_eq!(u64::from(h.seg_size), crate::DEFAULT_WAL_SEGMENT_SIZE);
+        assert_eq!(h.block_size as usize, crate::WAL_PAGE_SIZE);
+        let seg = h.segment().expect("segment start");
+        assert_eq!(seg.name(u64::from(h.seg_size)), "000000010000000000000001");
+    }
+
+    #[test]
+    fn long_header_needs_40_bytes_and_the_flag() {
+        assert_eq!(parse_long_header(&WAL_HEAD[..39]), None);
+        assert_eq!(parse_long_header(&[]), None);
+        let mut short = WAL_HEAD.to_vec();
+        short[2] &= !(XLP_LONG_HEADER as u8);
+        assert_eq!(parse_long_header(&short), None);
+        let mut moved = parse_long_header(WAL_HEAD).unwrap();
+        moved.page_addr = Lsn(0x100_2000);
+        assert_eq!(
+            moved.segment(),
+            None,
+            "a page inside a segment is not a segment start"
+        );
+        moved.page_addr = Lsn(0x100_0000);
+        moved.seg_size = 3;
+        assert_eq!(moved.segment(), None);
+    }
+
+    #[test]
+    fn magic_values() {
+        assert_eq!(magic_to_major_version(0xD106), Some(13));
+        assert_eq!(magic_to_major_version(0xD10D), Some(14));
+        assert_eq!(magic_to_major_version(0xD110), Some(15));
+        assert_eq!(magic_to_major_version(0xD113), Some(16));
+        assert_eq!(magic_to_major_version(0xD116), Some(17));
+        assert_eq!(magic_to_major_version(0xD111), None);
+        assert_eq!(magic_to_major_version(0), None);
+    }
+}
