@@ -1,0 +1,533 @@
+//! One backup, as the collector runs it on the database host.
+//!
+//! 1. Connect to the cluster on one dedicated session, check it is the stanza's cluster (system identifier,
+//!    major version), that WAL archiving is on and that `pg_data` is its data directory.
+//! 2. `pg_backup_start(label, fast => true)` on that session. A non-exclusive backup lives and dies with its
+//!    session: if the collector fails or loses the connection, PostgreSQL ends the backup itself.
+//! 3. Walk the data directory and tablespaces, applying PostgreSQL's base-backup rules
+//!    ([`strata_pg::datadir`]), and send every file through the pipeline in page-aligned chunks, with a bounded
+//!    pool of readers. Relation pages are checked against their checksums while read (see [`check_pages`]).
+//! 4. `pg_backup_stop(wait_for_archive => true)` returns the backup_label and tablespace_map contents and
+//!    waits until the WAL the backup needs is archived.
+//! 5. Wait until every chunk is confirmed stored, send the manifest through the pipeline the same way, then
+//!    ask an uploader to commit the backup record. The backup exists from that moment on, not before.
+
+use crate::job::{CommitOutcome, Job};
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use strata_bus::Bus;
+use strata_messages::manifest::{ChecksumFailure, Tablespace};
+use strata_messages::{
+    encode, subjects, BackupRecord, BackupRequest, BackupStatus, BackupSummary, ChunkId, ChunkRef, FileEntry,
+    FileKind, Manifest, FORMAT_VERSION,
+};
+use strata_pg::datadir::{self, Entry, FileClass};
+use strata_pg::page::{self, PageCheck};
+use strata_pg::{Lsn, WalSegment, PAGE_SIZE};
+use tracing::{info, warn};
+
+/// How long `pg_backup_stop` may wait for the backup's last WAL segment to be archived.
+const ARCHIVE_WAIT: Duration = Duration::from_secs(300);
+
+pub struct BackupSettings {
+    pub chunk_size: usize,
+    pub compress_level: i32,
+    pub read_workers: usize,
+    pub in_flight_bytes: usize,
+    pub stall: Duration,
+}
+
+/// Facts about the cluster read at the start.
+struct Cluster {
+    version_num: u32,
+    system_id: u64,
+    data_checksums: bool,
+    wal_segment_size: u64,
+}
+
+/// One entry found by the walk.
+struct Found {
+    rel: String,
+    abs: PathBuf,
+    kind: FileKind,
+    class: FileClass,
+    meta: std::fs::Metadata,
+    link_target: String,
+}
+
+/// Runs a backup and returns its summary once it is committed.
+pub async fn run(
+    bus: Arc<dyn Bus>,
+    pg_data: &Path,
+    pg_conn: &str,
+    req: &BackupRequest,
+    settings: &BackupSettings,
+) -> anyhow::Result<BackupSummary> {
+    let (client, connection) = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio_postgres::connect(pg_conn, tokio_postgres::NoTls),
+    )
+    .await
+    .map_err(|_| anyhow!("cannot connect to PostgreSQL: no answer within 15 s"))?
+    .map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+    let conn_task = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            warn!(error = %e, "PostgreSQL connection ended");
+        }
+    });
+    let result = backup_on(&client, bus, pg_data, req, settings).await;
+    drop(client);
+    conn_task.abort();
+    result
+}
+
+async fn backup_on(
+    client: &tokio_postgres::Client,
+    bus: Arc<dyn Bus>,
+    pg_data: &Path,
+    req: &BackupRequest,
+    settings: &BackupSettings,
+) -> anyhow::Result<BackupSummary> {
+    let cluster = check_cluster(client, pg_data, req).await?;
+    let label = req.label.clone();
+    let start_time = now();
+    let row = client
+        .query_one("SELECT pg_backup_start($1, true)::text", &[&format!("strata backup {label}")])
+        .await
+        .context("pg_backup_start failed")?;
+    let start_lsn: Lsn = row.get::<_, String>(0).parse().context("pg_backup_start returned a malformed LSN")?;
+    let timeline: i32 =
+        client.query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[]).await?.get(0);
+    let timeline = timeline as u32;
+    info!(%label, start_lsn = %start_lsn, "backup started");
+
+    let walk_root = pg_data.to_path_buf();
+    let mut found = tokio::task::spawn_blocking(move || walk(&walk_root)).await.expect("walk task")?;
+    // pg_basebackup and pgBackRest send the control file last; do the same.
+    if let Some(pos) = found.iter().position(|f| f.rel == datadir::CONTROL_FILE) {
+        let control = found.remove(pos);
+        found.push(control);
+    }
+    let total_bytes: u64 = found.iter().filter(|f| f.kind == FileKind::File).map(|f| f.meta.len()).sum();
+    status(&*bus, &label, BackupStatus::Started { start_lsn: start_lsn.0, total_bytes }).await;
+
+    let job = Arc::new(
+        Job::start(bus.clone(), label.clone(), req.stanza.clone(), settings.compress_level, settings.in_flight_bytes, settings.stall)
+            .await?,
+    );
+    let files = send_files(&job, &bus, &label, found, &cluster, start_lsn, total_bytes, settings).await?;
+
+    let row = tokio::time::timeout(
+        ARCHIVE_WAIT,
+        client.query_one("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)", &[]),
+    )
+    .await
+    .map_err(|_| anyhow!("the WAL this backup needs was not archived within {} s; check archive_command", ARCHIVE_WAIT.as_secs()))?
+    .context("pg_backup_stop failed")?;
+    let stop_lsn: Lsn = row.get::<_, String>(0).parse().context("pg_backup_stop returned a malformed LSN")?;
+    let backup_label: String = row.get(1);
+    let tablespace_map: Option<String> = row.get(2);
+    let stop_time = now();
+    info!(%label, stop_lsn = %stop_lsn, "backup stopped; waiting for the last chunks");
+
+    job.wait_stored().await?;
+    let (files, checksum_failures) = files;
+    let mut entries = Vec::with_capacity(files.len());
+    for (found, ids) in files {
+        let chunks = ids
+            .iter()
+            .map(|id| job.location(id).ok_or_else(|| anyhow!("chunk of {} has no stored location", found.rel)))
+            .collect::<anyhow::Result<Vec<ChunkRef>>>()?;
+        let size = chunks.iter().map(|c| c.raw_len as u64).sum();
+        entries.push(FileEntry {
+            path: found.rel,
+            kind: found.kind,
+            mode: found.meta.mode() & 0o7777,
+            uid: found.meta.uid(),
+            gid: found.meta.gid(),
+            mtime: found.meta.mtime(),
+            size,
+            link_target: found.link_target,
+            chunks,
+        });
+    }
+    let seg = cluster.wal_segment_size;
+    let stop_for_wal = Lsn(stop_lsn.0.saturating_sub(1).max(start_lsn.0));
+    let tablespaces = entries
+        .iter()
+        .filter(|e| e.kind == FileKind::Symlink)
+        .filter_map(|e| {
+            let oid = e.path.strip_prefix("pg_tblspc/")?.parse().ok()?;
+            Some(Tablespace { oid, location: e.link_target.clone() })
+        })
+        .collect();
+    let database_bytes = entries.iter().map(|e| e.size).sum();
+    let file_count = entries.iter().filter(|e| e.kind == FileKind::File).count() as u64;
+    let mut summary = BackupSummary {
+        label: label.clone(),
+        backup_type: req.backup_type,
+        start_time,
+        stop_time,
+        start_lsn: start_lsn.0,
+        stop_lsn: stop_lsn.0,
+        timeline,
+        wal_start: WalSegment::containing(timeline, start_lsn, seg).name(seg),
+        wal_stop: WalSegment::containing(timeline, stop_for_wal, seg).name(seg),
+        pg_version_num: cluster.version_num,
+        system_id: cluster.system_id,
+        wal_segment_size: seg,
+        database_bytes,
+        stored_bytes: 0,
+        sent_bytes: 0,
+        file_count,
+        checksum_failures: checksum_failures.len() as u64,
+    };
+    let manifest = Manifest {
+        version: FORMAT_VERSION,
+        summary: summary.clone(),
+        data_checksums: cluster.data_checksums,
+        backup_label,
+        tablespace_map: tablespace_map.unwrap_or_default(),
+        tablespaces,
+        files: entries,
+        checksum_failures,
+    };
+    let bytes = encode(&manifest);
+    drop(manifest);
+    let mut manifest_ids = Vec::new();
+    for piece in bytes.chunks(settings.chunk_size) {
+        manifest_ids.push(job.send(piece.to_vec(), true).await?);
+    }
+    job.wait_stored().await?;
+    let manifest_chunks = manifest_ids.iter().map(|id| job.location(id).expect("confirmed above")).collect();
+    summary.stored_bytes = job.written_bytes();
+    summary.sent_bytes = job.sent_bytes();
+    let record = BackupRecord { version: FORMAT_VERSION, summary: summary.clone(), manifest_len: bytes.len() as u64, manifest_chunks };
+    match job.commit_backup(job.packs(), record).await? {
+        CommitOutcome::Committed => {}
+        CommitOutcome::AlreadyArchived => bail!("the uploader answered a backup commit as if it were WAL"),
+    }
+    info!(%label, "backup committed");
+    Ok(summary)
+}
+
+async fn check_cluster(client: &tokio_postgres::Client, pg_data: &Path, req: &BackupRequest) -> anyhow::Result<Cluster> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int,
+                    (SELECT system_identifier FROM pg_control_system()),
+                    current_setting('archive_mode'),
+                    current_setting('data_checksums'),
+                    (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),
+                    current_setting('data_directory'),
+                    pg_is_in_recovery()",
+            &[],
+        )
+        .await
+        .context("cannot read the cluster's settings (the role needs superuser or pg_read_all_settings)")?;
+    let version_num = row.get::<_, i32>(0) as u32;
+    let system_id = row.get::<_, i64>(1) as u64;
+    let archive_mode: String = row.get(2);
+    let data_checksums = row.get::<_, String>(3) == "on";
+    let wal_segment_size = row.get::<_, i64>(4) as u64;
+    let data_directory: String = row.get(5);
+    let in_recovery: bool = row.get(6);
+
+    let major = strata_pg::version::major_from_version_num(version_num);
+    if major != req.expect_pg_major {
+        bail!(
+            "stanza '{}' is for PostgreSQL {} but the cluster runs PostgreSQL {major}; a backup would mix versions",
+            req.stanza,
+            req.expect_pg_major
+        );
+    }
+    if system_id != req.expect_system_id {
+        bail!(
+            "stanza '{}' is for database system {} but the cluster's system identifier is {system_id}",
+            req.stanza,
+            req.expect_system_id
+        );
+    }
+    if archive_mode == "off" {
+        bail!("archive_mode is off: the WAL that makes a backup consistent would not be archived; set archive_mode = on and archive_command = 'strata --stanza {} archive-push %p'", req.stanza);
+    }
+    if in_recovery {
+        bail!("the cluster is in recovery (a standby); back up the primary");
+    }
+    let configured = std::fs::canonicalize(pg_data)
+        .with_context(|| format!("pg_data {} is not accessible", pg_data.display()))?;
+    let actual = std::fs::canonicalize(&data_directory).unwrap_or_else(|_| PathBuf::from(&data_directory));
+    if configured != actual {
+        bail!(
+            "pg_data is {} but the server's data_directory is {data_directory}; they must be the same cluster",
+            pg_data.display()
+        );
+    }
+    Ok(Cluster { version_num, system_id, data_checksums, wal_segment_size })
+}
+
+/// Lists what the backup copies, directories before their contents. Follows the tablespace links in
+/// `pg_tblspc`, recording the link itself and the tablespace's contents under `pg_tblspc/<oid>/`.
+fn walk(root: &Path) -> anyhow::Result<Vec<Found>> {
+    let mut out = Vec::new();
+    let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel_dir)) = stack.pop() {
+        let mut names: Vec<(String, PathBuf)> = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            // A directory dropped during the backup (DROP DATABASE): WAL replay recreates the truth.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !rel_dir.is_empty() => continue,
+            Err(e) => return Err(anyhow!("cannot read {}: {e}", dir.display())),
+        };
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+            names.push((entry.file_name().to_string_lossy().into_owned(), entry.path()));
+        }
+        names.sort();
+        let init_forks = if datadir::is_database_dir(Path::new(&rel_dir)) {
+            datadir::init_forks(names.iter().map(|(n, _)| n.as_str()))
+        } else {
+            HashSet::new()
+        };
+        let mut subdirs = Vec::new();
+        for (name, abs) in names {
+            let rel = if rel_dir.is_empty() { name.clone() } else { format!("{rel_dir}/{name}") };
+            let meta = match std::fs::symlink_metadata(&abs) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(anyhow!("cannot stat {}: {e}", abs.display())),
+            };
+            let is_tablespace_link = meta.file_type().is_symlink() && rel_dir == "pg_tblspc";
+            let is_dir = meta.is_dir() || is_tablespace_link;
+            let class = match datadir::classify(Path::new(&rel), is_dir) {
+                Entry::Skip => continue,
+                Entry::SkipContents => {
+                    out.push(Found { rel, abs, kind: FileKind::Directory, class: FileClass::Other, meta, link_target: String::new() });
+                    continue;
+                }
+                Entry::Include(class) => class,
+            };
+            if !init_forks.is_empty() && datadir::is_unlogged_non_init(&name, &init_forks) {
+                continue;
+            }
+            if is_tablespace_link {
+                let target = std::fs::read_link(&abs).with_context(|| format!("cannot read link {}", abs.display()))?;
+                out.push(Found {
+                    rel: rel.clone(),
+                    abs: abs.clone(),
+                    kind: FileKind::Symlink,
+                    class,
+                    meta,
+                    link_target: target.to_string_lossy().into_owned(),
+                });
+                subdirs.push((target, rel));
+            } else if meta.is_dir() {
+                out.push(Found { rel: rel.clone(), abs: abs.clone(), kind: FileKind::Directory, class, meta, link_target: String::new() });
+                subdirs.push((abs, rel));
+            } else if meta.is_file() {
+                out.push(Found { rel, abs, kind: FileKind::File, class, meta, link_target: String::new() });
+            } else if meta.file_type().is_symlink() {
+                // Other links (pg_wal pointing elsewhere is handled by SkipContents): keep the link itself.
+                let target = std::fs::read_link(&abs).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+                out.push(Found { rel, abs, kind: FileKind::Symlink, class, meta, link_target: target });
+            }
+        }
+        // Depth-first, in name order.
+        stack.extend(subdirs.into_iter().rev());
+    }
+    Ok(out)
+}
+
+type FileChunks = (Found, Vec<ChunkId>);
+
+/// Reads every file with a bounded pool and sends its chunks; returns each entry with its chunk ids, in the
+/// walk's order, and the checksum failures found.
+#[allow(clippy::too_many_arguments)]
+async fn send_files(
+    job: &Arc<Job>,
+    bus: &Arc<dyn Bus>,
+    label: &str,
+    found: Vec<Found>,
+    cluster: &Cluster,
+    start_lsn: Lsn,
+    total_bytes: u64,
+    settings: &BackupSettings,
+) -> anyhow::Result<(Vec<FileChunks>, Vec<ChecksumFailure>)> {
+    let slots: Arc<Vec<Mutex<Option<FileChunks>>>> =
+        Arc::new(found.into_iter().map(|f| Mutex::new(Some((f, Vec::new())))).collect());
+    let next = Arc::new(AtomicUsize::new(0));
+    let done_bytes = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let vanished = Arc::new(Mutex::new(HashSet::new()));
+    let verify = cluster.data_checksums;
+
+    let progress = {
+        let bus = bus.clone();
+        let label = label.to_string();
+        let done = done_bytes.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let done_bytes = done.load(Ordering::Relaxed);
+                status(&*bus, &label, BackupStatus::Progress { done_bytes, total_bytes }).await;
+            }
+        })
+    };
+    let mut readers = Vec::new();
+    for _ in 0..settings.read_workers {
+        let (slots, next, job, done, failures, vanished) =
+            (slots.clone(), next.clone(), job.clone(), done_bytes.clone(), failures.clone(), vanished.clone());
+        let chunk_size = settings.chunk_size;
+        readers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(slot) = slots.get(i) else { return Ok::<(), anyhow::Error>(()) };
+                let (found, _) = slot.lock().expect("slot").take().expect("each slot is taken once");
+                if found.kind != FileKind::File {
+                    *slot.lock().expect("slot") = Some((found, Vec::new()));
+                    continue;
+                }
+                match send_file(&job, &found, chunk_size, verify, start_lsn, &done, &failures).await? {
+                    Some(ids) => *slot.lock().expect("slot") = Some((found, ids)),
+                    None => {
+                        vanished.lock().expect("vanished").insert(i);
+                    }
+                }
+            }
+        }));
+    }
+    let mut result = Ok(());
+    for r in readers {
+        if let Err(e) = r.await.expect("reader task panicked") {
+            result = Err(e);
+        }
+    }
+    progress.abort();
+    result?;
+    let vanished = vanished.lock().expect("vanished").clone();
+    let slots = Arc::try_unwrap(slots).map_err(|_| anyhow!("reader still holds the file list"))?;
+    let files = slots
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !vanished.contains(i))
+        .map(|(_, s)| s.into_inner().expect("slot").expect("every slot is refilled"))
+        .collect();
+    let failures = std::mem::take(&mut *failures.lock().expect("failures"));
+    Ok((files, failures))
+}
+
+/// Sends one file; `None` when it disappeared before it could be opened (a dropped relation: WAL replay
+/// removes it anyway).
+async fn send_file(
+    job: &Job,
+    found: &Found,
+    chunk_size: usize,
+    verify: bool,
+    start_lsn: Lsn,
+    done: &AtomicU64,
+    failures: &Mutex<Vec<ChecksumFailure>>,
+) -> anyhow::Result<Option<Vec<ChunkId>>> {
+    let mut file = match File::open(&found.abs) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => bail!("cannot open {}: {e}", found.abs.display()),
+    };
+    let segno = match found.class {
+        FileClass::Relation { segno } if verify => Some(segno),
+        _ => None,
+    };
+    let mut ids = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        let (f, buf, bad) = tokio::task::spawn_blocking({
+            let path = found.abs.clone();
+            let rel = found.rel.clone();
+            move || -> anyhow::Result<(File, Vec<u8>, Vec<ChecksumFailure>)> {
+                let mut buf = vec![0u8; chunk_size];
+                let n = read_full(&mut file, &mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+                buf.truncate(n);
+                let bad = match segno {
+                    Some(segno) => check_pages(&file, &rel, segno, offset, &mut buf, start_lsn),
+                    None => Vec::new(),
+                };
+                Ok((file, buf, bad))
+            }
+        })
+        .await
+        .expect("read task panicked")?;
+        file = f;
+        if !bad.is_empty() {
+            for b in &bad {
+                warn!(file = %b.path, block = b.block, "page checksum mismatch");
+            }
+            failures.lock().expect("failures").extend(bad);
+        }
+        if buf.is_empty() {
+            break;
+        }
+        let n = buf.len();
+        offset += n as u64;
+        done.fetch_add(n as u64, Ordering::Relaxed);
+        ids.push(job.send(buf, true).await?);
+        if n < chunk_size {
+            break;
+        }
+    }
+    Ok(Some(ids))
+}
+
+fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Checks the checksums of the whole pages in `buf` (read from `offset` of a relation segment file).
+///
+/// As `basebackup.c` does: a page whose LSN is at or past the backup start is skipped, since it changed
+/// during the backup and WAL replay rewrites it from a full-page image; a mismatching page is read again once,
+/// because the first read may have raced with a write (a torn read), and only a page that still fails is
+/// reported. A reread that succeeds replaces the torn copy in `buf`.
+fn check_pages(file: &File, rel: &str, segno: u32, offset: u64, buf: &mut [u8], start_lsn: Lsn) -> Vec<ChecksumFailure> {
+    let mut bad = Vec::new();
+    for (i, page) in buf.chunks_exact_mut(PAGE_SIZE).enumerate() {
+        let index = (offset / PAGE_SIZE as u64) as u32 + i as u32;
+        let blkno = page::block_number(segno, index);
+        if !matches!(page::verify(page, blkno), PageCheck::Mismatch { .. }) || page::page_lsn(page) >= start_lsn {
+            continue;
+        }
+        let mut again = vec![0u8; PAGE_SIZE];
+        let reread = file.read_exact_at(&mut again, offset + (i * PAGE_SIZE) as u64).is_ok();
+        if reread && (page::page_lsn(&again) >= start_lsn || !matches!(page::verify(&again, blkno), PageCheck::Mismatch { .. })) {
+            page.copy_from_slice(&again);
+            continue;
+        }
+        bad.push(ChecksumFailure { path: rel.to_string(), block: blkno });
+    }
+    bad
+}
+
+pub(crate) async fn status(bus: &dyn Bus, label: &str, s: BackupStatus) {
+    if let Err(e) = bus.publish_event(&subjects::backup_status(label), Bytes::from(encode(&s))).await {
+        warn!(error = %e, "cannot publish backup status");
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}

@@ -1,0 +1,280 @@
+//! The sending side of the pipeline: one job (a backup, or one WAL file) pushing chunks and waiting until
+//! uploaders confirm them.
+//!
+//! A [`Job`] publishes each distinct chunk once on the `Seal` queue and tracks it until a
+//! [`JobEvent::Stored`] confirmation names it. The bytes it may have unconfirmed are bounded
+//! (`pipeline.in_flight_bytes`), which bounds memory in every stage and in the bus. Confirmations are events
+//! and may be lost; the job does not rely on them arriving but on their arriving *in time*: when nothing is
+//! confirmed for `pipeline.stall_timeout_secs` the job fails, naming what it was waiting for. Nothing is
+//! committed by a failed job, so the repository only gains unreferenced packs.
+
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use strata_bus::{Bus, EventStream, Queue};
+use strata_messages::{
+    decode, encode, subjects, ArchivedJobEvent, ChunkId, ChunkRef, CommitBackup, CommitWal, JobEvent, PackId,
+    PlainChunk, UploadWork, FORMAT_VERSION,
+};
+use tokio::sync::{Notify, Semaphore};
+
+/// Accounting unit of the in-flight window: one page.
+const PERMIT_BYTES: usize = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("no chunk of this job was confirmed stored for {secs} s ({pending} chunks waiting); are the sealer and uploader running and the repository writable?")]
+    Stalled { secs: u64, pending: usize },
+    #[error("{0}")]
+    Rejected(String),
+    #[error(transparent)]
+    Bus(#[from] strata_bus::BusError),
+}
+
+/// How a commit ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Committed,
+    AlreadyArchived,
+}
+
+#[derive(Default)]
+struct State {
+    /// Sent, not yet confirmed: chunk id -> permits it holds.
+    pending: HashMap<ChunkId, u32>,
+    stored: HashMap<ChunkId, ChunkRef>,
+    written_bytes: u64,
+    failure: Option<String>,
+    commit: Option<Result<CommitOutcome, String>>,
+    last_progress: Option<Instant>,
+}
+
+pub struct Job {
+    bus: Arc<dyn Bus>,
+    id: String,
+    stanza: String,
+    compress_level: i8,
+    stall: Duration,
+    window: Arc<Semaphore>,
+    state: Arc<Mutex<State>>,
+    changed: Arc<Notify>,
+    sent_bytes: std::sync::atomic::AtomicU64,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl Job {
+    /// Starts listening for the job's confirmations; call before sending anything.
+    pub async fn start(
+        bus: Arc<dyn Bus>,
+        id: String,
+        stanza: String,
+        compress_level: i32,
+        in_flight_bytes: usize,
+        stall: Duration,
+    ) -> Result<Job, JobError> {
+        let events = bus.subscribe(&subjects::job_events(&id), None).await?;
+        let state = Arc::new(Mutex::new(State { last_progress: Some(Instant::now()), ..State::default() }));
+        let changed = Arc::new(Notify::new());
+        let window_permits = (in_flight_bytes / PERMIT_BYTES).max(1);
+        let window = Arc::new(Semaphore::new(window_permits));
+        let listener = tokio::spawn(listen(events, state.clone(), changed.clone(), window.clone()));
+        Ok(Job {
+            bus,
+            id,
+            stanza,
+            compress_level: compress_level.clamp(0, 22) as i8,
+            stall,
+            window,
+            state,
+            changed,
+            sent_bytes: 0.into(),
+            listener,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Plain bytes published so far.
+    pub fn sent_bytes(&self) -> u64 {
+        self.sent_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sealed bytes uploaders wrote for this job (chunks they already had are not counted).
+    pub fn written_bytes(&self) -> u64 {
+        self.state.lock().expect("job state").written_bytes
+    }
+
+    /// Sends a chunk unless this job already sent the same content; returns its id. Waits while the
+    /// in-flight window is full.
+    pub async fn send(&self, data: Vec<u8>, dedup: bool) -> Result<ChunkId, JobError> {
+        let id = strata_seal::chunk_id(&data);
+        let permits = data.len().div_ceil(PERMIT_BYTES).max(1) as u32;
+        {
+            let mut s = self.state.lock().expect("job state");
+            if s.stored.contains_key(&id) || s.pending.contains_key(&id) {
+                return Ok(id);
+            }
+            // Reserve the id now so a concurrent sender of the same content doesn't publish it twice.
+            s.pending.insert(id, 0);
+        }
+        let permit = loop {
+            self.check_failed()?;
+            match tokio::time::timeout(Duration::from_secs(1), self.window.acquire_many(permits)).await {
+                Ok(p) => break p.expect("window semaphore is never closed"),
+                Err(_) => self.check_stalled()?,
+            }
+        };
+        permit.forget();
+        self.state.lock().expect("job state").pending.insert(id, permits);
+        let len = data.len() as u64;
+        let msg = PlainChunk {
+            version: FORMAT_VERSION,
+            job: self.id.clone(),
+            stanza: self.stanza.clone(),
+            id,
+            dedup,
+            compress_level: self.compress_level,
+            data,
+        };
+        if let Err(e) = self.bus.publish_work(Queue::Seal, Bytes::from(encode(&msg))).await {
+            let mut s = self.state.lock().expect("job state");
+            s.pending.remove(&id);
+            self.window.add_permits(permits as usize);
+            return Err(e.into());
+        }
+        self.sent_bytes.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        Ok(id)
+    }
+
+    /// Waits until every chunk sent so far is confirmed stored.
+    pub async fn wait_stored(&self) -> Result<(), JobError> {
+        loop {
+            let notified = self.changed.notified();
+            {
+                let s = self.state.lock().expect("job state");
+                if let Some(f) = &s.failure {
+                    return Err(JobError::Rejected(f.clone()));
+                }
+                if s.pending.is_empty() {
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout(Duration::from_secs(1), notified).await.is_err() {
+                self.check_stalled()?;
+            }
+        }
+    }
+
+    /// Where a confirmed chunk is stored.
+    pub fn location(&self, id: &ChunkId) -> Option<ChunkRef> {
+        self.state.lock().expect("job state").stored.get(id).copied()
+    }
+
+    /// Every pack holding a chunk of this job.
+    pub fn packs(&self) -> Vec<PackId> {
+        let s = self.state.lock().expect("job state");
+        s.stored.values().map(|r| r.pack).collect::<HashSet<_>>().into_iter().collect()
+    }
+
+    pub async fn commit_backup(&self, packs: Vec<PackId>, record: strata_messages::BackupRecord) -> Result<CommitOutcome, JobError> {
+        let work = UploadWork::CommitBackup(CommitBackup {
+            version: FORMAT_VERSION,
+            job: self.id.clone(),
+            stanza: self.stanza.clone(),
+            packs,
+            record,
+        });
+        self.commit(work).await
+    }
+
+    pub async fn commit_wal(&self, record: strata_messages::WalRecord) -> Result<CommitOutcome, JobError> {
+        let work = UploadWork::CommitWal(CommitWal {
+            version: FORMAT_VERSION,
+            job: self.id.clone(),
+            stanza: self.stanza.clone(),
+            record,
+        });
+        self.commit(work).await
+    }
+
+    async fn commit(&self, work: UploadWork) -> Result<CommitOutcome, JobError> {
+        self.state.lock().expect("job state").last_progress = Some(Instant::now());
+        self.bus.publish_work(Queue::Upload, Bytes::from(encode(&work))).await?;
+        loop {
+            let notified = self.changed.notified();
+            {
+                let mut s = self.state.lock().expect("job state");
+                if let Some(outcome) = s.commit.take() {
+                    return outcome.map_err(JobError::Rejected);
+                }
+                if let Some(f) = &s.failure {
+                    return Err(JobError::Rejected(f.clone()));
+                }
+            }
+            if tokio::time::timeout(Duration::from_secs(1), notified).await.is_err() {
+                self.check_stalled()?;
+            }
+        }
+    }
+
+    fn check_failed(&self) -> Result<(), JobError> {
+        match &self.state.lock().expect("job state").failure {
+            Some(f) => Err(JobError::Rejected(f.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn check_stalled(&self) -> Result<(), JobError> {
+        let s = self.state.lock().expect("job state");
+        if let Some(f) = &s.failure {
+            return Err(JobError::Rejected(f.clone()));
+        }
+        let since = s.last_progress.map(|t| t.elapsed()).unwrap_or_default();
+        if since >= self.stall {
+            return Err(JobError::Stalled { secs: since.as_secs(), pending: s.pending.len() });
+        }
+        Ok(())
+    }
+}
+
+async fn listen(mut events: Box<dyn EventStream>, state: Arc<Mutex<State>>, changed: Arc<Notify>, window: Arc<Semaphore>) {
+    while let Some(payload) = events.next().await {
+        let Ok(event) = decode::<JobEvent>(&payload) else {
+            tracing::warn!("ignoring a malformed job event");
+            continue;
+        };
+        let mut s = state.lock().expect("job state");
+        s.last_progress = Some(Instant::now());
+        match event {
+            ArchivedJobEvent::Stored { chunks, written_bytes } => {
+                s.written_bytes += written_bytes.to_native();
+                for c in chunks.iter() {
+                    let r = strata_messages::to_owned::<ChunkRef>(c);
+                    // A redelivered chunk may be confirmed twice; only the first releases its permits.
+                    if let Some(permits) = s.pending.remove(&r.id) {
+                        window.add_permits(permits as usize);
+                    }
+                    s.stored.entry(r.id).or_insert(r);
+                }
+            }
+            ArchivedJobEvent::Committed => s.commit = Some(Ok(CommitOutcome::Committed)),
+            ArchivedJobEvent::AlreadyArchived => s.commit = Some(Ok(CommitOutcome::AlreadyArchived)),
+            ArchivedJobEvent::Rejected(reason) => {
+                if s.commit.is_none() && s.failure.is_none() {
+                    s.failure = Some(reason.to_string());
+                }
+            }
+        }
+        drop(s);
+        changed.notify_waiters();
+    }
+}

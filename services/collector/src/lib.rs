@@ -1,0 +1,150 @@
+//! The collector: runs on the database host, reads the data directory and WAL, and feeds the pipeline.
+//!
+//! As a service ([`run`]) it serves backup requests for the stanzas in its config: one queue group per
+//! stanza, so among several collectors of a stanza one takes each request, and one backup per stanza at a
+//! time. It reports progress and the outcome on the backup's status subject. The same code runs inside the
+//! `strata` command in single-host mode.
+//!
+//! [`wal::push`] is `archive-push`'s work, and lives here because it is the other half of reading a cluster.
+//! Both send through a [`job::Job`], which bounds the data in flight and waits for stored confirmations.
+
+pub mod backup;
+pub mod job;
+pub mod wal;
+
+use bytes::Bytes;
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use strata_bus::Bus;
+use strata_config::Config;
+use strata_messages::{decode, subjects, BackupRequest, BackupStatus};
+use tracing::{error, info, warn};
+
+pub use backup::BackupSettings;
+
+impl BackupSettings {
+    pub fn from_config(cfg: &Config, compress_level: i32) -> Self {
+        let p = &cfg.pipeline;
+        BackupSettings {
+            chunk_size: p.chunk_size,
+            compress_level,
+            read_workers: p.read_workers,
+            in_flight_bytes: p.in_flight_bytes,
+            stall: Duration::from_secs(p.stall_timeout_secs),
+        }
+    }
+}
+
+/// Serves backup requests for every configured stanza until `shutdown` completes.
+pub async fn run(cfg: Arc<Config>, bus: Arc<dyn Bus>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if cfg.stanza.is_empty() {
+        anyhow::bail!("no [stanza.<name>] is configured; the collector has nothing to back up");
+    }
+    let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut listeners = Vec::new();
+    for name in cfg.stanza.keys() {
+        let mut requests = bus.subscribe(&subjects::backup_requests(name), Some(subjects::COLLECTOR_GROUP)).await?;
+        let (cfg, bus, running, name) = (cfg.clone(), bus.clone(), running.clone(), name.clone());
+        listeners.push(tokio::spawn(async move {
+            while let Some(payload) = requests.next().await {
+                let req = match decode::<BackupRequest>(&payload) {
+                    Ok(r) => strata_messages::to_owned::<BackupRequest>(r),
+                    Err(e) => {
+                        warn!(error = %e, "ignoring a malformed backup request");
+                        continue;
+                    }
+                };
+                if req.stanza != name {
+                    continue;
+                }
+                if !running.lock().expect("running set").insert(name.clone()) {
+                    let msg = format!("a backup of stanza '{name}' is already running");
+                    backup::status(&*bus, &req.label, BackupStatus::Failed(msg)).await;
+                    continue;
+                }
+                let (cfg, bus, running, name) = (cfg.clone(), bus.clone(), running.clone(), name.clone());
+                tokio::spawn(async move {
+                    serve_backup(&cfg, bus, &req).await;
+                    running.lock().expect("running set").remove(&name);
+                });
+            }
+        }));
+    }
+    info!(stanzas = cfg.stanza.len(), "collector running");
+    shutdown.await;
+    for l in listeners {
+        l.abort();
+    }
+    Ok(())
+}
+
+/// Runs one backup and reports its outcome on its status subject.
+pub async fn serve_backup(cfg: &Config, bus: Arc<dyn Bus>, req: &BackupRequest) {
+    let stanza = cfg.stanza.get(&req.stanza).expect("listener only exists for configured stanzas");
+    let settings = BackupSettings::from_config(cfg, i32::from(req.compress_level));
+    info!(stanza = %req.stanza, label = %req.label, "backup requested");
+    let outcome = backup::run(bus.clone(), &stanza.pg_data, &stanza.pg_conn, req, &settings).await;
+    let status = match outcome {
+        Ok(summary) => BackupStatus::Done(summary),
+        Err(e) => {
+            error!(stanza = %req.stanza, label = %req.label, error = format!("{e:#}"), "backup failed");
+            BackupStatus::Failed(format!("{e:#}"))
+        }
+    };
+    backup::status(&*bus, &req.label, status).await;
+    let _ = bus.flush().await;
+}
+
+/// Sends a backup request and follows it to its end, reporting progress to `on_progress`. Subscribes to the
+/// status before asking, so no status is missed. With `in_process`, the backup runs in this process (the
+/// single-host mode) instead of being sent to a collector service.
+pub async fn request_backup(
+    bus: Arc<dyn Bus>,
+    req: &BackupRequest,
+    in_process: Option<Arc<Config>>,
+    answer_timeout: Duration,
+    stall: Duration,
+    mut on_progress: impl FnMut(u64, u64),
+) -> anyhow::Result<strata_messages::BackupSummary> {
+    let mut statuses = bus.subscribe(&subjects::backup_status(&req.label), None).await?;
+    bus.flush().await?;
+    match in_process {
+        Some(cfg) => {
+            let (bus, req) = (bus.clone(), req.clone());
+            tokio::spawn(async move { serve_backup(&cfg, bus, &req).await });
+        }
+        None => {
+            bus.publish_event(&subjects::backup_requests(&req.stanza), Bytes::from(strata_messages::encode(req))).await?;
+            bus.flush().await?;
+        }
+    }
+    let mut started = false;
+    loop {
+        let wait = if started { stall } else { answer_timeout };
+        let payload = match tokio::time::timeout(wait, statuses.next()).await {
+            Ok(Some(p)) => p,
+            Ok(None) => anyhow::bail!("the bus closed while waiting for the backup"),
+            Err(_) if !started => anyhow::bail!(
+                "no collector answered for stanza '{}' within {} s; is strata-collector running with this stanza?",
+                req.stanza,
+                answer_timeout.as_secs()
+            ),
+            Err(_) => anyhow::bail!("the collector sent no progress for {} s; the backup is presumed lost", stall.as_secs()),
+        };
+        let status = decode::<BackupStatus>(&payload)?;
+        match strata_messages::to_owned::<BackupStatus>(status) {
+            BackupStatus::Started { total_bytes, .. } => {
+                started = true;
+                on_progress(0, total_bytes);
+            }
+            BackupStatus::Progress { done_bytes, total_bytes } => {
+                started = true;
+                on_progress(done_bytes, total_bytes);
+            }
+            BackupStatus::Done(summary) => return Ok(summary),
+            BackupStatus::Failed(reason) => anyhow::bail!("{reason}"),
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! `check`: proves the whole path works before a backup needs it, as `pgbackrest check` does: the cluster
+//! is the stanza's, the repository is writable, and a WAL switch forced now reaches the archive.
+
+use crate::cmd::{cluster_facts, connect};
+use crate::Context_;
+use anyhow::bail;
+use std::time::{Duration, Instant};
+
+const ARCHIVE_WAIT: Duration = Duration::from_secs(60);
+
+pub async fn run(ctx: &Context_) -> anyhow::Result<()> {
+    let stanza_cfg = ctx.cfg.stanza(&ctx.stanza)?;
+    let info = ctx.repo.stanza(&ctx.stanza).await?;
+    ctx.repo.check_writable().await?;
+    let client = connect(&stanza_cfg.pg_conn).await?;
+    let facts = cluster_facts(&client).await?;
+    strata_repo::check_same_cluster(&info, facts.system_id, strata_pg::version::major_from_version_num(facts.version_num))?;
+    if facts.archive_mode == "off" {
+        bail!("archive_mode is off; set archive_mode = on and archive_command = 'strata --stanza {} archive-push %p'", ctx.stanza);
+    }
+    if !facts.archive_command.contains("archive-push") {
+        bail!("archive_command is '{}'; it should call strata archive-push", facts.archive_command);
+    }
+    // A switch with nothing written since the last one returns the previous segment, which must then be
+    // archived already: either way the named segment must appear.
+    let row = client.query_one("SELECT pg_walfile_name(pg_switch_wal() - 1)", &[]).await?;
+    let segment: String = row.get(0);
+    let started = Instant::now();
+    loop {
+        if ctx.repo.wal(&ctx.stanza, &segment).await?.is_some() {
+            break;
+        }
+        if started.elapsed() > ARCHIVE_WAIT {
+            bail!(
+                "WAL segment {segment} was not archived within {} s; check archive_command and the server log",
+                ARCHIVE_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "check: stanza '{}' ok: cluster matches, repository '{}' writable, WAL segment {segment} archived in {:.1} s",
+        ctx.stanza,
+        ctx.repo.name(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! The single-host mode: the pipeline's stages as tasks of the `strata` process, over an in-process bus.
+//!
+//! These are the services' own `run` functions, not a second implementation, so the single-host mode
+//! exercises the same code paths as a fleet; only the bus differs.
+
+use std::sync::Arc;
+use strata_bus::Bus;
+use strata_config::Config;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Running stages; [`LocalStages::stop`] ends them.
+pub struct LocalStages {
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts a sealer and an uploader (and, for backups, a collector) on `bus`. Checks the repository first so
+/// an unwritable one fails at once rather than at the stall deadline.
+pub async fn start(cfg: &Arc<Config>, bus: Arc<dyn Bus>, collector: bool) -> anyhow::Result<LocalStages> {
+    let repo = strata_uploader::open_repo(cfg.primary_repo())?;
+    repo.check_writable().await?;
+    let cancel = CancellationToken::new();
+    let p = &cfg.pipeline;
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(strata_sealer::run(bus.clone(), p.sealer_workers, cancel.clone().cancelled_owned())));
+    tasks.push(tokio::spawn(strata_uploader::run(
+        repo,
+        bus.clone(),
+        p.uploader_workers,
+        p.pack_size,
+        cancel.clone().cancelled_owned(),
+    )));
+    if collector {
+        tasks.push(tokio::spawn(strata_collector::run(cfg.clone(), bus, cancel.clone().cancelled_owned())));
+    }
+    Ok(LocalStages { cancel, tasks })
+}
+
+impl LocalStages {
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        for t in self.tasks {
+            t.await.expect("stage task panicked")?;
+        }
+        Ok(())
+    }
+}
