@@ -17,6 +17,10 @@ const TMP_PREFIX: &str = ".tmp-";
 #[derive(Debug, Clone)]
 pub struct PosixStorage {
     root: PathBuf,
+    /// When running as root, what this storage creates is handed to the repository's owner, so a command
+    /// run as root (a restore, a manual backup) never leaves files that the archive_command, running as
+    /// `postgres`, can no longer write beside.
+    chown_to: Option<(u32, u32)>,
 }
 
 impl PosixStorage {
@@ -25,7 +29,13 @@ impl PosixStorage {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         match fs::metadata(&root) {
-            Ok(m) if m.is_dir() => Ok(PosixStorage { root }),
+            Ok(m) if m.is_dir() => {
+                use std::os::unix::fs::MetadataExt;
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                let as_root = unsafe { libc::geteuid() } == 0;
+                let chown_to = (as_root && m.uid() != 0).then(|| (m.uid(), m.gid()));
+                Ok(PosixStorage { root, chown_to })
+            }
             Ok(_) => Err(StorageError::Corrupt { path: root.display().to_string(), reason: "not a directory".into() }),
             Err(e) => Err(io_err(&root, e)),
         }
@@ -37,10 +47,25 @@ impl PosixStorage {
 
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Path) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&Root) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let root = self.root.clone();
+        let root = Root { path: self.root.clone(), chown_to: self.chown_to };
         tokio::task::spawn_blocking(move || f(&root)).await.expect("storage task panicked")
+    }
+}
+
+/// The repository root as the blocking helpers see it.
+struct Root {
+    path: PathBuf,
+    chown_to: Option<(u32, u32)>,
+}
+
+impl Root {
+    fn give_away(&self, path: &Path) -> Result<()> {
+        if let Some((uid, gid)) = self.chown_to {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| io_err(path, e))?;
+        }
+        Ok(())
     }
 }
 
@@ -59,32 +84,35 @@ fn fsync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Creates `dir` and missing parents below `root`, fsyncing each parent whose entry list changed.
-fn create_dirs(root: &Path, dir: &Path) -> Result<()> {
+fn create_dirs(root: &Root, dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
-        if parent != root && parent.starts_with(root) {
+        if parent != root.path && parent.starts_with(&root.path) {
             create_dirs(root, parent)?;
         }
     }
     match fs::create_dir(dir) {
-        Ok(()) => fsync_dir(dir.parent().unwrap_or(root)),
+        Ok(()) => {
+            root.give_away(dir)?;
+            fsync_dir(dir.parent().unwrap_or(&root.path))
+        }
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(io_err(dir, e)),
     }
 }
 
-fn write_tmp(root: &Path, target: &Path, data: &[u8]) -> Result<PathBuf> {
-    let dir = target.parent().unwrap_or(root);
+fn write_tmp(root: &Root, target: &Path, data: &[u8]) -> Result<PathBuf> {
+    let dir = target.parent().unwrap_or(&root.path);
     create_dirs(root, dir)?;
     let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("object");
     let tmp = dir.join(format!("{TMP_PREFIX}{name}-{:016x}", rand::random::<u64>()));
     let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| io_err(&tmp, e))?;
-    let written = f.write_all(data).and_then(|_| f.sync_all());
-    if let Err(e) = written {
+    let written = f.write_all(data).and_then(|_| f.sync_all()).map_err(|e| io_err(&tmp, e));
+    if let Err(e) = written.and_then(|_| root.give_away(&tmp)) {
         let _ = fs::remove_file(&tmp);
-        return Err(io_err(&tmp, e));
+        return Err(e);
     }
     Ok(tmp)
 }
@@ -101,8 +129,8 @@ impl Storage for PosixStorage {
 
     async fn check_writable(&self) -> Result<()> {
         self.blocking(|root| {
-            let probe = root.join(format!("{TMP_PREFIX}probe-{:016x}", rand::random::<u64>()));
-            File::create(&probe).map_err(|e| io_err(root, e))?;
+            let probe = root.path.join(format!("{TMP_PREFIX}probe-{:016x}", rand::random::<u64>()));
+            File::create(&probe).map_err(|e| io_err(&root.path, e))?;
             fs::remove_file(&probe).map_err(|e| io_err(&probe, e))
         })
         .await
@@ -116,7 +144,7 @@ impl Storage for PosixStorage {
                 let _ = fs::remove_file(&tmp);
                 return Err(io_err(&target, e));
             }
-            fsync_dir(target.parent().unwrap_or(root))
+            fsync_dir(target.parent().unwrap_or(&root.path))
         })
         .await
     }
@@ -132,7 +160,7 @@ impl Storage for PosixStorage {
             let linked = fs::hard_link(&tmp, &target);
             let _ = fs::remove_file(&tmp);
             linked.map_err(|e| io_err(&target, e))?;
-            fsync_dir(target.parent().unwrap_or(root))
+            fsync_dir(target.parent().unwrap_or(&root.path))
         })
         .await
     }
@@ -190,7 +218,7 @@ impl Storage for PosixStorage {
                     let meta = entry.metadata().map_err(|e| io_err(&entry.path(), e))?;
                     if meta.is_dir() {
                         stack.push(entry.path());
-                    } else if let Ok(rel) = entry.path().strip_prefix(root) {
+                    } else if let Ok(rel) = entry.path().strip_prefix(&root.path) {
                         out.push(ObjectInfo { path: rel.to_string_lossy().into_owned(), size: meta.len() });
                     }
                 }
@@ -205,7 +233,7 @@ impl Storage for PosixStorage {
         let target = self.full(path);
         self.blocking(move |root| {
             fs::remove_file(&target).map_err(|e| io_err(&target, e))?;
-            fsync_dir(target.parent().unwrap_or(root))
+            fsync_dir(target.parent().unwrap_or(&root.path))
         })
         .await
     }
@@ -249,6 +277,22 @@ mod tests {
         // No temporary files are left behind.
         assert_eq!(s.list("w").await.unwrap().len(), 1);
         assert_eq!(std::fs::read_dir(_d.path().join("w")).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn root_hands_what_it_creates_to_the_repository_owner() {
+        use std::os::unix::fs::MetadataExt;
+        if unsafe { libc::geteuid() } != 0 {
+            panic!("this test must run as root (CI does): it checks what root leaves in a repository");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+        let s = PosixStorage::open(dir.path()).unwrap();
+        s.put("x/y/obj", Bytes::from_static(b"1")).await.unwrap();
+        s.put_new("x/z", Bytes::from_static(b"2")).await.unwrap();
+        for p in ["x", "x/y", "x/y/obj", "x/z"] {
+            assert_eq!(std::fs::metadata(dir.path().join(p)).unwrap().uid(), 65534, "{p}");
+        }
     }
 
     #[test]

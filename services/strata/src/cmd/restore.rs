@@ -55,7 +55,12 @@ pub async fn run(ctx: &Context_, pg_data: &Path, set: Option<&str>, tablespace_m
     fs::create_dir_all(pg_data).with_context(|| format!("cannot create {}", pg_data.display()))?;
     fs::set_permissions(pg_data, fs::Permissions::from_mode(0o700))?;
     let root = fs::canonicalize(pg_data)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let as_root = unsafe { libc::geteuid() } == 0;
+    // The data directory itself belongs to whoever owns its files (PostgreSQL refuses any other owner).
+    if let Some(owner) = manifest.files.iter().find(|f| f.path == "PG_VERSION") {
+        chown(&root, owner, as_root)?;
+    }
 
     // Directories and links first, in manifest order (parents before children).
     let mut dirs = vec![root.clone()];
