@@ -98,8 +98,9 @@ pub struct CommitWal {
 /// Uploader -> job owner, on [`subjects::job_events`].
 #[derive(Archive, Serialize, Deserialize, Debug, Clone)]
 pub enum JobEvent {
-    /// These chunks are durable in the repository, at these places.
-    Stored(Vec<ChunkRef>),
+    /// These chunks are durable in the repository, at these places; `written_bytes` of them were new
+    /// (the rest were already stored).
+    Stored { chunks: Vec<ChunkRef>, written_bytes: u64 },
     /// The commit was written.
     Committed,
     /// For WAL: the repository already holds this file with the same content; nothing was written.
