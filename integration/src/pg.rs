@@ -668,7 +668,10 @@ impl PgCluster {
                  coalesce(last_failed_wal, '') FROM pg_stat_archiver",
             );
             let archived = state.split('|').next().unwrap_or("");
-            // Names of one timeline sort by position, and a later timeline sorts after an earlier one.
+            // Names of one timeline sort by position, and a later timeline sorts after an earlier one. The
+            // last archived file may be a backup history file (`<segment>.<offset>.backup`), archived after
+            // its segment: compare the segment part.
+            let archived = archived.get(..segment.len()).unwrap_or("");
             if archived.len() == segment.len() && archived >= segment.as_str() {
                 return segment;
             }

@@ -97,6 +97,37 @@ async fn backup_on(
 ) -> anyhow::Result<BackupSummary> {
     let cluster = check_cluster(client, pg_data, req).await?;
     let label = req.label.clone();
+    // Progress doubles as the heartbeat the requester watches: it runs for the whole backup, including
+    // the wait in pg_backup_stop and for the last confirmations, so a live backup never looks lost.
+    let done_bytes = Arc::new(AtomicU64::new(0));
+    let total = Arc::new(AtomicU64::new(0));
+    let heartbeat = {
+        let (bus, label, done, total) = (bus.clone(), label.clone(), done_bytes.clone(), total.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let s = BackupStatus::Progress { done_bytes: done.load(Ordering::Relaxed), total_bytes: total.load(Ordering::Relaxed) };
+                status(&*bus, &label, s).await;
+            }
+        })
+    };
+    let result = backup_steps(client, bus, pg_data, req, settings, &cluster, &done_bytes, &total).await;
+    heartbeat.abort();
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn backup_steps(
+    client: &tokio_postgres::Client,
+    bus: Arc<dyn Bus>,
+    pg_data: &Path,
+    req: &BackupRequest,
+    settings: &BackupSettings,
+    cluster: &Cluster,
+    done_bytes: &Arc<AtomicU64>,
+    total: &AtomicU64,
+) -> anyhow::Result<BackupSummary> {
+    let label = req.label.clone();
     let start_time = now();
     let row = client
         .query_one("SELECT pg_backup_start($1, true)::text", &[&format!("strata backup {label}")])
@@ -116,13 +147,14 @@ async fn backup_on(
         found.push(control);
     }
     let total_bytes: u64 = found.iter().filter(|f| f.kind == FileKind::File).map(|f| f.meta.len()).sum();
+    total.store(total_bytes, Ordering::Relaxed);
     status(&*bus, &label, BackupStatus::Started { start_lsn: start_lsn.0, total_bytes }).await;
 
     let job = Arc::new(
         Job::start(bus.clone(), label.clone(), req.stanza.clone(), settings.compress_level, settings.in_flight_bytes, settings.stall)
             .await?,
     );
-    let files = send_files(&job, &bus, &label, found, &cluster, start_lsn, total_bytes, settings).await?;
+    let files = send_files(&job, found, cluster, start_lsn, done_bytes, settings).await?;
 
     let row = tokio::time::timeout(
         ARCHIVE_WAIT,
@@ -349,37 +381,21 @@ type FileChunks = (Found, Vec<ChunkId>);
 
 /// Reads every file with a bounded pool and sends its chunks; returns each entry with its chunk ids, in the
 /// walk's order, and the checksum failures found.
-#[allow(clippy::too_many_arguments)]
 async fn send_files(
     job: &Arc<Job>,
-    bus: &Arc<dyn Bus>,
-    label: &str,
     found: Vec<Found>,
     cluster: &Cluster,
     start_lsn: Lsn,
-    total_bytes: u64,
+    done_bytes: &Arc<AtomicU64>,
     settings: &BackupSettings,
 ) -> anyhow::Result<(Vec<FileChunks>, Vec<ChecksumFailure>)> {
     let slots: Arc<Vec<Mutex<Option<FileChunks>>>> =
         Arc::new(found.into_iter().map(|f| Mutex::new(Some((f, Vec::new())))).collect());
     let next = Arc::new(AtomicUsize::new(0));
-    let done_bytes = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
     let vanished = Arc::new(Mutex::new(HashSet::new()));
     let verify = cluster.data_checksums;
 
-    let progress = {
-        let bus = bus.clone();
-        let label = label.to_string();
-        let done = done_bytes.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let done_bytes = done.load(Ordering::Relaxed);
-                status(&*bus, &label, BackupStatus::Progress { done_bytes, total_bytes }).await;
-            }
-        })
-    };
     let mut readers = Vec::new();
     for _ in 0..settings.read_workers {
         let (slots, next, job, done, failures, vanished) =
@@ -409,7 +425,6 @@ async fn send_files(
             result = Err(e);
         }
     }
-    progress.abort();
     result?;
     let vanished = vanished.lock().expect("vanished").clone();
     let slots = Arc::try_unwrap(slots).map_err(|_| anyhow!("reader still holds the file list"))?;

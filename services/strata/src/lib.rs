@@ -92,7 +92,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::StanzaCreate => cmd::stanza::create(&ctx).await,
         Command::Backup { backup_type: BackupTypeArg::Full } => cmd::backup::run(&ctx).await,
         Command::ArchivePush { path } => cmd::archive::push(&ctx, &path).await.context("archive-push"),
-        Command::ArchiveGet { wal_name, dest } => cmd::archive::get(&ctx, &wal_name, &dest).await.context("archive-get"),
+        Command::ArchiveGet { wal_name, dest } => cmd::archive::get(&ctx, &wal_name, &dest).await.map_err(|e| {
+            if e.is::<cmd::archive::NotArchived>() { e } else { e.context("archive-get") }
+        }),
         Command::Restore { pg_data, set, tablespace_map } => {
             cmd::restore::run(&ctx, &pg_data, set.as_deref(), &tablespace_map).await.context("restore")
         }

@@ -37,6 +37,10 @@ impl PosixStorage {
                 Ok(PosixStorage { root, chown_to })
             }
             Ok(_) => Err(StorageError::Corrupt { path: root.display().to_string(), reason: "not a directory".into() }),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(StorageError::Corrupt {
+                path: root.display().to_string(),
+                reason: "repository directory does not exist".into(),
+            }),
             Err(e) => Err(io_err(&root, e)),
         }
     }
@@ -297,6 +301,7 @@ mod tests {
 
     #[test]
     fn missing_root_is_refused() {
-        assert!(PosixStorage::open("/nonexistent/strata-repo").unwrap_err().is_not_found());
+        let err = PosixStorage::open("/nonexistent/strata-repo").unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
     }
 }

@@ -40,9 +40,19 @@ pub async fn push(ctx: &Context_, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A WAL file PostgreSQL asked for is not archived. For a restore_command this is an ordinary answer
+/// (recovery probes for history files and for the segment after the last one), so it is reported without
+/// the "error:" of real failures.
+#[derive(Debug, thiserror::Error)]
+#[error("archive-get: {name} is not in the archive of stanza '{stanza}'")]
+pub struct NotArchived {
+    pub name: String,
+    pub stanza: String,
+}
+
 pub async fn get(ctx: &Context_, name: &str, dest: &Path) -> anyhow::Result<()> {
     let Some(record) = ctx.repo.wal(&ctx.stanza, name).await? else {
-        bail!("{name} is not in the archive of stanza '{}'", ctx.stanza);
+        return Err(NotArchived { name: name.into(), stanza: ctx.stanza.clone() }.into());
     };
     let sealer = Sealer::default();
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));

@@ -9,6 +9,8 @@ use strata_messages::{BackupRequest, BackupType, FORMAT_VERSION};
 
 /// How long a collector has to acknowledge a request before the command gives up.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+/// A running backup reports progress every second; this much silence means its collector is gone.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn run(ctx: &Context_) -> anyhow::Result<()> {
     let info = ctx.repo.stanza(&ctx.stanza).await?;
@@ -29,13 +31,12 @@ pub async fn run(ctx: &Context_) -> anyhow::Result<()> {
     };
     let bar = progress::bytes_bar(&format!("backup {label}"));
     let started = Instant::now();
-    let stall = Duration::from_secs(ctx.cfg.pipeline.stall_timeout_secs);
     let outcome = strata_collector::request_backup(
         bus.clone(),
         &req,
         in_process.then(|| ctx.cfg.clone()),
         ANSWER_TIMEOUT,
-        stall,
+        HEARTBEAT_TIMEOUT,
         |done, total| {
             bar.set_length(total);
             bar.set_position(done);

@@ -1,0 +1,70 @@
+//! Killing a stage in the middle of a backup commits nothing, shows nothing in `info`, and the next backup
+//! succeeds once the stage is back.
+
+mod common;
+
+use common::*;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use strata_integration::*;
+
+/// Slow compression keeps the backup running long enough to kill a stage in its middle; a short stall
+/// timeout makes the orphaned backup fail quickly.
+const PIPELINE: &str = "compress_level = 15\nstall_timeout_secs = 8\nin_flight_bytes = 16777216";
+
+fn pack_count(repo: &std::path::Path) -> usize {
+    snapshot(repo).keys().filter(|k| k.ends_with(".pack")).count()
+}
+
+fn kill_stage_mid_backup(which: &str) {
+    let dir = TestDir::new(&format!("kill_{which}"));
+    let nats = NatsServer::start(&dir);
+    let setup = Setup::new(&dir, &nats.url(), PIPELINE, &[]);
+    let mut services = Services::start(&setup);
+    setup.strata_ok(&["stanza-create"]);
+    setup.pg.pgbench_init(5);
+    setup.pg.switch_wal_and_wait_archived(Duration::from_secs(120));
+    let packs_before = pack_count(&setup.repo);
+
+    let mut backup = setup.bins.strata_cmd(&setup.config, STANZA);
+    let backup = backup.arg("backup").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Wait until the backup has stored some of its data, then kill the stage.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pack_count(&setup.repo) <= packs_before {
+        assert!(Instant::now() < deadline, "the backup stored nothing within 120 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stage = match which {
+        "uploader" => &mut services.uploader,
+        "sealer" => &mut services.sealer,
+        _ => unreachable!(),
+    };
+    stage.kill();
+    let out = backup.wait_with_output().unwrap();
+    let line = expect_one_error_line(&out, &["backup"]);
+    assert!(line.contains("confirmed") || line.contains("stall"), "{line}");
+    assert!(records(&setup.repo).is_empty(), "a killed backup left a record");
+    assert!(setup.backup_labels().is_empty(), "info shows a backup that was never committed");
+
+    // The stage comes back; the next backup succeeds and restores.
+    let restarted = Service::spawn(&setup.bins, &format!("strata-{which}"), &setup.config, dir.path());
+    match which {
+        "uploader" => services.uploader = restarted,
+        _ => services.sealer = restarted,
+    }
+    setup.strata_ok(&["backup"]);
+    assert_eq!(setup.backup_labels().len(), 1);
+    setup.pg.switch_wal_and_wait_archived(Duration::from_secs(120));
+    let copy = setup.restore_and_start("restored", &[]);
+    assert_same_tables(&setup.pg, &copy, "postgres");
+}
+
+#[test]
+fn killing_the_uploader_mid_backup_commits_nothing() {
+    kill_stage_mid_backup("uploader");
+}
+
+#[test]
+fn killing_the_sealer_mid_backup_commits_nothing() {
+    kill_stage_mid_backup("sealer");
+}
