@@ -63,13 +63,24 @@ fn bad_input_is_one_error_line_and_changes_nothing() {
     refused(&setup, &missing, &["backup"], "does not exist");
     refused(&setup, &missing, &["info"], "does not exist");
 
-    // A repository the command's user (postgres) cannot write: owned by root.
-    let ro = dir.subdir("readonly-repo");
-    std::fs::create_dir_all(&ro).unwrap();
-    std::os::unix::fs::chown(&ro, Some(0), Some(0)).unwrap();
-    let readonly = config_variant(&setup, "readonly.toml", &repo, &ro.display().to_string());
-    refused(&setup, &readonly, &["stanza-create"], "permission denied");
-    refused(&setup, &readonly, &["backup"], "permission denied");
+    // A repository the command's user (postgres) can read but not write: handed to root for a moment.
+    let set_owner = |uid: u32, mode_dirs: u32, mode_files: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        let mut stack = vec![setup.repo.clone()];
+        while let Some(p) = stack.pop() {
+            std::os::unix::fs::chown(&p, Some(uid), Some(uid)).unwrap();
+            let mode = if p.is_dir() { mode_dirs } else { mode_files };
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            if p.is_dir() {
+                stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            }
+        }
+    };
+    set_owner(0, 0o755, 0o644);
+    refused(&setup, &setup.config, &["backup"], "permission denied");
+    refused(&setup, &setup.config, &["check"], "permission denied");
+    let postgres_uid = std::fs::metadata(setup.pg.data_dir()).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    set_owner(postgres_uid, 0o700, 0o600);
 
     // A restore target that is not empty.
     let target = dir.subdir("not-empty");
