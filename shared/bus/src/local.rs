@@ -32,10 +32,14 @@ pub struct LocalBus {
     inner: Arc<Inner>,
 }
 
+/// Members of a queue group share one receiver, so each event reaches one of them.
+type SharedReceiver = Arc<AsyncMutex<broadcast::Receiver<Bytes>>>;
+
 struct Inner {
     queues: HashMap<Queue, WorkChannel>,
     subjects: Mutex<HashMap<String, broadcast::Sender<Bytes>>>,
-    groups: Mutex<HashMap<(String, String), Arc<AsyncMutex<broadcast::Receiver<Bytes>>>>>,
+    /// (subject, group) -> the group's receiver.
+    groups: Mutex<HashMap<(String, String), SharedReceiver>>,
 }
 
 impl Default for LocalBus {

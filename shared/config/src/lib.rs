@@ -163,7 +163,7 @@ impl Config {
             }
         }
         let p = &self.pipeline;
-        if p.chunk_size == 0 || p.chunk_size % 8192 != 0 || p.chunk_size > 4 * 1024 * 1024 {
+        if p.chunk_size == 0 || !p.chunk_size.is_multiple_of(8192) || p.chunk_size > 4 * 1024 * 1024 {
             return Err(format!("pipeline.chunk_size = {} must be a multiple of 8192 up to 4 MiB", p.chunk_size));
         }
         if p.read_workers == 0 || p.sealer_workers == 0 || p.uploader_workers == 0 {
