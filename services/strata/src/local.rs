@@ -27,8 +27,7 @@ pub async fn start(cfg: &Arc<Config>, bus: Arc<dyn Bus>, collector: bool) -> any
     tasks.push(tokio::spawn(strata_uploader::run(
         repo,
         bus.clone(),
-        p.uploader_workers,
-        p.pack_size,
+        strata_uploader::UploaderSettings::from_config(p),
         cancel.clone().cancelled_owned(),
     )));
     if collector {

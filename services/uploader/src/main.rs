@@ -18,8 +18,8 @@ async fn main() -> std::process::ExitCode {
         let cfg = strata_config::Config::load(&args.config, std::env::vars())?;
         let repo = strata_uploader::open_repo(cfg.primary_repo()).context("strata-uploader")?;
         let bus = strata_runtime::connect_service_bus(&cfg).await.context("strata-uploader")?;
-        let p = &cfg.pipeline;
-        strata_uploader::run(repo, bus, p.uploader_workers, p.pack_size, strata_runtime::shutdown_signal())
+        let settings = strata_uploader::UploaderSettings::from_config(&cfg.pipeline);
+        strata_uploader::run(repo, bus, settings, strata_runtime::shutdown_signal())
             .await
             .context("strata-uploader")
     })

@@ -13,16 +13,27 @@ use anyhow::{anyhow, bail, Context};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
-use strata_messages::{FileEntry, FileKind, Manifest};
+use strata_messages::{hex, FileEntry, FileKind, Manifest};
 use strata_seal::Sealer;
 
-/// Files restored at once; each worker has one chunk in memory at a time.
+/// Units restored at once; each worker has one chunk in memory at a time.
 const RESTORE_WORKERS: usize = 4;
+/// Chunks per unit of restore work (16 MiB with the default chunk size).
+const UNIT_CHUNKS: usize = 16;
+
+/// A range of one file's chunks, restored by one worker.
+struct Unit {
+    file: usize,
+    first: usize,
+    count: usize,
+    /// Where the range starts in the file.
+    offset: u64,
+}
 
 pub async fn run(ctx: &Context_, pg_data: &Path, set: Option<&str>, tablespace_map: &[String]) -> anyhow::Result<()> {
     check_empty(pg_data)?;
@@ -87,32 +98,83 @@ pub async fn run(ctx: &Context_, pg_data: &Path, set: Option<&str>, tablespace_m
         chown(&path, e, as_root)?;
     }
 
-    let files: Vec<&FileEntry> = manifest.files.iter().filter(|e| e.kind == FileKind::File).collect();
+    let files: Vec<FileEntry> = manifest.files.iter().filter(|e| e.kind == FileKind::File).cloned().collect();
     let total: u64 = files.iter().map(|f| f.size).sum();
     let bar = progress::bytes_bar(&format!("restore {}", record.summary.label));
     bar.set_length(total);
-    let files: Arc<Vec<FileEntry>> = Arc::new(files.into_iter().cloned().collect());
+
+    // Work is cut into units of up to UNIT_CHUNKS chunks, not whole files, so one 1 GB relation segment is
+    // restored by every worker at once instead of being the critical path of one. Files are created
+    // first; a unit writes its range in place; whoever finishes a file's last unit sets its metadata and
+    // fsyncs it.
+    let mut units = Vec::new();
+    let mut remaining = Vec::with_capacity(files.len());
+    for (i, e) in files.iter().enumerate() {
+        let path = root.join(&e.path);
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        if e.chunks.is_empty() {
+            finish_file(f, &path, e, as_root)?;
+        }
+        let mut offset = 0u64;
+        let mut n = 0;
+        for (u, range) in e.chunks.chunks(UNIT_CHUNKS).enumerate() {
+            units.push(Unit { file: i, first: u * UNIT_CHUNKS, count: range.len(), offset });
+            offset += range.iter().map(|r| r.raw_len as u64).sum::<u64>();
+            n += 1;
+        }
+        remaining.push(AtomicUsize::new(n));
+    }
+    let files = Arc::new(files);
+    let units = Arc::new(units);
+    let remaining = Arc::new(remaining);
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..RESTORE_WORKERS {
-        let (files, next, repo, root, bar, sealer) =
-            (files.clone(), next.clone(), ctx.repo.clone(), root.clone(), bar.clone(), sealer.clone());
+        let (files, units, remaining, next) = (files.clone(), units.clone(), remaining.clone(), next.clone());
+        let (repo, root, bar, sealer) = (ctx.repo.clone(), root.clone(), bar.clone(), sealer.clone());
         workers.push(tokio::spawn(async move {
+            let mut plain: Vec<u8> = Vec::new();
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(e) = files.get(i) else { return Ok::<(), anyhow::Error>(()) };
+                let Some(unit) = units.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                let e = &files[unit.file];
                 let path = root.join(&e.path);
                 let mut f = OpenOptions::new()
                     .write(true)
-                    .create_new(true)
                     .open(&path)
-                    .with_context(|| format!("cannot create {}", path.display()))?;
-                for r in &e.chunks {
-                    let plain = repo.read_chunk(&sealer, r).await.with_context(|| format!("restoring {}", e.path))?;
-                    f.write_all(&plain).with_context(|| format!("cannot write {}", path.display()))?;
-                    bar.inc(plain.len() as u64);
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                let mut offset = unit.offset;
+                for r in &e.chunks[unit.first..unit.first + unit.count] {
+                    let sealed = repo.read_sealed(r).await.with_context(|| format!("restoring {}", e.path))?;
+                    // Decompressing, hashing and writing are blocking work: keep them off the runtime's
+                    // threads, and move the worker's buffer in and out so it is allocated once.
+                    let (sealer, r, path_c, rel) = (sealer.clone(), *r, path.clone(), e.path.clone());
+                    let (file, buf) = tokio::task::spawn_blocking(move || -> anyhow::Result<(File, Vec<u8>)> {
+                        let (f, mut buf) = (f, plain);
+                        sealer.unseal_into(&sealed, &r.id, &mut buf).map_err(|source| {
+                            anyhow!("restoring {rel}: chunk {} (pack {}): {source}", hex(&r.id), hex(&r.pack))
+                        })?;
+                        f.write_all_at(&buf, offset).with_context(|| format!("cannot write {}", path_c.display()))?;
+                        Ok((f, buf))
+                    })
+                    .await
+                    .expect("restore write task panicked")?;
+                    f = file;
+                    plain = buf;
+                    offset += r.raw_len as u64;
+                    bar.inc(r.raw_len as u64);
                 }
-                finish_file(f, &path, e, as_root)?;
+                if remaining[unit.file].fetch_sub(1, Ordering::AcqRel) == 1 {
+                    let (e, path) = (e.clone(), path.clone());
+                    tokio::task::spawn_blocking(move || finish_file(f, &path, &e, as_root))
+                        .await
+                        .expect("restore sync task panicked")?;
+                }
             }
         }));
     }
