@@ -77,8 +77,10 @@ fn archived_segments(setup: &Setup) -> Vec<String> {
 fn archive_push_fails_while_nats_is_down_and_nothing_is_lost() {
     let dir = TestDir::new("archive_nats_down");
     let mut nats = NatsServer::start(&dir);
+    // Declared before the cluster so they are dropped after it: a cluster shutting down may still push WAL.
+    let _services;
     let setup = Setup::new(&dir, &nats.url(), "", &[]);
-    let _services = Services::start(&setup);
+    _services = Services::start(&setup);
     setup.strata_ok(&["stanza-create"]);
     setup.pg.psql("CREATE TABLE t (x int)");
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));

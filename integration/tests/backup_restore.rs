@@ -44,8 +44,10 @@ fn backup_under_load_and_restore(setup: &Setup) {
 fn full_backup_over_nats_with_separate_services() {
     let dir = TestDir::new("backup_nats");
     let nats = NatsServer::start(&dir);
+    // Declared before the cluster so they are dropped after it: a cluster shutting down may still push WAL.
+    let services;
     let setup = Setup::new(&dir, &nats.url(), "", &[]);
-    let services = Services::start(&setup);
+    services = Services::start(&setup);
     setup.strata_ok(&["stanza-create"]);
     backup_under_load_and_restore(&setup);
     for s in [&services.collector, &services.sealer, &services.uploader] {

@@ -19,8 +19,10 @@ fn pack_count(repo: &std::path::Path) -> usize {
 fn kill_stage_mid_backup(which: &str) {
     let dir = TestDir::new(&format!("kill_{which}"));
     let nats = NatsServer::start(&dir);
+    // Declared before the cluster so they are dropped after it: a cluster shutting down may still push WAL.
+    let mut services;
     let setup = Setup::new(&dir, &nats.url(), PIPELINE, &[]);
-    let mut services = Services::start(&setup);
+    services = Services::start(&setup);
     setup.strata_ok(&["stanza-create"]);
     setup.pg.pgbench_init(5);
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(120));

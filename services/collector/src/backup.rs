@@ -83,8 +83,10 @@ pub async fn run(
         }
     });
     let result = backup_on(&client, bus, pg_data, req, settings).await;
+    // Dropping the client makes the connection send Terminate and finish; waiting for it (rather than
+    // aborting the task) closes the session cleanly instead of leaving PostgreSQL a broken pipe.
     drop(client);
-    conn_task.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn_task).await;
     result
 }
 

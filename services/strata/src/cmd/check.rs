@@ -12,9 +12,15 @@ pub async fn run(ctx: &Context_) -> anyhow::Result<()> {
     let stanza_cfg = ctx.cfg.stanza(&ctx.stanza)?;
     let info = ctx.repo.stanza(&ctx.stanza).await?;
     ctx.repo.check_writable().await?;
-    let client = connect(&stanza_cfg.pg_conn).await?;
-    let facts = cluster_facts(&client).await?;
-    strata_repo::check_same_cluster(&info, facts.system_id, strata_pg::version::major_from_version_num(facts.version_num))?;
+    let session = connect(&stanza_cfg.pg_conn).await?;
+    let result = check_on(ctx, &info, &session.client).await;
+    session.close().await;
+    result
+}
+
+async fn check_on(ctx: &Context_, info: &strata_repo::StanzaInfo, client: &tokio_postgres::Client) -> anyhow::Result<()> {
+    let facts = cluster_facts(client).await?;
+    strata_repo::check_same_cluster(info, facts.system_id, strata_pg::version::major_from_version_num(facts.version_num))?;
     if facts.archive_mode == "off" {
         bail!("archive_mode is off; set archive_mode = on and archive_command = 'strata --stanza {} archive-push %p'", ctx.stanza);
     }

@@ -19,17 +19,31 @@ pub struct ClusterFacts {
     pub archive_command: String,
 }
 
-/// Connects to the stanza's cluster; the connection task runs until the client is dropped.
-pub async fn connect(pg_conn: &str) -> anyhow::Result<tokio_postgres::Client> {
+/// A session on the stanza's cluster. [`Session::close`] ends it cleanly; a command must call it before
+/// exiting, or PostgreSQL logs the vanished client as an error.
+pub struct Session {
+    pub client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    pub async fn close(self) {
+        drop(self.client);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.connection).await;
+    }
+}
+
+/// Connects to the stanza's cluster.
+pub async fn connect(pg_conn: &str) -> anyhow::Result<Session> {
     let (client, connection) =
         tokio::time::timeout(std::time::Duration::from_secs(15), tokio_postgres::connect(pg_conn, tokio_postgres::NoTls))
             .await
             .map_err(|_| anyhow!("cannot connect to PostgreSQL: no answer within 15 s"))?
             .map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-    tokio::spawn(async move {
+    let connection = tokio::spawn(async move {
         let _ = connection.await;
     });
-    Ok(client)
+    Ok(Session { client, connection })
 }
 
 pub async fn cluster_facts(client: &tokio_postgres::Client) -> anyhow::Result<ClusterFacts> {

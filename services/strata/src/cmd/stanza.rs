@@ -9,8 +9,10 @@ use strata_repo::StanzaInfo;
 pub async fn create(ctx: &Context_) -> anyhow::Result<()> {
     let stanza = ctx.cfg.stanza(&ctx.stanza)?;
     ctx.repo.check_writable().await?;
-    let client = connect(&stanza.pg_conn).await?;
-    let facts = cluster_facts(&client).await?;
+    let session = connect(&stanza.pg_conn).await?;
+    let facts = cluster_facts(&session.client).await;
+    session.close().await;
+    let facts = facts?;
     let configured = std::fs::canonicalize(&stanza.pg_data);
     let actual = std::fs::canonicalize(&facts.data_directory);
     match (configured, actual) {
