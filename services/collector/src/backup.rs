@@ -70,23 +70,9 @@ pub async fn run(
     req: &BackupRequest,
     settings: &BackupSettings,
 ) -> anyhow::Result<BackupSummary> {
-    let (client, connection) = tokio::time::timeout(
-        Duration::from_secs(15),
-        tokio_postgres::connect(pg_conn, tokio_postgres::NoTls),
-    )
-    .await
-    .map_err(|_| anyhow!("cannot connect to PostgreSQL: no answer within 15 s"))?
-    .map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-    let conn_task = tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            warn!(error = %e, "PostgreSQL connection ended");
-        }
-    });
-    let result = backup_on(&client, bus, pg_data, req, settings).await;
-    // Dropping the client makes the connection send Terminate and finish; waiting for it (rather than
-    // aborting the task) closes the session cleanly instead of leaving PostgreSQL a broken pipe.
-    drop(client);
-    let _ = tokio::time::timeout(Duration::from_secs(5), conn_task).await;
+    let session = crate::cluster::connect(pg_conn).await?;
+    let result = backup_on(&session.client, bus, pg_data, req, settings).await;
+    session.close().await;
     result
 }
 
@@ -253,58 +239,36 @@ async fn backup_steps(
 }
 
 async fn check_cluster(client: &tokio_postgres::Client, pg_data: &Path, req: &BackupRequest) -> anyhow::Result<Cluster> {
-    let row = client
-        .query_one(
-            "SELECT current_setting('server_version_num')::int,
-                    (SELECT system_identifier FROM pg_control_system()),
-                    current_setting('archive_mode'),
-                    current_setting('data_checksums'),
-                    (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),
-                    current_setting('data_directory'),
-                    pg_is_in_recovery()",
-            &[],
-        )
-        .await
-        .context("cannot read the cluster's settings (the role needs superuser or pg_read_all_settings)")?;
-    let version_num = row.get::<_, i32>(0) as u32;
-    let system_id = row.get::<_, i64>(1) as u64;
-    let archive_mode: String = row.get(2);
-    let data_checksums = row.get::<_, String>(3) == "on";
-    let wal_segment_size = row.get::<_, i64>(4) as u64;
-    let data_directory: String = row.get(5);
-    let in_recovery: bool = row.get(6);
-
-    let major = strata_pg::version::major_from_version_num(version_num);
-    if major != req.expect_pg_major {
+    let facts = crate::cluster::read_facts(client).await?;
+    if facts.major() != req.expect_pg_major {
         bail!(
-            "stanza '{}' is for PostgreSQL {} but the cluster runs PostgreSQL {major}; a backup would mix versions",
+            "stanza '{}' is for PostgreSQL {} but the cluster runs PostgreSQL {}; a backup would mix versions",
             req.stanza,
-            req.expect_pg_major
+            req.expect_pg_major,
+            facts.major()
         );
     }
-    if system_id != req.expect_system_id {
+    if facts.system_id != req.expect_system_id {
         bail!(
-            "stanza '{}' is for database system {} but the cluster's system identifier is {system_id}",
+            "stanza '{}' is for database system {} but the cluster's system identifier is {}",
             req.stanza,
-            req.expect_system_id
+            req.expect_system_id,
+            facts.system_id
         );
     }
-    if archive_mode == "off" {
+    if facts.archive_mode == "off" {
         bail!("archive_mode is off: the WAL that makes a backup consistent would not be archived; set archive_mode = on and archive_command = 'strata --stanza {} archive-push %p'", req.stanza);
     }
-    if in_recovery {
+    if facts.in_recovery {
         bail!("the cluster is in recovery (a standby); back up the primary");
     }
-    let configured = std::fs::canonicalize(pg_data)
-        .with_context(|| format!("pg_data {} is not accessible", pg_data.display()))?;
-    let actual = std::fs::canonicalize(&data_directory).unwrap_or_else(|_| PathBuf::from(&data_directory));
-    if configured != actual {
-        bail!(
-            "pg_data is {} but the server's data_directory is {data_directory}; they must be the same cluster",
-            pg_data.display()
-        );
-    }
-    Ok(Cluster { version_num, system_id, data_checksums, wal_segment_size })
+    crate::cluster::check_data_directory(pg_data, &facts)?;
+    Ok(Cluster {
+        version_num: facts.version_num,
+        system_id: facts.system_id,
+        data_checksums: facts.data_checksums,
+        wal_segment_size: facts.wal_segment_size,
+    })
 }
 
 /// Lists what the backup copies, directories before their contents. Follows the tablespace links in

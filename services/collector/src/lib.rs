@@ -9,6 +9,7 @@
 //! Both send through a [`job::Job`], which bounds the data in flight and waits for stored confirmations.
 
 pub mod backup;
+pub mod cluster;
 pub mod job;
 pub mod wal;
 

@@ -1,9 +1,8 @@
 //! `stanza-create`: records which cluster the stanza backs up, so every later backup and WAL file can be
 //! checked against it.
 
-use crate::cmd::{cluster_facts, connect, now};
+use crate::cmd::{check_data_directory, cluster_facts, connect, now};
 use crate::Context_;
-use anyhow::bail;
 use strata_repo::StanzaInfo;
 
 pub async fn create(ctx: &Context_) -> anyhow::Result<()> {
@@ -13,16 +12,7 @@ pub async fn create(ctx: &Context_) -> anyhow::Result<()> {
     let facts = cluster_facts(&session.client).await;
     session.close().await;
     let facts = facts?;
-    let configured = std::fs::canonicalize(&stanza.pg_data);
-    let actual = std::fs::canonicalize(&facts.data_directory);
-    match (configured, actual) {
-        (Ok(c), Ok(a)) if c == a => {}
-        _ => bail!(
-            "pg_data is {} but the server's data_directory is {}; they must be the same cluster",
-            stanza.pg_data.display(),
-            facts.data_directory
-        ),
-    }
+    check_data_directory(&stanza.pg_data, &facts)?;
     let info = StanzaInfo {
         stanza: ctx.stanza.clone(),
         system_id: facts.system_id,
