@@ -23,10 +23,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use strata_bus::Bus;
+use crate::increment::{self, PendingPiece, RefFile, Segment};
+use std::collections::HashMap;
 use strata_messages::manifest::{ChecksumFailure, Tablespace};
 use strata_messages::{
-    encode, subjects, BackupRecord, BackupRequest, BackupStatus, BackupSummary, ChunkId, ChunkRef, FileEntry,
-    FileKind, Manifest, FORMAT_VERSION,
+    encode, subjects, BackupRecord, BackupRequest, BackupStatus, BackupSummary, ChunkRef, FileEntry, FileKind,
+    Manifest, Piece, FORMAT_VERSION,
 };
 use strata_pg::datadir::{self, Entry, FileClass};
 use strata_pg::page::{self, PageCheck};
@@ -142,7 +144,28 @@ async fn backup_steps(
         Job::start(bus.clone(), label.clone(), req.stanza.clone(), settings.compress_level, settings.in_flight_bytes, settings.stall)
             .await?,
     );
-    let files = send_files(&job, found, cluster, start_lsn, done_bytes, settings).await?;
+    let reference = match req.reference_manifest.is_empty() {
+        true => None,
+        false => Some(
+            strata_messages::decode::<Manifest>(&req.reference_manifest)
+                .map(strata_messages::to_owned::<Manifest>)
+                .context("the reference manifest sent with the request is unreadable")?,
+        ),
+    };
+    let read_bytes = Arc::new(AtomicU64::new(0));
+    let ctx = ReadContext {
+        verify: cluster.data_checksums,
+        start_lsn,
+        chunk_size: settings.chunk_size,
+        checksum_all: req.checksum_all,
+        reference: reference.map(Reference::new),
+        done: done_bytes.clone(),
+        read: read_bytes.clone(),
+        failures: Mutex::new(Vec::new()),
+    };
+    let ctx = Arc::new(ctx);
+    let files = send_files(&job, found, &ctx, settings.read_workers).await?;
+    let reference = ctx.reference.as_ref().map(|r| &r.manifest);
 
     let row = tokio::time::timeout(
         ARCHIVE_WAIT,
@@ -158,14 +181,21 @@ async fn backup_steps(
     info!(%label, stop_lsn = %stop_lsn, "backup stopped; waiting for the last chunks");
 
     job.wait_stored().await?;
-    let (files, checksum_failures) = files;
+    let checksum_failures = std::mem::take(&mut *ctx.failures.lock().expect("failures"));
     let mut entries = Vec::with_capacity(files.len());
-    for (found, ids) in files {
-        let chunks = ids
+    for (found, result) in files {
+        let pieces = result
+            .pieces
             .iter()
-            .map(|id| job.location(id).ok_or_else(|| anyhow!("chunk of {} has no stored location", found.rel)))
-            .collect::<anyhow::Result<Vec<ChunkRef>>>()?;
-        let size = chunks.iter().map(|c| c.raw_len as u64).sum();
+            .map(|p| match *p {
+                PendingPiece::Existing(piece) => Ok(piece),
+                PendingPiece::New { id, offset, len } => job
+                    .location(&id)
+                    .map(|chunk| Piece { chunk, offset, len })
+                    .ok_or_else(|| anyhow!("chunk of {} has no stored location", found.rel)),
+            })
+            .collect::<anyhow::Result<Vec<Piece>>>()?;
+        let size = pieces.iter().map(|p| p.len as u64).sum();
         entries.push(FileEntry {
             path: found.rel,
             kind: found.kind,
@@ -175,7 +205,8 @@ async fn backup_steps(
             mtime: found.meta.mtime(),
             size,
             link_target: found.link_target,
-            chunks,
+            pieces,
+            page_hashes: result.page_hashes,
         });
     }
     let seg = cluster.wal_segment_size;
@@ -198,12 +229,14 @@ async fn backup_steps(
         start_lsn: start_lsn.0,
         stop_lsn: stop_lsn.0,
         timeline,
+        reference: reference.as_ref().map(|r| r.summary.label.clone()).unwrap_or_default(),
         wal_start: WalSegment::containing(timeline, start_lsn, seg).name(seg),
         wal_stop: WalSegment::containing(timeline, stop_for_wal, seg).name(seg),
         pg_version_num: cluster.version_num,
         system_id: cluster.system_id,
         wal_segment_size: seg,
         database_bytes,
+        read_bytes: read_bytes.load(Ordering::Relaxed),
         stored_bytes: 0,
         sent_bytes: 0,
         file_count,
@@ -213,6 +246,10 @@ async fn backup_steps(
         version: FORMAT_VERSION,
         summary: summary.clone(),
         data_checksums: cluster.data_checksums,
+        references: match &reference {
+            Some(r) => r.references.iter().cloned().chain([r.summary.label.clone()]).collect(),
+            None => Vec::new(),
+        },
         backup_label,
         tablespace_map: tablespace_map.unwrap_or_default(),
         tablespaces,
@@ -220,17 +257,21 @@ async fn backup_steps(
         checksum_failures,
     };
     let bytes = encode(&manifest);
+    // Every pack the backup's files point into, its own chunks' and the reference's alike.
+    let mut packs: std::collections::HashSet<strata_messages::PackId> =
+        manifest.files.iter().flat_map(|f| f.pieces.iter().map(|p| p.chunk.pack)).collect();
     drop(manifest);
     let mut manifest_ids = Vec::new();
     for piece in bytes.chunks(settings.chunk_size) {
         manifest_ids.push(job.send(piece.to_vec(), true).await?);
     }
     job.wait_stored().await?;
-    let manifest_chunks = manifest_ids.iter().map(|id| job.location(id).expect("confirmed above")).collect();
+    let manifest_chunks: Vec<ChunkRef> = manifest_ids.iter().map(|id| job.location(id).expect("confirmed above")).collect();
+    packs.extend(manifest_chunks.iter().map(|c| c.pack));
     summary.stored_bytes = job.written_bytes();
     summary.sent_bytes = job.sent_bytes();
     let record = BackupRecord { version: FORMAT_VERSION, summary: summary.clone(), manifest_len: bytes.len() as u64, manifest_chunks };
-    match job.commit_backup(job.packs(), record).await? {
+    match job.commit_backup(packs.into_iter().collect(), record).await? {
         CommitOutcome::Committed => {}
         CommitOutcome::AlreadyArchived => bail!("the uploader answered a backup commit as if it were WAL"),
     }
@@ -343,41 +384,76 @@ fn walk(root: &Path) -> anyhow::Result<Vec<Found>> {
     Ok(out)
 }
 
-type FileChunks = (Found, Vec<ChunkId>);
+/// The reference backup's manifest, with its files by path.
+struct Reference {
+    manifest: Manifest,
+    by_path: HashMap<String, usize>,
+}
 
-/// Reads every file with a bounded pool and sends its chunks; returns each entry with its chunk ids, in the
-/// walk's order, and the checksum failures found.
+impl Reference {
+    fn new(manifest: Manifest) -> Self {
+        let by_path = manifest
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.kind == FileKind::File)
+            .map(|(i, f)| (f.path.clone(), i))
+            .collect();
+        Reference { manifest, by_path }
+    }
+
+    fn file(&self, path: &str) -> Option<&FileEntry> {
+        self.by_path.get(path).map(|&i| &self.manifest.files[i])
+    }
+}
+
+/// What every reader shares.
+struct ReadContext {
+    verify: bool,
+    start_lsn: Lsn,
+    chunk_size: usize,
+    checksum_all: bool,
+    reference: Option<Reference>,
+    done: Arc<AtomicU64>,
+    read: Arc<AtomicU64>,
+    failures: Mutex<Vec<ChecksumFailure>>,
+}
+
+/// A file's contents as this backup will record them.
+#[derive(Default)]
+struct FileResult {
+    pieces: Vec<PendingPiece>,
+    page_hashes: Vec<u64>,
+}
+
+type FileChunks = (Found, FileResult);
+
+/// Reads every file with a bounded pool and sends what must be stored; returns each entry with its
+/// pending pieces, in the walk's order. Files that vanished during the backup are left out.
 async fn send_files(
     job: &Arc<Job>,
     found: Vec<Found>,
-    cluster: &Cluster,
-    start_lsn: Lsn,
-    done_bytes: &Arc<AtomicU64>,
-    settings: &BackupSettings,
-) -> anyhow::Result<(Vec<FileChunks>, Vec<ChecksumFailure>)> {
+    ctx: &Arc<ReadContext>,
+    workers: usize,
+) -> anyhow::Result<Vec<FileChunks>> {
     let slots: Arc<Vec<Mutex<Option<FileChunks>>>> =
-        Arc::new(found.into_iter().map(|f| Mutex::new(Some((f, Vec::new())))).collect());
+        Arc::new(found.into_iter().map(|f| Mutex::new(Some((f, FileResult::default())))).collect());
     let next = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(Mutex::new(Vec::new()));
     let vanished = Arc::new(Mutex::new(HashSet::new()));
-    let verify = cluster.data_checksums;
-
     let mut readers = Vec::new();
-    for _ in 0..settings.read_workers {
-        let (slots, next, job, done, failures, vanished) =
-            (slots.clone(), next.clone(), job.clone(), done_bytes.clone(), failures.clone(), vanished.clone());
-        let chunk_size = settings.chunk_size;
+    for _ in 0..workers {
+        let (slots, next, job, ctx, vanished) = (slots.clone(), next.clone(), job.clone(), ctx.clone(), vanished.clone());
         readers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(slot) = slots.get(i) else { return Ok::<(), anyhow::Error>(()) };
                 let (found, _) = slot.lock().expect("slot").take().expect("each slot is taken once");
                 if found.kind != FileKind::File {
-                    *slot.lock().expect("slot") = Some((found, Vec::new()));
+                    *slot.lock().expect("slot") = Some((found, FileResult::default()));
                     continue;
                 }
-                match send_file(&job, &found, chunk_size, verify, start_lsn, &done, &failures).await? {
-                    Some(ids) => *slot.lock().expect("slot") = Some((found, ids)),
+                match send_file(&job, &found, &ctx).await? {
+                    Some(result) => *slot.lock().expect("slot") = Some((found, result)),
                     None => {
                         vanished.lock().expect("vanished").insert(i);
                     }
@@ -393,44 +469,49 @@ async fn send_files(
     }
     result?;
     let vanished = vanished.lock().expect("vanished").clone();
-    let slots = Arc::try_unwrap(slots).map_err(|_| anyhow!("reader still holds the file list"))?;
-    let files = slots
+    let slots = Arc::try_unwrap(slots).map_err(|_| anyhow!("a reader still holds the file list"))?;
+    Ok(slots
         .into_iter()
         .enumerate()
         .filter(|(i, _)| !vanished.contains(i))
         .map(|(_, s)| s.into_inner().expect("slot").expect("every slot is refilled"))
-        .collect();
-    let failures = std::mem::take(&mut *failures.lock().expect("failures"));
-    Ok((files, failures))
+        .collect())
 }
 
 /// Sends one file; `None` when it disappeared before it could be opened (a dropped relation: WAL replay
 /// removes it anyway).
-async fn send_file(
-    job: &Job,
-    found: &Found,
-    chunk_size: usize,
-    verify: bool,
-    start_lsn: Lsn,
-    done: &AtomicU64,
-    failures: &Mutex<Vec<ChecksumFailure>>,
-) -> anyhow::Result<Option<Vec<ChunkId>>> {
+async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Result<Option<FileResult>> {
+    let reference = ctx.reference.as_ref().and_then(|r| r.file(&found.rel).map(|e| (r, e)));
+    if let Some((r, e)) = reference {
+        // Modified before the reference began and unchanged since: the reference read it as it is now.
+        let untouched =
+            e.size == found.meta.len() && e.mtime == found.meta.mtime() && e.mtime < r.manifest.summary.start_time;
+        if untouched && !ctx.checksum_all {
+            ctx.done.fetch_add(e.size, Ordering::Relaxed);
+            let pieces = e.pieces.iter().map(|p| PendingPiece::Existing(*p)).collect();
+            return Ok(Some(FileResult { pieces, page_hashes: e.page_hashes.clone() }));
+        }
+    }
     let mut file = match File::open(&found.abs) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => bail!("cannot open {}: {e}", found.abs.display()),
     };
+    let relation = matches!(found.class, FileClass::Relation { .. });
     let segno = match found.class {
-        FileClass::Relation { segno } if verify => Some(segno),
+        FileClass::Relation { segno } if ctx.verify => Some(segno),
         _ => None,
     };
-    let mut ids = Vec::new();
+    // Only relation files are compared page by page; other files are stored whole when they changed.
+    let ref_file = if relation { reference.map(|(_, e)| RefFile::new(e)) } else { None };
+    let mut result = FileResult::default();
     let mut offset = 0u64;
+    let (chunk_size, start_lsn) = (ctx.chunk_size, ctx.start_lsn);
     loop {
-        let (f, buf, bad) = tokio::task::spawn_blocking({
+        let (f, buf, bad, hashes) = tokio::task::spawn_blocking({
             let path = found.abs.clone();
             let rel = found.rel.clone();
-            move || -> anyhow::Result<(File, Vec<u8>, Vec<ChecksumFailure>)> {
+            move || -> anyhow::Result<(File, Vec<u8>, Vec<ChecksumFailure>, Vec<u64>)> {
                 let mut buf = vec![0u8; chunk_size];
                 let n = read_full(&mut file, &mut buf).with_context(|| format!("cannot read {}", path.display()))?;
                 buf.truncate(n);
@@ -438,7 +519,8 @@ async fn send_file(
                     Some(segno) => check_pages(&file, &rel, segno, offset, &mut buf, start_lsn),
                     None => Vec::new(),
                 };
-                Ok((file, buf, bad))
+                let hashes = if relation { increment::page_hashes(&buf) } else { Vec::new() };
+                Ok((file, buf, bad, hashes))
             }
         })
         .await
@@ -448,20 +530,37 @@ async fn send_file(
             for b in &bad {
                 warn!(file = %b.path, block = b.block, "page checksum mismatch");
             }
-            failures.lock().expect("failures").extend(bad);
+            ctx.failures.lock().expect("failures").extend(bad);
         }
         if buf.is_empty() {
             break;
         }
         let n = buf.len();
+        ctx.read.fetch_add(n as u64, Ordering::Relaxed);
+        ctx.done.fetch_add(n as u64, Ordering::Relaxed);
+        let split = increment::split(buf, offset, hashes, ref_file.as_ref());
+        result.page_hashes.extend_from_slice(&split.page_hashes);
+        let id = match split.packed.is_empty() {
+            true => None,
+            false => Some(job.send(split.packed, true).await?),
+        };
+        for seg in split.segments {
+            match seg {
+                Segment::New { offset, len } => {
+                    result.pieces.push(PendingPiece::New { id: id.expect("new bytes were sent"), offset, len })
+                }
+                Segment::Unchanged { file_offset, len } => {
+                    let r = ref_file.as_ref().expect("unchanged bytes come from a reference");
+                    result.pieces.extend(r.slice(file_offset, len).into_iter().map(PendingPiece::Existing));
+                }
+            }
+        }
         offset += n as u64;
-        done.fetch_add(n as u64, Ordering::Relaxed);
-        ids.push(job.send(buf, true).await?);
         if n < chunk_size {
             break;
         }
     }
-    Ok(Some(ids))
+    Ok(Some(result))
 }
 
 fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {

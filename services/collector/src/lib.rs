@@ -10,6 +10,7 @@
 
 pub mod backup;
 pub mod cluster;
+pub mod increment;
 pub mod job;
 pub mod wal;
 

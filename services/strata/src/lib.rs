@@ -35,8 +35,12 @@ pub enum Command {
     StanzaCreate,
     /// Takes a backup through the pipeline.
     Backup {
+        /// full; diff (relative to the last full); incr (relative to the last backup of any type).
         #[arg(long = "type", value_enum, default_value_t = BackupTypeArg::Full)]
         backup_type: BackupTypeArg,
+        /// Re-read and compare every page, even of files whose size and mtime are unchanged.
+        #[arg(long)]
+        checksum_all: bool,
     },
     /// archive_command: stores one WAL file; exits 0 only once it is durable in the repository.
     ArchivePush { path: PathBuf },
@@ -52,6 +56,9 @@ pub enum Command {
         /// Restore tablespace OID into DIR instead of its original location (repeatable).
         #[arg(long, value_name = "OID=DIR")]
         tablespace_map: Vec<String>,
+        /// default: replay all archived WAL; immediate: stop as soon as the backup is consistent.
+        #[arg(long = "type", value_enum, default_value_t = RecoveryType::Default)]
+        recovery: RecoveryType,
     },
     /// Shows backups and the WAL archive.
     Info {
@@ -65,6 +72,27 @@ pub enum Command {
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackupTypeArg {
     Full,
+    Diff,
+    Incr,
+}
+
+impl BackupTypeArg {
+    pub fn to_type(self) -> strata_messages::BackupType {
+        match self {
+            BackupTypeArg::Full => strata_messages::BackupType::Full,
+            BackupTypeArg::Diff => strata_messages::BackupType::Diff,
+            BackupTypeArg::Incr => strata_messages::BackupType::Incr,
+        }
+    }
+}
+
+/// Where recovery stops.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryType {
+    /// Replay every WAL file in the archive, then promote.
+    Default,
+    /// Stop at the end of the backup (its consistency point), then promote.
+    Immediate,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,13 +118,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Context_ { cfg: Arc::new(cfg), config_path, stanza, repo };
     match cli.command {
         Command::StanzaCreate => cmd::stanza::create(&ctx).await,
-        Command::Backup { backup_type: BackupTypeArg::Full } => cmd::backup::run(&ctx).await,
+        Command::Backup { backup_type, checksum_all } => {
+            cmd::backup::run(&ctx, backup_type.to_type(), checksum_all).await
+        }
         Command::ArchivePush { path } => cmd::archive::push(&ctx, &path).await.context("archive-push"),
         Command::ArchiveGet { wal_name, dest } => cmd::archive::get(&ctx, &wal_name, &dest).await.map_err(|e| {
             if e.is::<cmd::archive::NotArchived>() { e } else { e.context("archive-get") }
         }),
-        Command::Restore { pg_data, set, tablespace_map } => {
-            cmd::restore::run(&ctx, &pg_data, set.as_deref(), &tablespace_map).await.context("restore")
+        Command::Restore { pg_data, set, tablespace_map, recovery } => {
+            cmd::restore::run(&ctx, &pg_data, set.as_deref(), &tablespace_map, recovery).await.context("restore")
         }
         Command::Info { output } => cmd::info::run(&ctx, output).await,
         Command::Check => cmd::check::run(&ctx).await.context("check"),

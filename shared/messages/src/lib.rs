@@ -15,7 +15,7 @@ pub mod subjects;
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-pub use manifest::{BackupRecord, BackupSummary, BackupType, FileEntry, FileKind, Manifest, WalRecord};
+pub use manifest::{BackupRecord, BackupSummary, BackupType, FileEntry, FileKind, Manifest, Piece, WalRecord};
 
 /// The version of every message and record format defined here.
 pub const FORMAT_VERSION: u16 = 1;
@@ -121,6 +121,10 @@ pub struct BackupRequest {
     pub expect_system_id: u64,
     pub expect_pg_major: u32,
     pub compress_level: i8,
+    /// The manifest of the backup this one is relative to (diff and incr), serialized; empty for a full.
+    pub reference_manifest: Vec<u8>,
+    /// Re-read and compare every page even of files whose size and mtime did not change.
+    pub checksum_all: bool,
 }
 
 /// Collector -> `strata backup`, on [`subjects::backup_status`].

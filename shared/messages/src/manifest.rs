@@ -53,8 +53,12 @@ pub struct BackupSummary {
     pub pg_version_num: u32,
     pub system_id: u64,
     pub wal_segment_size: u64,
-    /// Bytes of files in the data directory and tablespaces, as read.
+    /// The backup this one is relative to (empty for a full backup).
+    pub reference: String,
+    /// Bytes of files in the data directory and tablespaces (the size of a restore).
     pub database_bytes: u64,
+    /// Bytes the collector read from disk (less than `database_bytes` when unchanged files were skipped).
+    pub read_bytes: u64,
     /// Bytes this backup added to the repository (sealed chunks that were not already there).
     pub stored_bytes: u64,
     /// Bytes the collector sent down the pipeline.
@@ -93,6 +97,25 @@ pub enum FileKind {
     Symlink,
 }
 
+/// A byte range of a stored chunk: `len` plain bytes starting at `offset` of chunk `chunk`.
+///
+/// A file is the concatenation of its pieces. A full backup's pieces are whole chunks; an incremental
+/// backup stores only the pages that changed (packed into new chunks) and points at ranges of the
+/// reference backup's chunks for the rest, so a restore of any backup is a single pass over its own
+/// manifest, with no chain to resolve.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub chunk: ChunkRef,
+    pub offset: u32,
+    pub len: u32,
+}
+
+impl Piece {
+    pub fn whole(chunk: ChunkRef) -> Piece {
+        Piece { chunk, offset: 0, len: chunk.raw_len }
+    }
+}
+
 /// One entry of the data directory (or of a tablespace, under `pg_tblspc/<oid>/`).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone)]
 pub struct FileEntry {
@@ -107,8 +130,11 @@ pub struct FileEntry {
     pub size: u64,
     /// Symlink target (tablespace links).
     pub link_target: String,
-    /// The file's chunks in order; their plain lengths add up to `size`.
-    pub chunks: Vec<ChunkRef>,
+    /// The file's contents in order; their lengths add up to `size`.
+    pub pieces: Vec<Piece>,
+    /// For relation files: a 64-bit BLAKE3 prefix of each 8 KiB page, in order. The next incremental
+    /// backup compares pages against these to find the ones that changed.
+    pub page_hashes: Vec<u64>,
 }
 
 /// A page whose checksum did not match, with an LSN older than the backup start (so WAL replay will not
@@ -131,6 +157,8 @@ pub struct Manifest {
     pub version: u16,
     pub summary: BackupSummary,
     pub data_checksums: bool,
+    /// Labels of the backups this one depends on, from the full backup to its direct reference.
+    pub references: Vec<String>,
     /// Contents `pg_backup_stop` returned; written into the restored data directory.
     pub backup_label: String,
     pub tablespace_map: String,
@@ -159,7 +187,9 @@ mod tests {
             pg_version_num: 150004,
             system_id: 42,
             wal_segment_size: 16 << 20,
+            reference: String::new(),
             database_bytes: 10,
+            read_bytes: 10,
             stored_bytes: 5,
             sent_bytes: 10,
             file_count: 1,
@@ -169,6 +199,7 @@ mod tests {
             version: FORMAT_VERSION,
             summary: summary.clone(),
             data_checksums: true,
+            references: vec![],
             backup_label: "START WAL LOCATION".into(),
             tablespace_map: String::new(),
             tablespaces: vec![],
@@ -181,13 +212,14 @@ mod tests {
                 mtime: 3,
                 size: 8192,
                 link_target: String::new(),
-                chunks: vec![ChunkRef { id: [1; 32], pack: [2; 16], offset: 0, sealed_len: 10, raw_len: 8192 }],
+                pieces: vec![Piece::whole(ChunkRef { id: [1; 32], pack: [2; 16], offset: 0, sealed_len: 10, raw_len: 8192 })],
+                page_hashes: vec![7],
             }],
             checksum_failures: vec![],
         };
         let bytes = encode(&m);
         let back: Manifest = to_owned::<Manifest>(decode::<Manifest>(&bytes).unwrap());
         assert_eq!(back.summary, summary);
-        assert_eq!(back.files[0].chunks[0].raw_len, 8192);
+        assert_eq!(back.files[0].pieces[0].len, 8192);
     }
 }

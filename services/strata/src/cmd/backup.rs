@@ -6,15 +6,36 @@ use crate::{local, progress, Context_};
 use anyhow::bail;
 use std::time::{Duration, Instant};
 use strata_messages::{BackupRequest, BackupType, FORMAT_VERSION};
+use strata_seal::Sealer;
 
 /// How long a collector has to acknowledge a request before the command gives up.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// A running backup reports progress every second; this much silence means its collector is gone.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub async fn run(ctx: &Context_) -> anyhow::Result<()> {
+pub async fn run(ctx: &Context_, requested: BackupType, checksum_all: bool) -> anyhow::Result<()> {
     let info = ctx.repo.stanza(&ctx.stanza).await?;
-    let label = new_label();
+    // A differential is relative to the last full backup, an incremental to the last backup of any type.
+    let backups = ctx.repo.backups(&ctx.stanza).await?;
+    let reference = match requested {
+        BackupType::Full => None,
+        BackupType::Diff => backups.iter().rev().find(|b| b.summary.backup_type == BackupType::Full),
+        BackupType::Incr => backups.last(),
+    };
+    let backup_type = match reference {
+        Some(_) => requested,
+        None => {
+            if requested != BackupType::Full {
+                eprintln!("no full backup of stanza '{}' yet: taking a full backup instead of {}", ctx.stanza, requested.as_str());
+            }
+            BackupType::Full
+        }
+    };
+    let reference_manifest = match reference {
+        Some(r) => strata_messages::encode(&ctx.repo.manifest(&Sealer::default(), r).await?),
+        None => Vec::new(),
+    };
+    let label = new_label(backup_type);
     if ctx.repo.backup(&ctx.stanza, &label).await.is_ok() {
         bail!("a backup labelled {label} already exists; retry in a second");
     }
@@ -24,11 +45,22 @@ pub async fn run(ctx: &Context_) -> anyhow::Result<()> {
         version: FORMAT_VERSION,
         label: label.clone(),
         stanza: ctx.stanza.clone(),
-        backup_type: BackupType::Full,
+        backup_type,
         expect_system_id: info.system_id,
         expect_pg_major: info.pg_major,
         compress_level: ctx.cfg.pipeline.compress_level.clamp(0, 22) as i8,
+        reference_manifest,
+        checksum_all,
     };
+    // The reference travels inside the request; refuse one the bus cannot carry before starting anything.
+    let request_len = strata_messages::encode(&req).len();
+    if request_len > bus.max_payload() {
+        bail!(
+            "the reference manifest of backup {} is {request_len} bytes, more than the bus carries ({}); take a full backup",
+            reference.map(|r| r.summary.label.as_str()).unwrap_or_default(),
+            bus.max_payload()
+        );
+    }
     let bar = progress::bytes_bar(&format!("backup {label}"));
     let started = Instant::now();
     let outcome = strata_collector::request_backup(
@@ -50,9 +82,12 @@ pub async fn run(ctx: &Context_) -> anyhow::Result<()> {
     let summary = outcome?;
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "backup {} committed: {} read, {} sent, {} stored in {:.1} s ({:.0} MB/s){}",
+        "{} backup {} committed{}: {} database, {} read, {} sent, {} stored in {:.1} s ({:.0} MB/s){}",
+        summary.backup_type.as_str(),
         summary.label,
+        if summary.reference.is_empty() { String::new() } else { format!(" (relative to {})", summary.reference) },
         format_bytes(summary.database_bytes),
+        format_bytes(summary.read_bytes),
         format_bytes(summary.sent_bytes),
         format_bytes(summary.stored_bytes),
         secs,
@@ -66,19 +101,24 @@ pub async fn run(ctx: &Context_) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `20261124-083000F`, as pgBackRest labels a full backup.
-fn new_label() -> String {
-    let t = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+/// `20261124-083000F` (or `D`, `I`): when the backup started and its type.
+fn new_label(t: BackupType) -> String {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     // "2026-11-24T08:30:00Z"
-    let digits: String = t.chars().filter(|c| c.is_ascii_digit()).collect();
-    format!("{}-{}F", &digits[..8], &digits[8..14])
+    let digits: String = now.chars().filter(|c| c.is_ascii_digit()).collect();
+    let suffix = match t {
+        BackupType::Full => 'F',
+        BackupType::Diff => 'D',
+        BackupType::Incr => 'I',
+    };
+    format!("{}-{}{suffix}", &digits[..8], &digits[8..14])
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn label_shape() {
-        let l = super::new_label();
+        let l = super::new_label(strata_messages::BackupType::Full);
         assert_eq!(l.len(), 16);
         assert!(l.ends_with('F') && l.as_bytes()[8] == b'-');
     }

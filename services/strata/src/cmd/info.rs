@@ -33,7 +33,9 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                         "timeline": s.timeline,
                         "wal_start": s.wal_start,
                         "wal_stop": s.wal_stop,
+                        "reference": if s.reference.is_empty() { serde_json::Value::Null } else { json!(s.reference) },
                         "database_bytes": s.database_bytes,
+                        "read_bytes": s.read_bytes,
                         "sent_bytes": s.sent_bytes,
                         "stored_bytes": s.stored_bytes,
                         "file_count": s.file_count,
@@ -70,12 +72,16 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
             for b in &backups {
                 let s = &b.summary;
                 println!("\n    {} backup: {}", s.backup_type.as_str(), s.label);
+                if !s.reference.is_empty() {
+                    println!("        reference: {}", s.reference);
+                }
                 println!("        timestamp start/stop: {} / {} UTC", format_time(s.start_time), format_time(s.stop_time));
                 println!("        lsn start/stop: {} / {}", Lsn(s.start_lsn), Lsn(s.stop_lsn));
                 println!("        wal start/stop: {} / {}", s.wal_start, s.wal_stop);
                 println!(
-                    "        database size: {}, sent: {}, stored: {}",
+                    "        database size: {}, read: {}, sent: {}, stored: {}",
                     format_bytes(s.database_bytes),
+                    format_bytes(s.read_bytes),
                     format_bytes(s.sent_bytes),
                     format_bytes(s.stored_bytes)
                 );

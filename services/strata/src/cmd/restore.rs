@@ -8,7 +8,7 @@
 //! the archived WAL.
 
 use crate::cmd::format_bytes;
-use crate::{progress, Context_};
+use crate::{progress, Context_, RecoveryType};
 use anyhow::{anyhow, bail, Context};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -23,10 +23,10 @@ use strata_seal::Sealer;
 
 /// Units restored at once; each worker has one chunk in memory at a time.
 const RESTORE_WORKERS: usize = 4;
-/// Chunks per unit of restore work (16 MiB with the default chunk size).
-const UNIT_CHUNKS: usize = 16;
+/// Bytes per unit of restore work.
+const UNIT_BYTES: u64 = 16 * 1024 * 1024;
 
-/// A range of one file's chunks, restored by one worker.
+/// A range of one file's pieces, restored by one worker.
 struct Unit {
     file: usize,
     first: usize,
@@ -35,7 +35,13 @@ struct Unit {
     offset: u64,
 }
 
-pub async fn run(ctx: &Context_, pg_data: &Path, set: Option<&str>, tablespace_map: &[String]) -> anyhow::Result<()> {
+pub async fn run(
+    ctx: &Context_,
+    pg_data: &Path,
+    set: Option<&str>,
+    tablespace_map: &[String],
+    recovery: RecoveryType,
+) -> anyhow::Result<()> {
     check_empty(pg_data)?;
     let stanza = ctx.repo.stanza(&ctx.stanza).await?;
     let record = match set {
@@ -116,15 +122,17 @@ pub async fn run(ctx: &Context_, pg_data: &Path, set: Option<&str>, tablespace_m
             .create_new(true)
             .open(&path)
             .with_context(|| format!("cannot create {}", path.display()))?;
-        if e.chunks.is_empty() {
+        if e.pieces.is_empty() {
             finish_file(f, &path, e, as_root)?;
         }
-        let mut offset = 0u64;
-        let mut n = 0;
-        for (u, range) in e.chunks.chunks(UNIT_CHUNKS).enumerate() {
-            units.push(Unit { file: i, first: u * UNIT_CHUNKS, count: range.len(), offset });
-            offset += range.iter().map(|r| r.raw_len as u64).sum::<u64>();
-            n += 1;
+        let (mut offset, mut n, mut first, mut bytes) = (0u64, 0, 0, 0u64);
+        for (k, piece) in e.pieces.iter().enumerate() {
+            bytes += piece.len as u64;
+            if bytes >= UNIT_BYTES || k + 1 == e.pieces.len() {
+                units.push(Unit { file: i, first, count: k + 1 - first, offset });
+                offset += bytes;
+                (first, bytes, n) = (k + 1, 0, n + 1);
+            }
         }
         remaining.push(AtomicUsize::new(n));
     }
@@ -138,6 +146,7 @@ pub async fn run(ctx: &Context_, pg_data: &Path, set: Option<&str>, tablespace_m
         let (repo, root, bar, sealer) = (ctx.repo.clone(), root.clone(), bar.clone(), sealer.clone());
         workers.push(tokio::spawn(async move {
             let mut plain: Vec<u8> = Vec::new();
+            let mut cached: Option<[u8; 32]> = None;
             loop {
                 let Some(unit) = units.get(next.fetch_add(1, Ordering::Relaxed)) else {
                     return Ok::<(), anyhow::Error>(());
@@ -149,25 +158,38 @@ pub async fn run(ctx: &Context_, pg_data: &Path, set: Option<&str>, tablespace_m
                     .open(&path)
                     .with_context(|| format!("cannot open {}", path.display()))?;
                 let mut offset = unit.offset;
-                for r in &e.chunks[unit.first..unit.first + unit.count] {
-                    let sealed = repo.read_sealed(r).await.with_context(|| format!("restoring {}", e.path))?;
+                for piece in &e.pieces[unit.first..unit.first + unit.count] {
+                    let r = piece.chunk;
+                    // Consecutive pieces of an incremental often come from the same chunk: fetch and
+                    // unseal it once.
+                    let sealed = match cached == Some(r.id) {
+                        true => None,
+                        false => Some(repo.read_sealed(&r).await.with_context(|| format!("restoring {}", e.path))?),
+                    };
                     // Decompressing, hashing and writing are blocking work: keep them off the runtime's
                     // threads, and move the worker's buffer in and out so it is allocated once.
-                    let (sealer, r, path_c, rel) = (sealer.clone(), *r, path.clone(), e.path.clone());
+                    let (sealer, piece, path_c, rel) = (sealer.clone(), *piece, path.clone(), e.path.clone());
                     let (file, buf) = tokio::task::spawn_blocking(move || -> anyhow::Result<(File, Vec<u8>)> {
                         let (f, mut buf) = (f, plain);
-                        sealer.unseal_into(&sealed, &r.id, &mut buf).map_err(|source| {
-                            anyhow!("restoring {rel}: chunk {} (pack {}): {source}", hex(&r.id), hex(&r.pack))
+                        if let Some(sealed) = sealed {
+                            sealer.unseal_into(&sealed, &r.id, &mut buf).map_err(|source| {
+                                anyhow!("restoring {rel}: chunk {} (pack {}): {source}", hex(&r.id), hex(&r.pack))
+                            })?;
+                        }
+                        let range = piece.offset as usize..(piece.offset + piece.len) as usize;
+                        let bytes = buf.get(range).ok_or_else(|| {
+                            anyhow!("restoring {rel}: a piece runs past the end of chunk {}", hex(&r.id))
                         })?;
-                        f.write_all_at(&buf, offset).with_context(|| format!("cannot write {}", path_c.display()))?;
+                        f.write_all_at(bytes, offset).with_context(|| format!("cannot write {}", path_c.display()))?;
                         Ok((f, buf))
                     })
                     .await
                     .expect("restore write task panicked")?;
                     f = file;
                     plain = buf;
-                    offset += r.raw_len as u64;
-                    bar.inc(r.raw_len as u64);
+                    cached = Some(r.id);
+                    offset += piece.len as u64;
+                    bar.inc(piece.len as u64);
                 }
                 if remaining[unit.file].fetch_sub(1, Ordering::AcqRel) == 1 {
                     let (e, path) = (e.clone(), path.clone());
@@ -183,7 +205,7 @@ pub async fn run(ctx: &Context_, pg_data: &Path, set: Option<&str>, tablespace_m
     }
     bar.finish_and_clear();
 
-    write_recovery_files(ctx, &root, &manifest, &tablespace_dirs)?;
+    write_recovery_files(ctx, &root, &manifest, &tablespace_dirs, recovery)?;
     for d in &dirs {
         File::open(d).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", d.display()))?;
     }
@@ -258,6 +280,7 @@ fn write_recovery_files(
     root: &Path,
     manifest: &Manifest,
     tablespace_dirs: &HashMap<String, PathBuf>,
+    recovery: RecoveryType,
 ) -> anyhow::Result<()> {
     let owner = manifest.files.iter().find(|f| f.path == "PG_VERSION");
     let write = |name: &str, contents: &str| -> anyhow::Result<()> {
@@ -302,5 +325,8 @@ fn write_recovery_files(
         manifest.summary.label,
         command.replace('\'', "''")
     ));
+    if recovery == RecoveryType::Immediate {
+        conf.push_str("recovery_target = 'immediate'\nrecovery_target_action = 'promote'\n");
+    }
     write("postgresql.auto.conf", &conf)
 }
