@@ -12,8 +12,8 @@ use strata_integration::*;
 /// timeout makes the orphaned backup fail quickly.
 const PIPELINE: &str = "compress_level = 15\nstall_timeout_secs = 20\nin_flight_bytes = 16777216";
 
-fn pack_count(repo: &std::path::Path) -> usize {
-    snapshot(repo).keys().filter(|k| k.ends_with(".pack")).count()
+fn pack_bytes(repo: &std::path::Path) -> usize {
+    snapshot(repo).iter().filter(|(k, _)| k.ends_with(".pack")).map(|(_, v)| v.len()).sum()
 }
 
 fn kill_stage_mid_backup(which: &str) {
@@ -26,13 +26,14 @@ fn kill_stage_mid_backup(which: &str) {
     setup.strata_ok(&["stanza-create"]);
     setup.pg.pgbench_init(5);
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(120));
-    let packs_before = pack_count(&setup.repo);
+    let packs_before = pack_bytes(&setup.repo);
 
     let mut backup = setup.bins.strata_cmd(&setup.config, STANZA);
     let backup = backup.arg("backup").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    // Wait until the backup has stored some of its data, then kill the stage.
+    // Wait until the backup has stored a good part of its data (about 4 MB sealed in all at this
+    // compression level), then kill the stage.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while pack_count(&setup.repo) <= packs_before {
+    while pack_bytes(&setup.repo) < packs_before + 1_500_000 {
         assert!(Instant::now() < deadline, "the backup stored nothing within 120 s");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -59,6 +60,23 @@ fn kill_stage_mid_backup(which: &str) {
     let out = setup.strata_env(&["backup"], &[("STRATA_PIPELINE__COMPRESS_LEVEL", "1")]);
     assert!(out.status.success(), "the backup after the restart failed:\n{}", describe(&out));
     assert_eq!(setup.backup_labels().len(), 1);
+    // The collector resumes: what the killed attempt got stored is not sent again.
+    let info = setup.info();
+    let b = &info[0]["backups"][0];
+    let (sent, database) = (b["sent_bytes"].as_u64().unwrap(), b["database_bytes"].as_u64().unwrap());
+    let log = std::fs::read_to_string(services.collector.log_file()).unwrap();
+    let resumed: u64 = regex::Regex::new(r"plain_bytes=(\d+)")
+        .unwrap()
+        .captures(&log)
+        .unwrap_or_else(|| panic!("the collector did not resume:\n{log}"))[1]
+        .parse()
+        .unwrap();
+    // What the rerun sent again of what was already stored (the rest of `sent` is what the killed attempt
+    // never got stored, plus the manifest).
+    let resent = (sent + resumed).saturating_sub(database);
+    eprintln!("resume after killing the {which}: {resumed} bytes already stored; rerun sent {sent} of {database}; re-sent {resent}");
+    assert!(resumed > database / 10, "the killed attempt stored only {resumed} bytes");
+    assert!(resent * 10 <= resumed, "the rerun sent {resent} of the {resumed} bytes already stored");
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(120));
     let copy = setup.restore_and_start("restored", &[]);
     assert_same_tables(&setup.pg, &copy, "postgres");

@@ -65,15 +65,19 @@ struct Found {
 }
 
 /// Runs a backup and returns its summary once it is committed.
+///
+/// `resume` holds chunks a failed earlier backup of the stanza got stored: they are not sent again. When
+/// this backup fails too, `resume` is left holding everything stored so far, for the next attempt.
 pub async fn run(
     bus: Arc<dyn Bus>,
     pg_data: &Path,
     pg_conn: &str,
     req: &BackupRequest,
     settings: &BackupSettings,
+    resume: &mut Vec<ChunkRef>,
 ) -> anyhow::Result<BackupSummary> {
     let session = crate::cluster::connect(pg_conn).await?;
-    let result = backup_on(&session.client, bus, pg_data, req, settings).await;
+    let result = backup_on(&session.client, bus, pg_data, req, settings, resume).await;
     session.close().await;
     result
 }
@@ -84,6 +88,7 @@ async fn backup_on(
     pg_data: &Path,
     req: &BackupRequest,
     settings: &BackupSettings,
+    resume: &mut Vec<ChunkRef>,
 ) -> anyhow::Result<BackupSummary> {
     let cluster = check_cluster(client, pg_data, req).await?;
     let label = req.label.clone();
@@ -101,15 +106,27 @@ async fn backup_on(
             }
         })
     };
-    let result = backup_steps(client, bus, pg_data, req, settings, &cluster, &done_bytes, &total).await;
+    let job = Arc::new(
+        Job::start(bus.clone(), label.clone(), req.stanza.clone(), settings.compress_level, settings.in_flight_bytes, settings.stall)
+            .await?,
+    );
+    if !resume.is_empty() {
+        let plain_bytes: u64 = resume.iter().map(|r| r.raw_len as u64).sum();
+        info!(%label, chunks = resume.len(), plain_bytes, "resuming: chunks stored by the failed previous attempt are not sent again");
+    }
+    job.seed(std::mem::take(resume));
+    let result = backup_steps(client, &job, pg_data, req, settings, &cluster, &done_bytes, &total).await;
     heartbeat.abort();
+    if result.is_err() {
+        *resume = job.stored();
+    }
     result
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn backup_steps(
     client: &tokio_postgres::Client,
-    bus: Arc<dyn Bus>,
+    job: &Arc<Job>,
     pg_data: &Path,
     req: &BackupRequest,
     settings: &BackupSettings,
@@ -138,12 +155,8 @@ async fn backup_steps(
     }
     let total_bytes: u64 = found.iter().filter(|f| f.kind == FileKind::File).map(|f| f.meta.len()).sum();
     total.store(total_bytes, Ordering::Relaxed);
-    status(&*bus, &label, BackupStatus::Started { start_lsn: start_lsn.0, total_bytes }).await;
+    status(job.bus(), &label, BackupStatus::Started { start_lsn: start_lsn.0, total_bytes }).await;
 
-    let job = Arc::new(
-        Job::start(bus.clone(), label.clone(), req.stanza.clone(), settings.compress_level, settings.in_flight_bytes, settings.stall)
-            .await?,
-    );
     let reference = match req.reference_manifest.is_empty() {
         true => None,
         false => Some(
@@ -164,7 +177,7 @@ async fn backup_steps(
         failures: Mutex::new(Vec::new()),
     };
     let ctx = Arc::new(ctx);
-    let files = send_files(&job, found, &ctx, settings.read_workers).await?;
+    let files = send_files(job, found, &ctx, settings.read_workers).await?;
     let reference = ctx.reference.as_ref().map(|r| &r.manifest);
 
     let row = tokio::time::timeout(

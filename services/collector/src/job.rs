@@ -103,6 +103,25 @@ impl Job {
         &self.id
     }
 
+    pub fn bus(&self) -> &dyn Bus {
+        &*self.bus
+    }
+
+    /// Treats these chunks as already stored: a chunk with one of these ids is not sent again. Used to
+    /// resume after a failed backup whose confirmed chunks are in the repository. Safe even if one has
+    /// since disappeared: the commit checks every referenced pack exists and refuses otherwise.
+    pub fn seed(&self, stored: impl IntoIterator<Item = ChunkRef>) {
+        let mut s = self.state.lock().expect("job state");
+        for r in stored {
+            s.stored.entry(r.id).or_insert(r);
+        }
+    }
+
+    /// Every chunk confirmed stored (or seeded) so far.
+    pub fn stored(&self) -> Vec<ChunkRef> {
+        self.state.lock().expect("job state").stored.values().copied().collect()
+    }
+
     /// Plain bytes published so far.
     pub fn sent_bytes(&self) -> u64 {
         self.sent_bytes.load(std::sync::atomic::Ordering::Relaxed)

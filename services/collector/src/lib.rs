@@ -15,13 +15,13 @@ pub mod job;
 pub mod wal;
 
 use bytes::Bytes;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use strata_bus::Bus;
 use strata_config::Config;
-use strata_messages::{decode, subjects, BackupRequest, BackupStatus};
+use strata_messages::{decode, subjects, BackupRequest, BackupStatus, ChunkRef};
 use tracing::{error, info, warn};
 
 pub use backup::BackupSettings;
@@ -45,10 +45,12 @@ pub async fn run(cfg: Arc<Config>, bus: Arc<dyn Bus>, shutdown: impl Future<Outp
         anyhow::bail!("no [stanza.<name>] is configured; the collector has nothing to back up");
     }
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+    // Per stanza: chunks a failed backup got stored, so the next attempt does not send them again.
+    let resume: Arc<Mutex<HashMap<String, Vec<ChunkRef>>>> = Arc::default();
     let mut listeners = Vec::new();
     for name in cfg.stanza.keys() {
         let mut requests = bus.subscribe(&subjects::backup_requests(name), Some(subjects::COLLECTOR_GROUP)).await?;
-        let (cfg, bus, running, name) = (cfg.clone(), bus.clone(), running.clone(), name.clone());
+        let (cfg, bus, running, name, resume) = (cfg.clone(), bus.clone(), running.clone(), name.clone(), resume.clone());
         listeners.push(tokio::spawn(async move {
             while let Some(payload) = requests.next().await {
                 let req = match decode::<BackupRequest>(&payload) {
@@ -66,9 +68,14 @@ pub async fn run(cfg: Arc<Config>, bus: Arc<dyn Bus>, shutdown: impl Future<Outp
                     backup::status(&*bus, &req.label, BackupStatus::Failed(msg)).await;
                     continue;
                 }
-                let (cfg, bus, running, name) = (cfg.clone(), bus.clone(), running.clone(), name.clone());
+                let (cfg, bus, running, name, resume) =
+                    (cfg.clone(), bus.clone(), running.clone(), name.clone(), resume.clone());
                 tokio::spawn(async move {
-                    serve_backup(&cfg, bus, &req).await;
+                    let mut stored = resume.lock().expect("resume map").remove(&name).unwrap_or_default();
+                    serve_backup(&cfg, bus, &req, &mut stored).await;
+                    if !stored.is_empty() {
+                        resume.lock().expect("resume map").insert(name.clone(), stored);
+                    }
                     running.lock().expect("running set").remove(&name);
                 });
             }
@@ -82,12 +89,12 @@ pub async fn run(cfg: Arc<Config>, bus: Arc<dyn Bus>, shutdown: impl Future<Outp
     Ok(())
 }
 
-/// Runs one backup and reports its outcome on its status subject.
-pub async fn serve_backup(cfg: &Config, bus: Arc<dyn Bus>, req: &BackupRequest) {
+/// Runs one backup and reports its outcome on its status subject. `resume`: see [`backup::run`].
+pub async fn serve_backup(cfg: &Config, bus: Arc<dyn Bus>, req: &BackupRequest, resume: &mut Vec<ChunkRef>) {
     let stanza = cfg.stanza.get(&req.stanza).expect("listener only exists for configured stanzas");
     let settings = BackupSettings::from_config(cfg, i32::from(req.compress_level));
     info!(stanza = %req.stanza, label = %req.label, "backup requested");
-    let outcome = backup::run(bus.clone(), &stanza.pg_data, &stanza.pg_conn, req, &settings).await;
+    let outcome = backup::run(bus.clone(), &stanza.pg_data, &stanza.pg_conn, req, &settings, resume).await;
     let status = match outcome {
         Ok(summary) => BackupStatus::Done(summary),
         Err(e) => {
@@ -115,7 +122,7 @@ pub async fn request_backup(
     match in_process {
         Some(cfg) => {
             let (bus, req) = (bus.clone(), req.clone());
-            tokio::spawn(async move { serve_backup(&cfg, bus, &req).await });
+            tokio::spawn(async move { serve_backup(&cfg, bus, &req, &mut Vec::new()).await });
         }
         None => {
             bus.publish_event(&subjects::backup_requests(&req.stanza), Bytes::from(strata_messages::encode(req))).await?;
