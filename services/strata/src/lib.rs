@@ -67,6 +67,18 @@ pub enum Command {
     },
     /// Checks the configuration end to end: cluster, repository, and that archive_command delivers WAL.
     Check,
+    /// Removes the backups retention does not keep, the WAL only they needed, and unreferenced packs.
+    Expire {
+        /// Full backups to keep (overrides the repository's retention_full).
+        #[arg(long)]
+        retention_full: Option<u32>,
+        /// Show what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Unreferenced packs younger than this may belong to a backup still running and are kept.
+        #[arg(long, default_value_t = 86400)]
+        gc_grace_secs: u64,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,5 +142,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Info { output } => cmd::info::run(&ctx, output).await,
         Command::Check => cmd::check::run(&ctx).await.context("check"),
+        Command::Expire { retention_full, dry_run, gc_grace_secs } => {
+            let opts = cmd::expire::ExpireOptions { retention_full, dry_run, gc_grace_secs };
+            cmd::expire::run(&ctx, &opts).await.context("expire")
+        }
     }
 }

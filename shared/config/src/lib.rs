@@ -112,6 +112,9 @@ pub struct RepoConfig {
     pub kind: RepoType,
     /// Root directory (posix).
     pub path: PathBuf,
+    /// How many full backups `expire` keeps (with the diff and incr backups that depend on them).
+    #[serde(default)]
+    pub retention_full: Option<u32>,
 }
 
 const TOP_LEVEL_KEYS: [&str; 4] = ["bus", "pipeline", "stanza", "repo"];

@@ -170,8 +170,29 @@ impl Repo {
 
     /// Every pack in the repository.
     pub async fn list_packs(&self) -> Result<Vec<(PackId, u64)>> {
+        Ok(self.list_packs_detailed().await?.into_iter().map(|(id, o)| (id, o.size)).collect())
+    }
+
+    /// Every pack with its size and modification time.
+    pub async fn list_packs_detailed(&self) -> Result<Vec<(PackId, strata_storage::ObjectInfo)>> {
         let objects = self.storage.list("pack").await.map_err(|e| self.err(e))?;
-        Ok(objects.iter().filter_map(|o| pack::parse_pack_path(&o.path).map(|id| (id, o.size))).collect())
+        Ok(objects.into_iter().filter_map(|o| pack::parse_pack_path(&o.path).map(|id| (id, o))).collect())
+    }
+
+    /// Deletes a pack. Only expire calls this, after proving nothing kept references it.
+    pub async fn delete_pack(&self, id: &PackId) -> Result<()> {
+        self.storage.delete(&pack_path(id)).await.map_err(|e| self.err(e))
+    }
+
+    /// Every stanza in the repository (packs are shared, so expire must consider them all).
+    pub async fn stanzas(&self) -> Result<Vec<String>> {
+        let objects = self.storage.list("stanza").await.map_err(|e| self.err(e))?;
+        let mut names: Vec<String> = objects
+            .iter()
+            .filter_map(|o| o.path.strip_prefix("stanza/")?.strip_suffix("/stanza.json").map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     /// Reads a pack's index from its tail.
@@ -235,6 +256,17 @@ impl Repo {
         }
         out.sort_by(|a, b| a.summary.stop_lsn.cmp(&b.summary.stop_lsn).then(a.summary.label.cmp(&b.summary.label)));
         Ok(out)
+    }
+
+    /// Removes a backup's record: from then on it does not exist. Its chunks stay until no kept backup or
+    /// WAL file references their packs.
+    pub async fn delete_backup(&self, stanza: &str, label: &str) -> Result<()> {
+        let path = format!("{}/backup/{label}.record", stanza_dir(stanza));
+        self.storage.delete(&path).await.map_err(|e| self.err(e))
+    }
+
+    pub async fn delete_wal(&self, stanza: &str, name: &str) -> Result<()> {
+        self.storage.delete(&wal_path(stanza, name)).await.map_err(|e| self.err(e))
     }
 
     pub async fn backup(&self, stanza: &str, label: &str) -> Result<BackupRecord> {

@@ -26,6 +26,8 @@ pub struct Features {
 pub struct ObjectInfo {
     pub path: String,
     pub size: u64,
+    /// Last modification, seconds since the Unix epoch.
+    pub modified: i64,
 }
 
 #[derive(Debug, thiserror::Error)]

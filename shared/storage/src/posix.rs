@@ -223,7 +223,12 @@ impl Storage for PosixStorage {
                     if meta.is_dir() {
                         stack.push(entry.path());
                     } else if let Ok(rel) = entry.path().strip_prefix(&root.path) {
-                        out.push(ObjectInfo { path: rel.to_string_lossy().into_owned(), size: meta.len() });
+                        use std::os::unix::fs::MetadataExt;
+                        out.push(ObjectInfo {
+                            path: rel.to_string_lossy().into_owned(),
+                            size: meta.len(),
+                            modified: meta.mtime(),
+                        });
                     }
                 }
             }
@@ -265,7 +270,8 @@ mod tests {
         assert_eq!(s.size("a/b/c").await.unwrap(), Some(6));
         assert_eq!(s.size("nope").await.unwrap(), None);
         let l = s.list("a").await.unwrap();
-        assert_eq!(l, vec![ObjectInfo { path: "a/b/c".into(), size: 6 }]);
+        assert_eq!((l.len(), l[0].path.as_str(), l[0].size), (1, "a/b/c", 6));
+        assert!(l[0].modified > 1_700_000_000);
         assert!(s.list("missing").await.unwrap().is_empty());
         s.delete("a/b/c").await.unwrap();
         assert!(s.get("a/b/c").await.unwrap_err().is_not_found());
