@@ -247,6 +247,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config/strata.example.toml");
+        let c = Config::load(&example, vec![]).unwrap();
+        assert_eq!(c.primary_repo().retention_full, Some(2));
+        let defaults = PipelineConfig::default();
+        assert_eq!(c.pipeline.chunk_size, defaults.chunk_size);
+        assert_eq!(c.pipeline.in_flight_bytes, defaults.in_flight_bytes);
+    }
+
+    #[test]
     fn typos_and_bad_values_name_the_key() {
         let f = write(&GOOD.replace("pg_conn", "pg_con"));
         let err = Config::load(f.path(), vec![]).unwrap_err().to_string();
