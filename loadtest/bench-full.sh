@@ -606,7 +606,7 @@ strata_backup() { # strata_backup REP
         for p in "${SERVICE_PIDS[@]}"; do svc=$((svc + $(hwm_kb "$p"))); done
         nats_kb=$(hwm_kb "$NATS_PID")
     fi
-    label=$(awk '/^backup .* committed:/{print $2; exit}' "$LOGDIR/strata-backup-$rep.log")
+    label=$(awk '/^(full|diff|incr) backup .* committed/{print $3; exit}' "$LOGDIR/strata-backup-$rep.log")
     wait_archive_idle
     note="label=${label:-?} bus=$BUS_URL pipeline=${PIPE_DESC// /,}"
     [[ -n $nats_kb ]] && note+=" nats_server_hwm_kb=$nats_kb"
