@@ -64,6 +64,7 @@ fn kill_stage_mid_backup(which: &str) {
     let info = setup.info();
     let b = &info[0]["backups"][0];
     let (sent, database) = (b["sent_bytes"].as_u64().unwrap(), b["database_bytes"].as_u64().unwrap());
+    let read = b["read_bytes"].as_u64().unwrap();
     let log = std::fs::read_to_string(services.collector.log_file()).unwrap();
     let resumed: u64 = regex::Regex::new(r"plain_bytes=(\d+)")
         .unwrap()
@@ -74,7 +75,8 @@ fn kill_stage_mid_backup(which: &str) {
     // What the rerun sent again of what was already stored (the rest of `sent` is what the killed attempt
     // never got stored, plus the manifest).
     let resent = (sent + resumed).saturating_sub(database);
-    eprintln!("resume after killing the {which}: {resumed} bytes already stored; rerun sent {sent} of {database}; re-sent {resent}");
+    eprintln!("resume after killing the {which}: {resumed} bytes already stored; rerun read {read} and sent {sent} of {database}; re-sent {resent}");
+    assert!(read < database, "the rerun read every file again ({read} of {database} bytes)");
     assert!(resumed > database / 10, "the killed attempt stored only {resumed} bytes");
     assert!(resent * 10 <= resumed, "the rerun sent {resent} of the {resumed} bytes already stored");
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(120));

@@ -66,15 +66,16 @@ struct Found {
 
 /// Runs a backup and returns its summary once it is committed.
 ///
-/// `resume` holds chunks a failed earlier backup of the stanza got stored: they are not sent again. When
-/// this backup fails too, `resume` is left holding everything stored so far, for the next attempt.
+/// `resume` is what a failed earlier backup of the stanza left: its stored chunks are not sent again and
+/// the files it finished are not read again (if unchanged since). When this backup fails too, `resume` is
+/// left holding what it got stored, for the next attempt.
 pub async fn run(
     bus: Arc<dyn Bus>,
     pg_data: &Path,
     pg_conn: &str,
     req: &BackupRequest,
     settings: &BackupSettings,
-    resume: &mut Vec<ChunkRef>,
+    resume: &mut Resume,
 ) -> anyhow::Result<BackupSummary> {
     let session = crate::cluster::connect(pg_conn).await?;
     let result = backup_on(&session.client, bus, pg_data, req, settings, resume).await;
@@ -88,9 +89,10 @@ async fn backup_on(
     pg_data: &Path,
     req: &BackupRequest,
     settings: &BackupSettings,
-    resume: &mut Vec<ChunkRef>,
+    resume: &mut Resume,
 ) -> anyhow::Result<BackupSummary> {
     let cluster = check_cluster(client, pg_data, req).await?;
+    let attempt_start = now();
     let label = req.label.clone();
     // Progress doubles as the heartbeat the requester watches: it runs for the whole backup, including
     // the wait in pg_backup_stop and for the last confirmations, so a live backup never looks lost.
@@ -110,15 +112,25 @@ async fn backup_on(
         Job::start(bus.clone(), label.clone(), req.stanza.clone(), settings.compress_level, settings.in_flight_bytes, settings.stall)
             .await?,
     );
-    if !resume.is_empty() {
-        let plain_bytes: u64 = resume.iter().map(|r| r.raw_len as u64).sum();
-        info!(%label, chunks = resume.len(), plain_bytes, "resuming: chunks stored by the failed previous attempt are not sent again");
+    let prior = std::mem::take(resume);
+    if !prior.stored.is_empty() {
+        let plain_bytes: u64 = prior.stored.iter().map(|r| r.raw_len as u64).sum();
+        info!(
+            %label,
+            chunks = prior.stored.len(),
+            plain_bytes,
+            files = prior.files.len(),
+            "resuming: what the failed previous attempt stored is not read or sent again"
+        );
     }
-    job.seed(std::mem::take(resume));
-    let result = backup_steps(client, &job, pg_data, req, settings, &cluster, &done_bytes, &total).await;
+    job.seed(prior.stored);
+    let completed = Arc::new(Mutex::new(Vec::new()));
+    let prior_files = (prior.files, prior.start_time);
+    let result =
+        backup_steps(client, &job, pg_data, req, settings, &cluster, &done_bytes, &total, prior_files, &completed).await;
     heartbeat.abort();
     if result.is_err() {
-        *resume = job.stored();
+        *resume = Resume::after_failure(&job, attempt_start, &completed.lock().expect("completed files"));
     }
     result
 }
@@ -133,6 +145,8 @@ async fn backup_steps(
     cluster: &Cluster,
     done_bytes: &Arc<AtomicU64>,
     total: &AtomicU64,
+    prior_files: (HashMap<String, FileEntry>, i64),
+    completed: &Arc<Mutex<Vec<CompletedFile>>>,
 ) -> anyhow::Result<BackupSummary> {
     let label = req.label.clone();
     let start_time = now();
@@ -175,6 +189,9 @@ async fn backup_steps(
         done: done_bytes.clone(),
         read: read_bytes.clone(),
         failures: Mutex::new(Vec::new()),
+        resume_files: prior_files.0,
+        resume_start: prior_files.1,
+        completed: completed.clone(),
     };
     let ctx = Arc::new(ctx);
     let files = send_files(job, found, &ctx, settings.read_workers).await?;
@@ -430,10 +447,71 @@ struct ReadContext {
     done: Arc<AtomicU64>,
     read: Arc<AtomicU64>,
     failures: Mutex<Vec<ChecksumFailure>>,
+    /// Files a failed previous attempt finished, and when it started.
+    resume_files: HashMap<String, FileEntry>,
+    resume_start: i64,
+    /// Files this attempt finished, for the next attempt should this one fail.
+    completed: Arc<Mutex<Vec<CompletedFile>>>,
+}
+
+/// A file this attempt read completely.
+pub struct CompletedFile {
+    path: String,
+    size: u64,
+    mtime: i64,
+    result: FileResult,
+}
+
+/// What a failed backup leaves for the next attempt of the same stanza.
+#[derive(Default)]
+pub struct Resume {
+    /// Chunks it got stored.
+    pub stored: Vec<ChunkRef>,
+    /// Files it read completely and whose chunks are all stored, as it recorded them.
+    pub files: HashMap<String, FileEntry>,
+    /// When it started: a file last modified before then, with the same size and mtime, is as it was read.
+    pub start_time: i64,
+}
+
+impl Resume {
+    pub fn is_empty(&self) -> bool {
+        self.stored.is_empty() && self.files.is_empty()
+    }
+
+    fn after_failure(job: &Job, start_time: i64, completed: &[CompletedFile]) -> Resume {
+        let files = completed
+            .iter()
+            .filter_map(|c| {
+                let pieces = c
+                    .result
+                    .pieces
+                    .iter()
+                    .map(|p| match *p {
+                        PendingPiece::Existing(piece) => Some(piece),
+                        PendingPiece::New { id, offset, len } => job.location(&id).map(|chunk| Piece { chunk, offset, len }),
+                    })
+                    .collect::<Option<Vec<Piece>>>()?;
+                let entry = FileEntry {
+                    path: c.path.clone(),
+                    kind: FileKind::File,
+                    mode: 0,
+                    uid: 0,
+                    gid: 0,
+                    mtime: c.mtime,
+                    size: c.size,
+                    link_target: String::new(),
+                    pieces,
+                    page_hashes: c.result.page_hashes.clone(),
+                };
+                Some((c.path.clone(), entry))
+            })
+            .collect();
+        Resume { stored: job.stored(), files, start_time }
+    }
 }
 
 /// A file's contents as this backup will record them.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct FileResult {
     pieces: Vec<PendingPiece>,
     page_hashes: Vec<u64>,
@@ -494,6 +572,16 @@ async fn send_files(
 /// Sends one file; `None` when it disappeared before it could be opened (a dropped relation: WAL replay
 /// removes it anyway).
 async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Result<Option<FileResult>> {
+    // A failed previous attempt read this file and it has not changed since: take what it stored.
+    if let Some(e) = ctx.resume_files.get(&found.rel) {
+        if e.size == found.meta.len() && e.mtime == found.meta.mtime() && e.mtime < ctx.resume_start {
+            ctx.done.fetch_add(e.size, Ordering::Relaxed);
+            let pieces = e.pieces.iter().map(|p| PendingPiece::Existing(*p)).collect();
+            let result = FileResult { pieces, page_hashes: e.page_hashes.clone() };
+            ctx.complete(found, &result);
+            return Ok(Some(result));
+        }
+    }
     let reference = ctx.reference.as_ref().and_then(|r| r.file(&found.rel).map(|e| (r, e)));
     if let Some((r, e)) = reference {
         // Modified before the reference began and unchanged since: the reference read it as it is now.
@@ -502,7 +590,9 @@ async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Resul
         if untouched && !ctx.checksum_all {
             ctx.done.fetch_add(e.size, Ordering::Relaxed);
             let pieces = e.pieces.iter().map(|p| PendingPiece::Existing(*p)).collect();
-            return Ok(Some(FileResult { pieces, page_hashes: e.page_hashes.clone() }));
+            let result = FileResult { pieces, page_hashes: e.page_hashes.clone() };
+            ctx.complete(found, &result);
+            return Ok(Some(result));
         }
     }
     let mut file = match File::open(&found.abs) {
@@ -573,7 +663,24 @@ async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Resul
             break;
         }
     }
+    ctx.complete(found, &result);
     Ok(Some(result))
+}
+
+impl ReadContext {
+    /// Notes a file as read completely, for a resume should this backup fail.
+    fn complete(&self, found: &Found, result: &FileResult) {
+        let size = result
+            .pieces
+            .iter()
+            .map(|p| match p {
+                PendingPiece::Existing(piece) => piece.len as u64,
+                PendingPiece::New { len, .. } => *len as u64,
+            })
+            .sum();
+        let done = CompletedFile { path: found.rel.clone(), size, mtime: found.meta.mtime(), result: result.clone() };
+        self.completed.lock().expect("completed files").push(done);
+    }
 }
 
 fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use strata_bus::Bus;
 use strata_config::Config;
-use strata_messages::{decode, subjects, BackupRequest, BackupStatus, ChunkRef};
+use strata_messages::{decode, subjects, BackupRequest, BackupStatus};
 use tracing::{error, info, warn};
 
 pub use backup::BackupSettings;
@@ -46,7 +46,7 @@ pub async fn run(cfg: Arc<Config>, bus: Arc<dyn Bus>, shutdown: impl Future<Outp
     }
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();
     // Per stanza: chunks a failed backup got stored, so the next attempt does not send them again.
-    let resume: Arc<Mutex<HashMap<String, Vec<ChunkRef>>>> = Arc::default();
+    let resume: Arc<Mutex<HashMap<String, backup::Resume>>> = Arc::default();
     let mut listeners = Vec::new();
     for name in cfg.stanza.keys() {
         let mut requests = bus.subscribe(&subjects::backup_requests(name), Some(subjects::COLLECTOR_GROUP)).await?;
@@ -90,7 +90,7 @@ pub async fn run(cfg: Arc<Config>, bus: Arc<dyn Bus>, shutdown: impl Future<Outp
 }
 
 /// Runs one backup and reports its outcome on its status subject. `resume`: see [`backup::run`].
-pub async fn serve_backup(cfg: &Config, bus: Arc<dyn Bus>, req: &BackupRequest, resume: &mut Vec<ChunkRef>) {
+pub async fn serve_backup(cfg: &Config, bus: Arc<dyn Bus>, req: &BackupRequest, resume: &mut backup::Resume) {
     let stanza = cfg.stanza.get(&req.stanza).expect("listener only exists for configured stanzas");
     let settings = BackupSettings::from_config(cfg, i32::from(req.compress_level));
     info!(stanza = %req.stanza, label = %req.label, "backup requested");
@@ -122,7 +122,7 @@ pub async fn request_backup(
     match in_process {
         Some(cfg) => {
             let (bus, req) = (bus.clone(), req.clone());
-            tokio::spawn(async move { serve_backup(&cfg, bus, &req, &mut Vec::new()).await });
+            tokio::spawn(async move { serve_backup(&cfg, bus, &req, &mut backup::Resume::default()).await });
         }
         None => {
             bus.publish_event(&subjects::backup_requests(&req.stanza), Bytes::from(strata_messages::encode(req))).await?;
