@@ -54,13 +54,36 @@ struct Cluster {
     wal_segment_size: u64,
 }
 
+/// The parts of a file's metadata a manifest records (a full `std::fs::Metadata` is five times larger, which
+/// adds up over hundreds of thousands of files).
+#[derive(Clone, Copy)]
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    len: u64,
+}
+
+impl Meta {
+    fn of(m: &std::fs::Metadata) -> Meta {
+        Meta { mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid(), mtime: m.mtime(), len: m.len() }
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn mtime(&self) -> i64 {
+        self.mtime
+    }
+}
+
 /// One entry found by the walk.
 struct Found {
     rel: String,
     abs: PathBuf,
     kind: FileKind,
     class: FileClass,
-    meta: std::fs::Metadata,
+    meta: Meta,
     link_target: String,
 }
 
@@ -229,14 +252,14 @@ async fn backup_steps(
         entries.push(FileEntry {
             path: found.rel,
             kind: found.kind,
-            mode: found.meta.mode() & 0o7777,
-            uid: found.meta.uid(),
-            gid: found.meta.gid(),
+            mode: found.meta.mode,
+            uid: found.meta.uid,
+            gid: found.meta.gid,
             mtime: found.meta.mtime(),
             size,
             link_target: found.link_target,
             pieces,
-            page_hashes: result.page_hashes,
+            page_hashes: result.page_hashes.clone(),
         });
     }
     let seg = cluster.wal_segment_size;
@@ -375,6 +398,7 @@ fn walk(root: &Path) -> anyhow::Result<Vec<Found>> {
             };
             let is_tablespace_link = meta.file_type().is_symlink() && rel_dir == "pg_tblspc";
             let is_dir = meta.is_dir() || is_tablespace_link;
+            let (full_meta, meta) = (meta.clone(), Meta::of(&meta));
             let class = match datadir::classify(Path::new(&rel), is_dir) {
                 Entry::Skip => continue,
                 Entry::SkipContents => {
@@ -397,12 +421,12 @@ fn walk(root: &Path) -> anyhow::Result<Vec<Found>> {
                     link_target: target.to_string_lossy().into_owned(),
                 });
                 subdirs.push((target, rel));
-            } else if meta.is_dir() {
+            } else if full_meta.is_dir() {
                 out.push(Found { rel: rel.clone(), abs: abs.clone(), kind: FileKind::Directory, class, meta, link_target: String::new() });
                 subdirs.push((abs, rel));
-            } else if meta.is_file() {
+            } else if full_meta.is_file() {
                 out.push(Found { rel, abs, kind: FileKind::File, class, meta, link_target: String::new() });
-            } else if meta.file_type().is_symlink() {
+            } else if full_meta.file_type().is_symlink() {
                 // Other links (pg_wal pointing elsewhere is handled by SkipContents): keep the link itself.
                 let target = std::fs::read_link(&abs).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
                 out.push(Found { rel, abs, kind: FileKind::Symlink, class, meta, link_target: target });
@@ -459,7 +483,8 @@ pub struct CompletedFile {
     path: String,
     size: u64,
     mtime: i64,
-    result: FileResult,
+    /// Shared with the file list: a resume costs no copy of it.
+    result: Arc<FileResult>,
 }
 
 /// What a failed backup leaves for the next attempt of the same stanza.
@@ -517,7 +542,7 @@ struct FileResult {
     page_hashes: Vec<u64>,
 }
 
-type FileChunks = (Found, FileResult);
+type FileChunks = (Found, Arc<FileResult>);
 
 /// Reads every file with a bounded pool and sends what must be stored; returns each entry with its
 /// pending pieces, in the walk's order. Files that vanished during the backup are left out.
@@ -528,7 +553,7 @@ async fn send_files(
     workers: usize,
 ) -> anyhow::Result<Vec<FileChunks>> {
     let slots: Arc<Vec<Mutex<Option<FileChunks>>>> =
-        Arc::new(found.into_iter().map(|f| Mutex::new(Some((f, FileResult::default())))).collect());
+        Arc::new(found.into_iter().map(|f| Mutex::new(Some((f, Arc::default())))).collect());
     let next = Arc::new(AtomicUsize::new(0));
     let vanished = Arc::new(Mutex::new(HashSet::new()));
     let mut readers = Vec::new();
@@ -540,7 +565,7 @@ async fn send_files(
                 let Some(slot) = slots.get(i) else { return Ok::<(), anyhow::Error>(()) };
                 let (found, _) = slot.lock().expect("slot").take().expect("each slot is taken once");
                 if found.kind != FileKind::File {
-                    *slot.lock().expect("slot") = Some((found, FileResult::default()));
+                    *slot.lock().expect("slot") = Some((found, Arc::default()));
                     continue;
                 }
                 match send_file(&job, &found, &ctx).await? {
@@ -571,13 +596,13 @@ async fn send_files(
 
 /// Sends one file; `None` when it disappeared before it could be opened (a dropped relation: WAL replay
 /// removes it anyway).
-async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Result<Option<FileResult>> {
+async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Result<Option<Arc<FileResult>>> {
     // A failed previous attempt read this file and it has not changed since: take what it stored.
     if let Some(e) = ctx.resume_files.get(&found.rel) {
         if e.size == found.meta.len() && e.mtime == found.meta.mtime() && e.mtime < ctx.resume_start {
             ctx.done.fetch_add(e.size, Ordering::Relaxed);
             let pieces = e.pieces.iter().map(|p| PendingPiece::Existing(*p)).collect();
-            let result = FileResult { pieces, page_hashes: e.page_hashes.clone() };
+            let result = Arc::new(FileResult { pieces, page_hashes: e.page_hashes.clone() });
             ctx.complete(found, &result);
             return Ok(Some(result));
         }
@@ -590,7 +615,7 @@ async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Resul
         if untouched && !ctx.checksum_all {
             ctx.done.fetch_add(e.size, Ordering::Relaxed);
             let pieces = e.pieces.iter().map(|p| PendingPiece::Existing(*p)).collect();
-            let result = FileResult { pieces, page_hashes: e.page_hashes.clone() };
+            let result = Arc::new(FileResult { pieces, page_hashes: e.page_hashes.clone() });
             ctx.complete(found, &result);
             return Ok(Some(result));
         }
@@ -663,13 +688,14 @@ async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Resul
             break;
         }
     }
+    let result = Arc::new(result);
     ctx.complete(found, &result);
     Ok(Some(result))
 }
 
 impl ReadContext {
     /// Notes a file as read completely, for a resume should this backup fail.
-    fn complete(&self, found: &Found, result: &FileResult) {
+    fn complete(&self, found: &Found, result: &Arc<FileResult>) {
         let size = result
             .pieces
             .iter()
@@ -678,7 +704,7 @@ impl ReadContext {
                 PendingPiece::New { len, .. } => *len as u64,
             })
             .sum();
-        let done = CompletedFile { path: found.rel.clone(), size, mtime: found.meta.mtime(), result: result.clone() };
+        let done = CompletedFile { path: found.rel.clone(), size, mtime: found.meta.mtime(), result: Arc::clone(result) };
         self.completed.lock().expect("completed files").push(done);
     }
 }
