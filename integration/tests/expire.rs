@@ -7,10 +7,6 @@ use common::*;
 use std::time::Duration;
 use strata_integration::*;
 
-fn backup(setup: &Setup, kind: &str) -> String {
-    let out = setup.strata_ok(&["backup", "--type", kind]);
-    out.split_whitespace().nth(2).expect("label").to_string()
-}
 
 fn pack_bytes(setup: &Setup) -> usize {
     snapshot(&setup.repo).iter().filter(|(k, _)| k.ends_with(".pack")).map(|(_, v)| v.len()).sum()
@@ -25,14 +21,14 @@ fn expire_keeps_the_newest_full_and_its_dependants() {
     let line = setup.strata_fails(&["expire"]);
     assert!(line.contains("no retention is configured"), "{line}");
 
-    let full1 = backup(&setup, "full");
+    let full1 = setup.backup("full");
     setup.pg.psql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0");
-    let incr1 = backup(&setup, "incr");
+    let incr1 = setup.backup("incr");
     // Rewrite the big table so the second full shares few chunks with the first.
     setup.pg.psql("UPDATE pgbench_accounts SET filler = md5(aid::text); VACUUM FULL pgbench_accounts");
-    let full2 = backup(&setup, "full");
+    let full2 = setup.backup("full");
     setup.pg.psql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 1");
-    let incr2 = backup(&setup, "incr");
+    let incr2 = setup.backup("incr");
     let digests = setup.pg.table_digests("postgres");
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
     let full2_wal_start = setup.info()[0]["backups"][2]["wal_start"].as_str().unwrap().to_string();

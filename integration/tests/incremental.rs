@@ -7,11 +7,6 @@ use common::*;
 use std::time::Duration;
 use strata_integration::*;
 
-fn backup(setup: &Setup, kind: &str) -> String {
-    let out = setup.strata_ok(&["backup", "--type", kind]);
-    assert!(out.starts_with(&format!("{kind} backup ")), "{out}");
-    out.split_whitespace().nth(2).expect("label").to_string()
-}
 
 #[test]
 fn full_incr_diff_incr_each_restore_to_their_end() {
@@ -22,25 +17,25 @@ fn full_incr_diff_incr_each_restore_to_their_end() {
 
     // Nothing writes while a backup runs, so the tables right after it are the tables at its end.
     let mut expected = Vec::new();
-    let full = backup(&setup, "full");
+    let full = setup.backup("full");
     expected.push((full.clone(), setup.pg.table_digests("postgres")));
 
     setup.pg.pgbench_run_background(3, 2).wait().expect("pgbench");
-    let incr1 = backup(&setup, "incr");
+    let incr1 = setup.backup("incr");
     expected.push((incr1.clone(), setup.pg.table_digests("postgres")));
 
     setup.pg.pgbench_run_background(3, 2).wait().expect("pgbench");
-    let diff = backup(&setup, "diff");
+    let diff = setup.backup("diff");
     expected.push((diff.clone(), setup.pg.table_digests("postgres")));
 
     setup.pg.pgbench_run_background(3, 2).wait().expect("pgbench");
     setup.pg.psql("CREATE TABLE late AS SELECT g FROM generate_series(1, 1000) g");
-    let incr2 = backup(&setup, "incr");
+    let incr2 = setup.backup("incr");
     expected.push((incr2.clone(), setup.pg.table_digests("postgres")));
 
     // A few rows of pgbench_accounts change: the incremental stores those pages, not the table's files.
     setup.pg.psql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 5000 = 0");
-    let incr3 = backup(&setup, "incr");
+    let incr3 = setup.backup("incr");
     expected.push((incr3.clone(), setup.pg.table_digests("postgres")));
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(120));
 

@@ -68,6 +68,13 @@ impl Setup {
         expect_one_error_line(&self.strata(args), args)
     }
 
+    /// `backup --type <kind>`; returns the new backup's label.
+    pub fn backup(&self, kind: &str) -> String {
+        let out = self.strata_ok(&["backup", "--type", kind]);
+        assert!(out.starts_with(&format!("{kind} backup ")), "{out}");
+        out.split_whitespace().nth(2).expect("label").to_string()
+    }
+
     /// `info --output json`, parsed.
     pub fn info(&self) -> serde_json::Value {
         let text = self.strata_ok(&["info", "--output", "json"]);
