@@ -78,7 +78,7 @@ log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 as_pg() { runuser -u postgres -- "$@"; }
 psql_q() { as_pg "$PGBIN/psql" -h "$PGSOCK" -p "$PGPORT" -U postgres -d "${2:-postgres}" -XAtq -v ON_ERROR_STOP=1 -c "$1"; }
-du_bytes() { du -sb "$1" 2>/dev/null | awk '{print $1 + 0}'; }
+du_bytes() { du -sb "$1" 2>/dev/null | cut -f1; }
 nfiles() { find "$1" -type f 2>/dev/null | wc -l; }
 mib() { awk -v k="$1" 'BEGIN{printf "%.1f", k / 1024}'; }
 strata() { as_pg "$BIN/strata" --config "$CFG" --stanza "$STANZA" "$@"; }
