@@ -76,3 +76,26 @@ fn full_incr_diff_incr_each_restore_to_their_end() {
         }
     }
 }
+
+/// Over NATS the collector has no repository access: the reference manifest reaches it through an
+/// uploader, and the incremental restores exactly.
+#[test]
+fn incremental_over_nats_with_separate_services() {
+    let dir = TestDir::new("incremental_nats");
+    let nats = NatsServer::start(&dir);
+    // Declared before the cluster so they are dropped after it: a cluster shutting down may still push WAL.
+    let _services;
+    let setup = Setup::new(&dir, &nats.url(), "", &[]);
+    _services = Services::start(&setup);
+    setup.strata_ok(&["stanza-create"]);
+    setup.pg.pgbench_init(2);
+    let full = setup.backup("full");
+    setup.pg.psql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 1000 = 0");
+    let incr = setup.backup("incr");
+    let digests = setup.pg.table_digests("postgres");
+    setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
+    let info = setup.info();
+    assert_eq!(info[0]["backups"][1]["reference"], full.as_str(), "{info}");
+    let copy = setup.restore_and_start("restored", &["--set", &incr, "--type", "immediate"]);
+    assert_eq!(copy.table_digests("postgres"), digests);
+}

@@ -194,13 +194,9 @@ async fn backup_steps(
     total.store(total_bytes, Ordering::Relaxed);
     status(job.bus(), &label, BackupStatus::Started { start_lsn: start_lsn.0, total_bytes }).await;
 
-    let reference = match req.reference_manifest.is_empty() {
-        true => None,
-        false => Some(
-            strata_messages::decode::<Manifest>(&req.reference_manifest)
-                .map(strata_messages::to_owned::<Manifest>)
-                .context("the reference manifest sent with the request is unreadable")?,
-        ),
+    let reference = match &req.reference {
+        Some(record) => Some(fetch_manifest(job.bus(), &label, record).await?),
+        None => None,
     };
     let read_bytes = Arc::new(AtomicU64::new(0));
     let ctx = ReadContext {
@@ -436,6 +432,54 @@ fn walk(root: &Path) -> anyhow::Result<Vec<Found>> {
         stack.extend(subdirs.into_iter().rev());
     }
     Ok(out)
+}
+
+/// How long the collector waits for each chunk of a reference manifest.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Fetches and decodes a backup's manifest through an uploader.
+async fn fetch_manifest(bus: &dyn Bus, label: &str, record: &BackupRecord) -> anyhow::Result<Manifest> {
+    let reference = &record.summary.label;
+    let reply = subjects::fetch_reply(label);
+    let mut answers = bus.subscribe(&reply, None).await?;
+    let request = strata_messages::FetchRequest {
+        version: FORMAT_VERSION,
+        reply: reply.clone(),
+        chunks: record.manifest_chunks.clone(),
+    };
+    bus.publish_event(subjects::FETCH, Bytes::from(encode(&request))).await?;
+    bus.flush().await?;
+    let sealer = strata_seal::Sealer::default();
+    let mut parts: Vec<Option<Vec<u8>>> = vec![None; record.manifest_chunks.len()];
+    let mut missing = parts.len();
+    while missing > 0 {
+        let payload = tokio::time::timeout(FETCH_TIMEOUT, answers.next())
+            .await
+            .map_err(|_| {
+                anyhow!("no uploader sent the manifest of reference backup {reference} within {} s; is an uploader running?", FETCH_TIMEOUT.as_secs())
+            })?
+            .ok_or_else(|| anyhow!("the bus closed while fetching the manifest of backup {reference}"))?;
+        match strata_messages::to_owned::<strata_messages::FetchedChunk>(strata_messages::decode::<strata_messages::FetchedChunk>(&payload)?) {
+            strata_messages::FetchedChunk::Sealed { index, bytes } => {
+                let i = index as usize;
+                let chunk = record.manifest_chunks.get(i).ok_or_else(|| anyhow!("an uploader sent chunk {i} of a {}-chunk manifest", parts.len()))?;
+                if parts[i].is_none() {
+                    let plain = sealer
+                        .unseal(&bytes, &chunk.id)
+                        .with_context(|| format!("manifest of reference backup {reference}"))?;
+                    parts[i] = Some(plain);
+                    missing -= 1;
+                }
+            }
+            strata_messages::FetchedChunk::Failed(reason) => {
+                bail!("cannot read the manifest of reference backup {reference}: {reason}")
+            }
+        }
+    }
+    let bytes: Vec<u8> = parts.into_iter().flatten().flatten().collect();
+    strata_messages::decode::<Manifest>(&bytes)
+        .map(strata_messages::to_owned::<Manifest>)
+        .with_context(|| format!("the manifest of reference backup {reference} is unreadable"))
 }
 
 /// The reference backup's manifest, with its files by path.

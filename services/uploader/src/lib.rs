@@ -85,6 +85,8 @@ pub async fn run(
         let input = shared.bus.work(Queue::Upload).await?;
         tasks.push(tokio::spawn(worker(shared.clone(), input, cancel.clone())));
     }
+    let fetches = shared.bus.subscribe(subjects::FETCH, Some(subjects::UPLOADER_GROUP)).await?;
+    tasks.push(tokio::spawn(serve_fetches(shared.clone(), fetches, cancel.clone())));
     info!(workers, repo = shared.repo.name(), "uploader running");
     shutdown.await;
     cancel.cancel();
@@ -252,6 +254,39 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
             // Redelivery stores the chunk again (harmless) and confirms it again.
             warn!(error = %e, "uploader could not acknowledge a message");
         }
+    }
+}
+
+/// Answers fetch requests: collectors have no repository access, so the reference manifest of a diff or
+/// incr backup reaches them through an uploader, chunk by chunk, still sealed.
+async fn serve_fetches(shared: Arc<Shared>, mut requests: Box<dyn strata_bus::EventStream>, cancel: CancellationToken) {
+    loop {
+        let payload = tokio::select! {
+            _ = cancel.cancelled() => return,
+            p = requests.next() => match p { Some(p) => p, None => return },
+        };
+        let req = match decode::<strata_messages::FetchRequest>(&payload) {
+            Ok(r) => strata_messages::to_owned::<strata_messages::FetchRequest>(r),
+            Err(e) => {
+                warn!(error = %e, "ignoring a malformed fetch request");
+                continue;
+            }
+        };
+        for (index, chunk) in req.chunks.iter().enumerate() {
+            let answer = match shared.repo.read_sealed(chunk).await {
+                Ok(bytes) => strata_messages::FetchedChunk::Sealed { index: index as u32, bytes: bytes.to_vec() },
+                Err(e) => strata_messages::FetchedChunk::Failed(e.to_string()),
+            };
+            let failed = matches!(answer, strata_messages::FetchedChunk::Failed(_));
+            if let Err(e) = shared.bus.publish_event(&req.reply, Bytes::from(encode(&answer))).await {
+                warn!(error = %e, "uploader could not answer a fetch request");
+                break;
+            }
+            if failed {
+                break;
+            }
+        }
+        let _ = shared.bus.flush().await;
     }
 }
 

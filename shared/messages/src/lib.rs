@@ -121,10 +121,27 @@ pub struct BackupRequest {
     pub expect_system_id: u64,
     pub expect_pg_major: u32,
     pub compress_level: i8,
-    /// The manifest of the backup this one is relative to (diff and incr), serialized; empty for a full.
-    pub reference_manifest: Vec<u8>,
+    /// The record of the backup this one is relative to (diff and incr); the collector fetches its
+    /// manifest through an uploader ([`FetchRequest`]), since it has no repository access of its own.
+    pub reference: Option<BackupRecord>,
     /// Re-read and compare every page even of files whose size and mtime did not change.
     pub checksum_all: bool,
+}
+
+/// Asks an uploader (on [`subjects::FETCH`]) to send stored chunks, sealed, to `reply` as
+/// [`FetchedChunk`] events, in order.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+pub struct FetchRequest {
+    pub version: u16,
+    pub reply: String,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// One answer to a [`FetchRequest`]: chunk `index` of the request, or why it could not be read.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+pub enum FetchedChunk {
+    Sealed { index: u32, bytes: Vec<u8> },
+    Failed(String),
 }
 
 /// Collector -> `strata backup`, on [`subjects::backup_status`].
@@ -196,6 +213,7 @@ macro_rules! versioned {
 }
 versioned!(PlainChunk, "plain chunk");
 versioned!(BackupRequest, "backup request");
+versioned!(FetchRequest, "fetch request");
 versioned!(manifest::Manifest, "manifest");
 versioned!(manifest::BackupRecord, "backup record");
 versioned!(manifest::WalRecord, "wal record");
@@ -212,6 +230,12 @@ impl Versioned for UploadWork {
 }
 impl Versioned for JobEvent {
     const WHAT: &'static str = "job event";
+    fn archived_version(_: &Self::Archived) -> Option<u16> {
+        None
+    }
+}
+impl Versioned for FetchedChunk {
+    const WHAT: &'static str = "fetched chunk";
     fn archived_version(_: &Self::Archived) -> Option<u16> {
         None
     }

@@ -23,3 +23,14 @@ pub fn job_events(job: &str) -> String {
 fn token(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
+
+/// Where chunk fetch requests go; uploaders listen in one queue group ([`UPLOADER_GROUP`]).
+pub const FETCH: &str = "strata.fetch";
+
+/// The queue group uploaders join for fetch requests, so one of them answers each.
+pub const UPLOADER_GROUP: &str = "uploaders";
+
+/// Where the answers to one fetch request go.
+pub fn fetch_reply(job: &str) -> String {
+    format!("strata.fetch.reply.{}", token(job))
+}

@@ -6,7 +6,6 @@ use crate::{local, progress, Context_};
 use anyhow::bail;
 use std::time::{Duration, Instant};
 use strata_messages::{BackupRequest, BackupType, FORMAT_VERSION};
-use strata_seal::Sealer;
 
 /// How long a collector has to acknowledge a request before the command gives up.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
@@ -31,10 +30,6 @@ pub async fn run(ctx: &Context_, requested: BackupType, checksum_all: bool) -> a
             BackupType::Full
         }
     };
-    let reference_manifest = match reference {
-        Some(r) => strata_messages::encode(&ctx.repo.manifest(&Sealer::default(), r).await?),
-        None => Vec::new(),
-    };
     let label = new_label(backup_type);
     if ctx.repo.backup(&ctx.stanza, &label).await.is_ok() {
         bail!("a backup labelled {label} already exists; retry in a second");
@@ -49,18 +44,9 @@ pub async fn run(ctx: &Context_, requested: BackupType, checksum_all: bool) -> a
         expect_system_id: info.system_id,
         expect_pg_major: info.pg_major,
         compress_level: ctx.cfg.pipeline.compress_level.clamp(0, 22) as i8,
-        reference_manifest,
+        reference: reference.cloned(),
         checksum_all,
     };
-    // The reference travels inside the request; refuse one the bus cannot carry before starting anything.
-    let request_len = strata_messages::encode(&req).len();
-    if request_len > bus.max_payload() {
-        bail!(
-            "the reference manifest of backup {} is {request_len} bytes, more than the bus carries ({}); take a full backup",
-            reference.map(|r| r.summary.label.as_str()).unwrap_or_default(),
-            bus.max_payload()
-        );
-    }
     let bar = progress::bytes_bar(&format!("backup {label}"));
     let started = Instant::now();
     let outcome = strata_collector::request_backup(
