@@ -124,20 +124,23 @@ pub fn expect_one_error_line(out: &Output, what: &[&str]) -> String {
     lines[0].to_string()
 }
 
-/// Every file of a repository with its size and BLAKE3-free fingerprint (content hash via md5sum is not
-/// needed: contents are compared byte for byte).
+/// Every object of a repository with its contents (compared byte for byte). Temporary files of writes in
+/// progress are left out, and a file that vanishes while the snapshot is taken (a temporary file renamed
+/// away under a running backup) is skipped.
 pub fn snapshot(repo: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![repo.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let e = e.unwrap();
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
             let p = e.path();
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                continue;
+            }
             if p.is_dir() {
                 stack.push(p);
-            } else {
-                let rel = p.strip_prefix(repo).unwrap().display().to_string();
-                out.insert(rel, std::fs::read(&p).unwrap());
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                out.insert(p.strip_prefix(repo).unwrap().display().to_string(), bytes);
             }
         }
     }
