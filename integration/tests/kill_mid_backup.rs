@@ -16,6 +16,11 @@ fn pack_bytes(repo: &std::path::Path) -> usize {
     snapshot(repo).iter().filter(|(k, _)| k.ends_with(".pack")).map(|(_, v)| v.len()).sum()
 }
 
+/// The checkpoint an interrupted backup leaves (`backup/<label>.partial`), if any.
+fn checkpoint_bytes(repo: &std::path::Path) -> Option<Vec<u8>> {
+    snapshot(repo).into_iter().find(|(k, _)| k.ends_with(".partial")).map(|(_, v)| v)
+}
+
 fn kill_stage_mid_backup(which: &str) {
     let dir = TestDir::new(&format!("kill_{which}"));
     let nats = NatsServer::start(&dir);
@@ -31,11 +36,19 @@ fn kill_stage_mid_backup(which: &str) {
     let mut backup = setup.bins.strata_cmd(&setup.config, STANZA);
     let backup = backup.arg("backup").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     // Wait until the backup has stored a good part of its data (about 4 MB sealed in all at this
-    // compression level), then kill the stage.
+    // compression level) and checkpointed it twice (checkpoints come every second or so; a file read
+    // is named by the checkpoint after the one that finds its chunks stored), then kill the stage.
     let deadline = Instant::now() + Duration::from_secs(120);
     while pack_bytes(&setup.repo) < packs_before + 1_500_000 {
         assert!(Instant::now() < deadline, "the backup stored nothing within 120 s");
         std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..2 {
+        let last = checkpoint_bytes(&setup.repo);
+        while checkpoint_bytes(&setup.repo) == last {
+            assert!(Instant::now() < deadline, "the backup wrote no checkpoint within 120 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     let stage = match which {
         "uploader" => &mut services.uploader,
@@ -47,6 +60,7 @@ fn kill_stage_mid_backup(which: &str) {
     let line = expect_one_error_line(&out, &["backup"]);
     assert!(line.contains("confirmed") || line.contains("stall"), "{line}");
     assert!(records(&setup.repo).is_empty(), "a killed backup left a record");
+    assert!(checkpoint_bytes(&setup.repo).is_some(), "the killed backup left no checkpoint");
     assert!(setup.backup_labels().is_empty(), "info shows a backup that was never committed");
 
     // The stage comes back; the next backup succeeds and restores.
@@ -60,6 +74,7 @@ fn kill_stage_mid_backup(which: &str) {
     let out = setup.strata_env(&["backup"], &[("STRATA_PIPELINE__COMPRESS_LEVEL", "1")]);
     assert!(out.status.success(), "the backup after the restart failed:\n{}", describe(&out));
     assert_eq!(setup.backup_labels().len(), 1);
+    assert!(checkpoint_bytes(&setup.repo).is_none(), "the commit left the checkpoint it superseded");
     // The collector resumes: what the killed attempt got stored is not sent again.
     let info = setup.info();
     let b = &info[0]["backups"][0];

@@ -7,12 +7,21 @@
 //! 3. Walk the data directory and tablespaces, applying PostgreSQL's base-backup rules
 //!    ([`strata_pg::datadir`]), and send every file through the pipeline in page-aligned chunks, with a bounded
 //!    pool of readers. Relation pages are checked against their checksums while read (see [`check_pages`]).
+//!    Small pieces share chunks ([`crate::bundle`]); each finished file's entry goes into the manifest's file
+//!    lists at once ([`crate::file_lists`]), and a checkpoint is written every few seconds
+//!    ([`crate::checkpoint`]).
 //! 4. `pg_backup_stop(wait_for_archive => true)` returns the backup_label and tablespace_map contents and
 //!    waits until the WAL the backup needs is archived.
-//! 5. Wait until every chunk is confirmed stored, send the manifest through the pipeline the same way, then
-//!    ask an uploader to commit the backup record. The backup exists from that moment on, not before.
+//! 5. Wait until every chunk is confirmed stored, send the manifest head through the pipeline the same way,
+//!    then ask an uploader to commit the backup record. The backup exists from that moment on, not before.
 
+use crate::bundle::Bundler;
+use crate::checkpoint::{Checkpointer, Sources};
+use crate::chunk_table::ChunkTable;
+use crate::file_lists::FileListWriter;
+use crate::increment::{self, RefFile, Segment};
 use crate::job::{CommitOutcome, Job};
+use crate::loaded::LoadedManifest;
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use std::collections::HashSet;
@@ -23,12 +32,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use strata_bus::Bus;
-use crate::increment::{self, PendingPiece, RefFile, Segment};
-use std::collections::HashMap;
 use strata_messages::manifest::{ChecksumFailure, Tablespace};
 use strata_messages::{
     encode, subjects, BackupRecord, BackupRequest, BackupStatus, BackupSummary, ChunkRef, FileEntry, FileKind,
-    Manifest, Piece, FORMAT_VERSION,
+    ManifestHead, Piece, FORMAT_VERSION,
 };
 use strata_pg::datadir::{self, Entry, FileClass};
 use strata_pg::page::{self, PageCheck};
@@ -37,6 +44,10 @@ use tracing::{info, warn};
 
 /// How long `pg_backup_stop` may wait for the backup's last WAL segment to be archived.
 const ARCHIVE_WAIT: Duration = Duration::from_secs(300);
+/// Pieces smaller than a chunk divided by this share chunks with others.
+const BUNDLE_DIVISOR: usize = 4;
+/// Largest file list (before one more entry): small enough for any bus.
+const FILE_LIST_BYTES: usize = 1024 * 1024;
 
 pub struct BackupSettings {
     pub chunk_size: usize,
@@ -69,39 +80,44 @@ impl Meta {
     fn of(m: &std::fs::Metadata) -> Meta {
         Meta { mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid(), mtime: m.mtime(), len: m.len() }
     }
-    fn len(&self) -> u64 {
-        self.len
-    }
-    fn mtime(&self) -> i64 {
-        self.mtime
-    }
 }
 
-/// One entry found by the walk.
+/// One entry found by the walk. Kept small: a cluster may have hundreds of thousands.
 struct Found {
-    rel: String,
-    abs: PathBuf,
+    rel: Box<str>,
+    /// Which walk root ([`Roots`]) the entry is under.
+    root: u32,
     kind: FileKind,
     class: FileClass,
     meta: Meta,
-    link_target: String,
+    link_target: Option<Box<str>>,
+}
+
+/// Where the walk's entries are on disk: the data directory, then each tablespace, as (path prefix in the
+/// manifest, directory).
+#[derive(Default)]
+struct Roots(Vec<(String, PathBuf)>);
+
+impl Roots {
+    fn abs(&self, f: &Found) -> PathBuf {
+        let (prefix, dir) = &self.0[f.root as usize];
+        match prefix.is_empty() {
+            true => dir.join(&*f.rel),
+            false => dir.join(f.rel[prefix.len()..].trim_start_matches('/')),
+        }
+    }
 }
 
 /// Runs a backup and returns its summary once it is committed.
-///
-/// `resume` is what a failed earlier backup of the stanza left: its stored chunks are not sent again and
-/// the files it finished are not read again (if unchanged since). When this backup fails too, `resume` is
-/// left holding what it got stored, for the next attempt.
 pub async fn run(
     bus: Arc<dyn Bus>,
     pg_data: &Path,
     pg_conn: &str,
     req: &BackupRequest,
     settings: &BackupSettings,
-    resume: &mut Resume,
 ) -> anyhow::Result<BackupSummary> {
     let session = crate::cluster::connect(pg_conn).await?;
-    let result = backup_on(&session.client, bus, pg_data, req, settings, resume).await;
+    let result = backup_on(&session.client, bus, pg_data, req, settings).await;
     session.close().await;
     result
 }
@@ -112,10 +128,8 @@ async fn backup_on(
     pg_data: &Path,
     req: &BackupRequest,
     settings: &BackupSettings,
-    resume: &mut Resume,
 ) -> anyhow::Result<BackupSummary> {
     let cluster = check_cluster(client, pg_data, req).await?;
-    let attempt_start = now();
     let label = req.label.clone();
     // Progress doubles as the heartbeat the requester watches: it runs for the whole backup, including
     // the wait in pg_backup_stop and for the last confirmations, so a live backup never looks lost.
@@ -135,27 +149,35 @@ async fn backup_on(
         Job::start(bus.clone(), label.clone(), req.stanza.clone(), settings.compress_level, settings.in_flight_bytes, settings.stall)
             .await?,
     );
-    let prior = std::mem::take(resume);
-    if !prior.stored.is_empty() {
-        let plain_bytes: u64 = prior.stored.iter().map(|r| r.raw_len as u64).sum();
-        info!(
-            %label,
-            chunks = prior.stored.len(),
-            plain_bytes,
-            files = prior.files.len(),
-            "resuming: what the failed previous attempt stored is not read or sent again"
-        );
-    }
-    job.seed(prior.stored);
-    let completed = Arc::new(Mutex::new(Vec::new()));
-    let prior_files = (prior.files, prior.start_time);
-    let result =
-        backup_steps(client, &job, pg_data, req, settings, &cluster, &done_bytes, &total, prior_files, &completed).await;
+    let result = backup_steps(client, &job, pg_data, req, settings, &cluster, &done_bytes, &total).await;
     heartbeat.abort();
-    if result.is_err() {
-        *resume = Resume::after_failure(&job, attempt_start, &completed.lock().expect("completed files"));
-    }
     result
+}
+
+/// An interrupted attempt's checkpoint, loaded.
+struct Resume {
+    manifest: LoadedManifest,
+    attempt_start: i64,
+}
+
+/// What every reader shares.
+struct ReadContext {
+    roots: Roots,
+    verify: bool,
+    start_lsn: Lsn,
+    chunk_size: usize,
+    checksum_all: bool,
+    reference: Option<LoadedManifest>,
+    resume: Option<Resume>,
+    table: Arc<ChunkTable>,
+    bundler: Arc<Bundler>,
+    lists: Arc<FileListWriter>,
+    done: Arc<AtomicU64>,
+    read: AtomicU64,
+    database_bytes: AtomicU64,
+    file_count: AtomicU64,
+    failures: Mutex<Vec<ChecksumFailure>>,
+    tablespaces: Mutex<Vec<Tablespace>>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -168,10 +190,25 @@ async fn backup_steps(
     cluster: &Cluster,
     done_bytes: &Arc<AtomicU64>,
     total: &AtomicU64,
-    prior_files: (HashMap<String, FileEntry>, i64),
-    completed: &Arc<Mutex<Vec<CompletedFile>>>,
 ) -> anyhow::Result<BackupSummary> {
     let label = req.label.clone();
+    let resume = match &req.resume {
+        Some(c) => {
+            let what = format!("checkpoint of interrupted backup {}", c.label);
+            let manifest = LoadedManifest::fetch(job.bus(), &label, &what, &c.head_chunks).await?;
+            let stored: Vec<ChunkRef> = manifest.head.chunks.iter().filter(|c| !c.is_unknown()).copied().collect();
+            info!(
+                %label,
+                interrupted = %c.label,
+                chunks = stored.len(),
+                plain_bytes = stored.iter().map(|r| r.raw_len as u64).sum::<u64>(),
+                "resuming: what the interrupted backup stored is not read or sent again"
+            );
+            job.seed(stored);
+            Some(Resume { manifest, attempt_start: c.attempt_start })
+        }
+        None => None,
+    };
     let start_time = now();
     let row = client
         .query_one("SELECT pg_backup_start($1, true)::text", &[&format!("strata backup {label}")])
@@ -184,138 +221,163 @@ async fn backup_steps(
     info!(%label, start_lsn = %start_lsn, "backup started");
 
     let walk_root = pg_data.to_path_buf();
-    let mut found = tokio::task::spawn_blocking(move || walk(&walk_root)).await.expect("walk task")?;
+    let (mut found, roots) = tokio::task::spawn_blocking(move || walk(&walk_root)).await.expect("walk task")?;
     // pg_basebackup and pgBackRest send the control file last; do the same.
-    if let Some(pos) = found.iter().position(|f| f.rel == datadir::CONTROL_FILE) {
+    if let Some(pos) = found.iter().position(|f| &*f.rel == datadir::CONTROL_FILE) {
         let control = found.remove(pos);
         found.push(control);
     }
-    let total_bytes: u64 = found.iter().filter(|f| f.kind == FileKind::File).map(|f| f.meta.len()).sum();
+    let total_bytes: u64 = found.iter().filter(|f| f.kind == FileKind::File).map(|f| f.meta.len).sum();
     total.store(total_bytes, Ordering::Relaxed);
     status(job.bus(), &label, BackupStatus::Started { start_lsn: start_lsn.0, total_bytes }).await;
 
     let reference = match &req.reference {
-        Some(record) => Some(fetch_manifest(job.bus(), &label, record).await?),
+        Some(record) => {
+            let what = format!("manifest of reference backup {}", record.summary.label);
+            Some(LoadedManifest::fetch(job.bus(), &label, &what, &record.manifest_chunks).await?)
+        }
         None => None,
     };
-    let read_bytes = Arc::new(AtomicU64::new(0));
-    let ctx = ReadContext {
+    let seg = cluster.wal_segment_size;
+    let mut summary = BackupSummary {
+        label: label.clone(),
+        backup_type: req.backup_type,
+        start_time,
+        stop_time: 0,
+        start_lsn: start_lsn.0,
+        stop_lsn: 0,
+        timeline,
+        reference: reference.as_ref().map(|r| r.head.summary.label.clone()).unwrap_or_default(),
+        wal_start: WalSegment::containing(timeline, start_lsn, seg).name(seg),
+        wal_stop: String::new(),
+        pg_version_num: cluster.version_num,
+        system_id: cluster.system_id,
+        wal_segment_size: seg,
+        database_bytes: 0,
+        read_bytes: 0,
+        stored_bytes: 0,
+        sent_bytes: 0,
+        file_count: 0,
+        checksum_failures: 0,
+    };
+    let mut head = ManifestHead {
+        version: FORMAT_VERSION,
+        summary: summary.clone(),
+        data_checksums: cluster.data_checksums,
+        references: match &reference {
+            Some(r) => r.head.references.iter().cloned().chain([r.head.summary.label.clone()]).collect(),
+            None => Vec::new(),
+        },
+        backup_label: String::new(),
+        tablespace_map: String::new(),
+        tablespaces: Vec::new(),
+        checksum_failures: Vec::new(),
+        chunks: Vec::new(),
+        file_lists: Vec::new(),
+    };
+    let ctx = Arc::new(ReadContext {
+        roots,
         verify: cluster.data_checksums,
         start_lsn,
         chunk_size: settings.chunk_size,
         checksum_all: req.checksum_all,
-        reference: reference.map(Reference::new),
+        reference,
+        resume,
+        table: Arc::default(),
+        bundler: Arc::new(Bundler::new(settings.chunk_size)),
+        lists: Arc::new(FileListWriter::new(settings.chunk_size.min(FILE_LIST_BYTES))),
         done: done_bytes.clone(),
-        read: read_bytes.clone(),
+        read: AtomicU64::new(0),
+        database_bytes: AtomicU64::new(0),
+        file_count: AtomicU64::new(0),
         failures: Mutex::new(Vec::new()),
-        resume_files: prior_files.0,
-        resume_start: prior_files.1,
-        completed: completed.clone(),
+        tablespaces: Mutex::new(Vec::new()),
+    });
+    let checkpointer = Checkpointer::start(Sources {
+        job: job.clone(),
+        table: ctx.table.clone(),
+        lists: ctx.lists.clone(),
+        bundler: ctx.bundler.clone(),
+        template: head.clone(),
+        attempt_start: start_time,
+        chunk_size: settings.chunk_size,
+    });
+    let sent = send_files(job, found, &ctx, settings.read_workers).await;
+    let sent = match sent {
+        Ok(()) => ctx.bundler.flush(job, &ctx.table).await.map_err(anyhow::Error::from),
+        Err(e) => Err(e),
     };
-    let ctx = Arc::new(ctx);
-    let files = send_files(job, found, &ctx, settings.read_workers).await?;
-    let reference = ctx.reference.as_ref().map(|r| &r.manifest);
+    let sent = match sent {
+        Ok(()) => ctx.lists.flush(job).await.map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = sent {
+        checkpointer.stop().await;
+        return Err(e);
+    }
 
     let row = tokio::time::timeout(
         ARCHIVE_WAIT,
         client.query_one("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)", &[]),
     )
-    .await
-    .map_err(|_| anyhow!("the WAL this backup needs was not archived within {} s; check archive_command", ARCHIVE_WAIT.as_secs()))?
-    .context("pg_backup_stop failed")?;
+    .await;
+    let row = match row {
+        Ok(Ok(row)) => row,
+        Ok(Err(e)) => {
+            checkpointer.stop().await;
+            return Err(anyhow::Error::from(e).context("pg_backup_stop failed"));
+        }
+        Err(_) => {
+            checkpointer.stop().await;
+            bail!("the WAL this backup needs was not archived within {} s; check archive_command", ARCHIVE_WAIT.as_secs())
+        }
+    };
     let stop_lsn: Lsn = row.get::<_, String>(0).parse().context("pg_backup_stop returned a malformed LSN")?;
     let backup_label: String = row.get(1);
     let tablespace_map: Option<String> = row.get(2);
     let stop_time = now();
     info!(%label, stop_lsn = %stop_lsn, "backup stopped; waiting for the last chunks");
 
-    job.wait_stored().await?;
-    let checksum_failures = std::mem::take(&mut *ctx.failures.lock().expect("failures"));
-    let mut entries = Vec::with_capacity(files.len());
-    for (found, result) in files {
-        let pieces = result
-            .pieces
-            .iter()
-            .map(|p| match *p {
-                PendingPiece::Existing(piece) => Ok(piece),
-                PendingPiece::New { id, offset, len } => job
-                    .location(&id)
-                    .map(|chunk| Piece { chunk, offset, len })
-                    .ok_or_else(|| anyhow!("chunk of {} has no stored location", found.rel)),
-            })
-            .collect::<anyhow::Result<Vec<Piece>>>()?;
-        let size = pieces.iter().map(|p| p.len as u64).sum();
-        entries.push(FileEntry {
-            path: found.rel,
-            kind: found.kind,
-            mode: found.meta.mode,
-            uid: found.meta.uid,
-            gid: found.meta.gid,
-            mtime: found.meta.mtime(),
-            size,
-            link_target: found.link_target,
-            pieces,
-            page_hashes: result.page_hashes.clone(),
-        });
+    let stored = job.wait_stored().await;
+    // No checkpoint after this point: the commit supersedes them, and the uploader removes them.
+    checkpointer.stop().await;
+    stored?;
+    let (chunks, missing) = ctx.table.resolve(|id| job.location(id));
+    if let Some(n) = missing.first() {
+        bail!("chunk {n} of the backup has no stored location although every chunk was confirmed");
     }
-    let seg = cluster.wal_segment_size;
-    let stop_for_wal = Lsn(stop_lsn.0.saturating_sub(1).max(start_lsn.0));
-    let tablespaces = entries
+    let file_lists = ctx
+        .lists
+        .sent()
         .iter()
-        .filter(|e| e.kind == FileKind::Symlink)
-        .filter_map(|e| {
-            let oid = e.path.strip_prefix("pg_tblspc/")?.parse().ok()?;
-            Some(Tablespace { oid, location: e.link_target.clone() })
-        })
-        .collect();
-    let database_bytes = entries.iter().map(|e| e.size).sum();
-    let file_count = entries.iter().filter(|e| e.kind == FileKind::File).count() as u64;
-    let mut summary = BackupSummary {
-        label: label.clone(),
-        backup_type: req.backup_type,
-        start_time,
-        stop_time,
-        start_lsn: start_lsn.0,
-        stop_lsn: stop_lsn.0,
-        timeline,
-        reference: reference.as_ref().map(|r| r.summary.label.clone()).unwrap_or_default(),
-        wal_start: WalSegment::containing(timeline, start_lsn, seg).name(seg),
-        wal_stop: WalSegment::containing(timeline, stop_for_wal, seg).name(seg),
-        pg_version_num: cluster.version_num,
-        system_id: cluster.system_id,
-        wal_segment_size: seg,
-        database_bytes,
-        read_bytes: read_bytes.load(Ordering::Relaxed),
-        stored_bytes: 0,
-        sent_bytes: 0,
-        file_count,
-        checksum_failures: checksum_failures.len() as u64,
-    };
-    let manifest = Manifest {
-        version: FORMAT_VERSION,
-        summary: summary.clone(),
-        data_checksums: cluster.data_checksums,
-        references: match &reference {
-            Some(r) => r.references.iter().cloned().chain([r.summary.label.clone()]).collect(),
-            None => Vec::new(),
-        },
-        backup_label,
-        tablespace_map: tablespace_map.unwrap_or_default(),
-        tablespaces,
-        files: entries,
-        checksum_failures,
-    };
-    let bytes = encode(&manifest);
-    // Every pack the backup's files point into, its own chunks' and the reference's alike.
-    let mut packs: std::collections::HashSet<strata_messages::PackId> =
-        manifest.files.iter().flat_map(|f| f.pieces.iter().map(|p| p.chunk.pack)).collect();
-    drop(manifest);
-    let mut manifest_ids = Vec::new();
+        .map(|l| job.location(&l.id).ok_or_else(|| anyhow!("a file list of the backup has no stored location")))
+        .collect::<anyhow::Result<Vec<ChunkRef>>>()?;
+    let checksum_failures = std::mem::take(&mut *ctx.failures.lock().expect("failures"));
+    let stop_for_wal = Lsn(stop_lsn.0.saturating_sub(1).max(start_lsn.0));
+    summary.stop_time = stop_time;
+    summary.stop_lsn = stop_lsn.0;
+    summary.wal_stop = WalSegment::containing(timeline, stop_for_wal, seg).name(seg);
+    summary.database_bytes = ctx.database_bytes.load(Ordering::Relaxed);
+    summary.read_bytes = ctx.read.load(Ordering::Relaxed);
+    summary.file_count = ctx.file_count.load(Ordering::Relaxed);
+    summary.checksum_failures = checksum_failures.len() as u64;
+    head.summary = summary.clone();
+    head.backup_label = backup_label;
+    head.tablespace_map = tablespace_map.unwrap_or_default();
+    head.tablespaces = std::mem::take(&mut *ctx.tablespaces.lock().expect("tablespaces"));
+    head.checksum_failures = checksum_failures;
+    head.chunks = chunks;
+    head.file_lists = file_lists;
+    let bytes = encode(&head);
+    // Every pack the backup needs: its file lists', its files' (its own and the reference's), its head's.
+    let mut packs: HashSet<strata_messages::PackId> = head.packs().collect();
+    drop(head);
+    let mut head_ids = Vec::new();
     for piece in bytes.chunks(settings.chunk_size) {
-        manifest_ids.push(job.send(piece.to_vec(), true).await?);
+        head_ids.push(job.send(piece.to_vec(), true).await?);
     }
     job.wait_stored().await?;
-    let manifest_chunks: Vec<ChunkRef> = manifest_ids.iter().map(|id| job.location(id).expect("confirmed above")).collect();
+    let manifest_chunks: Vec<ChunkRef> = head_ids.iter().map(|id| job.location(id).expect("confirmed above")).collect();
     packs.extend(manifest_chunks.iter().map(|c| c.pack));
     summary.stored_bytes = job.written_bytes();
     summary.sent_bytes = job.sent_bytes();
@@ -363,10 +425,12 @@ async fn check_cluster(client: &tokio_postgres::Client, pg_data: &Path, req: &Ba
 
 /// Lists what the backup copies, directories before their contents. Follows the tablespace links in
 /// `pg_tblspc`, recording the link itself and the tablespace's contents under `pg_tblspc/<oid>/`.
-fn walk(root: &Path) -> anyhow::Result<Vec<Found>> {
+fn walk(root: &Path) -> anyhow::Result<(Vec<Found>, Roots)> {
     let mut out = Vec::new();
-    let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
-    while let Some((dir, rel_dir)) = stack.pop() {
+    let mut roots = Roots(vec![(String::new(), root.to_path_buf())]);
+    // (directory on disk, its path in the manifest, its root)
+    let mut stack: Vec<(PathBuf, String, u32)> = vec![(root.to_path_buf(), String::new(), 0)];
+    while let Some((dir, rel_dir, root_no)) = stack.pop() {
         let mut names: Vec<(String, PathBuf)> = Vec::new();
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
@@ -394,11 +458,19 @@ fn walk(root: &Path) -> anyhow::Result<Vec<Found>> {
             };
             let is_tablespace_link = meta.file_type().is_symlink() && rel_dir == "pg_tblspc";
             let is_dir = meta.is_dir() || is_tablespace_link;
-            let (full_meta, meta) = (meta.clone(), Meta::of(&meta));
+            let (file_type, meta) = (meta.file_type(), Meta::of(&meta));
+            let found = |rel: &str, kind, class, link_target: Option<String>| Found {
+                rel: rel.into(),
+                root: root_no,
+                kind,
+                class,
+                meta,
+                link_target: link_target.map(String::into_boxed_str),
+            };
             let class = match datadir::classify(Path::new(&rel), is_dir) {
                 Entry::Skip => continue,
                 Entry::SkipContents => {
-                    out.push(Found { rel, abs, kind: FileKind::Directory, class: FileClass::Other, meta, link_target: String::new() });
+                    out.push(found(&rel, FileKind::Directory, FileClass::Other, None));
                     continue;
                 }
                 Entry::Include(class) => class,
@@ -408,216 +480,58 @@ fn walk(root: &Path) -> anyhow::Result<Vec<Found>> {
             }
             if is_tablespace_link {
                 let target = std::fs::read_link(&abs).with_context(|| format!("cannot read link {}", abs.display()))?;
-                out.push(Found {
-                    rel: rel.clone(),
-                    abs: abs.clone(),
-                    kind: FileKind::Symlink,
-                    class,
-                    meta,
-                    link_target: target.to_string_lossy().into_owned(),
-                });
-                subdirs.push((target, rel));
-            } else if full_meta.is_dir() {
-                out.push(Found { rel: rel.clone(), abs: abs.clone(), kind: FileKind::Directory, class, meta, link_target: String::new() });
-                subdirs.push((abs, rel));
-            } else if full_meta.is_file() {
-                out.push(Found { rel, abs, kind: FileKind::File, class, meta, link_target: String::new() });
-            } else if full_meta.file_type().is_symlink() {
+                out.push(found(&rel, FileKind::Symlink, class, Some(target.to_string_lossy().into_owned())));
+                roots.0.push((rel.clone(), target.clone()));
+                subdirs.push((target, rel, (roots.0.len() - 1) as u32));
+            } else if file_type.is_dir() {
+                out.push(found(&rel, FileKind::Directory, class, None));
+                subdirs.push((abs, rel, root_no));
+            } else if file_type.is_file() {
+                out.push(found(&rel, FileKind::File, class, None));
+            } else if file_type.is_symlink() {
                 // Other links (pg_wal pointing elsewhere is handled by SkipContents): keep the link itself.
                 let target = std::fs::read_link(&abs).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
-                out.push(Found { rel, abs, kind: FileKind::Symlink, class, meta, link_target: target });
+                out.push(found(&rel, FileKind::Symlink, class, Some(target)));
             }
         }
         // Depth-first, in name order.
         stack.extend(subdirs.into_iter().rev());
     }
-    Ok(out)
+    Ok((out, roots))
 }
 
-/// How long the collector waits for each chunk of a reference manifest.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Fetches and decodes a backup's manifest through an uploader.
-async fn fetch_manifest(bus: &dyn Bus, label: &str, record: &BackupRecord) -> anyhow::Result<Manifest> {
-    let reference = &record.summary.label;
-    let reply = subjects::fetch_reply(label);
-    let mut answers = bus.subscribe(&reply, None).await?;
-    let request = strata_messages::FetchRequest {
-        version: FORMAT_VERSION,
-        reply: reply.clone(),
-        chunks: record.manifest_chunks.clone(),
-    };
-    bus.publish_event(subjects::FETCH, Bytes::from(encode(&request))).await?;
-    bus.flush().await?;
-    let sealer = strata_seal::Sealer::default();
-    let mut parts: Vec<Option<Vec<u8>>> = vec![None; record.manifest_chunks.len()];
-    let mut missing = parts.len();
-    while missing > 0 {
-        let payload = tokio::time::timeout(FETCH_TIMEOUT, answers.next())
-            .await
-            .map_err(|_| {
-                anyhow!("no uploader sent the manifest of reference backup {reference} within {} s; is an uploader running?", FETCH_TIMEOUT.as_secs())
-            })?
-            .ok_or_else(|| anyhow!("the bus closed while fetching the manifest of backup {reference}"))?;
-        match strata_messages::to_owned::<strata_messages::FetchedChunk>(strata_messages::decode::<strata_messages::FetchedChunk>(&payload)?) {
-            strata_messages::FetchedChunk::Sealed { index, bytes } => {
-                let i = index as usize;
-                let chunk = record.manifest_chunks.get(i).ok_or_else(|| anyhow!("an uploader sent chunk {i} of a {}-chunk manifest", parts.len()))?;
-                if parts[i].is_none() {
-                    let plain = sealer
-                        .unseal(&bytes, &chunk.id)
-                        .with_context(|| format!("manifest of reference backup {reference}"))?;
-                    parts[i] = Some(plain);
-                    missing -= 1;
-                }
-            }
-            strata_messages::FetchedChunk::Failed(reason) => {
-                bail!("cannot read the manifest of reference backup {reference}: {reason}")
-            }
-        }
-    }
-    let bytes: Vec<u8> = parts.into_iter().flatten().flatten().collect();
-    strata_messages::decode::<Manifest>(&bytes)
-        .map(strata_messages::to_owned::<Manifest>)
-        .with_context(|| format!("the manifest of reference backup {reference} is unreadable"))
-}
-
-/// The reference backup's manifest, with its files by path.
-struct Reference {
-    manifest: Manifest,
-    by_path: HashMap<String, usize>,
-}
-
-impl Reference {
-    fn new(manifest: Manifest) -> Self {
-        let by_path = manifest
-            .files
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.kind == FileKind::File)
-            .map(|(i, f)| (f.path.clone(), i))
-            .collect();
-        Reference { manifest, by_path }
-    }
-
-    fn file(&self, path: &str) -> Option<&FileEntry> {
-        self.by_path.get(path).map(|&i| &self.manifest.files[i])
-    }
-}
-
-/// What every reader shares.
-struct ReadContext {
-    verify: bool,
-    start_lsn: Lsn,
-    chunk_size: usize,
-    checksum_all: bool,
-    reference: Option<Reference>,
-    done: Arc<AtomicU64>,
-    read: Arc<AtomicU64>,
-    failures: Mutex<Vec<ChecksumFailure>>,
-    /// Files a failed previous attempt finished, and when it started.
-    resume_files: HashMap<String, FileEntry>,
-    resume_start: i64,
-    /// Files this attempt finished, for the next attempt should this one fail.
-    completed: Arc<Mutex<Vec<CompletedFile>>>,
-}
-
-/// A file this attempt read completely.
-pub struct CompletedFile {
-    path: String,
-    size: u64,
-    mtime: i64,
-    /// Shared with the file list: a resume costs no copy of it.
-    result: Arc<FileResult>,
-}
-
-/// What a failed backup leaves for the next attempt of the same stanza.
-#[derive(Default)]
-pub struct Resume {
-    /// Chunks it got stored.
-    pub stored: Vec<ChunkRef>,
-    /// Files it read completely and whose chunks are all stored, as it recorded them.
-    pub files: HashMap<String, FileEntry>,
-    /// When it started: a file last modified before then, with the same size and mtime, is as it was read.
-    pub start_time: i64,
-}
-
-impl Resume {
-    pub fn is_empty(&self) -> bool {
-        self.stored.is_empty() && self.files.is_empty()
-    }
-
-    fn after_failure(job: &Job, start_time: i64, completed: &[CompletedFile]) -> Resume {
-        let files = completed
-            .iter()
-            .filter_map(|c| {
-                let pieces = c
-                    .result
-                    .pieces
-                    .iter()
-                    .map(|p| match *p {
-                        PendingPiece::Existing(piece) => Some(piece),
-                        PendingPiece::New { id, offset, len } => job.location(&id).map(|chunk| Piece { chunk, offset, len }),
-                    })
-                    .collect::<Option<Vec<Piece>>>()?;
-                let entry = FileEntry {
-                    path: c.path.clone(),
-                    kind: FileKind::File,
-                    mode: 0,
-                    uid: 0,
-                    gid: 0,
-                    mtime: c.mtime,
-                    size: c.size,
-                    link_target: String::new(),
-                    pieces,
-                    page_hashes: c.result.page_hashes.clone(),
-                };
-                Some((c.path.clone(), entry))
-            })
-            .collect();
-        Resume { stored: job.stored(), files, start_time }
-    }
-}
-
-/// A file's contents as this backup will record them.
-#[derive(Default, Clone)]
-struct FileResult {
-    pieces: Vec<PendingPiece>,
-    page_hashes: Vec<u64>,
-}
-
-type FileChunks = (Found, Arc<FileResult>);
-
-/// Reads every file with a bounded pool and sends what must be stored; returns each entry with its
-/// pending pieces, in the walk's order. Files that vanished during the backup are left out.
-async fn send_files(
-    job: &Arc<Job>,
-    found: Vec<Found>,
-    ctx: &Arc<ReadContext>,
-    workers: usize,
-) -> anyhow::Result<Vec<FileChunks>> {
-    let slots: Arc<Vec<Mutex<Option<FileChunks>>>> =
-        Arc::new(found.into_iter().map(|f| Mutex::new(Some((f, Arc::default())))).collect());
+/// Reads every file with a bounded pool of readers, in the walk's order, sending what must be stored and
+/// writing each entry into the file lists once its file is read. Files that vanished during the backup
+/// are left out.
+async fn send_files(job: &Arc<Job>, found: Vec<Found>, ctx: &Arc<ReadContext>, workers: usize) -> anyhow::Result<()> {
+    let found = Arc::new(found);
     let next = Arc::new(AtomicUsize::new(0));
-    let vanished = Arc::new(Mutex::new(HashSet::new()));
     let mut readers = Vec::new();
-    for _ in 0..workers {
-        let (slots, next, job, ctx, vanished) = (slots.clone(), next.clone(), job.clone(), ctx.clone(), vanished.clone());
+    for _ in 0..workers.max(1) {
+        let (found, next, job, ctx) = (found.clone(), next.clone(), job.clone(), ctx.clone());
         readers.push(tokio::spawn(async move {
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(slot) = slots.get(i) else { return Ok::<(), anyhow::Error>(()) };
-                let (found, _) = slot.lock().expect("slot").take().expect("each slot is taken once");
-                if found.kind != FileKind::File {
-                    *slot.lock().expect("slot") = Some((found, Arc::default()));
-                    continue;
-                }
-                match send_file(&job, &found, &ctx).await? {
-                    Some(result) => *slot.lock().expect("slot") = Some((found, result)),
-                    None => {
-                        vanished.lock().expect("vanished").insert(i);
+                let Some(f) = found.get(next.fetch_add(1, Ordering::Relaxed)) else { return Ok::<(), anyhow::Error>(()) };
+                let entry = match f.kind {
+                    FileKind::File => match send_file(&job, f, &ctx).await? {
+                        Some(e) => e,
+                        None => continue,
+                    },
+                    _ => {
+                        if f.kind == FileKind::Symlink {
+                            if let Some(oid) = f.rel.strip_prefix("pg_tblspc/").and_then(|o| o.parse().ok()) {
+                                let location = f.link_target.as_deref().unwrap_or_default().to_string();
+                                ctx.tablespaces.lock().expect("tablespaces").push(Tablespace { oid, location });
+                            }
+                        }
+                        entry_for(f, Vec::new(), Vec::new())
                     }
+                };
+                if entry.kind == FileKind::File {
+                    ctx.database_bytes.fetch_add(entry.size, Ordering::Relaxed);
+                    ctx.file_count.fetch_add(1, Ordering::Relaxed);
                 }
+                ctx.lists.add(&job, entry).await?;
             }
         }));
     }
@@ -627,47 +541,76 @@ async fn send_files(
             result = Err(e);
         }
     }
-    result?;
-    let vanished = vanished.lock().expect("vanished").clone();
-    let slots = Arc::try_unwrap(slots).map_err(|_| anyhow!("a reader still holds the file list"))?;
-    Ok(slots
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !vanished.contains(i))
-        .map(|(_, s)| s.into_inner().expect("slot").expect("every slot is refilled"))
-        .collect())
+    result
 }
 
-/// Sends one file; `None` when it disappeared before it could be opened (a dropped relation: WAL replay
-/// removes it anyway).
-async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Result<Option<Arc<FileResult>>> {
-    // A failed previous attempt read this file and it has not changed since: take what it stored.
-    if let Some(e) = ctx.resume_files.get(&found.rel) {
-        if e.size == found.meta.len() && e.mtime == found.meta.mtime() && e.mtime < ctx.resume_start {
-            ctx.done.fetch_add(e.size, Ordering::Relaxed);
-            let pieces = e.pieces.iter().map(|p| PendingPiece::Existing(*p)).collect();
-            let result = Arc::new(FileResult { pieces, page_hashes: e.page_hashes.clone() });
-            ctx.complete(found, &result);
-            return Ok(Some(result));
+fn entry_for(f: &Found, pieces: Vec<Piece>, page_hashes: Vec<u64>) -> FileEntry {
+    FileEntry {
+        path: f.rel.to_string(),
+        kind: f.kind,
+        mode: f.meta.mode,
+        uid: f.meta.uid,
+        gid: f.meta.gid,
+        mtime: f.meta.mtime,
+        size: pieces.iter().map(|p| p.len as u64).sum(),
+        link_target: f.link_target.as_deref().unwrap_or_default().to_string(),
+        pieces,
+        page_hashes,
+    }
+}
+
+impl ReadContext {
+    /// `entry`'s pieces, renumbered from `from`'s chunk table into this backup's; `None` if one of them
+    /// points at a chunk `from` does not know the location of.
+    fn adopt(&self, from: &LoadedManifest, pieces: &[Piece]) -> Option<Vec<Piece>> {
+        pieces
+            .iter()
+            .map(|p| match p.is_zero() {
+                true => Some(*p),
+                false => from.chunk(p.chunk).map(|c| Piece { chunk: self.table.known(c), ..*p }),
+            })
+            .collect()
+    }
+
+    /// A stored copy of the file that is still what is on disk: `e` was read from a file with the same
+    /// size and mtime, modified before `since` (when that backup began).
+    fn reuse(&self, f: &Found, from: &LoadedManifest, e: &FileEntry, since: i64) -> Option<FileEntry> {
+        if e.size != f.meta.len || e.mtime != f.meta.mtime || e.mtime >= since {
+            return None;
+        }
+        let pieces = self.adopt(from, &e.pieces)?;
+        self.done.fetch_add(e.size, Ordering::Relaxed);
+        Some(entry_for(f, pieces, e.page_hashes.clone()))
+    }
+}
+
+/// A read buffer with what was learnt reading it: the file handle back, the bytes, checksum failures and
+/// page hashes.
+type ReadBuffer = (File, Vec<u8>, Vec<ChecksumFailure>, Vec<u64>);
+
+/// Reads and sends one file and returns its entry; `None` when it disappeared before it could be opened
+/// (a dropped relation: WAL replay removes it anyway).
+async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Result<Option<FileEntry>> {
+    // An interrupted attempt read this file and it has not changed since: take what it stored.
+    if let Some(r) = &ctx.resume {
+        if let Some(e) = r.manifest.file(&found.rel).and_then(|e| ctx.reuse(found, &r.manifest, &e, r.attempt_start)) {
+            return Ok(Some(e));
         }
     }
-    let reference = ctx.reference.as_ref().and_then(|r| r.file(&found.rel).map(|e| (r, e)));
-    if let Some((r, e)) = reference {
+    let ref_entry = ctx.reference.as_ref().and_then(|r| r.file(&found.rel).map(|e| (r, e)));
+    if let Some((r, e)) = &ref_entry {
         // Modified before the reference began and unchanged since: the reference read it as it is now.
-        let untouched =
-            e.size == found.meta.len() && e.mtime == found.meta.mtime() && e.mtime < r.manifest.summary.start_time;
-        if untouched && !ctx.checksum_all {
-            ctx.done.fetch_add(e.size, Ordering::Relaxed);
-            let pieces = e.pieces.iter().map(|p| PendingPiece::Existing(*p)).collect();
-            let result = Arc::new(FileResult { pieces, page_hashes: e.page_hashes.clone() });
-            ctx.complete(found, &result);
-            return Ok(Some(result));
+        if !ctx.checksum_all {
+            if let Some(e) = ctx.reuse(found, r, e, r.head.summary.start_time) {
+                return Ok(Some(e));
+            }
         }
     }
-    let mut file = match File::open(&found.abs) {
+    let abs = ctx.roots.abs(found);
+    let mut file = match File::open(&abs) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => bail!("cannot open {}: {e}", found.abs.display()),
+        Err(e) => bail!("cannot open {}: {e}", abs.display()),
     };
     let relation = matches!(found.class, FileClass::Relation { .. });
     let segno = match found.class {
@@ -675,16 +618,23 @@ async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Resul
         _ => None,
     };
     // Only relation files are compared page by page; other files are stored whole when they changed.
-    let ref_file = if relation { reference.map(|(_, e)| RefFile::new(e)) } else { None };
-    let mut result = FileResult::default();
+    let ref_file = match (&ref_entry, relation) {
+        (Some((r, e)), true) => Some((*r, RefFile::new(e))),
+        _ => None,
+    };
+    let mut pieces = Vec::new();
+    let mut page_hashes = Vec::new();
     let mut offset = 0u64;
     let (chunk_size, start_lsn) = (ctx.chunk_size, ctx.start_lsn);
     loop {
+        // Small files get a buffer their size (plus a page, to see the end), not a whole chunk's.
+        let want = found.meta.len.saturating_sub(offset) as usize + PAGE_SIZE;
+        let buf_len = want.min(chunk_size);
         let (f, buf, bad, hashes) = tokio::task::spawn_blocking({
-            let path = found.abs.clone();
+            let path = abs.clone();
             let rel = found.rel.clone();
-            move || -> anyhow::Result<(File, Vec<u8>, Vec<ChecksumFailure>, Vec<u64>)> {
-                let mut buf = vec![0u8; chunk_size];
+            move || -> anyhow::Result<ReadBuffer> {
+                let mut buf = vec![0u8; buf_len];
                 let n = read_full(&mut file, &mut buf).with_context(|| format!("cannot read {}", path.display()))?;
                 buf.truncate(n);
                 let bad = match segno {
@@ -710,47 +660,35 @@ async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Resul
         let n = buf.len();
         ctx.read.fetch_add(n as u64, Ordering::Relaxed);
         ctx.done.fetch_add(n as u64, Ordering::Relaxed);
-        let split = increment::split(buf, offset, hashes, ref_file.as_ref());
-        result.page_hashes.extend_from_slice(&split.page_hashes);
-        let id = match split.packed.is_empty() {
-            true => None,
-            false => Some(job.send(split.packed, true).await?),
+        let split = increment::split(buf, offset, hashes, ref_file.as_ref().map(|(_, f)| f));
+        page_hashes.extend_from_slice(&split.page_hashes);
+        let packed = match split.packed.len() {
+            0 => None,
+            len if len < chunk_size / BUNDLE_DIVISOR => Some(ctx.bundler.add(job, &ctx.table, &split.packed).await?),
+            _ => Some((ctx.table.sent(job.send(split.packed, true).await?), 0)),
         };
         for seg in split.segments {
             match seg {
                 Segment::New { offset, len } => {
-                    result.pieces.push(PendingPiece::New { id: id.expect("new bytes were sent"), offset, len })
+                    let (chunk, base) = packed.expect("new bytes were sent");
+                    pieces.push(Piece { chunk, offset: base + offset, len })
                 }
+                Segment::Zero { len } => pieces.push(Piece { chunk: strata_messages::ZERO_CHUNK, offset: 0, len }),
                 Segment::Unchanged { file_offset, len } => {
-                    let r = ref_file.as_ref().expect("unchanged bytes come from a reference");
-                    result.pieces.extend(r.slice(file_offset, len).into_iter().map(PendingPiece::Existing));
+                    let (r, rf) = ref_file.as_ref().expect("unchanged bytes come from a reference");
+                    let adopted = ctx
+                        .adopt(r, &rf.slice(file_offset, len))
+                        .ok_or_else(|| anyhow!("the reference's manifest has no location for a chunk of {}", found.rel))?;
+                    pieces.extend(adopted);
                 }
             }
         }
         offset += n as u64;
-        if n < chunk_size {
+        if n < buf_len {
             break;
         }
     }
-    let result = Arc::new(result);
-    ctx.complete(found, &result);
-    Ok(Some(result))
-}
-
-impl ReadContext {
-    /// Notes a file as read completely, for a resume should this backup fail.
-    fn complete(&self, found: &Found, result: &Arc<FileResult>) {
-        let size = result
-            .pieces
-            .iter()
-            .map(|p| match p {
-                PendingPiece::Existing(piece) => piece.len as u64,
-                PendingPiece::New { len, .. } => *len as u64,
-            })
-            .sum();
-        let done = CompletedFile { path: found.rel.clone(), size, mtime: found.meta.mtime(), result: Arc::clone(result) };
-        self.completed.lock().expect("completed files").push(done);
-    }
+    Ok(Some(entry_for(found, pieces, page_hashes)))
 }
 
 fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -8,9 +8,13 @@
 //! segment therefore stores those pages, not the segment. Files whose size and mtime are unchanged since
 //! before the reference began are not read at all.
 //!
-//! Everything here is pure: the caller reads, sends chunks and resolves their locations.
+//! Whole pages of zeros (relation extensions not yet written) are neither stored nor compared: they become
+//! zero pieces, which a restore writes back as zeros.
+//!
+//! Everything here is pure: the caller reads, sends chunks and maps the reference's chunk numbers into its
+//! own chunk table.
 
-use strata_messages::{ChunkId, FileEntry, Piece};
+use strata_messages::{FileEntry, Piece};
 use strata_pg::PAGE_SIZE;
 
 /// The 64-bit prefix of a page's BLAKE3 hash, as recorded in manifests. Collisions would hide a changed
@@ -61,7 +65,8 @@ impl<'a> RefFile<'a> {
             let (p_start, p_end) = (self.starts[i], self.starts[i] + p.len as u64);
             let (from, to) = (start.max(p_start), end.min(p_end));
             if from < to {
-                out.push(Piece { chunk: p.chunk, offset: p.offset + (from - p_start) as u32, len: (to - from) as u32 });
+                let offset = if p.is_zero() { 0 } else { p.offset + (from - p_start) as u32 };
+                out.push(Piece { chunk: p.chunk, offset, len: (to - from) as u32 });
             }
             i += 1;
         }
@@ -76,6 +81,8 @@ pub enum Segment {
     New { offset: u32, len: u32 },
     /// Bytes equal to the reference's, at file offset `file_offset`.
     Unchanged { file_offset: u64, len: u64 },
+    /// Whole pages of zeros.
+    Zero { len: u32 },
 }
 
 /// A read buffer split into what to store and what to take from the reference.
@@ -92,18 +99,32 @@ pub fn page_hashes(buf: &[u8]) -> Vec<u64> {
     buf.chunks_exact(PAGE_SIZE).map(page_hash).collect()
 }
 
-/// Splits `buf`, read at file offset `offset` (a multiple of the page size), against `reference`, given
-/// the hashes of its whole pages ([`page_hashes`]; computed by the caller on a blocking thread). Without a
-/// reference every byte is new. A trailing partial page is always new.
+/// Splits `buf`, read at file offset `offset` (a multiple of the page size), into runs of new, unchanged
+/// (equal to `reference`'s) and zero pages, given the hashes of its whole pages ([`page_hashes`]; computed by
+/// the caller on a blocking thread, and empty for files that are not relations, which are never split).
+/// A trailing partial page is always new.
 pub fn split(buf: Vec<u8>, offset: u64, page_hashes: Vec<u64>, reference: Option<&RefFile>) -> Split {
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Kind {
+        New,
+        Unchanged,
+        Zero,
+    }
     let first_page = (offset / PAGE_SIZE as u64) as usize;
-    let Some(reference) = reference else {
-        let len = buf.len() as u32;
-        return Split { packed: buf, segments: vec![Segment::New { offset: 0, len }], page_hashes };
-    };
     let pages = buf.len().div_ceil(PAGE_SIZE);
-    let unchanged = |i: usize| i < page_hashes.len() && reference.has_page(first_page + i, page_hashes[i]);
-    if (0..pages).all(|i| !unchanged(i)) {
+    let kind = |i: usize| {
+        if i >= page_hashes.len() {
+            Kind::New
+        } else if is_zero(&buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]) {
+            Kind::Zero
+        } else if reference.is_some_and(|r| r.has_page(first_page + i, page_hashes[i])) {
+            Kind::Unchanged
+        } else {
+            Kind::New
+        }
+    };
+    let kinds: Vec<Kind> = (0..pages).map(kind).collect();
+    if kinds.iter().all(|k| *k == Kind::New) {
         let len = buf.len() as u32;
         return Split { packed: buf, segments: vec![Segment::New { offset: 0, len }], page_hashes };
     }
@@ -111,38 +132,35 @@ pub fn split(buf: Vec<u8>, offset: u64, page_hashes: Vec<u64>, reference: Option
     let mut segments = Vec::new();
     let mut i = 0;
     while i < pages {
-        let same = unchanged(i);
+        let k = kinds[i];
         let mut j = i + 1;
-        while j < pages && unchanged(j) == same {
+        while j < pages && kinds[j] == k {
             j += 1;
         }
         let (from, to) = (i * PAGE_SIZE, (j * PAGE_SIZE).min(buf.len()));
-        if same {
-            segments.push(Segment::Unchanged { file_offset: offset + from as u64, len: (to - from) as u64 });
-        } else {
-            segments.push(Segment::New { offset: packed.len() as u32, len: (to - from) as u32 });
-            packed.extend_from_slice(&buf[from..to]);
-        }
+        segments.push(match k {
+            Kind::Unchanged => Segment::Unchanged { file_offset: offset + from as u64, len: (to - from) as u64 },
+            Kind::Zero => Segment::Zero { len: (to - from) as u32 },
+            Kind::New => {
+                let at = packed.len() as u32;
+                packed.extend_from_slice(&buf[from..to]);
+                Segment::New { offset: at, len: (to - from) as u32 }
+            }
+        });
         i = j;
     }
     Split { packed, segments, page_hashes }
 }
 
-/// A piece whose chunk may still be on its way to the repository.
-#[derive(Debug, Clone, Copy)]
-pub enum PendingPiece {
-    New { id: ChunkId, offset: u32, len: u32 },
-    Existing(Piece),
+/// Whether a page is all zeros. Stops at the first non-zero word, which for a page in use is in its header.
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks_exact(8).all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strata_messages::{ChunkRef, FileKind};
-
-    fn chunk(n: u8, raw_len: u32) -> ChunkRef {
-        ChunkRef { id: [n; 32], pack: [n; 16], offset: 0, sealed_len: 1, raw_len }
-    }
+    use strata_messages::{FileKind, ZERO_CHUNK};
 
     fn entry(pages: &[Vec<u8>], pieces: Vec<Piece>) -> FileEntry {
         FileEntry {
@@ -165,8 +183,8 @@ mod tests {
 
     #[test]
     fn only_changed_pages_are_packed() {
-        let old: Vec<Vec<u8>> = (0..4).map(page).collect();
-        let e = entry(&old, vec![Piece::whole(chunk(1, 4 * PAGE_SIZE as u32))]);
+        let old: Vec<Vec<u8>> = (1..5).map(page).collect();
+        let e = entry(&old, vec![Piece { chunk: 1, offset: 0, len: 4 * PAGE_SIZE as u32 }]);
         let r = RefFile::new(&e);
         let mut now = old.clone();
         now[1] = page(99);
@@ -191,14 +209,38 @@ mod tests {
         let buf = old.concat();
         let s = split(buf.clone(), 0, page_hashes(&buf), None);
         assert_eq!(s.segments, vec![Segment::New { offset: 0, len: 4 * PAGE_SIZE as u32 }]);
+        // Zero pages are neither stored nor compared, with or without a reference.
+        let mut zeroed = old.clone();
+        zeroed[2] = page(0);
+        zeroed[3] = page(0);
+        let buf = zeroed.concat();
+        let s = split(buf.clone(), 0, page_hashes(&buf), None);
+        assert_eq!(s.packed, [page(1), page(2)].concat());
+        assert_eq!(
+            s.segments,
+            vec![Segment::New { offset: 0, len: 2 * PAGE_SIZE as u32 }, Segment::Zero { len: 2 * PAGE_SIZE as u32 }]
+        );
+        let s = split(buf.clone(), 0, page_hashes(&buf), Some(&r));
+        assert!(s.packed.is_empty());
+        assert_eq!(
+            s.segments,
+            vec![
+                Segment::Unchanged { file_offset: 0, len: 2 * PAGE_SIZE as u64 },
+                Segment::Zero { len: 2 * PAGE_SIZE as u32 },
+            ]
+        );
+        // Files that are not relations come without page hashes and are never split.
+        let s = split(buf.clone(), 0, Vec::new(), None);
+        assert_eq!(s.packed, buf);
     }
 
     #[test]
     fn slices_follow_the_reference_pieces() {
         let old: Vec<Vec<u8>> = (0..4).map(page).collect();
         let pieces = vec![
-            Piece::whole(chunk(1, 2 * PAGE_SIZE as u32)),
-            Piece { chunk: chunk(2, 8 * PAGE_SIZE as u32), offset: 3 * PAGE_SIZE as u32, len: 2 * PAGE_SIZE as u32 },
+            Piece { chunk: 1, offset: 0, len: PAGE_SIZE as u32 },
+            Piece { chunk: ZERO_CHUNK, offset: 0, len: PAGE_SIZE as u32 },
+            Piece { chunk: 2, offset: 3 * PAGE_SIZE as u32, len: 2 * PAGE_SIZE as u32 },
         ];
         let e = entry(&old, pieces);
         let r = RefFile::new(&e);
@@ -206,11 +248,8 @@ mod tests {
         let got = r.slice(p as u64, 2 * p as u64);
         assert_eq!(
             got,
-            vec![
-                Piece { chunk: chunk(1, 2 * p), offset: p, len: p },
-                Piece { chunk: chunk(2, 8 * p), offset: 3 * p, len: p },
-            ]
+            vec![Piece { chunk: ZERO_CHUNK, offset: 0, len: p }, Piece { chunk: 2, offset: 3 * p, len: p }]
         );
-        assert_eq!(r.slice(3 * p as u64, p as u64), vec![Piece { chunk: chunk(2, 8 * p), offset: 4 * p, len: p }]);
+        assert_eq!(r.slice(3 * p as u64, p as u64), vec![Piece { chunk: 2, offset: 4 * p, len: p }]);
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use strata_bus::{Bus, EventStream, Queue};
 use strata_messages::{
     decode, encode, subjects, ArchivedJobEvent, ChunkId, ChunkRef, CommitBackup, CommitWal, JobEvent, PackId,
-    PlainChunk, UploadWork, FORMAT_VERSION,
+    PlainChunk, SealedChunk, UploadWork, FORMAT_VERSION,
 };
 use tokio::sync::{Notify, Semaphore};
 
@@ -135,6 +135,17 @@ impl Job {
     /// Sends a chunk unless this job already sent the same content; returns its id. Waits while the
     /// in-flight window is full.
     pub async fn send(&self, data: Vec<u8>, dedup: bool) -> Result<ChunkId, JobError> {
+        self.send_via(data, dedup, false).await
+    }
+
+    /// Like [`Job::send`], but seals the chunk here and hands it straight to the uploaders, so it does not
+    /// wait behind the data queued for the sealers. For small metadata that must be stored promptly
+    /// (checkpoints): sealing it costs this process little.
+    pub async fn send_sealed(&self, data: Vec<u8>) -> Result<ChunkId, JobError> {
+        self.send_via(data, true, true).await
+    }
+
+    async fn send_via(&self, data: Vec<u8>, dedup: bool, seal_here: bool) -> Result<ChunkId, JobError> {
         let id = strata_seal::chunk_id(&data);
         let permits = data.len().div_ceil(PERMIT_BYTES).max(1) as u32;
         {
@@ -155,16 +166,31 @@ impl Job {
         permit.forget();
         self.state.lock().expect("job state").pending.insert(id, permits);
         let len = data.len() as u64;
-        let msg = PlainChunk {
-            version: FORMAT_VERSION,
-            job: self.id.clone(),
-            stanza: self.stanza.clone(),
-            id,
-            dedup,
-            compress_level: self.compress_level,
-            data,
+        let published = if seal_here {
+            let sealed = strata_seal::Sealer::default().seal(&data, i32::from(self.compress_level));
+            let msg = SealedChunk {
+                version: FORMAT_VERSION,
+                job: self.id.clone(),
+                stanza: self.stanza.clone(),
+                id,
+                dedup,
+                raw_len: data.len() as u32,
+                sealed,
+            };
+            self.bus.publish_work(Queue::Upload, Bytes::from(encode(&UploadWork::Chunk(msg)))).await
+        } else {
+            let msg = PlainChunk {
+                version: FORMAT_VERSION,
+                job: self.id.clone(),
+                stanza: self.stanza.clone(),
+                id,
+                dedup,
+                compress_level: self.compress_level,
+                data,
+            };
+            self.bus.publish_work(Queue::Seal, Bytes::from(encode(&msg))).await
         };
-        if let Err(e) = self.bus.publish_work(Queue::Seal, Bytes::from(encode(&msg))).await {
+        if let Err(e) = published {
             let mut s = self.state.lock().expect("job state");
             s.pending.remove(&id);
             self.window.add_permits(permits as usize);
@@ -213,6 +239,18 @@ impl Job {
             record,
         });
         self.commit(work).await
+    }
+
+    /// Asks an uploader to record a checkpoint of this backup; nobody answers.
+    pub async fn checkpoint(&self, packs: Vec<PackId>, checkpoint: strata_messages::BackupCheckpoint) -> Result<(), JobError> {
+        let work = UploadWork::Checkpoint(strata_messages::CheckpointBackup {
+            version: FORMAT_VERSION,
+            stanza: self.stanza.clone(),
+            packs,
+            checkpoint,
+        });
+        self.bus.publish_work(Queue::Upload, Bytes::from(encode(&work))).await?;
+        Ok(())
     }
 
     pub async fn commit_wal(&self, record: strata_messages::WalRecord) -> Result<CommitOutcome, JobError> {

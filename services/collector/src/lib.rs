@@ -9,13 +9,18 @@
 //! Both send through a [`job::Job`], which bounds the data in flight and waits for stored confirmations.
 
 pub mod backup;
+pub mod bundle;
+pub mod checkpoint;
+pub mod chunk_table;
 pub mod cluster;
+pub mod file_lists;
 pub mod increment;
 pub mod job;
+pub mod loaded;
 pub mod wal;
 
 use bytes::Bytes;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,12 +50,10 @@ pub async fn run(cfg: Arc<Config>, bus: Arc<dyn Bus>, shutdown: impl Future<Outp
         anyhow::bail!("no [stanza.<name>] is configured; the collector has nothing to back up");
     }
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();
-    // Per stanza: chunks a failed backup got stored, so the next attempt does not send them again.
-    let resume: Arc<Mutex<HashMap<String, backup::Resume>>> = Arc::default();
     let mut listeners = Vec::new();
     for name in cfg.stanza.keys() {
         let mut requests = bus.subscribe(&subjects::backup_requests(name), Some(subjects::COLLECTOR_GROUP)).await?;
-        let (cfg, bus, running, name, resume) = (cfg.clone(), bus.clone(), running.clone(), name.clone(), resume.clone());
+        let (cfg, bus, running, name) = (cfg.clone(), bus.clone(), running.clone(), name.clone());
         listeners.push(tokio::spawn(async move {
             while let Some(payload) = requests.next().await {
                 let req = match decode::<BackupRequest>(&payload) {
@@ -68,14 +71,9 @@ pub async fn run(cfg: Arc<Config>, bus: Arc<dyn Bus>, shutdown: impl Future<Outp
                     backup::status(&*bus, &req.label, BackupStatus::Failed(msg)).await;
                     continue;
                 }
-                let (cfg, bus, running, name, resume) =
-                    (cfg.clone(), bus.clone(), running.clone(), name.clone(), resume.clone());
+                let (cfg, bus, running, name) = (cfg.clone(), bus.clone(), running.clone(), name.clone());
                 tokio::spawn(async move {
-                    let mut stored = resume.lock().expect("resume map").remove(&name).unwrap_or_default();
-                    serve_backup(&cfg, bus, &req, &mut stored).await;
-                    if !stored.is_empty() {
-                        resume.lock().expect("resume map").insert(name.clone(), stored);
-                    }
+                    serve_backup(&cfg, bus, &req).await;
                     running.lock().expect("running set").remove(&name);
                 });
             }
@@ -89,12 +87,12 @@ pub async fn run(cfg: Arc<Config>, bus: Arc<dyn Bus>, shutdown: impl Future<Outp
     Ok(())
 }
 
-/// Runs one backup and reports its outcome on its status subject. `resume`: see [`backup::run`].
-pub async fn serve_backup(cfg: &Config, bus: Arc<dyn Bus>, req: &BackupRequest, resume: &mut backup::Resume) {
+/// Runs one backup and reports its outcome on its status subject.
+pub async fn serve_backup(cfg: &Config, bus: Arc<dyn Bus>, req: &BackupRequest) {
     let stanza = cfg.stanza.get(&req.stanza).expect("listener only exists for configured stanzas");
     let settings = BackupSettings::from_config(cfg, i32::from(req.compress_level));
     info!(stanza = %req.stanza, label = %req.label, "backup requested");
-    let outcome = backup::run(bus.clone(), &stanza.pg_data, &stanza.pg_conn, req, &settings, resume).await;
+    let outcome = backup::run(bus.clone(), &stanza.pg_data, &stanza.pg_conn, req, &settings).await;
     let status = match outcome {
         Ok(summary) => BackupStatus::Done(summary),
         Err(e) => {
@@ -122,7 +120,7 @@ pub async fn request_backup(
     match in_process {
         Some(cfg) => {
             let (bus, req) = (bus.clone(), req.clone());
-            tokio::spawn(async move { serve_backup(&cfg, bus, &req, &mut backup::Resume::default()).await });
+            tokio::spawn(async move { serve_backup(&cfg, bus, &req).await });
         }
         None => {
             bus.publish_event(&subjects::backup_requests(&req.stanza), Bytes::from(strata_messages::encode(req))).await?;

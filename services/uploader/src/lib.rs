@@ -160,7 +160,9 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
                 }
                 placed.push((c.job.to_string(), c.id, existing));
             }
-            ArchivedUploadWork::CommitBackup(_) | ArchivedUploadWork::CommitWal(_) => commits.push(i),
+            ArchivedUploadWork::CommitBackup(_) | ArchivedUploadWork::CommitWal(_) | ArchivedUploadWork::Checkpoint(_) => {
+                commits.push(i)
+            }
         }
     }
 
@@ -220,6 +222,8 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
                 let event = match shared.repo.commit_backup(c.stanza.as_str(), &packs, &record).await {
                     Ok(()) => {
                         info!(stanza = %c.stanza, label = %record.summary.label, "backup committed");
+                        // What interrupted attempts left is superseded: this backup read everything again.
+                        drop_checkpoints(shared, c.stanza.as_str()).await;
                         JobEvent::Committed
                     }
                     Err(e) => {
@@ -242,6 +246,15 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
                 };
                 (c.job.to_string(), event)
             }
+            ArchivedUploadWork::Checkpoint(c) => {
+                let checkpoint = strata_messages::to_owned::<strata_messages::BackupCheckpoint>(&c.checkpoint);
+                let packs: Vec<PackId> = c.packs.iter().copied().collect();
+                match shared.repo.put_checkpoint(c.stanza.as_str(), &packs, &checkpoint).await {
+                    Ok(()) => debug!(stanza = %c.stanza, label = %checkpoint.label, "checkpoint written"),
+                    Err(e) => warn!(stanza = %c.stanza, label = %checkpoint.label, error = %e, "checkpoint not written"),
+                }
+                continue;
+            }
             ArchivedUploadWork::Chunk(_) => unreachable!("only commits were queued"),
         };
         publish(shared, &job, &event).await;
@@ -254,6 +267,19 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
             // Redelivery stores the chunk again (harmless) and confirms it again.
             warn!(error = %e, "uploader could not acknowledge a message");
         }
+    }
+}
+
+async fn drop_checkpoints(shared: &Shared, stanza: &str) {
+    match shared.repo.checkpoints(stanza).await {
+        Ok(list) => {
+            for c in list {
+                if let Err(e) = shared.repo.delete_checkpoint(stanza, &c.label).await {
+                    warn!(stanza, label = %c.label, error = %e, "cannot remove a superseded checkpoint");
+                }
+            }
+        }
+        Err(e) => warn!(stanza, error = %e, "cannot list checkpoints"),
     }
 }
 

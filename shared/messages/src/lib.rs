@@ -15,10 +15,13 @@ pub mod subjects;
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-pub use manifest::{BackupRecord, BackupSummary, BackupType, FileEntry, FileKind, Manifest, Piece, WalRecord};
+pub use manifest::{
+    BackupCheckpoint, BackupRecord, BackupSummary, BackupType, FileEntry, FileKind, FileList, Manifest, ManifestHead, Piece,
+    WalRecord, ZERO_CHUNK,
+};
 
 /// The version of every message and record format defined here.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 
 /// Content address of a plain chunk: its BLAKE3 hash.
 pub type ChunkId = [u8; 32];
@@ -36,6 +39,15 @@ pub struct ChunkRef {
     pub sealed_len: u32,
     /// Length of the plain chunk.
     pub raw_len: u32,
+}
+
+impl ChunkRef {
+    /// A chunk table entry whose location is not known (see [`ManifestHead::chunks`]).
+    pub const UNKNOWN: ChunkRef = ChunkRef { id: [0; 32], pack: [0; 16], offset: 0, sealed_len: 0, raw_len: 0 };
+
+    pub fn is_unknown(&self) -> bool {
+        self.sealed_len == 0 && self.id == [0; 32]
+    }
 }
 
 /// A plain chunk on its way to the sealer (collector or archive-push -> sealer).
@@ -59,6 +71,7 @@ pub enum UploadWork {
     Chunk(SealedChunk),
     CommitBackup(CommitBackup),
     CommitWal(CommitWal),
+    Checkpoint(CheckpointBackup),
 }
 
 /// A sealed chunk (sealer -> uploader).
@@ -84,6 +97,17 @@ pub struct CommitBackup {
     /// writes the record.
     pub packs: Vec<PackId>,
     pub record: BackupRecord,
+}
+
+/// Asks an uploader to record how far a running backup got ([`BackupCheckpoint`]), so an interrupted backup
+/// can be resumed. Best effort: nobody waits for it, and an uploader that cannot write it only logs why.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub struct CheckpointBackup {
+    pub version: u16,
+    pub stanza: String,
+    /// Every pack the checkpoint's head, file lists and chunks are in; checked like a commit's.
+    pub packs: Vec<PackId>,
+    pub checkpoint: BackupCheckpoint,
 }
 
 /// Asks an uploader to publish an archived WAL file whose chunks are stored.
@@ -126,6 +150,9 @@ pub struct BackupRequest {
     pub reference: Option<BackupRecord>,
     /// Re-read and compare every page even of files whose size and mtime did not change.
     pub checksum_all: bool,
+    /// Where an interrupted earlier backup of the stanza got to: its stored chunks are not sent again and
+    /// the files it read that have not changed since are not read again.
+    pub resume: Option<BackupCheckpoint>,
 }
 
 /// Asks an uploader (on [`subjects::FETCH`]) to send stored chunks, sealed, to `reply` as
@@ -214,7 +241,9 @@ macro_rules! versioned {
 versioned!(PlainChunk, "plain chunk");
 versioned!(BackupRequest, "backup request");
 versioned!(FetchRequest, "fetch request");
-versioned!(manifest::Manifest, "manifest");
+versioned!(manifest::ManifestHead, "manifest head");
+versioned!(manifest::FileList, "manifest file list");
+versioned!(manifest::BackupCheckpoint, "backup checkpoint");
 versioned!(manifest::BackupRecord, "backup record");
 versioned!(manifest::WalRecord, "wal record");
 
@@ -225,6 +254,7 @@ impl Versioned for UploadWork {
             ArchivedUploadWork::Chunk(c) => c.version.to_native(),
             ArchivedUploadWork::CommitBackup(c) => c.version.to_native(),
             ArchivedUploadWork::CommitWal(c) => c.version.to_native(),
+            ArchivedUploadWork::Checkpoint(c) => c.version.to_native(),
         })
     }
 }

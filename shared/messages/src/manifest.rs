@@ -1,9 +1,18 @@
 //! A backup's manifest and the two records the repository publishes: [`BackupRecord`] and [`WalRecord`].
 //!
 //! A backup is visible only through its record, which the uploader writes after every chunk the backup
-//! references is durable. The record is small (the summary `info` shows, plus where the manifest's own
+//! references is durable. The record is small (the summary `info` shows, plus where the manifest's head
 //! chunks are); the manifest itself travels and is stored as ordinary chunks, so it is compressed, deduplicated
 //! and, once encryption lands, encrypted like the data it describes.
+//!
+//! The manifest is split so that nobody has to hold all of it at once. Its file entries are written in
+//! [`FileList`] chunks while the backup runs, as files finish; the [`ManifestHead`], written last, holds
+//! everything else: the summary, the table of chunks the entries point into ([`Piece::chunk`] is an index
+//! into it, so an entry is final the moment its file is read, before anyone knows in which pack its bytes
+//! will land) and the list of file-list chunks. A collector backing up 300,000 small files therefore keeps
+//! one file list in memory, not 300,000 entries, and a backup's packs are known from its head alone.
+//! An interrupted backup leaves the same structure behind as a [`BackupCheckpoint`], which the next attempt
+//! resumes from.
 
 use crate::{ChunkId, ChunkRef};
 use rkyv::{Archive, Deserialize, Serialize};
@@ -72,9 +81,9 @@ pub struct BackupSummary {
 pub struct BackupRecord {
     pub version: u16,
     pub summary: BackupSummary,
-    /// Length of the serialized manifest.
+    /// Length of the serialized [`ManifestHead`].
     pub manifest_len: u64,
-    /// The manifest's own chunks, in order.
+    /// The chunks holding the serialized [`ManifestHead`], in order.
     pub manifest_chunks: Vec<ChunkRef>,
 }
 
@@ -97,22 +106,26 @@ pub enum FileKind {
     Symlink,
 }
 
-/// A byte range of a stored chunk: `len` plain bytes starting at `offset` of chunk `chunk`.
+/// [`Piece::chunk`] of a run of zero bytes: nothing is stored, a restore writes zeros.
+pub const ZERO_CHUNK: u32 = u32::MAX;
+
+/// A byte range of a stored chunk: `len` plain bytes starting at `offset` of chunk number `chunk` of the
+/// manifest's chunk table ([`ManifestHead::chunks`]), or `len` zero bytes when `chunk` is [`ZERO_CHUNK`].
 ///
-/// A file is the concatenation of its pieces. A full backup's pieces are whole chunks; an incremental
-/// backup stores only the pages that changed (packed into new chunks) and points at ranges of the
-/// reference backup's chunks for the rest, so a restore of any backup is a single pass over its own
-/// manifest, with no chain to resolve.
+/// A file is the concatenation of its pieces. A big file's pieces are whole chunks; small files share
+/// chunks (one piece each); an incremental backup stores only the pages that changed (packed into new
+/// chunks) and points at ranges of the reference backup's chunks for the rest, so a restore of any backup
+/// is a single pass over its own manifest, with no chain to resolve.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Piece {
-    pub chunk: ChunkRef,
+    pub chunk: u32,
     pub offset: u32,
     pub len: u32,
 }
 
 impl Piece {
-    pub fn whole(chunk: ChunkRef) -> Piece {
-        Piece { chunk, offset: 0, len: chunk.raw_len }
+    pub fn is_zero(&self) -> bool {
+        self.chunk == ZERO_CHUNK
     }
 }
 
@@ -151,9 +164,16 @@ pub struct Tablespace {
     pub location: String,
 }
 
-/// Everything needed to rebuild the data directory.
+/// One chunk's worth of a manifest's file entries.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone)]
-pub struct Manifest {
+pub struct FileList {
+    pub version: u16,
+    pub files: Vec<FileEntry>,
+}
+
+/// Everything about a backup but its file entries, which are in the [`FileList`] chunks it lists.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+pub struct ManifestHead {
     pub version: u16,
     pub summary: BackupSummary,
     pub data_checksums: bool,
@@ -163,8 +183,49 @@ pub struct Manifest {
     pub backup_label: String,
     pub tablespace_map: String,
     pub tablespaces: Vec<Tablespace>,
-    pub files: Vec<FileEntry>,
     pub checksum_failures: Vec<ChecksumFailure>,
+    /// Every chunk the file entries point into, its own and its references' alike; [`Piece::chunk`]
+    /// indexes this table. In a [`BackupCheckpoint`]'s head, a chunk that was not confirmed stored yet is
+    /// [`ChunkRef::UNKNOWN`] and no listed file points at it.
+    pub chunks: Vec<ChunkRef>,
+    /// The chunks holding the file entries, each one [`FileList`].
+    pub file_lists: Vec<ChunkRef>,
+}
+
+impl ManifestHead {
+    /// Every pack the backup needs: its file lists', and those of every chunk its files point into.
+    pub fn packs(&self) -> impl Iterator<Item = crate::PackId> + '_ {
+        self.chunks.iter().filter(|c| !c.is_unknown()).chain(self.file_lists.iter()).map(|c| c.pack)
+    }
+}
+
+/// A whole manifest in memory: the head and every file entry (what a restore works from).
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub head: ManifestHead,
+    pub files: Vec<FileEntry>,
+}
+
+impl Manifest {
+    /// The chunk a piece points into (`None` for zeros or an index outside the table).
+    pub fn chunk(&self, piece: &Piece) -> Option<&ChunkRef> {
+        self.head.chunks.get(piece.chunk as usize)
+    }
+}
+
+/// What an interrupted backup leaves at `backup/<label>.partial`: a manifest head whose file lists hold the
+/// files read completely and whose chunk table holds every chunk confirmed stored. The next backup of the
+/// stanza takes the files unchanged since `attempt_start` from it instead of reading them again, and does
+/// not send the chunks again. Written by an uploader every few seconds while a backup runs, removed when a
+/// backup of the stanza commits.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+pub struct BackupCheckpoint {
+    pub version: u16,
+    pub label: String,
+    /// When the interrupted attempt started (seconds since the Unix epoch).
+    pub attempt_start: i64,
+    pub head_len: u64,
+    pub head_chunks: Vec<ChunkRef>,
 }
 
 #[cfg(test)]
@@ -195,7 +256,7 @@ mod tests {
             file_count: 1,
             checksum_failures: 0,
         };
-        let m = Manifest {
+        let head = ManifestHead {
             version: FORMAT_VERSION,
             summary: summary.clone(),
             data_checksums: true,
@@ -203,6 +264,15 @@ mod tests {
             backup_label: "START WAL LOCATION".into(),
             tablespace_map: String::new(),
             tablespaces: vec![],
+            checksum_failures: vec![],
+            chunks: vec![ChunkRef { id: [1; 32], pack: [2; 16], offset: 0, sealed_len: 10, raw_len: 8192 }],
+            file_lists: vec![ChunkRef { id: [3; 32], pack: [4; 16], offset: 0, sealed_len: 10, raw_len: 100 }],
+        };
+        let back: ManifestHead = to_owned::<ManifestHead>(decode::<ManifestHead>(&encode(&head)).unwrap());
+        assert_eq!(back.summary, summary);
+        assert_eq!(back.packs().collect::<Vec<_>>(), vec![[2; 16], [4; 16]]);
+        let list = FileList {
+            version: FORMAT_VERSION,
             files: vec![FileEntry {
                 path: "base/1/1259".into(),
                 kind: FileKind::File,
@@ -212,14 +282,15 @@ mod tests {
                 mtime: 3,
                 size: 8192,
                 link_target: String::new(),
-                pieces: vec![Piece::whole(ChunkRef { id: [1; 32], pack: [2; 16], offset: 0, sealed_len: 10, raw_len: 8192 })],
-                page_hashes: vec![7],
+                pieces: vec![Piece { chunk: 0, offset: 0, len: 8192 }, Piece { chunk: ZERO_CHUNK, offset: 0, len: 8192 }],
+                page_hashes: vec![7, 8],
             }],
-            checksum_failures: vec![],
         };
-        let bytes = encode(&m);
-        let back: Manifest = to_owned::<Manifest>(decode::<Manifest>(&bytes).unwrap());
-        assert_eq!(back.summary, summary);
+        let back: FileList = to_owned::<FileList>(decode::<FileList>(&encode(&list)).unwrap());
         assert_eq!(back.files[0].pieces[0].len, 8192);
+        assert!(back.files[0].pieces[1].is_zero());
+        let m = Manifest { head, files: back.files };
+        assert_eq!(m.chunk(&m.files[0].pieces[0]).unwrap().raw_len, 8192);
+        assert!(m.chunk(&m.files[0].pieces[1]).is_none());
     }
 }

@@ -24,7 +24,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use strata_messages::{decode, encode, hex, BackupRecord, ChunkId, ChunkRef, Manifest, PackId, WalRecord};
+use strata_messages::{
+    decode, encode, hex, BackupCheckpoint, BackupRecord, ChunkId, ChunkRef, FileEntry, FileList, Manifest, ManifestHead, PackId,
+    WalRecord,
+};
 use strata_seal::{SealError, Sealer};
 use strata_storage::{Storage, StorageError};
 
@@ -286,16 +289,72 @@ impl Repo {
             .map_err(|e| RepoError::CorruptObject { path: path.into(), reason: e.to_string() })
     }
 
-    /// Fetches and decodes a backup's manifest.
-    pub async fn manifest(&self, sealer: &Sealer, record: &BackupRecord) -> Result<Manifest> {
-        let mut bytes = Vec::with_capacity(record.manifest_len as usize);
-        for r in &record.manifest_chunks {
+    /// Fetches and decodes a manifest's head (everything but the file entries).
+    pub async fn manifest_head(&self, sealer: &Sealer, label: &str, len: u64, chunks: &[ChunkRef]) -> Result<ManifestHead> {
+        let mut bytes = Vec::with_capacity(len as usize);
+        for r in chunks {
             bytes.extend_from_slice(&self.read_chunk(sealer, r).await?);
         }
-        let what = format!("manifest of backup {}", record.summary.label);
-        decode::<Manifest>(&bytes)
-            .map(strata_messages::to_owned::<Manifest>)
-            .map_err(|e| RepoError::CorruptObject { path: what, reason: e.to_string() })
+        decode::<ManifestHead>(&bytes)
+            .map(strata_messages::to_owned::<ManifestHead>)
+            .map_err(|e| RepoError::CorruptObject { path: format!("manifest of backup {label}"), reason: e.to_string() })
+    }
+
+    /// Fetches and decodes a backup's whole manifest, file entries included.
+    pub async fn manifest(&self, sealer: &Sealer, record: &BackupRecord) -> Result<Manifest> {
+        let label = &record.summary.label;
+        let head = self.manifest_head(sealer, label, record.manifest_len, &record.manifest_chunks).await?;
+        let mut files = Vec::new();
+        for r in &head.file_lists {
+            let bytes = self.read_chunk(sealer, r).await?;
+            let list = decode::<FileList>(&bytes).map_err(|e| RepoError::CorruptObject {
+                path: format!("file list {} of backup {label}", hex(&r.id)),
+                reason: e.to_string(),
+            })?;
+            files.extend(list.files.iter().map(strata_messages::to_owned::<FileEntry>));
+        }
+        Ok(Manifest { head, files })
+    }
+
+    // ---------------------------------------------------------------- checkpoints of running backups
+
+    /// Records how far a running backup got (replacing its previous checkpoint). Refuses when a pack it
+    /// needs is missing, like a commit.
+    pub async fn put_checkpoint(&self, stanza: &str, packs: &[PackId], checkpoint: &BackupCheckpoint) -> Result<()> {
+        let label = &checkpoint.label;
+        for id in packs.iter().collect::<HashSet<_>>() {
+            if self.storage.size(&pack_path(id)).await.map_err(|e| self.err(e))?.is_none() {
+                return Err(RepoError::CorruptPack {
+                    pack: hex(id),
+                    reason: format!("referenced by the checkpoint of backup {label} but missing"),
+                });
+            }
+        }
+        let path = format!("{}/backup/{label}.partial", stanza_dir(stanza));
+        self.storage.put(&path, Bytes::from(encode(checkpoint))).await.map_err(|e| self.err(e))
+    }
+
+    /// Checkpoints of interrupted backups of a stanza, oldest first. An unreadable one is skipped: it only
+    /// ever saves work.
+    pub async fn checkpoints(&self, stanza: &str) -> Result<Vec<BackupCheckpoint>> {
+        let dir = format!("{}/backup", stanza_dir(stanza));
+        let mut out = Vec::new();
+        for o in self.storage.list(&dir).await.map_err(|e| self.err(e))? {
+            if !o.path.ends_with(".partial") {
+                continue;
+            }
+            let Ok(bytes) = self.storage.get(&o.path).await else { continue };
+            if let Ok(c) = decode::<BackupCheckpoint>(&bytes) {
+                out.push(strata_messages::to_owned::<BackupCheckpoint>(c));
+            }
+        }
+        out.sort_by(|a, b| a.attempt_start.cmp(&b.attempt_start).then(a.label.cmp(&b.label)));
+        Ok(out)
+    }
+
+    pub async fn delete_checkpoint(&self, stanza: &str, label: &str) -> Result<()> {
+        let path = format!("{}/backup/{label}.partial", stanza_dir(stanza));
+        self.storage.delete(&path).await.map_err(|e| self.err(e))
     }
 
     // ---------------------------------------------------------------- WAL

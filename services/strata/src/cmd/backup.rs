@@ -30,6 +30,17 @@ pub async fn run(ctx: &Context_, requested: BackupType, checksum_all: bool) -> a
             BackupType::Full
         }
     };
+    // An interrupted backup's checkpoint: what it stored is not read or sent again. Only one whose head
+    // is still readable is worth passing on.
+    let mut resume = None;
+    for c in ctx.repo.checkpoints(&ctx.stanza).await?.into_iter().rev() {
+        let sealer = strata_seal::Sealer::default();
+        if ctx.repo.manifest_head(&sealer, &c.label, c.head_len, &c.head_chunks).await.is_ok() {
+            eprintln!("resuming from interrupted backup {}: what it stored is not read or sent again", c.label);
+            resume = Some(c);
+            break;
+        }
+    }
     let label = new_label(backup_type);
     if ctx.repo.backup(&ctx.stanza, &label).await.is_ok() {
         bail!("a backup labelled {label} already exists; retry in a second");
@@ -46,6 +57,7 @@ pub async fn run(ctx: &Context_, requested: BackupType, checksum_all: bool) -> a
         compress_level: ctx.cfg.pipeline.compress_level.clamp(0, 22) as i8,
         reference: reference.cloned(),
         checksum_all,
+        resume,
     };
     let bar = progress::bytes_bar(&format!("backup {label}"));
     let started = Instant::now();

@@ -77,8 +77,20 @@ pub async fn run(ctx: &Context_, opts: &ExpireOptions) -> anyhow::Result<()> {
                 continue;
             }
             referenced.extend(b.manifest_chunks.iter().map(|c| c.pack));
-            let m = ctx.repo.manifest(&sealer, &b).await?;
-            referenced.extend(m.files.iter().flat_map(|f| f.pieces.iter().map(|p| p.chunk.pack)));
+            let head = ctx.repo.manifest_head(&sealer, &b.summary.label, b.manifest_len, &b.manifest_chunks).await?;
+            referenced.extend(head.packs());
+        }
+        // What an interrupted backup stored is kept for the attempt that resumes it.
+        for c in ctx.repo.checkpoints(&stanza).await? {
+            let head = match ctx.repo.manifest_head(&sealer, &c.label, c.head_len, &c.head_chunks).await {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("warning: ignoring the checkpoint of interrupted backup {}: {e}", c.label);
+                    continue;
+                }
+            };
+            referenced.extend(c.head_chunks.iter().map(|c| c.pack));
+            referenced.extend(head.packs());
         }
         for name in ctx.repo.wal_names(&stanza).await? {
             if mine && expired_wal.contains(name.as_str()) {

@@ -55,12 +55,12 @@ pub async fn run(
     };
     let sealer = Sealer::default();
     let manifest = ctx.repo.manifest(&sealer, &record).await?;
-    let major = strata_pg::version::major_from_version_num(manifest.summary.pg_version_num);
-    if major != stanza.pg_major || manifest.summary.system_id != stanza.system_id {
+    let major = strata_pg::version::major_from_version_num(manifest.head.summary.pg_version_num);
+    if major != stanza.pg_major || manifest.head.summary.system_id != stanza.system_id {
         bail!(
             "backup {} is of PostgreSQL {major} system {}, but stanza '{}' is PostgreSQL {} system {}; refusing to mix them",
             record.summary.label,
-            manifest.summary.system_id,
+            manifest.head.summary.system_id,
             ctx.stanza,
             stanza.pg_major,
             stanza.system_id
@@ -79,9 +79,11 @@ pub async fn run(
         chown(&root, owner, as_root)?;
     }
 
-    // Directories and links first, in manifest order (parents before children).
+    // Directories and links first, parents before children (a path sorts after its prefix).
     let mut dirs = vec![root.clone()];
-    for e in &manifest.files {
+    let mut tree: Vec<&FileEntry> = manifest.files.iter().filter(|e| e.kind != FileKind::File).collect();
+    tree.sort_by(|a, b| a.path.cmp(&b.path));
+    for e in tree {
         let path = root.join(&e.path);
         match e.kind {
             FileKind::Directory => {
@@ -137,12 +139,14 @@ pub async fn run(
         remaining.push(AtomicUsize::new(n));
     }
     let files = Arc::new(files);
+    let chunks = Arc::new(manifest.head.chunks.clone());
     let units = Arc::new(units);
     let remaining = Arc::new(remaining);
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..RESTORE_WORKERS {
-        let (files, units, remaining, next) = (files.clone(), units.clone(), remaining.clone(), next.clone());
+        let (files, units, remaining, next, chunks) =
+            (files.clone(), units.clone(), remaining.clone(), next.clone(), chunks.clone());
         let (repo, root, bar, sealer) = (ctx.repo.clone(), root.clone(), bar.clone(), sealer.clone());
         workers.push(tokio::spawn(async move {
             let mut plain: Vec<u8> = Vec::new();
@@ -159,7 +163,21 @@ pub async fn run(
                     .with_context(|| format!("cannot open {}", path.display()))?;
                 let mut offset = unit.offset;
                 for piece in &e.pieces[unit.first..unit.first + unit.count] {
-                    let r = piece.chunk;
+                    if piece.is_zero() {
+                        let (zeros, at, path_c) = (piece.len as usize, offset, path.clone());
+                        f = tokio::task::spawn_blocking(move || -> anyhow::Result<File> {
+                            write_zeros(&f, at, zeros).with_context(|| format!("cannot write {}", path_c.display()))?;
+                            Ok(f)
+                        })
+                        .await
+                        .expect("restore write task panicked")?;
+                        offset += piece.len as u64;
+                        bar.inc(piece.len as u64);
+                        continue;
+                    }
+                    let r = *chunks.get(piece.chunk as usize).ok_or_else(|| {
+                        anyhow!("restoring {}: a piece points at chunk {} of a {}-chunk table", e.path, piece.chunk, chunks.len())
+                    })?;
                     // Consecutive pieces of an incremental often come from the same chunk: fetch and
                     // unseal it once.
                     let sealed = match cached == Some(r.id) {
@@ -219,6 +237,18 @@ pub async fn run(
     Ok(())
 }
 
+/// Writes `len` zero bytes at `offset`.
+fn write_zeros(f: &File, offset: u64, len: usize) -> std::io::Result<()> {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(ZEROS.len());
+        f.write_all_at(&ZEROS[..n], offset + done as u64)?;
+        done += n;
+    }
+    Ok(())
+}
+
 fn check_empty(dir: &Path) -> anyhow::Result<()> {
     match fs::read_dir(dir) {
         Ok(mut entries) => {
@@ -245,13 +275,13 @@ fn parse_tablespace_map(args: &[String]) -> anyhow::Result<HashMap<u32, PathBuf>
 /// Where each tablespace goes: its mapped directory, or its original location, which must be empty.
 fn plan_tablespaces(manifest: &Manifest, remap: &HashMap<u32, PathBuf>) -> anyhow::Result<HashMap<String, PathBuf>> {
     let mut out = HashMap::new();
-    for t in &manifest.tablespaces {
+    for t in &manifest.head.tablespaces {
         let dir = remap.get(&t.oid).cloned().unwrap_or_else(|| PathBuf::from(&t.location));
         check_empty(&dir).map_err(|e| anyhow!("tablespace {}: {e} (map it elsewhere with --tablespace-map {}=DIR)", t.oid, t.oid))?;
         out.insert(format!("pg_tblspc/{}", t.oid), dir);
     }
     for oid in remap.keys() {
-        if !manifest.tablespaces.iter().any(|t| t.oid == *oid) {
+        if !manifest.head.tablespaces.iter().any(|t| t.oid == *oid) {
             bail!("--tablespace-map: the backup has no tablespace {oid}");
         }
     }
@@ -295,11 +325,11 @@ fn write_recovery_files(
         }
         Ok(())
     };
-    write("backup_label", &manifest.backup_label)?;
-    if !manifest.tablespace_map.is_empty() {
+    write("backup_label", &manifest.head.backup_label)?;
+    if !manifest.head.tablespace_map.is_empty() {
         // PostgreSQL recreates the links from this file; point them where the tablespaces were restored.
         let mut map = String::new();
-        for line in manifest.tablespace_map.lines() {
+        for line in manifest.head.tablespace_map.lines() {
             let (oid, _) = line.split_once(' ').unwrap_or((line, ""));
             match tablespace_dirs.get(&format!("pg_tblspc/{oid}")) {
                 Some(dir) => map.push_str(&format!("{oid} {}\n", dir.display())),
@@ -322,7 +352,7 @@ fn write_recovery_files(
     let mut conf = fs::read_to_string(&auto).unwrap_or_default();
     conf.push_str(&format!(
         "\n# added by strata restore of backup {}\nrestore_command = '{}'\n",
-        manifest.summary.label,
+        manifest.head.summary.label,
         command.replace('\'', "''")
     ));
     if recovery == RecoveryType::Immediate {

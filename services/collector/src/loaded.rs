@@ -1,0 +1,109 @@
+//! A stored manifest the collector works against: the reference of a diff or incr backup, or the
+//! checkpoint an interrupted backup left.
+//!
+//! The collector has no repository access of its own, so the manifest's chunks come through an uploader
+//! ([`FetchRequest`]), still sealed, and are checked against their content address here. The file lists are
+//! kept as fetched (validated once, then read in place) with an index from a hash of each path, which for
+//! 300,000 files is a few tens of MB instead of the several hundred owned entries would take.
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+use strata_bus::Bus;
+use strata_messages::manifest::ArchivedFileList;
+use strata_messages::{
+    decode, encode, subjects, ChunkRef, FetchRequest, FetchedChunk, FileEntry, FileKind, FileList, ManifestHead,
+    FORMAT_VERSION,
+};
+
+/// How long the collector waits for each chunk of a manifest.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Chunks asked for in one request: bounds the replies in flight.
+const FETCH_BATCH: usize = 8;
+
+pub struct LoadedManifest {
+    pub head: ManifestHead,
+    /// The file lists' plain bytes, each validated as a [`FileList`].
+    lists: Vec<Vec<u8>>,
+    /// Hash of a file's path -> (list, entry). A collision only costs reading the file: [`Self::file`]
+    /// compares the path.
+    by_path: HashMap<u64, (u32, u32)>,
+}
+
+fn path_key(path: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut h);
+    h.finish()
+}
+
+impl LoadedManifest {
+    /// Fetches a manifest (head and file lists) through an uploader. `job` names the reply subject; `what`
+    /// names the manifest in errors.
+    pub async fn fetch(bus: &dyn Bus, job: &str, what: &str, head_chunks: &[ChunkRef]) -> anyhow::Result<LoadedManifest> {
+        let head_bytes: Vec<u8> = fetch_chunks(bus, job, what, head_chunks).await?.concat();
+        let head = decode::<ManifestHead>(&head_bytes)
+            .map(strata_messages::to_owned::<ManifestHead>)
+            .with_context(|| format!("the {what} is unreadable"))?;
+        let mut lists = Vec::with_capacity(head.file_lists.len());
+        let mut by_path = HashMap::new();
+        for batch in head.file_lists.chunks(FETCH_BATCH) {
+            for bytes in fetch_chunks(bus, job, what, batch).await? {
+                let list = decode::<FileList>(&bytes).with_context(|| format!("a file list of the {what} is unreadable"))?;
+                let n = lists.len() as u32;
+                for (i, f) in list.files.iter().enumerate() {
+                    if matches!(f.kind, strata_messages::manifest::ArchivedFileKind::File) {
+                        by_path.entry(path_key(f.path.as_str())).or_insert((n, i as u32));
+                    }
+                }
+                lists.push(bytes);
+            }
+        }
+        Ok(LoadedManifest { head, lists, by_path })
+    }
+
+    /// The manifest's entry for a regular file at `path`.
+    pub fn file(&self, path: &str) -> Option<FileEntry> {
+        let &(list, index) = self.by_path.get(&path_key(path))?;
+        // SAFETY: every list was validated by `decode` when it was fetched, and is never modified.
+        let list = unsafe { rkyv::access_unchecked::<ArchivedFileList>(&self.lists[list as usize]) };
+        let entry = &list.files[index as usize];
+        (entry.path.as_str() == path).then(|| strata_messages::to_owned::<FileEntry>(entry)).filter(|e| e.kind == FileKind::File)
+    }
+
+    /// The stored chunk a piece of one of this manifest's entries points into.
+    pub fn chunk(&self, number: u32) -> Option<ChunkRef> {
+        self.head.chunks.get(number as usize).copied().filter(|c| !c.is_unknown())
+    }
+}
+
+/// Fetches stored chunks through an uploader and returns their plain bytes, in order.
+async fn fetch_chunks(bus: &dyn Bus, job: &str, what: &str, chunks: &[ChunkRef]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let reply = subjects::fetch_reply(job);
+    let mut answers = bus.subscribe(&reply, None).await?;
+    let request = FetchRequest { version: FORMAT_VERSION, reply: reply.clone(), chunks: chunks.to_vec() };
+    bus.publish_event(subjects::FETCH, Bytes::from(encode(&request))).await?;
+    bus.flush().await?;
+    let sealer = strata_seal::Sealer::default();
+    let mut parts: Vec<Option<Vec<u8>>> = vec![None; chunks.len()];
+    let mut missing = parts.len();
+    while missing > 0 {
+        let payload = tokio::time::timeout(FETCH_TIMEOUT, answers.next())
+            .await
+            .map_err(|_| anyhow!("no uploader sent the {what} within {} s; is an uploader running?", FETCH_TIMEOUT.as_secs()))?
+            .ok_or_else(|| anyhow!("the bus closed while fetching the {what}"))?;
+        match strata_messages::to_owned::<FetchedChunk>(decode::<FetchedChunk>(&payload)?) {
+            FetchedChunk::Sealed { index, bytes } => {
+                let i = index as usize;
+                let chunk = chunks.get(i).ok_or_else(|| anyhow!("an uploader sent chunk {i} of a {}-chunk request", parts.len()))?;
+                if parts[i].is_none() {
+                    parts[i] = Some(sealer.unseal(&bytes, &chunk.id).with_context(|| format!("the {what}"))?);
+                    missing -= 1;
+                }
+            }
+            FetchedChunk::Failed(reason) => bail!("cannot read the {what}: {reason}"),
+        }
+    }
+    Ok(parts.into_iter().flatten().collect())
+}
