@@ -586,7 +586,7 @@ impl ReadContext {
 
 /// A read buffer with what was learnt reading it: the file handle back, the bytes, checksum failures and
 /// page hashes.
-type ReadBuffer = (File, Vec<u8>, Vec<ChecksumFailure>, Vec<u64>);
+type ReadBuffer = (File, Vec<u8>, Vec<ChecksumFailure>, (strata_messages::ChunkId, Vec<u64>));
 
 /// Reads and sends one file and returns its entry; `None` when it disappeared before it could be opened
 /// (a dropped relation: WAL replay removes it anyway).
@@ -630,7 +630,7 @@ async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Resul
         // Small files get a buffer their size (plus a page, to see the end), not a whole chunk's.
         let want = found.meta.len.saturating_sub(offset) as usize + PAGE_SIZE;
         let buf_len = want.min(chunk_size);
-        let (f, buf, bad, hashes) = tokio::task::spawn_blocking({
+        let (f, buf, bad, (whole_id, hashes)) = tokio::task::spawn_blocking({
             let path = abs.clone();
             let rel = found.rel.clone();
             move || -> anyhow::Result<ReadBuffer> {
@@ -641,7 +641,7 @@ async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Resul
                     Some(segno) => check_pages(&file, &rel, segno, offset, &mut buf, start_lsn),
                     None => Vec::new(),
                 };
-                let hashes = if relation { increment::page_hashes(&buf) } else { Vec::new() };
+                let hashes = increment::hash_buffer(&buf, relation);
                 Ok((file, buf, bad, hashes))
             }
         })
@@ -662,9 +662,11 @@ async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Resul
         ctx.done.fetch_add(n as u64, Ordering::Relaxed);
         let split = increment::split(buf, offset, hashes, ref_file.as_ref().map(|(_, f)| f));
         page_hashes.extend_from_slice(&split.page_hashes);
+        let whole = split.packed.len() == n;
         let packed = match split.packed.len() {
             0 => None,
             len if len < chunk_size / BUNDLE_DIVISOR => Some(ctx.bundler.add(job, &ctx.table, &split.packed).await?),
+            _ if whole => Some((ctx.table.sent(job.send_hashed(split.packed, whole_id).await?), 0)),
             _ => Some((ctx.table.sent(job.send(split.packed, true).await?), 0)),
         };
         for seg in split.segments {

@@ -14,14 +14,60 @@
 //! Everything here is pure: the caller reads, sends chunks and maps the reference's chunk numbers into its
 //! own chunk table.
 
-use strata_messages::{FileEntry, Piece};
+use blake3::hazmat::{left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode};
+use strata_messages::{ChunkId, FileEntry, Piece};
 use strata_pg::PAGE_SIZE;
 
-/// The 64-bit prefix of a page's BLAKE3 hash, as recorded in manifests. Collisions would hide a changed
+/// Hashes a read buffer in one pass: its chunk id (the BLAKE3 hash of the whole buffer, as
+/// [`strata_seal::chunk_id`] computes it) and, with `pages`, a 64-bit hash of each whole page.
+///
+/// BLAKE3 is a tree hash, and every 8 KiB page at an 8 KiB-aligned offset of a longer input is a complete
+/// subtree of it: the page hash is the prefix of that subtree's chaining value, so the pages are hashed
+/// once for both purposes instead of twice. A chaining value depends on the page's offset in the buffer,
+/// which is the same from one backup to the next (read buffers start at multiples of `chunk_size`); were
+/// `chunk_size` changed, pages would only look changed and be stored again. Collisions would hide a changed
 /// page, so the prefix is wide enough that one is not expected in the life of any cluster (2^-64 per page).
-pub fn page_hash(page: &[u8]) -> u64 {
-    let h = blake3::hash(page);
-    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+pub fn hash_buffer(buf: &[u8], pages: bool) -> (ChunkId, Vec<u64>) {
+    let mut hashes = Vec::with_capacity(if pages { buf.len() / PAGE_SIZE } else { 0 });
+    if buf.len() <= PAGE_SIZE {
+        if pages && buf.len() == PAGE_SIZE {
+            hashes.push(prefix(&subtree_leaf(buf, 0)));
+        }
+        return (*blake3::hash(buf).as_bytes(), hashes);
+    }
+    let left = left_subtree_len(buf.len() as u64) as usize;
+    let l = subtree(&buf[..left], 0, pages, &mut hashes);
+    let r = subtree(&buf[left..], left as u64, pages, &mut hashes);
+    (*merge_subtrees_root(&l, &r, Mode::Hash).as_bytes(), hashes)
+}
+
+/// The chaining value of `buf`, a complete subtree at `offset` of a longer input, recording the hash of each
+/// whole page in it.
+fn subtree(buf: &[u8], offset: u64, pages: bool, hashes: &mut Vec<u64>) -> ChainingValue {
+    if buf.len() <= PAGE_SIZE {
+        // Subtrees longer than a page split at powers of two of at least a page, so this is a page at a
+        // page-aligned offset, or the buffer's partial last page.
+        let cv = subtree_leaf(buf, offset);
+        if pages && buf.len() == PAGE_SIZE {
+            hashes.push(prefix(&cv));
+        }
+        return cv;
+    }
+    let left = left_subtree_len(buf.len() as u64) as usize;
+    let l = subtree(&buf[..left], offset, pages, hashes);
+    let r = subtree(&buf[left..], offset + left as u64, pages, hashes);
+    merge_subtrees_non_root(&l, &r, Mode::Hash)
+}
+
+fn subtree_leaf(buf: &[u8], offset: u64) -> ChainingValue {
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset(offset);
+    h.update(buf);
+    h.finalize_non_root()
+}
+
+fn prefix(cv: &ChainingValue) -> u64 {
+    u64::from_le_bytes(cv[..8].try_into().expect("8 bytes"))
 }
 
 /// The reference backup's copy of one file.
@@ -94,13 +140,8 @@ pub struct Split {
     pub page_hashes: Vec<u64>,
 }
 
-/// The hashes of `buf`'s whole pages.
-pub fn page_hashes(buf: &[u8]) -> Vec<u64> {
-    buf.chunks_exact(PAGE_SIZE).map(page_hash).collect()
-}
-
 /// Splits `buf`, read at file offset `offset` (a multiple of the page size), into runs of new, unchanged
-/// (equal to `reference`'s) and zero pages, given the hashes of its whole pages ([`page_hashes`]; computed by
+/// (equal to `reference`'s) and zero pages, given the hashes of its whole pages ([`hash_buffer`]; computed by
 /// the caller on a blocking thread, and empty for files that are not relations, which are never split).
 /// A trailing partial page is always new.
 pub fn split(buf: Vec<u8>, offset: u64, page_hashes: Vec<u64>, reference: Option<&RefFile>) -> Split {
@@ -173,7 +214,7 @@ mod tests {
             size: (pages.len() * PAGE_SIZE) as u64,
             link_target: String::new(),
             pieces,
-            page_hashes: pages.iter().map(|p| page_hash(p)).collect(),
+            page_hashes: hash_buffer(&pages.concat(), true).1,
         }
     }
 
@@ -189,7 +230,7 @@ mod tests {
         let mut now = old.clone();
         now[1] = page(99);
         let buf = now.concat();
-        let s = split(buf.clone(), 0, page_hashes(&buf), Some(&r));
+        let s = split(buf.clone(), 0, hash_buffer(&buf, true).1, Some(&r));
         assert_eq!(s.packed, page(99));
         assert_eq!(
             s.segments,
@@ -203,24 +244,24 @@ mod tests {
         let mut grown = old.clone();
         grown.push(page(7));
         let buf = grown.concat();
-        let s = split(buf.clone(), 0, page_hashes(&buf), Some(&r));
+        let s = split(buf.clone(), 0, hash_buffer(&buf, true).1, Some(&r));
         assert_eq!(s.packed, page(7));
         // No reference: everything is new, in one piece.
         let buf = old.concat();
-        let s = split(buf.clone(), 0, page_hashes(&buf), None);
+        let s = split(buf.clone(), 0, hash_buffer(&buf, true).1, None);
         assert_eq!(s.segments, vec![Segment::New { offset: 0, len: 4 * PAGE_SIZE as u32 }]);
         // Zero pages are neither stored nor compared, with or without a reference.
         let mut zeroed = old.clone();
         zeroed[2] = page(0);
         zeroed[3] = page(0);
         let buf = zeroed.concat();
-        let s = split(buf.clone(), 0, page_hashes(&buf), None);
+        let s = split(buf.clone(), 0, hash_buffer(&buf, true).1, None);
         assert_eq!(s.packed, [page(1), page(2)].concat());
         assert_eq!(
             s.segments,
             vec![Segment::New { offset: 0, len: 2 * PAGE_SIZE as u32 }, Segment::Zero { len: 2 * PAGE_SIZE as u32 }]
         );
-        let s = split(buf.clone(), 0, page_hashes(&buf), Some(&r));
+        let s = split(buf.clone(), 0, hash_buffer(&buf, true).1, Some(&r));
         assert!(s.packed.is_empty());
         assert_eq!(
             s.segments,
@@ -232,6 +273,28 @@ mod tests {
         // Files that are not relations come without page hashes and are never split.
         let s = split(buf.clone(), 0, Vec::new(), None);
         assert_eq!(s.packed, buf);
+    }
+
+    #[test]
+    fn one_pass_gives_the_chunk_id_and_position_bound_page_hashes() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        for len in [0, 1, 1024, 8191, 8192, 8193, 16384, 3 * 8192 + 100, 100_000, 131_072, 300_000] {
+            let (id, hashes) = hash_buffer(&data[..len], true);
+            assert_eq!(id, strata_seal::chunk_id(&data[..len]), "length {len}");
+            assert_eq!(hashes.len(), len / PAGE_SIZE, "length {len}");
+            // A page's hash does not depend on the rest of the buffer, only on its place in it.
+            if len >= 2 * PAGE_SIZE {
+                let (_, shorter) = hash_buffer(&data[..2 * PAGE_SIZE], true);
+                assert_eq!(hashes[..2], shorter[..], "length {len}");
+            }
+        }
+        let (_, a) = hash_buffer(&data[..3 * PAGE_SIZE], true);
+        let mut moved = data[..3 * PAGE_SIZE].to_vec();
+        moved[PAGE_SIZE + 5] ^= 1;
+        let (_, b) = hash_buffer(&moved, true);
+        assert_eq!((a[0], a[2]), (b[0], b[2]));
+        assert_ne!(a[1], b[1]);
+        assert!(hash_buffer(&data[..3 * PAGE_SIZE], false).1.is_empty());
     }
 
     #[test]

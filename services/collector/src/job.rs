@@ -135,18 +135,26 @@ impl Job {
     /// Sends a chunk unless this job already sent the same content; returns its id. Waits while the
     /// in-flight window is full.
     pub async fn send(&self, data: Vec<u8>, dedup: bool) -> Result<ChunkId, JobError> {
-        self.send_via(data, dedup, false).await
+        let id = strata_seal::chunk_id(&data);
+        self.send_via(data, id, dedup, false).await
+    }
+
+    /// [`Job::send`] of a chunk whose id the caller computed already (it must be [`strata_seal::chunk_id`]
+    /// of `data`: the sealer does not check it, restore does).
+    pub async fn send_hashed(&self, data: Vec<u8>, id: ChunkId) -> Result<ChunkId, JobError> {
+        debug_assert_eq!(id, strata_seal::chunk_id(&data));
+        self.send_via(data, id, true, false).await
     }
 
     /// Like [`Job::send`], but seals the chunk here and hands it straight to the uploaders, so it does not
     /// wait behind the data queued for the sealers. For small metadata that must be stored promptly
     /// (checkpoints): sealing it costs this process little.
     pub async fn send_sealed(&self, data: Vec<u8>) -> Result<ChunkId, JobError> {
-        self.send_via(data, true, true).await
+        let id = strata_seal::chunk_id(&data);
+        self.send_via(data, id, true, true).await
     }
 
-    async fn send_via(&self, data: Vec<u8>, dedup: bool, seal_here: bool) -> Result<ChunkId, JobError> {
-        let id = strata_seal::chunk_id(&data);
+    async fn send_via(&self, data: Vec<u8>, id: ChunkId, dedup: bool, seal_here: bool) -> Result<ChunkId, JobError> {
         let permits = data.len().div_ceil(PERMIT_BYTES).max(1) as u32;
         {
             let mut s = self.state.lock().expect("job state");

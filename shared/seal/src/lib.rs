@@ -89,13 +89,16 @@ impl<K: KeyProvider> Sealer<K> {
 
     /// Seals `plain` with zstd at `level` (0 or below: no compression).
     pub fn seal(&self, plain: &[u8], level: i32) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + plain.len() / 2);
+        let mut out = Vec::with_capacity(HEADER_LEN + zstd::zstd_safe::compress_bound(plain.len()));
         out.extend_from_slice(&[ENVELOPE_VERSION, Compression::Zstd as u8, 0, 0]);
         out.extend_from_slice(&(plain.len() as u32).to_le_bytes());
         let compressed = level > 0 && {
             // Writing straight after the header avoids a second copy of the body.
-            let mut enc = zstd::stream::Encoder::new(&mut out, level).expect("zstd encoder");
-            std::io::Write::write_all(&mut enc, plain).is_ok() && enc.finish().is_ok()
+            let mut cursor = std::io::Cursor::new(out);
+            cursor.set_position(HEADER_LEN as u64);
+            let ok = with_compressor(level, |c| c.compress_to_buffer(plain, &mut cursor).is_ok());
+            out = cursor.into_inner();
+            ok
         };
         if !compressed || out.len() >= HEADER_LEN + plain.len() {
             out.truncate(HEADER_LEN);
@@ -130,7 +133,17 @@ impl<K: KeyProvider> Sealer<K> {
         out.reserve(raw_len);
         match sealed[1] {
             0 => out.extend_from_slice(body),
-            1 => zstd::stream::copy_decode(body, &mut *out).map_err(SealError::Decompress)?,
+            1 => {
+                DECOMPRESSOR.with(|d| -> Result<(), SealError> {
+                    let mut d = d.borrow_mut();
+                    if d.is_none() {
+                        *d = Some(zstd::bulk::Decompressor::new().map_err(SealError::Decompress)?);
+                    }
+                    let d = d.as_mut().expect("created above");
+                    d.decompress_to_buffer(body, &mut *out).map_err(SealError::Decompress)?;
+                    Ok(())
+                })?;
+            }
             other => return Err(SealError::UnknownCompression(other)),
         }
         if out.len() != raw_len {
@@ -142,6 +155,29 @@ impl<K: KeyProvider> Sealer<K> {
         }
         Ok(())
     }
+}
+
+// zstd contexts are kept per thread and reused: creating one per chunk allocated and cleared its tables
+// (megabytes at level 1) every time, which showed up as page faults and memset in profiles.
+thread_local! {
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's compressor at `level`; `false` if none can be made.
+fn with_compressor(level: i32, f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> bool) -> bool {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().map(|(l, _)| *l) != Some(level) {
+            match zstd::bulk::Compressor::new(level) {
+                Ok(new) => *c = Some((level, new)),
+                Err(_) => return false,
+            }
+        }
+        f(&mut c.as_mut().expect("created above").1)
+    })
 }
 
 fn hex(b: &[u8]) -> String {
