@@ -634,9 +634,7 @@ async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Resul
             let path = abs.clone();
             let rel = found.rel.clone();
             move || -> anyhow::Result<ReadBuffer> {
-                let mut buf = vec![0u8; buf_len];
-                let n = read_full(&mut file, &mut buf).with_context(|| format!("cannot read {}", path.display()))?;
-                buf.truncate(n);
+                let mut buf = read_up_to(&mut file, buf_len).with_context(|| format!("cannot read {}", path.display()))?;
                 let bad = match segno {
                     Some(segno) => check_pages(&file, &rel, segno, offset, &mut buf, start_lsn),
                     None => Vec::new(),
@@ -693,18 +691,13 @@ async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Resul
     Ok(Some(entry_for(found, pieces, page_hashes)))
 }
 
-fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads up to `len` bytes (fewer only at the end of the file). `read_to_end` on a `File` reads into the
+/// buffer's spare capacity without zeroing it first, which a `vec![0; len]` per chunk did.
+fn read_up_to(file: &mut File, len: usize) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
+    let mut buf = Vec::with_capacity(len);
+    file.take(len as u64).read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 /// Checks the checksums of the whole pages in `buf` (read from `offset` of a relation segment file).
