@@ -17,7 +17,9 @@ pub mod datadir;
 pub mod lsn;
 pub mod page;
 pub mod version;
+pub mod timeline;
 pub mod wal;
+pub mod walscan;
 
 pub use lsn::{Lsn, LsnParseError};
 pub use wal::WalSegment;
