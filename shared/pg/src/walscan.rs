@@ -173,7 +173,7 @@ impl Pages<'_> {
     /// walk had to stop: at the segment's end, or at a page that does not continue the record.
     fn advance(&self, mut offset: usize, mut len: usize, out: &mut Vec<u8>, keep: usize) -> Result<usize, Stop> {
         while len > 0 {
-            if offset % WAL_PAGE_SIZE == 0 {
+            if offset.is_multiple_of(WAL_PAGE_SIZE) {
                 if offset >= self.data.len() {
                     return Err(Stop::SegmentEnd);
                 }
@@ -241,7 +241,7 @@ pub fn scan_segment(data: &[u8]) -> Result<SegmentScan, ScanError> {
     let mut prev: Option<u64> = None;
     let mut record = Vec::new();
     loop {
-        if offset % WAL_PAGE_SIZE == 0 {
+        if offset.is_multiple_of(WAL_PAGE_SIZE) {
             if offset >= data.len() || pages.page(offset).is_none() {
                 break;
             }
@@ -510,7 +510,7 @@ mod tests {
         fn write_stream(&mut self, bytes: &[u8]) -> Vec<u8> {
             let mut i = 0;
             while i < bytes.len() {
-                if self.at % WAL_PAGE_SIZE == 0 {
+                if self.at.is_multiple_of(WAL_PAGE_SIZE) {
                     if self.at >= SEG {
                         return bytes[i..].to_vec();
                     }
@@ -528,7 +528,7 @@ mod tests {
 
         /// Appends a record; returns its LSN and the bytes that went past the segment's end.
         fn record(&mut self, rmid: u8, info: u8, xid: u32, main: &[u8]) -> (u64, Vec<u8>) {
-            if self.at % WAL_PAGE_SIZE == 0 && self.at < SEG {
+            if self.at.is_multiple_of(WAL_PAGE_SIZE) && self.at < SEG {
                 self.page_header(self.at, 0, 0);
                 self.at += SHORT_HEADER_SIZE;
             }
