@@ -5,6 +5,11 @@
 //! deduplication: WAL rarely repeats, and skipping the index keeps a push cheap), and the commit publishes a
 //! WAL record with put-if-absent. Pushing a name again succeeds only if the content is identical; a different
 //! content is refused and the archived copy stays as it is, as pgBackRest does.
+//!
+//! A segment's record also carries its summary ([`summarize`]): the commits, aborts and restore points in
+//! it, which restore, check and info use to tell which segment a recovery target needs. The segment is
+//! walked here, once, because this is the only time Strata holds it whole; a segment whose records cannot
+//! be walked is archived anyway (archiving must not fail over a diagnostic), without a summary.
 
 use crate::job::{CommitOutcome, Job};
 use anyhow::{bail, Context};
@@ -12,8 +17,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_bus::Bus;
-use strata_messages::{WalRecord, FORMAT_VERSION};
+use strata_messages::{RestorePoint, WalRecord, WalSummary, WAL_RECORD_VERSION};
 use strata_pg::wal::{classify_wal_file, magic_to_major_version, parse_long_header, WalFileKind};
+use strata_pg::walscan::{scan_segment, WalEvent};
+use tracing::warn;
 
 /// What `push` checks a segment against.
 pub struct WalPushTarget {
@@ -45,8 +52,10 @@ pub async fn push(
     let kind = classify_wal_file(&name)
         .with_context(|| format!("{name} is not a WAL segment, history or backup history file name"))?;
     let data = tokio::fs::read(path).await.with_context(|| format!("cannot read {}", path.display()))?;
+    let mut summary = None;
     if kind == WalFileKind::Segment {
         check_segment(&name, &data, target)?;
+        summary = summarize(&name, &data);
     }
     let hash = strata_seal::chunk_id(&data);
     let size = data.len() as u64;
@@ -64,7 +73,7 @@ pub async fn push(
         .iter()
         .map(|id| job.location(id).expect("every chunk was confirmed"))
         .collect();
-    let record = WalRecord { version: FORMAT_VERSION, name: name.clone(), size, hash, chunks };
+    let record = WalRecord { version: WAL_RECORD_VERSION, name: name.clone(), size, hash, chunks, summary };
     let outcome = job.commit_wal(record).await?;
     Ok(outcome)
 }
@@ -98,4 +107,37 @@ fn check_segment(name: &str, data: &[u8], target: &WalPushTarget) -> anyhow::Res
         );
     }
     Ok(())
+}
+
+/// The segment's summary (see the module docs), or `None` when its records cannot be walked.
+pub fn summarize(name: &str, data: &[u8]) -> Option<WalSummary> {
+    let scan = match scan_segment(data) {
+        Ok(scan) => scan,
+        Err(e) => {
+            warn!(segment = %name, error = %e, "cannot walk the segment's records; archived without a summary");
+            return None;
+        }
+    };
+    let mut s = WalSummary {
+        last_start: scan.last_start.0,
+        head: scan.head,
+        tail: scan.tail,
+        tail_lsn: scan.tail_lsn.0,
+        switched: scan.switched,
+        ..WalSummary::default()
+    };
+    let mut xids = Vec::new();
+    for e in scan.events {
+        match e {
+            WalEvent::XactEnd { xid, time, .. } => {
+                xids.push(xid);
+                s.xact_ends += 1;
+                s.first_time = if s.first_time == 0 { time } else { s.first_time.min(time) };
+                s.last_time = s.last_time.max(time);
+            }
+            WalEvent::RestorePoint { lsn, name, time } => s.restore_points.push(RestorePoint { name, time, lsn: lsn.0 }),
+        }
+    }
+    s.xids = WalSummary::xid_runs(xids);
+    Some(s)
 }

@@ -17,11 +17,15 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 pub use manifest::{
     BackupCheckpoint, BackupRecord, BackupSummary, BackupType, FileEntry, FileKind, FileList, Manifest, ManifestHead, Piece,
-    WalRecord, ZERO_CHUNK,
+    RestorePoint, WalRecord, WalRecordV2, WalSummary, XidRun, ZERO_CHUNK,
 };
 
-/// The version of every message and record format defined here.
+/// The version of every message and record format defined here, but [`WalRecord`].
 pub const FORMAT_VERSION: u16 = 2;
+
+/// The version of [`WalRecord`]: 3 added the segment summary. Records of version 2 are still read
+/// ([`decode_wal_record`]), so a repository archived by an older build stays restorable.
+pub const WAL_RECORD_VERSION: u16 = 3;
 
 /// Content address of a plain chunk: its BLAKE3 hash.
 pub type ChunkId = [u8; 32];
@@ -199,6 +203,8 @@ where
 /// Types whose archived form carries a format version to check.
 pub trait Versioned: Archive {
     const WHAT: &'static str;
+    /// The version this build writes and reads.
+    const VERSION: u16 = FORMAT_VERSION;
     fn archived_version(archived: &Self::Archived) -> Option<u16>;
 }
 
@@ -212,8 +218,8 @@ where
     let archived = rkyv::access::<T::Archived, rkyv::rancor::BoxedError>(bytes)
         .map_err(|e| DecodeError::Malformed { what: T::WHAT, reason: e.to_string() })?;
     if let Some(found) = T::archived_version(archived) {
-        if found != FORMAT_VERSION {
-            return Err(DecodeError::Version { what: T::WHAT, found, expected: FORMAT_VERSION });
+        if found != T::VERSION {
+            return Err(DecodeError::Version { what: T::WHAT, found, expected: T::VERSION });
         }
     }
     Ok(archived)
@@ -230,8 +236,12 @@ where
 
 macro_rules! versioned {
     ($t:ty, $what:literal) => {
+        versioned!($t, $what, FORMAT_VERSION);
+    };
+    ($t:ty, $what:literal, $version:expr) => {
         impl Versioned for $t {
             const WHAT: &'static str = $what;
+            const VERSION: u16 = $version;
             fn archived_version(a: &Self::Archived) -> Option<u16> {
                 Some(a.version.to_native())
             }
@@ -245,7 +255,21 @@ versioned!(manifest::ManifestHead, "manifest head");
 versioned!(manifest::FileList, "manifest file list");
 versioned!(manifest::BackupCheckpoint, "backup checkpoint");
 versioned!(manifest::BackupRecord, "backup record");
-versioned!(manifest::WalRecord, "wal record");
+versioned!(manifest::WalRecord, "wal record", WAL_RECORD_VERSION);
+versioned!(manifest::WalRecordV2, "wal record", 2);
+
+/// Reads a stored WAL record of this layout or of the previous one (migrated, without a summary).
+pub fn decode_wal_record(bytes: &[u8]) -> Result<WalRecord, DecodeError> {
+    match decode::<WalRecord>(bytes) {
+        Ok(a) => Ok(to_owned::<WalRecord>(a)),
+        // A version-2 record does not validate as the longer layout; only then is the old one tried, so a
+        // damaged current record still reports its own error.
+        Err(current) => match decode::<WalRecordV2>(bytes) {
+            Ok(old) => Ok(to_owned::<WalRecordV2>(old).into()),
+            Err(_) => Err(current),
+        },
+    }
+}
 
 impl Versioned for UploadWork {
     const WHAT: &'static str = "upload work";

@@ -88,6 +88,9 @@ pub struct BackupRecord {
 }
 
 /// One archived WAL file (segment, history or backup-history file), published at `wal/<dir>/<name>`.
+///
+/// Its version is [`crate::WAL_RECORD_VERSION`]; records of the previous layout ([`WalRecordV2`], without
+/// a summary) are read through [`crate::decode_wal_record`].
 #[derive(Archive, Serialize, Deserialize, Debug, Clone)]
 pub struct WalRecord {
     pub version: u16,
@@ -96,6 +99,89 @@ pub struct WalRecord {
     /// BLAKE3 of the whole file: the same name pushed twice is accepted only with the same hash.
     pub hash: ChunkId,
     pub chunks: Vec<ChunkRef>,
+    /// For a segment: what recovery targets can stop at in it, found by archive-push. `None` for other
+    /// files, for a segment whose records could not be walked, and for records of the previous layout.
+    pub summary: Option<WalSummary>,
+}
+
+/// [`WalRecord`] as format version 2 wrote it, before segments carried a summary.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+pub struct WalRecordV2 {
+    pub version: u16,
+    pub name: String,
+    pub size: u64,
+    pub hash: ChunkId,
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl From<WalRecordV2> for WalRecord {
+    fn from(v: WalRecordV2) -> WalRecord {
+        WalRecord { version: crate::WAL_RECORD_VERSION, name: v.name, size: v.size, hash: v.hash, chunks: v.chunks, summary: None }
+    }
+}
+
+/// What an archived WAL segment holds that recovery targets stop at, so that restore, check and info can
+/// tell which segment a time, xid or restore point needs without reading WAL (see `strata_pg::walscan`).
+///
+/// Events count only for records lying wholly in the segment. A record crossing the segment's end is kept
+/// as its first bytes (`tail`, here) and the first bytes of its continuation (`head`, in the next
+/// segment's summary); joined, they give its event, which belongs to the next segment.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalSummary {
+    /// Start of the last record lying wholly in the segment (0: none does).
+    pub last_start: u64,
+    /// Transactions that committed or aborted here.
+    pub xact_ends: u64,
+    /// Earliest and latest commit or abort time here, in microseconds since the Unix epoch (0 when none).
+    pub first_time: i64,
+    pub last_time: i64,
+    /// The xids that ended here, as sorted runs of consecutive xids.
+    pub xids: Vec<XidRun>,
+    pub restore_points: Vec<RestorePoint>,
+    pub head: Vec<u8>,
+    pub tail: Vec<u8>,
+    /// Where the record of `tail` starts.
+    pub tail_lsn: u64,
+    /// The segment ends with a WAL switch (the rest of it is unused).
+    pub switched: bool,
+}
+
+/// `count` consecutive xids from `first`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XidRun {
+    pub first: u32,
+    pub count: u32,
+}
+
+/// A named restore point (`pg_create_restore_point`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RestorePoint {
+    pub name: String,
+    /// Microseconds since the Unix epoch.
+    pub time: i64,
+    pub lsn: u64,
+}
+
+impl WalSummary {
+    /// Whether transaction `xid` ended in a record lying wholly in the segment.
+    pub fn has_xid(&self, xid: u32) -> bool {
+        let i = self.xids.partition_point(|r| r.first <= xid);
+        i > 0 && xid - self.xids[i - 1].first < self.xids[i - 1].count
+    }
+
+    /// Compresses xids into sorted runs.
+    pub fn xid_runs(mut xids: Vec<u32>) -> Vec<XidRun> {
+        xids.sort_unstable();
+        xids.dedup();
+        let mut runs: Vec<XidRun> = Vec::new();
+        for x in xids {
+            match runs.last_mut() {
+                Some(r) if r.first.checked_add(r.count) == Some(x) => r.count += 1,
+                _ => runs.push(XidRun { first: x, count: 1 }),
+            }
+        }
+        runs
+    }
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +318,38 @@ pub struct BackupCheckpoint {
 mod tests {
     use super::*;
     use crate::{decode, encode, to_owned, FORMAT_VERSION};
+
+    #[test]
+    fn xid_runs_and_lookup() {
+        let runs = WalSummary::xid_runs(vec![7, 5, 6, 10, 6, u32::MAX, 11]);
+        assert_eq!(
+            runs,
+            vec![XidRun { first: 5, count: 3 }, XidRun { first: 10, count: 2 }, XidRun { first: u32::MAX, count: 1 }]
+        );
+        let s = WalSummary { xids: runs, ..Default::default() };
+        for x in [5, 6, 7, 10, 11, u32::MAX] {
+            assert!(s.has_xid(x), "{x}");
+        }
+        for x in [0, 4, 8, 9, 12, u32::MAX - 1] {
+            assert!(!s.has_xid(x), "{x}");
+        }
+    }
+
+    #[test]
+    fn wal_records_of_the_previous_layout_are_read() {
+        let old = WalRecordV2 { version: 2, name: "000000010000000000000003".into(), size: 16, hash: [1; 32], chunks: vec![] };
+        let back = crate::decode_wal_record(&encode(&old)).unwrap();
+        assert_eq!(back.name, old.name);
+        assert!(back.summary.is_none());
+        let new = WalRecord {
+            version: crate::WAL_RECORD_VERSION,
+            summary: Some(WalSummary { last_start: 9, tail: vec![1, 2], ..Default::default() }),
+            ..back
+        };
+        let again = crate::decode_wal_record(&encode(&new)).unwrap();
+        assert_eq!(again.summary, new.summary);
+        assert!(crate::decode_wal_record(b"garbage").is_err());
+    }
 
     #[test]
     fn manifest_round_trips() {

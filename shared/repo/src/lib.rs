@@ -378,12 +378,29 @@ impl Repo {
     pub async fn wal(&self, stanza: &str, name: &str) -> Result<Option<WalRecord>> {
         let path = wal_path(stanza, name);
         match self.storage.get(&path).await {
-            Ok(bytes) => decode::<WalRecord>(&bytes)
-                .map(|a| Some(strata_messages::to_owned::<WalRecord>(a)))
+            Ok(bytes) => strata_messages::decode_wal_record(&bytes)
+                .map(Some)
                 .map_err(|e| RepoError::CorruptObject { path, reason: e.to_string() }),
             Err(StorageError::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err(e)),
         }
+    }
+
+    /// The contents of an archived WAL file, checked against its recorded hash; `None` when it is not
+    /// archived. For small files (timeline history); segments are streamed by archive-get.
+    pub async fn wal_contents(&self, sealer: &Sealer, stanza: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        let Some(record) = self.wal(stanza, name).await? else { return Ok(None) };
+        let mut bytes = Vec::with_capacity(record.size as usize);
+        for r in &record.chunks {
+            bytes.extend_from_slice(&self.read_chunk(sealer, r).await?);
+        }
+        if blake3::hash(&bytes).as_bytes() != &record.hash {
+            return Err(RepoError::CorruptObject {
+                path: wal_path(stanza, name),
+                reason: "the archived file does not match its recorded hash".into(),
+            });
+        }
+        Ok(Some(bytes))
     }
 
     /// Names of every archived WAL file of a stanza, sorted.

@@ -57,11 +57,12 @@ async fn packs_round_trip_and_index_refreshes() {
 async fn wal_is_never_overwritten() {
     let (_d, r) = repo();
     let rec = WalRecord {
-        version: FORMAT_VERSION,
+        version: strata_messages::WAL_RECORD_VERSION,
         name: "000000010000000000000001".into(),
         size: 16,
         hash: [1; 32],
         chunks: vec![],
+        summary: None,
     };
     assert_eq!(r.put_wal("main", &rec).await.unwrap(), WalPut::Stored);
     assert_eq!(r.put_wal("main", &rec).await.unwrap(), WalPut::AlreadyArchived);
