@@ -46,6 +46,10 @@ use tracing::{info, warn};
 const ARCHIVE_WAIT: Duration = Duration::from_secs(300);
 /// Pieces smaller than a chunk divided by this share chunks with others.
 const BUNDLE_DIVISOR: usize = 4;
+/// Chunks of one file read at once.
+const READ_AHEAD: usize = 4;
+/// Spare room left after a chunk's bytes for the message header ([`strata_messages::encode_plain_chunk`]).
+pub(crate) const MESSAGE_ROOM: usize = strata_messages::PLAIN_CHUNK_OVERHEAD + 256;
 /// Largest file list (before one more entry): small enough for any bus.
 const FILE_LIST_BYTES: usize = 1024 * 1024;
 
@@ -584,9 +588,16 @@ impl ReadContext {
     }
 }
 
-/// A read buffer with what was learnt reading it: the file handle back, the bytes, checksum failures and
-/// page hashes.
-type ReadBuffer = (File, Vec<u8>, Vec<ChecksumFailure>, (strata_messages::ChunkId, Vec<u64>));
+/// One read of a file, with what was learnt reading it.
+struct ReadBuffer {
+    offset: u64,
+    /// How much was asked for: fewer bytes came back only at the end of the file.
+    buf_len: usize,
+    buf: Vec<u8>,
+    bad: Vec<ChecksumFailure>,
+    /// The buffer's chunk id and page hashes ([`increment::hash_buffer`]).
+    hashes: (strata_messages::ChunkId, Vec<u64>),
+}
 
 /// Reads and sends one file and returns its entry; `None` when it disappeared before it could be opened
 /// (a dropped relation: WAL replay removes it anyway).
@@ -607,7 +618,7 @@ async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Resul
         }
     }
     let abs = ctx.roots.abs(found);
-    let mut file = match File::open(&abs) {
+    let file = match File::open(&abs) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => bail!("cannot open {}: {e}", abs.display()),
@@ -624,28 +635,34 @@ async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Resul
     };
     let mut pieces = Vec::new();
     let mut page_hashes = Vec::new();
-    let mut offset = 0u64;
-    let (chunk_size, start_lsn) = (ctx.chunk_size, ctx.start_lsn);
-    loop {
+    let (chunk_size, start_lsn, len) = (ctx.chunk_size, ctx.start_lsn, found.meta.len);
+    // Chunks of one file are read, checked and hashed READ_AHEAD at a time, so a 1 GB segment is not read
+    // by one thread while the others have nothing left to do; they are sent in order.
+    let file = Arc::new(file);
+    let read_at = |offset: u64| {
         // Small files get a buffer their size (plus a page, to see the end), not a whole chunk's.
-        let want = found.meta.len.saturating_sub(offset) as usize + PAGE_SIZE;
-        let buf_len = want.min(chunk_size);
-        let (f, buf, bad, (whole_id, hashes)) = tokio::task::spawn_blocking({
-            let path = abs.clone();
-            let rel = found.rel.clone();
-            move || -> anyhow::Result<ReadBuffer> {
-                let mut buf = read_up_to(&mut file, buf_len).with_context(|| format!("cannot read {}", path.display()))?;
-                let bad = match segno {
-                    Some(segno) => check_pages(&file, &rel, segno, offset, &mut buf, start_lsn),
-                    None => Vec::new(),
-                };
-                let hashes = increment::hash_buffer(&buf, relation);
-                Ok((file, buf, bad, hashes))
-            }
+        let buf_len = if offset < len { ((len - offset) as usize + PAGE_SIZE).min(chunk_size) } else { chunk_size };
+        let (file, path, rel) = (file.clone(), abs.clone(), found.rel.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<ReadBuffer> {
+            let mut buf = pread_up_to(&file, offset, buf_len).with_context(|| format!("cannot read {}", path.display()))?;
+            let bad = match segno {
+                Some(segno) => check_pages(&file, &rel, segno, offset, &mut buf, start_lsn),
+                None => Vec::new(),
+            };
+            let hashes = increment::hash_buffer(&buf, relation);
+            Ok(ReadBuffer { offset, buf_len, buf, bad, hashes })
         })
-        .await
-        .expect("read task panicked")?;
-        file = f;
+    };
+    let mut reads = futures::stream::FuturesOrdered::new();
+    let mut next_offset = 0u64;
+    loop {
+        // Keep READ_AHEAD reads going up to the size the file had in the walk; past it (the file grew), one.
+        while reads.len() < READ_AHEAD && (next_offset <= len || reads.is_empty()) {
+            reads.push_back(read_at(next_offset));
+            next_offset += chunk_size as u64;
+        }
+        let Some(read) = futures::StreamExt::next(&mut reads).await else { break };
+        let ReadBuffer { offset, buf_len, buf, bad, hashes: (whole_id, hashes) } = read.expect("read task panicked")?;
         if !bad.is_empty() {
             for b in &bad {
                 warn!(file = %b.path, block = b.block, "page checksum mismatch");
@@ -683,20 +700,40 @@ async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Resul
                 }
             }
         }
-        offset += n as u64;
         if n < buf_len {
+            // The end of the file; reads already started past it are dropped.
             break;
         }
     }
     Ok(Some(entry_for(found, pieces, page_hashes)))
 }
 
-/// Reads up to `len` bytes (fewer only at the end of the file). `read_to_end` on a `File` reads into the
-/// buffer's spare capacity without zeroing it first, which a `vec![0; len]` per chunk did.
-fn read_up_to(file: &mut File, len: usize) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut buf = Vec::with_capacity(len);
-    file.take(len as u64).read_to_end(&mut buf)?;
+/// Reads up to `len` bytes at `offset` (fewer only at the end of the file) into a new buffer, without
+/// zeroing it first, and with room after them for the message header the chunk becomes, so sending it
+/// does not copy it.
+fn pread_up_to(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len + MESSAGE_ROOM);
+    while buf.len() < len {
+        let have = buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..len - have];
+        let at = (offset + have as u64) as libc::off_t;
+        // SAFETY: pread writes at most `spare.len()` bytes into memory the vector owns and returns how
+        // many it wrote; only those are added to the vector's length below.
+        let n = unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        // SAFETY: the `n` bytes after the current length were just written by pread.
+        unsafe { buf.set_len(buf.len() + n as usize) };
+    }
     Ok(buf)
 }
 

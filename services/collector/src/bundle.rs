@@ -34,7 +34,7 @@ impl Bundler {
                 Some(o) if o.buf.len() + bytes.len() > self.capacity => open.take(),
                 _ => None,
             };
-            let o = open.get_or_insert_with(|| Open { number: table.reserve(), buf: Vec::with_capacity(self.capacity) });
+            let o = open.get_or_insert_with(|| Open { number: table.reserve(), buf: Vec::with_capacity(self.capacity + crate::backup::MESSAGE_ROOM) });
             let at = (o.number, o.buf.len() as u32);
             o.buf.extend_from_slice(bytes);
             (at, full)

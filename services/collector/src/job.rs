@@ -187,16 +187,16 @@ impl Job {
             };
             self.bus.publish_work(Queue::Upload, Bytes::from(encode(&UploadWork::Chunk(msg)))).await
         } else {
-            let msg = PlainChunk {
+            let header = PlainChunk {
                 version: FORMAT_VERSION,
                 job: self.id.clone(),
                 stanza: self.stanza.clone(),
                 id,
                 dedup,
                 compress_level: self.compress_level,
-                data,
+                data_len: 0,
             };
-            self.bus.publish_work(Queue::Seal, Bytes::from(encode(&msg))).await
+            self.bus.publish_work(Queue::Seal, Bytes::from(strata_messages::encode_plain_chunk(header, data))).await
         };
         if let Err(e) = published {
             let mut s = self.state.lock().expect("job state");

@@ -1,6 +1,6 @@
 //! The sealer: compresses (and, once repository encryption lands, encrypts) chunks.
 //!
-//! Consumes [`PlainChunk`]s from the `Seal` work queue and publishes [`SealedChunk`]s on the `Upload` queue.
+//! Consumes [`strata_messages::PlainChunk`]s from the `Seal` work queue and publishes [`SealedChunk`]s on the `Upload` queue.
 //! It acknowledges its input only after the bus confirmed the output, so a sealer killed at any point loses
 //! nothing: the unacknowledged chunk is redelivered to another worker. It never touches the repository and
 //! holds no state between chunks, so any number of sealers can run on any hosts.
@@ -13,7 +13,7 @@ use bytes::Bytes;
 use std::future::Future;
 use std::sync::Arc;
 use strata_bus::{Bus, Delivery, Queue};
-use strata_messages::{decode, encode, PlainChunk, SealedChunk, UploadWork, FORMAT_VERSION};
+use strata_messages::{encode, SealedChunk, UploadWork, FORMAT_VERSION};
 use strata_seal::Sealer;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -57,15 +57,15 @@ async fn seal_one(bus: &dyn Bus, sealer: &Arc<Sealer>, delivery: Box<dyn Deliver
     let payload: Bytes = delivery.payload().clone();
     let sealer = sealer.clone();
     let sealed = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-        let chunk = decode::<PlainChunk>(&payload).map_err(|e| e.to_string())?;
-        let body = sealer.seal(chunk.data.as_slice(), i32::from(chunk.compress_level));
+        let (chunk, data) = strata_messages::decode_plain_chunk(&payload).map_err(|e| e.to_string())?;
+        let body = sealer.seal(data, i32::from(chunk.compress_level));
         let out = SealedChunk {
             version: FORMAT_VERSION,
             job: chunk.job.to_string(),
             stanza: chunk.stanza.to_string(),
             id: chunk.id,
             dedup: chunk.dedup,
-            raw_len: chunk.data.len() as u32,
+            raw_len: data.len() as u32,
             sealed: body,
         };
         Ok(encode(&UploadWork::Chunk(out)))

@@ -54,7 +54,12 @@ impl ChunkRef {
     }
 }
 
-/// A plain chunk on its way to the sealer (collector or archive-push -> sealer).
+/// A plain chunk on its way to the sealer (collector or archive-push -> sealer): the chunk's bytes, then
+/// this header archived, then the header's length as 4 little-endian bytes ([`encode_plain_chunk`]).
+///
+/// The one message that is not a plain rkyv archive, because it carries every byte a backup reads:
+/// archiving the bytes inside the message would copy them (a megabyte per chunk), while appending the
+/// header to the buffer they were read into copies nothing.
 #[derive(Archive, Serialize, Deserialize, Debug)]
 pub struct PlainChunk {
     pub version: u16,
@@ -66,7 +71,36 @@ pub struct PlainChunk {
     pub dedup: bool,
     /// zstd level requested by the job's owner.
     pub compress_level: i8,
-    pub data: Vec<u8>,
+    /// Length of the chunk's bytes, which precede the header.
+    pub data_len: u32,
+}
+
+/// Bytes a plain chunk message adds to its data at most (beyond the job and stanza names): reserve this
+/// much spare capacity in a chunk's buffer and [`encode_plain_chunk`] does not reallocate it.
+pub const PLAIN_CHUNK_OVERHEAD: usize = 128;
+
+/// Builds a [`PlainChunk`] message in `data`'s own buffer (see there). `header.data_len` is set here.
+pub fn encode_plain_chunk(mut header: PlainChunk, mut data: Vec<u8>) -> Vec<u8> {
+    header.data_len = data.len() as u32;
+    let archived = encode(&header);
+    data.reserve_exact(archived.len() + 4);
+    data.extend_from_slice(&archived);
+    data.extend_from_slice(&(archived.len() as u32).to_le_bytes());
+    data
+}
+
+/// Splits a [`PlainChunk`] message into its header, validated in place, and the chunk's bytes (borrowed).
+pub fn decode_plain_chunk(bytes: &[u8]) -> Result<(&ArchivedPlainChunk, &[u8]), DecodeError> {
+    let malformed = |reason: &str| DecodeError::Malformed { what: "plain chunk", reason: reason.into() };
+    let n = bytes.len();
+    let tail: [u8; 4] = bytes.get(n.saturating_sub(4)..).and_then(|t| t.try_into().ok()).ok_or_else(|| malformed("too short"))?;
+    let header_len = u32::from_le_bytes(tail) as usize;
+    let header_start = (n - 4).checked_sub(header_len).ok_or_else(|| malformed("header length past the start"))?;
+    let header = decode::<PlainChunk>(&bytes[header_start..n - 4])?;
+    if header.data_len.to_native() as usize != header_start {
+        return Err(malformed("data length does not match the message"));
+    }
+    Ok((header, &bytes[..header_start]))
 }
 
 /// What the uploaders' queue carries.
@@ -316,43 +350,44 @@ pub fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn plain_chunk_round_trips_at_any_offset_without_copying() {
-        let msg = PlainChunk {
-            version: FORMAT_VERSION,
+    fn header(version: u16) -> PlainChunk {
+        PlainChunk {
+            version,
             job: "j".into(),
             stanza: "main".into(),
             id: [7; 32],
             dedup: true,
             compress_level: 1,
-            data: vec![42; 10_000],
-        };
-        let bytes = encode(&msg);
+            data_len: 0,
+        }
+    }
+
+    #[test]
+    fn plain_chunk_is_built_in_the_data_buffer_and_read_at_any_offset() {
+        let mut data = Vec::with_capacity(10_000 + PLAIN_CHUNK_OVERHEAD + 16);
+        data.resize(10_000, 42);
+        let at = data.as_ptr();
+        let bytes = encode_plain_chunk(header(FORMAT_VERSION), data);
+        assert_eq!(bytes.as_ptr(), at, "the data must not move");
         for offset in 0..4 {
             let mut shifted = vec![0u8; offset];
             shifted.extend_from_slice(&bytes);
-            let a = decode::<PlainChunk>(&shifted[offset..]).unwrap();
-            assert_eq!(a.data.len(), 10_000);
-            let data_ptr = a.data.as_slice().as_ptr() as usize;
-            let buf = shifted.as_ptr() as usize;
-            assert!(data_ptr >= buf && data_ptr < buf + shifted.len(), "payload must be borrowed");
+            let (h, d) = decode_plain_chunk(&shifted[offset..]).unwrap();
+            assert_eq!((h.data_len.to_native(), d.len()), (10_000, 10_000));
+            assert!(d.iter().all(|&b| b == 42));
+            assert_eq!(h.stanza.as_str(), "main");
         }
     }
 
     #[test]
     fn wrong_version_and_garbage_are_refused() {
-        let mut msg = PlainChunk {
-            version: FORMAT_VERSION + 1,
-            job: String::new(),
-            stanza: String::new(),
-            id: [0; 32],
-            dedup: false,
-            compress_level: 1,
-            data: vec![],
-        };
-        assert!(matches!(decode::<PlainChunk>(&encode(&msg)), Err(DecodeError::Version { .. })));
-        msg.version = FORMAT_VERSION;
-        let bytes = encode(&msg);
-        assert!(decode::<PlainChunk>(&bytes[..bytes.len() / 2]).is_err());
+        let bytes = encode_plain_chunk(header(FORMAT_VERSION + 1), vec![1, 2, 3]);
+        assert!(matches!(decode_plain_chunk(&bytes), Err(DecodeError::Version { .. })));
+        let bytes = encode_plain_chunk(header(FORMAT_VERSION), vec![1, 2, 3]);
+        assert!(decode_plain_chunk(&bytes).is_ok());
+        for cut in [0, 2, 5, bytes.len() / 2, bytes.len() - 1] {
+            assert!(decode_plain_chunk(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(decode_plain_chunk(&bytes[cut..]).is_err() || cut == 0, "cut at {cut}");
+        }
     }
 }
