@@ -1,32 +1,43 @@
 #!/usr/bin/env bash
-# bench-full.sh: full backup and restore, Strata against pgBackRest, on one pgbench database, in one run.
+# bench-full.sh: full backup and restore, Strata against pgBackRest, plus pg_basebackup's fastest compressed mode
+# (backup only), on one database, in one run.
 #
-#   sudo loadtest/bench-full.sh                                   # scale 100, 3 reps, single-host bus
+#   sudo loadtest/bench-full.sh                                   # pgbench scale 100, 3 reps, single-host bus
+#   sudo DATASET=oltp loadtest/bench-full.sh                      # the ~1.5 GB OLTP table mix (zstd ~2.4x)
 #   sudo SCALE=10 REPS=1 loadtest/bench-full.sh                   # quick check (~1 min)
+#   sudo DATASET=oltp OLTP_MB=150 REPS=1 loadtest/bench-full.sh   # quick check of the OLTP dataset
 #   sudo REUSE=1 STRATA_BUS=nats:// loadtest/bench-full.sh        # services over a local nats-server
+#   sudo REUSE=1 LIMITS=1 loadtest/bench-full.sh                  # also measure disk and zstd limits (limits.sh)
 #
-# Runs as root; PostgreSQL and both tools run as the `postgres` OS user. Self-contained: needs PostgreSQL 15
-# (/usr/lib/postgresql/15/bin), pgbackrest, /usr/bin/time and, for STRATA_BUS=nats://..., nats-server 2.10+
-# at /opt/strata-tools/bin/nats-server (scripts/install-deps.sh installs all of them).
+# Runs as root; PostgreSQL and the tools run as the `postgres` OS user. Needs PostgreSQL 15
+# (/usr/lib/postgresql/15/bin), pgbackrest, /usr/bin/time, zstd (LIMITS=1) and, for STRATA_BUS=nats://...,
+# nats-server 2.10+ at /opt/strata-tools/bin/nats-server (scripts/install-deps.sh installs all of them). Sources
+# loadtest/lib.sh (dataset and NATS helpers), which reads loadtest/oltp.sql for DATASET=oltp.
 #
 # What it does (loadtest/README.md has the details and how to read the numbers):
-#   1. Creates a PostgreSQL 15 cluster (initdb -k) in $BENCH_DIR/pgdata and loads pgbench -i -s $SCALE, or reuses
-#      it with REUSE=1 when it was made at the same scale. The cluster's archive_command is a wrapper that runs
-#      `strata archive-push` and then `pgbackrest archive-push` (both must succeed), so either tool's backup
-#      finds its WAL in its own repository.
-#   2. For each rep: wipes the Strata repository, stanza-create, timed `strata backup`; wipes the pgBackRest
-#      repository, stanza-create, timed `pgbackrest backup --type=full`; timed restore of each into an empty
-#      directory (removed afterwards). Every measurement is preceded by `sync` and a $PAUSE s pause.
-#   3. Appends one row per measurement to $BENCH_DIR/results.tsv and prints a table of medians and the
-#      Strata/pgBackRest ratios.
+#   1. Creates a PostgreSQL 15 cluster (initdb -k) in $BENCH_DIR/pgdata and loads the dataset (pgbench -i -s
+#      $SCALE, or loadtest/oltp.sql for about $OLTP_MB MB), or reuses it with REUSE=1 when it holds the same
+#      dataset. The cluster's archive_command is a wrapper that runs `strata archive-push` and then
+#      `pgbackrest archive-push` (both must succeed), so either tool's backup finds its WAL in its own repository.
+#   2. With LIMITS=1, runs loadtest/limits.sh: disk read MB/s (O_DIRECT) and zstd -1 MB/s on one core on the
+#      largest table's heap file.
+#   3. For each rep: wipes the Strata repository, stanza-create, timed `strata backup`; wipes the pgBackRest
+#      repository, stanza-create, timed `pgbackrest backup --type=full`; timed `pg_basebackup -Ft
+#      --compress=server-zstd:level=1,workers=2` into an empty directory (removed afterwards); timed restore of
+#      Strata's and pgBackRest's backups into empty directories (removed afterwards). Every measurement is
+#      preceded by `sync` and a $PAUSE s pause.
+#   4. Appends one row per measurement to $BENCH_DIR/results.tsv and prints a table of medians, the ratios, and
+#      the issue's targets with PASS/FAIL (summary-<run_id>.txt, and key=value lines in summary-<run_id>.kv).
 # Everything it starts (PostgreSQL, nats-server, the Strata services, the top sampler) is stopped at exit by pid.
 #
 # Env knobs:
-#   BENCH_DIR      work directory (default /tmp/strata-loadtest)
-#   SCALE          pgbench scale (default 100, about 1.5 GB)
-#   PGPORT         PostgreSQL port; it listens on a Unix socket in $BENCH_DIR/run only (default 55433)
+#   DATASET        pgbench (default) or oltp
+#   BENCH_DIR      work directory (default /tmp/strata-loadtest; DATASET=oltp: /tmp/strata-loadtest-oltp)
+#   SCALE          pgbench scale (default 100, about 1.6 GB)
+#   OLTP_MB        DATASET=oltp: database size in MB (10^6 bytes) to generate (default 1500)
+#   PGPORT         PostgreSQL port; it listens on a Unix socket in $BENCH_DIR/run only (default 55433; oltp 55435)
 #   REPS           measurements per tool and operation (default 3)
-#   REUSE          1: keep the existing cluster in $BENCH_DIR when it was loaded at the same SCALE (default 0)
+#   REUSE          1: keep the existing cluster in $BENCH_DIR when it holds the same dataset (default 0)
 #   STRATA_BIN     directory holding strata, strata-collector, strata-sealer, strata-uploader
 #                  (default: `cargo build --release --bins` in this repository, then its target/release;
 #                  CARGO_TARGET_DIR is honoured)
@@ -39,18 +50,24 @@
 #   PGBR_COMPRESS  pgBackRest compress-type (default zst)
 #   PGBR_LEVEL     pgBackRest compress-level (default 1)
 #   PROCESS_MAX    pgBackRest process-max, for backup and restore (default 2)
+#   PGBB           1: measure pg_basebackup too (default 1)
+#   PGBB_COMPRESS  pg_basebackup --compress (default server-zstd:level=1,workers=2)
+#   PGBB_WAL       pg_basebackup -X: stream (default) or fetch
+#   LIMITS         1: run limits.sh before the reps and put its figures into the summary (default 0)
 #   PAUSE          seconds to wait after `sync` before each measurement (default 3)
 #   TOP_INTERVAL   seconds between top samples (0.5 s each) taken during every backup (default 1; 0 = off)
 #   SHARED_BUFFERS PostgreSQL shared_buffers (default 512MB)
 #   KEEP_REPOS     1: leave the last rep's repositories in place at exit (default 1)
+#   KV_OUT         also copy the summary's key=value lines to this file (bench-all.sh uses it)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO_ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 
-BENCH_DIR=${BENCH_DIR:-/tmp/strata-loadtest}
+dataset_defaults # DATASET, OLTP_MB, and the BENCH_DIR and PGPORT defaults of the dataset
 SCALE=${SCALE:-100}
-PGPORT=${PGPORT:-55433}
 REPS=${REPS:-3}
 REUSE=${REUSE:-0}
 STRATA_BIN=${STRATA_BIN:-}
@@ -63,6 +80,11 @@ PAUSE=${PAUSE:-3}
 TOP_INTERVAL=${TOP_INTERVAL:-1}
 SHARED_BUFFERS=${SHARED_BUFFERS:-512MB}
 KEEP_REPOS=${KEEP_REPOS:-1}
+PGBB=${PGBB:-1}
+PGBB_COMPRESS=${PGBB_COMPRESS:-server-zstd:level=1,workers=2}
+PGBB_WAL=${PGBB_WAL:-stream}
+LIMITS=${LIMITS:-0}
+KV_OUT=${KV_OUT:-}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 NATS_SERVER=${NATS_SERVER:-/opt/strata-tools/bin/nats-server}
 
@@ -78,6 +100,7 @@ BR=$BENCH_DIR/pgbackrest
 BRCONF=$BR/pgbackrest.conf
 BRREPO=$BR/repo
 RESTORE=$BENCH_DIR/restore
+PGBB_OUT=$BENCH_DIR/basebackup
 NATSDIR=$BENCH_DIR/nats
 RESULTS=$BENCH_DIR/results.tsv
 RUN_ID=$(date -u +%Y%m%dT%H%M%SZ)
@@ -101,6 +124,8 @@ for n in REPS SCALE PGPORT PROCESS_MAX TOP_INTERVAL; do
     [[ ${!n} =~ ^[0-9]+$ ]] || die "$n must be a number, not '${!n}'"
 done
 ((REPS >= 1)) || die "REPS must be at least 1"
+case $PGBB_WAL in stream | fetch) ;; *) die "PGBB_WAL must be stream or fetch, not '$PGBB_WAL'" ;; esac
+dataset_setup
 case $BUS_KNOB in
 local) NATS_MODE=0 ;;
 nats://*) NATS_MODE=1
@@ -188,16 +213,6 @@ sampler_stop() {
     SAMPLER_PID=""
 }
 
-services_stop() {
-    local i pid
-    for ((i = ${#SERVICE_PIDS[@]} - 1; i >= 0; i--)); do
-        pid=${SERVICE_PIDS[$i]}
-        stop_pid "$pid" "${SERVICE_OF[$pid]}"
-    done
-    SERVICE_PIDS=()
-    SERVICE_OF=()
-}
-
 cleanup() {
     local rc=$?
     set +e
@@ -206,7 +221,7 @@ cleanup() {
     pg_stop
     services_stop
     [[ -n $NATS_PID ]] && stop_pid "$NATS_PID" nats-server
-    rm -rf "$RESTORE"
+    rm -rf "$RESTORE" "$PGBB_OUT"
     if [[ $KEEP_REPOS != 1 ]]; then rm -rf "$SREPO" "$BRREPO"; fi
     exit "$rc"
 }
@@ -263,11 +278,12 @@ EOF
     chown postgres:postgres "$PGDATA/loadtest.conf"
 }
 
-if [[ $REUSE == 1 && -f $PGDATA/PG_VERSION && -f $BENCH_DIR/scale && $(cat "$BENCH_DIR/scale") == "$SCALE" ]]; then
-    log "REUSE=1: reusing the scale-$SCALE cluster in $PGDATA"
+if [[ $REUSE == 1 ]] && dataset_reusable; then
+    log "REUSE=1: reusing the $DATASET_DESC cluster in $PGDATA"
 else
-    [[ $REUSE == 1 ]] && log "REUSE=1 but no scale-$SCALE cluster in $PGDATA: creating one"
-    rm -rf "$PGDATA" "$BENCH_DIR/scale"
+    [[ $REUSE == 1 ]] && log "REUSE=1 but no $DATASET_DESC cluster in $PGDATA: creating one"
+    rm -rf "$PGDATA"
+    dataset_forget
     log "initdb -k $PGDATA"
     as_pg "$PGBIN/initdb" -D "$PGDATA" -k -U postgres --auth=trust -E UTF8 --locale=C >"$LOGDIR/initdb.log"
     printf "\ninclude_if_exists = 'loadtest.conf'\n" >>"$PGDATA/postgresql.conf"
@@ -275,65 +291,14 @@ else
     write_pg_conf /bin/true
     pg_start
     psql_q "CREATE DATABASE bench"
-    log "pgbench -i -s $SCALE"
-    t0=$(date +%s.%N)
-    as_pg "$PGBIN/pgbench" -i -s "$SCALE" -h "$PGSOCK" -p "$PGPORT" -U postgres bench >"$LOGDIR/pgbench-init.log" 2>&1 ||
-        { tail -20 "$LOGDIR/pgbench-init.log" >&2; die "pgbench -i failed"; }
-    log "pgbench -i took $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}') s"
+    dataset_load
     psql_q "CHECKPOINT"
     pg_stop
-    echo "$SCALE" >"$BENCH_DIR/scale"
+    dataset_mark
 fi
 
 # ------------------------------------------------------------------------------------------------ bus
-BUS_URL=local
-free_port() {
-    local p used
-    used=$(ss -Htan 2>/dev/null | awk '{n = split($4, a, ":"); print a[n]}' | sort -u)
-    for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 30000))
-        grep -qx "$p" <<<"$used" || { echo "$p"; return 0; }
-    done
-    die "no free loopback port found"
-}
-nats_ready() { # the server greets a client with an INFO line that says whether JetStream is on
-    local fd line=""
-    { exec {fd}<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 1
-    read -r -t 2 line <&"$fd" || true
-    exec {fd}>&-
-    [[ $line == INFO* && $line == *'"jetstream":true'* ]]
-}
-if ((NATS_MODE)); then
-    rm -rf "$NATSDIR"
-    mkdir -p "$NATSDIR/js"
-    chown -R postgres:postgres "$NATSDIR"
-    NATS_PORT=$(free_port)
-    cat >"$NATSDIR/nats-server.conf" <<EOF
-# Written by loadtest/bench-full.sh; follows deploy/nats/nats-server.conf where it matters to Strata.
-listen: 127.0.0.1:$NATS_PORT
-server_name: strata-loadtest
-max_payload: 8MB
-max_pending: 64MB
-jetstream {
-    store_dir: $NATSDIR/js
-    max_memory_store: 64MB
-}
-EOF
-    chmod 644 "$NATSDIR/nats-server.conf"
-    setpriv --reuid=postgres --regid=postgres --init-groups \
-        "$NATS_SERVER" -c "$NATSDIR/nats-server.conf" >"$LOGDIR/nats-server.log" 2>&1 &
-    NATS_PID=$!
-    for ((i = 0; i < 300; i++)); do
-        nats_ready "$NATS_PORT" && break
-        kill -0 "$NATS_PID" 2>/dev/null || { tail -20 "$LOGDIR/nats-server.log" >&2; die "nats-server exited"; }
-        sleep 0.1
-    done
-    nats_ready "$NATS_PORT" || die "nats-server not ready on 127.0.0.1:$NATS_PORT after 30 s"
-    BUS_URL=nats://127.0.0.1:$NATS_PORT
-    log "nats-server $("$NATS_SERVER" --version 2>&1 | head -1) pid $NATS_PID on $BUS_URL"
-fi
-# The binaries also read STRATA_BUS: make it say what the config says (the knob's URL is only a mode switch).
-export STRATA_BUS=$BUS_URL
+bus_start # NATS mode: nats-server on a free loopback port (lib.sh); sets BUS_URL and exports STRATA_BUS
 
 cat >"$CFG" <<EOF
 # Written by loadtest/bench-full.sh.
@@ -403,37 +368,7 @@ pg_start
 [[ $(psql_q "SHOW archive_command") == "$BIN/archive-push-strata-pgbackrest.sh %p" ]] || die "archive_command was not applied"
 
 # ------------------------------------------------------------------------------------------------ services
-service_start() { # service_start NAME: one Strata service as postgres, up once it logs "running"
-    local name=$1 pid i
-    setpriv --reuid=postgres --regid=postgres --init-groups env HOME=/var/lib/postgresql \
-        "$BIN/$name" --config "$CFG" >>"$LOGDIR/$name.log" 2>&1 &
-    pid=$!
-    SERVICE_PIDS+=("$pid")
-    SERVICE_OF[$pid]=$name
-    for ((i = 0; i < 300; i++)); do
-        grep -q "running" <(tail -n 5 "$LOGDIR/$name.log") && break
-        kill -0 "$pid" 2>/dev/null || { tail -20 "$LOGDIR/$name.log" >&2; die "$name exited at start"; }
-        sleep 0.1
-    done
-    grep -q "running" "$LOGDIR/$name.log" || die "$name did not report running within 30 s (log $LOGDIR/$name.log)"
-}
-# The uploader keeps the repository's chunk index in memory from its first lookup on, so after the repository
-# is wiped the services are restarted (which also resets their peak RSS).
-services_restart() {
-    ((NATS_MODE)) || return 0
-    services_stop
-    local s
-    for s in strata-collector strata-sealer strata-uploader; do
-        echo "----- $(date -u +%FT%TZ) start" >>"$LOGDIR/$s.log"
-        service_start "$s"
-    done
-    log "services: $(for p in "${SERVICE_PIDS[@]}"; do printf '%s=%s ' "${SERVICE_OF[$p]}" "$p"; done)"
-}
-services_reset_hwm() { # peak RSS counted from now on (clear_refs 5 resets VmHWM)
-    local p
-    for p in "${SERVICE_PIDS[@]}" $NATS_PID; do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || true; done
-}
-hwm_kb() { awk '/^VmHWM:/{print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# service_start, services_restart, services_stop, services_reset_hwm, hwm_kb: lib.sh
 
 # ------------------------------------------------------------------------------------------------ measuring
 # WAL is only written by the backups themselves here; before a repository is wiped, the archiver must be idle
@@ -639,6 +574,32 @@ pgbr_backup() { # pgbr_backup REP
     if ((RC == 0)) && [[ -n $label ]]; then BACKUP_OK=1; fi
 }
 
+# pgbb_backup REP: pg_basebackup -Ft with $PGBB_COMPRESS into an empty directory, removed afterwards. It writes a
+# tar (compressed by the server's walsender, with zstd's own threads) plus pg_wal.tar (-X stream: streamed over a
+# second connection, not compressed) and a backup_manifest, and fsyncs them. Unlike the other two it does not
+# wait for the archiver (it carries its WAL itself); the archiver still pushes the segment its stop switched to.
+pgbb_backup() {
+    local rep=$1 payload out note files
+    wait_archive_idle
+    rm -rf "$PGBB_OUT"
+    mkdir -p "$PGBB_OUT"; chmod 700 "$PGBB_OUT"; chown postgres:postgres "$PGBB_OUT"
+    payload=$(db_bytes)
+    SAMPLE_AS="pg_basebackup-backup-$rep"
+    run_timed "pg_basebackup-backup-$rep" "$PGBIN/pg_basebackup" -h "$PGSOCK" -p "$PGPORT" -U postgres -D "$PGBB_OUT" \
+        -Ft -X "$PGBB_WAL" --checkpoint=fast --compress="$PGBB_COMPRESS"
+    wait_archive_idle
+    out=$(du_bytes "$PGBB_OUT")
+    files=$(find "$PGBB_OUT" -type f -printf '%P:%s,' | sed 's/,$//')
+    if ((RC == 0)) && [[ ! -f $PGBB_OUT/backup_manifest ]]; then
+        log "pg_basebackup left no backup_manifest in $PGBB_OUT"
+        RC=99; FAILURES=$((FAILURES + 1))
+    fi
+    top_report "pg_basebackup-backup-$rep"
+    note="-Ft -X $PGBB_WAL --checkpoint=fast --compress=$PGBB_COMPRESS files=${files:--} $TOP_NOTE"
+    record pg_basebackup backup "$rep" 0 "$out" "$payload" "$note"
+    rm -rf "$PGBB_OUT"
+}
+
 restore_one() { # restore_one TOOL REP PAYLOAD
     local tool=$1 rep=$2 payload=$3 dir size ok=yes
     dir=$(new_restore_dir "$tool")
@@ -672,34 +633,73 @@ strata check >"$LOGDIR/strata-check.log" 2>&1 || { cat "$LOGDIR/strata-check.log
 pgbr check >"$LOGDIR/pgbackrest-check.log" 2>&1 || { cat "$LOGDIR/pgbackrest-check.log" >&2; die "pgbackrest check failed"; }
 
 PAYLOAD=$(db_bytes)
-log "run $RUN_ID: scale $SCALE, payload $PAYLOAD bytes (sum of pg_database_size), $REPS reps, bus $BUS_URL"
+log "run $RUN_ID: $DATASET_DESC, payload $PAYLOAD bytes (sum of pg_database_size), $REPS reps, bus $BUS_URL"
 {
     echo "run_id=$RUN_ID"
+    echo "dataset=$DATASET_ID"
     echo "scale=$SCALE"
     echo "payload_bytes=$PAYLOAD"
     echo "data_dir_bytes=$(du_bytes "$PGDATA")"
     echo "strata=$STRATA_VERSION ($STRATA_BIN, built $(date -u -r "$STRATA_BIN/strata" +%FT%TZ))"
     echo "source=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO_ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo ' (uncommitted changes)')"
     echo "pgbackrest=$PGBR_VERSION compress=$PGBR_COMPRESS:$PGBR_LEVEL process-max=$PROCESS_MAX"
+    ((PGBB)) && echo "pg_basebackup=$("$PGBIN/pg_basebackup" --version) -Ft -X $PGBB_WAL --checkpoint=fast --compress=$PGBB_COMPRESS"
     echo "bus=$BUS_URL pipeline: $(for k in "${PIPELINE_KEYS[@]}"; do printf '%s=%s ' "$k" "${PIPE[$k]}"; done)"
     echo "cpus=$(nproc) mem_kb=$(awk '/MemTotal/{print $2}' /proc/meminfo)"
 } >"$BENCH_DIR/run-$RUN_ID.info"
+
+# Machine limits, next to the figures: disk read (O_DIRECT) in $BENCH_DIR, zstd -1 on one core on the largest
+# table's first heap segment.
+LIMITS_FILE=""
+if [[ $LIMITS == 1 ]]; then
+    read -r heap_table heap_file <<<"$(dataset_heap_file)"
+    LIMITS_FILE=$BENCH_DIR/limits-$RUN_ID.txt
+    log "limits.sh: disk in $BENCH_DIR/limits, zstd -1 on $heap_table ($heap_file)"
+    LIMITS_DIR=$BENCH_DIR/limits LIMITS_OUT=$LIMITS_FILE "$HERE/limits.sh" "$DATASET=$heap_file" >/dev/null 2>"$LOGDIR/limits-$RUN_ID.log" ||
+        { tail -5 "$LOGDIR/limits-$RUN_ID.log" >&2; die "limits.sh failed (log $LOGDIR/limits-$RUN_ID.log)"; }
+    echo "heap_table=$heap_table" >>"$LIMITS_FILE"
+    rmdir "$BENCH_DIR/limits" 2>/dev/null || true
+fi
 
 for rep in $(seq 1 "$REPS"); do
     log "---- rep $rep/$REPS"
     strata_backup "$rep"; s_ok=$BACKUP_OK
     pgbr_backup "$rep"; p_ok=$BACKUP_OK
+    if ((PGBB)); then pgbb_backup "$rep"; fi
     if ((s_ok)); then restore_one strata "$rep" "$PAYLOAD"; else log "strata restore #$rep skipped: no backup"; fi
     if ((p_ok)); then restore_one pgbackrest "$rep" "$PAYLOAD"; else log "pgbackrest restore #$rep skipped: no backup"; fi
 done
 
 # ------------------------------------------------------------------------------------------------ report
+# The table of medians, the ratios, and the issue's targets (stated for single-host mode) with PASS/FAIL; the same
+# figures as key=value lines in summary-<run_id>.kv (bench-all.sh combines those).
 SUMMARY=$BENCH_DIR/summary-$RUN_ID.txt
-awk -F'\t' -v run="$RUN_ID" '
+KV=$BENCH_DIR/summary-$RUN_ID.kv
+{
+    echo "run_id=$RUN_ID"
+    echo "script=bench-full.sh"
+    echo "dataset=$DATASET"
+    echo "dataset_desc=$DATASET_DESC"
+    echo "bus=$( ((NATS_MODE)) && echo nats || echo local)"
+    echo "payload_bytes=$PAYLOAD"
+    echo "reps=$REPS"
+    echo "pgbr=$PGBR_COMPRESS:$PGBR_LEVEL process-max=$PROCESS_MAX"
+    echo "pgbb=-Ft -X $PGBB_WAL --compress=$PGBB_COMPRESS"
+    echo "pipeline=$PIPE_DESC"
+} >"$KV"
+awk -F'\t' -v run="$RUN_ID" -v kv="$KV" -v mode="$( ((NATS_MODE)) && echo nats || echo local)" '
     function median(list,    n, a, i, j, t) {
         n = split(list, a, " ")
         for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
         return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    function target(what, key, v, op, lim, has,    ok, verdict) {
+        if (!has) { printf "  %-50s %7s  target %s %-5s  -\n", what, "-", (op == "le" ? "<=" : "in"), lim; print key "=" >> kv; print key "_verdict=-" >> kv; return }
+        if (op == "le") ok = v <= lim + 0
+        else { split(lim, r, "[.][.]"); ok = v >= r[1] + 0 && v <= r[2] + 0 }
+        verdict = ok ? "PASS" : "FAIL"
+        printf "  %-50s %7.3f  target %s %-5s  %s\n", what, v, (op == "le" ? "<=" : "in"), lim, verdict
+        printf "%s=%.3f\n%s_verdict=%s\n", key, v, key, verdict >> kv
     }
     NR == 1 || $1 != run || $6 != 0 { if (NR > 1 && $1 == run && $6 != 0) failed[$3 "|" $4]++; next }
     {
@@ -711,31 +711,58 @@ awk -F'\t' -v run="$RUN_ID" '
         if ($7 + 0 > mx[k]) mx[k] = $7 + 0
     }
     END {
-        printf "%-10s %-8s %4s %9s %9s %9s %8s %13s %15s\n", "tool", "op", "n", "median_s", "min_s", "max_s", "MB/s", "peak_rss_MiB", "repo_bytes"
+        printf "%-13s %-8s %3s %9s %9s %9s %8s %13s %15s %6s\n", "tool", "op", "n", "median_s", "min_s", "max_s", "MB/s", "peak_rss_MiB", "repo/out_bytes", "ratio"
         for (i = 1; i <= nk; i++) {
             k = order[i]; split(k, t, "|")
             w = median(wall[k]); p = median(pay[k]); mbs[k] = w > 0 ? p / 1e6 / w : 0; mw[k] = w
-            printf "%-10s %-8s %4d %9.2f %9.2f %9.2f %8.1f %13.1f %15s\n", t[1], t[2], n[k], w, mn[k], mx[k], mbs[k], rss[k] / 1024, \
-                t[2] == "backup" ? sprintf("%.0f", median(repo[k])) : "-"
-            if (t[2] == "backup") rb[t[1]] = median(repo[k])
+            ob = median(repo[k])
+            printf "%-13s %-8s %3d %9.2f %9.2f %9.2f %8.1f %13.1f %15s %6s\n", t[1], t[2], n[k], w, mn[k], mx[k], mbs[k], rss[k] / 1024, \
+                t[2] == "backup" ? sprintf("%.0f", ob) : "-", (t[2] == "backup" && ob > 0) ? sprintf("%.1fx", p / ob) : ""
+            if (t[2] == "backup") rb[t[1]] = ob
             rr[k] = rss[k]
+            printf "%s_%s_s=%.3f\n%s_%s_peak_rss_kb=%d\n", t[1], t[2], w, t[1], t[2], rss[k] >> kv
+            if (t[2] == "backup") printf "%s_backup_bytes=%.0f\n", t[1], ob >> kv
         }
-        for (k in failed) printf "FAILED: %s x%d (not in the medians)\n", k, failed[k]
+        for (k in failed) { printf "FAILED: %s x%d (not in the medians)\n", k, failed[k]; split(k, t, "|"); printf "%s_%s_failed=%d\n", t[1], t[2], failed[k] >> kv }
+        print "(ratio: database bytes / repository or output bytes; repositories include the WAL archived since stanza-create)"
         print ""
-        for (j = 1; j <= 2; j++) {
-            op = j == 1 ? "backup" : "restore"; s = "strata|" op; b = "pgbackrest|" op
-            if ((s in mw) && (b in mw) && mw[b] > 0 && mbs[b] > 0)
-                printf "strata/pgbackrest %-7s  time ratio %.2f   throughput ratio %.2f   peak RSS ratio %.2f\n", op, mw[s] / mw[b], mbs[s] / mbs[b], (rr[b] > 0 ? rr[s] / rr[b] : 0)
-        }
+        s = "strata|backup"; b = "pgbackrest|backup"; g = "pg_basebackup|backup"
+        if ((s in mw) && (b in mw) && mw[b] > 0)
+            printf "strata/pgbackrest    backup   time ratio %.2f   throughput ratio %.2f   peak RSS ratio %.2f\n", mw[s] / mw[b], mbs[s] / mbs[b], (rr[b] > 0 ? rr[s] / rr[b] : 0)
+        if ((s in mw) && (g in mw) && mw[g] > 0)
+            printf "strata/pg_basebackup backup   time ratio %.2f   throughput ratio %.2f\n", mw[s] / mw[g], mbs[s] / mbs[g]
+        s = "strata|restore"; b = "pgbackrest|restore"
+        if ((s in mw) && (b in mw) && mw[b] > 0)
+            printf "strata/pgbackrest    restore  time ratio %.2f   throughput ratio %.2f   peak RSS ratio %.2f\n", mw[s] / mw[b], mbs[s] / mbs[b], (rr[b] > 0 ? rr[s] / rr[b] : 0)
         if (("strata" in rb) && ("pgbackrest" in rb) && rb["pgbackrest"] > 0)
-            printf "strata/pgbackrest repo    size ratio %.2f\n", rb["strata"] / rb["pgbackrest"]
+            printf "strata/pgbackrest    repo     size ratio %.2f (%.0f / %.0f bytes)\n", rb["strata"] / rb["pgbackrest"], rb["strata"], rb["pgbackrest"]
+        print ""
+        printf "targets (the issue states them for single-host mode; this run: bus %s)%s\n", mode, (mode == "local" ? "" : ": shown for comparison only")
+        s = "strata|backup"; b = "pgbackrest|backup"; g = "pg_basebackup|backup"
+        target("backup time strata / pgbackrest", "ratio_backup_pgbr", ((s in mw) && (b in mw) && mw[b] > 0) ? mw[s] / mw[b] : 0, "le", "0.50", (s in mw) && (b in mw) && mw[b] > 0)
+        target("backup time strata / pg_basebackup", "ratio_backup_pgbb", ((s in mw) && (g in mw) && mw[g] > 0) ? mw[s] / mw[g] : 0, "le", "1.25", (s in mw) && (g in mw) && mw[g] > 0)
+        s = "strata|restore"; b = "pgbackrest|restore"
+        target("restore time strata / pgbackrest", "ratio_restore_pgbr", ((s in mw) && (b in mw) && mw[b] > 0) ? mw[s] / mw[b] : 0, "le", "0.80", (s in mw) && (b in mw) && mw[b] > 0)
+        target("repo size strata / pgbackrest (comparable compr.)", "ratio_repo", (("strata" in rb) && rb["pgbackrest"] > 0) ? rb["strata"] / rb["pgbackrest"] : 0, "in", "0.90..1.10", ("strata" in rb) && ("pgbackrest" in rb) && rb["pgbackrest"] > 0)
     }' "$RESULTS" >"$SUMMARY"
+if [[ -n $LIMITS_FILE && -s $LIMITS_FILE ]]; then
+    sed 's/^/limit_/' "$LIMITS_FILE" >>"$KV"
+    lim() { awk -F= -v k="$1" '$1 == k { sub(/^[^=]*=/, ""); print; exit }' "$LIMITS_FILE"; }
+    {
+        echo
+        echo "machine limits (limits.sh; MB = 10^6 bytes):"
+        echo "  disk: read O_DIRECT $(lim disk_read_direct_mb_s) MB/s, read from page cache $(lim cached_read_mb_s) MB/s, write O_DIRECT $(lim disk_write_direct_mb_s) MB/s"
+        echo "  zstd -1, one core, $(lim heap_table) heap (first $(( $(lim "zstd1_${DATASET}_file_bytes") / 1048576 )) MiB segment): $(lim "zstd1_${DATASET}_mb_s") MB/s in memory (zstd -b1, ratio $(lim "zstd1_${DATASET}_ratio")), $(lim "zstd1_${DATASET}_cli_mb_s") MB/s streaming (zstd -1 -T1, ratio $(lim "zstd1_${DATASET}_file_ratio")); decompression $(lim "zstd1_${DATASET}_dec_mb_s") MB/s"
+        awk -v p="$PAYLOAD" -v z="$(lim "zstd1_${DATASET}_mb_s")" -v c="$(nproc)" 'BEGIN { if (z > 0) printf "  compressing the %.0f MB payload at that rate takes %.2f s on one core, %.2f s on %d cores\n", p / 1e6, p / 1e6 / z, p / 1e6 / z / c, c }'
+    } >>"$SUMMARY"
+fi
 {
     echo
-    echo "== run $RUN_ID: scale $SCALE, payload $PAYLOAD bytes ($(awk -v p="$PAYLOAD" 'BEGIN{printf "%.0f", p / 1e6}') MB), $REPS reps, bus $BUS_URL, pipeline $PIPE_DESC; pgBackRest $PGBR_COMPRESS:$PGBR_LEVEL process-max $PROCESS_MAX"
+    echo "== run $RUN_ID: $DATASET_DESC, payload $PAYLOAD bytes ($(awk -v p="$PAYLOAD" 'BEGIN{printf "%.0f", p / 1e6}') MB), $REPS reps, bus $BUS_URL, pipeline $PIPE_DESC; pgBackRest $PGBR_COMPRESS:$PGBR_LEVEL process-max $PROCESS_MAX$( ((PGBB)) && echo "; pg_basebackup -Ft -X $PGBB_WAL --compress=$PGBB_COMPRESS")"
     cat "$SUMMARY"
     echo
-    echo "rows: $RESULTS (run_id $RUN_ID); logs: $LOGDIR"
+    echo "rows: $RESULTS (run_id $RUN_ID); key=value: $KV; logs: $LOGDIR"
 } | tee -a "$SUMMARY.tmp" >&2
 mv "$SUMMARY.tmp" "$SUMMARY"
+if [[ -n $KV_OUT ]]; then cp "$KV" "$KV_OUT"; fi
 ((FAILURES == 0)) || die "$FAILURES measurement(s) failed; see the logs above"

@@ -1,36 +1,46 @@
 #!/usr/bin/env bash
-# bench-incr.sh: incremental backups after a pgbench run, Strata against pgBackRest, on one pgbench database, in
+# bench-incr.sh: incremental backups after a fixed pgbench run, Strata against pgBackRest, on one database, in
 # one run.
 #
-#   sudo loadtest/bench-incr.sh                                   # scale 100, 2 reps, 10 s of pgbench
+#   sudo loadtest/bench-incr.sh                                   # pgbench scale 100, 2 reps, 10 s of pgbench
+#   sudo DATASET=oltp loadtest/bench-incr.sh                      # the ~1.5 GB OLTP mix, 10 s of oltp-churn.sql
 #   sudo SCALE=10 REPS=1 loadtest/bench-incr.sh                   # quick check (~1 min)
 #   sudo REUSE=1 CHURN_SECS=30 loadtest/bench-incr.sh             # keep the loaded cluster, more changes
+#   sudo REUSE=1 STRATA_BUS=nats:// loadtest/bench-incr.sh        # Strata's services over a local nats-server
 #
-# Runs as root; PostgreSQL and both tools run as the `postgres` OS user. Self-contained (its helpers are copied
-# from bench-full.sh, and it shares bench-full.sh's $BENCH_DIR layout, cluster and configs): needs PostgreSQL 15
+# Runs as root; PostgreSQL and both tools run as the `postgres` OS user. It shares bench-full.sh's $BENCH_DIR
+# layout, cluster and configs, and sources loadtest/lib.sh (dataset and NATS helpers). Needs PostgreSQL 15
 # (/usr/lib/postgresql/15/bin, with the pageinspect extension for the changed-page count), pgbackrest,
-# /usr/bin/time and jq.
+# /usr/bin/time, jq and, for STRATA_BUS=nats://..., nats-server 2.10+ at /opt/strata-tools/bin/nats-server.
 #
 # What it does (loadtest/README.md, section "Incremental backups", has the details):
-#   1. Creates a PostgreSQL 15 cluster (initdb -k) in $BENCH_DIR/pgdata and loads pgbench -i -s $SCALE, or reuses
-#      it with REUSE=1 when it was made at the same scale. archive_command pushes every segment to both tools.
+#   1. Creates a PostgreSQL 15 cluster (initdb -k) in $BENCH_DIR/pgdata and loads the dataset (pgbench -i -s
+#      $SCALE, or loadtest/oltp.sql), or reuses it with REUSE=1 when it holds the same dataset. archive_command
+#      pushes every segment to both tools.
 #   2. For each rep: wipes both repositories, stanza-create both; a timed full backup with each tool; ONE
-#      `pgbench -n -T $CHURN_SECS -c 2 -j 2 bench` (both tools see the same changes); CHECKPOINT; a timed
-#      incremental with each tool (the order of the tools alternates between reps); then counts the pages whose
-#      LSN is newer than the WAL position just before pgbench (pageinspect), i.e. the pages pgbench changed.
+#      `pgbench -n -T $CHURN_SECS -c 2 -j 2` (pgbench: the built-in TPC-B; oltp: loadtest/oltp-churn.sql; both
+#      tools see the same changes); CHECKPOINT; a timed incremental with each tool (the order of the tools
+#      alternates between reps); then counts the pages whose LSN is newer than the WAL position just before
+#      pgbench (pageinspect), i.e. the pages the churn changed.
 #   3. Appends one row per measurement to $BENCH_DIR/results-incr.tsv and prints a table of medians, the
-#      Strata/pgBackRest ratios, and each incremental's stored bytes relative to pgbench_accounts' size.
-# PostgreSQL is stopped at exit by the pid in postmaster.pid, never by name.
+#      Strata/pgBackRest ratios, the issue's target for the incremental's stored bytes (PASS/FAIL), and each
+#      incremental's stored bytes relative to the main table's size (summary-incr-<run_id>.txt and .kv).
+# Everything it starts is stopped at exit by pid (PostgreSQL by the pid in postmaster.pid), never by name.
 #
 # Env knobs:
-#   BENCH_DIR      work directory (default /tmp/strata-loadtest, shared with bench-full.sh)
-#   SCALE          pgbench scale (default 100, about 1.5 GB)
-#   PGPORT         PostgreSQL port; it listens on a Unix socket in $BENCH_DIR/run only (default 55433)
+#   DATASET        pgbench (default) or oltp
+#   BENCH_DIR      work directory (default /tmp/strata-loadtest, oltp /tmp/strata-loadtest-oltp; shared with
+#                  bench-full.sh)
+#   SCALE          pgbench scale (default 100, about 1.6 GB)
+#   OLTP_MB        DATASET=oltp: database size in MB to generate (default 1500)
+#   PGPORT         PostgreSQL port; it listens on a Unix socket in $BENCH_DIR/run only (default 55433; oltp 55435)
 #   REPS           reps; each is a full and an incremental per tool (default 2)
-#   REUSE          1: keep the existing cluster in $BENCH_DIR when it was loaded at the same SCALE (default 0)
+#   REUSE          1: keep the existing cluster in $BENCH_DIR when it holds the same dataset (default 0)
 #   CHURN_SECS     pgbench -T seconds between the full and the incremental backups (default 10)
-#   STRATA_BIN     directory holding strata (default: $CARGO_TARGET_DIR/release or target/release of this
-#                  repository; `cargo build --release --bins` runs only when that directory has no strata)
+#   STRATA_BIN     directory holding the Strata binaries (default: $CARGO_TARGET_DIR/release or target/release
+#                  of this repository; `cargo build --release --bins` runs only when that directory has no strata)
+#   STRATA_BUS     "local" (default) or a nats:// URL (host and port ignored): nats-server on a free loopback port
+#                  plus strata-collector, strata-sealer and strata-uploader, as in bench-full.sh
 #   STRATA_PIPELINE  pipeline overrides, "key=value key=value", as in bench-full.sh
 #   PGBR_COMPRESS  pgBackRest compress-type (default zst)
 #   PGBR_LEVEL     pgBackRest compress-level (default 1)
@@ -38,19 +48,21 @@
 #   PAUSE          seconds to wait after `sync` before each measurement (default 3)
 #   SHARED_BUFFERS PostgreSQL shared_buffers (default 512MB)
 #   KEEP_REPOS     1: leave the last rep's repositories in place at exit (default 1)
-# Only the single-host bus (bus = "local") is measured here.
+#   KV_OUT         also copy the summary's key=value lines to this file (bench-all.sh uses it)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO_ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 
-BENCH_DIR=${BENCH_DIR:-/tmp/strata-loadtest}
+dataset_defaults # DATASET, OLTP_MB, and the BENCH_DIR and PGPORT defaults of the dataset
 SCALE=${SCALE:-100}
-PGPORT=${PGPORT:-55433}
 REPS=${REPS:-2}
 REUSE=${REUSE:-0}
 CHURN_SECS=${CHURN_SECS:-10}
 STRATA_BIN=${STRATA_BIN:-}
+BUS_KNOB=${STRATA_BUS:-local}
 PIPELINE_KNOB=${STRATA_PIPELINE:-}
 PGBR_COMPRESS=${PGBR_COMPRESS:-zst}
 PGBR_LEVEL=${PGBR_LEVEL:-1}
@@ -58,7 +70,9 @@ PROCESS_MAX=${PROCESS_MAX:-2}
 PAUSE=${PAUSE:-3}
 SHARED_BUFFERS=${SHARED_BUFFERS:-512MB}
 KEEP_REPOS=${KEEP_REPOS:-1}
+KV_OUT=${KV_OUT:-}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+NATS_SERVER=${NATS_SERVER:-/opt/strata-tools/bin/nats-server}
 
 STANZA=bench
 PGDATA=$BENCH_DIR/pgdata
@@ -71,6 +85,7 @@ SREPO=$BENCH_DIR/strata-repo
 BR=$BENCH_DIR/pgbackrest
 BRCONF=$BR/pgbackrest.conf
 BRREPO=$BR/repo
+NATSDIR=$BENCH_DIR/nats
 RESULTS=$BENCH_DIR/results-incr.tsv
 RUN_ID=$(date -u +%Y%m%dT%H%M%SZ)
 CLK_TCK=$(getconf CLK_TCK)
@@ -95,10 +110,13 @@ for n in REPS SCALE PGPORT PROCESS_MAX CHURN_SECS; do
 done
 ((REPS >= 1)) || die "REPS must be at least 1"
 ((CHURN_SECS >= 1)) || die "CHURN_SECS must be at least 1"
-case ${STRATA_BUS:-local} in
-local) ;;
-*) die "bench-incr.sh measures the single-host bus only; unset STRATA_BUS (it is '$STRATA_BUS')" ;;
+case $BUS_KNOB in
+local) NATS_MODE=0 ;;
+nats://*) NATS_MODE=1
+    [[ -x $NATS_SERVER ]] || die "STRATA_BUS=$BUS_KNOB needs nats-server 2.10+ at $NATS_SERVER (scripts/install-deps.sh)" ;;
+*) die "STRATA_BUS must be 'local' or a nats:// URL, not '$BUS_KNOB'" ;;
 esac
+dataset_setup
 
 # ------------------------------------------------------------------------------------------------ strata config
 # As in bench-full.sh: every pipeline key with its default, then STRATA_PIPELINE__<KEY> from the environment, then
@@ -125,11 +143,13 @@ for k in "${PIPELINE_KEYS[@]}"; do
     export "STRATA_PIPELINE__${k^^}=${PIPE[$k]}"
 done
 unset STRATA_PIPELINE STRATA_CONFIG STRATA_STANZA
-export STRATA_BUS=local
 PIPE_DESC="${PIPE_OVERRIDES[*]:-defaults}"
 
 # ------------------------------------------------------------------------------------------------ cleanup
 CMD_PID="" # the measured command (or pgbench) while it runs
+SERVICE_PIDS=() # NATS mode: the Strata services, in start order
+declare -A SERVICE_OF=()
+NATS_PID=""
 
 pg_pid() { if [[ -f $1/postmaster.pid ]]; then head -1 "$1/postmaster.pid"; fi; }
 pg_running() { local p; p=$(pg_pid "$PGDATA"); [[ -n $p ]] && kill -0 "$p" 2>/dev/null; }
@@ -172,6 +192,8 @@ cleanup() {
     set +e
     [[ -n $CMD_PID ]] && stop_pid "$CMD_PID" "measured command"
     pg_stop
+    services_stop
+    [[ -n $NATS_PID ]] && stop_pid "$NATS_PID" nats-server
     if [[ $KEEP_REPOS != 1 ]]; then rm -rf "$SREPO" "$BRREPO"; fi
     exit "$rc"
 }
@@ -203,7 +225,10 @@ if [[ -z $STRATA_BIN ]]; then
 fi
 [[ -x $STRATA_BIN/strata ]] || die "$STRATA_BIN/strata is missing (set STRATA_BIN to the directory of the binaries)"
 for b in strata strata-collector strata-sealer strata-uploader; do
-    [[ -x $STRATA_BIN/$b ]] || continue # only strata runs here (single-host bus); the rest is copied if present
+    if [[ ! -x $STRATA_BIN/$b ]]; then
+        ((NATS_MODE)) && die "$STRATA_BIN/$b is missing (NATS mode runs the services)"
+        continue # single-host bus: only strata runs; the rest is copied if present
+    fi
     # A copy the postgres user can execute, and that a concurrent rebuild cannot change under the run.
     install -m 0755 "$STRATA_BIN/$b" "$BIN/$b.new" && mv -f "$BIN/$b.new" "$BIN/$b"
 done
@@ -234,11 +259,12 @@ EOF
     chown postgres:postgres "$PGDATA/loadtest.conf"
 }
 
-if [[ $REUSE == 1 && -f $PGDATA/PG_VERSION && -f $BENCH_DIR/scale && $(cat "$BENCH_DIR/scale") == "$SCALE" ]]; then
-    log "REUSE=1: reusing the scale-$SCALE cluster in $PGDATA"
+if [[ $REUSE == 1 ]] && dataset_reusable; then
+    log "REUSE=1: reusing the $DATASET_DESC cluster in $PGDATA"
 else
-    [[ $REUSE == 1 ]] && log "REUSE=1 but no scale-$SCALE cluster in $PGDATA: creating one"
-    rm -rf "$PGDATA" "$BENCH_DIR/scale"
+    [[ $REUSE == 1 ]] && log "REUSE=1 but no $DATASET_DESC cluster in $PGDATA: creating one"
+    rm -rf "$PGDATA"
+    dataset_forget
     log "initdb -k $PGDATA"
     as_pg "$PGBIN/initdb" -D "$PGDATA" -k -U postgres --auth=trust -E UTF8 --locale=C >"$LOGDIR/initdb.log"
     printf "\ninclude_if_exists = 'loadtest.conf'\n" >>"$PGDATA/postgresql.conf"
@@ -246,20 +272,19 @@ else
     write_pg_conf /bin/true
     pg_start
     psql_q "CREATE DATABASE bench"
-    log "pgbench -i -s $SCALE"
-    t0=$(date +%s.%N)
-    as_pg "$PGBIN/pgbench" -i -s "$SCALE" -h "$PGSOCK" -p "$PGPORT" -U postgres bench >"$LOGDIR/pgbench-init.log" 2>&1 ||
-        { tail -20 "$LOGDIR/pgbench-init.log" >&2; die "pgbench -i failed"; }
-    log "pgbench -i took $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}') s"
+    dataset_load
     psql_q "CHECKPOINT"
     pg_stop
-    echo "$SCALE" >"$BENCH_DIR/scale"
+    dataset_mark
 fi
+
+# ------------------------------------------------------------------------------------------------ bus
+bus_start # NATS mode: nats-server on a free loopback port (lib.sh); sets BUS_URL and exports STRATA_BUS
 
 # ------------------------------------------------------------------------------------------------ configs
 cat >"$CFG" <<EOF
 # Written by loadtest/bench-incr.sh.
-bus = "local"
+bus = "$BUS_URL"
 
 [pipeline]
 $(for k in "${PIPELINE_KEYS[@]}"; do echo "$k = ${PIPE[$k]}"; done)
@@ -365,7 +390,7 @@ run_timed() {
     fi
 }
 
-HEADER='run_id	ts	scale	tool	op	rep	position	rc	wall_s	user_s	sys_s	vm_busy_cpu_s	maxrss_kb	added_repo_bytes	stored_bytes	copied_bytes	read_bytes	database_bytes	accounts_bytes	churn_secs	pgbench_xacts	accounts_pages	accounts_changed_pages	bench_pages	bench_changed_pages	label	note'
+HEADER='run_id	ts	dataset	bus	tool	op	rep	position	rc	wall_s	user_s	sys_s	vm_busy_cpu_s	maxrss_kb	added_repo_bytes	stored_bytes	copied_bytes	read_bytes	database_bytes	main_table	main_bytes	churn_secs	pgbench_xacts	main_pages	main_changed_pages	bench_pages	bench_changed_pages	label	note'
 if [[ -f $RESULTS && $(head -1 "$RESULTS") != "$HEADER" ]]; then
     mv "$RESULTS" "$RESULTS.old-$RUN_ID"
     log "results-incr.tsv had other columns: moved to $RESULTS.old-$RUN_ID"
@@ -381,14 +406,20 @@ pgbr() { as_pg pgbackrest --config="$BRCONF" --stanza="$STANZA" "$@"; }
 # pgbench figures, which are known only later) to ROWS.
 measure() {
     local tool=$1 op=$2 rep=$3 pos=$4 before after name=$1-$2-$3 label="" type="" ref="" stored="" copied="" read="" dbb=""
-    local reposize="" note="" j
+    local reposize="" note="" j svc_kb=0
     wait_archive_idle
     if [[ $tool == strata ]]; then
         before=$(du_bytes "$SREPO")
+        services_reset_hwm
         run_timed "$name" "$BIN/strata" --config "$CFG" --stanza "$STANZA" backup --type "$op"
+        ((NATS_MODE)) && svc_kb=$(services_hwm_kb)
         wait_archive_idle
         after=$(du_bytes "$SREPO")
         note="said: $(grep -m1 ' committed' "$LOGDIR/$name.log" || true)"
+        if ((NATS_MODE)); then # the command plus the services' peaks, as bench-full.sh's peak_rss_kb
+            note="cmd_maxrss_kb=$MAXRSS services_hwm_kb=$svc_kb nats_server_hwm_kb=$(hwm_kb "$NATS_PID") $note"
+            MAXRSS=$((MAXRSS + svc_kb))
+        fi
         if strata info --output json >"$LOGDIR/$name-info.json" 2>"$LOGDIR/$name-info.err"; then
             j=$(jq -r '.[0].backups[-1] | [.label, .type, (.reference // "-"), .stored_bytes, .sent_bytes, .read_bytes, .database_bytes] | @tsv' "$LOGDIR/$name-info.json")
             IFS=$'\t' read -r label type ref stored copied read dbb <<<"$j"
@@ -420,9 +451,9 @@ measure() {
     log "$tool $op #$rep: rc=$RC ${WALL}s cpu=${USER_S}+${SYS_S}s vm_busy=${BUSY}s rss=${MAXRSS}kB added=$((after - before)) stored=$stored label=$label"
 }
 
-# changed_pages LSN: "accounts_pages accounts_changed bench_pages bench_changed": pages of the main fork whose page
-# LSN is past LSN, for pgbench_accounts and for every permanent relation of the bench database (catalogs
-# included). Reads every page through pageinspect's get_raw_page (after the backups: it goes through
+# changed_pages LSN: "main_pages main_changed bench_pages bench_changed": pages of the main fork whose page LSN is
+# past LSN, for $MAIN_TABLE (pgbench_accounts, or orders for the oltp dataset) and for every permanent relation of
+# the bench database (catalogs included). Reads every page through pageinspect's get_raw_page (after the backups: it goes through
 # shared_buffers and the page cache).
 changed_pages() {
     ((HAVE_PAGEINSPECT)) || { echo "   "; return 0; }
@@ -437,14 +468,15 @@ changed_pages() {
             FROM rels r, generate_series(0, r.pages - 1) b
             GROUP BY r.rel, r.relname
         )
-        SELECT coalesce(sum(pages) FILTER (WHERE relname = 'pgbench_accounts'), 0),
-               coalesce(sum(changed) FILTER (WHERE relname = 'pgbench_accounts'), 0),
+        SELECT coalesce(sum(pages) FILTER (WHERE relname = '$MAIN_TABLE'), 0),
+               coalesce(sum(changed) FILTER (WHERE relname = '$MAIN_TABLE'), 0),
                sum(pages), sum(changed)
         FROM counted" bench | tr '|' ' '
 }
 
 # ------------------------------------------------------------------------------------------------ run
 FAILURES=0
+services_restart # NATS mode: the services must run before the first WAL push
 for tool in strata pgbackrest; do # stanzas exist before the first WAL push
     if [[ $tool == strata ]]; then strata stanza-create >"$LOGDIR/strata-stanza-create-0.log" 2>&1 ||
         { cat "$LOGDIR/strata-stanza-create-0.log" >&2; die "strata stanza-create failed"; }
@@ -465,17 +497,19 @@ else
 fi
 
 PAYLOAD=$(db_bytes)
-log "run $RUN_ID: scale $SCALE, payload $PAYLOAD bytes, $REPS reps, pgbench -T $CHURN_SECS -c 2 -j 2 between full and incr"
+dataset_churn_args
+log "run $RUN_ID: $DATASET_DESC, payload $PAYLOAD bytes, $REPS reps, bus $BUS_URL, pgbench -T $CHURN_SECS -c 2 -j 2 ${CHURN_ARGS[*]} between full and incr"
 {
     echo "run_id=$RUN_ID"
     echo "script=bench-incr.sh"
-    echo "scale=$SCALE churn_secs=$CHURN_SECS"
+    echo "dataset=$DATASET_ID"
+    echo "scale=$SCALE churn_secs=$CHURN_SECS churn_args=${CHURN_ARGS[*]:-(TPC-B)}"
     echo "payload_bytes=$PAYLOAD"
     echo "data_dir_bytes=$(du_bytes "$PGDATA")"
     echo "strata=$STRATA_VERSION ($STRATA_BIN, built $(date -u -r "$STRATA_BIN/strata" +%FT%TZ))"
     echo "source=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO_ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo ' (uncommitted changes)')"
     echo "pgbackrest=$PGBR_VERSION compress=$PGBR_COMPRESS:$PGBR_LEVEL process-max=$PROCESS_MAX"
-    echo "bus=local pipeline: $(for k in "${PIPELINE_KEYS[@]}"; do printf '%s=%s ' "$k" "${PIPE[$k]}"; done)"
+    echo "bus=$BUS_URL pipeline: $(for k in "${PIPELINE_KEYS[@]}"; do printf '%s=%s ' "$k" "${PIPE[$k]}"; done)"
     echo "cpus=$(nproc) mem_kb=$(awk '/MemTotal/{print $2}' /proc/meminfo)"
 } >"$BENCH_DIR/run-incr-$RUN_ID.info"
 
@@ -487,8 +521,10 @@ for rep in $(seq 1 "$REPS"); do
 
     # Fresh repositories for both tools.
     wait_archive_idle
+    services_stop # NATS mode: the uploader caches the chunk index; fresh services for a fresh repository
     wipe_dir "$SREPO"
     wipe_dir "$BRREPO"
+    services_restart
     strata stanza-create >"$LOGDIR/strata-stanza-create-$rep.log" 2>&1 ||
         { cat "$LOGDIR/strata-stanza-create-$rep.log" >&2; die "strata stanza-create failed"; }
     pgbr stanza-create >"$LOGDIR/pgbackrest-stanza-create-$rep.log" 2>&1 ||
@@ -500,9 +536,9 @@ for rep in $(seq 1 "$REPS"); do
     # The churn: one pgbench run that both incrementals cover.
     wait_archive_idle
     lsn0=$(psql_q "SELECT pg_current_wal_lsn()")
-    accounts_bytes=$(psql_q "SELECT pg_relation_size('pgbench_accounts')" bench)
-    log "pgbench -n -T $CHURN_SECS -c 2 -j 2 bench (from LSN $lsn0)"
-    as_pg "$PGBIN/pgbench" -n -T "$CHURN_SECS" -c 2 -j 2 -h "$PGSOCK" -p "$PGPORT" -U postgres bench \
+    main_bytes=$(psql_q "SELECT pg_relation_size('$MAIN_TABLE')" bench)
+    log "pgbench -n -T $CHURN_SECS -c 2 -j 2 ${CHURN_ARGS[*]} bench (from LSN $lsn0)"
+    as_pg "$PGBIN/pgbench" -n -T "$CHURN_SECS" -c 2 -j 2 "${CHURN_ARGS[@]}" -h "$PGSOCK" -p "$PGPORT" -U postgres bench \
         >"$LOGDIR/pgbench-churn-$rep.log" 2>&1 &
     CMD_PID=$!
     wait "$CMD_PID" || { CMD_PID=""; tail -20 "$LOGDIR/pgbench-churn-$rep.log" >&2; die "pgbench failed"; }
@@ -510,30 +546,48 @@ for rep in $(seq 1 "$REPS"); do
     xacts=$(awk -F': *' '/number of transactions actually processed/ {split($2, a, "/"); print a[1] + 0}' "$LOGDIR/pgbench-churn-$rep.log")
     tps=$(awk '/^tps = / {print $3; exit}' "$LOGDIR/pgbench-churn-$rep.log")
     psql_q "CHECKPOINT"
-    log "pgbench: $xacts transactions (${tps:-?} tps); pgbench_accounts is $accounts_bytes bytes; CHECKPOINT done"
+    log "pgbench: $xacts transactions (${tps:-?} tps); $MAIN_TABLE is $main_bytes bytes; CHECKPOINT done"
 
     pos=0
     for tool in "${order[@]}"; do pos=$((pos + 1)); measure "$tool" incr "$rep" "$pos"; done
 
     t0=$(date +%s.%N)
     read -r acc_pages acc_changed bench_pages bench_changed <<<"$(changed_pages "$lsn0")" || true
-    ((HAVE_PAGEINSPECT)) && log "changed since LSN $lsn0: pgbench_accounts $acc_changed of $acc_pages pages, bench database $bench_changed of $bench_pages pages (counted in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}') s)"
+    ((HAVE_PAGEINSPECT)) && log "changed since LSN $lsn0: $MAIN_TABLE $acc_changed of $acc_pages pages, bench database $bench_changed of $bench_pages pages (counted in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}') s)"
 
     for i in "${!ROWS[@]}"; do
         IFS=$'\t' read -r tool op _ _ _ <<<"${ROWS[$i]}"
         if [[ $op == incr ]]; then
-            facts="$accounts_bytes	$CHURN_SECS	$xacts	${acc_pages:-}	${acc_changed:-}	${bench_pages:-}	${bench_changed:-}"
+            facts="$MAIN_TABLE	$main_bytes	$CHURN_SECS	$xacts	${acc_pages:-}	${acc_changed:-}	${bench_pages:-}	${bench_changed:-}"
         else
-            facts="$accounts_bytes"$'\t\t\t\t\t\t'
+            facts="$MAIN_TABLE	$main_bytes"$'\t\t\t\t\t\t'
         fi
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$RUN_ID" "$(date -u +%FT%TZ)" "$SCALE" "${ROWS[$i]}" "$facts" \
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$RUN_ID" "$(date -u +%FT%TZ)" "${DATASET_ID// /:}" "$( ((NATS_MODE)) && echo nats || echo local)" "${ROWS[$i]}" "$facts" \
             "${LABELS[$i]}" "${NOTES[$i]}" >>"$RESULTS"
     done
 done
 
 # ------------------------------------------------------------------------------------------------ report
 SUMMARY=$BENCH_DIR/summary-incr-$RUN_ID.txt
-awk -F'\t' -v run="$RUN_ID" '
+KV=$BENCH_DIR/summary-incr-$RUN_ID.kv
+{
+    echo "run_id=$RUN_ID"
+    echo "script=bench-incr.sh"
+    echo "dataset=$DATASET"
+    echo "dataset_desc=$DATASET_DESC"
+    echo "bus=$( ((NATS_MODE)) && echo nats || echo local)"
+    echo "payload_bytes=$PAYLOAD"
+    echo "reps=$REPS"
+    echo "churn_secs=$CHURN_SECS"
+    echo "main_table=$MAIN_TABLE"
+    echo "pgbr=$PGBR_COMPRESS:$PGBR_LEVEL process-max=$PROCESS_MAX"
+    echo "pipeline=$PIPE_DESC"
+} >"$KV"
+# Columns: 1 run_id 2 ts 3 dataset 4 bus 5 tool 6 op 7 rep 8 position 9 rc 10 wall_s 11 user_s 12 sys_s
+# 13 vm_busy_cpu_s 14 maxrss_kb 15 added_repo_bytes 16 stored_bytes 17 copied_bytes 18 read_bytes 19 database_bytes
+# 20 main_table 21 main_bytes 22 churn_secs 23 pgbench_xacts 24 main_pages 25 main_changed_pages 26 bench_pages
+# 27 bench_changed_pages 28 label 29 note
+awk -F'\t' -v run="$RUN_ID" -v kv="$KV" -v mode="$( ((NATS_MODE)) && echo nats || echo local)" '
     function median(list,    n, a, i, j, t) {
         n = split(list, a, " ")
         if (n == 0) return ""
@@ -542,17 +596,18 @@ awk -F'\t' -v run="$RUN_ID" '
     }
     function mib(b) { return sprintf("%.1f", b / 1048576) }
     NR == 1 || $1 != run { next }
-    $8 != 0 { failed[$4 "|" $5]++; next }
+    $9 != 0 { failed[$5 "|" $6]++; next }
     {
-        k = $4 "|" $5
+        k = $5 "|" $6
         if (!(k in n)) order[++nk] = k
-        n[k]++; wall[k] = wall[k] " " $9; added[k] = added[k] " " $14; stored[k] = stored[k] " " $15
-        if ($13 + 0 > rss[k]) rss[k] = $13 + 0
-        if ($5 == "incr") {
-            acc[k] = acc[k] " " $19; xa[k] = xa[k] " " $21
-            if ($23 != "") { ap[k] = ap[k] " " $22; ac[k] = ac[k] " " $23; bp[k] = bp[k] " " $24; bc[k] = bc[k] " " $25 }
-            if (!($6 in rx)) reps[++nr] = $6
-            rx[$6] = $21; rc[$6] = $23; rp[$6] = $22; racc[$6] = $19; rst[$6 "|" $4] = $15
+        n[k]++; wall[k] = wall[k] " " $10; added[k] = added[k] " " $15; stored[k] = stored[k] " " $16
+        if ($14 + 0 > rss[k]) rss[k] = $14 + 0
+        mt = $20
+        if ($6 == "incr") {
+            acc[k] = acc[k] " " $21; xa[k] = xa[k] " " $23
+            if ($25 != "") { ap[k] = ap[k] " " $24; ac[k] = ac[k] " " $25; bp[k] = bp[k] " " $26; bc[k] = bc[k] " " $27 }
+            if (!($7 in rx)) reps[++nr] = $7
+            rx[$7] = $23; rc[$7] = $25; rp[$7] = $24; racc[$7] = $21; rst[$7 "|" $5] = $16
         }
     }
     END {
@@ -561,8 +616,9 @@ awk -F'\t' -v run="$RUN_ID" '
             k = order[i]; split(k, t, "|")
             mw[k] = median(wall[k]); ma[k] = median(added[k]); ms[k] = median(stored[k])
             printf "%-10s %-4s %2d %9.2f %16.0f %16.0f %12.1f\n", t[1], t[2], n[k], mw[k], ma[k], ms[k], rss[k] / 1024
+            printf "%s_%s_s=%.3f\n%s_%s_stored_bytes=%.0f\n%s_%s_added_bytes=%.0f\n%s_%s_peak_rss_kb=%d\n", t[1], t[2], mw[k], t[1], t[2], ms[k], t[1], t[2], ma[k], t[1], t[2], rss[k] >> kv
         }
-        for (k in failed) printf "FAILED: %s x%d (not in the medians)\n", k, failed[k]
+        for (k in failed) { printf "FAILED: %s x%d (not in the medians)\n", k, failed[k]; split(k, t, "|"); printf "%s_%s_failed=%d\n", t[1], t[2], failed[k] >> kv }
         print ""
         for (j = 1; j <= 2; j++) {
             op = j == 1 ? "full" : "incr"; s = "strata|" op; b = "pgbackrest|" op
@@ -571,31 +627,46 @@ awk -F'\t' -v run="$RUN_ID" '
                     mw[s] / mw[b], (ma[b] > 0 ? ma[s] / ma[b] : 0), (ms[b] > 0 ? ms[s] / ms[b] : 0), (rss[b] > 0 ? rss[s] / rss[b] : 0)
         }
         s = "strata|incr"; b = "pgbackrest|incr"
+        print ""
+        printf "target (the issue states it for single-host mode; this run: bus %s)%s\n", mode, (mode == "local" ? "" : ": stored bytes do not depend on the bus")
+        if ((s in ms) && (b in ms) && ms[b] > 0) {
+            v = ms[s] / ms[b]; verdict = v <= 0.333 ? "PASS" : "FAIL"
+            printf "  %-50s %7.3f  target <= 0.333  %s\n", "incr stored bytes strata / pgbackrest", v, verdict
+            printf "ratio_incr_stored=%.3f\nratio_incr_stored_verdict=%s\n", v, verdict >> kv
+        } else {
+            printf "  %-50s %7s  target <= 0.333  -\n", "incr stored bytes strata / pgbackrest", "-"
+            print "ratio_incr_stored=\nratio_incr_stored_verdict=-" >> kv
+        }
+        if ((s in mw) && (b in mw) && mw[b] > 0) printf "ratio_incr_time=%.3f\n", mw[s] / mw[b] >> kv
         k = (s in acc) ? s : b
         if (k in acc) {
             a = median(acc[k])
             print ""
-            printf "pgbench_accounts: %.0f bytes (%s MiB); pgbench: median %.0f transactions per churn (each updates one random accounts row)\n", a, mib(a), median(xa[k])
-            if (k in ac)
-                printf "pages changed by the churn (page LSN past the LSN before pgbench): pgbench_accounts %.0f of %.0f (%.1f%%), bench database %.0f of %.0f (%.1f%%, %s MiB)\n",
-                    median(ac[k]), median(ap[k]), 100 * median(ac[k]) / median(ap[k]), median(bc[k]), median(bp[k]), 100 * median(bc[k]) / median(bp[k]), mib(median(bc[k]) * 8192)
-            if (s in ms) printf "strata     incr stored bytes     / pgbench_accounts size: %.4f (%.0f / %.0f)\n", ms[s] / a, ms[s], a
-            if (b in ms) printf "pgbackrest incr repository.delta / pgbench_accounts size: %.4f (%.0f / %.0f)\n", ms[b] / a, ms[b], a
+            printf "%s: %.0f bytes (%s MiB); pgbench: median %.0f transactions per churn\n", mt, a, mib(a), median(xa[k])
+            printf "main_table_bytes=%.0f\nchurn_xacts=%.0f\n", a, median(xa[k]) >> kv
+            if (k in ac) {
+                printf "pages changed by the churn (page LSN past the LSN before pgbench): %s %.0f of %.0f (%.1f%%), bench database %.0f of %.0f (%.1f%%, %s MiB)\n",
+                    mt, median(ac[k]), median(ap[k]), 100 * median(ac[k]) / median(ap[k]), median(bc[k]), median(bp[k]), 100 * median(bc[k]) / median(bp[k]), mib(median(bc[k]) * 8192)
+                printf "bench_changed_pages=%.0f\nbench_pages=%.0f\n", median(bc[k]), median(bp[k]) >> kv
+            }
+            if (s in ms) printf "strata     incr stored bytes     / %s size: %.4f (%.0f / %.0f)\n", mt, ms[s] / a, ms[s], a
+            if (b in ms) printf "pgbackrest incr repository.delta / %s size: %.4f (%.0f / %.0f)\n", mt, ms[b] / a, ms[b], a
             for (i = 1; i <= nr; i++) {
                 r = reps[i]
-                printf "  rep %s: %s transactions, pgbench_accounts pages changed %s of %s; incr stored / pgbench_accounts size: strata %s, pgbackrest %s\n", r, rx[r],
-                    (rc[r] != "" ? rc[r] : "?"), (rp[r] != "" ? rp[r] : "?"),
+                printf "  rep %s: %s transactions, %s pages changed %s of %s; incr stored / %s size: strata %s, pgbackrest %s\n", r, rx[r], mt,
+                    (rc[r] != "" ? rc[r] : "?"), (rp[r] != "" ? rp[r] : "?"), mt,
                     ((r "|strata") in rst ? sprintf("%.4f", rst[r "|strata"] / racc[r]) : "-"), ((r "|pgbackrest") in rst ? sprintf("%.4f", rst[r "|pgbackrest"] / racc[r]) : "-")
             }
         }
     }' "$RESULTS" >"$SUMMARY"
 {
     echo
-    echo "== run $RUN_ID: scale $SCALE, payload $PAYLOAD bytes ($(awk -v p="$PAYLOAD" 'BEGIN{printf "%.0f", p / 1e6}') MB), $REPS reps, pgbench -T $CHURN_SECS -c 2 -j 2 between full and incr; Strata pipeline $PIPE_DESC; pgBackRest $PGBR_COMPRESS:$PGBR_LEVEL process-max $PROCESS_MAX"
+    echo "== run $RUN_ID: $DATASET_DESC, payload $PAYLOAD bytes ($(awk -v p="$PAYLOAD" 'BEGIN{printf "%.0f", p / 1e6}') MB), $REPS reps, bus $BUS_URL, pgbench -T $CHURN_SECS -c 2 -j 2 ${CHURN_ARGS[*]:-(built-in TPC-B)} between full and incr; Strata pipeline $PIPE_DESC; pgBackRest $PGBR_COMPRESS:$PGBR_LEVEL process-max $PROCESS_MAX"
     echo "   stored = Strata's stored_bytes / pgBackRest's repository.delta; added = repository du -sb after - before (WAL included)"
     cat "$SUMMARY"
     echo
-    echo "rows: $RESULTS (run_id $RUN_ID); logs: $LOGDIR"
+    echo "rows: $RESULTS (run_id $RUN_ID); key=value: $KV; logs: $LOGDIR"
 } | tee -a "$SUMMARY.tmp" >&2
 mv "$SUMMARY.tmp" "$SUMMARY"
+if [[ -n $KV_OUT ]]; then cp "$KV" "$KV_OUT"; fi
 ((FAILURES == 0)) || die "$FAILURES measurement(s) failed; see the logs above"
