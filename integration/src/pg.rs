@@ -473,6 +473,28 @@ impl PgCluster {
         }
     }
 
+    /// Waits until `sql` (in database `postgres`) returns `want`, failing fast if the postmaster dies: for
+    /// states other than the end of recovery (a replica streaming, recovery paused at a target).
+    pub fn wait_for_query(&self, sql: &str, want: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.try_psql_db("postgres", sql) {
+                Ok(out) if out == want => return,
+                Ok(out) => format!("{sql} = {out}"),
+                Err(e) => e.to_string(),
+            };
+            self.assert_alive(&format!("waiting for {sql} to return {want}"));
+            if Instant::now() >= deadline {
+                panic!(
+                    "cluster {}: {sql} did not return {want} within {timeout:?} ({last})\n{}",
+                    self.name,
+                    log_tail(&self.log_file, 40)
+                );
+            }
+            thread::sleep(POLL_INTERVAL * 4);
+        }
+    }
+
     fn assert_alive(&self, doing: &str) {
         if !self.is_running() {
             panic!(
@@ -593,6 +615,28 @@ impl PgCluster {
             child,
             log,
             seconds,
+        }
+    }
+
+    /// `pgbench -t <transactions> -c <clients>` (the TPC-B-like default script), waited for: a fixed amount
+    /// of change rather than a fixed time. Returns pgbench's output; panics on failure.
+    pub fn pgbench_transactions(&self, transactions: u32, clients: u32) -> String {
+        let mut pgbench = command_as_postgres(pg_bin("pgbench"));
+        pgbench
+            .args([
+                "-t",
+                &transactions.to_string(),
+                "-c",
+                &clients.to_string(),
+                "-j",
+                &clients.clamp(1, 2).to_string(),
+                "-h",
+            ])
+            .arg(&self.sock_dir)
+            .args(["-p", &self.port().to_string(), "-U", "postgres", "postgres"]);
+        match run(&mut pgbench) {
+            Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+            Err(e) => panic!("pgbench -t on cluster {} failed: {e}", self.name),
         }
     }
 

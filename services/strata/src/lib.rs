@@ -8,6 +8,7 @@
 pub mod cmd;
 pub mod local;
 mod progress;
+pub mod wal_archive;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -46,19 +47,37 @@ pub enum Command {
     ArchivePush { path: PathBuf },
     /// restore_command: fetches one WAL file; exits 1 when it is not archived.
     ArchiveGet { wal_name: String, dest: PathBuf },
-    /// Restores a backup into an empty data directory, ready to recover from the archive.
+    /// Restores a backup into a data directory, ready to recover from the archive to a target.
     Restore {
         #[arg(long)]
         pg_data: PathBuf,
-        /// Backup label; the newest backup when omitted.
+        /// Backup label; by default the newest backup that can reach the target.
         #[arg(long)]
         set: Option<String>,
         /// Restore tablespace OID into DIR instead of its original location (repeatable).
         #[arg(long, value_name = "OID=DIR")]
         tablespace_map: Vec<String>,
-        /// default: replay all archived WAL; immediate: stop as soon as the backup is consistent.
+        /// Where recovery stops: default (the archive's end), immediate (the backup's consistent point),
+        /// time, lsn, xid, name (with --target), or standby (a replica of the stanza's cluster).
         #[arg(long = "type", value_enum, default_value_t = RecoveryType::Default)]
         recovery: RecoveryType,
+        /// The target for --type time ('2026-11-24 15:16:59+00'; local time without a zone), lsn
+        /// (0/5000028), xid or name (a restore point).
+        #[arg(long)]
+        target: Option<String>,
+        /// What the server does at the target (default promote).
+        #[arg(long, value_enum)]
+        target_action: Option<cmd::target::TargetAction>,
+        /// current, latest (PostgreSQL's default) or a timeline number.
+        #[arg(long)]
+        target_timeline: Option<String>,
+        /// Stop just before the target instead of just after it (time, lsn, xid).
+        #[arg(long)]
+        target_exclusive: bool,
+        /// Restore over an existing data directory (stopped): rewrite only what differs from the backup,
+        /// remove what the backup does not have.
+        #[arg(long)]
+        delta: bool,
     },
     /// Shows backups and the WAL archive.
     Info {
@@ -103,8 +122,18 @@ impl BackupTypeArg {
 pub enum RecoveryType {
     /// Replay every WAL file in the archive, then promote.
     Default,
-    /// Stop at the end of the backup (its consistency point), then promote.
+    /// Stop at the end of the backup (its consistency point).
     Immediate,
+    /// Stop at a time (--target).
+    Time,
+    /// Stop at an LSN (--target).
+    Lsn,
+    /// Stop at the end of a transaction (--target).
+    Xid,
+    /// Stop at a restore point (--target, made with pg_create_restore_point).
+    Name,
+    /// Start as a replica of the stanza's cluster (standby.signal and primary_conninfo).
+    Standby,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,8 +166,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ArchiveGet { wal_name, dest } => cmd::archive::get(&ctx, &wal_name, &dest).await.map_err(|e| {
             if e.is::<cmd::archive::NotArchived>() { e } else { e.context("archive-get") }
         }),
-        Command::Restore { pg_data, set, tablespace_map, recovery } => {
-            cmd::restore::run(&ctx, &pg_data, set.as_deref(), &tablespace_map, recovery).await.context("restore")
+        Command::Restore {
+            pg_data,
+            set,
+            tablespace_map,
+            recovery,
+            target,
+            target_action,
+            target_timeline,
+            target_exclusive,
+            delta,
+        } => {
+            let opts = cmd::restore::RestoreOptions {
+                pg_data: &pg_data,
+                set: set.as_deref(),
+                tablespace_map: &tablespace_map,
+                recovery: cmd::target::RecoveryArgs {
+                    kind: recovery,
+                    target: target.as_deref(),
+                    action: target_action,
+                    timeline: target_timeline.as_deref(),
+                    exclusive: target_exclusive,
+                },
+                delta,
+            };
+            cmd::restore::run(&ctx, &opts).await.context("restore")
         }
         Command::Info { output } => cmd::info::run(&ctx, output).await,
         Command::Check => cmd::check::run(&ctx).await.context("check"),

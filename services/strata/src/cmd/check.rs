@@ -1,7 +1,11 @@
 //! `check`: proves the whole path works before a backup needs it, as `pgbackrest check` does: the cluster
-//! is the stanza's, the repository is writable, and a WAL switch forced now reaches the archive.
+//! is the stanza's, the repository is writable, and a WAL switch forced now reaches the archive. Then it
+//! proves the archive can serve the backups: no segment is missing since the oldest backup's first one
+//! (on any timeline, from where that timeline begins), and every timeline has its history file. A gap
+//! means no backup before it can be recovered past it, so it fails the check like a broken archive path.
 
 use crate::cmd::{cluster_facts, connect};
+use crate::wal_archive::{describe_range, WalArchive};
 use crate::Context_;
 use anyhow::bail;
 use std::time::{Duration, Instant};
@@ -44,11 +48,45 @@ async fn check_on(ctx: &Context_, info: &strata_repo::StanzaInfo, client: &tokio
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    check_archive(ctx, info.wal_segment_size).await?;
     println!(
         "check: stanza '{}' ok: cluster matches, repository '{}' writable, WAL segment {segment} archived in {:.1} s",
         ctx.stanza,
         ctx.repo.name(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Fails on the first gap in the archive since the oldest backup (see the module docs).
+async fn check_archive(ctx: &Context_, seg_size: u64) -> anyhow::Result<()> {
+    let mut archive = WalArchive::load(&ctx.repo, &ctx.stanza, seg_size).await?;
+    let backups = ctx.repo.backups(&ctx.stanza).await?;
+    let oldest = backups.iter().filter_map(|b| archive.parse(&b.summary.wal_start).ok()).map(|s| s.segno).min();
+    let since = match oldest.or_else(|| archive.segments().map(|s| s.segno).min()) {
+        Some(n) => n,
+        None => return Ok(()),
+    };
+    let missing = archive.missing_histories();
+    if let Some(tl) = missing.first() {
+        bail!(
+            "the WAL archive has segments of timeline {tl} but not its history file ({}); recovery cannot follow that timeline",
+            strata_pg::wal::history_file_name(*tl)
+        );
+    }
+    let gaps = archive.gaps(since).await?;
+    if let Some((tl, g)) = gaps.first() {
+        let range = describe_range(&archive.name(g.first_missing), &archive.name(g.last_missing));
+        let around = match (g.before, g.after) {
+            (Some(b), Some(a)) => format!(" (between {} and {})", archive.name(b), archive.name(a)),
+            (None, Some(a)) => format!(" (before {})", archive.name(a)),
+            _ => String::new(),
+        };
+        let more = if gaps.len() > 1 { format!("; {} gaps in all, see info", gaps.len()) } else { String::new() };
+        bail!(
+            "the WAL archive of stanza '{}' has a gap on timeline {tl}: {range} missing{around}{more}; no backup before it can be recovered past it",
+            ctx.stanza
+        );
+    }
     Ok(())
 }

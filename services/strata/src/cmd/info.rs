@@ -1,28 +1,106 @@
-//! `info`: the stanza's committed backups and the extent of its WAL archive, as text or JSON.
+//! `info`: the stanza's committed backups, the extent of its WAL archive, and what they can recover to, as
+//! text or JSON.
+//!
+//! A backup's **recovery window** runs from its end (the earliest point it can be restored to) to the end
+//! of the last segment archived without a break after it, on the timeline a default restore follows
+//! (`latest`); the window's end time is the last transaction end archived in it. Where the archive breaks
+//! off, the window says which segments are missing and whether WAL resumes after them. Archive **gaps**
+//! are listed per timeline since the oldest backup, as `check` reports them.
 
+use crate::cmd::target::format_pg_time;
 use crate::cmd::{format_bytes, format_time};
+use crate::wal_archive::{describe_range, Gap, TargetTimeline, WalArchive};
 use crate::{Context_, OutputFormat};
-use serde_json::json;
+use serde_json::{json, Value};
+use strata_messages::BackupRecord;
 use strata_pg::wal::{classify_wal_file, WalFileKind};
 use strata_pg::Lsn;
+
+/// A backup's recovery window (see the module docs).
+struct Window {
+    timeline: u32,
+    to_segment: String,
+    to_lsn: Lsn,
+    /// Last transaction end in the window, if any came after the backup.
+    to_time: Option<i64>,
+    gap_after: Option<Gap>,
+}
+
+async fn window(archive: &mut WalArchive<'_>, b: &BackupRecord) -> anyhow::Result<Result<Window, String>> {
+    let s = &b.summary;
+    let history = match archive.target_history(s.timeline, TargetTimeline::Latest).await {
+        Ok(h) => h,
+        Err(e) => return Ok(Err(format!("{e:#}"))),
+    };
+    let (start, stop) = (archive.parse(&s.wal_start)?.segno, archive.parse(&s.wal_stop)?.segno);
+    if let Some(g) = archive.first_gap(&history, start, stop) {
+        return Ok(Err(format!(
+            "WAL needed to make it consistent is missing: {}",
+            describe_range(&archive.name(g.first_missing), &archive.name(g.last_missing))
+        )));
+    }
+    let end = archive.contiguous_end(&history, start).expect("the backup's segments are archived");
+    let to_time = archive.last_time(&history, stop, end.segno).await?;
+    Ok(Ok(Window {
+        timeline: history.timeline(),
+        to_segment: archive.name(end),
+        to_lsn: Lsn((end.segno + 1) * archive.seg_size),
+        to_time: to_time.filter(|t| *t > s.stop_time * 1_000_000),
+        gap_after: archive.gap_after(&history, start),
+    }))
+}
+
+fn gap_json(archive: &WalArchive<'_>, g: &Gap) -> Value {
+    json!({
+        "timeline": g.first_missing.timeline,
+        "first_missing": archive.name(g.first_missing),
+        "last_missing": archive.name(g.last_missing),
+        "before": g.before.map(|s| archive.name(s)),
+        "after": g.after.map(|s| archive.name(s)),
+    })
+}
+
+fn time_text(micros: i64) -> String {
+    format_pg_time(micros).trim_end_matches("+00").to_string()
+}
 
 pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
     let stanza = ctx.repo.stanza(&ctx.stanza).await?;
     let backups = ctx.repo.backups(&ctx.stanza).await?;
-    let segments: Vec<String> = ctx
-        .repo
-        .wal_names(&ctx.stanza)
-        .await?
-        .into_iter()
-        .filter(|n| classify_wal_file(n) == Some(WalFileKind::Segment))
-        .collect();
+    let names = ctx.repo.wal_names(&ctx.stanza).await?;
+    let segments: Vec<&String> = names.iter().filter(|n| classify_wal_file(n) == Some(WalFileKind::Segment)).collect();
     let (first, last) = (segments.first().cloned(), segments.last().cloned());
+    let mut archive = WalArchive::load(&ctx.repo, &ctx.stanza, stanza.wal_segment_size).await?;
+    let oldest = backups.iter().filter_map(|b| archive.parse(&b.summary.wal_start).ok()).map(|s| s.segno).min();
+    let gaps = match oldest.or_else(|| archive.segments().map(|s| s.segno).min()) {
+        Some(since) => archive.gaps(since).await?,
+        None => Vec::new(),
+    };
+    let mut windows = Vec::new();
+    for b in &backups {
+        windows.push(window(&mut archive, b).await?);
+    }
+    let missing_histories = archive.missing_histories();
     match output {
         OutputFormat::Json => {
             let list: Vec<_> = backups
                 .iter()
-                .map(|b| {
+                .zip(&windows)
+                .map(|(b, w)| {
                     let s = &b.summary;
+                    let window = match w {
+                        Ok(w) => json!({
+                            "timeline": w.timeline,
+                            "from_time": s.stop_time,
+                            "from_lsn": Lsn(s.stop_lsn).to_string(),
+                            "to_segment": w.to_segment,
+                            "to_lsn": w.to_lsn.to_string(),
+                            "to_time": w.to_time.map(|t| t / 1_000_000),
+                            "to_time_text": w.to_time.map(time_text),
+                            "gap_after": w.gap_after.as_ref().map(|g| gap_json(&archive, g)),
+                        }),
+                        Err(why) => json!({ "unrecoverable": why }),
+                    };
                     json!({
                         "label": s.label,
                         "type": s.backup_type.as_str(),
@@ -33,7 +111,7 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                         "timeline": s.timeline,
                         "wal_start": s.wal_start,
                         "wal_stop": s.wal_stop,
-                        "reference": if s.reference.is_empty() { serde_json::Value::Null } else { json!(s.reference) },
+                        "reference": if s.reference.is_empty() { Value::Null } else { json!(s.reference) },
                         "database_bytes": s.database_bytes,
                         "read_bytes": s.read_bytes,
                         "sent_bytes": s.sent_bytes,
@@ -41,6 +119,7 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                         "file_count": s.file_count,
                         "checksum_failures": s.checksum_failures,
                         "pg_version_num": s.pg_version_num,
+                        "recovery_window": window,
                     })
                 })
                 .collect();
@@ -50,7 +129,13 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                 "system_id": stanza.system_id,
                 "pg_version_num": stanza.pg_version_num,
                 "backups": list,
-                "archive": { "first": first, "last": last, "segments": segments.len() },
+                "archive": {
+                    "first": first,
+                    "last": last,
+                    "segments": segments.len(),
+                    "gaps": gaps.iter().map(|(_, g)| gap_json(&archive, g)).collect::<Vec<_>>(),
+                    "missing_history_files": missing_histories,
+                },
             }]);
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
@@ -66,10 +151,19 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                 (Some(f), Some(l)) => println!("    wal archive: {f} ... {l} ({} segments)", segments.len()),
                 _ => println!("    wal archive: empty"),
             }
+            for (_, g) in &gaps {
+                println!(
+                    "    wal archive gap: {} missing",
+                    describe_range(&archive.name(g.first_missing), &archive.name(g.last_missing))
+                );
+            }
+            for tl in &missing_histories {
+                println!("    wal archive: history file of timeline {tl} missing");
+            }
             if backups.is_empty() {
                 println!("    no backups");
             }
-            for b in &backups {
+            for (b, w) in backups.iter().zip(&windows) {
                 let s = &b.summary;
                 println!("\n    {} backup: {}", s.backup_type.as_str(), s.label);
                 if !s.reference.is_empty() {
@@ -78,6 +172,29 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                 println!("        timestamp start/stop: {} / {} UTC", format_time(s.start_time), format_time(s.stop_time));
                 println!("        lsn start/stop: {} / {}", Lsn(s.start_lsn), Lsn(s.stop_lsn));
                 println!("        wal start/stop: {} / {}", s.wal_start, s.wal_stop);
+                match w {
+                    Ok(w) => {
+                        let to = match w.to_time {
+                            Some(t) => format!("{} UTC", time_text(t)),
+                            None => "its end (no transaction archived after it)".to_string(),
+                        };
+                        println!(
+                            "        recoverable: {} UTC ({}) to {to}, WAL through {} on timeline {}",
+                            format_time(s.stop_time),
+                            Lsn(s.stop_lsn),
+                            w.to_segment,
+                            w.timeline
+                        );
+                        if let Some(g) = &w.gap_after {
+                            println!(
+                                "        then WAL missing: {}{}",
+                                describe_range(&archive.name(g.first_missing), &archive.name(g.last_missing)),
+                                g.after.map(|a| format!(" (archived again from {})", archive.name(a))).unwrap_or_default()
+                            );
+                        }
+                    }
+                    Err(why) => println!("        not recoverable: {why}"),
+                }
                 println!(
                     "        database size: {}, read: {}, sent: {}, stored: {}",
                     format_bytes(s.database_bytes),

@@ -3,10 +3,12 @@
 pub mod archive;
 pub mod backup;
 pub mod check;
+pub mod delta;
 pub mod expire;
 pub mod info;
 pub mod restore;
 pub mod stanza;
+pub mod target;
 
 pub use strata_collector::cluster::{check_data_directory, connect, read_facts as cluster_facts};
 

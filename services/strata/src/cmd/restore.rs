@@ -1,14 +1,22 @@
-//! `restore`: rebuilds a data directory from a backup, ready for PostgreSQL to recover from the archive.
+//! `restore`: rebuilds a data directory from a backup, ready for PostgreSQL to recover from the archive to
+//! the requested target.
 //!
-//! The target must be empty (or absent): restore never mixes its files with someone else's. Files are
+//! Nothing is written until everything that can be checked has been: the options, the backup (the newest
+//! that can reach the target, see [`super::target`]), that the archive holds the WAL recovery will read,
+//! and that the target directory is empty (or, with `--delta`, a stopped data directory). Files are then
 //! rebuilt by a pool of workers that read, check (every chunk against its content address) and write
 //! chunks; each file gets its mode, owner (when run as root) and mtime, and is fsynced, as are the
-//! directories, before the command reports success. Then it writes backup_label, tablespace_map,
-//! `recovery.signal` and a `restore_command` calling `strata archive-get`, so starting PostgreSQL replays
-//! the archived WAL.
+//! directories, before the command reports success. Last come backup_label, tablespace_map, the signal
+//! file (`recovery.signal`, or `standby.signal` for a replica) and the recovery settings in
+//! postgresql.auto.conf: a `restore_command` calling `strata archive-get`, the target, and for a replica
+//! the stanza's connection string as `primary_conninfo`, as `pg_basebackup -R` writes it. Recovery
+//! settings a previous restore left in postgresql.auto.conf (the backup may be of a restored cluster) are
+//! commented out, so that only this restore's apply.
 
 use crate::cmd::format_bytes;
-use crate::{progress, Context_, RecoveryType};
+use crate::cmd::target::{self, Recovery, RecoveryArgs, Target};
+use crate::wal_archive::WalArchive;
+use crate::{progress, Context_};
 use anyhow::{anyhow, bail, Context};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -35,23 +43,30 @@ struct Unit {
     offset: u64,
 }
 
-pub async fn run(
-    ctx: &Context_,
-    pg_data: &Path,
-    set: Option<&str>,
-    tablespace_map: &[String],
-    recovery: RecoveryType,
-) -> anyhow::Result<()> {
-    check_empty(pg_data)?;
+pub struct RestoreOptions<'a> {
+    pub pg_data: &'a Path,
+    pub set: Option<&'a str>,
+    pub tablespace_map: &'a [String],
+    pub recovery: RecoveryArgs<'a>,
+    pub delta: bool,
+}
+
+pub async fn run(ctx: &Context_, opts: &RestoreOptions<'_>) -> anyhow::Result<()> {
+    let pg_data = opts.pg_data;
+    let recovery = Recovery::parse(&opts.recovery)?;
+    let remap = parse_tablespace_map(opts.tablespace_map)?;
+    let delta = opts.delta && super::delta::is_data_directory(pg_data)?;
+    if !delta {
+        check_empty(pg_data)?;
+    }
     let stanza = ctx.repo.stanza(&ctx.stanza).await?;
-    let record = match set {
-        Some(label) => ctx.repo.backup(&ctx.stanza, label).await?,
-        None => ctx
-            .repo
-            .backups(&ctx.stanza)
-            .await?
-            .pop()
-            .ok_or_else(|| anyhow!("stanza '{}' has no backup to restore", ctx.stanza))?,
+    let backups = ctx.repo.backups(&ctx.stanza).await?;
+    let mut archive = WalArchive::load(&ctx.repo, &ctx.stanza, stanza.wal_segment_size).await?;
+    let plan = target::plan(&mut archive, backups, opts.set, &recovery, &ctx.stanza).await?;
+    let record = plan.record;
+    let primary_conninfo = match recovery.target {
+        Target::Standby => Some(ctx.cfg.stanza(&ctx.stanza)?.pg_conn.clone()),
+        _ => None,
     };
     let sealer = Sealer::default();
     let manifest = ctx.repo.manifest(&sealer, &record).await?;
@@ -66,8 +81,29 @@ pub async fn run(
             stanza.system_id
         );
     }
-    let remap = parse_tablespace_map(tablespace_map)?;
-    let tablespace_dirs = plan_tablespaces(&manifest, &remap)?;
+    let tablespace_dirs = plan_tablespaces(&manifest, &remap, delta)?;
+    let settings = RecoverySettings { recovery: &recovery, primary_conninfo: primary_conninfo.as_deref() };
+
+    if delta {
+        let report = super::delta::run(ctx, pg_data, &manifest, &tablespace_dirs, &sealer).await?;
+        let root = fs::canonicalize(pg_data)?;
+        write_recovery_files(ctx, &root, &manifest, &tablespace_dirs, &settings)?;
+        File::open(&root).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", root.display()))?;
+        println!(
+            "delta-restored backup {} into {} ({} files, {}): read {} locally, fetched {}, wrote {} and changed {} files, removed {} files; {}",
+            record.summary.label,
+            root.display(),
+            report.files,
+            format_bytes(report.total),
+            format_bytes(report.read),
+            format_bytes(report.fetched),
+            format_bytes(report.written),
+            report.rewritten,
+            report.removed,
+            plan.describe
+        );
+        return Ok(());
+    }
 
     fs::create_dir_all(pg_data).with_context(|| format!("cannot create {}", pg_data.display()))?;
     fs::set_permissions(pg_data, fs::Permissions::from_mode(0o700))?;
@@ -157,9 +193,11 @@ pub async fn run(
                 };
                 let e = &files[unit.file];
                 let path = root.join(&e.path);
+                // Never truncate: other units of the file may already have written their ranges.
                 let mut f = OpenOptions::new()
                     .write(true)
                     .create(true)
+                    .truncate(false)
                     .open(&path)
                     .with_context(|| format!("cannot create {}", path.display()))?;
                 let mut offset = unit.offset;
@@ -227,16 +265,17 @@ pub async fn run(
     }
     bar.finish_and_clear();
 
-    write_recovery_files(ctx, &root, &manifest, &tablespace_dirs, recovery)?;
+    write_recovery_files(ctx, &root, &manifest, &tablespace_dirs, &settings)?;
     for d in &dirs {
         File::open(d).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", d.display()))?;
     }
     println!(
-        "restored backup {} into {} ({} files, {}); start PostgreSQL to recover from the archive",
+        "restored backup {} into {} ({} files, {}); start PostgreSQL to recover: {}",
         record.summary.label,
         root.display(),
         files.len(),
-        format_bytes(total)
+        format_bytes(total),
+        plan.describe
     );
     Ok(())
 }
@@ -253,7 +292,7 @@ fn write_zeros(f: &File, offset: u64, len: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-fn check_empty(dir: &Path) -> anyhow::Result<()> {
+pub(super) fn check_empty(dir: &Path) -> anyhow::Result<()> {
     match fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -276,12 +315,20 @@ fn parse_tablespace_map(args: &[String]) -> anyhow::Result<HashMap<u32, PathBuf>
         .collect()
 }
 
-/// Where each tablespace goes: its mapped directory, or its original location, which must be empty.
-fn plan_tablespaces(manifest: &Manifest, remap: &HashMap<u32, PathBuf>) -> anyhow::Result<HashMap<String, PathBuf>> {
+/// Where each tablespace goes: its mapped directory, or its original location, which must be empty (unless
+/// a delta restore rewrites it).
+fn plan_tablespaces(
+    manifest: &Manifest,
+    remap: &HashMap<u32, PathBuf>,
+    delta: bool,
+) -> anyhow::Result<HashMap<String, PathBuf>> {
     let mut out = HashMap::new();
     for t in &manifest.head.tablespaces {
         let dir = remap.get(&t.oid).cloned().unwrap_or_else(|| PathBuf::from(&t.location));
-        check_empty(&dir).map_err(|e| anyhow!("tablespace {}: {e} (map it elsewhere with --tablespace-map {}=DIR)", t.oid, t.oid))?;
+        if !delta {
+            check_empty(&dir)
+                .map_err(|e| anyhow!("tablespace {}: {e} (map it elsewhere with --tablespace-map {}=DIR)", t.oid, t.oid))?;
+        }
         out.insert(format!("pg_tblspc/{}", t.oid), dir);
     }
     for oid in remap.keys() {
@@ -292,7 +339,7 @@ fn plan_tablespaces(manifest: &Manifest, remap: &HashMap<u32, PathBuf>) -> anyho
     Ok(out)
 }
 
-fn chown(path: &Path, e: &FileEntry, as_root: bool) -> anyhow::Result<()> {
+pub(super) fn chown(path: &Path, e: &FileEntry, as_root: bool) -> anyhow::Result<()> {
     if as_root {
         std::os::unix::fs::lchown(path, Some(e.uid), Some(e.gid))
             .with_context(|| format!("cannot set the owner of {}", path.display()))?;
@@ -300,7 +347,7 @@ fn chown(path: &Path, e: &FileEntry, as_root: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn finish_file(f: File, path: &Path, e: &FileEntry, as_root: bool) -> anyhow::Result<()> {
+pub(super) fn finish_file(f: File, path: &Path, e: &FileEntry, as_root: bool) -> anyhow::Result<()> {
     f.set_permissions(fs::Permissions::from_mode(e.mode)).with_context(|| format!("cannot chmod {}", path.display()))?;
     f.set_modified(UNIX_EPOCH + Duration::from_secs(e.mtime.max(0) as u64))
         .with_context(|| format!("cannot set the mtime of {}", path.display()))?;
@@ -308,13 +355,50 @@ fn finish_file(f: File, path: &Path, e: &FileEntry, as_root: bool) -> anyhow::Re
     chown(path, e, as_root)
 }
 
-/// backup_label, tablespace_map, recovery.signal and the restore_command.
+/// What postgresql.auto.conf gets besides the restore_command.
+struct RecoverySettings<'a> {
+    recovery: &'a Recovery,
+    /// For a replica: how it reaches the primary.
+    primary_conninfo: Option<&'a str>,
+}
+
+/// Settings a restore manages; earlier values of them in postgresql.auto.conf are commented out.
+fn is_managed_setting(name: &str, standby: bool) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == "restore_command" || name.starts_with("recovery_target") || (standby && name == "primary_conninfo")
+}
+
+/// postgresql.auto.conf with earlier recovery settings commented out and this restore's appended.
+fn recovery_conf(existing: &str, label: &str, restore_command: &str, settings: &RecoverySettings<'_>) -> String {
+    let standby = settings.primary_conninfo.is_some();
+    let mut conf = String::new();
+    for line in existing.lines() {
+        let name = line.split('=').next().unwrap_or("").trim();
+        if !line.trim_start().starts_with('#') && line.contains('=') && is_managed_setting(name, standby) {
+            conf.push_str(&format!("# superseded by strata restore of backup {label}: {line}\n"));
+        } else {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+    }
+    let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"));
+    conf.push_str(&format!("# added by strata restore of backup {label}\nrestore_command = {}\n", quote(restore_command)));
+    for (name, value) in settings.recovery.settings() {
+        conf.push_str(&format!("{name} = {}\n", quote(&value)));
+    }
+    if let Some(c) = settings.primary_conninfo {
+        conf.push_str(&format!("primary_conninfo = {}\n", quote(c)));
+    }
+    conf
+}
+
+/// backup_label, tablespace_map, the signal file and the recovery settings.
 fn write_recovery_files(
     ctx: &Context_,
     root: &Path,
     manifest: &Manifest,
     tablespace_dirs: &HashMap<String, PathBuf>,
-    recovery: RecoveryType,
+    settings: &RecoverySettings<'_>,
 ) -> anyhow::Result<()> {
     let owner = manifest.files.iter().find(|f| f.path == "PG_VERSION");
     let write = |name: &str, contents: &str| -> anyhow::Result<()> {
@@ -344,7 +428,17 @@ fn write_recovery_files(
         // PostgreSQL replaces the links in pg_tblspc from this file when recovery starts; the links made
         // above already point to the same places.
     }
-    write("recovery.signal", "")?;
+    // Exactly one signal file: a delta restore may find the other one left by an earlier restore.
+    let (signal, other) = match settings.primary_conninfo {
+        Some(_) => ("standby.signal", "recovery.signal"),
+        None => ("recovery.signal", "standby.signal"),
+    };
+    match fs::remove_file(root.join(other)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow!("cannot remove {}: {e}", root.join(other).display())),
+    }
+    write(signal, "")?;
     let exe = std::env::current_exe().context("cannot find the strata executable for restore_command")?;
     let command = format!(
         "{} --config {} --stanza {} archive-get %f \"%p\"",
@@ -353,14 +447,37 @@ fn write_recovery_files(
         ctx.stanza
     );
     let auto = root.join("postgresql.auto.conf");
-    let mut conf = fs::read_to_string(&auto).unwrap_or_default();
-    conf.push_str(&format!(
-        "\n# added by strata restore of backup {}\nrestore_command = '{}'\n",
-        manifest.head.summary.label,
-        command.replace('\'', "''")
-    ));
-    if recovery == RecoveryType::Immediate {
-        conf.push_str("recovery_target = 'immediate'\nrecovery_target_action = 'promote'\n");
+    let existing = fs::read_to_string(&auto).unwrap_or_default();
+    write("postgresql.auto.conf", &recovery_conf(&existing, &manifest.head.summary.label, &command, settings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::target::TargetAction;
+    use crate::RecoveryType;
+
+    #[test]
+    fn earlier_recovery_settings_are_superseded() {
+        let recovery = Recovery::parse(&RecoveryArgs {
+            kind: RecoveryType::Name,
+            target: Some("it's"),
+            action: Some(TargetAction::Pause),
+            timeline: None,
+            exclusive: false,
+        })
+        .unwrap();
+        let settings = RecoverySettings { recovery: &recovery, primary_conninfo: None };
+        let existing = "# Do not edit this file manually!\nwork_mem = '8MB'\nrestore_command = 'old'\n  Recovery_Target_Time = '2020-01-01'\n# recovery_target_xid = '5'\nprimary_conninfo = 'host=x'\n";
+        let conf = recovery_conf(existing, "L", "strata archive-get %f \"%p\"", &settings);
+        assert_eq!(
+            conf,
+            "# Do not edit this file manually!\nwork_mem = '8MB'\n\
+             # superseded by strata restore of backup L: restore_command = 'old'\n\
+             # superseded by strata restore of backup L:   Recovery_Target_Time = '2020-01-01'\n\
+             # recovery_target_xid = '5'\nprimary_conninfo = 'host=x'\n\
+             # added by strata restore of backup L\nrestore_command = 'strata archive-get %f \"%p\"'\n\
+             recovery_target_name = 'it''s'\nrecovery_target_action = 'pause'\n"
+        );
     }
-    write("postgresql.auto.conf", &conf)
 }
