@@ -229,3 +229,42 @@ fn a_standby_restore_streams_from_the_primary() {
     replica.wait_for_query("SELECT status FROM pg_stat_wal_receiver", "streaming", Duration::from_secs(60));
     LogCheck::postgres().assert_clean(replica.log_file());
 }
+
+#[test]
+fn bad_recovery_options_are_one_error_line_and_write_nothing() {
+    let dir = TestDir::new("pitr_bad_input");
+    let setup = Setup::new(&dir, "local", "", &[]);
+    setup.strata_ok(&["stanza-create"]);
+    setup.pg.psql("CREATE TABLE t (x int)");
+    setup.backup("full");
+    setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
+    let before = snapshot(&setup.repo);
+    let target = dir.path().join("restored");
+    let pg_data = target.to_str().unwrap();
+    let long_name = "n".repeat(64);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--type", "time"], "needs --target"),
+        (vec!["--type", "time", "--target", "yesterday"], "expected a time like"),
+        (vec!["--type", "time", "--target", "2026-02-30 10:00:00+00"], "not a valid date"),
+        (vec!["--type", "time", "--target", "2026-11-24 10:00:00 Mars/Olympus"], "unknown time zone"),
+        (vec!["--type", "lsn", "--target", "5000028"], "invalid lsn"),
+        (vec!["--type", "xid", "--target", "-1"], "not a transaction id"),
+        (vec!["--type", "name", "--target", &long_name], "1 to 63 bytes"),
+        (vec!["--target", "x"], "--target is only for"),
+        (vec!["--type", "immediate", "--target", "x"], "--target is only for"),
+        (vec!["--target-action", "pause"], "--target-action is only for"),
+        (vec!["--type", "name", "--target", "rp", "--target-exclusive"], "--target-exclusive is only for"),
+        (vec!["--target-timeline", "newest"], "expected current, latest or a timeline number"),
+        (vec!["--type", "nonsense"], "invalid value 'nonsense'"),
+        (vec!["--type", "xid", "--target", "99999999"], "is not in the WAL archived"),
+        (vec!["--set", "20200101-000000F"], "does not exist"),
+    ];
+    for (extra, expect) in cases {
+        let mut args = vec!["restore", "--pg-data", pg_data];
+        args.extend_from_slice(&extra);
+        let line = setup.strata_fails(&args);
+        assert!(line.contains(expect), "{args:?}: {line}");
+        assert!(!target.exists(), "{args:?} created the target");
+    }
+    assert_eq!(before, snapshot(&setup.repo), "a refused restore changed the repository");
+}

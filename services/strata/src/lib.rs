@@ -63,7 +63,7 @@ pub enum Command {
         recovery: RecoveryType,
         /// The target for --type time ('2026-11-24 15:16:59+00'; local time without a zone), lsn
         /// (0/5000028), xid or name (a restore point).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         target: Option<String>,
         /// What the server does at the target (default promote).
         #[arg(long, value_enum)]

@@ -4,7 +4,15 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = strata::Cli::parse();
+    let cli = match strata::Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print as clap writes them; a usage error is one line, like every other error.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            eprintln!("{}", one_line(&e.render().to_string()));
+            return std::process::ExitCode::from(2);
+        }
+    };
     // Errors reach the user once, as the command's one-line error; STRATA_LOG=info shows the stages at work.
     strata_runtime::init_tracing_with_default("off");
     match strata::run(cli).await {
@@ -18,5 +26,17 @@ async fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// clap's multi-line usage error as one line: its lines joined, without the pointer to --help.
+fn one_line(text: &str) -> String {
+    let parts: Vec<&str> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("For more information")).collect();
+    let line = parts.join(" ");
+    if line.starts_with("error:") {
+        line
+    } else {
+        format!("error: {line}")
     }
 }
