@@ -54,6 +54,9 @@ pub(crate) const MESSAGE_ROOM: usize = strata_messages::PLAIN_CHUNK_OVERHEAD + 2
 const FILE_LIST_BYTES: usize = 1024 * 1024;
 
 pub struct BackupSettings {
+    /// Seal whole chunks in the reader threads and send them straight to the uploaders (single-host mode),
+    /// instead of through the sealers.
+    pub seal_in_reader: bool,
     pub chunk_size: usize,
     pub compress_level: i32,
     pub read_workers: usize,
@@ -170,6 +173,7 @@ struct ReadContext {
     verify: bool,
     start_lsn: Lsn,
     chunk_size: usize,
+    seal_in_reader: bool,
     checksum_all: bool,
     reference: Option<LoadedManifest>,
     resume: Option<Resume>,
@@ -284,6 +288,7 @@ async fn backup_steps(
         verify: cluster.data_checksums,
         start_lsn,
         chunk_size: settings.chunk_size,
+        seal_in_reader: settings.seal_in_reader,
         checksum_all: req.checksum_all,
         reference,
         resume,
@@ -597,11 +602,13 @@ struct ReadBuffer {
     bad: Vec<ChecksumFailure>,
     /// The buffer's chunk id and page hashes ([`increment::hash_buffer`]).
     hashes: (strata_messages::ChunkId, Vec<u64>),
+    /// The whole buffer sealed, ready for the uploaders ([`Job::sealed_message`]), when it was sealed here.
+    sealed: Option<Vec<u8>>,
 }
 
 /// Reads and sends one file and returns its entry; `None` when it disappeared before it could be opened
 /// (a dropped relation: WAL replay removes it anyway).
-async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Result<Option<FileEntry>> {
+async fn send_file(job: &Arc<Job>, found: &Found, ctx: &ReadContext) -> anyhow::Result<Option<FileEntry>> {
     // An interrupted attempt read this file and it has not changed since: take what it stored.
     if let Some(r) = &ctx.resume {
         if let Some(e) = r.manifest.file(&found.rel).and_then(|e| ctx.reuse(found, &r.manifest, &e, r.attempt_start)) {
@@ -639,10 +646,13 @@ async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Resul
     // Chunks of one file are read, checked and hashed READ_AHEAD at a time, so a 1 GB segment is not read
     // by one thread while the others have nothing left to do; they are sent in order.
     let file = Arc::new(file);
+    // A chunk that will be sent whole (no reference to compare with, no zero pages to leave out) is sealed
+    // right after it is read, on the same thread, when this process also stores it.
+    let seal_whole = ctx.seal_in_reader && ref_file.is_none();
     let read_at = |offset: u64| {
         // Small files get a buffer their size (plus a page, to see the end), not a whole chunk's.
         let buf_len = if offset < len { ((len - offset) as usize + PAGE_SIZE).min(chunk_size) } else { chunk_size };
-        let (file, path, rel) = (file.clone(), abs.clone(), found.rel.clone());
+        let (file, path, rel, job) = (file.clone(), abs.clone(), found.rel.clone(), job.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<ReadBuffer> {
             let mut buf = pread_up_to(&file, offset, buf_len).with_context(|| format!("cannot read {}", path.display()))?;
             let bad = match segno {
@@ -650,7 +660,9 @@ async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Resul
                 None => Vec::new(),
             };
             let hashes = increment::hash_buffer(&buf, relation);
-            Ok(ReadBuffer { offset, buf_len, buf, bad, hashes })
+            let sealed = (seal_whole && buf.len() >= chunk_size / BUNDLE_DIVISOR && !(relation && increment::has_zero_page(&buf)))
+                .then(|| job.sealed_message(hashes.0, &buf));
+            Ok(ReadBuffer { offset, buf_len, buf, bad, hashes, sealed })
         })
     };
     let mut reads = futures::stream::FuturesOrdered::new();
@@ -662,7 +674,7 @@ async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Resul
             next_offset += chunk_size as u64;
         }
         let Some(read) = futures::StreamExt::next(&mut reads).await else { break };
-        let ReadBuffer { offset, buf_len, buf, bad, hashes: (whole_id, hashes) } = read.expect("read task panicked")?;
+        let ReadBuffer { offset, buf_len, buf, bad, hashes: (whole_id, hashes), sealed } = read.expect("read task panicked")?;
         if !bad.is_empty() {
             for b in &bad {
                 warn!(file = %b.path, block = b.block, "page checksum mismatch");
@@ -681,7 +693,10 @@ async fn send_file(job: &Job, found: &Found, ctx: &ReadContext) -> anyhow::Resul
         let packed = match split.packed.len() {
             0 => None,
             len if len < chunk_size / BUNDLE_DIVISOR => Some(ctx.bundler.add(job, &ctx.table, &split.packed).await?),
-            _ if whole => Some((ctx.table.sent(job.send_hashed(split.packed, whole_id).await?), 0)),
+            _ if whole => match sealed {
+                Some(message) => Some((ctx.table.sent(job.send_presealed(whole_id, n, message).await?), 0)),
+                None => Some((ctx.table.sent(job.send_hashed(split.packed, whole_id).await?), 0)),
+            },
             _ => Some((ctx.table.sent(job.send(split.packed, true).await?), 0)),
         };
         for seg in split.segments {

@@ -193,6 +193,12 @@ pub fn split(buf: Vec<u8>, offset: u64, page_hashes: Vec<u64>, reference: Option
     Split { packed, segments, page_hashes }
 }
 
+/// Whether `buf` holds a whole page of zeros, which [`split`] would leave out of a relation file's stored
+/// bytes.
+pub fn has_zero_page(buf: &[u8]) -> bool {
+    buf.chunks_exact(PAGE_SIZE).any(is_zero)
+}
+
 /// Whether a page is all zeros. Stops at the first non-zero word, which for a page in use is in its header.
 fn is_zero(page: &[u8]) -> bool {
     page.chunks_exact(8).all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)

@@ -136,14 +136,14 @@ impl Job {
     /// in-flight window is full.
     pub async fn send(&self, data: Vec<u8>, dedup: bool) -> Result<ChunkId, JobError> {
         let id = strata_seal::chunk_id(&data);
-        self.send_via(data, id, dedup, false).await
+        self.send_plain(data, id, dedup).await
     }
 
     /// [`Job::send`] of a chunk whose id the caller computed already (it must be [`strata_seal::chunk_id`]
     /// of `data`: the sealer does not check it, restore does).
     pub async fn send_hashed(&self, data: Vec<u8>, id: ChunkId) -> Result<ChunkId, JobError> {
         debug_assert_eq!(id, strata_seal::chunk_id(&data));
-        self.send_via(data, id, true, false).await
+        self.send_plain(data, id, true).await
     }
 
     /// Like [`Job::send`], but seals the chunk here and hands it straight to the uploaders, so it does not
@@ -151,11 +151,56 @@ impl Job {
     /// (checkpoints): sealing it costs this process little.
     pub async fn send_sealed(&self, data: Vec<u8>) -> Result<ChunkId, JobError> {
         let id = strata_seal::chunk_id(&data);
-        self.send_via(data, id, true, true).await
+        let message = self.sealed_message(id, &data);
+        self.send_message(id, data.len(), Queue::Upload, move || message).await
     }
 
-    async fn send_via(&self, data: Vec<u8>, id: ChunkId, dedup: bool, seal_here: bool) -> Result<ChunkId, JobError> {
-        let permits = data.len().div_ceil(PERMIT_BYTES).max(1) as u32;
+    /// The upload message of a chunk sealed by the caller ([`Job::send_presealed`]): compresses `plain`,
+    /// which is blocking work (call it on a blocking thread).
+    pub fn sealed_message(&self, id: ChunkId, plain: &[u8]) -> Vec<u8> {
+        let sealed = strata_seal::Sealer::default().seal(plain, i32::from(self.compress_level));
+        let msg = SealedChunk {
+            version: FORMAT_VERSION,
+            job: self.id.clone(),
+            stanza: self.stanza.clone(),
+            id,
+            dedup: true,
+            raw_len: plain.len() as u32,
+            sealed,
+        };
+        encode(&UploadWork::Chunk(msg))
+    }
+
+    /// Sends a chunk of `raw_len` plain bytes that the caller sealed with [`Job::sealed_message`] straight
+    /// to the uploaders.
+    pub async fn send_presealed(&self, id: ChunkId, raw_len: usize, message: Vec<u8>) -> Result<ChunkId, JobError> {
+        self.send_message(id, raw_len, Queue::Upload, move || message).await
+    }
+
+    async fn send_plain(&self, data: Vec<u8>, id: ChunkId, dedup: bool) -> Result<ChunkId, JobError> {
+        let header = PlainChunk {
+            version: FORMAT_VERSION,
+            job: self.id.clone(),
+            stanza: self.stanza.clone(),
+            id,
+            dedup,
+            compress_level: self.compress_level,
+            data_len: 0,
+        };
+        let len = data.len();
+        self.send_message(id, len, Queue::Seal, move || strata_messages::encode_plain_chunk(header, data)).await
+    }
+
+    /// Publishes the message `make` builds for chunk `id` of `plain_len` bytes on `queue`, unless this job
+    /// already sent the same content. Waits while the in-flight window is full.
+    async fn send_message(
+        &self,
+        id: ChunkId,
+        plain_len: usize,
+        queue: Queue,
+        make: impl FnOnce() -> Vec<u8>,
+    ) -> Result<ChunkId, JobError> {
+        let permits = plain_len.div_ceil(PERMIT_BYTES).max(1) as u32;
         {
             let mut s = self.state.lock().expect("job state");
             if s.stored.contains_key(&id) || s.pending.contains_key(&id) {
@@ -173,38 +218,13 @@ impl Job {
         };
         permit.forget();
         self.state.lock().expect("job state").pending.insert(id, permits);
-        let len = data.len() as u64;
-        let published = if seal_here {
-            let sealed = strata_seal::Sealer::default().seal(&data, i32::from(self.compress_level));
-            let msg = SealedChunk {
-                version: FORMAT_VERSION,
-                job: self.id.clone(),
-                stanza: self.stanza.clone(),
-                id,
-                dedup,
-                raw_len: data.len() as u32,
-                sealed,
-            };
-            self.bus.publish_work(Queue::Upload, Bytes::from(encode(&UploadWork::Chunk(msg)))).await
-        } else {
-            let header = PlainChunk {
-                version: FORMAT_VERSION,
-                job: self.id.clone(),
-                stanza: self.stanza.clone(),
-                id,
-                dedup,
-                compress_level: self.compress_level,
-                data_len: 0,
-            };
-            self.bus.publish_work(Queue::Seal, Bytes::from(strata_messages::encode_plain_chunk(header, data))).await
-        };
-        if let Err(e) = published {
+        if let Err(e) = self.bus.publish_work(queue, Bytes::from(make())).await {
             let mut s = self.state.lock().expect("job state");
             s.pending.remove(&id);
             self.window.add_permits(permits as usize);
             return Err(e.into());
         }
-        self.sent_bytes.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        self.sent_bytes.fetch_add(plain_len as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(id)
     }
 
