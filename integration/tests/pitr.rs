@@ -180,10 +180,15 @@ fn restore_after_a_pitr_follows_the_new_timeline() {
     let on_tl2 = first.table_digests("postgres");
     assert!(setup.repo.join("stanza/main/wal/history/00000002.history").is_file());
 
-    // The same backup again, to the latest timeline: it follows timeline 2.
-    let (mut latest, out) = restore_and_boot(&setup, "latest", &[]);
+    // The same backup again, to the latest timeline: it follows timeline 2 (fetching WAL ahead of recovery,
+    // across the switch of timelines).
+    let (mut latest, out) = restore_and_boot(&setup, "latest", &["--wal-prefetch", "3"]);
     assert!(out.contains("on timeline 2"), "{out}");
     latest.wait_recovery_end(Duration::from_secs(300));
+    let auto_conf = std::fs::read_to_string(latest.data_dir().join("postgresql.auto.conf")).unwrap();
+    assert!(auto_conf.contains("archive-get --prefetch 3 %f"), "{auto_conf}");
+    // Recovery ran to the archive's end, where the spool is removed.
+    assert!(!latest.data_dir().join("pg_wal/strata-spool").exists(), "the prefetch spool was left behind");
     assert_eq!(latest.table_digests("postgres"), on_tl2);
     latest.psql("CHECKPOINT");
     assert_eq!(latest.psql("SELECT timeline_id FROM pg_control_checkpoint()"), "3");

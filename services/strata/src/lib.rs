@@ -46,7 +46,16 @@ pub enum Command {
     /// archive_command: stores one WAL file; exits 0 only once it is durable in the repository.
     ArchivePush { path: PathBuf },
     /// restore_command: fetches one WAL file; exits 1 when it is not archived.
-    ArchiveGet { wal_name: String, dest: PathBuf },
+    ArchiveGet {
+        wal_name: String,
+        dest: PathBuf,
+        /// Keep this many following segments fetched ahead in a spool beside DEST (0: off).
+        #[arg(long, default_value_t = 0)]
+        prefetch: usize,
+    },
+    /// The background fetcher behind `archive-get --prefetch` (started by it).
+    #[command(hide = true)]
+    ArchivePrefetch { spool: PathBuf, count: usize },
     /// Restores a backup into a data directory, ready to recover from the archive to a target.
     Restore {
         #[arg(long)]
@@ -78,6 +87,9 @@ pub enum Command {
         /// remove what the backup does not have.
         #[arg(long)]
         delta: bool,
+        /// Segments the restore_command fetches ahead of recovery (0: one at a time, as asked).
+        #[arg(long, default_value_t = cmd::restore::DEFAULT_WAL_PREFETCH)]
+        wal_prefetch: usize,
     },
     /// Shows backups and the WAL archive.
     Info {
@@ -163,9 +175,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cmd::backup::run(&ctx, backup_type.to_type(), checksum_all).await
         }
         Command::ArchivePush { path } => cmd::archive::push(&ctx, &path).await.context("archive-push"),
-        Command::ArchiveGet { wal_name, dest } => cmd::archive::get(&ctx, &wal_name, &dest).await.map_err(|e| {
-            if e.is::<cmd::archive::NotArchived>() { e } else { e.context("archive-get") }
-        }),
+        Command::ArchiveGet { wal_name, dest, prefetch } => {
+            cmd::archive::get(&ctx, &wal_name, &dest, prefetch).await.map_err(|e| {
+                if e.is::<cmd::archive::NotArchived>() { e } else { e.context("archive-get") }
+            })
+        }
+        Command::ArchivePrefetch { spool, count } => cmd::archive::prefetch(&ctx, &spool, count).await.context("archive-prefetch"),
         Command::Restore {
             pg_data,
             set,
@@ -176,6 +191,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             target_timeline,
             target_exclusive,
             delta,
+            wal_prefetch,
         } => {
             let opts = cmd::restore::RestoreOptions {
                 pg_data: &pg_data,
@@ -189,6 +205,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     exclusive: target_exclusive,
                 },
                 delta,
+                wal_prefetch,
             };
             cmd::restore::run(&ctx, &opts).await.context("restore")
         }

@@ -1,13 +1,41 @@
 //! `archive-push` (PostgreSQL's archive_command) and `archive-get` (its restore_command).
+//!
+//! # Prefetch
+//! Recovery asks for one segment at a time and replays it before asking for the next, so with a plain
+//! restore_command fetching (a process start, repository reads, decompression, a hash) and replay take
+//! turns. `archive-get --prefetch N` overlaps them, as pgBackRest's asynchronous archive-get does: each
+//! call records the segment asked for in a spool directory (`strata-spool` beside the destination, i.e.
+//! in `pg_wal`, whose contents no backup copies and which is on the same file system, so a spooled
+//! segment is handed over by a rename) and makes sure one background `archive-prefetch` process keeps
+//! the N segments after it in the spool. A call finds its segment there (or waits for the prefetcher to
+//! finish it) instead of fetching it. Spooled segments are verified against their hash like any other,
+//! and segments behind the one asked for, or of another timeline, are removed from the spool. The
+//! prefetcher stops at the end of the archive, and when it has nothing left to fetch; the next call
+//! starts another. When recovery asks for a segment the archive does not have (its end), the spool is
+//! removed; a recovery that stops at a target earlier leaves up to N segments there, in `pg_wal`, which no
+//! backup copies and the next delta restore removes.
 
 use crate::{local, Context_};
 use anyhow::{bail, Context};
+use std::fs;
 use std::io::Write;
-use std::path::Path;
-use std::time::Duration;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 use strata_collector::job::CommitOutcome;
 use strata_collector::wal::{WalPushSettings, WalPushTarget};
+use strata_pg::wal::{classify_wal_file, WalFileKind};
+use strata_pg::WalSegment;
 use strata_seal::Sealer;
+
+/// The spool's name, in the directory of the restore_command's destination.
+pub const SPOOL_DIR: &str = "strata-spool";
+/// File in the spool naming the last segment recovery asked for.
+const WANTED: &str = ".wanted";
+const LOCK: &str = ".lock";
+/// How long a call waits for a segment the prefetcher is fetching before fetching it itself.
+const SPOOL_WAIT: Duration = Duration::from_secs(60);
 
 pub async fn push(ctx: &Context_, path: &Path) -> anyhow::Result<()> {
     let info = ctx.repo.stanza(&ctx.stanza).await?;
@@ -50,14 +78,162 @@ pub struct NotArchived {
     pub stanza: String,
 }
 
-pub async fn get(ctx: &Context_, name: &str, dest: &Path) -> anyhow::Result<()> {
-    let Some(record) = ctx.repo.wal(&ctx.stanza, name).await? else {
+/// Fetches `name` to `dest`; with `prefetch` > 0 and a segment, through the spool (see the module docs).
+pub async fn get(ctx: &Context_, name: &str, dest: &Path, prefetch: usize) -> anyhow::Result<()> {
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if prefetch > 0 && classify_wal_file(name) == Some(WalFileKind::Segment) {
+        let seg_size = ctx.repo.stanza(&ctx.stanza).await?.wal_segment_size;
+        if let Some(wanted) = WalSegment::parse(name, seg_size) {
+            let spool = dir.join(SPOOL_DIR);
+            if spool_hand_over(ctx, &spool, wanted, seg_size, name, dest, prefetch).await? {
+                return Ok(());
+            }
+        }
+    }
+    if !fetch(ctx, name, dir, dest).await? {
+        // Recovery has reached the end of the archive: what is spooled beyond it is not needed.
+        if prefetch > 0 {
+            let spool = dir.join(SPOOL_DIR);
+            if spool.is_dir() && try_lock(&spool)?.is_some() {
+                let _ = fs::remove_dir_all(&spool);
+            }
+        }
         return Err(NotArchived { name: name.into(), stanza: ctx.stanza.clone() }.into());
+    }
+    Ok(())
+}
+
+/// Records the wanted segment, keeps a prefetcher running and hands the segment over from the spool if it
+/// is (or is about to be) there. Whether it was.
+async fn spool_hand_over(
+    ctx: &Context_,
+    spool: &Path,
+    wanted: WalSegment,
+    seg_size: u64,
+    name: &str,
+    dest: &Path,
+    prefetch: usize,
+) -> anyhow::Result<bool> {
+    fs::create_dir_all(spool).with_context(|| format!("cannot create {}", spool.display()))?;
+    clean_spool(spool, wanted, seg_size);
+    write_atomic(&spool.join(WANTED), name.as_bytes())?;
+    start_prefetcher(ctx, spool, prefetch)?;
+    let spooled = spool.join(name);
+    let in_progress = spool.join(format!(".{name}.tmp"));
+    let started = Instant::now();
+    loop {
+        match fs::rename(&spooled, dest) {
+            Ok(()) => return Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => bail!("cannot move {} to {}: {e}", spooled.display(), dest.display()),
+        }
+        // Wait only for a prefetcher that is alive: a `.tmp` left by one that died is nobody's work.
+        if !in_progress.exists() || started.elapsed() > SPOOL_WAIT || try_lock(spool)?.is_some() {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Removes spooled segments recovery has gone past or will not ask for (another timeline).
+fn clean_spool(spool: &Path, wanted: WalSegment, seg_size: u64) {
+    let Ok(entries) = fs::read_dir(spool) else { return };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(s) = file.to_str().and_then(|n| WalSegment::parse(n, seg_size)) else { continue };
+        if s.timeline != wanted.timeline || s.segno < wanted.segno {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Holds the spool's lock while alive (flock, released when the file closes).
+struct SpoolLock(#[allow(dead_code)] fs::File);
+
+fn try_lock(spool: &Path) -> anyhow::Result<Option<SpoolLock>> {
+    let path = spool.join(LOCK);
+    let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    Ok((r == 0).then_some(SpoolLock(f)))
+}
+
+/// Starts a background `archive-prefetch` unless one holds the spool's lock.
+fn start_prefetcher(ctx: &Context_, spool: &Path, count: usize) -> anyhow::Result<()> {
+    if try_lock(spool)?.is_none() {
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("cannot find the strata executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--config")
+        .arg(&ctx.config_path)
+        .arg("--stanza")
+        .arg(&ctx.stanza)
+        .arg("archive-prefetch")
+        .arg(spool)
+        .arg(count.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // Its own session: the prefetcher outlives this restore_command and must not get the signals meant
+    // for the server's process group.
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().context("cannot start the WAL prefetcher")?;
+    Ok(())
+}
+
+/// The background prefetcher: keeps the `count` segments after the wanted one in the spool.
+pub async fn prefetch(ctx: &Context_, spool: &Path, count: usize) -> anyhow::Result<()> {
+    let Some(_lock) = try_lock(spool)? else { return Ok(()) };
+    // Temporary files of a prefetcher that died: only the lock holder writes here.
+    for e in fs::read_dir(spool).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".tmp") {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    let seg_size = ctx.repo.stanza(&ctx.stanza).await?.wal_segment_size;
+    loop {
+        let wanted = fs::read_to_string(spool.join(WANTED)).unwrap_or_default();
+        let Some(wanted) = WalSegment::parse(wanted.trim(), seg_size) else { return Ok(()) };
+        let mut next = None;
+        let mut s = wanted;
+        for _ in 0..count {
+            s = s.next();
+            if !spool.join(s.name(seg_size)).exists() {
+                next = Some(s);
+                break;
+            }
+        }
+        let Some(s) = next else { return Ok(()) };
+        let name = s.name(seg_size);
+        if !fetch(ctx, &name, spool, &spool.join(&name)).await? {
+            // The end of the archive (for now).
+            return Ok(());
+        }
+    }
+}
+
+/// Writes archived `name` to `dest` (through a temporary file in `dir`, `.<dest name>.tmp`); `false` when
+/// it is not archived.
+async fn fetch(ctx: &Context_, name: &str, dir: &Path, dest: &Path) -> anyhow::Result<bool> {
+    let Some(record) = ctx.repo.wal(&ctx.stanza, name).await? else {
+        return Ok(false);
     };
     let sealer = Sealer::default();
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.strata-tmp", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-    let mut file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let tmp: PathBuf = dir.join(format!(".{}.tmp", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    let mut file = fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut hasher = blake3::Hasher::new();
     let written: anyhow::Result<()> = async {
         for r in &record.chunks {
@@ -72,9 +248,9 @@ pub async fn get(ctx: &Context_, name: &str, dest: &Path) -> anyhow::Result<()> 
     }
     .await;
     if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::rename(&tmp, dest).with_context(|| format!("cannot write {}", dest.display()))?;
-    Ok(())
+    fs::rename(&tmp, dest).with_context(|| format!("cannot write {}", dest.display()))?;
+    Ok(true)
 }
