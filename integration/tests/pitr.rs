@@ -72,6 +72,8 @@ fn point_in_time_targets_under_pgbench_load() {
     assert_eq!(setup.pg.psql("SELECT count(*) FROM orders"), "0");
     setup.pg.pgbench_run_background(3, 2).wait().expect("pgbench failed");
     setup.pg.psql("INSERT INTO markers VALUES ('after delete')");
+    // The nightly backup runs before anyone notices: restores to the moment must pass it over.
+    let later = setup.backup("full");
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(120));
 
     let (mut copy, out) = restore_and_boot(&setup, "by_time", &["--type", "time", "--target", &t, "--target-action", "promote"]);
@@ -100,7 +102,7 @@ fn point_in_time_targets_under_pgbench_load() {
     copy.stop();
 
     // Immediate: the backup's consistent point, before what was written after it returned.
-    let (mut copy, _) = restore_and_boot(&setup, "immediate", &["--type", "immediate"]);
+    let (mut copy, _) = restore_and_boot(&setup, "immediate", &["--type", "immediate", "--set", &label]);
     copy.wait_recovery_end(Duration::from_secs(300));
     assert_eq!(copy.psql("SELECT string_agg(name, ',' ORDER BY name) FROM markers"), "before backup");
     assert_eq!(copy.psql("SELECT count(*) FROM orders"), "5000");
@@ -116,6 +118,8 @@ fn point_in_time_targets_under_pgbench_load() {
     assert!(line.contains("before the end of backup"), "{line}");
     let line = setup.strata_fails(&["restore", "--pg-data", nowhere.to_str().unwrap(), "--type", "lsn", "--target", "0/1000000"]);
     assert!(line.contains("after the target LSN"), "{line}");
+    let line = setup.strata_fails(&["restore", "--pg-data", nowhere.to_str().unwrap(), "--type", "time", "--target", &t, "--set", &later]);
+    assert!(line.contains(&format!("before the end of backup {later}")), "{line}");
     let line = setup.strata_fails(&["restore", "--pg-data", nowhere.to_str().unwrap(), "--type", "name", "--target", "no_such_point"]);
     assert!(line.contains("restore point 'no_such_point' is not in the WAL archived"), "{line}");
     assert_eq!(before, snapshot(&setup.repo), "a refused restore changed the repository");
@@ -128,7 +132,7 @@ fn point_in_time_targets_under_pgbench_load() {
     let before = snapshot(&setup.repo);
     let line = setup.strata_fails(&["restore", "--pg-data", nowhere.to_str().unwrap(), "--type", "time", "--target", &t]);
     assert!(line.contains(&format!("WAL is missing between {wal_stop} and")) && line.contains(&next), "{line}");
-    let line = setup.strata_fails(&["restore", "--pg-data", nowhere.to_str().unwrap()]);
+    let line = setup.strata_fails(&["restore", "--pg-data", nowhere.to_str().unwrap(), "--set", &label]);
     assert!(line.contains("recovery would stop at"), "{line}");
     assert!(!nowhere.exists(), "a refused restore created its target");
     assert_eq!(before, snapshot(&setup.repo), "a refused restore changed the repository");
