@@ -10,8 +10,8 @@
 //!    Small pieces share chunks ([`crate::bundle`]); each finished file's entry goes into the manifest's file
 //!    lists at once ([`crate::file_lists`]), and a checkpoint is written every few seconds
 //!    ([`crate::checkpoint`]).
-//! 4. `pg_backup_stop(wait_for_archive => true)` returns the backup_label and tablespace_map contents and
-//!    waits until the WAL the backup needs is archived.
+//! 4. `pg_backup_stop` returns the backup_label and tablespace_map contents; then wait until the WAL the
+//!    backup needs is archived ([`wait_archived`]).
 //! 5. Wait until every chunk is confirmed stored, send the manifest head through the pipeline the same way,
 //!    then ask an uploader to commit the backup record. The backup exists from that moment on, not before.
 
@@ -325,23 +325,22 @@ async fn backup_steps(
         return Err(e);
     }
 
-    let row = tokio::time::timeout(
-        ARCHIVE_WAIT,
-        client.query_one("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)", &[]),
-    )
-    .await;
-    let row = match row {
-        Ok(Ok(row)) => row,
-        Ok(Err(e)) => {
+    // pg_backup_stop(true) would wait for the last segment itself, but it checks once a second, which
+    // costs most of a second on every backup; the same check is made here every few milliseconds.
+    let row = match client.query_one("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)", &[]).await {
+        Ok(row) => row,
+        Err(e) => {
             checkpointer.stop().await;
             return Err(anyhow::Error::from(e).context("pg_backup_stop failed"));
         }
-        Err(_) => {
-            checkpointer.stop().await;
-            bail!("the WAL this backup needs was not archived within {} s; check archive_command", ARCHIVE_WAIT.as_secs())
-        }
     };
     let stop_lsn: Lsn = row.get::<_, String>(0).parse().context("pg_backup_stop returned a malformed LSN")?;
+    let stop_for_wal = Lsn(stop_lsn.0.saturating_sub(1).max(start_lsn.0));
+    let last_segment = WalSegment::containing(timeline, stop_for_wal, seg).name(seg);
+    if let Err(e) = wait_archived(pg_data, &last_segment, job).await {
+        checkpointer.stop().await;
+        return Err(e);
+    }
     let backup_label: String = row.get(1);
     let tablespace_map: Option<String> = row.get(2);
     let stop_time = now();
@@ -362,10 +361,9 @@ async fn backup_steps(
         .map(|l| job.location(&l.id).ok_or_else(|| anyhow!("a file list of the backup has no stored location")))
         .collect::<anyhow::Result<Vec<ChunkRef>>>()?;
     let checksum_failures = std::mem::take(&mut *ctx.failures.lock().expect("failures"));
-    let stop_for_wal = Lsn(stop_lsn.0.saturating_sub(1).max(start_lsn.0));
     summary.stop_time = stop_time;
     summary.stop_lsn = stop_lsn.0;
-    summary.wal_stop = WalSegment::containing(timeline, stop_for_wal, seg).name(seg);
+    summary.wal_stop = last_segment;
     summary.database_bytes = ctx.database_bytes.load(Ordering::Relaxed);
     summary.read_bytes = ctx.read.load(Ordering::Relaxed);
     summary.file_count = ctx.file_count.load(Ordering::Relaxed);
@@ -430,6 +428,33 @@ async fn check_cluster(client: &tokio_postgres::Client, pg_data: &Path, req: &Ba
         data_checksums: facts.data_checksums,
         wal_segment_size: facts.wal_segment_size,
     })
+}
+
+/// Waits until PostgreSQL's archiver has archived `segment`, the last one the backup needs: the test
+/// `pg_backup_stop(wait_for_archive => true)` makes (XLogArchiveIsBusy), on the archive status files in
+/// `pg_wal/archive_status`, polled every few milliseconds instead of every second.
+/// The backup's own chunks travel the same stages as the WAL: if they stall, so does archiving, and the
+/// stall is the error reported.
+async fn wait_archived(pg_data: &Path, segment: &str, job: &Job) -> anyhow::Result<()> {
+    let wal = pg_data.join("pg_wal");
+    let status = wal.join("archive_status");
+    let started = std::time::Instant::now();
+    loop {
+        let done = status.join(format!("{segment}.done")).exists();
+        // Without a .done, the segment is still to be archived while its .ready or the segment itself is
+        // there (a segment already archived and recycled has neither).
+        if done || !(status.join(format!("{segment}.ready")).exists() || wal.join(segment).exists()) {
+            return Ok(());
+        }
+        job.check_pending()?;
+        if started.elapsed() > ARCHIVE_WAIT {
+            bail!(
+                "WAL segment {segment}, which this backup needs, was not archived within {} s; check archive_command",
+                ARCHIVE_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Lists what the backup copies, directories before their contents. Follows the tablespace links in

@@ -318,6 +318,16 @@ impl Job {
         }
     }
 
+    /// Fails when the job has failed, or has chunks waiting and none was confirmed for the stall timeout:
+    /// for callers that wait on something else meanwhile (the collector waiting for WAL to be archived,
+    /// which goes through the same stages).
+    pub fn check_pending(&self) -> Result<(), JobError> {
+        if self.state.lock().expect("job state").pending.is_empty() {
+            return self.check_failed();
+        }
+        self.check_stalled()
+    }
+
     fn check_stalled(&self) -> Result<(), JobError> {
         let s = self.state.lock().expect("job state");
         if let Some(f) = &s.failure {
