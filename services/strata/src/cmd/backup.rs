@@ -41,9 +41,22 @@ pub async fn run(ctx: &Context_, requested: BackupType, checksum_all: bool) -> a
             break;
         }
     }
-    let label = new_label(backup_type);
-    if ctx.repo.backup(&ctx.stanza, &label).await.is_ok() {
-        bail!("a backup labelled {label} already exists; retry in a second");
+    // Labels have one-second resolution and must sort after every existing backup (the chain and the
+    // restore's choice of backup go by label order): like pgBackRest, wait for the next second when the
+    // previous backup started in this one.
+    let newest = backups.iter().map(|b| b.summary.label.clone()).max();
+    let mut label = new_label(backup_type);
+    for _ in 0..30 {
+        match &newest {
+            Some(n) if label_time(&label) <= label_time(n) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                label = new_label(backup_type);
+            }
+            _ => break,
+        }
+    }
+    if ctx.repo.backup(&ctx.stanza, &label).await.is_ok() || newest.as_deref().is_some_and(|n| label_time(&label) <= label_time(n)) {
+        bail!("a backup labelled {label} or later already exists (is the clock behind?)");
     }
     let (bus, in_process) = strata_runtime::connect_bus(&ctx.cfg).await?;
     let stages = if in_process { Some(local::start(&ctx.cfg, bus.clone(), false).await?) } else { None };
@@ -97,6 +110,11 @@ pub async fn run(ctx: &Context_, requested: BackupType, checksum_all: bool) -> a
         }
     );
     Ok(())
+}
+
+/// The time part of a label (`20261124-083000`), which orders labels whatever their type.
+fn label_time(label: &str) -> &str {
+    &label[..label.len().min(15)]
 }
 
 /// `20261124-083000F` (or `D`, `I`): when the backup started and its type.
