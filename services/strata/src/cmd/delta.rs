@@ -217,7 +217,7 @@ pub async fn run(
             (files.clone(), states.clone(), units.clone(), chunks.clone(), counters.clone(), next.clone());
         let (repo, root, sealer) = (ctx.repo.clone(), root.clone(), sealer.clone());
         workers.push(tokio::spawn(async move {
-            let mut fetcher = Fetcher { repo, sealer, chunks, cached: None, counters: counters.clone() };
+            let mut fetcher = Fetcher { repo, sealer, chunks, cached: Vec::new(), counters: counters.clone() };
             loop {
                 let Some(unit) = units.get(next.fetch_add(1, Ordering::Relaxed)) else {
                     return Ok::<(), anyhow::Error>(());
@@ -309,12 +309,17 @@ fn remove_extra(
     Ok(())
 }
 
-/// Fetches chunks for one worker, keeping the last one (consecutive pieces often share it).
+/// Chunks each delta worker keeps unsealed. An incremental's file alternates between its reference's
+/// chunks and its own (a changed page here, the reference's unchanged rest there), one chunk per backup of
+/// the chain: keeping only the last chunk would decompress a whole chunk for every changed page.
+const CACHED_CHUNKS: usize = 8;
+
+/// Fetches chunks for one worker, keeping the last few used (most recent first).
 struct Fetcher {
     repo: strata_repo::Repo,
     sealer: Sealer,
     chunks: Arc<Vec<ChunkRef>>,
-    cached: Option<([u8; 32], Vec<u8>)>,
+    cached: Vec<([u8; 32], Vec<u8>)>,
     counters: Arc<Counters>,
 }
 
@@ -327,12 +332,16 @@ impl Fetcher {
     }
 
     async fn get(&mut self, r: &ChunkRef) -> anyhow::Result<&[u8]> {
-        if self.cached.as_ref().map(|c| c.0) != Some(r.id) {
-            let plain = self.repo.read_chunk(&self.sealer, r).await?;
-            self.counters.fetched.fetch_add(plain.len() as u64, Ordering::Relaxed);
-            self.cached = Some((r.id, plain));
+        match self.cached.iter().position(|c| c.0 == r.id) {
+            Some(i) => self.cached[..=i].rotate_right(1),
+            None => {
+                let plain = self.repo.read_chunk(&self.sealer, r).await?;
+                self.counters.fetched.fetch_add(plain.len() as u64, Ordering::Relaxed);
+                self.cached.truncate(CACHED_CHUNKS - 1);
+                self.cached.insert(0, (r.id, plain));
+            }
         }
-        Ok(&self.cached.as_ref().expect("just set").1)
+        Ok(&self.cached[0].1)
     }
 }
 

@@ -205,33 +205,35 @@ pub async fn run(ctx: &Context_, opts: &RestoreOptions<'_>) -> anyhow::Result<()
                     .truncate(false)
                     .open(&path)
                     .with_context(|| format!("cannot create {}", path.display()))?;
-                let mut offset = unit.offset;
-                for piece in &e.pieces[unit.first..unit.first + unit.count] {
-                    if piece.is_zero() {
-                        let (zeros, at, path_c) = (piece.len as usize, offset, path.clone());
+                // An incremental's file alternates between pieces of its reference's chunks and of its own
+                // (one changed page here, the unchanged rest of the reference's chunk there): fetching
+                // per piece would decompress a whole chunk for every 8 KiB page. So each chunk the unit
+                // uses is fetched and unsealed once, and all its pieces written from it.
+                for run in group_by_chunk(&e.pieces[unit.first..unit.first + unit.count], unit.offset) {
+                    let bytes: u64 = run.writes.iter().map(|w| w.len as u64).sum();
+                    let (path_c, rel, locks, file_no) = (path.clone(), e.path.clone(), write_locks.clone(), unit.file);
+                    if run.chunk == strata_messages::ZERO_CHUNK {
                         f = tokio::task::spawn_blocking(move || -> anyhow::Result<File> {
-                            write_zeros(&f, at, zeros).with_context(|| format!("cannot write {}", path_c.display()))?;
+                            for w in &run.writes {
+                                write_zeros(&f, w.at, w.len).with_context(|| format!("cannot write {}", path_c.display()))?;
+                            }
                             Ok(f)
                         })
                         .await
                         .expect("restore write task panicked")?;
-                        offset += piece.len as u64;
-                        bar.inc(piece.len as u64);
+                        bar.inc(bytes);
                         continue;
                     }
-                    let r = *chunks.get(piece.chunk as usize).ok_or_else(|| {
-                        anyhow!("restoring {}: a piece points at chunk {} of a {}-chunk table", e.path, piece.chunk, chunks.len())
+                    let r = *chunks.get(run.chunk as usize).ok_or_else(|| {
+                        anyhow!("restoring {}: a piece points at chunk {} of a {}-chunk table", e.path, run.chunk, chunks.len())
                     })?;
-                    // Consecutive pieces of an incremental often come from the same chunk: fetch and
-                    // unseal it once.
                     let sealed = match cached == Some(r.id) {
                         true => None,
                         false => Some(repo.read_sealed(&r).await.with_context(|| format!("restoring {}", e.path))?),
                     };
                     // Decompressing, hashing and writing are blocking work: keep them off the runtime's
                     // threads, and move the worker's buffer in and out so it is allocated once.
-                    let (sealer, piece, path_c, rel) = (sealer.clone(), *piece, path.clone(), e.path.clone());
-                    let (locks, file_no) = (write_locks.clone(), unit.file);
+                    let sealer = sealer.clone();
                     let (file, buf) = tokio::task::spawn_blocking(move || -> anyhow::Result<(File, Vec<u8>)> {
                         let (f, mut buf) = (f, plain);
                         if let Some(sealed) = sealed {
@@ -239,12 +241,13 @@ pub async fn run(ctx: &Context_, opts: &RestoreOptions<'_>) -> anyhow::Result<()
                                 anyhow!("restoring {rel}: chunk {} (pack {}): {source}", hex(&r.id), hex(&r.pack))
                             })?;
                         }
-                        let range = piece.offset as usize..(piece.offset + piece.len) as usize;
-                        let bytes = buf.get(range).ok_or_else(|| {
-                            anyhow!("restoring {rel}: a piece runs past the end of chunk {}", hex(&r.id))
-                        })?;
                         let turn = locks[file_no].lock().expect("file write lock");
-                        f.write_all_at(bytes, offset).with_context(|| format!("cannot write {}", path_c.display()))?;
+                        for w in &run.writes {
+                            let bytes = buf.get(w.from..w.from + w.len).ok_or_else(|| {
+                                anyhow!("restoring {rel}: a piece runs past the end of chunk {}", hex(&r.id))
+                            })?;
+                            f.write_all_at(bytes, w.at).with_context(|| format!("cannot write {}", path_c.display()))?;
+                        }
                         drop(turn);
                         Ok((f, buf))
                     })
@@ -253,8 +256,7 @@ pub async fn run(ctx: &Context_, opts: &RestoreOptions<'_>) -> anyhow::Result<()
                     f = file;
                     plain = buf;
                     cached = Some(r.id);
-                    offset += piece.len as u64;
-                    bar.inc(piece.len as u64);
+                    bar.inc(bytes);
                 }
                 if remaining[unit.file].fetch_sub(1, Ordering::AcqRel) == 1 {
                     let (e, path) = (e.clone(), path.clone());
@@ -283,6 +285,43 @@ pub async fn run(ctx: &Context_, opts: &RestoreOptions<'_>) -> anyhow::Result<()
         plan.describe
     );
     Ok(())
+}
+
+/// One contiguous write: `len` bytes from offset `from` of a chunk, to offset `at` of the file.
+#[derive(Debug, PartialEq)]
+struct Write_ {
+    from: usize,
+    at: u64,
+    len: usize,
+}
+
+/// Everything a unit writes from one chunk (or, for [`strata_messages::ZERO_CHUNK`], as zeros).
+#[derive(Debug, PartialEq)]
+struct ChunkRun {
+    chunk: u32,
+    writes: Vec<Write_>,
+}
+
+/// The pieces of a file range starting at `offset`, grouped by chunk in order of first use, with pieces
+/// that follow each other in both the chunk and the file merged into one write.
+fn group_by_chunk(pieces: &[strata_messages::Piece], mut offset: u64) -> Vec<ChunkRun> {
+    let mut runs: Vec<ChunkRun> = Vec::new();
+    let mut index: HashMap<u32, usize> = HashMap::new();
+    for p in pieces {
+        let i = *index.entry(p.chunk).or_insert_with(|| {
+            runs.push(ChunkRun { chunk: p.chunk, writes: Vec::new() });
+            runs.len() - 1
+        });
+        let writes = &mut runs[i].writes;
+        match writes.last_mut() {
+            Some(w) if w.at + w.len as u64 == offset && (p.is_zero() || w.from + w.len == p.offset as usize) => {
+                w.len += p.len as usize
+            }
+            _ => writes.push(Write_ { from: p.offset as usize, at: offset, len: p.len as usize }),
+        }
+        offset += p.len as u64;
+    }
+    runs
 }
 
 /// Writes `len` zero bytes at `offset`.
@@ -464,6 +503,23 @@ mod tests {
     use super::*;
     use crate::cmd::target::TargetAction;
     use crate::RecoveryType;
+
+    #[test]
+    fn pieces_are_grouped_by_chunk_and_merged() {
+        use strata_messages::{Piece, ZERO_CHUNK};
+        let p = |chunk, offset, len| Piece { chunk, offset, len };
+        // A reference chunk 0 with pages 1 and 3 replaced from chunk 1, then a zero page.
+        let pieces = [p(0, 0, 8), p(1, 0, 8), p(0, 16, 8), p(1, 8, 8), p(ZERO_CHUNK, 0, 8), p(ZERO_CHUNK, 0, 8)];
+        let w = |from, at, len| Write_ { from, at, len };
+        assert_eq!(
+            group_by_chunk(&pieces, 100),
+            vec![
+                ChunkRun { chunk: 0, writes: vec![w(0, 100, 8), w(16, 116, 8)] },
+                ChunkRun { chunk: 1, writes: vec![w(0, 108, 8), w(8, 124, 8)] },
+                ChunkRun { chunk: ZERO_CHUNK, writes: vec![w(0, 132, 16)] },
+            ]
+        );
+    }
 
     #[test]
     fn earlier_recovery_settings_are_superseded() {
