@@ -118,43 +118,83 @@ impl<K: KeyProvider> Sealer<K> {
     /// [`Sealer::unseal`] into a caller's buffer (replacing its contents), so a restore reuses one
     /// allocation per worker instead of faulting in fresh pages for every chunk.
     pub fn unseal_into(&self, sealed: &[u8], expected_id: &[u8; 32], out: &mut Vec<u8>) -> Result<(), SealError> {
-        if sealed.len() < HEADER_LEN {
-            return Err(SealError::Truncated { len: sealed.len() });
-        }
-        if sealed[0] != ENVELOPE_VERSION {
-            return Err(SealError::Version(sealed[0]));
-        }
-        if sealed[2] != 0 {
-            return Err(SealError::UnknownCipher(sealed[2]));
-        }
-        let raw_len = u32::from_le_bytes(sealed[4..8].try_into().expect("4 bytes")) as usize;
-        let body = &sealed[HEADER_LEN..];
+        let (raw_len, compression, body) = open_envelope(sealed)?;
         out.clear();
         out.reserve(raw_len);
-        match sealed[1] {
+        match compression {
             0 => out.extend_from_slice(body),
-            1 => {
-                DECOMPRESSOR.with(|d| -> Result<(), SealError> {
-                    let mut d = d.borrow_mut();
-                    if d.is_none() {
-                        *d = Some(zstd::bulk::Decompressor::new().map_err(SealError::Decompress)?);
-                    }
-                    let d = d.as_mut().expect("created above");
-                    d.decompress_to_buffer(body, &mut *out).map_err(SealError::Decompress)?;
-                    Ok(())
-                })?;
+            _ => {
+                with_decompressor(|d| d.decompress_to_buffer(body, &mut *out))?;
             }
-            other => return Err(SealError::UnknownCompression(other)),
         }
-        if out.len() != raw_len {
+        check_plain(out, raw_len, expected_id)
+    }
+
+    /// [`Sealer::unseal`] into the start of `out` (which must be large enough for the chunk); the
+    /// chunk's length. For buffers a `Vec` cannot be, such as the aligned ones direct I/O needs.
+    pub fn unseal_into_slice(&self, sealed: &[u8], expected_id: &[u8; 32], out: &mut [u8]) -> Result<usize, SealError> {
+        let (raw_len, compression, body) = open_envelope(sealed)?;
+        if out.len() < raw_len {
             return Err(SealError::LengthMismatch { expected: raw_len, actual: out.len() });
         }
-        let actual = chunk_id(out);
-        if &actual != expected_id {
-            return Err(SealError::HashMismatch { expected: hex(expected_id), actual: hex(&actual) });
+        let len = match compression {
+            0 if body.len() == raw_len => {
+                out[..raw_len].copy_from_slice(body);
+                raw_len
+            }
+            0 => body.len(),
+            _ => with_decompressor(|d| d.decompress_to_buffer(body, &mut out[..raw_len]))?,
+        };
+        if len != raw_len {
+            return Err(SealError::LengthMismatch { expected: raw_len, actual: len });
         }
-        Ok(())
+        check_plain(&out[..raw_len], raw_len, expected_id)?;
+        Ok(raw_len)
     }
+}
+
+/// Checks a sealed chunk's header; its plain length, compression and body.
+fn open_envelope(sealed: &[u8]) -> Result<(usize, u8, &[u8]), SealError> {
+    if sealed.len() < HEADER_LEN {
+        return Err(SealError::Truncated { len: sealed.len() });
+    }
+    if sealed[0] != ENVELOPE_VERSION {
+        return Err(SealError::Version(sealed[0]));
+    }
+    if sealed[2] != 0 {
+        return Err(SealError::UnknownCipher(sealed[2]));
+    }
+    match sealed[1] {
+        0 | 1 => {}
+        other => return Err(SealError::UnknownCompression(other)),
+    }
+    let raw_len = u32::from_le_bytes(sealed[4..8].try_into().expect("4 bytes")) as usize;
+    Ok((raw_len, sealed[1], &sealed[HEADER_LEN..]))
+}
+
+/// Runs `f` with this thread's decompressor.
+fn with_decompressor(
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<usize>,
+) -> Result<usize, SealError> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new().map_err(SealError::Decompress)?);
+        }
+        f(d.as_mut().expect("created above")).map_err(SealError::Decompress)
+    })
+}
+
+/// Checks an unsealed chunk's length and content address.
+fn check_plain(plain: &[u8], raw_len: usize, expected_id: &[u8; 32]) -> Result<(), SealError> {
+    if plain.len() != raw_len {
+        return Err(SealError::LengthMismatch { expected: raw_len, actual: plain.len() });
+    }
+    let actual = chunk_id(plain);
+    if &actual != expected_id {
+        return Err(SealError::HashMismatch { expected: hex(expected_id), actual: hex(&actual) });
+    }
+    Ok(())
 }
 
 // zstd contexts are kept per thread and reused: creating one per chunk allocated and cleared its tables
@@ -201,6 +241,25 @@ mod tests {
         let sealed = s.seal(&noise, 3);
         assert_eq!(sealed[1], Compression::None as u8);
         assert_eq!(s.unseal(&sealed, &chunk_id(&noise)).unwrap(), noise);
+    }
+
+    #[test]
+    fn unseal_into_a_slice() {
+        let s = Sealer::default();
+        let text = b"strata ".repeat(10_000);
+        let mut noise = vec![0u8; 50_000];
+        blake3::Hasher::new().update(b"seed").finalize_xof().fill(&mut noise);
+        let mut out = vec![0xaau8; 80_000];
+        for plain in [&text, &noise] {
+            let sealed = s.seal(plain, 1);
+            let n = s.unseal_into_slice(&sealed, &chunk_id(plain), &mut out).unwrap();
+            assert_eq!(&out[..n], &plain[..]);
+            assert!(matches!(
+                s.unseal_into_slice(&sealed, &chunk_id(plain), &mut out[..n - 1]),
+                Err(SealError::LengthMismatch { .. })
+            ));
+            assert!(matches!(s.unseal_into_slice(&sealed, &[0; 32], &mut out), Err(SealError::HashMismatch { .. })));
+        }
     }
 
     #[test]

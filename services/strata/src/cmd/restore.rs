@@ -16,12 +16,13 @@
 use crate::cmd::format_bytes;
 use crate::cmd::target::{self, Recovery, RecoveryArgs, Target};
 use crate::wal_archive::WalArchive;
+use crate::direct_io::{AlignedBuf, OutFile};
 use crate::{progress, Context_};
 use anyhow::{anyhow, bail, Context};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{symlink, FileExt, PermissionsExt};
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,10 +30,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use strata_messages::{hex, FileEntry, FileKind, Manifest};
 use strata_seal::Sealer;
 
-/// Units restored at once; each worker has one chunk in memory at a time.
+/// Units restored at once; each worker holds one sealed chunk, one unsealed chunk and one unit's bytes.
 const RESTORE_WORKERS: usize = 4;
-/// Bytes per unit of restore work.
-const UNIT_BYTES: u64 = 16 * 1024 * 1024;
+/// Bytes per unit of restore work (a unit may run over by one piece).
+const UNIT_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A range of one file's pieces, restored by one worker.
 struct Unit {
@@ -152,11 +153,12 @@ pub async fn run(ctx: &Context_, opts: &RestoreOptions<'_>) -> anyhow::Result<()
     let bar = progress::bytes_bar(&format!("restore {}", record.summary.label));
     bar.set_length(total);
 
-    // Work is cut into units of up to UNIT_CHUNKS chunks, not whole files, so one 1 GB relation segment is
-    // restored by every worker at once instead of being the critical path of one. A unit creates its file
-    // if no other unit did yet (the workers, not this thread, so creating many small files is parallel too;
-    // the target was checked empty) and writes its range in place; whoever finishes a file's last unit
-    // sets its metadata and fsyncs it. An empty file is one unit of no pieces.
+    // Work is cut into units of about UNIT_BYTES, not whole files, so one 1 GB relation segment is restored
+    // by every worker at once instead of being the critical path of one. A unit creates its file if no
+    // other unit did yet (the workers, not this thread, so creating many small files is parallel too; the
+    // target was checked empty), assembles its range in an aligned buffer and writes it in place with one
+    // direct write (see [`crate::direct_io`]); whoever finishes a file's last unit sets its metadata and
+    // fsyncs it. An empty file is one unit of no pieces.
     let mut units = Vec::new();
     let mut remaining = Vec::with_capacity(files.len());
     for (i, e) in files.iter().enumerate() {
@@ -180,17 +182,18 @@ pub async fn run(ctx: &Context_, opts: &RestoreOptions<'_>) -> anyhow::Result<()
     let chunks = Arc::new(manifest.head.chunks.clone());
     let units = Arc::new(units);
     let remaining = Arc::new(remaining);
-    // Buffered writes to one file serialize on its inode lock in the kernel, and writers waiting there spin
-    // (a third of a restore's CPU did). So workers decompress in parallel but take turns writing a file.
-    let write_locks: Arc<Vec<std::sync::Mutex<()>>> = Arc::new(files.iter().map(|_| std::sync::Mutex::new(())).collect());
+    // Each worker unseals into an aligned chunk buffer, large enough for any chunk, and assembles units in
+    // an aligned buffer large enough for any unit.
+    let chunk_len = chunks.iter().map(|c| c.raw_len as usize).max().unwrap_or(0);
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..RESTORE_WORKERS {
-        let (files, units, remaining, next, chunks, write_locks) =
-            (files.clone(), units.clone(), remaining.clone(), next.clone(), chunks.clone(), write_locks.clone());
+        let (files, units, remaining, next, chunks) = (files.clone(), units.clone(), remaining.clone(), next.clone(), chunks.clone());
         let (repo, root, bar, sealer) = (ctx.repo.clone(), root.clone(), bar.clone(), sealer.clone());
         workers.push(tokio::spawn(async move {
-            let mut plain: Vec<u8> = Vec::new();
+            let mut plain = AlignedBuf::new(chunk_len);
+            let mut staged = AlignedBuf::new(UNIT_BYTES as usize + chunk_len);
+            // Whose content `plain` holds.
             let mut cached: Option<[u8; 32]> = None;
             loop {
                 let Some(unit) = units.get(next.fetch_add(1, Ordering::Relaxed)) else {
@@ -198,72 +201,76 @@ pub async fn run(ctx: &Context_, opts: &RestoreOptions<'_>) -> anyhow::Result<()
                 };
                 let e = &files[unit.file];
                 let path = root.join(&e.path);
-                // Never truncate: other units of the file may already have written their ranges.
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&path)
-                    .with_context(|| format!("cannot create {}", path.display()))?;
+                let unit_len: u64 = e.pieces[unit.first..unit.first + unit.count].iter().map(|p| p.len as u64).sum();
                 // An incremental's file alternates between pieces of its reference's chunks and of its own
                 // (one changed page here, the unchanged rest of the reference's chunk there): fetching
                 // per piece would decompress a whole chunk for every 8 KiB page. So each chunk the unit
-                // uses is fetched and unsealed once, and all its pieces written from it.
+                // uses is fetched and unsealed once, and all its pieces copied from it.
                 for run in group_by_chunk(&e.pieces[unit.first..unit.first + unit.count], unit.offset) {
                     let bytes: u64 = run.writes.iter().map(|w| w.len as u64).sum();
-                    let (path_c, rel, locks, file_no) = (path.clone(), e.path.clone(), write_locks.clone(), unit.file);
                     if run.chunk == strata_messages::ZERO_CHUNK {
-                        f = tokio::task::spawn_blocking(move || -> anyhow::Result<File> {
-                            for w in &run.writes {
-                                write_zeros(&f, w.at, w.len).with_context(|| format!("cannot write {}", path_c.display()))?;
-                            }
-                            Ok(f)
-                        })
-                        .await
-                        .expect("restore write task panicked")?;
+                        for w in &run.writes {
+                            let at = (w.at - unit.offset) as usize;
+                            staged[at..at + w.len].fill(0);
+                        }
                         bar.inc(bytes);
                         continue;
                     }
                     let r = *chunks.get(run.chunk as usize).ok_or_else(|| {
                         anyhow!("restoring {}: a piece points at chunk {} of a {}-chunk table", e.path, run.chunk, chunks.len())
                     })?;
-                    let sealed = match cached == Some(r.id) {
+                    if run.writes.iter().any(|w| w.from + w.len > r.raw_len as usize) {
+                        bail!("restoring {}: a piece runs past the end of chunk {}", e.path, hex(&r.id));
+                    }
+                    // A whole chunk (every piece of a full backup's relation file) is unsealed straight
+                    // into place.
+                    let whole = matches!(run.writes[..], [Write_ { from: 0, len, .. }] if len == r.raw_len as usize);
+                    let sealed = match cached == Some(r.id) && !whole {
                         true => None,
                         false => Some(repo.read_sealed(&r).await.with_context(|| format!("restoring {}", e.path))?),
                     };
-                    // Decompressing, hashing and writing are blocking work: keep them off the runtime's
-                    // threads, and move the worker's buffer in and out so it is allocated once.
-                    let sealer = sealer.clone();
-                    let (file, buf) = tokio::task::spawn_blocking(move || -> anyhow::Result<(File, Vec<u8>)> {
-                        let (f, mut buf) = (f, plain);
-                        if let Some(sealed) = sealed {
-                            sealer.unseal_into(&sealed, &r.id, &mut buf).map_err(|source| {
+                    // Decompressing and hashing are blocking work: keep them off the runtime's threads, and
+                    // move the worker's buffers in and out so they are allocated once.
+                    let (sealer, rel, unit_at) = (sealer.clone(), e.path.clone(), unit.offset);
+                    (plain, staged) = tokio::task::spawn_blocking(move || -> anyhow::Result<(AlignedBuf, AlignedBuf)> {
+                        let (mut plain, mut staged) = (plain, staged);
+                        let unseal = |sealed: &[u8], out: &mut [u8]| {
+                            sealer.unseal_into_slice(sealed, &r.id, out).map_err(|source| {
                                 anyhow!("restoring {rel}: chunk {} (pack {}): {source}", hex(&r.id), hex(&r.pack))
-                            })?;
+                            })
+                        };
+                        if whole {
+                            let at = (run.writes[0].at - unit_at) as usize;
+                            unseal(&sealed.expect("fetched"), &mut staged[at..])?;
+                            return Ok((plain, staged));
                         }
-                        let turn = locks[file_no].lock().expect("file write lock");
+                        if let Some(sealed) = sealed {
+                            unseal(&sealed, &mut plain)?;
+                        }
                         for w in &run.writes {
-                            let bytes = buf.get(w.from..w.from + w.len).ok_or_else(|| {
-                                anyhow!("restoring {rel}: a piece runs past the end of chunk {}", hex(&r.id))
-                            })?;
-                            f.write_all_at(bytes, w.at).with_context(|| format!("cannot write {}", path_c.display()))?;
+                            let at = (w.at - unit_at) as usize;
+                            staged[at..at + w.len].copy_from_slice(&plain[w.from..w.from + w.len]);
                         }
-                        drop(turn);
-                        Ok((f, buf))
+                        Ok((plain, staged))
                     })
                     .await
-                    .expect("restore write task panicked")?;
-                    f = file;
-                    plain = buf;
-                    cached = Some(r.id);
+                    .expect("restore task panicked")?;
+                    if !whole {
+                        cached = Some(r.id);
+                    }
                     bar.inc(bytes);
                 }
-                if remaining[unit.file].fetch_sub(1, Ordering::AcqRel) == 1 {
-                    let (e, path) = (e.clone(), path.clone());
-                    tokio::task::spawn_blocking(move || finish_file(f, &path, &e, as_root))
-                        .await
-                        .expect("restore sync task panicked")?;
-                }
+                let (e_c, path_c, remaining, file_no, at) = (e.clone(), path.clone(), remaining.clone(), unit.file, unit.offset);
+                staged = tokio::task::spawn_blocking(move || -> anyhow::Result<AlignedBuf> {
+                    let mut f = OutFile::open(&path_c, e_c.size).with_context(|| format!("cannot create {}", path_c.display()))?;
+                    f.write_at(&staged[..unit_len as usize], at).with_context(|| format!("cannot write {}", path_c.display()))?;
+                    if remaining[file_no].fetch_sub(1, Ordering::AcqRel) == 1 {
+                        finish_file(f.into_file(), &path_c, &e_c, as_root)?;
+                    }
+                    Ok(staged)
+                })
+                .await
+                .expect("restore write task panicked")?;
             }
         }));
     }
@@ -322,18 +329,6 @@ fn group_by_chunk(pieces: &[strata_messages::Piece], mut offset: u64) -> Vec<Chu
         offset += p.len as u64;
     }
     runs
-}
-
-/// Writes `len` zero bytes at `offset`.
-fn write_zeros(f: &File, offset: u64, len: usize) -> std::io::Result<()> {
-    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(ZEROS.len());
-        f.write_all_at(&ZEROS[..n], offset + done as u64)?;
-        done += n;
-    }
-    Ok(())
 }
 
 pub(super) fn check_empty(dir: &Path) -> anyhow::Result<()> {
