@@ -85,7 +85,7 @@ impl OutFile {
     /// than [`ALIGN`].
     pub fn write_at(&mut self, bytes: &[u8], offset: u64) -> io::Result<()> {
         let direct_len = bytes.len() / ALIGN * ALIGN;
-        let aligned = bytes.as_ptr() as usize % ALIGN == 0 && offset % ALIGN as u64 == 0 && direct_len > 0;
+        let aligned = (bytes.as_ptr() as usize).is_multiple_of(ALIGN) && offset.is_multiple_of(ALIGN as u64) && direct_len > 0;
         let mut done = 0;
         if let (true, Some(direct)) = (aligned, &self.direct) {
             match direct.write_all_at(&bytes[..direct_len], offset) {
