@@ -6,7 +6,6 @@
 //! repository directly.
 
 pub mod cmd;
-mod direct_io;
 pub mod local;
 mod progress;
 pub mod wal_archive;

@@ -140,7 +140,11 @@ struct JobReply {
 }
 
 async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
-    let mut pack = PackBuilder::new();
+    // A batch's sealed bytes stay under the smaller of pack_size and flush_plain_bytes (sealing never
+    // grows a chunk by more than its header), plus one message. Kept under glibc's 32 MiB mmap ceiling,
+    // the buffer is recycled by malloc instead of being mapped, faulted in and unmapped for every pack.
+    let capacity = shared.settings.pack_size.min(shared.settings.flush_plain_bytes) + (2 << 20);
+    let mut pack = PackBuilder::with_capacity(capacity);
     // For every chunk of the batch: its job, and either the existing copy or "in this pack".
     let mut placed: Vec<(String, [u8; 32], Option<ChunkRef>)> = Vec::new();
     let mut commits = Vec::new();

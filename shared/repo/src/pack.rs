@@ -11,16 +11,18 @@
 //! an index without its data or data without its index.
 
 use bytes::Bytes;
+use strata_directio::AlignedVec;
 use strata_messages::{ChunkId, ChunkRef, PackId};
 
 pub const INDEX_ENTRY_LEN: usize = 48;
 pub const FOOTER_LEN: usize = 44;
 const MAGIC: &[u8; 8] = b"STRPACK1";
 
-/// Accumulates sealed chunks for one pack.
+/// Accumulates sealed chunks for one pack, in an aligned buffer so that a POSIX repository writes it
+/// without the page cache.
 pub struct PackBuilder {
     id: PackId,
-    body: Vec<u8>,
+    body: AlignedVec,
     entries: Vec<(ChunkId, u64, u32, u32)>,
 }
 
@@ -32,7 +34,12 @@ impl Default for PackBuilder {
 
 impl PackBuilder {
     pub fn new() -> Self {
-        PackBuilder { id: rand::random(), body: Vec::new(), entries: Vec::new() }
+        Self::with_capacity(1 << 20)
+    }
+
+    /// A builder whose buffer holds `bytes` before it has to grow (and copy).
+    pub fn with_capacity(bytes: usize) -> Self {
+        PackBuilder { id: rand::random(), body: AlignedVec::with_capacity(bytes), entries: Vec::new() }
     }
 
     pub fn add(&mut self, id: ChunkId, raw_len: u32, sealed: &[u8]) {
@@ -63,11 +70,11 @@ impl PackBuilder {
             self.body.extend_from_slice(&raw_len.to_le_bytes());
             refs.push(ChunkRef { id, pack: self.id, offset, sealed_len, raw_len });
         }
-        let digest = blake3::hash(&self.body[index_start..]);
+        let digest = blake3::hash(&self.body.as_slice()[index_start..]);
         self.body.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         self.body.extend_from_slice(digest.as_bytes());
         self.body.extend_from_slice(MAGIC);
-        (self.id, Bytes::from(self.body), refs)
+        (self.id, self.body.into_bytes(), refs)
     }
 }
 

@@ -9,8 +9,9 @@ use super::{Features, ObjectInfo, Result, Storage, StorageError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use strata_directio::OutFile;
 
 const TMP_PREFIX: &str = ".tmp-";
 
@@ -112,8 +113,13 @@ fn write_tmp(root: &Root, target: &Path, data: &[u8]) -> Result<PathBuf> {
     create_dirs(root, dir)?;
     let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("object");
     let tmp = dir.join(format!("{TMP_PREFIX}{name}-{:016x}", rand::random::<u64>()));
-    let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| io_err(&tmp, e))?;
-    let written = f.write_all(data).and_then(|_| f.sync_all()).map_err(|e| io_err(&tmp, e));
+    // Packs arrive in aligned buffers (see strata_directio): their bulk is written without the page cache.
+    let written = OutFile::open(&tmp, OpenOptions::new().write(true).create_new(true), data.len() as u64)
+        .and_then(|mut f| {
+            f.write_at(data, 0)?;
+            f.into_file().sync_all()
+        })
+        .map_err(|e| io_err(&tmp, e));
     if let Err(e) = written.and_then(|_| root.give_away(&tmp)) {
         let _ = fs::remove_file(&tmp);
         return Err(e);

@@ -16,7 +16,6 @@
 use crate::cmd::format_bytes;
 use crate::cmd::target::{self, Recovery, RecoveryArgs, Target};
 use crate::wal_archive::WalArchive;
-use crate::direct_io::{AlignedBuf, OutFile};
 use crate::{progress, Context_};
 use anyhow::{anyhow, bail, Context};
 use std::collections::HashMap;
@@ -28,6 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 use strata_messages::{hex, FileEntry, FileKind, Manifest};
+use strata_directio::{AlignedBuf, OutFile};
 use strata_seal::Sealer;
 
 /// Units restored at once; each worker holds one sealed chunk, one unsealed chunk and one unit's bytes.
@@ -157,7 +157,7 @@ pub async fn run(ctx: &Context_, opts: &RestoreOptions<'_>) -> anyhow::Result<()
     // by every worker at once instead of being the critical path of one. A unit creates its file if no
     // other unit did yet (the workers, not this thread, so creating many small files is parallel too; the
     // target was checked empty), assembles its range in an aligned buffer and writes it in place with one
-    // direct write (see [`crate::direct_io`]); whoever finishes a file's last unit sets its metadata and
+    // direct write (see [`strata_directio`]); whoever finishes a file's last unit sets its metadata and
     // fsyncs it. An empty file is one unit of no pieces.
     let mut units = Vec::new();
     let mut remaining = Vec::with_capacity(files.len());
@@ -262,7 +262,9 @@ pub async fn run(ctx: &Context_, opts: &RestoreOptions<'_>) -> anyhow::Result<()
                 }
                 let (e_c, path_c, remaining, file_no, at) = (e.clone(), path.clone(), remaining.clone(), unit.file, unit.offset);
                 staged = tokio::task::spawn_blocking(move || -> anyhow::Result<AlignedBuf> {
-                    let mut f = OutFile::open(&path_c, e_c.size).with_context(|| format!("cannot create {}", path_c.display()))?;
+                    // Never truncate: other workers may be writing other ranges of the file.
+                    let mut f = OutFile::open(&path_c, OpenOptions::new().write(true).create(true).truncate(false), e_c.size)
+                        .with_context(|| format!("cannot create {}", path_c.display()))?;
                     f.write_at(&staged[..unit_len as usize], at).with_context(|| format!("cannot write {}", path_c.display()))?;
                     if remaining[file_no].fetch_sub(1, Ordering::AcqRel) == 1 {
                         finish_file(f.into_file(), &path_c, &e_c, as_root)?;
