@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use strata_bus::{Bus, EventStream, Queue};
 use strata_messages::{
-    decode, encode, subjects, ArchivedJobEvent, ChunkId, ChunkRef, CommitBackup, CommitWal, JobEvent, PackId,
+    decode, encode, encode_sized, subjects, ArchivedJobEvent, ChunkId, ChunkRef, CommitBackup, CommitWal, JobEvent, PackId,
     PlainChunk, SealedChunk, UploadWork, FORMAT_VERSION,
 };
 use tokio::sync::{Notify, Semaphore};
@@ -159,6 +159,8 @@ impl Job {
     /// which is blocking work (call it on a blocking thread).
     pub fn sealed_message(&self, id: ChunkId, plain: &[u8]) -> Vec<u8> {
         let sealed = strata_seal::Sealer::default().seal(plain, i32::from(self.compress_level));
+        // The chunk's bytes plus the header fields and rkyv's alignment padding.
+        let capacity = sealed.len() + 512;
         let msg = SealedChunk {
             version: FORMAT_VERSION,
             job: self.id.clone(),
@@ -168,7 +170,7 @@ impl Job {
             raw_len: plain.len() as u32,
             sealed,
         };
-        encode(&UploadWork::Chunk(msg))
+        encode_sized(&UploadWork::Chunk(msg), capacity)
     }
 
     /// Sends a chunk of `raw_len` plain bytes that the caller sealed with [`Job::sealed_message`] straight

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use std::future::Future;
 use std::sync::Arc;
 use strata_bus::{Bus, Delivery, Queue};
-use strata_messages::{encode, SealedChunk, UploadWork, FORMAT_VERSION};
+use strata_messages::{encode_sized, SealedChunk, UploadWork, FORMAT_VERSION};
 use strata_seal::Sealer;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -59,6 +59,8 @@ async fn seal_one(bus: &dyn Bus, sealer: &Arc<Sealer>, delivery: Box<dyn Deliver
     let sealed = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
         let (chunk, data) = strata_messages::decode_plain_chunk(&payload).map_err(|e| e.to_string())?;
         let body = sealer.seal(data, i32::from(chunk.compress_level));
+        // The chunk's bytes plus the header fields and rkyv's alignment padding.
+        let capacity = body.len() + 512;
         let out = SealedChunk {
             version: FORMAT_VERSION,
             job: chunk.job.to_string(),
@@ -68,7 +70,7 @@ async fn seal_one(bus: &dyn Bus, sealer: &Arc<Sealer>, delivery: Box<dyn Deliver
             raw_len: data.len() as u32,
             sealed: body,
         };
-        Ok(encode(&UploadWork::Chunk(out)))
+        Ok(encode_sized(&UploadWork::Chunk(out), capacity))
     })
     .await
     .expect("sealing task panicked");

@@ -231,7 +231,17 @@ pub fn encode<T>(value: &T) -> Vec<u8>
 where
     T: for<'a> Serialize<rkyv::api::high::HighSerializer<Vec<u8>, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>>,
 {
-    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(value, Vec::new()).expect("serializing into a Vec cannot fail")
+    encode_sized(value, 0)
+}
+
+/// [`encode`] into a buffer of `capacity` bytes: for messages carrying a chunk, whose size is known, so
+/// the buffer is not grown (and copied) step by step.
+pub fn encode_sized<T>(value: &T, capacity: usize) -> Vec<u8>
+where
+    T: for<'a> Serialize<rkyv::api::high::HighSerializer<Vec<u8>, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>>,
+{
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(value, Vec::with_capacity(capacity))
+        .expect("serializing into a Vec cannot fail")
 }
 
 /// Types whose archived form carries a format version to check.
