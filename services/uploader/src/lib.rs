@@ -36,7 +36,8 @@ use tracing::{debug, error, info, warn};
 
 /// A worker writes what it holds once its input has been quiet this long: the job owner limits its chunks
 /// in flight and waits for confirmations, so holding a partial pack longer would only stall it.
-pub const IDLE_FLUSH: Duration = Duration::from_millis(25);
+/// A commit is written at once (see [`classify`]).
+pub const IDLE_FLUSH: Duration = Duration::from_millis(10);
 
 /// How an uploader process batches.
 #[derive(Debug, Clone, Copy)]
@@ -112,13 +113,14 @@ async fn worker(shared: Arc<Shared>, mut input: Box<dyn WorkStream>, cancel: Can
             None => return,
         };
         let mut bytes = first.payload().len();
-        let mut plain = plain_len(first.payload());
+        let (mut plain, mut last) = classify(first.payload());
         let mut batch = vec![first];
-        while bytes < shared.settings.pack_size && plain < shared.settings.flush_plain_bytes {
+        while bytes < shared.settings.pack_size && plain < shared.settings.flush_plain_bytes && !last {
             match input.next_within(IDLE_FLUSH).await {
                 Ok(Some(d)) => {
                     bytes += d.payload().len();
-                    plain += plain_len(d.payload());
+                    let (p, l) = classify(d.payload());
+                    (plain, last) = (plain + p, l);
                     batch.push(d);
                 }
                 Ok(None) => break,
@@ -320,11 +322,13 @@ async fn serve_fetches(shared: Arc<Shared>, mut requests: Box<dyn strata_bus::Ev
     }
 }
 
-/// The plain bytes an upload message stands for (0 for commits and malformed messages).
-fn plain_len(payload: &[u8]) -> usize {
+/// The plain bytes an upload message stands for (0 for commits and malformed messages), and whether it is
+/// a commit: the last message of its job, after which waiting for more only delays the job's end.
+fn classify(payload: &[u8]) -> (usize, bool) {
     match decode::<UploadWork>(payload) {
-        Ok(ArchivedUploadWork::Chunk(c)) => c.raw_len.to_native() as usize,
-        _ => 0,
+        Ok(ArchivedUploadWork::Chunk(c)) => (c.raw_len.to_native() as usize, false),
+        Ok(ArchivedUploadWork::CommitBackup(_) | ArchivedUploadWork::CommitWal(_)) => (0, true),
+        _ => (0, false),
     }
 }
 
