@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use strata_bus::{Bus, EventStream, Queue};
 use strata_messages::{
-    decode, encode, encode_sized, subjects, ArchivedJobEvent, ChunkId, ChunkRef, CommitBackup, CommitWal, JobEvent, PackId,
-    PlainChunk, SealedChunk, UploadWork, FORMAT_VERSION,
+    decode, encode_upload, subjects, ArchivedJobEvent, ChunkId, ChunkRef, CommitBackup, CommitWal, JobEvent, PackId,
+    PlainChunk, SealedChunk, UploadWork, FORMAT_VERSION, UPLOAD_WORK_VERSION,
 };
 use tokio::sync::{Notify, Semaphore};
 
@@ -155,22 +155,22 @@ impl Job {
         self.send_message(id, data.len(), Queue::Upload, move || message).await
     }
 
-    /// The upload message of a chunk sealed by the caller ([`Job::send_presealed`]): compresses `plain`,
-    /// which is blocking work (call it on a blocking thread).
+    /// The upload message of a chunk sealed by the caller ([`Job::send_presealed`]): compresses `plain`
+    /// straight into the message's buffer, which is blocking work (call it on a blocking thread).
     pub fn sealed_message(&self, id: ChunkId, plain: &[u8]) -> Vec<u8> {
-        let sealed = strata_seal::Sealer::default().seal(plain, i32::from(self.compress_level));
-        // The chunk's bytes plus the header fields and rkyv's alignment padding.
-        let capacity = sealed.len() + 512;
+        // The sealed bytes, then the header fields and rkyv's padding.
+        let mut message = Vec::with_capacity(strata_seal::sealed_bound(plain.len()) + 512);
+        let sealed_len = strata_seal::Sealer::default().seal_into(plain, i32::from(self.compress_level), &mut message);
         let msg = SealedChunk {
-            version: FORMAT_VERSION,
+            version: UPLOAD_WORK_VERSION,
             job: self.id.clone(),
             stanza: self.stanza.clone(),
             id,
             dedup: true,
             raw_len: plain.len() as u32,
-            sealed,
+            sealed_len: sealed_len as u32,
         };
-        encode_sized(&UploadWork::Chunk(msg), capacity)
+        encode_upload(&UploadWork::Chunk(msg), message)
     }
 
     /// Sends a chunk of `raw_len` plain bytes that the caller sealed with [`Job::sealed_message`] straight
@@ -262,7 +262,7 @@ impl Job {
 
     pub async fn commit_backup(&self, packs: Vec<PackId>, record: strata_messages::BackupRecord) -> Result<CommitOutcome, JobError> {
         let work = UploadWork::CommitBackup(CommitBackup {
-            version: FORMAT_VERSION,
+            version: UPLOAD_WORK_VERSION,
             job: self.id.clone(),
             stanza: self.stanza.clone(),
             packs,
@@ -274,18 +274,18 @@ impl Job {
     /// Asks an uploader to record a checkpoint of this backup; nobody answers.
     pub async fn checkpoint(&self, packs: Vec<PackId>, checkpoint: strata_messages::BackupCheckpoint) -> Result<(), JobError> {
         let work = UploadWork::Checkpoint(strata_messages::CheckpointBackup {
-            version: FORMAT_VERSION,
+            version: UPLOAD_WORK_VERSION,
             stanza: self.stanza.clone(),
             packs,
             checkpoint,
         });
-        self.bus.publish_work(Queue::Upload, Bytes::from(encode(&work))).await?;
+        self.bus.publish_work(Queue::Upload, Bytes::from(encode_upload(&work, Vec::new()))).await?;
         Ok(())
     }
 
     pub async fn commit_wal(&self, record: strata_messages::WalRecord) -> Result<CommitOutcome, JobError> {
         let work = UploadWork::CommitWal(CommitWal {
-            version: FORMAT_VERSION,
+            version: UPLOAD_WORK_VERSION,
             job: self.id.clone(),
             stanza: self.stanza.clone(),
             record,
@@ -295,7 +295,7 @@ impl Job {
 
     async fn commit(&self, work: UploadWork) -> Result<CommitOutcome, JobError> {
         self.state.lock().expect("job state").last_progress = Some(Instant::now());
-        self.bus.publish_work(Queue::Upload, Bytes::from(encode(&work))).await?;
+        self.bus.publish_work(Queue::Upload, Bytes::from(encode_upload(&work, Vec::new()))).await?;
         loop {
             let notified = self.changed.notified();
             {

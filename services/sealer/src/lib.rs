@@ -13,7 +13,7 @@ use bytes::Bytes;
 use std::future::Future;
 use std::sync::Arc;
 use strata_bus::{Bus, Delivery, Queue};
-use strata_messages::{encode_sized, SealedChunk, UploadWork, FORMAT_VERSION};
+use strata_messages::{encode_upload, SealedChunk, UploadWork, UPLOAD_WORK_VERSION};
 use strata_seal::Sealer;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -58,19 +58,19 @@ async fn seal_one(bus: &dyn Bus, sealer: &Arc<Sealer>, delivery: Box<dyn Deliver
     let sealer = sealer.clone();
     let sealed = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
         let (chunk, data) = strata_messages::decode_plain_chunk(&payload).map_err(|e| e.to_string())?;
-        let body = sealer.seal(data, i32::from(chunk.compress_level));
-        // The chunk's bytes plus the header fields and rkyv's alignment padding.
-        let capacity = body.len() + 512;
+        // The sealed bytes, then the header fields and rkyv's padding.
+        let mut message = Vec::with_capacity(strata_seal::sealed_bound(data.len()) + 512);
+        let sealed_len = sealer.seal_into(data, i32::from(chunk.compress_level), &mut message);
         let out = SealedChunk {
-            version: FORMAT_VERSION,
+            version: UPLOAD_WORK_VERSION,
             job: chunk.job.to_string(),
             stanza: chunk.stanza.to_string(),
             id: chunk.id,
             dedup: chunk.dedup,
             raw_len: data.len() as u32,
-            sealed: body,
+            sealed_len: sealed_len as u32,
         };
-        Ok(encode_sized(&UploadWork::Chunk(out), capacity))
+        Ok(encode_upload(&UploadWork::Chunk(out), message))
     })
     .await
     .expect("sealing task panicked");

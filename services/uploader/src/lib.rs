@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use strata_bus::{Bus, Delivery, Queue, WorkStream};
 use strata_messages::{
-    decode, encode, subjects, ArchivedUploadWork, ChunkRef, JobEvent, PackId, UploadWork,
+    decode, decode_upload, encode, subjects, ArchivedUploadWork, ChunkRef, JobEvent, PackId,
 };
 use strata_repo::{ChunkIndex, PackBuilder, Repo, RepoError, WalPut};
 use tokio::sync::Mutex;
@@ -151,7 +151,7 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
     let mut placed: Vec<(String, [u8; 32], Option<ChunkRef>)> = Vec::new();
     let mut commits = Vec::new();
     for (i, d) in batch.iter().enumerate() {
-        let work = match decode::<UploadWork>(d.payload()) {
+        let (work, sealed) = match decode_upload(d.payload()) {
             Ok(w) => w,
             Err(e) => {
                 error!(error = %e, "uploader dropped a malformed message");
@@ -162,7 +162,7 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
             ArchivedUploadWork::Chunk(c) => {
                 let existing = if c.dedup { lookup(shared, &c.id).await } else { None };
                 if existing.is_none() && !pack.contains(&c.id) {
-                    pack.add(c.id, c.raw_len.to_native(), c.sealed.as_slice());
+                    pack.add(c.id, c.raw_len.to_native(), sealed);
                 }
                 placed.push((c.job.to_string(), c.id, existing));
             }
@@ -220,7 +220,7 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
         publish(shared, &job, &event).await;
     }
     for i in commits {
-        let work = decode::<UploadWork>(batch[i].payload()).expect("decoded above");
+        let (work, _) = decode_upload(batch[i].payload()).expect("decoded above");
         let (job, event) = match work {
             ArchivedUploadWork::CommitBackup(c) => {
                 let record = strata_messages::to_owned::<strata_messages::BackupRecord>(&c.record);
@@ -325,9 +325,9 @@ async fn serve_fetches(shared: Arc<Shared>, mut requests: Box<dyn strata_bus::Ev
 /// The plain bytes an upload message stands for (0 for commits and malformed messages), and whether it is
 /// a commit: the last message of its job, after which waiting for more only delays the job's end.
 fn classify(payload: &[u8]) -> (usize, bool) {
-    match decode::<UploadWork>(payload) {
-        Ok(ArchivedUploadWork::Chunk(c)) => (c.raw_len.to_native() as usize, false),
-        Ok(ArchivedUploadWork::CommitBackup(_) | ArchivedUploadWork::CommitWal(_)) => (0, true),
+    match decode_upload(payload) {
+        Ok((ArchivedUploadWork::Chunk(c), _)) => (c.raw_len.to_native() as usize, false),
+        Ok((ArchivedUploadWork::CommitBackup(_) | ArchivedUploadWork::CommitWal(_), _)) => (0, true),
         _ => (0, false),
     }
 }

@@ -27,6 +27,10 @@ pub const FORMAT_VERSION: u16 = 2;
 /// ([`decode_wal_record`]), so a repository archived by an older build stays restorable.
 pub const WAL_RECORD_VERSION: u16 = 3;
 
+/// The version of [`UploadWork`] messages (every kind carries it): 3 moved a chunk's sealed bytes out of
+/// the archive, in front of it ([`encode_upload`]).
+pub const UPLOAD_WORK_VERSION: u16 = 3;
+
 /// Content address of a plain chunk: its BLAKE3 hash.
 pub type ChunkId = [u8; 32];
 
@@ -80,30 +84,62 @@ pub struct PlainChunk {
 pub const PLAIN_CHUNK_OVERHEAD: usize = 128;
 
 /// Builds a [`PlainChunk`] message in `data`'s own buffer (see there). `header.data_len` is set here.
-pub fn encode_plain_chunk(mut header: PlainChunk, mut data: Vec<u8>) -> Vec<u8> {
+pub fn encode_plain_chunk(mut header: PlainChunk, data: Vec<u8>) -> Vec<u8> {
     header.data_len = data.len() as u32;
-    let archived = encode(&header);
-    data.reserve_exact(archived.len() + 4);
-    data.extend_from_slice(&archived);
-    data.extend_from_slice(&(archived.len() as u32).to_le_bytes());
-    data
+    frame(data, &encode(&header))
 }
 
 /// Splits a [`PlainChunk`] message into its header, validated in place, and the chunk's bytes (borrowed).
 pub fn decode_plain_chunk(bytes: &[u8]) -> Result<(&ArchivedPlainChunk, &[u8]), DecodeError> {
-    let malformed = |reason: &str| DecodeError::Malformed { what: "plain chunk", reason: reason.into() };
+    let (header, data) = unframe(bytes, "plain chunk")?;
+    let header = decode::<PlainChunk>(header)?;
+    if header.data_len.to_native() as usize != data.len() {
+        return Err(DecodeError::Malformed { what: "plain chunk", reason: "data length does not match the message".into() });
+    }
+    Ok((header, data))
+}
+
+/// Builds an [`UploadWork`] message: `data` (a chunk's sealed bytes, empty for the other kinds of work),
+/// then the work archived, then its length. Like [`PlainChunk`], so that a chunk is sealed straight into
+/// the message's buffer and never copied into it.
+pub fn encode_upload(work: &UploadWork, data: Vec<u8>) -> Vec<u8> {
+    frame(data, &encode(work))
+}
+
+/// Splits an [`UploadWork`] message into the work, validated in place, and the bytes before it (a chunk's
+/// sealed bytes; empty for the other kinds).
+pub fn decode_upload(bytes: &[u8]) -> Result<(&ArchivedUploadWork, &[u8]), DecodeError> {
+    let (header, data) = unframe(bytes, "upload work")?;
+    let work = decode::<UploadWork>(header)?;
+    let expected = match work {
+        ArchivedUploadWork::Chunk(c) => c.sealed_len.to_native() as usize,
+        _ => 0,
+    };
+    if expected != data.len() {
+        return Err(DecodeError::Malformed { what: "upload work", reason: "data length does not match the message".into() });
+    }
+    Ok((work, data))
+}
+
+/// `data`, then `archived`, then `archived`'s length as 4 little-endian bytes, in `data`'s buffer.
+fn frame(mut data: Vec<u8>, archived: &[u8]) -> Vec<u8> {
+    data.reserve_exact(archived.len() + 4);
+    data.extend_from_slice(archived);
+    data.extend_from_slice(&(archived.len() as u32).to_le_bytes());
+    data
+}
+
+/// A [`frame`]d message's archived part and data.
+fn unframe<'a>(bytes: &'a [u8], what: &'static str) -> Result<(&'a [u8], &'a [u8]), DecodeError> {
+    let malformed = |reason: &str| DecodeError::Malformed { what, reason: reason.into() };
     let n = bytes.len();
     let tail: [u8; 4] = bytes.get(n.saturating_sub(4)..).and_then(|t| t.try_into().ok()).ok_or_else(|| malformed("too short"))?;
     let header_len = u32::from_le_bytes(tail) as usize;
     let header_start = (n - 4).checked_sub(header_len).ok_or_else(|| malformed("header length past the start"))?;
-    let header = decode::<PlainChunk>(&bytes[header_start..n - 4])?;
-    if header.data_len.to_native() as usize != header_start {
-        return Err(malformed("data length does not match the message"));
-    }
-    Ok((header, &bytes[..header_start]))
+    Ok((&bytes[header_start..n - 4], &bytes[..header_start]))
 }
 
-/// What the uploaders' queue carries.
+/// What the uploaders' queue carries, framed by [`encode_upload`].
 #[derive(Archive, Serialize, Deserialize, Debug)]
 pub enum UploadWork {
     Chunk(SealedChunk),
@@ -112,7 +148,8 @@ pub enum UploadWork {
     Checkpoint(CheckpointBackup),
 }
 
-/// A sealed chunk (sealer -> uploader).
+/// A sealed chunk (sealer -> uploader). The chunk as stored in a pack (the seal envelope: header,
+/// compressed and possibly encrypted body) precedes it in the message ([`encode_upload`]).
 #[derive(Archive, Serialize, Deserialize, Debug)]
 pub struct SealedChunk {
     pub version: u16,
@@ -121,8 +158,7 @@ pub struct SealedChunk {
     pub id: ChunkId,
     pub dedup: bool,
     pub raw_len: u32,
-    /// The chunk as stored in a pack: the seal envelope (header, compressed and possibly encrypted body).
-    pub sealed: Vec<u8>,
+    pub sealed_len: u32,
 }
 
 /// Asks an uploader to commit a backup: every chunk it references has been confirmed stored.
@@ -231,17 +267,7 @@ pub fn encode<T>(value: &T) -> Vec<u8>
 where
     T: for<'a> Serialize<rkyv::api::high::HighSerializer<Vec<u8>, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>>,
 {
-    encode_sized(value, 0)
-}
-
-/// [`encode`] into a buffer of `capacity` bytes: for messages carrying a chunk, whose size is known, so
-/// the buffer is not grown (and copied) step by step.
-pub fn encode_sized<T>(value: &T, capacity: usize) -> Vec<u8>
-where
-    T: for<'a> Serialize<rkyv::api::high::HighSerializer<Vec<u8>, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>>,
-{
-    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(value, Vec::with_capacity(capacity))
-        .expect("serializing into a Vec cannot fail")
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(value, Vec::new()).expect("serializing into a Vec cannot fail")
 }
 
 /// Types whose archived form carries a format version to check.
@@ -317,6 +343,7 @@ pub fn decode_wal_record(bytes: &[u8]) -> Result<WalRecord, DecodeError> {
 
 impl Versioned for UploadWork {
     const WHAT: &'static str = "upload work";
+    const VERSION: u16 = UPLOAD_WORK_VERSION;
     fn archived_version(a: &Self::Archived) -> Option<u16> {
         Some(match a {
             ArchivedUploadWork::Chunk(c) => c.version.to_native(),
@@ -399,5 +426,42 @@ mod tests {
             assert!(decode_plain_chunk(&bytes[..cut]).is_err(), "cut at {cut}");
             assert!(decode_plain_chunk(&bytes[cut..]).is_err() || cut == 0, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn upload_work_carries_sealed_bytes_before_it() {
+        let chunk = |sealed_len| {
+            UploadWork::Chunk(SealedChunk {
+                version: UPLOAD_WORK_VERSION,
+                job: "j".into(),
+                stanza: "main".into(),
+                id: [7; 32],
+                dedup: true,
+                raw_len: 100,
+                sealed_len,
+            })
+        };
+        let bytes = encode_upload(&chunk(5), vec![9; 5]);
+        let (work, sealed) = decode_upload(&bytes).unwrap();
+        assert!(matches!(work, ArchivedUploadWork::Chunk(c) if c.raw_len.to_native() == 100));
+        assert_eq!(sealed, &[9; 5]);
+        // The length in the header must match the bytes in front of it.
+        assert!(decode_upload(&encode_upload(&chunk(4), vec![9; 5])).is_err());
+        let commit = UploadWork::Checkpoint(CheckpointBackup {
+            version: UPLOAD_WORK_VERSION,
+            stanza: "main".into(),
+            packs: Vec::new(),
+            checkpoint: manifest::BackupCheckpoint {
+                version: FORMAT_VERSION,
+                label: "L".into(),
+                attempt_start: 0,
+                head_len: 0,
+                head_chunks: Vec::new(),
+            },
+        });
+        let bytes = encode_upload(&commit, Vec::new());
+        let (work, data) = decode_upload(&bytes).unwrap();
+        assert!(matches!(work, ArchivedUploadWork::Checkpoint(_)) && data.is_empty());
+        assert!(decode_upload(&encode_upload(&commit, vec![1])).is_err());
     }
 }

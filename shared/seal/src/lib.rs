@@ -61,6 +61,11 @@ pub enum SealError {
     LengthMismatch { expected: usize, actual: usize },
 }
 
+/// The most bytes sealing `plain_len` bytes can produce.
+pub fn sealed_bound(plain_len: usize) -> usize {
+    HEADER_LEN + zstd::zstd_safe::compress_bound(plain_len).max(plain_len)
+}
+
 /// The content address of a plain chunk.
 pub fn chunk_id(plain: &[u8]) -> [u8; 32] {
     *blake3::hash(plain).as_bytes()
@@ -89,23 +94,33 @@ impl<K: KeyProvider> Sealer<K> {
 
     /// Seals `plain` with zstd at `level` (0 or below: no compression).
     pub fn seal(&self, plain: &[u8], level: i32) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + zstd::zstd_safe::compress_bound(plain.len()));
+        let mut out = Vec::with_capacity(sealed_bound(plain.len()));
+        self.seal_into(plain, level, &mut out);
+        out
+    }
+
+    /// [`Sealer::seal`] appended to `out`, which should have [`sealed_bound`] bytes spare so it does not
+    /// grow: a message can then be built around the sealed bytes without copying them. Returns the sealed
+    /// length.
+    pub fn seal_into(&self, plain: &[u8], level: i32, out: &mut Vec<u8>) -> usize {
+        let start = out.len();
+        out.reserve(sealed_bound(plain.len()));
         out.extend_from_slice(&[ENVELOPE_VERSION, Compression::Zstd as u8, 0, 0]);
         out.extend_from_slice(&(plain.len() as u32).to_le_bytes());
         let compressed = level > 0 && {
             // Writing straight after the header avoids a second copy of the body.
-            let mut cursor = std::io::Cursor::new(out);
-            cursor.set_position(HEADER_LEN as u64);
+            let mut cursor = std::io::Cursor::new(std::mem::take(out));
+            cursor.set_position((start + HEADER_LEN) as u64);
             let ok = with_compressor(level, |c| c.compress_to_buffer(plain, &mut cursor).is_ok());
-            out = cursor.into_inner();
+            *out = cursor.into_inner();
             ok
         };
-        if !compressed || out.len() >= HEADER_LEN + plain.len() {
-            out.truncate(HEADER_LEN);
-            out[1] = Compression::None as u8;
+        if !compressed || out.len() - start >= HEADER_LEN + plain.len() {
+            out.truncate(start + HEADER_LEN);
+            out[start + 1] = Compression::None as u8;
             out.extend_from_slice(plain);
         }
-        out
+        out.len() - start
     }
 
     /// Opens a sealed chunk and checks it is the chunk `expected_id` names.
@@ -254,6 +269,21 @@ mod tests {
         let sealed = s.seal(&noise, 3);
         assert_eq!(sealed[1], Compression::None as u8);
         assert_eq!(s.unseal(&sealed, &chunk_id(&noise)).unwrap(), noise);
+    }
+
+    #[test]
+    fn seal_into_appends() {
+        let s = Sealer::default();
+        let text = b"strata ".repeat(10_000);
+        let mut out = b"prefix".to_vec();
+        let n = s.seal_into(&text, 1, &mut out);
+        assert_eq!(&out[..6], b"prefix");
+        assert_eq!(out.len(), 6 + n);
+        assert_eq!(s.unseal(&out[6..], &chunk_id(&text)).unwrap(), text);
+        let mut noise = vec![0u8; 5_000];
+        blake3::Hasher::new().update(b"seed").finalize_xof().fill(&mut noise);
+        let n = s.seal_into(&noise, 1, &mut out);
+        assert_eq!(s.unseal(&out[out.len() - n..], &chunk_id(&noise)).unwrap(), noise);
     }
 
     #[test]
