@@ -143,15 +143,42 @@ pub struct OutFile {
 }
 
 impl OutFile {
-    /// Opens `path` with `options` (which decide creation and truncation) for a file that will be `size`
-    /// bytes long.
-    pub fn open(path: &Path, options: &OpenOptions, size: u64) -> io::Result<OutFile> {
-        let buffered = options.open(path)?;
+    /// Creates `path`, which must not exist, for a file that will be `size` bytes long.
+    pub fn create_new(path: &Path, size: u64) -> io::Result<OutFile> {
+        let buffered = OpenOptions::new().write(true).create_new(true).open(path)?;
+        Ok(Self::with_direct(buffered, path, size, true))
+    }
+
+    /// Opens `path`, one of whose ranges this writer writes while others write the rest: creates it if no
+    /// other writer did yet, and never truncates. Opening an existing file first matters: an open that
+    /// may create takes the directory's lock exclusively, and a restore's workers opening every unit of a
+    /// large file that way spent 7% of their CPU spinning on it.
+    pub fn open_shared(path: &Path, size: u64) -> io::Result<OutFile> {
+        match OpenOptions::new().write(true).open(path) {
+            Ok(buffered) => Ok(Self::with_direct(buffered, path, size, false)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let buffered = OpenOptions::new().write(true).create(true).truncate(false).open(path)?;
+                Ok(Self::with_direct(buffered, path, size, true))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn with_direct(buffered: File, path: &Path, size: u64, created: bool) -> OutFile {
         let direct = match size >= DIRECT_MIN_FILE {
             true => OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path).ok(),
             false => None,
         };
-        Ok(OutFile { buffered, direct })
+        if created && direct.is_some() {
+            // Allocating the whole file first lets concurrent direct writes of its ranges share the inode
+            // lock (writes past the end of the file or into holes take it exclusively) and keeps the file
+            // in few extents. Only a hint: a filesystem without fallocate is no error. (Two writers that
+            // both created the file both allocate; the second finds nothing left to do.)
+            use std::os::fd::AsRawFd;
+            // SAFETY: the descriptor is open for the call's duration.
+            unsafe { libc::fallocate(buffered.as_raw_fd(), 0, 0, size as libc::off_t) };
+        }
+        OutFile { buffered, direct }
     }
 
     /// Writes `bytes` at `offset`: directly when buffer and offset are aligned, except for a tail shorter
@@ -188,7 +215,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("f");
         let size = 2 * DIRECT_MIN_FILE;
-        let mut f = OutFile::open(&path, OpenOptions::new().write(true).create(true), size).unwrap();
+        let mut f = OutFile::open_shared(&path, size).unwrap();
         let mut buf = AlignedBuf::new(3 * ALIGN);
         assert_eq!(buf.as_ptr() as usize % ALIGN, 0);
         buf.iter_mut().enumerate().for_each(|(i, b)| *b = (i % 251) as u8);

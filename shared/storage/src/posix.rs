@@ -8,7 +8,7 @@
 use super::{Features, ObjectInfo, Result, Storage, StorageError};
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use strata_directio::OutFile;
@@ -114,7 +114,7 @@ fn write_tmp(root: &Root, target: &Path, data: &[u8]) -> Result<PathBuf> {
     let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("object");
     let tmp = dir.join(format!("{TMP_PREFIX}{name}-{:016x}", rand::random::<u64>()));
     // Packs arrive in aligned buffers (see strata_directio): their bulk is written without the page cache.
-    let written = OutFile::open(&tmp, OpenOptions::new().write(true).create_new(true), data.len() as u64)
+    let written = OutFile::create_new(&tmp, data.len() as u64)
         .and_then(|mut f| {
             f.write_at(data, 0)?;
             f.into_file().sync_all()

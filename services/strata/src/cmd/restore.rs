@@ -262,8 +262,7 @@ pub async fn run(ctx: &Context_, opts: &RestoreOptions<'_>) -> anyhow::Result<()
                 }
                 let (e_c, path_c, remaining, file_no, at) = (e.clone(), path.clone(), remaining.clone(), unit.file, unit.offset);
                 staged = tokio::task::spawn_blocking(move || -> anyhow::Result<AlignedBuf> {
-                    // Never truncate: other workers may be writing other ranges of the file.
-                    let mut f = OutFile::open(&path_c, OpenOptions::new().write(true).create(true).truncate(false), e_c.size)
+                    let mut f = OutFile::open_shared(&path_c, e_c.size)
                         .with_context(|| format!("cannot create {}", path_c.display()))?;
                     f.write_at(&staged[..unit_len as usize], at).with_context(|| format!("cannot write {}", path_c.display()))?;
                     if remaining[file_no].fetch_sub(1, Ordering::AcqRel) == 1 {
