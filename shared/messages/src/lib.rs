@@ -122,10 +122,18 @@ pub fn decode_upload(bytes: &[u8]) -> Result<(&ArchivedUploadWork, &[u8]), Decod
 }
 
 /// `data`, then `archived`, then `archived`'s length as 4 little-endian bytes, in `data`'s buffer.
+///
+/// A buffer sized for the worst case (a chunk sealed into room for its incompressible size) but filled to
+/// less than half is given back: messages wait in the pipeline for a while, and holding a megabyte per
+/// 25 KiB of pgbench data raised a pgbench-100 backup's peak RSS from about 100 to 145 MiB. Copying the
+/// little that is there costs less.
 fn frame(mut data: Vec<u8>, archived: &[u8]) -> Vec<u8> {
     data.reserve_exact(archived.len() + 4);
     data.extend_from_slice(archived);
     data.extend_from_slice(&(archived.len() as u32).to_le_bytes());
+    if data.capacity() > 2 * data.len() {
+        data.shrink_to_fit();
+    }
     data
 }
 
