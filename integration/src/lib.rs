@@ -53,6 +53,7 @@ mod os_user;
 pub mod pg;
 pub mod ports;
 mod process;
+pub mod s3;
 pub mod testdir;
 
 pub use bins::{Service, StrataBins};
@@ -62,4 +63,5 @@ pub use nats::NatsServer;
 pub use pg::{PgBench, PgCluster, PgOptions};
 pub use ports::{reserve_port, Port};
 pub use process::CommandError;
+pub use s3::S3Server;
 pub use testdir::TestDir;

@@ -354,11 +354,27 @@ async fn publish(shared: &Shared, job: &str, event: &JobEvent) {
 }
 
 /// Opens the repository a `[[repo]]` entry describes.
-pub fn open_repo(cfg: &strata_config::RepoConfig) -> anyhow::Result<Repo> {
+pub async fn open_repo(cfg: &strata_config::RepoConfig) -> anyhow::Result<Repo> {
     use anyhow::Context;
-    let storage = match cfg.kind {
-        strata_config::RepoType::Posix => strata_storage::PosixStorage::open(&cfg.path)
-            .with_context(|| format!("repository '{}'", cfg.name))?,
+    let storage: Arc<dyn strata_storage::Storage> = match cfg.kind {
+        strata_config::RepoType::Posix => Arc::new(
+            strata_storage::PosixStorage::open(&cfg.path).with_context(|| format!("repository '{}'", cfg.name))?,
+        ),
+        strata_config::RepoType::S3 => {
+            let custom = cfg.endpoint.is_some();
+            let settings = strata_storage::S3Settings {
+                bucket: cfg.bucket.clone(),
+                prefix: cfg.prefix.clone(),
+                region: cfg.region.clone().unwrap_or_else(|| "us-east-1".into()),
+                endpoint: cfg.endpoint.clone(),
+                path_style: cfg.path_style.unwrap_or(custom),
+                credentials: cfg.access_key_id.clone().zip(cfg.secret_access_key.clone()),
+                storage_class: cfg.storage_class.clone(),
+                checksums: cfg.checksums.unwrap_or(!custom),
+                retry: Default::default(),
+            };
+            Arc::new(strata_storage::S3Storage::open(settings).await.with_context(|| format!("repository '{}'", cfg.name))?)
+        }
     };
-    Ok(Repo::new(cfg.name.clone(), Arc::new(storage)))
+    Ok(Repo::new(cfg.name.clone(), storage))
 }

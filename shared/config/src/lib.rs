@@ -102,6 +102,7 @@ pub struct StanzaConfig {
 #[serde(rename_all = "lowercase")]
 pub enum RepoType {
     Posix,
+    S3,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -111,10 +112,38 @@ pub struct RepoConfig {
     #[serde(rename = "type")]
     pub kind: RepoType,
     /// Root directory (posix).
+    #[serde(default)]
     pub path: PathBuf,
     /// How many full backups `expire` keeps (with the diff and incr backups that depend on them).
     #[serde(default)]
     pub retention_full: Option<u32>,
+    /// Bucket (s3).
+    #[serde(default)]
+    pub bucket: String,
+    /// Key prefix of the repository in the bucket (s3).
+    #[serde(default)]
+    pub prefix: String,
+    /// Region (s3); default us-east-1.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible server, e.g. "http://127.0.0.1:9000" (s3); unset: AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Path-style addressing (s3); default: on with a custom endpoint, off for AWS.
+    #[serde(default)]
+    pub path_style: Option<bool>,
+    /// Static credentials (s3); unset: the usual AWS chain (environment, profile, instance role).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Storage class of new objects (s3), e.g. "STANDARD_IA".
+    #[serde(default)]
+    pub storage_class: Option<String>,
+    /// Send the SDK's CRC checksum headers (s3); default: on for AWS, off for a custom endpoint, since
+    /// some S3-compatible servers reject them.
+    #[serde(default)]
+    pub checksums: Option<bool>,
 }
 
 const TOP_LEVEL_KEYS: [&str; 4] = ["bus", "pipeline", "stanza", "repo"];
@@ -158,6 +187,16 @@ impl Config {
         for (i, r) in self.repo.iter().enumerate() {
             if self.repo[..i].iter().any(|o| o.name == r.name) {
                 return Err(format!("repository name '{}' is used twice", r.name));
+            }
+            match r.kind {
+                RepoType::Posix if r.path.as_os_str().is_empty() => {
+                    return Err(format!("repository '{}' (posix) needs a path", r.name));
+                }
+                RepoType::S3 if r.bucket.is_empty() => return Err(format!("repository '{}' (s3) needs a bucket", r.name)),
+                RepoType::S3 if r.access_key_id.is_some() != r.secret_access_key.is_some() => {
+                    return Err(format!("repository '{}': give both access_key_id and secret_access_key, or neither", r.name));
+                }
+                _ => {}
             }
         }
         for name in self.stanza.keys() {

@@ -8,11 +8,13 @@
 //! Errors say what failed ([`StorageError`]) and whether retrying can help ([`StorageError::is_permanent`]).
 
 pub mod posix;
+pub mod s3;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use posix::PosixStorage;
+pub use s3::{RetryPolicy, S3Settings, S3Storage};
 
 /// What a backend can do, as data (pgBackRest's `StorageFeature` idea).
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,142 @@
+//! A real S3 server per test: moto's server mode on a reserved loopback port, with its log in the test
+//! directory.
+//!
+//! # Which binary
+//! `$STRATA_MOTO_SERVER`, else `/opt/strata-tools/bin/moto_server` (what `scripts/install-deps.sh` installs,
+//! moto 5.2.5). Older moto (Debian's python3-moto, or 5.2.1) breaks CompleteMultipartUpload with the Rust
+//! SDK, so a PATH lookup could fail a test for the wrong reason.
+//!
+//! # Readiness
+//! The server is ready when an HTTP request to it is answered. Buckets are created with a plain HTTP
+//! `PUT /<bucket>` (moto accepts any credentials), so the harness needs no S3 client of its own.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::ports::{reserve_port, Port};
+use crate::process::{log_tail, stop_child, POLL_INTERVAL};
+use crate::testdir::TestDir;
+
+pub const MOTO_SERVER_ENV: &str = "STRATA_MOTO_SERVER";
+pub const DEFAULT_MOTO_SERVER: &str = "/opt/strata-tools/bin/moto_server";
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The access key moto is given (it accepts any).
+pub const S3_ACCESS_KEY: &str = "strata-test";
+pub const S3_SECRET_KEY: &str = "strata-test-secret";
+
+fn moto_server_bin() -> PathBuf {
+    let path = std::env::var_os(MOTO_SERVER_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_MOTO_SERVER));
+    if !path.exists() {
+        panic!("moto_server not found at {} (set {MOTO_SERVER_ENV}, or run scripts/install-deps.sh)", path.display());
+    }
+    path
+}
+
+/// A moto S3 server owned by one test.
+#[derive(Debug)]
+pub struct S3Server {
+    port: Port,
+    log_file: PathBuf,
+    child: Option<Child>,
+    _test_dir: TestDir,
+}
+
+impl S3Server {
+    pub fn start(dir: &TestDir) -> S3Server {
+        let bin = moto_server_bin();
+        let home = dir.subdir("s3");
+        let port = reserve_port();
+        let log_file = home.join("moto.log");
+        let log = std::fs::File::create(&log_file).unwrap_or_else(|e| panic!("cannot create {}: {e}", log_file.display()));
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.get().to_string()])
+            .current_dir(&home)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut server = S3Server { port, log_file, child: Some(child), _test_dir: dir.clone() };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("moto_server exited ({status}) before it was ready:\n{}", log_tail(&self.log_file, 30));
+            }
+            if self.http("GET", "/", b"").is_ok() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("moto_server not ready after {READY_TIMEOUT:?}:\n{}", log_tail(&self.log_file, 30));
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port.get())
+    }
+
+    pub fn log_file(&self) -> &Path {
+        &self.log_file
+    }
+
+    /// Creates `bucket` (path-style `PUT /<bucket>`).
+    pub fn create_bucket(&self, bucket: &str) {
+        let status = self.http("PUT", &format!("/{bucket}"), b"").unwrap_or_else(|e| panic!("PUT /{bucket}: {e}"));
+        assert!(status == 200, "creating bucket {bucket}: HTTP {status}\n{}", log_tail(&self.log_file, 20));
+    }
+
+    /// The `[[repo]]` body (after `name`) of an S3 repository in `bucket` under `prefix` on this server.
+    pub fn repo_config(&self, bucket: &str, prefix: &str) -> String {
+        format!(
+            "type = \"s3\"\nbucket = \"{bucket}\"\nprefix = \"{prefix}\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\n\
+             access_key_id = \"{S3_ACCESS_KEY}\"\nsecret_access_key = \"{S3_SECRET_KEY}\"\n",
+            self.endpoint()
+        )
+    }
+
+    /// One HTTP/1.1 request; the response's status code.
+    fn http(&self, method: &str, path: &str, body: &[u8]) -> std::io::Result<u16> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port.get()))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.port.get(),
+            body.len()
+        )?;
+        s.write_all(body)?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {:?}", response.lines().next())))
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after a grace period), by its pid.
+    pub fn stop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            stop_child(child, libc::SIGTERM, STOP_GRACE);
+        }
+        self.child = None;
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

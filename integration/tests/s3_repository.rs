@@ -1,0 +1,90 @@
+//! A repository in an S3 bucket (moto's server on loopback): backup, WAL archive and restore through it,
+//! multipart uploads included, and one clear error line for a server that is not there or a bucket that
+//! does not exist.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use strata_integration::*;
+
+/// Points the setup's config at `bucket`/`prefix` on `s3` instead of the posix repository.
+fn use_s3(setup: &Setup, s3: &S3Server, bucket: &str, prefix: &str) {
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let start = text.find("type = \"posix\"").expect("posix repo in config");
+    let end = text[start..].find("\npath = ").map(|i| start + i + 1).expect("path line");
+    let end = text[end..].find('\n').map(|i| end + i + 1).unwrap_or(text.len());
+    let text = format!("{}{}{}", &text[..start], s3.repo_config(bucket, prefix), &text[end..]);
+    std::fs::write(&setup.config, text).unwrap();
+}
+
+#[test]
+fn backup_archive_and_restore_through_s3() {
+    let dir = TestDir::new("s3_repo");
+    let s3 = S3Server::start(&dir);
+    s3.create_bucket("strata-test");
+    // Uncompressed 64 MiB packs, so that packs go up as multipart uploads (above 32 MiB).
+    let setup = Setup::new(&dir, "local", "compress_level = 0\nin_flight_bytes = 268435456", &[]);
+    use_s3(&setup, &s3, "strata-test", "clusters/a");
+    setup.strata_ok(&["stanza-create"]);
+    setup.pg.pgbench_init(5);
+    setup.strata_ok(&["check"]);
+    let bench = setup.pg.pgbench_run_background(5, 2);
+    setup.backup("full");
+    bench.wait().expect("pgbench failed");
+    setup.pg.pgbench_run_background(3, 2).wait().expect("pgbench failed");
+    setup.backup("incr");
+    setup.pg.switch_wal_and_wait_archived(Duration::from_secs(120));
+
+    let info = setup.info();
+    let backups = info[0]["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 2, "{info}");
+    assert!(backups[0]["stored_bytes"].as_u64().unwrap() > 64_000_000, "{info}");
+
+    let copy = setup.restore_and_start("restored", &[]);
+    assert_same_tables(&setup.pg, &copy, "postgres");
+    if let Err(e) = copy.pg_amcheck() {
+        panic!("pg_amcheck on the restored cluster: {e}");
+    }
+    LogCheck::postgres().assert_clean(setup.pg.log_file());
+    LogCheck::postgres().assert_clean(copy.log_file());
+}
+
+#[test]
+fn an_archived_segment_is_never_replaced_in_s3() {
+    let dir = TestDir::new("s3_put_new");
+    let s3 = S3Server::start(&dir);
+    s3.create_bucket("strata-test");
+    let setup = Setup::new(&dir, "local", "", &[]);
+    use_s3(&setup, &s3, "strata-test", "");
+    setup.strata_ok(&["stanza-create"]);
+    let segment = setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
+    // The same name with other content: refused, and the archived copy is the one archive-get returns.
+    let fake = dir.path().join(&segment);
+    let original = setup.pg.data_dir().join("pg_wal").join(&segment);
+    let mut bytes = std::fs::read(&original).unwrap_or_else(|_| vec![0u8; 16 << 20]);
+    bytes[100] ^= 0xff;
+    std::fs::write(&fake, &bytes).unwrap();
+    let line = setup.strata_fails(&["archive-push", fake.to_str().unwrap()]);
+    assert!(line.contains("already archived with different content"), "{line}");
+    let fetched = dir.path().join("fetched");
+    setup.strata_ok(&["archive-get", &segment, fetched.to_str().unwrap()]);
+    assert_ne!(std::fs::read(&fetched).unwrap(), bytes, "the archived segment was replaced");
+}
+
+#[test]
+fn an_unreachable_server_or_missing_bucket_is_one_error_line() {
+    let dir = TestDir::new("s3_bad");
+    let s3 = S3Server::start(&dir);
+    let setup = Setup::new(&dir, "local", "", &[]);
+
+    use_s3(&setup, &s3, "no-such-bucket", "");
+    let line = setup.strata_fails(&["stanza-create"]);
+    assert!(line.contains("bucket does not exist"), "{line}");
+
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let closed = reserve_port();
+    std::fs::write(&setup.config, text.replace(&s3.endpoint(), &format!("http://127.0.0.1:{}", closed.get()))).unwrap();
+    let line = setup.strata_fails(&["info"]);
+    assert!(line.contains("cannot reach S3"), "{line}");
+}
