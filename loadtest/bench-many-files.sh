@@ -104,8 +104,9 @@ for b in strata strata-collector strata-sealer strata-uploader; do
     [[ -x $STRATA_BIN/$b ]] || die "$STRATA_BIN/$b is missing (this script does not build; set STRATA_BIN)"
 done
 # The binaries read STRATA_<KEY> overrides: only the bus (set below) and pipeline overrides pass through.
+# The script's own knobs (STRATA_BIN, STRATA_BUS) stay as shell variables, no longer exported.
 PIPE_ENV=$(env | grep -E '^STRATA_PIPELINE__' | tr '\n' ' ' || true)
-for v in $(compgen -e | grep -E '^STRATA_' | grep -vE '^STRATA_PIPELINE__'); do unset "$v"; done
+for v in $(compgen -e | grep -E '^STRATA_' | grep -vE '^STRATA_PIPELINE__'); do export -n "$v"; done
 
 # ------------------------------------------------------------------------------------------------ cleanup
 SERVICE_PIDS=()
