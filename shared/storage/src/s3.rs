@@ -158,6 +158,23 @@ impl S3Storage {
         }
     }
 
+    /// The object (or the byte `range` of it, an HTTP Range value), read whole.
+    async fn get_object(&self, path: &str, range: Option<String>) -> Result<Bytes> {
+        let key = self.key(path);
+        self.retrying(path, "GetObject", || {
+            let req = self.client.get_object().bucket(&self.settings.bucket).key(&key).set_range(range.clone());
+            async move {
+                let out = req.send().await.map_err(|e| classify(path, e))?;
+                // A body cut off mid-transfer is worth another attempt.
+                let body = out.body.collect().await.map_err(|e| {
+                    Attempt::Transient(StorageError::Io { path: path.into(), source: std::io::Error::other(format!("S3 body: {e}")) })
+                })?;
+                Ok(body.into_bytes())
+            }
+        })
+        .await
+    }
+
     async fn put_object(&self, path: &str, data: Bytes, if_none_match: bool) -> Result<()> {
         if data.len() > MULTIPART_THRESHOLD {
             return self.put_multipart(path, data, if_none_match).await;
@@ -300,39 +317,14 @@ impl Storage for S3Storage {
     }
 
     async fn get(&self, path: &str) -> Result<Bytes> {
-        let key = self.key(path);
-        self.retrying(path, "GetObject", || {
-            let req = self.client.get_object().bucket(&self.settings.bucket).key(&key);
-            async move {
-                let out = req.send().await.map_err(|e| classify(path, e))?;
-                // A body cut off mid-transfer is worth another attempt.
-                let body = out.body.collect().await.map_err(|e| {
-                    Attempt::Transient(StorageError::Io { path: path.into(), source: std::io::Error::other(format!("S3 body: {e}")) })
-                })?;
-                Ok(body.into_bytes())
-            }
-        })
-        .await
+        self.get_object(path, None).await
     }
 
     async fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes> {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        let key = self.key(path);
-        let range = format!("bytes={}-{}", offset, offset + len - 1);
-        let bytes = self
-            .retrying(path, "GetObject", || {
-                let req = self.client.get_object().bucket(&self.settings.bucket).key(&key).range(&range);
-                async move {
-                    let out = req.send().await.map_err(|e| classify(path, e))?;
-                    let body = out.body.collect().await.map_err(|e| {
-                        Attempt::Transient(StorageError::Io { path: path.into(), source: std::io::Error::other(format!("S3 body: {e}")) })
-                    })?;
-                    Ok(body.into_bytes())
-                }
-            })
-            .await?;
+        let bytes = self.get_object(path, Some(format!("bytes={}-{}", offset, offset + len - 1))).await?;
         if bytes.len() as u64 != len {
             return Err(StorageError::Corrupt {
                 path: path.into(),
