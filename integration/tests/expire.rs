@@ -33,6 +33,13 @@ fn expire_keeps_the_newest_full_and_its_dependants() {
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
     let full2_wal_start = setup.info()[0]["backups"][2]["wal_start"].as_str().unwrap().to_string();
 
+    // A compliance floor of a day: every backup is younger, so nothing goes, whatever the count says.
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(&setup.config, format!("{text}retention_min_age_days = 1\n")).unwrap();
+    let out = setup.strata_ok(&["expire", "--retention-full", "1", "--dry-run", "--gc-grace-secs", "0"]);
+    assert!(!out.contains("would expire backup"), "the compliance floor did not hold:\n{out}");
+    std::fs::write(&setup.config, text).unwrap();
+
     let before = snapshot(&setup.repo);
     let out = setup.strata_ok(&["expire", "--retention-full", "1", "--dry-run", "--gc-grace-secs", "0"]);
     assert!(out.contains(&format!("would expire backup {full1}")) && out.contains(&format!("would expire backup {incr1}")), "{out}");

@@ -117,6 +117,14 @@ pub struct RepoConfig {
     /// How many full backups `expire` keeps (with the diff and incr backups that depend on them).
     #[serde(default)]
     pub retention_full: Option<u32>,
+    /// Days of full backups `expire` keeps: every full started within them, and the newest one before,
+    /// so that the whole period stays restorable. With `retention_full` too, a full either keeps stays.
+    #[serde(default)]
+    pub retention_full_days: Option<u32>,
+    /// Compliance floor: `expire` removes no backup younger than this many days (nor what it depends
+    /// on), whatever the other settings say.
+    #[serde(default)]
+    pub retention_min_age_days: Option<u32>,
     /// Bucket (s3).
     #[serde(default)]
     pub bucket: String,

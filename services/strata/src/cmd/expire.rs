@@ -1,9 +1,13 @@
 //! `expire`: removes backups retention no longer keeps, the WAL only they needed, and the packs nothing
 //! references any more.
 //!
-//! Retention counts full backups: the newest `retention_full` fulls are kept, each with every diff and
-//! incr backup whose reference chain leads to it; an older full goes together with its dependants, never
-//! before them. WAL older than the oldest kept backup's first segment is removed (history files stay).
+//! Retention keeps full backups: the newest `retention_full` fulls, and with `retention_full_days` every
+//! full started within that many days plus the newest one before them (so the whole period can be
+//! restored); a full either rule keeps stays. Each kept full keeps every diff and incr backup whose
+//! reference chain leads to it; an older full goes together with its dependants, never before them.
+//! `retention_min_age_days` is a floor that overrides the rest, for compliance: a backup younger than
+//! that is never removed, nor the backups it depends on. WAL older than the oldest kept backup's first
+//! segment is removed (history files stay).
 //!
 //! Packs are shared by every stanza of the repository, so a pack is removed only when no kept backup
 //! manifest and no WAL record of any stanza points into it. A backup still running has chunks in packs
@@ -13,7 +17,7 @@
 
 use crate::cmd::format_bytes;
 use crate::Context_;
-use anyhow::{bail, Context};
+use anyhow::bail;
 use std::collections::{HashMap, HashSet};
 use strata_messages::{BackupRecord, BackupType, PackId};
 use strata_pg::wal::{classify_wal_file, WalFileKind};
@@ -26,16 +30,21 @@ pub struct ExpireOptions {
 }
 
 pub async fn run(ctx: &Context_, opts: &ExpireOptions) -> anyhow::Result<()> {
-    let keep_fulls = opts
-        .retention_full
-        .or(ctx.cfg.primary_repo().retention_full)
-        .context("no retention is configured: set retention_full in the [[repo]] entry or pass --retention-full")?;
-    if keep_fulls == 0 {
-        bail!("retention_full must be at least 1");
+    let repo_cfg = ctx.cfg.primary_repo();
+    let retention = Retention {
+        fulls: opts.retention_full.or(repo_cfg.retention_full).map(|n| n as usize),
+        full_days: repo_cfg.retention_full_days,
+        min_age_days: repo_cfg.retention_min_age_days,
+    };
+    if retention.fulls.is_none() && retention.full_days.is_none() {
+        bail!("no retention is configured: set retention_full or retention_full_days in the [[repo]] entry, or pass --retention-full");
+    }
+    if retention.fulls == Some(0) || retention.full_days == Some(0) {
+        bail!("retention_full and retention_full_days must be at least 1");
     }
     ctx.repo.stanza(&ctx.stanza).await?;
     let backups = ctx.repo.backups(&ctx.stanza).await?;
-    let (kept, expired) = partition(&backups, keep_fulls as usize);
+    let (kept, expired) = partition(&backups, &retention, crate::cmd::now());
 
     // WAL: whatever precedes the oldest kept backup's first segment is needed by no kept backup.
     let oldest_start = kept.iter().map(|b| &b.summary.wal_start).min().cloned();
@@ -127,23 +136,127 @@ pub async fn run(ctx: &Context_, opts: &ExpireOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Splits backups (oldest first) into kept and expired: the newest `keep` fulls and everything whose
-/// reference chain leads to one of them are kept.
-fn partition(backups: &[BackupRecord], keep: usize) -> (Vec<&BackupRecord>, Vec<&BackupRecord>) {
+/// What a repository's retention settings keep (see the module docs).
+struct Retention {
+    fulls: Option<usize>,
+    full_days: Option<u32>,
+    min_age_days: Option<u32>,
+}
+
+const DAY: i64 = 86_400;
+
+/// Splits backups (oldest first) into kept and expired at time `now` (see the module docs).
+fn partition<'a>(backups: &'a [BackupRecord], retention: &Retention, now: i64) -> (Vec<&'a BackupRecord>, Vec<&'a BackupRecord>) {
     let by_label: HashMap<&str, &BackupRecord> = backups.iter().map(|b| (b.summary.label.as_str(), b)).collect();
-    let fulls: Vec<&str> =
-        backups.iter().filter(|b| b.summary.backup_type == BackupType::Full).map(|b| b.summary.label.as_str()).collect();
-    let kept_fulls: HashSet<&str> = fulls.iter().rev().take(keep).copied().collect();
-    let kept_root = |b: &BackupRecord| -> Option<bool> {
+    let fulls: Vec<&BackupRecord> = backups.iter().filter(|b| b.summary.backup_type == BackupType::Full).collect();
+    let mut kept_fulls: HashSet<&str> = HashSet::new();
+    if let Some(n) = retention.fulls {
+        kept_fulls.extend(fulls.iter().rev().take(n).map(|b| b.summary.label.as_str()));
+    }
+    if let Some(days) = retention.full_days {
+        let since = now - i64::from(days) * DAY;
+        let within: Vec<&str> = fulls.iter().filter(|b| b.summary.start_time >= since).map(|b| b.summary.label.as_str()).collect();
+        kept_fulls.extend(&within);
+        // The newest full before the period: the period's first hours restore from it.
+        if let Some(before) = fulls.iter().rev().find(|b| b.summary.start_time < since) {
+            kept_fulls.insert(before.summary.label.as_str());
+        }
+    }
+    // The full a backup's reference chain ends at; None when the chain cannot be followed.
+    let root = |b: &'a BackupRecord| -> Option<&'a str> {
         let mut cur = b;
         for _ in 0..=backups.len() {
             if cur.summary.backup_type == BackupType::Full {
-                return Some(kept_fulls.contains(cur.summary.label.as_str()));
+                return Some(cur.summary.label.as_str());
             }
             cur = by_label.get(cur.summary.reference.as_str())?;
         }
         None
     };
+    if let Some(days) = retention.min_age_days {
+        let floor = now - i64::from(days) * DAY;
+        for b in backups.iter().filter(|b| b.summary.start_time >= floor) {
+            if let Some(r) = root(b) {
+                kept_fulls.insert(r);
+            }
+        }
+    }
     // A backup whose chain cannot be followed is kept: expire never guesses in the direction of deleting.
-    backups.iter().partition(|b| kept_root(b).unwrap_or(true))
+    backups.iter().partition(|b| root(b).is_none_or(|r| kept_fulls.contains(r)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backup(label: &str, kind: BackupType, reference: &str, start_time: i64) -> BackupRecord {
+        let summary = strata_messages::BackupSummary {
+            label: label.into(),
+            backup_type: kind,
+            start_time,
+            stop_time: start_time + 60,
+            start_lsn: 0,
+            stop_lsn: 0,
+            timeline: 1,
+            wal_start: String::new(),
+            wal_stop: String::new(),
+            pg_version_num: 150000,
+            system_id: 1,
+            wal_segment_size: 16 << 20,
+            reference: reference.into(),
+            database_bytes: 0,
+            read_bytes: 0,
+            stored_bytes: 0,
+            sent_bytes: 0,
+            file_count: 0,
+            checksum_failures: 0,
+        };
+        BackupRecord { version: 2, summary, manifest_len: 0, manifest_chunks: Vec::new() }
+    }
+
+    fn kept(backups: &[BackupRecord], r: Retention, now: i64) -> Vec<&str> {
+        partition(backups, &r, now).0.iter().map(|b| b.summary.label.as_str()).collect()
+    }
+
+    /// Fulls on days 0, 10, 20, 30 with an incr after each; "now" is day 35.
+    fn history() -> Vec<BackupRecord> {
+        let mut v = Vec::new();
+        for d in [0, 10, 20, 30] {
+            v.push(backup(&format!("F{d}"), BackupType::Full, "", d * DAY));
+            v.push(backup(&format!("I{d}"), BackupType::Incr, &format!("F{d}"), d * DAY + 3600));
+        }
+        v
+    }
+
+    #[test]
+    fn count_keeps_the_newest_fulls_with_their_dependants() {
+        let h = history();
+        assert_eq!(kept(&h, Retention { fulls: Some(2), full_days: None, min_age_days: None }, 35 * DAY), ["F20", "I20", "F30", "I30"]);
+    }
+
+    #[test]
+    fn days_keep_the_period_and_the_full_before_it() {
+        let h = history();
+        // 12 days back from day 35 is day 23: F30 is within, F20 is the newest before.
+        assert_eq!(kept(&h, Retention { fulls: None, full_days: Some(12), min_age_days: None }, 35 * DAY), ["F20", "I20", "F30", "I30"]);
+        // Either rule keeps: one full by count, 26 days (from day 9) by time.
+        assert_eq!(
+            kept(&h, Retention { fulls: Some(1), full_days: Some(26), min_age_days: None }, 35 * DAY),
+            ["F0", "I0", "F10", "I10", "F20", "I20", "F30", "I30"]
+        );
+    }
+
+    #[test]
+    fn the_compliance_floor_overrides_and_keeps_what_young_backups_need() {
+        let mut h = history();
+        // A young incr of the oldest full (an odd chain, but retention must follow it).
+        h.push(backup("I0b", BackupType::Incr, "I0", 34 * DAY));
+        assert_eq!(
+            kept(&h, Retention { fulls: Some(1), full_days: None, min_age_days: Some(7) }, 35 * DAY),
+            ["F0", "I0", "F30", "I30", "I0b"]
+        );
+        // An unfollowable chain is kept.
+        h.push(backup("Ix", BackupType::Incr, "missing", 0));
+        assert!(kept(&h, Retention { fulls: Some(1), full_days: None, min_age_days: None }, 35 * DAY).contains(&"Ix"));
+    }
 }
