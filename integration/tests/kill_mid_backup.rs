@@ -29,13 +29,15 @@ fn kill_stage_mid_backup(which: &str) {
     let setup = Setup::new(&dir, &nats.url(), PIPELINE, &[]);
     services = Services::start(&setup);
     setup.strata_ok(&["stanza-create"]);
-    setup.pg.pgbench_init(5);
+    // Scale 10 (about 160 MB): at scale 5 a faster pipeline finished the backup before the second
+    // checkpoint came, and the kill found nothing left to interrupt.
+    setup.pg.pgbench_init(10);
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(120));
     let packs_before = pack_bytes(&setup.repo);
 
     let mut backup = setup.bins.strata_cmd(&setup.config, STANZA);
     let backup = backup.arg("backup").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    // Wait until the backup has stored a good part of its data (about 4 MB sealed in all at this
+    // Wait until the backup has stored a good part of its data (about 9 MB sealed in all at this
     // compression level) and checkpointed it twice (checkpoints come every second or so; a file read
     // is named by the checkpoint after the one that finds its chunks stored), then kill the stage.
     let deadline = Instant::now() + Duration::from_secs(120);
