@@ -166,7 +166,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(&cli.config, std::env::vars())?;
     let stanza = cli.stanza.clone().context("--stanza is required (or STRATA_STANZA)")?;
     cfg.stanza(&stanza)?;
-    let repo = strata_uploader::open_repo(cfg.primary_repo()).await?;
+    let repo = strata_uploader::open_repo(&cfg, cfg.primary_repo()).await?;
     let config_path = std::fs::canonicalize(&cli.config).unwrap_or(cli.config.clone());
     let ctx = Context_ { cfg: Arc::new(cfg), config_path, stanza, repo };
     match cli.command {

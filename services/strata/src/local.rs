@@ -18,7 +18,7 @@ pub struct LocalStages {
 /// Starts a sealer and an uploader (and, for backups, a collector) on `bus`. Checks the repository first so
 /// an unwritable one fails at once rather than at the stall deadline.
 pub async fn start(cfg: &Arc<Config>, bus: Arc<dyn Bus>, collector: bool) -> anyhow::Result<LocalStages> {
-    let repo = strata_uploader::open_repo(cfg.primary_repo()).await?;
+    let repo = strata_uploader::open_repo(cfg, cfg.primary_repo()).await?;
     repo.check_writable().await?;
     let cancel = CancellationToken::new();
     let p = &cfg.pipeline;

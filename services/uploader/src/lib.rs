@@ -354,7 +354,16 @@ async fn publish(shared: &Shared, job: &str, event: &JobEvent) {
 }
 
 /// Opens the repository a `[[repo]]` entry describes.
-pub async fn open_repo(cfg: &strata_config::RepoConfig) -> anyhow::Result<Repo> {
+/// Opens one of the config's repositories, with the sealer its key gives (see `strata_keys::sealer_for`).
+pub async fn open_repo(config: &strata_config::Config, cfg: &strata_config::RepoConfig) -> anyhow::Result<Repo> {
+    use anyhow::Context;
+    let storage = open_storage(cfg).await?;
+    let sealer = strata_keys::sealer_for(config, storage.as_ref()).await.with_context(|| format!("repository '{}'", cfg.name))?;
+    Ok(Repo::new(cfg.name.clone(), storage).with_sealer(sealer))
+}
+
+/// Opens a repository's storage backend, without its key.
+pub async fn open_storage(cfg: &strata_config::RepoConfig) -> anyhow::Result<Arc<dyn strata_storage::Storage>> {
     use anyhow::Context;
     let storage: Arc<dyn strata_storage::Storage> = match cfg.kind {
         strata_config::RepoType::Posix => Arc::new(
@@ -376,5 +385,5 @@ pub async fn open_repo(cfg: &strata_config::RepoConfig) -> anyhow::Result<Repo> 
             Arc::new(strata_storage::S3Storage::open(settings).await.with_context(|| format!("repository '{}'", cfg.name))?)
         }
     };
-    Ok(Repo::new(cfg.name.clone(), storage))
+    Ok(storage)
 }

@@ -43,6 +43,75 @@ pub struct Config {
     pub stanza: BTreeMap<String, StanzaConfig>,
     #[serde(default)]
     pub repo: Vec<RepoConfig>,
+    /// How chunks, manifests and WAL are encrypted; one key set for every repository, since the replicator
+    /// copies packs byte for byte.
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
+    /// What the replicator service copies, and where.
+    #[serde(default)]
+    pub replicator: ReplicatorConfig,
+}
+
+/// Where the data key comes from. The repository holds only the wrapped key (`keys/strata.keys`).
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EncryptionType {
+    /// Chunks are compressed, not encrypted.
+    #[default]
+    None,
+    /// AWS KMS (or a KMS-compatible endpoint) wraps the data key: GenerateDataKey, Decrypt.
+    Kms,
+    /// A passphrase (from a file or an environment variable) derives the key that wraps the data key.
+    Passphrase,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    #[serde(rename = "type", default)]
+    pub kind: EncryptionType,
+    /// KMS key id, ARN or alias that wraps new data keys (kms).
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
+    /// KMS region (kms); default us-east-1.
+    #[serde(default)]
+    pub kms_region: Option<String>,
+    /// A KMS-compatible endpoint, e.g. "http://127.0.0.1:4566" (kms); unset: AWS.
+    #[serde(default)]
+    pub kms_endpoint: Option<String>,
+    /// Static credentials for KMS; unset: the AWS chain.
+    #[serde(default)]
+    pub kms_access_key_id: Option<String>,
+    #[serde(default)]
+    pub kms_secret_access_key: Option<String>,
+    /// File holding the passphrase (passphrase); its first line is used.
+    #[serde(default)]
+    pub passphrase_file: Option<PathBuf>,
+    /// Environment variable holding the passphrase (passphrase), when no file is given.
+    #[serde(default)]
+    pub passphrase_env: Option<String>,
+}
+
+/// The replicator service: copies committed backups and archived WAL from one repository to others.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicatorConfig {
+    /// The repository copied from; default: the first `[[repo]]`.
+    pub source: Option<String>,
+    /// Repositories copied to; default: every other `[[repo]]`.
+    pub targets: Vec<String>,
+    /// Seconds between scans of the source for new objects.
+    pub interval_secs: u64,
+    /// Concurrent object copies per replicator process.
+    pub workers: usize,
+    /// Address of the Prometheus metrics endpoint ("127.0.0.1:9187"); unset: none.
+    pub metrics_listen: Option<String>,
+}
+
+impl Default for ReplicatorConfig {
+    fn default() -> Self {
+        ReplicatorConfig { source: None, targets: Vec::new(), interval_secs: 10, workers: 4, metrics_listen: None }
+    }
 }
 
 fn default_bus() -> String {
@@ -125,6 +194,23 @@ pub struct RepoConfig {
     /// on), whatever the other settings say.
     #[serde(default)]
     pub retention_min_age_days: Option<u32>,
+    /// How many differential backups `expire` keeps (newest first), with the incrementals that depend on
+    /// them; unset: every diff of a kept full.
+    #[serde(default)]
+    pub retention_diff: Option<u32>,
+    /// Days of WAL `expire` keeps beyond what the kept backups need.
+    #[serde(default)]
+    pub retention_archive_extra_days: Option<u32>,
+    /// Run `expire` on this repository after every successful backup.
+    #[serde(default)]
+    pub expire_auto: bool,
+    /// What the repository is for ("hot", "warm", "cold"): shown by `info`, no effect on behaviour.
+    #[serde(default)]
+    pub tier: Option<String>,
+    /// Whether `archive-push` fails when this repository does not have the segment (default true). A
+    /// repository that is not required gets the segment from the replicator later.
+    #[serde(default = "default_true")]
+    pub archive_required: bool,
     /// Bucket (s3).
     #[serde(default)]
     pub bucket: String,
@@ -154,7 +240,11 @@ pub struct RepoConfig {
     pub checksums: Option<bool>,
 }
 
-const TOP_LEVEL_KEYS: [&str; 4] = ["bus", "pipeline", "stanza", "repo"];
+const TOP_LEVEL_KEYS: [&str; 6] = ["bus", "pipeline", "stanza", "repo", "encryption", "replicator"];
+
+fn default_true() -> bool {
+    true
+}
 
 impl Config {
     /// Reads and validates `path`, with `STRATA_*` overrides taken from `env`.
@@ -207,6 +297,26 @@ impl Config {
                 _ => {}
             }
         }
+        let e = &self.encryption;
+        match e.kind {
+            EncryptionType::Kms if e.kms_key_id.is_none() => return Err("encryption.type = \"kms\" needs encryption.kms_key_id".into()),
+            EncryptionType::Passphrase if e.passphrase_file.is_none() && e.passphrase_env.is_none() => {
+                return Err("encryption.type = \"passphrase\" needs encryption.passphrase_file or encryption.passphrase_env".into())
+            }
+            _ => {}
+        }
+        if e.kms_access_key_id.is_some() != e.kms_secret_access_key.is_some() {
+            return Err("encryption: give both kms_access_key_id and kms_secret_access_key, or neither".into());
+        }
+        let known = |n: &str| self.repo.iter().any(|r| r.name == n);
+        for n in self.replicator.source.iter().chain(&self.replicator.targets) {
+            if !known(n) {
+                return Err(format!("replicator names repository '{n}', which no [[repo]] defines"));
+            }
+        }
+        if self.replicator.workers == 0 {
+            return Err("replicator.workers must be at least 1".into());
+        }
         for name in self.stanza.keys() {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
                 return Err(format!("stanza name '{name}' may only hold letters, digits, '-' and '_'"));
@@ -253,6 +363,11 @@ impl Config {
     /// The repository backups are written to: the first one listed.
     pub fn primary_repo(&self) -> &RepoConfig {
         &self.repo[0]
+    }
+
+    /// A repository by name.
+    pub fn repo_named(&self, name: &str) -> Option<&RepoConfig> {
+        self.repo.iter().find(|r| r.name == name)
     }
 }
 

@@ -82,7 +82,13 @@ pub enum WalPut {
 pub struct Repo {
     name: String,
     storage: Arc<dyn Storage>,
+    /// Opens chunks and records: with the repository's data key when it is encrypted.
+    sealer: Sealer,
 }
+
+/// Records (backup, checkpoint, WAL) of an encrypted repository start with this, then a sealed envelope.
+/// Plain records are rkyv archives, which never start with these bytes (they end with their root).
+const SEALED_RECORD_MAGIC: &[u8; 8] = b"STRSEAL1";
 
 pub fn pack_path(id: &PackId) -> String {
     let h = hex(id);
@@ -100,7 +106,44 @@ fn wal_path(stanza: &str, name: &str) -> String {
 
 impl Repo {
     pub fn new(name: impl Into<String>, storage: Arc<dyn Storage>) -> Self {
-        Repo { name: name.into(), storage }
+        Repo { name: name.into(), storage, sealer: Sealer::default() }
+    }
+
+    /// The same repository, reading and writing with `sealer` (the repository's key, when encrypted).
+    pub fn with_sealer(mut self, sealer: Sealer) -> Self {
+        self.sealer = sealer;
+        self
+    }
+
+    /// The sealer for this repository's chunks: encrypted with its data key, or plain.
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    /// A record's bytes as stored: sealed when the repository is encrypted.
+    fn record_bytes(&self, plain: Vec<u8>) -> Bytes {
+        if !self.sealer.is_encrypted() {
+            return Bytes::from(plain);
+        }
+        let mut out = SEALED_RECORD_MAGIC.to_vec();
+        out.extend_from_slice(&self.sealer.seal_object(&plain));
+        Bytes::from(out)
+    }
+
+    /// A stored record's plain bytes.
+    fn open_record(&self, path: &str, stored: Bytes) -> Result<Bytes> {
+        match stored.strip_prefix(SEALED_RECORD_MAGIC) {
+            Some(sealed) => self
+                .sealer
+                .unseal_object(sealed)
+                .map(Bytes::from)
+                .map_err(|e| RepoError::CorruptObject { path: path.into(), reason: e.to_string() }),
+            None if self.sealer.is_encrypted() => Err(RepoError::CorruptObject {
+                path: path.into(),
+                reason: "is not encrypted, but the repository is".into(),
+            }),
+            None => Ok(stored),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -245,7 +288,7 @@ impl Repo {
         }
         self.stanza(stanza).await?;
         let path = format!("{}/backup/{label}.record", stanza_dir(stanza));
-        self.storage.put_new(&path, Bytes::from(encode(record))).await.map_err(|e| self.err(e))
+        self.storage.put_new(&path, self.record_bytes(encode(record))).await.map_err(|e| self.err(e))
     }
 
     /// Committed backups of a stanza, oldest first.
@@ -284,6 +327,7 @@ impl Repo {
 
     async fn read_record(&self, path: &str) -> Result<BackupRecord> {
         let bytes = self.storage.get(path).await.map_err(|e| self.err(e))?;
+        let bytes = self.open_record(path, bytes)?;
         decode::<BackupRecord>(&bytes)
             .map(strata_messages::to_owned::<BackupRecord>)
             .map_err(|e| RepoError::CorruptObject { path: path.into(), reason: e.to_string() })
@@ -331,7 +375,7 @@ impl Repo {
             }
         }
         let path = format!("{}/backup/{label}.partial", stanza_dir(stanza));
-        self.storage.put(&path, Bytes::from(encode(checkpoint))).await.map_err(|e| self.err(e))
+        self.storage.put(&path, self.record_bytes(encode(checkpoint))).await.map_err(|e| self.err(e))
     }
 
     /// Checkpoints of interrupted backups of a stanza, oldest first. An unreadable one is skipped: it only
@@ -344,6 +388,7 @@ impl Repo {
                 continue;
             }
             let Ok(bytes) = self.storage.get(&o.path).await else { continue };
+            let Ok(bytes) = self.open_record(&o.path, bytes) else { continue };
             if let Ok(c) = decode::<BackupCheckpoint>(&bytes) {
                 out.push(strata_messages::to_owned::<BackupCheckpoint>(c));
             }
@@ -363,7 +408,7 @@ impl Repo {
     /// ([`WalPut::AlreadyArchived`]), different content is [`RepoError::WalConflict`].
     pub async fn put_wal(&self, stanza: &str, record: &WalRecord) -> Result<WalPut> {
         let path = wal_path(stanza, &record.name);
-        match self.storage.put_new(&path, Bytes::from(encode(record))).await {
+        match self.storage.put_new(&path, self.record_bytes(encode(record))).await {
             Ok(()) => Ok(WalPut::Stored),
             Err(StorageError::AlreadyExists { .. }) => match self.wal(stanza, &record.name).await? {
                 Some(existing) if existing.hash == record.hash && existing.size == record.size => {
@@ -378,7 +423,7 @@ impl Repo {
     pub async fn wal(&self, stanza: &str, name: &str) -> Result<Option<WalRecord>> {
         let path = wal_path(stanza, name);
         match self.storage.get(&path).await {
-            Ok(bytes) => strata_messages::decode_wal_record(&bytes)
+            Ok(bytes) => strata_messages::decode_wal_record(&self.open_record(&path, bytes)?)
                 .map(Some)
                 .map_err(|e| RepoError::CorruptObject { path, reason: e.to_string() }),
             Err(StorageError::NotFound { .. }) => Ok(None),
@@ -394,7 +439,7 @@ impl Repo {
         for r in &record.chunks {
             bytes.extend_from_slice(&self.read_chunk(sealer, r).await?);
         }
-        if blake3::hash(&bytes).as_bytes() != &record.hash {
+        if sealer.chunk_id(&bytes) != record.hash {
             return Err(RepoError::CorruptObject {
                 path: wal_path(stanza, name),
                 reason: "the archived file does not match its recorded hash".into(),

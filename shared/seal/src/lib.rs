@@ -5,17 +5,21 @@
 //! ```text
 //! byte 0    envelope version (1)
 //! byte 1    compression: 0 none, 1 zstd
-//! byte 2    cipher: 0 none (the only one until repository encryption lands)
+//! byte 2    cipher: 0 none, 1 AES-256-GCM
 //! byte 3    reserved, 0
 //! bytes 4-7 plain length, u32 little-endian
 //! ```
 //!
-//! Sealing compresses, then (once a [`KeyProvider`] supplies keys) encrypts; a chunk that zstd cannot shrink
-//! is stored uncompressed. Unsealing checks the plain length and the content address ([`chunk_id`]), so a
-//! corrupt or misplaced chunk is detected before anything is written from it.
+//! With cipher 1 the body is a 12-byte random nonce, the encrypted (compressed) bytes and the 16-byte GCM
+//! tag; the 8 header bytes are the associated data, so no header field can be changed unnoticed.
 //!
-//! The content address lives here, not in the collector, because encryption will turn it into a keyed hash
-//! (identical plaintexts in two repositories with different keys must not get the same id).
+//! Sealing compresses, then, with a [`ChunkCipher`], encrypts; a chunk that zstd cannot shrink is stored
+//! uncompressed. Unsealing checks the tag, the plain length and the content address ([`Sealer::chunk_id`]),
+//! so a corrupt or misplaced chunk is detected before anything is written from it.
+//!
+//! The content address lives here, not in the collector, because encryption turns it into a keyed hash:
+//! identical plaintexts in two repositories with different keys must not get the same id, or the ids
+//! would tell which chunks two encrypted repositories have in common.
 
 const ENVELOPE_VERSION: u8 = 1;
 const HEADER_LEN: usize = 8;
@@ -26,20 +30,38 @@ pub enum Compression {
     Zstd = 1,
 }
 
-/// Where data keys come from. Repository encryption (KMS or passphrase) implements this; until then the
-/// only provider is [`NoEncryption`], which seals with cipher 0 and says so in every envelope.
-pub trait KeyProvider: Send + Sync {
-    /// A short name for messages and `info` ("none", "kms:...").
-    fn describe(&self) -> String;
+const CIPHER_NONE: u8 = 0;
+const CIPHER_AES256_GCM: u8 = 1;
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+
+/// The keys a repository's data key gives: one for AES-256-GCM, one for the keyed hash that names chunks.
+/// Both are derived from the data key (BLAKE3 `derive_key` with distinct contexts), so the one stored
+/// secret serves both and neither key reveals the other.
+pub struct ChunkCipher {
+    aead: aws_lc_rs::aead::LessSafeKey,
+    id_key: [u8; 32],
 }
 
-/// Chunks are stored compressed but not encrypted.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoEncryption;
+impl ChunkCipher {
+    pub fn new(data_key: &[u8; 32]) -> ChunkCipher {
+        let mut enc = blake3::derive_key("strata 2026 chunk cipher AES-256-GCM", data_key);
+        let id_key = blake3::derive_key("strata 2026 chunk id keyed BLAKE3", data_key);
+        let unbound = aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, &enc).expect("32-byte key");
+        enc.fill(0);
+        ChunkCipher { aead: aws_lc_rs::aead::LessSafeKey::new(unbound), id_key }
+    }
+}
 
-impl KeyProvider for NoEncryption {
-    fn describe(&self) -> String {
-        "none".into()
+impl Drop for ChunkCipher {
+    fn drop(&mut self) {
+        self.id_key.fill(0);
+    }
+}
+
+impl std::fmt::Debug for ChunkCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChunkCipher(AES-256-GCM)")
     }
 }
 
@@ -51,8 +73,12 @@ pub enum SealError {
     Version(u8),
     #[error("sealed chunk uses unknown compression {0}")]
     UnknownCompression(u8),
-    #[error("sealed chunk is encrypted with cipher {0}, but no key provider for it is configured")]
+    #[error("sealed chunk uses unknown cipher {0}")]
     UnknownCipher(u8),
+    #[error("sealed chunk is encrypted, but no encryption key is configured")]
+    NoKey,
+    #[error("sealed chunk does not decrypt with the repository's key (wrong key, or the chunk is corrupt)")]
+    Decrypt,
     #[error("sealed chunk does not decompress: {0}")]
     Decompress(std::io::Error),
     #[error("chunk content does not match its id {expected} (got {actual})")]
@@ -63,33 +89,50 @@ pub enum SealError {
 
 /// The most bytes sealing `plain_len` bytes can produce.
 pub fn sealed_bound(plain_len: usize) -> usize {
-    HEADER_LEN + zstd::zstd_safe::compress_bound(plain_len).max(plain_len)
+    HEADER_LEN + NONCE_LEN + TAG_LEN + zstd::zstd_safe::compress_bound(plain_len).max(plain_len)
 }
 
-/// The content address of a plain chunk.
+/// The content address of a plain chunk in an unencrypted repository ([`Sealer::chunk_id`] in general).
 pub fn chunk_id(plain: &[u8]) -> [u8; 32] {
     *blake3::hash(plain).as_bytes()
 }
 
-/// Seals and unseals chunks with one compression level and key provider.
-#[derive(Clone)]
-pub struct Sealer<K: KeyProvider = NoEncryption> {
-    keys: K,
+/// Seals and unseals chunks: compression always, encryption when the repository has a key.
+#[derive(Clone, Default, Debug)]
+pub struct Sealer {
+    cipher: Option<std::sync::Arc<ChunkCipher>>,
 }
 
-impl Default for Sealer<NoEncryption> {
-    fn default() -> Self {
-        Sealer { keys: NoEncryption }
-    }
-}
-
-impl<K: KeyProvider> Sealer<K> {
-    pub fn new(keys: K) -> Self {
-        Sealer { keys }
+impl Sealer {
+    /// A sealer that encrypts with `cipher` and names chunks with its keyed hash.
+    pub fn encrypted(cipher: ChunkCipher) -> Self {
+        Sealer { cipher: Some(std::sync::Arc::new(cipher)) }
     }
 
-    pub fn keys(&self) -> &K {
-        &self.keys
+    pub fn is_encrypted(&self) -> bool {
+        self.cipher.is_some()
+    }
+
+    /// The key of the keyed BLAKE3 hash that names chunks, when the repository is encrypted. Code that
+    /// hashes in pieces (the collector's page hashes) uses it with `blake3::hazmat::Mode::KeyedHash`.
+    pub fn id_key(&self) -> Option<&[u8; 32]> {
+        self.cipher.as_ref().map(|c| &c.id_key)
+    }
+
+    /// The content address of a plain chunk: BLAKE3, keyed when the repository is encrypted.
+    pub fn chunk_id(&self, plain: &[u8]) -> [u8; 32] {
+        match self.id_key() {
+            Some(key) => *blake3::keyed_hash(key, plain).as_bytes(),
+            None => chunk_id(plain),
+        }
+    }
+
+    /// A hasher that computes [`Sealer::chunk_id`] incrementally.
+    pub fn id_hasher(&self) -> blake3::Hasher {
+        match self.id_key() {
+            Some(key) => blake3::Hasher::new_keyed(key),
+            None => blake3::Hasher::new(),
+        }
     }
 
     /// Seals `plain` with zstd at `level` (0 or below: no compression).
@@ -105,22 +148,67 @@ impl<K: KeyProvider> Sealer<K> {
     pub fn seal_into(&self, plain: &[u8], level: i32, out: &mut Vec<u8>) -> usize {
         let start = out.len();
         out.reserve(sealed_bound(plain.len()));
-        out.extend_from_slice(&[ENVELOPE_VERSION, Compression::Zstd as u8, 0, 0]);
+        let cipher = if self.cipher.is_some() { CIPHER_AES256_GCM } else { CIPHER_NONE };
+        out.extend_from_slice(&[ENVELOPE_VERSION, Compression::Zstd as u8, cipher, 0]);
         out.extend_from_slice(&(plain.len() as u32).to_le_bytes());
+        let mut nonce = [0u8; NONCE_LEN];
+        if self.cipher.is_some() {
+            aws_lc_rs::rand::fill(&mut nonce).expect("the system's random source works");
+            out.extend_from_slice(&nonce);
+        }
+        let body_start = out.len();
         let compressed = level > 0 && {
             // Writing straight after the header avoids a second copy of the body.
             let mut cursor = std::io::Cursor::new(std::mem::take(out));
-            cursor.set_position((start + HEADER_LEN) as u64);
+            cursor.set_position(body_start as u64);
             let ok = with_compressor(level, |c| c.compress_to_buffer(plain, &mut cursor).is_ok());
             *out = cursor.into_inner();
             ok
         };
-        if !compressed || out.len() - start >= HEADER_LEN + plain.len() {
-            out.truncate(start + HEADER_LEN);
+        if !compressed || out.len() - body_start >= plain.len() {
+            out.truncate(body_start);
             out[start + 1] = Compression::None as u8;
             out.extend_from_slice(plain);
         }
+        if let Some(cipher) = &self.cipher {
+            // A random 96-bit nonce per chunk: a repeat is not expected before 2^32 chunks under one data
+            // key (4 PiB of 1 MiB chunks), far beyond any one repository.
+            let header: [u8; HEADER_LEN] = out[start..start + HEADER_LEN].try_into().expect("8 bytes");
+            let tag = cipher
+                .aead
+                .seal_in_place_separate_tag(
+                    aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                    aws_lc_rs::aead::Aad::from(header),
+                    &mut out[body_start..],
+                )
+                .expect("AES-GCM seals any chunk under 64 GiB");
+            out.extend_from_slice(tag.as_ref());
+        }
         out.len() - start
+    }
+
+    /// Seals an object that is not a chunk (a backup or WAL record): compressed, and encrypted when the
+    /// repository is. [`Sealer::unseal_object`] opens it; integrity comes from the GCM tag when encrypted.
+    pub fn seal_object(&self, plain: &[u8]) -> Vec<u8> {
+        self.seal(plain, 3)
+    }
+
+    /// Opens what [`Sealer::seal_object`] made.
+    pub fn unseal_object(&self, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        let mut out = Vec::new();
+        let mut scratch = Vec::new();
+        let (raw_len, compression, body) = self.open_envelope(sealed, &mut scratch)?;
+        match compression {
+            0 => out.extend_from_slice(body),
+            _ => {
+                out.reserve(raw_len);
+                with_decompressor(|d| d.decompress_to_buffer(body, &mut out))?;
+            }
+        }
+        if out.len() != raw_len {
+            return Err(SealError::LengthMismatch { expected: raw_len, actual: out.len() });
+        }
+        Ok(out)
     }
 
     /// Opens a sealed chunk and checks it is the chunk `expected_id` names.
@@ -133,7 +221,8 @@ impl<K: KeyProvider> Sealer<K> {
     /// [`Sealer::unseal`] into a caller's buffer (replacing its contents), so a restore reuses one
     /// allocation per worker instead of faulting in fresh pages for every chunk.
     pub fn unseal_into(&self, sealed: &[u8], expected_id: &[u8; 32], out: &mut Vec<u8>) -> Result<(), SealError> {
-        let (raw_len, compression, body) = open_envelope(sealed)?;
+        let mut scratch = Vec::new();
+        let (raw_len, compression, body) = self.open_envelope(sealed, &mut scratch)?;
         out.clear();
         out.reserve(raw_len);
         match compression {
@@ -142,13 +231,14 @@ impl<K: KeyProvider> Sealer<K> {
                 with_decompressor(|d| d.decompress_to_buffer(body, &mut *out))?;
             }
         }
-        check_plain(out, raw_len, expected_id)
+        self.check_plain(out, raw_len, expected_id)
     }
 
     /// [`Sealer::unseal`] into the start of `out` (which must be large enough for the chunk); the
     /// chunk's length. For buffers a `Vec` cannot be, such as the aligned ones direct I/O needs.
     pub fn unseal_into_slice(&self, sealed: &[u8], expected_id: &[u8; 32], out: &mut [u8]) -> Result<usize, SealError> {
-        let (raw_len, compression, body) = open_envelope(sealed)?;
+        let mut scratch = Vec::new();
+        let (raw_len, compression, body) = self.open_envelope(sealed, &mut scratch)?;
         if out.len() < raw_len {
             return Err(SealError::LengthMismatch { expected: raw_len, actual: out.len() });
         }
@@ -163,28 +253,62 @@ impl<K: KeyProvider> Sealer<K> {
         if len != raw_len {
             return Err(SealError::LengthMismatch { expected: raw_len, actual: len });
         }
-        check_plain(&out[..raw_len], raw_len, expected_id)?;
+        self.check_plain(&out[..raw_len], raw_len, expected_id)?;
         Ok(raw_len)
     }
-}
 
-/// Checks a sealed chunk's header; its plain length, compression and body.
-fn open_envelope(sealed: &[u8]) -> Result<(usize, u8, &[u8]), SealError> {
-    if sealed.len() < HEADER_LEN {
-        return Err(SealError::Truncated { len: sealed.len() });
+    /// Checks a sealed chunk's header and decrypts its body (into `scratch`, when encrypted); its plain
+    /// length, compression and (still compressed) body.
+    fn open_envelope<'a>(&self, sealed: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<(usize, u8, &'a [u8]), SealError> {
+        if sealed.len() < HEADER_LEN {
+            return Err(SealError::Truncated { len: sealed.len() });
+        }
+        if sealed[0] != ENVELOPE_VERSION {
+            return Err(SealError::Version(sealed[0]));
+        }
+        match sealed[1] {
+            0 | 1 => {}
+            other => return Err(SealError::UnknownCompression(other)),
+        }
+        let raw_len = u32::from_le_bytes(sealed[4..8].try_into().expect("4 bytes")) as usize;
+        match sealed[2] {
+            CIPHER_NONE => Ok((raw_len, sealed[1], &sealed[HEADER_LEN..])),
+            CIPHER_AES256_GCM => {
+                let cipher = self.cipher.as_ref().ok_or(SealError::NoKey)?;
+                if sealed.len() < HEADER_LEN + NONCE_LEN + TAG_LEN {
+                    return Err(SealError::Truncated { len: sealed.len() });
+                }
+                let header: [u8; HEADER_LEN] = sealed[..HEADER_LEN].try_into().expect("8 bytes");
+                let nonce: [u8; NONCE_LEN] = sealed[HEADER_LEN..HEADER_LEN + NONCE_LEN].try_into().expect("12 bytes");
+                scratch.clear();
+                scratch.extend_from_slice(&sealed[HEADER_LEN + NONCE_LEN..]);
+                let plain = cipher
+                    .aead
+                    .open_in_place(
+                        aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                        aws_lc_rs::aead::Aad::from(header),
+                        scratch,
+                    )
+                    .map_err(|_| SealError::Decrypt)?;
+                let len = plain.len();
+                scratch.truncate(len);
+                Ok((raw_len, sealed[1], &scratch[..]))
+            }
+            other => Err(SealError::UnknownCipher(other)),
+        }
     }
-    if sealed[0] != ENVELOPE_VERSION {
-        return Err(SealError::Version(sealed[0]));
+
+    /// Checks an unsealed chunk's length and content address.
+    fn check_plain(&self, plain: &[u8], raw_len: usize, expected_id: &[u8; 32]) -> Result<(), SealError> {
+        if plain.len() != raw_len {
+            return Err(SealError::LengthMismatch { expected: raw_len, actual: plain.len() });
+        }
+        let actual = self.chunk_id(plain);
+        if &actual != expected_id {
+            return Err(SealError::HashMismatch { expected: hex(expected_id), actual: hex(&actual) });
+        }
+        Ok(())
     }
-    if sealed[2] != 0 {
-        return Err(SealError::UnknownCipher(sealed[2]));
-    }
-    match sealed[1] {
-        0 | 1 => {}
-        other => return Err(SealError::UnknownCompression(other)),
-    }
-    let raw_len = u32::from_le_bytes(sealed[4..8].try_into().expect("4 bytes")) as usize;
-    Ok((raw_len, sealed[1], &sealed[HEADER_LEN..]))
 }
 
 /// Runs `f` with this thread's decompressor.
@@ -198,18 +322,6 @@ fn with_decompressor(
         }
         f(d.as_mut().expect("created above")).map_err(SealError::Decompress)
     })
-}
-
-/// Checks an unsealed chunk's length and content address.
-fn check_plain(plain: &[u8], raw_len: usize, expected_id: &[u8; 32]) -> Result<(), SealError> {
-    if plain.len() != raw_len {
-        return Err(SealError::LengthMismatch { expected: raw_len, actual: plain.len() });
-    }
-    let actual = chunk_id(plain);
-    if &actual != expected_id {
-        return Err(SealError::HashMismatch { expected: hex(expected_id), actual: hex(&actual) });
-    }
-    Ok(())
 }
 
 // zstd contexts are kept per thread and reused: creating one per chunk allocated and cleared its tables
@@ -303,6 +415,37 @@ mod tests {
             ));
             assert!(matches!(s.unseal_into_slice(&sealed, &[0; 32], &mut out), Err(SealError::HashMismatch { .. })));
         }
+    }
+
+    #[test]
+    fn encrypted_round_trip_and_wrong_key() {
+        let s = Sealer::encrypted(ChunkCipher::new(&[7u8; 32]));
+        let text = b"secret row value 4711 ".repeat(5_000);
+        let id = s.chunk_id(&text);
+        assert_ne!(id, chunk_id(&text), "encrypted repositories name chunks with a keyed hash");
+        for level in [0, 1] {
+            let sealed = s.seal(&text, level);
+            assert_eq!(sealed[2], CIPHER_AES256_GCM);
+            assert!(!sealed.windows(16).any(|w| w == &text[..16]), "plaintext visible in the sealed bytes");
+            assert_eq!(s.unseal(&sealed, &id).unwrap(), text);
+            let mut out = vec![0u8; text.len()];
+            assert_eq!(s.unseal_into_slice(&sealed, &id, &mut out).unwrap(), text.len());
+            assert_eq!(out, text);
+            // Another key, no key, a flipped bit anywhere (header included): refused.
+            let other = Sealer::encrypted(ChunkCipher::new(&[8u8; 32]));
+            assert!(matches!(other.unseal(&sealed, &id), Err(SealError::Decrypt)));
+            assert!(matches!(Sealer::default().unseal(&sealed, &id), Err(SealError::NoKey)));
+            for at in [1usize, 5, 10, 30, sealed.len() - 1] {
+                let mut bad = sealed.clone();
+                bad[at] ^= 1;
+                assert!(s.unseal(&bad, &id).is_err(), "flip at {at}");
+            }
+        }
+        // Two seals of the same chunk differ (fresh nonces).
+        assert_ne!(s.seal(&text, 1), s.seal(&text, 1));
+        let object = s.seal_object(b"a record");
+        assert_eq!(s.unseal_object(&object).unwrap(), b"a record");
+        assert_eq!(Sealer::default().unseal_object(&Sealer::default().seal_object(b"x")).unwrap(), b"x");
     }
 
     #[test]
