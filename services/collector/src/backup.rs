@@ -62,6 +62,8 @@ pub struct BackupSettings {
     pub read_workers: usize,
     pub in_flight_bytes: usize,
     pub stall: Duration,
+    /// The repository's sealer: names chunks and, with `seal_in_reader`, seals them.
+    pub sealer: strata_seal::Sealer,
 }
 
 /// Facts about the cluster read at the start.
@@ -153,7 +155,7 @@ async fn backup_on(
         })
     };
     let job = Arc::new(
-        Job::start(bus.clone(), label.clone(), req.stanza.clone(), settings.compress_level, settings.in_flight_bytes, settings.stall)
+        Job::start(bus.clone(), label.clone(), req.stanza.clone(), settings.compress_level, settings.sealer.clone(), settings.in_flight_bytes, settings.stall)
             .await?,
     );
     let result = backup_steps(client, &job, pg_data, req, settings, &cluster, &done_bytes, &total).await;
@@ -203,7 +205,7 @@ async fn backup_steps(
     let resume = match &req.resume {
         Some(c) => {
             let what = format!("checkpoint of interrupted backup {}", c.label);
-            let manifest = LoadedManifest::fetch(job.bus(), &label, &what, &c.head_chunks).await?;
+            let manifest = LoadedManifest::fetch(job.bus(), job.sealer(), &label, &what, &c.head_chunks).await?;
             let stored: Vec<ChunkRef> = manifest.head.chunks.iter().filter(|c| !c.is_unknown()).copied().collect();
             info!(
                 %label,
@@ -242,7 +244,7 @@ async fn backup_steps(
     let reference = match &req.reference {
         Some(record) => {
             let what = format!("manifest of reference backup {}", record.summary.label);
-            Some(LoadedManifest::fetch(job.bus(), &label, &what, &record.manifest_chunks).await?)
+            Some(LoadedManifest::fetch(job.bus(), job.sealer(), &label, &what, &record.manifest_chunks).await?)
         }
         None => None,
     };
@@ -684,7 +686,7 @@ async fn send_file(job: &Arc<Job>, found: &Found, ctx: &ReadContext) -> anyhow::
                 Some(segno) => check_pages(&file, &rel, segno, offset, &mut buf, start_lsn),
                 None => Vec::new(),
             };
-            let hashes = increment::hash_buffer(&buf, relation);
+            let hashes = increment::hash_buffer(&buf, relation, job.id_key());
             let sealed = (seal_whole && buf.len() >= chunk_size / BUNDLE_DIVISOR && !(relation && increment::has_zero_page(&buf)))
                 .then(|| job.sealed_message(hashes.0, &buf));
             Ok(ReadBuffer { offset, buf_len, buf, bad, hashes, sealed })

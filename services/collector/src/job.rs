@@ -8,6 +8,7 @@
 //! confirmed for `pipeline.stall_timeout_secs` the job fails, naming what it was waiting for. Nothing is
 //! committed by a failed job, so the repository only gains unreferenced packs.
 
+use strata_seal::Sealer;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -55,6 +56,8 @@ pub struct Job {
     id: String,
     stanza: String,
     compress_level: i8,
+    /// Names chunks (a keyed hash in an encrypted repository) and seals the ones sent sealed.
+    sealer: Sealer,
     stall: Duration,
     window: Arc<Semaphore>,
     state: Arc<Mutex<State>>,
@@ -76,6 +79,7 @@ impl Job {
         id: String,
         stanza: String,
         compress_level: i32,
+        sealer: Sealer,
         in_flight_bytes: usize,
         stall: Duration,
     ) -> Result<Job, JobError> {
@@ -90,6 +94,7 @@ impl Job {
             id,
             stanza,
             compress_level: compress_level.clamp(0, 22) as i8,
+            sealer,
             stall,
             window,
             state,
@@ -101,6 +106,20 @@ impl Job {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The id of a chunk with these plain bytes in the job's repository.
+    pub fn chunk_id(&self, plain: &[u8]) -> ChunkId {
+        self.sealer.chunk_id(plain)
+    }
+
+    /// The key of the keyed hash that names chunks, when the repository is encrypted.
+    pub fn id_key(&self) -> Option<&[u8; 32]> {
+        self.sealer.id_key()
+    }
+
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
     }
 
     pub fn bus(&self) -> &dyn Bus {
@@ -135,14 +154,14 @@ impl Job {
     /// Sends a chunk unless this job already sent the same content; returns its id. Waits while the
     /// in-flight window is full.
     pub async fn send(&self, data: Vec<u8>, dedup: bool) -> Result<ChunkId, JobError> {
-        let id = strata_seal::chunk_id(&data);
+        let id = self.sealer.chunk_id(&data);
         self.send_plain(data, id, dedup).await
     }
 
-    /// [`Job::send`] of a chunk whose id the caller computed already (it must be [`strata_seal::chunk_id`]
-    /// of `data`: the sealer does not check it, restore does).
+    /// [`Job::send`] of a chunk whose id the caller computed already (it must be [`Job::chunk_id`] of
+    /// `data`: the sealer does not check it, restore does).
     pub async fn send_hashed(&self, data: Vec<u8>, id: ChunkId) -> Result<ChunkId, JobError> {
-        debug_assert_eq!(id, strata_seal::chunk_id(&data));
+        debug_assert_eq!(id, self.sealer.chunk_id(&data));
         self.send_plain(data, id, true).await
     }
 
@@ -150,7 +169,7 @@ impl Job {
     /// wait behind the data queued for the sealers. For small metadata that must be stored promptly
     /// (checkpoints): sealing it costs this process little.
     pub async fn send_sealed(&self, data: Vec<u8>) -> Result<ChunkId, JobError> {
-        let id = strata_seal::chunk_id(&data);
+        let id = self.sealer.chunk_id(&data);
         let message = self.sealed_message(id, &data);
         self.send_message(id, data.len(), Queue::Upload, move || message).await
     }
@@ -160,7 +179,7 @@ impl Job {
     pub fn sealed_message(&self, id: ChunkId, plain: &[u8]) -> Vec<u8> {
         // The sealed bytes, then the header fields and rkyv's padding.
         let mut message = Vec::with_capacity(strata_seal::sealed_bound(plain.len()) + 512);
-        let sealed_len = strata_seal::Sealer::default().seal_into(plain, i32::from(self.compress_level), &mut message);
+        let sealed_len = self.sealer.seal_into(plain, i32::from(self.compress_level), &mut message);
         let msg = SealedChunk {
             version: UPLOAD_WORK_VERSION,
             job: self.id.clone(),

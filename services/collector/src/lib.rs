@@ -32,7 +32,7 @@ use tracing::{error, info, warn};
 pub use backup::BackupSettings;
 
 impl BackupSettings {
-    pub fn from_config(cfg: &Config, compress_level: i32) -> Self {
+    pub fn from_config(cfg: &Config, compress_level: i32, sealer: strata_seal::Sealer) -> Self {
         let p = &cfg.pipeline;
         BackupSettings {
             chunk_size: p.chunk_size,
@@ -43,12 +43,14 @@ impl BackupSettings {
             // In one process the sealer stage runs on the same cores; handing each chunk to it only adds
             // thread switches, which cost more than the compression on these machines.
             seal_in_reader: matches!(cfg.bus(), strata_config::BusConfig::Local),
+            sealer,
         }
     }
 }
 
 /// Serves backup requests for every configured stanza until `shutdown` completes.
-pub async fn run(cfg: Arc<Config>, bus: Arc<dyn Bus>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// `sealer` is the repository's: it names chunks with the repository's keyed hash when it is encrypted.
+pub async fn run(cfg: Arc<Config>, bus: Arc<dyn Bus>, sealer: strata_seal::Sealer, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     if cfg.stanza.is_empty() {
         anyhow::bail!("no [stanza.<name>] is configured; the collector has nothing to back up");
     }
@@ -56,7 +58,7 @@ pub async fn run(cfg: Arc<Config>, bus: Arc<dyn Bus>, shutdown: impl Future<Outp
     let mut listeners = Vec::new();
     for name in cfg.stanza.keys() {
         let mut requests = bus.subscribe(&subjects::backup_requests(name), Some(subjects::COLLECTOR_GROUP)).await?;
-        let (cfg, bus, running, name) = (cfg.clone(), bus.clone(), running.clone(), name.clone());
+        let (cfg, bus, running, name, sealer) = (cfg.clone(), bus.clone(), running.clone(), name.clone(), sealer.clone());
         listeners.push(tokio::spawn(async move {
             while let Some(payload) = requests.next().await {
                 let req = match decode::<BackupRequest>(&payload) {
@@ -74,9 +76,9 @@ pub async fn run(cfg: Arc<Config>, bus: Arc<dyn Bus>, shutdown: impl Future<Outp
                     backup::status(&*bus, &req.label, BackupStatus::Failed(msg)).await;
                     continue;
                 }
-                let (cfg, bus, running, name) = (cfg.clone(), bus.clone(), running.clone(), name.clone());
+                let (cfg, bus, running, name, sealer) = (cfg.clone(), bus.clone(), running.clone(), name.clone(), sealer.clone());
                 tokio::spawn(async move {
-                    serve_backup(&cfg, bus, &req).await;
+                    serve_backup(&cfg, bus, sealer, &req).await;
                     running.lock().expect("running set").remove(&name);
                 });
             }
@@ -91,9 +93,9 @@ pub async fn run(cfg: Arc<Config>, bus: Arc<dyn Bus>, shutdown: impl Future<Outp
 }
 
 /// Runs one backup and reports its outcome on its status subject.
-pub async fn serve_backup(cfg: &Config, bus: Arc<dyn Bus>, req: &BackupRequest) {
+pub async fn serve_backup(cfg: &Config, bus: Arc<dyn Bus>, sealer: strata_seal::Sealer, req: &BackupRequest) {
     let stanza = cfg.stanza.get(&req.stanza).expect("listener only exists for configured stanzas");
-    let settings = BackupSettings::from_config(cfg, i32::from(req.compress_level));
+    let settings = BackupSettings::from_config(cfg, i32::from(req.compress_level), sealer);
     info!(stanza = %req.stanza, label = %req.label, "backup requested");
     let outcome = backup::run(bus.clone(), &stanza.pg_data, &stanza.pg_conn, req, &settings).await;
     let status = match outcome {
@@ -113,7 +115,7 @@ pub async fn serve_backup(cfg: &Config, bus: Arc<dyn Bus>, req: &BackupRequest) 
 pub async fn request_backup(
     bus: Arc<dyn Bus>,
     req: &BackupRequest,
-    in_process: Option<Arc<Config>>,
+    in_process: Option<(Arc<Config>, strata_seal::Sealer)>,
     answer_timeout: Duration,
     stall: Duration,
     mut on_progress: impl FnMut(u64, u64),
@@ -121,9 +123,9 @@ pub async fn request_backup(
     let mut statuses = bus.subscribe(&subjects::backup_status(&req.label), None).await?;
     bus.flush().await?;
     match in_process {
-        Some(cfg) => {
+        Some((cfg, sealer)) => {
             let (bus, req) = (bus.clone(), req.clone());
-            tokio::spawn(async move { serve_backup(&cfg, bus, &req).await });
+            tokio::spawn(async move { serve_backup(&cfg, bus, sealer, &req).await });
         }
         None => {
             bus.publish_event(&subjects::backup_requests(&req.stanza), Bytes::from(strata_messages::encode(req))).await?;

@@ -41,15 +41,15 @@ fn path_key(path: &str) -> u64 {
 impl LoadedManifest {
     /// Fetches a manifest (head and file lists) through an uploader. `job` names the reply subject; `what`
     /// names the manifest in errors.
-    pub async fn fetch(bus: &dyn Bus, job: &str, what: &str, head_chunks: &[ChunkRef]) -> anyhow::Result<LoadedManifest> {
-        let head_bytes: Vec<u8> = fetch_chunks(bus, job, what, head_chunks).await?.concat();
+    pub async fn fetch(bus: &dyn Bus, sealer: &strata_seal::Sealer, job: &str, what: &str, head_chunks: &[ChunkRef]) -> anyhow::Result<LoadedManifest> {
+        let head_bytes: Vec<u8> = fetch_chunks(bus, sealer, job, what, head_chunks).await?.concat();
         let head = decode::<ManifestHead>(&head_bytes)
             .map(strata_messages::to_owned::<ManifestHead>)
             .with_context(|| format!("the {what} is unreadable"))?;
         let mut lists = Vec::with_capacity(head.file_lists.len());
         let mut by_path = HashMap::new();
         for batch in head.file_lists.chunks(FETCH_BATCH) {
-            for bytes in fetch_chunks(bus, job, what, batch).await? {
+            for bytes in fetch_chunks(bus, sealer, job, what, batch).await? {
                 let list = decode::<FileList>(&bytes).with_context(|| format!("a file list of the {what} is unreadable"))?;
                 let n = lists.len() as u32;
                 for (i, f) in list.files.iter().enumerate() {
@@ -79,13 +79,18 @@ impl LoadedManifest {
 }
 
 /// Fetches stored chunks through an uploader and returns their plain bytes, in order.
-async fn fetch_chunks(bus: &dyn Bus, job: &str, what: &str, chunks: &[ChunkRef]) -> anyhow::Result<Vec<Vec<u8>>> {
+async fn fetch_chunks(
+    bus: &dyn Bus,
+    sealer: &strata_seal::Sealer,
+    job: &str,
+    what: &str,
+    chunks: &[ChunkRef],
+) -> anyhow::Result<Vec<Vec<u8>>> {
     let reply = subjects::fetch_reply(job);
     let mut answers = bus.subscribe(&reply, None).await?;
     let request = FetchRequest { version: FORMAT_VERSION, reply: reply.clone(), chunks: chunks.to_vec() };
     bus.publish_event(subjects::FETCH, Bytes::from(encode(&request))).await?;
     bus.flush().await?;
-    let sealer = strata_seal::Sealer::default();
     let mut parts: Vec<Option<Vec<u8>>> = vec![None; chunks.len()];
     let mut missing = parts.len();
     while missing > 0 {

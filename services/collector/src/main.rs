@@ -18,7 +18,8 @@ async fn main() -> std::process::ExitCode {
         let args = Args::parse();
         let cfg = Arc::new(strata_config::Config::load(&args.config, std::env::vars())?);
         let bus = strata_runtime::connect_service_bus(&cfg).await.context("strata-collector")?;
-        strata_collector::run(cfg, bus, strata_runtime::shutdown_signal()).await.context("strata-collector")
+        let sealer = strata_runtime::service_sealer(&cfg).await.context("strata-collector")?;
+        strata_collector::run(cfg, bus, sealer, strata_runtime::shutdown_signal()).await.context("strata-collector")
     })
     .await
 }

@@ -35,6 +35,8 @@ pub struct WalPushSettings {
     pub compress_level: i32,
     pub in_flight_bytes: usize,
     pub stall: Duration,
+    /// The repository's sealer: names chunks (and the file's hash) with its keyed hash when encrypted.
+    pub sealer: strata_seal::Sealer,
 }
 
 /// Archives the WAL file at `path`. Returns whether it was already archived with the same content.
@@ -59,11 +61,11 @@ pub async fn push(
         let (name, data) = (name.clone(), data.clone());
         scan = Some(tokio::task::spawn_blocking(move || summarize(&name, &data)));
     }
-    let hash = strata_seal::chunk_id(&data);
+    let hash = settings.sealer.chunk_id(&data);
     let size = data.len() as u64;
 
     let job_id = format!("wal-{}-{:016x}", name.replace('.', "_"), rand::random::<u64>());
-    let job = Job::start(bus, job_id, target.stanza.clone(), settings.compress_level, settings.in_flight_bytes, settings.stall)
+    let job = Job::start(bus, job_id, target.stanza.clone(), settings.compress_level, settings.sealer.clone(), settings.in_flight_bytes, settings.stall)
         .await?;
     let mut ids = Vec::new();
     for piece in data.chunks(settings.chunk_size) {

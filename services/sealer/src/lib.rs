@@ -1,4 +1,4 @@
-//! The sealer: compresses (and, once repository encryption lands, encrypts) chunks.
+//! The sealer: compresses, then (in an encrypted repository) encrypts chunks.
 //!
 //! Consumes [`strata_messages::PlainChunk`]s from the `Seal` work queue and publishes [`SealedChunk`]s on the `Upload` queue.
 //! It acknowledges its input only after the bus confirmed the output, so a sealer killed at any point loses
@@ -18,16 +18,17 @@ use strata_seal::Sealer;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-/// Runs `workers` sealing tasks until `shutdown` completes.
-pub async fn run(bus: Arc<dyn Bus>, workers: usize, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Runs `workers` sealing tasks with `sealer` (the repository's: it holds the data key when the repository is
+/// encrypted) until `shutdown` completes.
+pub async fn run(bus: Arc<dyn Bus>, workers: usize, sealer: Sealer, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
     for n in 0..workers {
         let mut input = bus.work(Queue::Seal).await?;
         let bus = bus.clone();
         let cancel = cancel.clone();
+        let sealer = Arc::new(sealer.clone());
         tasks.push(tokio::spawn(async move {
-            let sealer = Arc::new(Sealer::default());
             loop {
                 let next = tokio::select! {
                     _ = cancel.cancelled() => break,

@@ -17,7 +17,8 @@ async fn main() -> std::process::ExitCode {
         let args = Args::parse();
         let cfg = strata_config::Config::load(&args.config, std::env::vars())?;
         let bus = strata_runtime::connect_service_bus(&cfg).await.context("strata-sealer")?;
-        strata_sealer::run(bus, cfg.pipeline.sealer_workers, strata_runtime::shutdown_signal()).await
+        let sealer = strata_runtime::service_sealer(&cfg).await.context("strata-sealer")?;
+        strata_sealer::run(bus, cfg.pipeline.sealer_workers, sealer, strata_runtime::shutdown_signal()).await
     })
     .await
 }

@@ -17,13 +17,13 @@ pub struct LocalStages {
 
 /// Starts a sealer and an uploader (and, for backups, a collector) on `bus`. Checks the repository first so
 /// an unwritable one fails at once rather than at the stall deadline.
-pub async fn start(cfg: &Arc<Config>, bus: Arc<dyn Bus>, collector: bool) -> anyhow::Result<LocalStages> {
-    let repo = strata_uploader::open_repo(cfg, cfg.primary_repo()).await?;
+pub async fn start(cfg: &Arc<Config>, repo: &strata_repo::Repo, bus: Arc<dyn Bus>, collector: bool) -> anyhow::Result<LocalStages> {
     repo.check_writable().await?;
+    let (repo, sealer) = (repo.clone(), repo.sealer().clone());
     let cancel = CancellationToken::new();
     let p = &cfg.pipeline;
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(strata_sealer::run(bus.clone(), p.sealer_workers, cancel.clone().cancelled_owned())));
+    tasks.push(tokio::spawn(strata_sealer::run(bus.clone(), p.sealer_workers, sealer.clone(), cancel.clone().cancelled_owned())));
     tasks.push(tokio::spawn(strata_uploader::run(
         repo,
         bus.clone(),
@@ -31,7 +31,7 @@ pub async fn start(cfg: &Arc<Config>, bus: Arc<dyn Bus>, collector: bool) -> any
         cancel.clone().cancelled_owned(),
     )));
     if collector {
-        tasks.push(tokio::spawn(strata_collector::run(cfg.clone(), bus, cancel.clone().cancelled_owned())));
+        tasks.push(tokio::spawn(strata_collector::run(cfg.clone(), bus, sealer, cancel.clone().cancelled_owned())));
     }
     Ok(LocalStages { cancel, tasks })
 }

@@ -28,7 +28,6 @@ use strata_pg::wal::{classify_wal_file, history_file_name, WalFileKind};
 use strata_pg::walscan::{join_split_record, WalEvent};
 use strata_pg::{Lsn, TimelineId, WalSegment};
 use strata_repo::Repo;
-use strata_seal::Sealer;
 
 /// `--target-timeline`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,7 +184,7 @@ impl<'r> WalArchive<'r> {
         let name = history_file_name(timeline);
         let bytes = self
             .repo
-            .wal_contents(&Sealer::default(), &self.stanza, &name)
+            .wal_contents(self.repo.sealer(), &self.stanza, &name)
             .await?
             .ok_or_else(|| anyhow!("the history file of timeline {timeline} ({name}) is not in the archive"))?;
         let h = TimelineHistory::parse(timeline, &String::from_utf8_lossy(&bytes)).with_context(|| format!("archived {name}"))?;

@@ -357,33 +357,8 @@ async fn publish(shared: &Shared, job: &str, event: &JobEvent) {
 /// Opens one of the config's repositories, with the sealer its key gives (see `strata_keys::sealer_for`).
 pub async fn open_repo(config: &strata_config::Config, cfg: &strata_config::RepoConfig) -> anyhow::Result<Repo> {
     use anyhow::Context;
-    let storage = open_storage(cfg).await?;
+    let storage = strata_runtime::open_storage(cfg).await?;
     let sealer = strata_keys::sealer_for(config, storage.as_ref()).await.with_context(|| format!("repository '{}'", cfg.name))?;
     Ok(Repo::new(cfg.name.clone(), storage).with_sealer(sealer))
 }
 
-/// Opens a repository's storage backend, without its key.
-pub async fn open_storage(cfg: &strata_config::RepoConfig) -> anyhow::Result<Arc<dyn strata_storage::Storage>> {
-    use anyhow::Context;
-    let storage: Arc<dyn strata_storage::Storage> = match cfg.kind {
-        strata_config::RepoType::Posix => Arc::new(
-            strata_storage::PosixStorage::open(&cfg.path).with_context(|| format!("repository '{}'", cfg.name))?,
-        ),
-        strata_config::RepoType::S3 => {
-            let custom = cfg.endpoint.is_some();
-            let settings = strata_storage::S3Settings {
-                bucket: cfg.bucket.clone(),
-                prefix: cfg.prefix.clone(),
-                region: cfg.region.clone().unwrap_or_else(|| "us-east-1".into()),
-                endpoint: cfg.endpoint.clone(),
-                path_style: cfg.path_style.unwrap_or(custom),
-                credentials: cfg.access_key_id.clone().zip(cfg.secret_access_key.clone()),
-                storage_class: cfg.storage_class.clone(),
-                checksums: cfg.checksums.unwrap_or(!custom),
-                retry: Default::default(),
-            };
-            Arc::new(strata_storage::S3Storage::open(settings).await.with_context(|| format!("repository '{}'", cfg.name))?)
-        }
-    };
-    Ok(storage)
-}

@@ -16,7 +16,9 @@ async fn main() -> std::process::ExitCode {
     strata_runtime::exit_with(async {
         let args = Args::parse();
         let cfg = strata_config::Config::load(&args.config, std::env::vars())?;
-        let repo = strata_uploader::open_repo(&cfg, cfg.primary_repo()).await.context("strata-uploader")?;
+        let storage = strata_runtime::open_storage(cfg.primary_repo()).await.context("strata-uploader")?;
+        let sealer = strata_runtime::service_sealer(&cfg).await.context("strata-uploader")?;
+        let repo = strata_repo::Repo::new(cfg.primary_repo().name.clone(), storage).with_sealer(sealer);
         let bus = strata_runtime::connect_service_bus(&cfg).await.context("strata-uploader")?;
         let settings = strata_uploader::UploaderSettings::from_config(&cfg.pipeline);
         strata_uploader::run(repo, bus, settings, strata_runtime::shutdown_signal())

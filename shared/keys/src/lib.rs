@@ -69,6 +69,12 @@ pub async fn sealer_for(_cfg: &Config, _storage: &dyn Storage) -> Result<Sealer,
     Ok(Sealer::default())
 }
 
+/// [`sealer_for`] for long-running services: while encryption is configured and the repository has no key
+/// file yet, waits (polling) instead of answering with a plain sealer.
+pub async fn wait_for_sealer(cfg: &Config, storage: &dyn Storage) -> Result<Sealer, KeyError> {
+    sealer_for(cfg, storage).await
+}
+
 /// Called by stanza-create on every repository: with encryption configured and no key file yet, stores
 /// one (a new data key on the first repository; `existing`'s on the others so they share it). Refuses a
 /// repository that already holds unencrypted data, or a different key. Returns the key file's bytes so

@@ -1,5 +1,5 @@
-//! How a Strata process starts and stops: logging, the bus it talks to, shutdown on signals, and the
-//! one-line error and exit code every binary ends with.
+//! How a Strata process starts and stops: logging, the bus it talks to, the repository storage and key it
+//! opens, shutdown on signals, and the one-line error and exit code every binary ends with.
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -60,4 +60,40 @@ pub async fn connect_bus(cfg: &Config) -> anyhow::Result<(Arc<dyn Bus>, bool)> {
         BusConfig::Nats(url) => Ok((Arc::new(NatsBus::connect(&url).await?), false)),
         BusConfig::Local => Ok((Arc::new(LocalBus::new()), true)),
     }
+}
+
+/// Opens a repository's storage backend, without its key.
+pub async fn open_storage(cfg: &strata_config::RepoConfig) -> anyhow::Result<Arc<dyn strata_storage::Storage>> {
+    use anyhow::Context;
+    let storage: Arc<dyn strata_storage::Storage> = match cfg.kind {
+        strata_config::RepoType::Posix => Arc::new(
+            strata_storage::PosixStorage::open(&cfg.path).with_context(|| format!("repository '{}'", cfg.name))?,
+        ),
+        strata_config::RepoType::S3 => {
+            let custom = cfg.endpoint.is_some();
+            let settings = strata_storage::S3Settings {
+                bucket: cfg.bucket.clone(),
+                prefix: cfg.prefix.clone(),
+                region: cfg.region.clone().unwrap_or_else(|| "us-east-1".into()),
+                endpoint: cfg.endpoint.clone(),
+                path_style: cfg.path_style.unwrap_or(custom),
+                credentials: cfg.access_key_id.clone().zip(cfg.secret_access_key.clone()),
+                storage_class: cfg.storage_class.clone(),
+                checksums: cfg.checksums.unwrap_or(!custom),
+                retry: Default::default(),
+            };
+            Arc::new(strata_storage::S3Storage::open(settings).await.with_context(|| format!("repository '{}'", cfg.name))?)
+        }
+    };
+    Ok(storage)
+}
+
+/// The sealer a long-running service (collector, sealer, uploader) works with: the primary repository's
+/// key when it is encrypted. Waits while encryption is configured and stanza-create has not stored the key
+/// yet, so a service started first never writes plain chunks into a repository about to be encrypted.
+pub async fn service_sealer(cfg: &Config) -> anyhow::Result<strata_seal::Sealer> {
+    use anyhow::Context;
+    let repo = cfg.primary_repo();
+    let storage = open_storage(repo).await?;
+    strata_keys::wait_for_sealer(cfg, storage.as_ref()).await.with_context(|| format!("repository '{}'", repo.name))
 }

@@ -27,7 +27,6 @@ use strata_collector::job::CommitOutcome;
 use strata_collector::wal::{WalPushSettings, WalPushTarget};
 use strata_pg::wal::{classify_wal_file, WalFileKind};
 use strata_pg::WalSegment;
-use strata_seal::Sealer;
 
 /// The spool's name, in the directory of the restore_command's destination.
 pub const SPOOL_DIR: &str = "strata-spool";
@@ -51,9 +50,10 @@ pub async fn push(ctx: &Context_, path: &Path) -> anyhow::Result<()> {
         compress_level: p.wal_compress_level,
         in_flight_bytes: p.in_flight_bytes,
         stall: Duration::from_secs(p.stall_timeout_secs),
+        sealer: ctx.repo.sealer().clone(),
     };
     let (bus, in_process) = strata_runtime::connect_bus(&ctx.cfg).await?;
-    let stages = if in_process { Some(local::start(&ctx.cfg, bus.clone(), false).await?) } else { None };
+    let stages = if in_process { Some(local::start(&ctx.cfg, &ctx.repo, bus.clone(), false).await?) } else { None };
     let outcome = strata_collector::wal::push(bus, &target, &settings, path).await;
     if let Some(stages) = stages {
         stages.stop().await?;
@@ -231,13 +231,13 @@ async fn fetch(ctx: &Context_, name: &str, dir: &Path, dest: &Path) -> anyhow::R
     let Some(record) = ctx.repo.wal(&ctx.stanza, name).await? else {
         return Ok(false);
     };
-    let sealer = Sealer::default();
+    let sealer = ctx.repo.sealer();
     let tmp: PathBuf = dir.join(format!(".{}.tmp", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
     let mut file = fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let mut hasher = blake3::Hasher::new();
+    let mut hasher = sealer.id_hasher();
     let written: anyhow::Result<()> = async {
         for r in &record.chunks {
-            let plain = ctx.repo.read_chunk(&sealer, r).await?;
+            let plain = ctx.repo.read_chunk(sealer, r).await?;
             hasher.update(&plain);
             file.write_all(&plain).with_context(|| format!("cannot write {}", tmp.display()))?;
         }

@@ -34,8 +34,7 @@ pub async fn run(ctx: &Context_, requested: BackupType, checksum_all: bool) -> a
     // is still readable is worth passing on.
     let mut resume = None;
     for c in ctx.repo.checkpoints(&ctx.stanza).await?.into_iter().rev() {
-        let sealer = strata_seal::Sealer::default();
-        if ctx.repo.manifest_head(&sealer, &c.label, c.head_len, &c.head_chunks).await.is_ok() {
+        if ctx.repo.manifest_head(ctx.repo.sealer(), &c.label, c.head_len, &c.head_chunks).await.is_ok() {
             eprintln!("resuming from interrupted backup {}: what it stored is not read or sent again", c.label);
             resume = Some(c);
             break;
@@ -59,7 +58,7 @@ pub async fn run(ctx: &Context_, requested: BackupType, checksum_all: bool) -> a
         bail!("a backup labelled {label} or later already exists (is the clock behind?)");
     }
     let (bus, in_process) = strata_runtime::connect_bus(&ctx.cfg).await?;
-    let stages = if in_process { Some(local::start(&ctx.cfg, bus.clone(), false).await?) } else { None };
+    let stages = if in_process { Some(local::start(&ctx.cfg, &ctx.repo, bus.clone(), false).await?) } else { None };
     let req = BackupRequest {
         version: FORMAT_VERSION,
         label: label.clone(),
@@ -77,7 +76,7 @@ pub async fn run(ctx: &Context_, requested: BackupType, checksum_all: bool) -> a
     let outcome = strata_collector::request_backup(
         bus.clone(),
         &req,
-        in_process.then(|| ctx.cfg.clone()),
+        in_process.then(|| (ctx.cfg.clone(), ctx.repo.sealer().clone())),
         ANSWER_TIMEOUT,
         HEARTBEAT_TIMEOUT,
         |done, total| {

@@ -372,7 +372,7 @@ async fn rewrite_unit(
         while at < unit.end {
             let len = buffer.min(e.size - at);
             let hashes = tokio::task::block_in_place(|| -> anyhow::Result<Vec<u64>> {
-                Ok(strata_collector::increment::hash_buffer(&read(at, len)?, true).1)
+                Ok(strata_collector::increment::hash_buffer(&read(at, len)?, true, fetcher.sealer.id_key()).1)
             })?;
             let first = (at / PAGE_SIZE as u64) as usize;
             for (i, h) in hashes.iter().enumerate() {
@@ -395,7 +395,7 @@ async fn rewrite_unit(
             } else {
                 let r = fetcher.chunk_ref(piece, &e.path)?;
                 if piece.offset == 0 && piece.len == r.raw_len {
-                    tokio::task::block_in_place(|| blake3::hash(&local).as_bytes() == &r.id)
+                    tokio::task::block_in_place(|| fetcher.sealer.chunk_id(&local) == r.id)
                 } else {
                     let chunk = fetcher.get(&r).await?;
                     chunk.get(piece.offset as usize..(piece.offset + piece.len) as usize) == Some(&local[..])

@@ -21,7 +21,6 @@ use anyhow::bail;
 use std::collections::{HashMap, HashSet};
 use strata_messages::{BackupRecord, BackupType, PackId};
 use strata_pg::wal::{classify_wal_file, WalFileKind};
-use strata_seal::Sealer;
 
 pub struct ExpireOptions {
     pub retention_full: Option<u32>,
@@ -77,7 +76,7 @@ pub async fn run(ctx: &Context_, opts: &ExpireOptions) -> anyhow::Result<()> {
     // be deleted still exist, so leave them out by hand.
     let expired_labels: HashSet<&str> = expired.iter().map(|b| b.summary.label.as_str()).collect();
     let expired_wal: HashSet<&str> = expired_wal.iter().map(|n| n.as_str()).collect();
-    let sealer = Sealer::default();
+    let sealer = ctx.repo.sealer().clone();
     let mut referenced: HashSet<PackId> = HashSet::new();
     for stanza in ctx.repo.stanzas().await? {
         let mine = stanza == ctx.stanza;

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 use strata_messages::{hex, FileEntry, FileKind, Manifest};
 use strata_directio::{AlignedBuf, OutFile};
-use strata_seal::Sealer;
 
 /// Units restored at once; each worker holds one sealed chunk, one unsealed chunk and one unit's bytes.
 const RESTORE_WORKERS: usize = 4;
@@ -73,7 +72,7 @@ pub async fn run(ctx: &Context_, opts: &RestoreOptions<'_>) -> anyhow::Result<()
         Target::Standby => Some(ctx.cfg.stanza(&ctx.stanza)?.pg_conn.clone()),
         _ => None,
     };
-    let sealer = Sealer::default();
+    let sealer = ctx.repo.sealer().clone();
     let manifest = ctx.repo.manifest(&sealer, &record).await?;
     let major = strata_pg::version::major_from_version_num(manifest.head.summary.pg_version_num);
     if major != stanza.pg_major || manifest.head.summary.system_id != stanza.system_id {
