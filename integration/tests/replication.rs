@@ -152,12 +152,13 @@ fn a_replicator_killed_mid_copy_resumes_and_the_target_ends_byte_identical() {
     assert!(before["lag_bytes"].as_u64().unwrap() > 100_000_000, "{before}");
     assert!(before["lag_seconds"].as_u64().is_some(), "{before}");
 
-    // Killed once some packs are on the target and before the backup's record is.
+    // Killed once some of the backup's packs are on the target (archive-push put the WAL's there) and
+    // before its record is.
+    let wal_packs = snapshot_names(&target.join("pack")).len();
     let mut replicator = setup.bins.spawn_service("strata-replicator", &setup.config, dir.path());
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let packs = snapshot_names(&target.join("pack"));
-        if !packs.is_empty() {
+        if snapshot_names(&target.join("pack")).len() > wal_packs {
             break;
         }
         assert!(replicator.is_running(), "the replicator exited; see {}", replicator.log_file().display());
