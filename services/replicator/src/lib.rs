@@ -317,3 +317,6 @@ async fn handle(delivery: Box<dyn Delivery>, targets: &[Arc<Target>], metrics: &
 fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests;
