@@ -277,3 +277,44 @@ fn archive_push_writes_every_repository_and_names_a_required_one_it_cannot() {
         assert_eq!(b.get(name), Some(bytes), "{name} differs or is missing in the second repository");
     }
 }
+
+#[test]
+fn replicators_on_nats_share_the_work_and_copy_each_backup_once() {
+    let dir = TestDir::new("repl_nats");
+    let nats = NatsServer::start(&dir);
+    let setup = Setup::new(&dir, "local", "", &[]);
+    let target = dir.subdir("repo-b");
+    append_config(&setup, &format!("{}\n[replicator]\ninterval_secs = 1\nworkers = 2", posix_repo("b", &target)));
+    setup.strata_ok(&["stanza-create"]);
+    setup.pg.pgbench_init(3);
+    let full = setup.backup("full");
+    setup.pg.pgbench_run_background(2, 2).wait().expect("pgbench failed");
+    let incr = setup.backup("incr");
+    setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
+
+    // From here on the replicators share their work over NATS (the idle cluster archives nothing more).
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(&setup.config, text.replace("bus = \"local\"", &format!("bus = \"{}\"", nats.url()))).unwrap();
+    let log_a = dir.subdir("replicator-a");
+    let log_b = dir.subdir("replicator-b");
+    let mut first = setup.bins.spawn_service("strata-replicator", &setup.config, &log_a);
+    let mut second = setup.bins.spawn_service("strata-replicator", &setup.config, &log_b);
+    first.wait_for_log("replicator running.*shared=true", Duration::from_secs(30));
+    second.wait_for_log("replicator running.*shared=true", Duration::from_secs(30));
+    wait_caught_up(&setup, &mut first, "b", Duration::from_secs(120));
+    assert!(second.is_running());
+    assert!(first.stop().success() && second.stop().success());
+
+    // Both scanners published both backups; the queue kept one task of each (message ids), so each
+    // backup was copied by one worker of one process.
+    let logs = std::fs::read_to_string(first.log_file()).unwrap() + &std::fs::read_to_string(second.log_file()).unwrap();
+    for label in [&full, &incr] {
+        let copies = logs.lines().filter(|l| l.contains(" replicated ") && l.contains(&format!("main.backup.{label}"))).count();
+        assert_eq!(copies, 1, "backup {label} copied {copies} times:\n{logs}");
+    }
+    let source = committed_objects(&setup.repo);
+    for (name, bytes) in &committed_objects(&target) {
+        assert!(source.get(name) == Some(bytes), "{name} on the target is not a copy of the source's");
+    }
+    assert_eq!(records(&target).len(), 2);
+}
