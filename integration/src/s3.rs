@@ -106,24 +106,66 @@ impl S3Server {
         )
     }
 
+    /// Deletes every object of `bucket`, then the bucket (plain HTTP, as a user wiping it would).
+    pub fn delete_bucket_with_contents(&self, bucket: &str) {
+        loop {
+            let (status, listing) = self
+                .http_full("GET", &format!("/{bucket}?list-type=2&max-keys=1000"), b"")
+                .unwrap_or_else(|e| panic!("listing bucket {bucket}: {e}"));
+            assert_eq!(status, 200, "listing bucket {bucket}: {listing}");
+            let keys: Vec<String> = listing
+                .split("<Key>")
+                .skip(1)
+                .filter_map(|rest| rest.split("</Key>").next())
+                .map(|k| k.replace("&amp;", "&"))
+                .collect();
+            if keys.is_empty() {
+                break;
+            }
+            for key in keys {
+                assert!(
+                    key.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b)),
+                    "object key {key:?} would need URL encoding"
+                );
+                let status = self.http("DELETE", &format!("/{bucket}/{key}"), b"").unwrap_or_else(|e| panic!("DELETE {key}: {e}"));
+                assert!(status == 204 || status == 200, "deleting {bucket}/{key}: HTTP {status}");
+            }
+        }
+        let status = self.http("DELETE", &format!("/{bucket}"), b"").unwrap_or_else(|e| panic!("DELETE /{bucket}: {e}"));
+        assert!(status == 204 || status == 200, "deleting bucket {bucket}: HTTP {status}");
+    }
+
     /// One HTTP/1.1 request; the response's status code.
     fn http(&self, method: &str, path: &str, body: &[u8]) -> std::io::Result<u16> {
+        self.http_full(method, path, body).map(|(status, _)| status)
+    }
+
+    /// One HTTP/1.1 request; the response's status code and body.
+    fn http_full(&self, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port.get()))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n",
             self.port.get(),
-            body.len()
+            body.len(),
+            // moto refuses anonymous deletes; it checks the access key's presence, not the signature.
+            if method == "DELETE" {
+                format!("Authorization: AWS4-HMAC-SHA256 Credential={S3_ACCESS_KEY}/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0\r\n")
+            } else {
+                String::new()
+            }
         )?;
         s.write_all(body)?;
         let mut response = String::new();
         s.read_to_string(&mut response)?;
-        response
+        let status = response
             .split_whitespace()
             .nth(1)
             .and_then(|c| c.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {:?}", response.lines().next())))
+            .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {:?}", response.lines().next())))?;
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((status, body))
     }
 
     /// Stops the server (SIGTERM, then SIGKILL after a grace period), by its pid.

@@ -7,6 +7,7 @@
 
 pub mod cmd;
 pub mod local;
+pub mod multi_repo;
 mod progress;
 pub mod wal_archive;
 
@@ -26,6 +27,10 @@ pub struct Cli {
     /// Stanza: which cluster of the config this command is about.
     #[arg(long, env = "STRATA_STANZA", global = true)]
     pub stanza: Option<String>,
+    /// Repository that read commands (restore, info, archive-get) use, by `[[repo]]` name; default the
+    /// primary (the first). Backups and archive-push always write to the primary.
+    #[arg(long, env = "STRATA_REPO", global = true)]
+    pub repo: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -162,11 +167,41 @@ pub struct Context_ {
     pub repo: Repo,
 }
 
+impl Context_ {
+    /// `--repo NAME` when the command reads another repository than the primary, for the commands it
+    /// starts (restore_command, the prefetcher) to read the same one.
+    pub fn repo_option(&self) -> Option<String> {
+        (self.repo.name() != self.cfg.primary_repo().name).then(|| format!("--repo={}", self.repo.name()))
+    }
+}
+
+/// A word for a shell command line (PostgreSQL runs restore_command through the shell).
+pub fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(&cli.config, std::env::vars())?;
     let stanza = cli.stanza.clone().context("--stanza is required (or STRATA_STANZA)")?;
     cfg.stanza(&stanza)?;
-    let repo = strata_uploader::open_repo(&cfg, cfg.primary_repo()).await?;
+    let repo_cfg = match &cli.repo {
+        None => cfg.primary_repo(),
+        Some(name) => {
+            let rc = cfg.repo_named(name).with_context(|| {
+                let known: Vec<&str> = cfg.repo.iter().map(|r| r.name.as_str()).collect();
+                format!("--repo {name}: no [[repo]] has that name (the config defines: {})", known.join(", "))
+            })?;
+            let reads = matches!(
+                cli.command,
+                Command::Restore { .. } | Command::Info { .. } | Command::ArchiveGet { .. } | Command::ArchivePrefetch { .. }
+            );
+            if rc.name != cfg.primary_repo().name && !reads {
+                anyhow::bail!("--repo {name}: only restore, info and archive-get read from another repository than the primary");
+            }
+            rc
+        }
+    };
+    let repo = strata_uploader::open_repo(&cfg, repo_cfg).await?;
     let config_path = std::fs::canonicalize(&cli.config).unwrap_or(cli.config.clone());
     let ctx = Context_ { cfg: Arc::new(cfg), config_path, stanza, repo };
     match cli.command {

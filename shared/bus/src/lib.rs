@@ -31,16 +31,19 @@ pub enum Queue {
     Seal,
     /// Sealed chunks and commit requests, waiting for an uploader.
     Upload,
+    /// Backups and WAL files to copy from one repository to another, waiting for a replicator.
+    Replicate,
 }
 
 impl Queue {
-    pub const ALL: [Queue; 2] = [Queue::Seal, Queue::Upload];
+    pub const ALL: [Queue; 3] = [Queue::Seal, Queue::Upload, Queue::Replicate];
 
     /// The JetStream stream holding this queue.
     pub fn stream_name(self) -> &'static str {
         match self {
             Queue::Seal => "STRATA_SEAL",
             Queue::Upload => "STRATA_UPLOAD",
+            Queue::Replicate => "STRATA_REPLICATE",
         }
     }
 
@@ -49,6 +52,7 @@ impl Queue {
         match self {
             Queue::Seal => "strata.work.seal",
             Queue::Upload => "strata.work.upload",
+            Queue::Replicate => "strata.work.replicate",
         }
     }
 }
@@ -109,6 +113,14 @@ pub trait EventStream: Send {
 pub trait Bus: Send + Sync {
     /// Stores `payload` on `queue`. Returns only once the bus holds it durably (JetStream's publish ack).
     async fn publish_work(&self, queue: Queue, payload: Bytes) -> Result<()>;
+    /// Like [`Bus::publish_work`], but a message with the same `id` published again while the first is
+    /// within the bus's deduplication window (NATS: the stream's duplicate window, 2 minutes) is stored
+    /// once: several producers that find the same work do not double it. The in-process bus has a single
+    /// producer per queue and does not deduplicate.
+    async fn publish_work_once(&self, queue: Queue, id: &str, payload: Bytes) -> Result<()> {
+        let _ = id;
+        self.publish_work(queue, payload).await
+    }
     /// Joins the pool of workers of `queue`.
     async fn work(&self, queue: Queue) -> Result<Box<dyn WorkStream>>;
     /// Sends a best-effort event.

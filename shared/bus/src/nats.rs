@@ -351,6 +351,26 @@ impl Bus for NatsBus {
         Ok(())
     }
 
+    /// JetStream's `Nats-Msg-Id` header: the stream drops a second message with the same id within its
+    /// duplicate window and still acknowledges the publish.
+    async fn publish_work_once(&self, queue: Queue, id: &str, payload: Bytes) -> Result<()> {
+        self.check_size(&payload)?;
+        let size = payload.len();
+        let failed = |reason: String| BusError::PublishFailed { subject: queue.subject().to_string(), reason };
+        let to_error = |e: jetstream::context::PublishError| match e.kind() {
+            PublishErrorKind::MaxPayloadExceeded => BusError::TooLarge { size, limit: self.max_payload() },
+            _ => failed(e.to_string()),
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id);
+        let ack = self.inner.js.publish_with_headers(queue.subject(), headers, payload).await.map_err(to_error)?;
+        let ack = ack.await.map_err(to_error)?;
+        if ack.stream != queue.stream_name() {
+            return Err(failed(format!("stored in stream {} instead of {}", ack.stream, queue.stream_name())));
+        }
+        Ok(())
+    }
+
     async fn work(&self, queue: Queue) -> Result<Box<dyn WorkStream>> {
         let consumer = &self.inner.consumers[&queue];
         let max_bytes = self.inner.options.pull_max_bytes.max(self.max_payload() + PULL_BYTES_HEADROOM);

@@ -104,6 +104,24 @@ fn wal_path(stanza: &str, name: &str) -> String {
     format!("{}/wal/{dir}/{name}", stanza_dir(stanza))
 }
 
+/// Where an archived WAL file's record is (for code that copies objects as they are, the replicator).
+pub fn wal_record_path(stanza: &str, name: &str) -> String {
+    wal_path(stanza, name)
+}
+
+/// Where a committed backup's record is.
+pub fn backup_record_path(stanza: &str, label: &str) -> String {
+    format!("{}/backup/{label}.record", stanza_dir(stanza))
+}
+
+/// Where a stanza's cluster description is.
+pub fn stanza_info_path(stanza: &str) -> String {
+    format!("{}/stanza.json", stanza_dir(stanza))
+}
+
+/// The repository's format marker, written by the first stanza-create.
+pub const FORMAT_MARKER_PATH: &str = FORMAT_MARKER;
+
 impl Repo {
     pub fn new(name: impl Into<String>, storage: Arc<dyn Storage>) -> Self {
         Repo { name: name.into(), storage, sealer: Sealer::default() }
@@ -342,6 +360,15 @@ impl Repo {
         decode::<ManifestHead>(&bytes)
             .map(strata_messages::to_owned::<ManifestHead>)
             .map_err(|e| RepoError::CorruptObject { path: format!("manifest of backup {label}"), reason: e.to_string() })
+    }
+
+    /// Every pack a committed backup needs: those of its manifest head's chunks, and those the head names
+    /// (file lists and the chunks its files point into). Expire keeps these; the replicator copies them.
+    pub async fn backup_packs(&self, record: &BackupRecord) -> Result<HashSet<PackId>> {
+        let head = self.manifest_head(&self.sealer, &record.summary.label, record.manifest_len, &record.manifest_chunks).await?;
+        let mut packs: HashSet<PackId> = record.manifest_chunks.iter().map(|c| c.pack).collect();
+        packs.extend(head.packs());
+        Ok(packs)
     }
 
     /// Fetches and decodes a backup's whole manifest, file entries included.

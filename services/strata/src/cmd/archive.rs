@@ -58,7 +58,10 @@ pub async fn push(ctx: &Context_, path: &Path) -> anyhow::Result<()> {
     if let Some(stages) = stages {
         stages.stop().await?;
     }
-    if outcome? == CommitOutcome::AlreadyArchived {
+    let outcome = outcome?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    crate::multi_repo::push_to_others(ctx, &name).await?;
+    if outcome == CommitOutcome::AlreadyArchived {
         // Valid after a crash between the archive and PostgreSQL noting it, as pgBackRest says; worth a line.
         eprintln!(
             "warning: {} was already archived with the same content; accepted",
@@ -175,6 +178,7 @@ fn start_prefetcher(ctx: &Context_, spool: &Path, count: usize) -> anyhow::Resul
         .arg(&ctx.config_path)
         .arg("--stanza")
         .arg(&ctx.stanza)
+        .args(ctx.repo_option())
         .arg("archive-prefetch")
         .arg(spool)
         .arg(count.to_string())

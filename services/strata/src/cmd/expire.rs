@@ -84,9 +84,7 @@ pub async fn run(ctx: &Context_, opts: &ExpireOptions) -> anyhow::Result<()> {
             if mine && expired_labels.contains(b.summary.label.as_str()) {
                 continue;
             }
-            referenced.extend(b.manifest_chunks.iter().map(|c| c.pack));
-            let head = ctx.repo.manifest_head(&sealer, &b.summary.label, b.manifest_len, &b.manifest_chunks).await?;
-            referenced.extend(head.packs());
+            referenced.extend(ctx.repo.backup_packs(&b).await?);
         }
         // What an interrupted backup stored is kept for the attempt that resumes it.
         for c in ctx.repo.checkpoints(&stanza).await? {

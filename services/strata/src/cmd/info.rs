@@ -81,6 +81,13 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
         windows.push(window(&mut archive, b).await?);
     }
     let missing_histories = archive.missing_histories();
+    let replication = replication(ctx).await;
+    let repositories: Vec<Value> = ctx
+        .cfg
+        .repo
+        .iter()
+        .map(|r| json!({ "name": r.name, "type": format!("{:?}", r.kind).to_lowercase(), "tier": r.tier, "archive_required": r.archive_required }))
+        .collect();
     match output {
         OutputFormat::Json => {
             let list: Vec<_> = backups
@@ -136,6 +143,8 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                     "gaps": gaps.iter().map(|(_, g)| gap_json(&archive, g)).collect::<Vec<_>>(),
                     "missing_history_files": missing_histories,
                 },
+                "repositories": repositories,
+                "replication": replication.iter().map(Replication::to_json).collect::<Vec<_>>(),
             }]);
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
@@ -159,6 +168,12 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
             }
             for tl in &missing_histories {
                 println!("    wal archive: history file of timeline {tl} missing");
+            }
+            for r in &ctx.cfg.repo {
+                println!("    repository '{}': {}{}", r.name, r.tier.as_deref().unwrap_or("no tier"), if r.name == ctx.repo.name() { " (shown)" } else { "" });
+            }
+            for r in &replication {
+                println!("    {}", r.to_text());
             }
             if backups.is_empty() {
                 println!("    no backups");
@@ -209,4 +224,73 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How far one replication target is behind its source (the replicator's own lag function).
+struct Replication {
+    source: String,
+    target: String,
+    tier: Option<String>,
+    lag: Result<strata_replicator::Lag, String>,
+    now: i64,
+}
+
+impl Replication {
+    fn to_json(&self) -> Value {
+        match &self.lag {
+            Ok(l) => json!({
+                "source": self.source,
+                "target": self.target,
+                "tier": self.tier,
+                "lag_objects": l.objects,
+                "lag_bytes": l.bytes,
+                "lag_seconds": l.seconds(self.now),
+                "oldest_uncopied": l.oldest.as_ref().map(|(p, _)| p),
+            }),
+            Err(e) => json!({ "source": self.source, "target": self.target, "tier": self.tier, "error": e }),
+        }
+    }
+
+    fn to_text(&self) -> String {
+        let head = format!("replication '{}' -> '{}'", self.source, self.target);
+        match &self.lag {
+            Ok(l) if l.objects == 0 => format!("{head}: up to date"),
+            Ok(l) => format!(
+                "{head}: {} objects ({}) behind, {} s; oldest uncopied: {}",
+                l.objects,
+                format_bytes(l.bytes),
+                l.seconds(self.now),
+                l.oldest.as_ref().map(|(p, _)| p.as_str()).unwrap_or("-")
+            ),
+            Err(e) => format!("{head}: unknown ({e})"),
+        }
+    }
+}
+
+/// The lag of every replication target, computed now. A repository that cannot be read is reported in
+/// its row rather than failing `info`.
+async fn replication(ctx: &Context_) -> Vec<Replication> {
+    let Ok((source, targets)) = strata_replicator::source_and_targets(&ctx.cfg) else { return Vec::new() };
+    let now = crate::cmd::now();
+    let source_repo = match ctx.cfg.repo_named(&source) {
+        Some(_) if source == ctx.repo.name() => Ok(ctx.repo.clone()),
+        Some(rc) => strata_uploader::open_repo(&ctx.cfg, rc).await.map_err(|e| format!("{e:#}")),
+        None => Err(format!("no repository '{source}'")),
+    };
+    let mut out = Vec::new();
+    for target in targets {
+        let tier = ctx.cfg.repo_named(&target).and_then(|r| r.tier.clone());
+        let lag = match &source_repo {
+            Err(e) => Err(e.clone()),
+            Ok(src) => match ctx.cfg.repo_named(&target) {
+                None => Err(format!("no repository '{target}'")),
+                Some(rc) => match strata_uploader::open_repo(&ctx.cfg, rc).await {
+                    Err(e) => Err(format!("{e:#}")),
+                    Ok(t) => strata_replicator::lag(src, &t).await.map_err(|e| e.to_string()),
+                },
+            },
+        };
+        out.push(Replication { source: source.clone(), target, tier, lag, now });
+    }
+    out
 }

@@ -483,10 +483,11 @@ fn write_recovery_files(
     let exe = std::env::current_exe().context("cannot find the strata executable for restore_command")?;
     let prefetch = if settings.prefetch > 0 { format!(" --prefetch {}", settings.prefetch) } else { String::new() };
     let command = format!(
-        "{} --config {} --stanza {} archive-get{prefetch} %f \"%p\"",
+        "{} --config {} --stanza {}{} archive-get{prefetch} %f \"%p\"",
         exe.display(),
         ctx.config_path.display(),
-        ctx.stanza
+        ctx.stanza,
+        ctx.repo_option().map(|a| format!(" {}", crate::shell_quote(&a))).unwrap_or_default()
     );
     let auto = root.join("postgresql.auto.conf");
     let existing = fs::read_to_string(&auto).unwrap_or_default();

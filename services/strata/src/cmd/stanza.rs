@@ -30,5 +30,6 @@ pub async fn create(ctx: &Context_) -> anyhow::Result<()> {
         info.pg_major,
         info.system_id
     );
+    crate::multi_repo::create_stanza_in_others(ctx, &info).await?;
     Ok(())
 }

@@ -1,0 +1,322 @@
+//! The replicator: keeps other repositories (another region, a colder tier) holding every committed
+//! backup and every archived WAL file of a source repository.
+//!
+//! # What it copies, and in what order
+//! Objects as they are stored, byte for byte: packs, records, the key file and stanza descriptions (all
+//! repositories of a config share one data key, so a copied chunk opens with it). Per target, a scan
+//! ([`scan`]) finds each backup and WAL file that is incomplete there; copying one ([`copy`]) writes its
+//! packs first and its record last, so the commit rule holds on the target, and reads back every object
+//! it wrote to compare it with the source. Checkpoints of running backups are not copied.
+//!
+//! # Crash safety and resuming
+//! Every object goes up in one atomic put and records are put-if-absent, so a replicator killed at any
+//! moment leaves the target consistent: whatever it holds of an unfinished backup is packs no record
+//! references, which the next scan finds present (same size) and does not copy again. Nothing is ever
+//! deleted, on the source or the target; expire runs per repository.
+//!
+//! # Sharing the work
+//! With `bus = "local"` one process scans and copies, `replicator.workers` items at a time. With NATS,
+//! every replicator process scans every `interval_secs` and publishes one message per pending item and
+//! target on the `Replicate` work queue, with a message id derived from both, so JetStream stores an item
+//! once however many scanners found it; the `workers` tasks of every process take items from the queue and
+//! acknowledge one only after its record is written on the target (a failure gives it back for a retry).
+//! An item copied twice (after a redelivery) costs time, not correctness: the second copy finds it all
+//! there.
+//!
+//! # Lag
+//! After each scan, per target: objects and bytes still to copy, and seconds since the oldest of them was
+//! written in the source, logged and exported as `strata_replication_lag_*` (see [`metrics`]); `strata
+//! info` computes the same figures with the same function ([`scan::lag`]).
+
+pub mod copy;
+pub mod metrics;
+pub mod scan;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use strata_bus::{Bus, Delivery, Queue};
+use strata_config::{Config, RepoConfig};
+use strata_repo::Repo;
+use strata_storage::S3Storage;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use copy::{Copied, Copier, CopyError};
+pub use scan::{lag, Item, Lag, Plan, Scanner};
+
+/// The source repository's name and the targets', as the config says (`[replicator] source` and
+/// `targets`, by default the first repository and every other one).
+pub fn source_and_targets(cfg: &Config) -> anyhow::Result<(String, Vec<String>)> {
+    let source = cfg.replicator.source.clone().unwrap_or_else(|| cfg.primary_repo().name.clone());
+    let targets: Vec<String> = if cfg.replicator.targets.is_empty() {
+        cfg.repo.iter().map(|r| r.name.clone()).filter(|n| *n != source).collect()
+    } else {
+        cfg.replicator.targets.clone()
+    };
+    if targets.iter().any(|t| *t == source) {
+        bail!("replicator.targets names the source repository '{source}' itself");
+    }
+    Ok((source, targets))
+}
+
+/// A repository opened for replication; with its S3 backend kept, for its retry count.
+#[derive(Clone)]
+pub struct Opened {
+    pub repo: Repo,
+    pub s3: Option<Arc<S3Storage>>,
+}
+
+/// Opens one of the config's repositories with its sealer, as `strata_uploader::open_repo` does, keeping
+/// a handle on an S3 backend so that its retries can be exported.
+pub async fn open(cfg: &Config, rc: &RepoConfig) -> anyhow::Result<Opened> {
+    match rc.kind {
+        strata_config::RepoType::Posix => Ok(Opened { repo: strata_uploader::open_repo(cfg, rc).await?, s3: None }),
+        strata_config::RepoType::S3 => {
+            let custom = rc.endpoint.is_some();
+            let settings = strata_storage::S3Settings {
+                bucket: rc.bucket.clone(),
+                prefix: rc.prefix.clone(),
+                region: rc.region.clone().unwrap_or_else(|| "us-east-1".into()),
+                endpoint: rc.endpoint.clone(),
+                path_style: rc.path_style.unwrap_or(custom),
+                credentials: rc.access_key_id.clone().zip(rc.secret_access_key.clone()),
+                storage_class: rc.storage_class.clone(),
+                checksums: rc.checksums.unwrap_or(!custom),
+                retry: Default::default(),
+            };
+            let s3 = Arc::new(S3Storage::open(settings).await.with_context(|| format!("repository '{}'", rc.name))?);
+            let storage: Arc<dyn strata_storage::Storage> = s3.clone();
+            let sealer = strata_keys::sealer_for(cfg, storage.as_ref()).await.with_context(|| format!("repository '{}'", rc.name))?;
+            Ok(Opened { repo: Repo::new(rc.name.clone(), storage).with_sealer(sealer), s3: Some(s3) })
+        }
+    }
+}
+
+/// One replication pair.
+struct Target {
+    name: String,
+    copier: Copier,
+    scanner: Mutex<Scanner>,
+}
+
+/// A unit of work on the bus.
+#[derive(Debug, Serialize, Deserialize)]
+struct Task {
+    target: String,
+    item: Item,
+}
+
+/// Replicates until `shutdown` completes. `bus` is the NATS bus to share work over, or `None` for one
+/// process doing it all.
+pub async fn run(cfg: Arc<Config>, bus: Option<Arc<dyn Bus>>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let (source_name, target_names) = source_and_targets(&cfg)?;
+    if target_names.is_empty() {
+        bail!("nothing to replicate: the config defines only the repository '{source_name}' (add a [[repo]] to copy to)");
+    }
+    let source_cfg = cfg.repo_named(&source_name).expect("validated by the config");
+    let source = open(&cfg, source_cfg).await?;
+    let mut opened = vec![(source_name.clone(), source.s3.clone())];
+    let mut targets = Vec::new();
+    for name in &target_names {
+        let t = open(&cfg, cfg.repo_named(name).expect("validated by the config")).await?;
+        // Healthcheck: a target we cannot write to is a configuration problem, said once at start.
+        t.repo.check_writable().await.with_context(|| format!("target repository '{name}'"))?;
+        opened.push((name.clone(), t.s3.clone()));
+        targets.push(Arc::new(Target {
+            name: name.clone(),
+            copier: Copier::new(source.repo.clone(), t.repo),
+            scanner: Mutex::new(Scanner::default()),
+        }));
+    }
+    let metrics = metrics::ReplicationMetrics::new(strata_metrics::Registry::new());
+    let stop = CancellationToken::new();
+    let mut background = Vec::new();
+    if let Some(addr) = &cfg.replicator.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("replicator.metrics_listen = {addr:?}: cannot listen"))?;
+        info!(addr = %listener.local_addr()?, "metrics at http://{}/metrics", listener.local_addr()?);
+        let registry = metrics.registry().clone();
+        let stopped = stop.clone();
+        background.push(tokio::spawn(async move { strata_metrics::serve(listener, registry, stopped.cancelled_owned()).await }));
+    }
+    let workers = cfg.replicator.workers;
+    if let Some(bus) = &bus {
+        for n in 0..workers {
+            let input = bus.work(Queue::Replicate).await?;
+            let (targets, metrics, stopped) = (targets.clone(), metrics.clone(), stop.clone());
+            background.push(tokio::spawn(async move { work_loop(n, input, targets, metrics, stopped).await }));
+        }
+    }
+    info!(source = %source_name, targets = ?target_names, workers, shared = bus.is_some(), "replicator running");
+    let interval = Duration::from_secs(cfg.replicator.interval_secs.max(1));
+    let passes = async {
+        loop {
+            for t in &targets {
+                match &bus {
+                    Some(bus) => publish_pass(bus.as_ref(), t, &metrics).await,
+                    None => local_pass(t, &metrics, workers).await,
+                }
+            }
+            for (name, s3) in &opened {
+                if let Some(s3) = s3 {
+                    metrics.s3_retries(name, s3.retries());
+                }
+            }
+            tokio::time::sleep(interval).await;
+        }
+    };
+    tokio::select! {
+        _ = shutdown => {}
+        _ = passes => {}
+    }
+    // Dropping a copy midway is safe (see the module docs); workers finish the item they hold.
+    stop.cancel();
+    for b in background {
+        let _ = b.await;
+    }
+    info!("replicator stopped");
+    Ok(())
+}
+
+/// Scans a target and reports its lag; `None` when the scan failed (logged and counted).
+async fn scan(t: &Target, metrics: &metrics::ReplicationMetrics) -> Option<Plan> {
+    let planned = t.scanner.lock().await.plan(&t.copier.source, &t.copier.target).await;
+    match planned {
+        Ok(plan) => {
+            let now = now();
+            metrics.lag(&t.name, &plan.lag, now);
+            info!(
+                target_repo = %t.name,
+                items = plan.items.len(),
+                lag_objects = plan.lag.objects,
+                lag_bytes = plan.lag.bytes,
+                lag_seconds = plan.lag.seconds(now),
+                oldest = plan.lag.oldest.as_ref().map(|(p, _)| p.as_str()).unwrap_or("-"),
+                "replication scan"
+            );
+            Some(plan)
+        }
+        Err(e) => {
+            metrics.error(&t.name);
+            warn!(target_repo = %t.name, error = %e, "replication scan failed; retrying at the next interval");
+            None
+        }
+    }
+}
+
+/// Single process: scan, copy what is pending, and scan again until the target caught up or a copy
+/// failed (the next interval retries).
+async fn local_pass(t: &Target, metrics: &metrics::ReplicationMetrics, workers: usize) {
+    loop {
+        let Some(plan) = scan(t, metrics).await else { return };
+        if plan.items.is_empty() {
+            return;
+        }
+        let failures = futures::stream::iter(plan.items)
+            .map(|item| copy_item(t, item, metrics))
+            .buffer_unordered(workers)
+            .filter(|ok| futures::future::ready(!ok))
+            .count()
+            .await;
+        if failures > 0 {
+            return;
+        }
+    }
+}
+
+/// Copies one item; whether it succeeded (a failure is logged and counted).
+async fn copy_item(t: &Target, item: Item, metrics: &metrics::ReplicationMetrics) -> bool {
+    let result = match &item {
+        Item::Wal { stanza, name } => t.copier.copy_wal(stanza, name).await,
+        Item::Backup { stanza, label } => t.copier.copy_backup(stanza, label).await,
+    };
+    match result {
+        Ok(copied) => {
+            metrics.copied(&t.name, copied);
+            if copied.objects > 0 {
+                info!(target_repo = %t.name, item = %item.key(), objects = copied.objects, bytes = copied.bytes, "replicated");
+            }
+            true
+        }
+        Err(e) => {
+            metrics.error(&t.name);
+            warn!(target_repo = %t.name, item = %item.key(), error = %e, "replication failed; it will be retried");
+            false
+        }
+    }
+}
+
+/// Shared work: scan and publish one deduplicated task per pending item.
+async fn publish_pass(bus: &dyn Bus, t: &Target, metrics: &metrics::ReplicationMetrics) {
+    let Some(plan) = scan(t, metrics).await else { return };
+    for item in plan.items {
+        let id = format!("{}.{}", t.name, item.key());
+        let task = Task { target: t.name.clone(), item };
+        let payload = Bytes::from(serde_json::to_vec(&task).expect("tasks serialize"));
+        if let Err(e) = bus.publish_work_once(Queue::Replicate, &id, payload).await {
+            metrics.error(&t.name);
+            warn!(target_repo = %t.name, error = %e, "cannot publish replication work; the next scan retries");
+            return;
+        }
+    }
+}
+
+async fn work_loop(
+    n: usize,
+    mut input: Box<dyn strata_bus::WorkStream>,
+    targets: Vec<Arc<Target>>,
+    metrics: metrics::ReplicationMetrics,
+    stop: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return,
+            next = input.next() => next,
+        };
+        match next {
+            Some(Ok(delivery)) => handle(delivery, &targets, &metrics).await,
+            Some(Err(e)) => {
+                warn!(worker = n, error = %e, "replicator could not take work");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            None => return,
+        }
+    }
+}
+
+async fn handle(delivery: Box<dyn Delivery>, targets: &[Arc<Target>], metrics: &metrics::ReplicationMetrics) {
+    let task: Task = match serde_json::from_slice(delivery.payload()) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(error = %e, "dropping a malformed replication task");
+            let _ = delivery.ack().await;
+            return;
+        }
+    };
+    let Some(t) = targets.iter().find(|t| t.name == task.target) else {
+        // Another replicator's config has this target; give it back for one that knows it.
+        let _ = delivery.nak(Duration::from_secs(5)).await;
+        return;
+    };
+    if copy_item(t, task.item, metrics).await {
+        if let Err(e) = delivery.ack().await {
+            warn!(error = %e, "replication task done but its ack failed; it will be found complete when redelivered");
+        }
+    } else {
+        let _ = delivery.nak(Duration::from_secs(5)).await;
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;
