@@ -47,6 +47,7 @@
 
 pub mod bins;
 pub mod config;
+pub mod faultproxy;
 pub mod logcheck;
 pub mod nats;
 mod os_user;
@@ -58,6 +59,7 @@ pub mod testdir;
 
 pub use bins::{Service, StrataBins};
 pub use config::write_config;
+pub use faultproxy::{FaultCounts, FaultProxy};
 pub use logcheck::{assert_no_errors, wait_for_line, LogCheck};
 pub use nats::NatsServer;
 pub use pg::{PgBench, PgCluster, PgOptions};

@@ -111,9 +111,23 @@ pub enum Command {
         /// Show what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Unreferenced packs younger than this may belong to a backup still running and are kept.
-        #[arg(long, default_value_t = 86400)]
+        /// Unreferenced packs younger than this are kept (running backups are protected by their markers).
+        #[arg(long, default_value_t = cmd::expire::DEFAULT_GC_GRACE_SECS)]
         gc_grace_secs: u64,
+    },
+    /// Pins a backup (expire keeps it and what it depends on) or unpins it, and attaches a note.
+    #[command(group = clap::ArgGroup::new("change").required(true).multiple(true).args(["pin", "unpin", "note"]))]
+    Annotate {
+        /// The backup's label.
+        #[arg(long)]
+        set: String,
+        #[arg(long, conflicts_with = "unpin")]
+        pin: bool,
+        #[arg(long)]
+        unpin: bool,
+        /// A note shown by `info` ("" removes it).
+        #[arg(long)]
+        note: Option<String>,
     },
 }
 
@@ -249,6 +263,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Expire { retention_full, dry_run, gc_grace_secs } => {
             let opts = cmd::expire::ExpireOptions { retention_full, dry_run, gc_grace_secs };
             cmd::expire::run(&ctx, &opts).await.context("expire")
+        }
+        Command::Annotate { set, pin, unpin, note } => {
+            let pinned = if pin { Some(true) } else if unpin { Some(false) } else { None };
+            cmd::annotate::run(&ctx, &set, pinned, note.as_deref()).await.context("annotate")
         }
     }
 }

@@ -75,7 +75,7 @@ pub async fn create_stanza_in_others(ctx: &Context_, info: &StanzaInfo) -> anyho
     };
     for rc in others(ctx, ctx.repo.name()) {
         let created: anyhow::Result<bool> = async {
-            let storage = strata_uploader::open_storage(&rc).await?;
+            let storage = strata_runtime::open_storage(&rc).await?;
             storage.check_writable().await?;
             strata_keys::init_repository(&ctx.cfg, storage.as_ref(), key_file.as_deref()).await?;
             let repo = strata_uploader::open_repo(&ctx.cfg, &rc).await?;

@@ -18,6 +18,7 @@
 //!
 //! Packs are shared by all stanzas, so identical chunks are stored once across the repository.
 
+pub mod annotations;
 pub mod pack;
 
 use bytes::Bytes;

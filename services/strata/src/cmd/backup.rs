@@ -73,6 +73,16 @@ pub async fn run(ctx: &Context_, requested: BackupType, checksum_all: bool) -> a
     };
     let bar = progress::bytes_bar(&format!("backup {label}"));
     let started = Instant::now();
+    // Before any chunk is sent, so that expire keeps what this backup stores (see cmd/expire.rs).
+    let running = match crate::cmd::expire::RunningBackup::begin(ctx, &label).await {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(stages) = stages {
+                let _ = stages.stop().await;
+            }
+            return Err(e);
+        }
+    };
     let outcome = strata_collector::request_backup(
         bus.clone(),
         &req,
@@ -85,6 +95,7 @@ pub async fn run(ctx: &Context_, requested: BackupType, checksum_all: bool) -> a
         },
     )
     .await;
+    running.end().await;
     bar.finish_and_clear();
     if let Some(stages) = stages {
         stages.stop().await?;
@@ -108,6 +119,11 @@ pub async fn run(ctx: &Context_, requested: BackupType, checksum_all: bool) -> a
             String::new()
         }
     );
+    if ctx.cfg.primary_repo().expire_auto {
+        if let Err(e) = crate::cmd::expire::run(ctx, &crate::cmd::expire::ExpireOptions::automatic()).await {
+            eprintln!("warning: backup {} is committed, but the automatic expire failed: {e:#}", summary.label);
+        }
+    }
     Ok(())
 }
 

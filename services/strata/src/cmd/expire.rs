@@ -1,26 +1,66 @@
 //! `expire`: removes backups retention no longer keeps, the WAL only they needed, and the packs nothing
 //! references any more.
 //!
+//! # Which backups stay
 //! Retention keeps full backups: the newest `retention_full` fulls, and with `retention_full_days` every
 //! full started within that many days plus the newest one before them (so the whole period can be
 //! restored); a full either rule keeps stays. Each kept full keeps every diff and incr backup whose
 //! reference chain leads to it; an older full goes together with its dependants, never before them.
-//! `retention_min_age_days` is a floor that overrides the rest, for compliance: a backup younger than
-//! that is never removed, nor the backups it depends on. WAL older than the oldest kept backup's first
-//! segment is removed (history files stay).
+//! `retention_diff` keeps the newest N differential backups; an older diff goes with the incrementals
+//! whose chain passes through it. Two things override every rule, and keep a backup together with every
+//! backup its chain depends on: a pin (`strata annotate --pin`), and the compliance floor
+//! `retention_min_age_days` (no backup younger than that is removed). A backup whose chain cannot be
+//! followed is kept: expire never guesses in the direction of deleting.
 //!
+//! # Which WAL stays
+//! Everything from the oldest kept backup's first segment on (history files always stay). With
+//! `retention_archive_extra_days = D`, also every WAL file archived in the D days before that backup
+//! started, and everything after the first of those, so what stays has no hole. "Archived" is the WAL
+//! record's modification time in the repository, not the commit times of the segment's summary: a
+//! segment without commits has no summary time, and the archive time errs on the safe side (an archiver
+//! that fell behind makes it later, so more is kept, never less).
+//!
+//! # Which packs go
 //! Packs are shared by every stanza of the repository, so a pack is removed only when no kept backup
-//! manifest and no WAL record of any stanza points into it. A backup still running has chunks in packs
-//! that nothing references yet; packs younger than `--gc-grace-secs` (default a day) are therefore never
-//! removed. Records are deleted before packs, so a crash midway leaves unreferenced packs, never a backup
-//! with missing data.
+//! manifest, no checkpoint of an interrupted backup and no WAL record of any stanza points into it, and
+//! it is older than `--gc-grace-secs`. Records are deleted before packs, so a crash midway leaves
+//! unreferenced packs, never a backup with missing data. Within a stanza, checkpoints are read before
+//! records: a resumed backup that commits in between removes the checkpoint only after its record exists.
+//!
+//! # Running backups
+//! A running backup has chunks in packs nothing references yet, and its uploaders may also point chunks
+//! at packs that already exist (deduplication), including packs that only expired backups referenced.
+//! So `strata backup` writes a marker (`stanza/<S>/backup/<label>.running`, see
+//! [`strata_repo::annotations`]) before it sends its first chunk, refreshes it every minute and deletes
+//! it after its commit or failure, and the rule is:
+//! - while a fresh marker of any stanza exists, expire removes no pack at all (records and WAL still go);
+//! - expire writes a marker of its own before it reads anything, and keeps every pack written at or after
+//!   that marker (compared in the storage's clock), which covers a backup that starts while expire runs;
+//!   the markers are read once more just before packs are deleted, and a backup found started by then
+//!   stops the deletion.
+//!
+//! The race is closed by ordering: a backup's marker is durable before its first pack is written, so a
+//! pack expire lists belongs to a backup whose marker was visible when expire looked, or that finished
+//! (committed: its record is read after the markers; failed: what it stored is garbage, or kept by its
+//! checkpoint), or was written after expire's own marker. A marker not refreshed for ten stall timeouts
+//! (`pipeline.stall_timeout_secs`, at least 10 minutes) belongs to a backup that died without cleaning up
+//! and is ignored, with a warning. What remains possible is a backup that *starts* between the second
+//! look at the markers and the last deletion and deduplicates a chunk into a pack being deleted: its
+//! commit then finds the pack missing and refuses, so it fails and is taken again; no committed backup
+//! ever lacks data. WAL pushes write no marker: their packs are protected by the grace period only.
 
 use crate::cmd::format_bytes;
 use crate::Context_;
-use anyhow::bail;
+use anyhow::{bail, Context};
 use std::collections::{HashMap, HashSet};
-use strata_messages::{BackupRecord, BackupType, PackId};
+use strata_messages::{hex, BackupRecord, BackupType, PackId};
 use strata_pg::wal::{classify_wal_file, WalFileKind};
+use strata_repo::annotations::{RunningEntry, RunningKind, RunningMarker, RUNNING_REFRESH};
+use strata_repo::Repo;
+use tokio_util::sync::CancellationToken;
+
+/// `--gc-grace-secs` when not given, and for the automatic expire after a backup.
+pub const DEFAULT_GC_GRACE_SECS: u64 = 86_400;
 
 pub struct ExpireOptions {
     pub retention_full: Option<u32>,
@@ -28,67 +68,98 @@ pub struct ExpireOptions {
     pub gc_grace_secs: u64,
 }
 
+impl ExpireOptions {
+    /// What `expire_auto` runs after a successful backup: the repository's retention, default grace.
+    pub fn automatic() -> Self {
+        ExpireOptions { retention_full: None, dry_run: false, gc_grace_secs: DEFAULT_GC_GRACE_SECS }
+    }
+}
+
 pub async fn run(ctx: &Context_, opts: &ExpireOptions) -> anyhow::Result<()> {
     let repo_cfg = ctx.cfg.primary_repo();
     let retention = Retention {
         fulls: opts.retention_full.or(repo_cfg.retention_full).map(|n| n as usize),
         full_days: repo_cfg.retention_full_days,
+        diffs: repo_cfg.retention_diff.map(|n| n as usize),
         min_age_days: repo_cfg.retention_min_age_days,
     };
-    if retention.fulls.is_none() && retention.full_days.is_none() {
-        bail!("no retention is configured: set retention_full or retention_full_days in the [[repo]] entry, or pass --retention-full");
+    if retention.fulls.is_none() && retention.full_days.is_none() && retention.diffs.is_none() {
+        bail!("no retention is configured: set retention_full, retention_full_days or retention_diff in the [[repo]] entry, or pass --retention-full");
     }
-    if retention.fulls == Some(0) || retention.full_days == Some(0) {
-        bail!("retention_full and retention_full_days must be at least 1");
+    if retention.fulls == Some(0) || retention.full_days == Some(0) || retention.diffs == Some(0) {
+        bail!("retention_full, retention_full_days and retention_diff must be at least 1");
     }
     ctx.repo.stanza(&ctx.stanza).await?;
-    let backups = ctx.repo.backups(&ctx.stanza).await?;
-    let (kept, expired) = partition(&backups, &retention, crate::cmd::now());
+    let would = if opts.dry_run { "would " } else { "" };
 
-    // WAL: whatever precedes the oldest kept backup's first segment is needed by no kept backup.
-    let oldest_start = kept.iter().map(|b| &b.summary.wal_start).min().cloned();
-    let wal_names = ctx.repo.wal_names(&ctx.stanza).await?;
-    let expired_wal: Vec<&String> = match &oldest_start {
-        Some(start) => wal_names
-            .iter()
-            .filter(|n| matches!(classify_wal_file(n), Some(WalFileKind::Segment | WalFileKind::BackupHistory | WalFileKind::Partial)))
-            .filter(|n| n.len() >= 24 && n[8..24] < start[8..24])
-            .collect(),
-        None => Vec::new(),
+    // Our own marker first: its time in the storage's clock is the horizon for packs (see the module docs).
+    // A dry run writes nothing, and takes the local clock instead.
+    let own = match opts.dry_run {
+        true => None,
+        false => Some(ExpireMarker::write(&ctx.repo, &ctx.stanza).await?),
     };
+    let outcome = expire(ctx, opts, &retention, own.as_ref(), would).await;
+    if let Some(own) = own {
+        if let Err(e) = ctx.repo.delete_running(&ctx.stanza, &own.name).await {
+            eprintln!("warning: could not remove expire's marker {}.running: {e}", own.name);
+        }
+    }
+    outcome
+}
 
-    for b in &expired {
-        println!("{}expire backup {} ({})", if opts.dry_run { "would " } else { "" }, b.summary.label, b.summary.backup_type.as_str());
+async fn expire(ctx: &Context_, opts: &ExpireOptions, retention: &Retention, own: Option<&ExpireMarker>, would: &str) -> anyhow::Result<()> {
+    let stale_secs = stale_after_secs(ctx.cfg.pipeline.stall_timeout_secs);
+    let markers = ctx.repo.running().await?;
+    let now = match own {
+        Some(own) => markers.iter().find(|m| m.stanza == ctx.stanza && m.marker.label == own.name).map(|m| m.modified).with_context(|| {
+            format!("expire's marker {}.running is not listed by the repository right after it was written", own.name)
+        })?,
+        None => crate::cmd::now(),
+    };
+    let running = fresh_backups(&markers, now, stale_secs, true);
+
+    let backups = ctx.repo.backups(&ctx.stanza).await?;
+    let annotations: HashMap<String, strata_repo::annotations::Annotation> = ctx.repo.annotations(&ctx.stanza).await?.into_iter().collect();
+    let pinned: HashSet<&str> = annotations.iter().filter(|(_, a)| a.pinned).map(|(l, _)| l.as_str()).collect();
+    let plan = plan(&backups, retention, &pinned, crate::cmd::now());
+
+    // WAL: what precedes the oldest kept backup's first segment, less the extra days (module docs).
+    let kept: Vec<&BackupRecord> = plan.iter().filter(|p| p.expire.is_none()).map(|p| p.backup).collect();
+    let wal = ctx.repo.wal_archived_times(&ctx.stanza).await?;
+    let expired_wal = expired_wal(&wal, &kept, repo_extra_days(ctx));
+
+    for p in &plan {
+        match (&p.expire, &p.kept_by) {
+            (Some(why), _) => println!("{would}expire backup {} ({}): {why}", p.backup.summary.label, p.backup.summary.backup_type.as_str()),
+            (None, Some(by)) => println!("keep backup {} ({}): {by}", p.backup.summary.label, p.backup.summary.backup_type.as_str()),
+            (None, None) => {}
+        }
     }
-    if let (Some(first), Some(last)) = (expired_wal.first(), expired_wal.last()) {
-        println!("{}expire {} WAL files, {first} ... {last}", if opts.dry_run { "would " } else { "" }, expired_wal.len());
+    for (first, last, count) in runs(&wal, &expired_wal) {
+        println!("{would}expire WAL {first} ... {last} ({count} files)");
     }
+    let expired: Vec<&BackupRecord> = plan.iter().filter(|p| p.expire.is_some()).map(|p| p.backup).collect();
     if !opts.dry_run {
         for b in &expired {
             ctx.repo.delete_backup(&ctx.stanza, &b.summary.label).await?;
+            ctx.repo.delete_annotation(&ctx.stanza, &b.summary.label).await?;
         }
         for n in &expired_wal {
             ctx.repo.delete_wal(&ctx.stanza, n).await?;
         }
     }
 
-    // Packs: referenced by the kept backups and WAL of every stanza. In a dry run, the records about to
-    // be deleted still exist, so leave them out by hand.
+    // Packs: referenced by the kept backups, checkpoints and WAL of every stanza. In a dry run, the records
+    // about to be deleted still exist, so leave them out by hand.
     let expired_labels: HashSet<&str> = expired.iter().map(|b| b.summary.label.as_str()).collect();
-    let expired_wal: HashSet<&str> = expired_wal.iter().map(|n| n.as_str()).collect();
-    let sealer = ctx.repo.sealer().clone();
+    let sealer = ctx.repo.sealer();
     let mut referenced: HashSet<PackId> = HashSet::new();
     for stanza in ctx.repo.stanzas().await? {
         let mine = stanza == ctx.stanza;
-        for b in ctx.repo.backups(&stanza).await? {
-            if mine && expired_labels.contains(b.summary.label.as_str()) {
-                continue;
-            }
-            referenced.extend(ctx.repo.backup_packs(&b).await?);
-        }
-        // What an interrupted backup stored is kept for the attempt that resumes it.
+        // What an interrupted backup stored is kept for the attempt that resumes it. Read before the
+        // records: the commit of the resuming backup removes the checkpoint only after writing its record.
         for c in ctx.repo.checkpoints(&stanza).await? {
-            let head = match ctx.repo.manifest_head(&sealer, &c.label, c.head_len, &c.head_chunks).await {
+            let head = match ctx.repo.manifest_head(sealer, &c.label, c.head_len, &c.head_chunks).await {
                 Ok(h) => h,
                 Err(e) => {
                     eprintln!("warning: ignoring the checkpoint of interrupted backup {}: {e}", c.label);
@@ -98,8 +169,14 @@ pub async fn run(ctx: &Context_, opts: &ExpireOptions) -> anyhow::Result<()> {
             referenced.extend(c.head_chunks.iter().map(|c| c.pack));
             referenced.extend(head.packs());
         }
+        for b in ctx.repo.backups(&stanza).await? {
+            if mine && expired_labels.contains(b.summary.label.as_str()) {
+                continue;
+            }
+            referenced.extend(ctx.repo.backup_packs(&b).await?);
+        }
         for name in ctx.repo.wal_names(&stanza).await? {
-            if mine && expired_wal.contains(name.as_str()) {
+            if mine && expired_wal.contains(&name) {
                 continue;
             }
             if let Some(w) = ctx.repo.wal(&stanza, &name).await? {
@@ -107,44 +184,197 @@ pub async fn run(ctx: &Context_, opts: &ExpireOptions) -> anyhow::Result<()> {
             }
         }
     }
-    let now = crate::cmd::now();
-    let mut removed = (0usize, 0u64);
-    let mut young = 0usize;
+    let mut unreferenced = Vec::new();
+    let (mut young, mut new) = (0usize, 0usize);
     for (id, info) in ctx.repo.list_packs_detailed().await? {
         if referenced.contains(&id) {
             continue;
         }
-        if now - info.modified < opts.gc_grace_secs as i64 {
+        if info.modified >= now && own.is_some() {
+            new += 1;
+        } else if now - info.modified < opts.gc_grace_secs as i64 {
             young += 1;
-            continue;
+        } else {
+            unreferenced.push((id, info.size));
         }
+    }
+    // A backup that started since the first look (and so may deduplicate into these packs) stops the removal.
+    let mut running = running;
+    if !opts.dry_run && running.is_empty() && !unreferenced.is_empty() {
+        running = fresh_backups(&ctx.repo.running().await?, now, stale_secs, false);
+    }
+    if let Some(r) = running.first() {
+        println!(
+            "{} unreferenced packs ({}) stay while backup {} of stanza '{}' is running (marker written by {} pid {}); a later expire removes them",
+            unreferenced.len(),
+            format_bytes(unreferenced.iter().map(|(_, s)| s).sum()),
+            r.marker.label,
+            r.stanza,
+            r.marker.host,
+            r.marker.pid
+        );
+        return Ok(());
+    }
+    let mut removed_bytes = 0u64;
+    for (id, size) in &unreferenced {
+        println!("{would}remove pack {} ({})", hex(id), format_bytes(*size));
         if !opts.dry_run {
-            ctx.repo.delete_pack(&id).await?;
+            ctx.repo.delete_pack(id).await?;
         }
-        removed = (removed.0 + 1, removed.1 + info.size);
+        removed_bytes += size;
+    }
+    let mut stays = Vec::new();
+    if young > 0 {
+        stays.push(format!("{young} unreferenced packs are younger than the grace period and stay"));
+    }
+    if new > 0 {
+        stays.push(format!("{new} packs written since this expire started stay"));
     }
     println!(
-        "{}remove {} unreferenced packs ({}){}",
-        if opts.dry_run { "would " } else { "" },
-        removed.0,
-        format_bytes(removed.1),
-        if young > 0 { format!("; {young} unreferenced packs are younger than the grace period and stay") } else { String::new() }
+        "{would}remove {} unreferenced packs ({}){}",
+        unreferenced.len(),
+        format_bytes(removed_bytes),
+        if stays.is_empty() { String::new() } else { format!("; {}", stays.join("; ")) }
     );
     Ok(())
+}
+
+fn repo_extra_days(ctx: &Context_) -> Option<u32> {
+    ctx.cfg.primary_repo().retention_archive_extra_days
+}
+
+/// Seconds after its last refresh at which a running marker is taken for a dead backup's.
+fn stale_after_secs(stall_timeout_secs: u64) -> i64 {
+    (stall_timeout_secs.saturating_mul(10)).max(600) as i64
+}
+
+/// Fresh markers of running backups (any stanza), oldest first; stale ones are reported once (`warn`).
+fn fresh_backups(markers: &[RunningEntry], now: i64, stale_secs: i64, warn: bool) -> Vec<RunningEntry> {
+    let mut out: Vec<RunningEntry> = Vec::new();
+    for m in markers.iter().filter(|m| m.marker.kind == RunningKind::Backup) {
+        if now - m.modified > stale_secs {
+            if warn {
+                eprintln!(
+                    "warning: ignoring the marker of backup {} of stanza '{}' ({} pid {}): not refreshed for {} s, so that backup is no longer running",
+                    m.marker.label,
+                    m.stanza,
+                    m.marker.host,
+                    m.marker.pid,
+                    now - m.modified
+                );
+            }
+            continue;
+        }
+        out.push(m.clone());
+    }
+    out.sort_by_key(|m| m.modified);
+    out
+}
+
+/// The marker of this expire run.
+struct ExpireMarker {
+    name: String,
+}
+
+impl ExpireMarker {
+    async fn write(repo: &Repo, stanza: &str) -> anyhow::Result<Self> {
+        let name = format!("expire-{}-{}", crate::cmd::now(), std::process::id());
+        let marker = RunningMarker { kind: RunningKind::Expire, label: name.clone(), start_time: crate::cmd::now(), host: hostname(), pid: std::process::id() };
+        repo.put_running(stanza, &marker).await.context("cannot write expire's marker")?;
+        Ok(ExpireMarker { name })
+    }
+}
+
+/// A backup in progress, as `expire` sees it: a marker in the repository, refreshed until [`RunningBackup::end`].
+pub struct RunningBackup {
+    repo: Repo,
+    stanza: String,
+    label: String,
+    stop: CancellationToken,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+impl RunningBackup {
+    /// Writes the marker; returns once it is durable, so that it precedes every pack of the backup.
+    pub async fn begin(ctx: &Context_, label: &str) -> anyhow::Result<Self> {
+        let marker =
+            RunningMarker { kind: RunningKind::Backup, label: label.to_string(), start_time: crate::cmd::now(), host: hostname(), pid: std::process::id() };
+        ctx.repo.put_running(&ctx.stanza, &marker).await.context("cannot record in the repository that a backup is running")?;
+        let stop = CancellationToken::new();
+        let (repo, stanza, token) = (ctx.repo.clone(), ctx.stanza.clone(), stop.clone());
+        let refresher = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(RUNNING_REFRESH) => {}
+                }
+                // Not cancelled midway (see `end`): a put completing after the delete would revive the marker.
+                if let Err(e) = repo.put_running(&stanza, &marker).await {
+                    eprintln!("warning: could not refresh the running marker of backup {}: {e}", marker.label);
+                }
+            }
+        });
+        Ok(RunningBackup { repo: ctx.repo.clone(), stanza: ctx.stanza.clone(), label: label.to_string(), stop, refresher })
+    }
+
+    /// Stops refreshing and deletes the marker (after a commit or a failure alike).
+    pub async fn end(self) {
+        self.stop.cancel();
+        let _ = self.refresher.await;
+        if let Err(e) = self.repo.delete_running(&self.stanza, &self.label).await {
+            eprintln!("warning: could not remove the running marker of backup {}: {e} (expire ignores it once it is stale)", self.label);
+        }
+    }
+}
+
+pub(crate) fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// What a repository's retention settings keep (see the module docs).
 struct Retention {
     fulls: Option<usize>,
     full_days: Option<u32>,
+    diffs: Option<usize>,
     min_age_days: Option<u32>,
 }
 
 const DAY: i64 = 86_400;
 
-/// Splits backups (oldest first) into kept and expired at time `now` (see the module docs).
-fn partition<'a>(backups: &'a [BackupRecord], retention: &Retention, now: i64) -> (Vec<&'a BackupRecord>, Vec<&'a BackupRecord>) {
+/// One backup's fate.
+struct Planned<'a> {
+    backup: &'a BackupRecord,
+    /// Why it goes (the retention rule), or `None` when it stays.
+    expire: Option<String>,
+    /// What kept it although a retention rule would have removed it (a pin, the compliance floor).
+    kept_by: Option<String>,
+}
+
+/// Decides, for each backup (oldest first), whether it goes and why, at time `now` (module docs).
+fn plan<'a>(backups: &'a [BackupRecord], retention: &Retention, pinned: &HashSet<&str>, now: i64) -> Vec<Planned<'a>> {
     let by_label: HashMap<&str, &BackupRecord> = backups.iter().map(|b| (b.summary.label.as_str(), b)).collect();
+    // A backup's chain: itself, then each reference up to its full; None when it cannot be followed.
+    let chain = |b: &'a BackupRecord| -> Option<Vec<&'a BackupRecord>> {
+        let mut out = vec![b];
+        let mut cur = b;
+        for _ in 0..=backups.len() {
+            if cur.summary.backup_type == BackupType::Full {
+                return Some(out);
+            }
+            cur = by_label.get(cur.summary.reference.as_str())?;
+            out.push(cur);
+        }
+        None
+    };
+
+    // Fulls: why each one retention does not keep goes.
     let fulls: Vec<&BackupRecord> = backups.iter().filter(|b| b.summary.backup_type == BackupType::Full).collect();
     let mut kept_fulls: HashSet<&str> = HashSet::new();
     if let Some(n) = retention.fulls {
@@ -152,34 +382,131 @@ fn partition<'a>(backups: &'a [BackupRecord], retention: &Retention, now: i64) -
     }
     if let Some(days) = retention.full_days {
         let since = now - i64::from(days) * DAY;
-        let within: Vec<&str> = fulls.iter().filter(|b| b.summary.start_time >= since).map(|b| b.summary.label.as_str()).collect();
-        kept_fulls.extend(&within);
+        kept_fulls.extend(fulls.iter().filter(|b| b.summary.start_time >= since).map(|b| b.summary.label.as_str()));
         // The newest full before the period: the period's first hours restore from it.
         if let Some(before) = fulls.iter().rev().find(|b| b.summary.start_time < since) {
             kept_fulls.insert(before.summary.label.as_str());
         }
     }
-    // The full a backup's reference chain ends at; None when the chain cannot be followed.
-    let root = |b: &'a BackupRecord| -> Option<&'a str> {
-        let mut cur = b;
-        for _ in 0..=backups.len() {
-            if cur.summary.backup_type == BackupType::Full {
-                return Some(cur.summary.label.as_str());
-            }
-            cur = by_label.get(cur.summary.reference.as_str())?;
-        }
-        None
+    if retention.fulls.is_none() && retention.full_days.is_none() {
+        kept_fulls.extend(fulls.iter().map(|b| b.summary.label.as_str()));
+    }
+    let full_rule = match (retention.fulls, retention.full_days) {
+        (Some(n), Some(d)) => format!("beyond retention_full = {n} and retention_full_days = {d}"),
+        (Some(n), None) => format!("beyond retention_full = {n}"),
+        (None, Some(d)) => format!("older than retention_full_days = {d} and not the newest full before them"),
+        (None, None) => String::new(),
     };
-    if let Some(days) = retention.min_age_days {
-        let floor = now - i64::from(days) * DAY;
-        for b in backups.iter().filter(|b| b.summary.start_time >= floor) {
-            if let Some(r) = root(b) {
-                kept_fulls.insert(r);
+    // Diffs beyond the newest N.
+    let expired_diffs: HashSet<&str> = match retention.diffs {
+        Some(n) => backups
+            .iter()
+            .rev()
+            .filter(|b| b.summary.backup_type == BackupType::Diff)
+            .skip(n)
+            .map(|b| b.summary.label.as_str())
+            .collect(),
+        None => HashSet::new(),
+    };
+
+    // Pins and the compliance floor keep a backup and its whole chain.
+    let floor = retention.min_age_days.map(|d| now - i64::from(d) * DAY);
+    let mut protected: HashMap<&str, String> = HashMap::new();
+    for b in backups {
+        let why = if pinned.contains(b.summary.label.as_str()) {
+            format!("pinned ({})", b.summary.label)
+        } else if floor.is_some_and(|f| b.summary.start_time >= f) {
+            format!("younger than retention_min_age_days = {} ({})", retention.min_age_days.unwrap_or(0), b.summary.label)
+        } else {
+            continue;
+        };
+        // As far as the chain can be followed.
+        let mut cur = Some(b);
+        for _ in 0..=backups.len() {
+            let Some(c) = cur else { break };
+            // The first reason found is the one shown: a backup's own, else its oldest dependant's.
+            protected.entry(c.summary.label.as_str()).or_insert_with(|| {
+                if c.summary.label == b.summary.label {
+                    why.clone()
+                } else {
+                    format!("needed by {why}")
+                }
+            });
+            if c.summary.backup_type == BackupType::Full {
+                break;
             }
+            cur = by_label.get(c.summary.reference.as_str()).copied();
         }
     }
-    // A backup whose chain cannot be followed is kept: expire never guesses in the direction of deleting.
-    backups.iter().partition(|b| root(b).is_none_or(|r| kept_fulls.contains(r)))
+
+    backups
+        .iter()
+        .map(|b| {
+            let label = b.summary.label.as_str();
+            let rule = chain(b).and_then(|chain| {
+                let full = chain.last().expect("a chain ends at its full");
+                if !kept_fulls.contains(full.summary.label.as_str()) {
+                    return Some(if full.summary.label == b.summary.label {
+                        format!("full backup {full_rule}")
+                    } else {
+                        format!("depends on full backup {}, {full_rule}", full.summary.label)
+                    });
+                }
+                let diff = chain.iter().find(|c| expired_diffs.contains(c.summary.label.as_str()))?;
+                let n = retention.diffs.unwrap_or(0);
+                Some(if diff.summary.label == b.summary.label {
+                    format!("differential backup beyond retention_diff = {n}")
+                } else {
+                    format!("depends on differential backup {}, beyond retention_diff = {n}", diff.summary.label)
+                })
+            });
+            match (rule, protected.get(label)) {
+                (Some(_), Some(by)) => Planned { backup: b, expire: None, kept_by: Some(by.clone()) },
+                (rule, _) => Planned { backup: b, expire: rule, kept_by: None },
+            }
+        })
+        .collect()
+}
+
+/// WAL files (segments, partial segments, backup history files) no kept backup needs, given the archive
+/// (name, archive time) and the extra days of WAL to keep before the oldest kept backup.
+fn expired_wal(wal: &[(String, i64)], kept: &[&BackupRecord], extra_days: Option<u32>) -> HashSet<String> {
+    let Some(oldest) = kept.iter().min_by(|a, b| a.summary.wal_start.get(8..24).cmp(&b.summary.wal_start.get(8..24))) else {
+        return HashSet::new();
+    };
+    let Some(start) = oldest.summary.wal_start.get(8..24) else { return HashSet::new() };
+    let removable = |n: &str| matches!(classify_wal_file(n), Some(WalFileKind::Segment | WalFileKind::BackupHistory | WalFileKind::Partial));
+    let candidates: Vec<&(String, i64)> = wal.iter().filter(|(n, _)| removable(n) && n.len() >= 24 && &n[8..24] < start).collect();
+    // Extra days: keep from the first file archived within them on.
+    let boundary = match extra_days {
+        Some(d) => {
+            let since = oldest.summary.start_time - i64::from(d) * DAY;
+            candidates.iter().filter(|(_, t)| *t >= since).map(|(n, _)| n[8..24].to_string()).min().unwrap_or_else(|| start.to_string())
+        }
+        None => start.to_string(),
+    };
+    candidates.into_iter().filter(|(n, _)| n[8..24] < *boundary).map(|(n, _)| n.clone()).collect()
+}
+
+/// Runs of consecutive expired names in the archive's order: (first, last, count).
+fn runs<'a>(wal: &'a [(String, i64)], expired: &HashSet<String>) -> Vec<(&'a str, &'a str, usize)> {
+    let mut out: Vec<(&str, &str, usize)> = Vec::new();
+    let mut open = false;
+    for (n, _) in wal {
+        if !expired.contains(n) {
+            open = false;
+            continue;
+        }
+        match (open, out.last_mut()) {
+            (true, Some(run)) => {
+                run.1 = n.as_str();
+                run.2 += 1;
+            }
+            _ => out.push((n.as_str(), n.as_str(), 1)),
+        }
+        open = true;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -211,8 +538,17 @@ mod tests {
         BackupRecord { version: 2, summary, manifest_len: 0, manifest_chunks: Vec::new() }
     }
 
+    fn r(fulls: Option<usize>, full_days: Option<u32>, diffs: Option<usize>, min_age_days: Option<u32>) -> Retention {
+        Retention { fulls, full_days, diffs, min_age_days }
+    }
+
+    fn kept_pinned<'a>(backups: &'a [BackupRecord], r: Retention, pinned: &[&str], now: i64) -> Vec<&'a str> {
+        let pinned: HashSet<&str> = pinned.iter().copied().collect();
+        plan(backups, &r, &pinned, now).iter().filter(|p| p.expire.is_none()).map(|p| p.backup.summary.label.as_str()).collect()
+    }
+
     fn kept(backups: &[BackupRecord], r: Retention, now: i64) -> Vec<&str> {
-        partition(backups, &r, now).0.iter().map(|b| b.summary.label.as_str()).collect()
+        kept_pinned(backups, r, &[], now)
     }
 
     /// Fulls on days 0, 10, 20, 30 with an incr after each; "now" is day 35.
@@ -228,19 +564,16 @@ mod tests {
     #[test]
     fn count_keeps_the_newest_fulls_with_their_dependants() {
         let h = history();
-        assert_eq!(kept(&h, Retention { fulls: Some(2), full_days: None, min_age_days: None }, 35 * DAY), ["F20", "I20", "F30", "I30"]);
+        assert_eq!(kept(&h, r(Some(2), None, None, None), 35 * DAY), ["F20", "I20", "F30", "I30"]);
     }
 
     #[test]
     fn days_keep_the_period_and_the_full_before_it() {
         let h = history();
         // 12 days back from day 35 is day 23: F30 is within, F20 is the newest before.
-        assert_eq!(kept(&h, Retention { fulls: None, full_days: Some(12), min_age_days: None }, 35 * DAY), ["F20", "I20", "F30", "I30"]);
+        assert_eq!(kept(&h, r(None, Some(12), None, None), 35 * DAY), ["F20", "I20", "F30", "I30"]);
         // Either rule keeps: one full by count, 26 days (from day 9) by time.
-        assert_eq!(
-            kept(&h, Retention { fulls: Some(1), full_days: Some(26), min_age_days: None }, 35 * DAY),
-            ["F0", "I0", "F10", "I10", "F20", "I20", "F30", "I30"]
-        );
+        assert_eq!(kept(&h, r(Some(1), Some(26), None, None), 35 * DAY), ["F0", "I0", "F10", "I10", "F20", "I20", "F30", "I30"]);
     }
 
     #[test]
@@ -248,12 +581,82 @@ mod tests {
         let mut h = history();
         // A young incr of the oldest full (an odd chain, but retention must follow it).
         h.push(backup("I0b", BackupType::Incr, "I0", 34 * DAY));
-        assert_eq!(
-            kept(&h, Retention { fulls: Some(1), full_days: None, min_age_days: Some(7) }, 35 * DAY),
-            ["F0", "I0", "F30", "I30", "I0b"]
-        );
+        assert_eq!(kept(&h, r(Some(1), None, None, None), 35 * DAY), ["F30", "I30"]);
+        assert_eq!(kept(&h, r(Some(1), None, None, Some(7)), 35 * DAY), ["F0", "I0", "F30", "I30", "I0b"]);
+        // Every backup younger than the floor: nothing goes, even with one full kept by count.
+        assert_eq!(kept(&h, r(Some(1), None, None, Some(100)), 35 * DAY).len(), h.len());
         // An unfollowable chain is kept.
         h.push(backup("Ix", BackupType::Incr, "missing", 0));
-        assert!(kept(&h, Retention { fulls: Some(1), full_days: None, min_age_days: None }, 35 * DAY).contains(&"Ix"));
+        assert!(kept(&h, r(Some(1), None, None, None), 35 * DAY).contains(&"Ix"));
+    }
+
+    #[test]
+    fn a_pin_keeps_the_backup_and_its_chain_only() {
+        let h = history();
+        // I10 pinned: F10 stays for it; F0, I0 and F20, I20 go as before.
+        assert_eq!(kept_pinned(&h, r(Some(1), None, None, None), &["I10"], 35 * DAY), ["F10", "I10", "F30", "I30"]);
+        let pinned: HashSet<&str> = ["I10"].into_iter().collect();
+        let p = plan(&h, &r(Some(1), None, None, None), &pinned, 35 * DAY);
+        assert_eq!(p[2].kept_by.as_deref(), Some("needed by pinned (I10)"));
+        assert_eq!(p[3].kept_by.as_deref(), Some("pinned (I10)"));
+        assert_eq!(p[0].expire.as_deref(), Some("full backup beyond retention_full = 1"));
+        assert_eq!(p[1].expire.as_deref(), Some("depends on full backup F0, beyond retention_full = 1"));
+    }
+
+    #[test]
+    fn retention_diff_keeps_the_newest_diffs_and_their_incrementals() {
+        // F0, D1, I1 (on D1), D2, I2a (on D2), I2b (on I2a), D3, I3 (on D3), all of one full.
+        let h = vec![
+            backup("F0", BackupType::Full, "", 0),
+            backup("D1", BackupType::Diff, "F0", DAY),
+            backup("I1", BackupType::Incr, "D1", DAY + 1),
+            backup("D2", BackupType::Diff, "F0", 2 * DAY),
+            backup("I2a", BackupType::Incr, "D2", 2 * DAY + 1),
+            backup("I2b", BackupType::Incr, "I2a", 2 * DAY + 2),
+            backup("D3", BackupType::Diff, "F0", 3 * DAY),
+            backup("I3", BackupType::Incr, "D3", 3 * DAY + 1),
+        ];
+        assert_eq!(kept(&h, r(Some(1), None, Some(2), None), 4 * DAY), ["F0", "D2", "I2a", "I2b", "D3", "I3"]);
+        assert_eq!(kept(&h, r(None, None, Some(1), None), 4 * DAY), ["F0", "D3", "I3"]);
+        let p = plan(&h, &r(None, None, Some(1), None), &HashSet::new(), 4 * DAY);
+        assert_eq!(p[5].expire.as_deref(), Some("depends on differential backup D2, beyond retention_diff = 1"));
+        // A pinned incr keeps its diff; the floor keeps the young ones.
+        assert_eq!(kept_pinned(&h, r(None, None, Some(1), None), &["I1"], 4 * DAY), ["F0", "D1", "I1", "D3", "I3"]);
+        assert_eq!(kept(&h, r(None, None, Some(1), Some(2)), 4 * DAY), ["F0", "D2", "I2a", "I2b", "D3", "I3"]);
+    }
+
+    fn seg(n: u32) -> String {
+        format!("00000001000000000000{n:04X}")
+    }
+
+    #[test]
+    fn wal_before_the_oldest_kept_backup_goes_less_the_extra_days() {
+        let mut b = backup("F", BackupType::Full, "", 10 * DAY);
+        b.summary.wal_start = seg(10);
+        // Segment n archived on day n; a history file and a backup history file among them.
+        let mut wal: Vec<(String, i64)> = (1..=12).map(|n| (seg(n), i64::from(n) * DAY)).collect();
+        wal.push(("00000002.history".into(), 0));
+        wal.push((format!("{}.00000028.backup", seg(3)), 3 * DAY));
+        wal.sort();
+        let kept = [&b];
+        let mut gone: Vec<String> = expired_wal(&wal, &kept, None).into_iter().collect();
+        gone.sort();
+        let mut want: Vec<String> = (1..=9).map(seg).collect();
+        want.push(format!("{}.00000028.backup", seg(3)));
+        want.sort();
+        assert_eq!(gone, want);
+        // Three extra days before day 10: segments archived from day 7 on stay.
+        let mut gone: Vec<String> = expired_wal(&wal, &kept, Some(3)).into_iter().collect();
+        gone.sort();
+        let mut want: Vec<String> = (1..=6).map(seg).collect();
+        want.push(format!("{}.00000028.backup", seg(3)));
+        want.sort();
+        assert_eq!(gone, want);
+        let expired = expired_wal(&wal, &kept, Some(3));
+        let runs = runs(&wal, &expired);
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!((runs[0].0, runs[0].2), (seg(1).as_str(), 7));
+        // Nothing kept, nothing known: no WAL goes.
+        assert!(expired_wal(&wal, &[], None).is_empty());
     }
 }

@@ -88,6 +88,8 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
         .iter()
         .map(|r| json!({ "name": r.name, "type": format!("{:?}", r.kind).to_lowercase(), "tier": r.tier, "archive_required": r.archive_required }))
         .collect();
+    let annotations: std::collections::HashMap<String, strata_repo::annotations::Annotation> =
+        ctx.repo.annotations(&ctx.stanza).await?.into_iter().collect();
     match output {
         OutputFormat::Json => {
             let list: Vec<_> = backups
@@ -127,6 +129,8 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                         "checksum_failures": s.checksum_failures,
                         "pg_version_num": s.pg_version_num,
                         "recovery_window": window,
+                        "pinned": annotations.get(&s.label).is_some_and(|a| a.pinned),
+                        "note": annotations.get(&s.label).and_then(|a| a.note.clone()),
                     })
                 })
                 .collect();
@@ -183,6 +187,14 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                 println!("\n    {} backup: {}", s.backup_type.as_str(), s.label);
                 if !s.reference.is_empty() {
                     println!("        reference: {}", s.reference);
+                }
+                if let Some(a) = annotations.get(&s.label) {
+                    if a.pinned {
+                        println!("        pinned: expire keeps it and the backups it depends on");
+                    }
+                    if let Some(note) = &a.note {
+                        println!("        note: {note}");
+                    }
                 }
                 println!("        timestamp start/stop: {} / {} UTC", format_time(s.start_time), format_time(s.stop_time));
                 println!("        lsn start/stop: {} / {}", Lsn(s.start_lsn), Lsn(s.stop_lsn));

@@ -1,5 +1,6 @@
 //! One module per command.
 
+pub mod annotate;
 pub mod archive;
 pub mod backup;
 pub mod check;
