@@ -110,6 +110,19 @@ pub enum Command {
         #[arg(long, default_value_t = 86400)]
         gc_grace_secs: u64,
     },
+    /// Rewraps the repositories' data key under a new KMS key or passphrase (no data is re-encrypted).
+    #[command(group(clap::ArgGroup::new("new_key").required(true).multiple(false)))]
+    RepoRekey {
+        /// The KMS key (id, ARN or alias) to wrap the data key with from now on.
+        #[arg(long, group = "new_key")]
+        new_kms_key_id: Option<String>,
+        /// A file whose first line is the new passphrase.
+        #[arg(long, group = "new_key")]
+        new_passphrase_file: Option<PathBuf>,
+        /// An environment variable holding the new passphrase.
+        #[arg(long, group = "new_key")]
+        new_passphrase_env: Option<String>,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,6 +177,11 @@ pub struct Context_ {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(&cli.config, std::env::vars())?;
+    // repo-rekey is about the repositories, not a stanza, and must run while the old key still unwraps.
+    if let Command::RepoRekey { new_kms_key_id, new_passphrase_file, new_passphrase_env } = cli.command {
+        let new = cmd::rekey::NewKey::from_args(new_kms_key_id, new_passphrase_file, new_passphrase_env)?;
+        return cmd::rekey::run(&cfg, &new).await.context("repo-rekey");
+    }
     let stanza = cli.stanza.clone().context("--stanza is required (or STRATA_STANZA)")?;
     cfg.stanza(&stanza)?;
     let repo = strata_uploader::open_repo(&cfg, cfg.primary_repo()).await?;
@@ -215,5 +233,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = cmd::expire::ExpireOptions { retention_full, dry_run, gc_grace_secs };
             cmd::expire::run(&ctx, &opts).await.context("expire")
         }
+        Command::RepoRekey { .. } => unreachable!("repo-rekey is dispatched before a stanza is required"),
     }
 }
