@@ -129,6 +129,19 @@ pub enum Command {
         #[arg(long)]
         note: Option<String>,
     },
+    /// Rewraps the repositories' data key under a new KMS key or passphrase (no data is re-encrypted).
+    #[command(group(clap::ArgGroup::new("new_key").required(true).multiple(false)))]
+    RepoRekey {
+        /// The KMS key (id, ARN or alias) to wrap the data key with from now on.
+        #[arg(long, group = "new_key")]
+        new_kms_key_id: Option<String>,
+        /// A file whose first line is the new passphrase.
+        #[arg(long, group = "new_key")]
+        new_passphrase_file: Option<PathBuf>,
+        /// An environment variable holding the new passphrase.
+        #[arg(long, group = "new_key")]
+        new_passphrase_env: Option<String>,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,6 +209,11 @@ pub fn shell_quote(word: &str) -> String {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(&cli.config, std::env::vars())?;
+    // repo-rekey is about the repositories, not a stanza, and must run while the old key still unwraps.
+    if let Command::RepoRekey { new_kms_key_id, new_passphrase_file, new_passphrase_env } = cli.command {
+        let new = cmd::rekey::NewKey::from_args(new_kms_key_id, new_passphrase_file, new_passphrase_env)?;
+        return cmd::rekey::run(&cfg, &new).await.context("repo-rekey");
+    }
     let stanza = cli.stanza.clone().context("--stanza is required (or STRATA_STANZA)")?;
     cfg.stanza(&stanza)?;
     let repo_cfg = match &cli.repo {
@@ -268,5 +286,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pinned = if pin { Some(true) } else if unpin { Some(false) } else { None };
             cmd::annotate::run(&ctx, &set, pinned, note.as_deref()).await.context("annotate")
         }
+        Command::RepoRekey { .. } => unreachable!("repo-rekey is dispatched before a stanza is required"),
     }
 }

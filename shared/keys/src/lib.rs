@@ -9,16 +9,54 @@
 //!
 //! From the data key, [`strata_seal::ChunkCipher`] derives the chunk cipher key and the key of the keyed
 //! hash that names chunks.
+//!
+//! # The key file
+//! `keys/strata.keys` is JSON ([`KeyFile`]): a format version, when the key was created (and last
+//! rewrapped), the [`WrappedKey`] and a **key check value**, the first 16 bytes of
+//! `BLAKE3::derive_key("strata key check", data key)` in hex. The check value is what lets a process know
+//! that what it unwrapped *is* this repository's key (a KMS or passphrase that "works" on a swapped key
+//! file would otherwise give a key that decrypts nothing), and lets two repositories be compared without
+//! unwrapping anything. It reveals nothing useful about the key: it is a one-way derivation under its own
+//! context, distinct from the contexts the chunk keys are derived under.
+//!
+//! The file is created with `put_new` (stanza-create), so a second stanza-create, or one racing it, can
+//! never replace the key chunks were already sealed with; only rekey replaces it (atomically, with `put`),
+//! and only after checking that the new wrap unwraps to the same key check value.
+//!
+//! # Providers
+//! - [`KmsKeyProvider`]: the data key comes from KMS `GenerateDataKey` (AES_256) and is unwrapped with
+//!   `Decrypt`, both under the encryption context `{"strata": "repository data key"}`; rekey wraps it
+//!   with `Encrypt` under the new key. KMS keeps the key material and its audit log; losing access to the
+//!   KMS key (disabled, deleted, no permission) is losing access to the repository, which is the point.
+//! - [`PassphraseKeyProvider`]: Argon2id (64 MiB, 3 passes) over the passphrase and a random salt gives
+//!   the key that wraps the data key with AES-256-GCM. The KDF's parameters are stored with the wrap, so
+//!   they can be raised later without breaking old key files.
+//!
+//! # What reads and writes it
+//! [`sealer_for`] (every process that opens a repository), [`wait_for_sealer`] (services that may start
+//! before stanza-create), [`init_repository`] (stanza-create) and [`rekey`] (`strata repo-rekey`).
 
-// API skeleton; implemented in this crate (see the functions' docs).
+mod kms;
+mod passphrase;
 
+pub use kms::KmsKeyProvider;
+pub use passphrase::{KdfParams, PassphraseKeyProvider};
+
+use bytes::Bytes;
 use std::sync::Arc;
-use strata_config::{Config, EncryptionConfig};
-use strata_seal::Sealer;
-use strata_storage::Storage;
+use std::time::Duration;
+use strata_config::{Config, EncryptionConfig, EncryptionType};
+use strata_seal::{ChunkCipher, Sealer};
+use strata_storage::{Storage, StorageError};
 
 /// Where a repository keeps its wrapped data key.
 pub const KEY_FILE: &str = "keys/strata.keys";
+
+/// The key file format this build writes and reads.
+pub const KEY_FILE_FORMAT: u32 = 1;
+
+/// How often [`wait_for_sealer`] looks for the key file.
+const WAIT_POLL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -27,8 +65,38 @@ pub enum KeyError {
     Message(String),
 }
 
+fn err(msg: impl Into<String>) -> KeyError {
+    KeyError::Message(msg.into())
+}
+
 /// A plain 256-bit data key (zeroed when dropped).
 pub struct DataKey(pub zeroize::Zeroizing<[u8; 32]>);
+
+impl DataKey {
+    /// A fresh key from the system's CSPRNG.
+    pub fn random() -> Result<DataKey, KeyError> {
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        aws_lc_rs::rand::fill(key.as_mut()).map_err(|_| err("the system random generator failed"))?;
+        Ok(DataKey(key))
+    }
+
+    /// The key check value: hex of the first 16 bytes of `BLAKE3::derive_key("strata key check", key)`.
+    pub fn check_value(&self) -> String {
+        let derived = zeroize::Zeroizing::new(blake3::derive_key("strata key check", self.0.as_ref()));
+        hex::encode(&derived[..16])
+    }
+
+    /// The sealer that encrypts with this key.
+    pub fn sealer(&self) -> Sealer {
+        Sealer::encrypted(ChunkCipher::new(&self.0))
+    }
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DataKey(check {})", self.check_value())
+    }
+}
 
 /// A data key as stored in the repository: which provider wrapped it, with what, and the wrapped bytes.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -42,6 +110,23 @@ pub struct WrappedKey {
     /// Hex of the KDF salt (passphrase).
     #[serde(default)]
     pub salt: String,
+    /// The KDF and its parameters (passphrase), so that they can change without breaking old files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kdf: Option<KdfParams>,
+}
+
+pub const PROVIDER_KMS: &str = "kms";
+pub const PROVIDER_PASSPHRASE: &str = "passphrase";
+
+impl WrappedKey {
+    /// "kms key arn:aws:kms:..." or "a passphrase", for messages.
+    pub fn describe(&self) -> String {
+        match self.provider.as_str() {
+            PROVIDER_KMS => format!("kms key {}", self.key_id),
+            PROVIDER_PASSPHRASE => "a passphrase".to_string(),
+            other => format!("unknown provider '{other}'"),
+        }
+    }
 }
 
 /// Who wraps and unwraps data keys.
@@ -58,27 +143,344 @@ pub trait KeyProvider: Send + Sync {
 }
 
 /// The provider the config describes; `None` for `encryption.type = "none"`.
-pub fn provider_from_config(_cfg: &EncryptionConfig) -> Result<Option<Arc<dyn KeyProvider>>, KeyError> {
+pub fn provider_from_config(cfg: &EncryptionConfig) -> Result<Option<Arc<dyn KeyProvider>>, KeyError> {
+    Ok(match cfg.kind {
+        EncryptionType::None => None,
+        EncryptionType::Kms => Some(Arc::new(KmsKeyProvider::from_config(cfg)?)),
+        EncryptionType::Passphrase => Some(Arc::new(PassphraseKeyProvider::from_config(cfg)?)),
+    })
+}
+
+/// The content of `keys/strata.keys`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct KeyFile {
+    pub format: u32,
+    /// When the data key was created (Unix seconds).
+    pub created: i64,
+    /// When it was last rewrapped by repo-rekey (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrapped: Option<i64>,
+    /// See the crate docs: identifies the data key without revealing it.
+    pub key_check: String,
+    pub wrapped: WrappedKey,
+}
+
+impl KeyFile {
+    pub fn new(key: &DataKey, wrapped: WrappedKey) -> KeyFile {
+        KeyFile { format: KEY_FILE_FORMAT, created: now(), rewrapped: None, key_check: key.check_value(), wrapped }
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<KeyFile, KeyError> {
+        #[derive(serde::Deserialize)]
+        struct Version {
+            format: u32,
+        }
+        let version: Version =
+            serde_json::from_slice(bytes).map_err(|e| err(format!("{KEY_FILE} is not a Strata key file ({e})")))?;
+        if version.format != KEY_FILE_FORMAT {
+            return Err(err(format!(
+                "{KEY_FILE} has format {}; this build reads format {KEY_FILE_FORMAT}",
+                version.format
+            )));
+        }
+        let file: KeyFile = serde_json::from_slice(bytes).map_err(|e| err(format!("{KEY_FILE} is corrupt ({e})")))?;
+        if file.key_check.len() != 32 || hex::decode(&file.key_check).is_err() {
+            return Err(err(format!("{KEY_FILE} is corrupt (key_check is not 16 bytes of hex)")));
+        }
+        Ok(file)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).expect("key file serializes");
+        out.push(b'\n');
+        out
+    }
+
+    /// Unwraps the data key with `provider` and checks it is the one this file describes.
+    pub async fn unwrap_with(&self, provider: &dyn KeyProvider) -> Result<DataKey, KeyError> {
+        let key = provider.unwrap(&self.wrapped).await?;
+        if key.check_value() != self.key_check {
+            return Err(err(format!(
+                "cannot unwrap the repository's data key: {} gives a key whose check value ({}) is not the key file's ({})",
+                self.wrapped.describe(),
+                key.check_value(),
+                self.key_check
+            )));
+        }
+        Ok(key)
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// The repository's key file, or `None` when it has none.
+pub async fn read_key_file(storage: &dyn Storage) -> Result<Option<(KeyFile, Bytes)>, KeyError> {
+    match storage.get(KEY_FILE).await {
+        Ok(bytes) => {
+            let file = KeyFile::parse(&bytes).map_err(|e| err(format!("{}: {e}", storage.describe())))?;
+            Ok(Some((file, bytes)))
+        }
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(err(format!("cannot read {KEY_FILE} from {}: {e}", storage.describe()))),
+    }
+}
+
+/// What in the repository shows it already holds data (written unencrypted, since it has no key file),
+/// or `None` for a repository stanza-create may still encrypt.
+async fn existing_data(storage: &dyn Storage) -> Result<Option<String>, KeyError> {
+    let read_err = |e: StorageError| err(format!("cannot read {}: {e}", storage.describe()));
+    if storage.size("strata.repo").await.map_err(read_err)?.is_some() {
+        return Ok(Some("strata.repo".into()));
+    }
+    for prefix in ["stanza/", "pack/"] {
+        if let Some(first) = storage.list(prefix).await.map_err(read_err)?.into_iter().next() {
+            return Ok(Some(first.path));
+        }
+    }
     Ok(None)
+}
+
+fn encrypted_but_not_configured(storage: &dyn Storage, file: &KeyFile) -> KeyError {
+    err(format!(
+        "repository {} is encrypted ({}); configure [encryption] to read it",
+        storage.describe(),
+        file.wrapped.describe()
+    ))
+}
+
+fn unencrypted_data(storage: &dyn Storage, found: &str) -> KeyError {
+    err(format!(
+        "repository {} holds unencrypted data but [encryption] is configured (found {found}; a repository is \
+         encrypted only when stanza-create finds it empty)",
+        storage.describe()
+    ))
 }
 
 /// The sealer for a repository: plain when encryption is off and the repository has no key file; with
 /// the unwrapped data key when it is on and the repository has one. A mismatch (encrypted repository,
-/// no encryption configured; or the reverse) is an error naming it.
-pub async fn sealer_for(_cfg: &Config, _storage: &dyn Storage) -> Result<Sealer, KeyError> {
-    Ok(Sealer::default())
+/// no encryption configured; or the reverse) is an error naming it. Encryption on and no key file is
+/// accepted (plain sealer) only while the repository holds nothing: that is stanza-create's case, which
+/// stores the key file before anything else.
+pub async fn sealer_for(cfg: &Config, storage: &dyn Storage) -> Result<Sealer, KeyError> {
+    let file = read_key_file(storage).await?;
+    let provider = provider_from_config(&cfg.encryption)?;
+    match (provider, file) {
+        (None, None) => Ok(Sealer::default()),
+        (None, Some((file, _))) => Err(encrypted_but_not_configured(storage, &file)),
+        (Some(provider), Some((file, _))) => Ok(file.unwrap_with(provider.as_ref()).await?.sealer()),
+        (Some(_), None) => match existing_data(storage).await? {
+            None => Ok(Sealer::default()),
+            Some(found) => Err(unencrypted_data(storage, &found)),
+        },
+    }
 }
 
-/// [`sealer_for`] for long-running services: while encryption is configured and the repository has no key
-/// file yet, waits (polling) instead of answering with a plain sealer.
+/// [`sealer_for`] for long-running services (collector, sealer, uploader): while encryption is configured
+/// and the repository is still empty without a key file, waits (polling every 2 s) for stanza-create to
+/// store one, so that a service started first never writes plain chunks into a repository about to be
+/// encrypted. Callers that must stop on shutdown race this future against their shutdown signal.
 pub async fn wait_for_sealer(cfg: &Config, storage: &dyn Storage) -> Result<Sealer, KeyError> {
-    sealer_for(cfg, storage).await
+    let mut logged = false;
+    loop {
+        if cfg.encryption.kind != EncryptionType::None
+            && read_key_file(storage).await?.is_none()
+            && existing_data(storage).await?.is_none()
+        {
+            if !logged {
+                tracing::info!(
+                    repository = %storage.describe(),
+                    "encryption is configured and the repository has no key file yet; waiting for stanza-create to store {KEY_FILE}"
+                );
+                logged = true;
+            }
+            tokio::time::sleep(WAIT_POLL).await;
+            continue;
+        }
+        return sealer_for(cfg, storage).await;
+    }
 }
 
 /// Called by stanza-create on every repository: with encryption configured and no key file yet, stores
 /// one (a new data key on the first repository; `existing`'s on the others so they share it). Refuses a
 /// repository that already holds unencrypted data, or a different key. Returns the key file's bytes so
 /// the caller can hand them to the next repository.
-pub async fn init_repository(_cfg: &Config, _storage: &dyn Storage, _existing: Option<&[u8]>) -> Result<Option<Vec<u8>>, KeyError> {
-    Ok(None)
+///
+/// A key file already there is confirmed: with `existing`, it must have the same key check value; without,
+/// the configured provider must unwrap it. A new data key is unwrapped once before it is stored, so a KMS
+/// key that can generate but not decrypt is found before any chunk depends on it.
+pub async fn init_repository(cfg: &Config, storage: &dyn Storage, existing: Option<&[u8]>) -> Result<Option<Vec<u8>>, KeyError> {
+    let Some(provider) = provider_from_config(&cfg.encryption)? else {
+        return match read_key_file(storage).await? {
+            Some((file, _)) => Err(encrypted_but_not_configured(storage, &file)),
+            None => Ok(None),
+        };
+    };
+    let expected = existing.map(KeyFile::parse).transpose()?;
+    if let Some((file, bytes)) = read_key_file(storage).await? {
+        confirm(storage, provider.as_ref(), &file, expected.as_ref()).await?;
+        return Ok(Some(bytes.to_vec()));
+    }
+    if let Some(found) = existing_data(storage).await? {
+        return Err(unencrypted_data(storage, &found));
+    }
+    let new_bytes = match existing {
+        Some(bytes) => bytes.to_vec(),
+        None => {
+            let (key, wrapped) = provider.generate().await?;
+            let file = KeyFile::new(&key, wrapped);
+            file.unwrap_with(provider.as_ref()).await?;
+            file.to_bytes()
+        }
+    };
+    match storage.put_new(KEY_FILE, Bytes::from(new_bytes.clone())).await {
+        Ok(()) => Ok(Some(new_bytes)),
+        // Another stanza-create stored one first: it must be the same key, or usable.
+        Err(StorageError::AlreadyExists { .. }) => match read_key_file(storage).await? {
+            Some((file, bytes)) => {
+                confirm(storage, provider.as_ref(), &file, expected.as_ref()).await?;
+                Ok(Some(bytes.to_vec()))
+            }
+            None => Err(err(format!("{KEY_FILE} in {} exists and vanished again; retry", storage.describe()))),
+        },
+        Err(e) => Err(err(format!("cannot store {KEY_FILE} in {}: {e}", storage.describe()))),
+    }
 }
+
+async fn confirm(storage: &dyn Storage, provider: &dyn KeyProvider, file: &KeyFile, expected: Option<&KeyFile>) -> Result<(), KeyError> {
+    match expected {
+        Some(expected) if expected.key_check != file.key_check => Err(err(format!(
+            "repository {} already has a different data key (key check {}, the first repository's is {})",
+            storage.describe(),
+            file.key_check,
+            expected.key_check
+        ))),
+        Some(_) => Ok(()),
+        None => file.unwrap_with(provider).await.map(drop),
+    }
+}
+
+/// What [`rekey`] did to one repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RekeyOutcome {
+    /// The key file was replaced by one wrapped with the new key.
+    Rewrapped { repo: String },
+    /// The repository has no key file (not stanza-created, or unencrypted); nothing was written.
+    NoKeyFile { repo: String },
+}
+
+/// What [`rekey`] did.
+#[derive(Debug)]
+pub struct RekeyReport {
+    pub key_check: String,
+    /// How the data key is wrapped now ("kms key arn:..." or "a passphrase").
+    pub wrapped_by: String,
+    /// One per repository, in the order given.
+    pub repos: Vec<RekeyOutcome>,
+}
+
+/// `strata repo-rekey`: unwraps the data key from the first repository's key file with the configured
+/// provider, wraps it with `new` (a whole `[encryption]` section for the new key), checks that the new
+/// wrap unwraps to the same key check value, then replaces the key file of every repository that has one,
+/// in the order given (the primary first). No chunk is read or written: the data key does not change.
+///
+/// Every check (old key usable, new key usable, every key file the same key) runs before the first write,
+/// so a failure there writes nothing. A storage failure during the writes names the repositories already
+/// rewritten.
+pub async fn rekey(cfg: &Config, repos: &[(String, Arc<dyn Storage>)], new: &EncryptionConfig) -> Result<RekeyReport, KeyError> {
+    let old = provider_from_config(&cfg.encryption)?
+        .ok_or_else(|| err("repo-rekey needs the current key configured in [encryption] (type is \"none\")"))?;
+    let new = provider_from_config(new)?.ok_or_else(|| err("repo-rekey needs a new KMS key or passphrase"))?;
+    let mut files = Vec::with_capacity(repos.len());
+    for (name, storage) in repos {
+        files.push(read_key_file(storage.as_ref()).await.map_err(|e| err(format!("repository '{name}': {e}")))?);
+    }
+    let Some((first_index, (primary, _))) = files.iter().enumerate().find_map(|(i, f)| f.as_ref().map(|f| (i, f))) else {
+        return Err(err(format!("no configured repository has a key file ({KEY_FILE}); run stanza-create first")));
+    };
+    let primary_name = &repos[first_index].0;
+    let key = unwrap_any(repos, &files, first_index, old.as_ref()).await?;
+    for ((name, _), file) in repos.iter().zip(&files) {
+        if let Some((file, _)) = file {
+            if file.key_check != primary.key_check {
+                return Err(err(format!(
+                    "repository '{name}' has a different data key (key check {}) than repository '{primary_name}' ({}); nothing was rewrapped",
+                    file.key_check, primary.key_check
+                )));
+            }
+        }
+    }
+    let wrapped = new.wrap(&key).await?;
+    let mut replacement = KeyFile { rewrapped: Some(now()), wrapped, ..primary.clone() };
+    replacement.format = KEY_FILE_FORMAT;
+    replacement
+        .unwrap_with(new.as_ref())
+        .await
+        .map_err(|e| err(format!("the new wrap does not unwrap, nothing was rewrapped: {e}")))?;
+    let bytes = Bytes::from(replacement.to_bytes());
+    let mut outcomes = Vec::with_capacity(repos.len());
+    for ((name, storage), file) in repos.iter().zip(&files) {
+        if file.is_none() {
+            outcomes.push(RekeyOutcome::NoKeyFile { repo: name.clone() });
+            continue;
+        }
+        if let Err(e) = storage.put(KEY_FILE, bytes.clone()).await {
+            let done: Vec<String> = outcomes
+                .iter()
+                .filter_map(|o| match o {
+                    RekeyOutcome::Rewrapped { repo } => Some(format!("'{repo}'")),
+                    RekeyOutcome::NoKeyFile { .. } => None,
+                })
+                .collect();
+            let done = if done.is_empty() { "none".to_string() } else { done.join(", ") };
+            return Err(err(format!(
+                "repository '{name}': cannot replace {KEY_FILE}: {e} (already rewrapped under {}: {done}; run repo-rekey again)",
+                replacement.wrapped.describe()
+            )));
+        }
+        outcomes.push(RekeyOutcome::Rewrapped { repo: name.clone() });
+    }
+    Ok(RekeyReport { key_check: replacement.key_check.clone(), wrapped_by: replacement.wrapped.describe(), repos: outcomes })
+}
+
+/// The data key, from the first key file (in `repos` order) that `provider` unwraps: normally the primary's;
+/// after a rekey that failed half-way, a repository not yet rewrapped, so running it again completes it.
+/// The error is the primary's when none does.
+async fn unwrap_any(
+    repos: &[(String, Arc<dyn Storage>)],
+    files: &[Option<(KeyFile, Bytes)>],
+    first_index: usize,
+    provider: &dyn KeyProvider,
+) -> Result<DataKey, KeyError> {
+    let primary = &files[first_index].as_ref().expect("first key file").0;
+    let first_error = match primary.unwrap_with(provider).await {
+        Ok(key) => return Ok(key),
+        Err(e) => err(format!("repository '{}': {e}", repos[first_index].0)),
+    };
+    for (file, _) in files.iter().skip(first_index + 1).flatten() {
+        if file.wrapped != primary.wrapped && file.key_check == primary.key_check {
+            if let Ok(key) = file.unwrap_with(provider).await {
+                return Ok(key);
+            }
+        }
+    }
+    Err(first_error)
+}
+
+/// Collapses an error chain into one line: each source's message, joined with ": ", newlines removed.
+pub(crate) fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        let text = c.to_string().replace(['\n', '\r'], " ");
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = c.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests;

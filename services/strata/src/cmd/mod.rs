@@ -7,6 +7,7 @@ pub mod check;
 pub mod delta;
 pub mod expire;
 pub mod info;
+pub mod rekey;
 pub mod restore;
 pub mod stanza;
 pub mod target;

@@ -21,6 +21,11 @@ pub async fn create(ctx: &Context_) -> anyhow::Result<()> {
         wal_segment_size: facts.wal_segment_size,
         created: now(),
     };
+    // With [encryption], the key file is stored (or confirmed) before the stanza is recorded, so the
+    // repository is encrypted from its first record on, or refused.
+    strata_keys::init_repository(&ctx.cfg, ctx.repo.storage().as_ref(), None)
+        .await
+        .map_err(|e| anyhow::anyhow!("repository '{}': {e}", ctx.repo.name()))?;
     let created = ctx.repo.create_stanza(&info).await?;
     println!(
         "stanza '{}' {} in repository '{}' (PostgreSQL {}, system {})",
