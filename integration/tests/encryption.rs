@@ -4,7 +4,9 @@
 //! after which the old key can be disabled.
 //!
 //! The control matters as much as the check: the same rows in an unencrypted repository are found by the same
-//! byte search, so "not found" means encrypted, not "the search cannot see through zstd".
+//! byte search, so "not found" means encrypted, not "the search cannot see through zstd". zstd's Huffman-coded
+//! literals would hide the rows from a byte search anyway, so these tests store chunks uncompressed
+//! (`compress_level = 0`): what hides the rows is then the encryption alone.
 
 mod common;
 
@@ -14,9 +16,13 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 use strata_integration::*;
+use strata_integration::s3::{S3_ACCESS_KEY, S3_SECRET_KEY};
 
 /// A value written into every row of a table, and so into its heap pages and the WAL.
 const MARKER: &str = "STRATA-PLAINTEXT-MARKER-4711";
+
+/// Pipeline settings: no compression, so that only encryption can hide the rows.
+const UNCOMPRESSED: &str = "compress_level = 0\nwal_compress_level = 0";
 
 /// Writes rows carrying [`MARKER`] (about 2 MB of them, in heap pages and WAL).
 fn write_marked_rows(pg: &PgCluster, table: &str) {
@@ -65,7 +71,7 @@ fn assert_nothing_restored(target: &Path) {
 #[test]
 fn a_passphrase_encrypted_repository_holds_no_plaintext_and_needs_its_passphrase() {
     let dir = TestDir::new("enc_passphrase");
-    let setup = Setup::new(&dir, "local", "", &[]);
+    let setup = Setup::new(&dir, "local", UNCOMPRESSED, &[]);
 
     // Control: the same kind of rows in a plain repository are found by the byte search.
     setup.strata_ok(&["stanza-create"]);
@@ -173,7 +179,14 @@ fn http_get(s3: &S3Server, path: &str) -> Vec<u8> {
     let host = s3.endpoint().trim_start_matches("http://").to_string();
     let mut s = TcpStream::connect(&host).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    // moto answers anonymous object reads with 403; it does not check signatures, only that there is one.
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: AWS4-HMAC-SHA256 \
+         Credential={S3_ACCESS_KEY}/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = Vec::new();
     s.read_to_end(&mut response).unwrap();
     let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP header end");
@@ -224,7 +237,7 @@ fn kms_encrypted_s3_repository_needs_kms_and_survives_a_rekey() {
     let s3 = S3Server::start(&dir);
     s3.create_bucket("strata-enc");
     let first_key = s3.kms_create_key();
-    let setup = Setup::new(&dir, "local", "", &[]);
+    let setup = Setup::new(&dir, "local", UNCOMPRESSED, &[]);
     use_s3(&setup, &s3, "strata-enc", "main");
     append_config(&setup, &kms_section(&s3, &first_key));
     setup.strata_ok(&["stanza-create"]);
