@@ -216,6 +216,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let stanza = cli.stanza.clone().context("--stanza is required (or STRATA_STANZA)")?;
     cfg.stanza(&stanza)?;
+    let cli_repo = cli.repo.clone();
     let repo_cfg = match &cli.repo {
         None => cfg.primary_repo(),
         Some(name) => {
@@ -225,10 +226,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             let reads = matches!(
                 cli.command,
-                Command::Restore { .. } | Command::Info { .. } | Command::ArchiveGet { .. } | Command::ArchivePrefetch { .. }
+                Command::Restore { .. }
+                    | Command::Info { .. }
+                    | Command::ArchiveGet { .. }
+                    | Command::ArchivePrefetch { .. }
+                    | Command::Expire { .. }
             );
             if rc.name != cfg.primary_repo().name && !reads {
-                anyhow::bail!("--repo {name}: only restore, info and archive-get read from another repository than the primary");
+                anyhow::bail!("--repo {name}: only restore, info, archive-get and expire work on another repository than the primary");
             }
             rc
         }
@@ -280,7 +285,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check => cmd::check::run(&ctx).await.context("check"),
         Command::Expire { retention_full, dry_run, gc_grace_secs } => {
             let opts = cmd::expire::ExpireOptions { retention_full, dry_run, gc_grace_secs };
-            cmd::expire::run(&ctx, &opts).await.context("expire")
+            cmd::expire::run_all(&ctx, &opts, cli_repo.is_some(), false).await.context("expire")
         }
         Command::Annotate { set, pin, unpin, note } => {
             let pinned = if pin { Some(true) } else if unpin { Some(false) } else { None };

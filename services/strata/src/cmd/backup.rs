@@ -119,8 +119,8 @@ pub async fn run(ctx: &Context_, requested: BackupType, checksum_all: bool) -> a
             String::new()
         }
     );
-    if ctx.cfg.primary_repo().expire_auto {
-        if let Err(e) = crate::cmd::expire::run(ctx, &crate::cmd::expire::ExpireOptions::automatic()).await {
+    if ctx.cfg.repo.iter().any(|r| r.expire_auto) {
+        if let Err(e) = crate::cmd::expire::run_all(ctx, &crate::cmd::expire::ExpireOptions::automatic(), false, true).await {
             eprintln!("warning: backup {} is committed, but the automatic expire failed: {e:#}", summary.label);
         }
     }

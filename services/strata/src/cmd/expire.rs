@@ -75,8 +75,40 @@ impl ExpireOptions {
     }
 }
 
+/// Expires every configured repository in turn, each by its own retention (or only `ctx.repo` when
+/// `only_this` is set, for `--repo`). With `auto_only`, only the repositories with `expire_auto`.
+pub async fn run_all(ctx: &Context_, opts: &ExpireOptions, only_this: bool, auto_only: bool) -> anyhow::Result<()> {
+    let names: Vec<String> = if only_this {
+        vec![ctx.repo.name().to_string()]
+    } else {
+        ctx.cfg.repo.iter().filter(|r| !auto_only || r.expire_auto).map(|r| r.name.clone()).collect()
+    };
+    let several = names.len() > 1;
+    for name in names {
+        let repo = if name == ctx.repo.name() {
+            ctx.repo.clone()
+        } else {
+            let rc = ctx.cfg.repo_named(&name).expect("names come from the config");
+            strata_uploader::open_repo(&ctx.cfg, rc).await.with_context(|| format!("repository '{name}'"))?
+        };
+        if several {
+            let rc = ctx.cfg.repo_named(&name).expect("names come from the config");
+            let configured = rc.retention_full.is_some() || rc.retention_full_days.is_some() || rc.retention_diff.is_some();
+            if !configured && opts.retention_full.is_none() {
+                println!("repository '{name}': no retention is configured; nothing expired");
+                continue;
+            }
+            println!("repository '{name}':");
+        }
+        let one = Context_ { cfg: ctx.cfg.clone(), config_path: ctx.config_path.clone(), stanza: ctx.stanza.clone(), repo };
+        run(&one, opts).await.with_context(|| format!("repository '{name}'"))?;
+    }
+    Ok(())
+}
+
+/// Expires `ctx.repo` by its own `[[repo]]` retention.
 pub async fn run(ctx: &Context_, opts: &ExpireOptions) -> anyhow::Result<()> {
-    let repo_cfg = ctx.cfg.primary_repo();
+    let repo_cfg = ctx.cfg.repo_named(ctx.repo.name()).unwrap_or(ctx.cfg.primary_repo());
     let retention = Retention {
         fulls: opts.retention_full.or(repo_cfg.retention_full).map(|n| n as usize),
         full_days: repo_cfg.retention_full_days,
@@ -240,7 +272,7 @@ async fn expire(ctx: &Context_, opts: &ExpireOptions, retention: &Retention, own
 }
 
 fn repo_extra_days(ctx: &Context_) -> Option<u32> {
-    ctx.cfg.primary_repo().retention_archive_extra_days
+    ctx.cfg.repo_named(ctx.repo.name()).unwrap_or(ctx.cfg.primary_repo()).retention_archive_extra_days
 }
 
 /// Seconds after its last refresh at which a running marker is taken for a dead backup's.
