@@ -59,7 +59,7 @@ pub fn source_and_targets(cfg: &Config) -> anyhow::Result<(String, Vec<String>)>
     } else {
         cfg.replicator.targets.clone()
     };
-    if targets.iter().any(|t| *t == source) {
+    if targets.contains(&source) {
         bail!("replicator.targets names the source repository '{source}' itself");
     }
     Ok((source, targets))

@@ -170,7 +170,7 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                 println!("    wal archive: history file of timeline {tl} missing");
             }
             for r in &ctx.cfg.repo {
-                println!("    repository '{}': {}{}", r.name, r.tier.as_deref().unwrap_or("no tier"), if r.name == ctx.repo.name() { " (shown)" } else { "" });
+                println!("    repository '{}': {}{}", r.name, r.tier.as_deref().unwrap_or("no tier"), if r.name == ctx.repo.name() { " (read by this command)" } else { "" });
             }
             for r in &replication {
                 println!("    {}", r.to_text());
