@@ -105,6 +105,9 @@ struct Target {
     scanner: Mutex<Scanner>,
 }
 
+/// How often a worker tells the bus it is still copying an item: well within NATS's default ack wait (30 s).
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
 /// A unit of work on the bus.
 #[derive(Debug, Serialize, Deserialize)]
 struct Task {
@@ -305,7 +308,23 @@ async fn handle(delivery: Box<dyn Delivery>, targets: &[Arc<Target>], metrics: &
         let _ = delivery.nak(Duration::from_secs(5)).await;
         return;
     };
-    if copy_item(t, task.item, metrics).await {
+    // A backup can take longer to copy than the queue's ack wait: keep the task ours meanwhile, or another
+    // worker would start copying the same backup.
+    let copying = copy_item(t, task.item, metrics);
+    tokio::pin!(copying);
+    let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+    keep_alive.tick().await;
+    let copied = loop {
+        tokio::select! {
+            copied = &mut copying => break copied,
+            _ = keep_alive.tick() => {
+                if let Err(e) = delivery.keep_alive().await {
+                    warn!(error = %e, "cannot tell the bus a replication task is in progress; it may be redelivered");
+                }
+            }
+        }
+    };
+    if copied {
         if let Err(e) = delivery.ack().await {
             warn!(error = %e, "replication task done but its ack failed; it will be found complete when redelivered");
         }
