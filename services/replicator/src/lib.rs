@@ -59,7 +59,7 @@ pub fn source_and_targets(cfg: &Config) -> anyhow::Result<(String, Vec<String>)>
     } else {
         cfg.replicator.targets.clone()
     };
-    if targets.iter().any(|t| *t == source) {
+    if targets.contains(&source) {
         bail!("replicator.targets names the source repository '{source}' itself");
     }
     Ok((source, targets))
@@ -104,6 +104,9 @@ struct Target {
     copier: Copier,
     scanner: Mutex<Scanner>,
 }
+
+/// How often a worker tells the bus it is still copying an item: well within NATS's default ack wait (30 s).
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// A unit of work on the bus.
 #[derive(Debug, Serialize, Deserialize)]
@@ -305,7 +308,23 @@ async fn handle(delivery: Box<dyn Delivery>, targets: &[Arc<Target>], metrics: &
         let _ = delivery.nak(Duration::from_secs(5)).await;
         return;
     };
-    if copy_item(t, task.item, metrics).await {
+    // A backup can take longer to copy than the queue's ack wait: keep the task ours meanwhile, or another
+    // worker would start copying the same backup.
+    let copying = copy_item(t, task.item, metrics);
+    tokio::pin!(copying);
+    let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+    keep_alive.tick().await;
+    let copied = loop {
+        tokio::select! {
+            copied = &mut copying => break copied,
+            _ = keep_alive.tick() => {
+                if let Err(e) = delivery.keep_alive().await {
+                    warn!(error = %e, "cannot tell the bus a replication task is in progress; it may be redelivered");
+                }
+            }
+        }
+    };
+    if copied {
         if let Err(e) = delivery.ack().await {
             warn!(error = %e, "replication task done but its ack failed; it will be found complete when redelivered");
         }

@@ -119,11 +119,7 @@ impl Scanner {
         for o in ours.values().filter(|o| o.path.starts_with("stanza/")) {
             let parts: Vec<&str> = o.path.split('/').collect();
             match parts.as_slice() {
-                ["stanza", _, "stanza.json"] => {
-                    if missing(o) {
-                        count(&mut plan.lag, o, &mut seen);
-                    }
-                }
+                ["stanza", _, "stanza.json"] if missing(o) => count(&mut plan.lag, o, &mut seen),
                 ["stanza", stanza, "backup", file] => {
                     if let Some(label) = file.strip_suffix(".record") {
                         backups.push((o, Item::Backup { stanza: stanza.to_string(), label: label.to_string() }));

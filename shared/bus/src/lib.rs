@@ -90,6 +90,12 @@ pub trait Delivery: Send + Sync {
     async fn ack(self: Box<Self>) -> Result<()>;
     /// Gives the message back for redelivery (to any worker) after `delay`.
     async fn nak(self: Box<Self>, delay: Duration) -> Result<()>;
+    /// Tells the bus the worker is still at it, so a long task is not redelivered to another worker
+    /// meanwhile (NATS: an in-progress ack, which restarts the ack wait). The in-process bus never
+    /// redelivers on its own, so there it does nothing.
+    async fn keep_alive(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A worker's handle on a work queue.

@@ -508,6 +508,14 @@ impl Delivery for NatsDelivery {
     async fn nak(self: Box<Self>, delay: Duration) -> Result<()> {
         self.confirm(AckKind::Nak((!delay.is_zero()).then_some(delay))).await
     }
+
+    /// Not confirmed: a lost one only means the task may be redelivered, which workers tolerate.
+    async fn keep_alive(&self) -> Result<()> {
+        self.message.ack_with(AckKind::Progress).await.map_err(|e| BusError::PublishFailed {
+            subject: format!("in-progress ack of {}", self.queue.stream_name()),
+            reason: e.to_string(),
+        })
+    }
 }
 
 /// A core NATS subscription; dropping it unsubscribes.

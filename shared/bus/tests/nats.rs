@@ -545,3 +545,35 @@ async fn invalid_options_are_refused_before_connecting() {
     let err = NatsBus::connect_with("nats://127.0.0.1:1", options).await.unwrap_err();
     assert!(matches!(&err, BusError::Setup(m) if m.contains("ack_wait")), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_holds_a_long_task_past_the_ack_wait() {
+    let server = NatsServer::start();
+    let busy = NatsBus::connect_with(&server.url(), short_ack_wait()).await.unwrap();
+    let idle = NatsBus::connect_with(&server.url(), short_ack_wait()).await.unwrap();
+    busy.publish_work(Queue::Replicate, Bytes::from_static(b"copy a big backup")).await.unwrap();
+    let mut w1 = busy.work(Queue::Replicate).await.unwrap();
+    let taken = w1.next_within(ARRIVES).await.unwrap().expect("first delivery");
+    let mut w2 = idle.work(Queue::Replicate).await.unwrap();
+    // Three ack waits of work, telling the server every 300 ms: nobody else gets the task.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        taken.keep_alive().await.unwrap();
+        assert!(w2.next_within(Duration::from_millis(300)).await.unwrap().is_none(), "redelivered while kept alive");
+    }
+    taken.ack().await.unwrap();
+    let (stored, unacked, redelivered, _) = queue_state(&server.url(), Queue::Replicate).await;
+    assert_eq!((stored, unacked, redelivered), (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_published_twice_with_one_id_is_stored_once() {
+    let server = NatsServer::start();
+    let a = NatsBus::connect(&server.url()).await.unwrap();
+    let b = NatsBus::connect(&server.url()).await.unwrap();
+    a.publish_work_once(Queue::Replicate, "b.main.backup.L1", Bytes::from_static(b"task")).await.unwrap();
+    b.publish_work_once(Queue::Replicate, "b.main.backup.L1", Bytes::from_static(b"task")).await.unwrap();
+    b.publish_work_once(Queue::Replicate, "b.main.backup.L2", Bytes::from_static(b"other")).await.unwrap();
+    let (stored, _, _, _) = queue_state(&server.url(), Queue::Replicate).await;
+    assert_eq!(stored, 2, "the second publish of one id is a duplicate");
+}

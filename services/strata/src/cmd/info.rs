@@ -173,8 +173,10 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
             for tl in &missing_histories {
                 println!("    wal archive: history file of timeline {tl} missing");
             }
-            for r in &ctx.cfg.repo {
-                println!("    repository '{}': {}{}", r.name, r.tier.as_deref().unwrap_or("no tier"), if r.name == ctx.repo.name() { " (shown)" } else { "" });
+            // With one repository and no tier there is nothing to say beyond the header line.
+            let several = ctx.cfg.repo.len() > 1 || ctx.cfg.repo.iter().any(|r| r.tier.is_some());
+            for r in ctx.cfg.repo.iter().filter(|_| several) {
+                println!("    repository '{}': {}{}", r.name, r.tier.as_deref().unwrap_or("no tier"), if r.name == ctx.repo.name() { " (read by this command)" } else { "" });
             }
             for r in &replication {
                 println!("    {}", r.to_text());
