@@ -101,7 +101,12 @@ pub async fn run_all(ctx: &Context_, opts: &ExpireOptions, only_this: bool, auto
             println!("repository '{name}':");
         }
         let one = Context_ { cfg: ctx.cfg.clone(), config_path: ctx.config_path.clone(), stanza: ctx.stanza.clone(), repo };
-        run(&one, opts).await.with_context(|| format!("repository '{name}'"))?;
+        let expired = run(&one, opts).await;
+        if several {
+            expired.with_context(|| format!("repository '{name}'"))?;
+        } else {
+            expired?;
+        }
     }
     Ok(())
 }
