@@ -11,22 +11,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use strata_integration::*;
 
-/// Points the setup's first repository at `bucket` on `s3` instead of its posix directory.
-fn use_s3(setup: &Setup, s3: &S3Server, bucket: &str) {
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    let start = text.find("type = \"posix\"").expect("posix repo in config");
-    let end = text[start..].find("\npath = ").map(|i| start + i + 1).expect("path line");
-    let end = text[end..].find('\n').map(|i| end + i + 1).unwrap_or(text.len());
-    let text = format!("{}{}{}", &text[..start], s3.repo_config(bucket, ""), &text[end..]);
-    std::fs::write(&setup.config, text).unwrap();
-}
-
-/// Appends TOML to the setup's config.
-fn append_config(setup: &Setup, toml: &str) {
-    let mut f = std::fs::OpenOptions::new().append(true).open(&setup.config).unwrap();
-    writeln!(f, "\n{toml}").unwrap();
-}
-
 fn posix_repo(name: &str, path: &Path) -> String {
     format!("[[repo]]\nname = \"{name}\"\ntype = \"posix\"\npath = {}\n", strata_integration::config::toml_string(&path.display().to_string()))
 }
@@ -78,11 +62,9 @@ fn a_backup_replicated_to_a_second_bucket_restores_after_the_first_is_deleted() 
     s3.create_bucket("repo-a");
     s3.create_bucket("repo-b");
     let setup = Setup::new(&dir, "local", "", &[]);
-    use_s3(&setup, &s3, "repo-a");
+    setup.use_s3(&s3, "repo-a", "");
     let metrics_port = reserve_port();
-    append_config(
-        &setup,
-        &format!(
+    setup.append_config(&format!(
             "[[repo]]\nname = \"b\"\ntier = \"warm\"\nstorage_class = \"STANDARD_IA\"\n{}\n[replicator]\ninterval_secs = 1\nworkers = 2\nmetrics_listen = \"127.0.0.1:{}\"",
             s3.repo_config("repo-b", ""),
             metrics_port.get()
@@ -143,7 +125,7 @@ fn a_replicator_killed_mid_copy_resumes_and_the_target_ends_byte_identical() {
     // Uncompressed, so the backup is a few hundred MB of 64 MiB packs and copying takes a while.
     let setup = Setup::new(&dir, "local", "compress_level = 0\nin_flight_bytes = 268435456", &[]);
     let target = dir.subdir("repo-b");
-    append_config(&setup, &format!("{}\n[replicator]\ninterval_secs = 1\nworkers = 1", posix_repo("b", &target)));
+    setup.append_config(&format!("{}\n[replicator]\ninterval_secs = 1\nworkers = 1", posix_repo("b", &target)));
     setup.strata_ok(&["stanza-create"]);
     setup.pg.pgbench_init(25);
     setup.backup("full");
@@ -226,7 +208,7 @@ fn archive_push_writes_every_repository_and_names_a_required_one_it_cannot() {
     let dir = TestDir::new("repl_push");
     let setup = Setup::new(&dir, "local", "", &[]);
     let second = dir.subdir("repo-b");
-    append_config(&setup, &posix_repo("b", &second));
+    setup.append_config(&posix_repo("b", &second));
     setup.strata_ok(&["stanza-create"]);
     let first_segment = setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
     let (a, b) = (wal_records(&setup.repo), wal_records(&second));
@@ -253,7 +235,7 @@ fn archive_push_writes_every_repository_and_names_a_required_one_it_cannot() {
     assert_eq!(stderr.lines().filter(|l| l.starts_with("error: ")).count(), 1, "{}", describe(&out));
 
     // Not required: archive-push succeeds with a warning, and the replicator fills the gap later.
-    append_config(&setup, "archive_required = false");
+    setup.append_config("archive_required = false");
     let out = setup.strata(&["archive-push", segment_file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("warning: ") && String::from_utf8_lossy(&out.stderr).contains("'b'"), "{}", describe(&out));
@@ -267,7 +249,7 @@ fn archive_push_writes_every_repository_and_names_a_required_one_it_cannot() {
     let oldest = row["oldest_uncopied"].as_str().unwrap();
     assert!(oldest.starts_with("pack/") || oldest.contains("/wal/"), "{row}");
 
-    append_config(&setup, "[replicator]\ninterval_secs = 1");
+    setup.append_config("[replicator]\ninterval_secs = 1");
     let mut replicator = setup.bins.spawn_service("strata-replicator", &setup.config, dir.path());
     wait_caught_up(&setup, &mut replicator, "b", Duration::from_secs(120));
     assert!(replicator.stop().success());
@@ -284,7 +266,7 @@ fn replicators_on_nats_share_the_work_and_copy_each_backup_once() {
     let nats = NatsServer::start(&dir);
     let setup = Setup::new(&dir, "local", "", &[]);
     let target = dir.subdir("repo-b");
-    append_config(&setup, &format!("{}\n[replicator]\ninterval_secs = 1\nworkers = 2", posix_repo("b", &target)));
+    setup.append_config(&format!("{}\n[replicator]\ninterval_secs = 1\nworkers = 2", posix_repo("b", &target)));
     setup.strata_ok(&["stanza-create"]);
     setup.pg.pgbench_init(3);
     let full = setup.backup("full");

@@ -9,7 +9,6 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
-use strata_integration::s3::S3_ACCESS_KEY;
 use strata_integration::*;
 
 const MARKER: &str = "STRATA-REPLICATED-MARKER-0815";
@@ -33,40 +32,6 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
-/// Every object of a bucket: key and bytes (plain HTTP with a signature-shaped header, which moto wants).
-fn bucket_objects(s3: &S3Server, bucket: &str) -> Vec<(String, Vec<u8>)> {
-    let get = |path: &str| -> Vec<u8> {
-        let host = s3.endpoint().trim_start_matches("http://").to_string();
-        let mut s = std::net::TcpStream::connect(&host).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: AWS4-HMAC-SHA256 \
-             Credential={S3_ACCESS_KEY}/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0\r\n\
-             Connection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = Vec::new();
-        s.read_to_end(&mut response).unwrap();
-        let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP header end");
-        let head = String::from_utf8_lossy(&response[..split]).to_string();
-        assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
-        assert!(!head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "GET {path}: chunked answer");
-        response[split + 4..].to_vec()
-    };
-    let listing = String::from_utf8(get(&format!("/{bucket}?list-type=2&max-keys=1000"))).unwrap();
-    assert!(!listing.contains("<IsTruncated>true"), "more than 1000 objects in {bucket}");
-    listing
-        .split("<Key>")
-        .skip(1)
-        .filter_map(|rest| rest.split("</Key>").next())
-        .map(|key| {
-            assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b)), "key {key:?} needs encoding");
-            (key.to_string(), get(&format!("/{bucket}/{key}")))
-        })
-        .collect()
-}
-
 fn containing(objects: &[(String, Vec<u8>)], needle: &[u8]) -> Vec<String> {
     objects.iter().filter(|(_, b)| b.windows(needle.len()).any(|w| w == needle)).map(|(k, _)| k.clone()).collect()
 }
@@ -81,24 +46,17 @@ fn an_encrypted_repository_replicated_through_a_failing_s3_restores_from_the_sec
     let proxy = FaultProxy::start(port_of(&s3.endpoint()), 20, 0x0bad_5eed);
     // Uncompressed chunks, so that only the encryption hides the rows from a byte search.
     let setup = Setup::new(&dir, "local", "compress_level = 0\nwal_compress_level = 0", &[]);
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    let start = text.find("type = \"posix\"").expect("posix repo in config");
-    let end = text[start..].find("\npath = ").map(|i| start + i + 1).expect("path line");
-    let end = text[end..].find('\n').map(|i| end + i + 1).unwrap_or(text.len());
     let through_proxy = |bucket: &str| s3.repo_config(bucket, "main").replace(&s3.endpoint(), &proxy.endpoint());
     let metrics_port = reserve_port();
-    let text = format!(
-        "{}{}{}\n[[repo]]\nname = \"region-b\"\n{}\n[replicator]\ninterval_secs = 1\nworkers = 2\nmetrics_listen = \"127.0.0.1:{}\"\n\
+    setup.replace_posix_repo(&through_proxy("region-a"));
+    setup.append_config(&format!(
+        "[[repo]]\nname = \"region-b\"\n{}\n[replicator]\ninterval_secs = 1\nworkers = 2\nmetrics_listen = \"127.0.0.1:{}\"\n\
          [encryption]\n{}",
-        &text[..start],
-        through_proxy("region-a"),
-        &text[end..],
         through_proxy("region-b"),
         metrics_port.get(),
         // KMS is reached directly: the proxy stands for a flaky S3, not a flaky KMS.
         s3.kms_encryption_config(&key),
-    );
-    std::fs::write(&setup.config, text).unwrap();
+    ));
 
     setup.strata_ok(&["stanza-create"]);
     setup.pg.psql("SELECT pg_reload_conf()");

@@ -22,12 +22,7 @@ fn setup_through(dir: &TestDir, s3: &S3Server, proxy: &FaultProxy, bucket: &str)
     let config = dir.path().join(config::CONFIG_FILE_NAME);
     let archive_command = format!("STRATA_LOG=warn {}", bins.archive_push_command(&config, STANZA));
     let setup = Setup::new(dir, "local", "", &[("archive_command", &archive_command)]);
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    let start = text.find("type = \"posix\"").expect("posix repo in config");
-    let end = text[start..].find("\npath = ").map(|i| start + i + 1).expect("path line");
-    let end = text[end..].find('\n').map(|i| end + i + 1).unwrap_or(text.len());
-    let repo = s3.repo_config(bucket, "faulty").replace(&s3.endpoint(), &proxy.endpoint());
-    std::fs::write(&setup.config, format!("{}{}{}", &text[..start], repo, &text[end..])).unwrap();
+    setup.replace_posix_repo(&s3.repo_config(bucket, "faulty").replace(&s3.endpoint(), &proxy.endpoint()));
     setup
 }
 

@@ -8,16 +8,6 @@ use common::*;
 use std::time::Duration;
 use strata_integration::*;
 
-/// Points the setup's config at `bucket`/`prefix` on `s3` instead of the posix repository.
-fn use_s3(setup: &Setup, s3: &S3Server, bucket: &str, prefix: &str) {
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    let start = text.find("type = \"posix\"").expect("posix repo in config");
-    let end = text[start..].find("\npath = ").map(|i| start + i + 1).expect("path line");
-    let end = text[end..].find('\n').map(|i| end + i + 1).unwrap_or(text.len());
-    let text = format!("{}{}{}", &text[..start], s3.repo_config(bucket, prefix), &text[end..]);
-    std::fs::write(&setup.config, text).unwrap();
-}
-
 #[test]
 fn backup_archive_and_restore_through_s3() {
     let dir = TestDir::new("s3_repo");
@@ -25,7 +15,7 @@ fn backup_archive_and_restore_through_s3() {
     s3.create_bucket("strata-test");
     // Uncompressed 64 MiB packs, so that packs go up as multipart uploads (above 32 MiB).
     let setup = Setup::new(&dir, "local", "compress_level = 0\nin_flight_bytes = 268435456", &[]);
-    use_s3(&setup, &s3, "strata-test", "clusters/a");
+    setup.use_s3(&s3, "strata-test", "clusters/a");
     setup.strata_ok(&["stanza-create"]);
     setup.pg.pgbench_init(5);
     setup.strata_ok(&["check"]);
@@ -56,7 +46,7 @@ fn an_archived_segment_is_never_replaced_in_s3() {
     let s3 = S3Server::start(&dir);
     s3.create_bucket("strata-test");
     let setup = Setup::new(&dir, "local", "", &[]);
-    use_s3(&setup, &s3, "strata-test", "");
+    setup.use_s3(&s3, "strata-test", "");
     setup.strata_ok(&["stanza-create"]);
     let segment = setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
     // The same name with other content: refused, and the archived copy is the one archive-get returns.
@@ -78,7 +68,7 @@ fn an_unreachable_server_or_missing_bucket_is_one_error_line() {
     let s3 = S3Server::start(&dir);
     let setup = Setup::new(&dir, "local", "", &[]);
 
-    use_s3(&setup, &s3, "no-such-bucket", "");
+    setup.use_s3(&s3, "no-such-bucket", "");
     let line = setup.strata_fails(&["stanza-create"]);
     assert!(line.contains("bucket does not exist"), "{line}");
 

@@ -4,11 +4,13 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 use strata_integration::*;
+use strata_integration::s3::S3_ACCESS_KEY;
 
 pub const STANZA: &str = "main";
 
@@ -66,6 +68,34 @@ impl Setup {
     /// Runs `strata <args>`, expects it to fail with exactly one `error:` line on stderr, and returns it.
     pub fn strata_fails(&self, args: &[&str]) -> String {
         expect_one_error_line(&self.strata(args), args)
+    }
+
+    /// Replaces the posix repository's `type` and `path` lines in the config with `repo_body` (another
+    /// repository's keys, e.g. [`S3Server::repo_config`]'s).
+    pub fn replace_posix_repo(&self, repo_body: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let start = text.find("type = \"posix\"").expect("posix repo in config");
+        let end = text[start..].find("\npath = ").map(|i| start + i + 1).expect("path line");
+        let end = text[end..].find('\n').map(|i| end + i + 1).unwrap_or(text.len());
+        std::fs::write(&self.config, format!("{}{}{}", &text[..start], repo_body, &text[end..])).unwrap();
+    }
+
+    /// Points the config's repository at `bucket`/`prefix` on `s3` instead of its posix directory.
+    pub fn use_s3(&self, s3: &S3Server, bucket: &str, prefix: &str) {
+        self.replace_posix_repo(&s3.repo_config(bucket, prefix));
+    }
+
+    /// Appends TOML to the config.
+    pub fn append_config(&self, toml: &str) {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&self.config).unwrap();
+        writeln!(f, "\n{toml}").unwrap();
+    }
+
+    /// Replaces the first occurrence of `from` in the config.
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains(from), "config has no {from:?}:\n{text}");
+        std::fs::write(&self.config, text.replacen(from, to, 1)).unwrap();
     }
 
     /// `backup --type <kind>`; returns the new backup's label.
@@ -180,4 +210,90 @@ pub fn assert_same_tables(source: &PgCluster, copy: &PgCluster, db: &str) {
     let b = copy.table_digests(db);
     assert!(!a.is_empty(), "the source has no tables to compare in {db}");
     assert_eq!(a, b, "restored tables differ from the source's in {db}");
+}
+
+/// Every object of an S3 bucket (moto), read with plain HTTP: (key, bytes).
+pub fn bucket_objects(s3: &S3Server, bucket: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut path = format!("/{bucket}?list-type=2&max-keys=1000");
+        if let Some(t) = &token {
+            path.push_str(&format!("&continuation-token={}", url_encode(t)));
+        }
+        let listing = String::from_utf8(http_get(s3, &path)).expect("listing is text");
+        for key in xml_values(&listing, "Key") {
+            let body = http_get(s3, &format!("/{bucket}/{}", url_encode_path(&key)));
+            out.push((key, body));
+        }
+        match xml_values(&listing, "NextContinuationToken").into_iter().next() {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    out
+}
+
+fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        let after = &rest[i + open.len()..];
+        let Some(j) = after.find(&close) else { break };
+        out.push(after[..j].replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\""));
+        rest = &after[j + close.len()..];
+    }
+    out
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn url_encode_path(s: &str) -> String {
+    s.split('/').map(url_encode).collect::<Vec<_>>().join("/")
+}
+
+/// GET on the S3 server; the body (panics unless 200).
+fn http_get(s3: &S3Server, path: &str) -> Vec<u8> {
+    let host = s3.endpoint().trim_start_matches("http://").to_string();
+    let mut s = TcpStream::connect(&host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // moto answers anonymous object reads with 403; it does not check signatures, only that there is one.
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: AWS4-HMAC-SHA256 \
+         Credential={S3_ACCESS_KEY}/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    s.read_to_end(&mut response).unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP header end");
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"), "GET {path}: {head}");
+    let body = response[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return dechunk(&body);
+    }
+    body
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+        let size = usize::from_str_radix(String::from_utf8_lossy(&body[..line_end]).trim(), 16).expect("chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&body[line_end + 2..line_end + 2 + size]);
+        body = &body[line_end + 2 + size + 2..];
+    }
 }
