@@ -9,6 +9,10 @@
 //! # Readiness
 //! The server is ready when an HTTP request to it is answered. Buckets are created with a plain HTTP
 //! `PUT /<bucket>` (moto accepts any credentials), so the harness needs no S3 client of its own.
+//!
+//! # KMS
+//! moto serves KMS on the same port; the KMS helpers (`kms_create_key`, `kms_disable_key`, ...) are plain
+//! JSON POSTs for the same reason.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -104,6 +108,74 @@ impl S3Server {
              access_key_id = \"{S3_ACCESS_KEY}\"\nsecret_access_key = \"{S3_SECRET_KEY}\"\n",
             self.endpoint()
         )
+    }
+
+    /// Where this server's KMS API is: moto serves KMS on the same port as S3.
+    pub fn kms_endpoint(&self) -> String {
+        self.endpoint()
+    }
+
+    /// Creates a symmetric KMS key; returns its key id.
+    pub fn kms_create_key(&self) -> String {
+        let reply = self.kms("CreateKey", "{}");
+        reply["KeyMetadata"]["KeyId"].as_str().unwrap_or_else(|| panic!("CreateKey answered without a KeyId: {reply}")).to_string()
+    }
+
+    /// Disables a KMS key (id or ARN).
+    pub fn kms_disable_key(&self, key_id: &str) {
+        self.kms("DisableKey", &serde_json::json!({ "KeyId": key_id }).to_string());
+    }
+
+    /// A KMS key's state ("Enabled", "Disabled", ...).
+    pub fn kms_key_state(&self, key_id: &str) -> String {
+        let reply = self.kms("DescribeKey", &serde_json::json!({ "KeyId": key_id }).to_string());
+        reply["KeyMetadata"]["KeyState"].as_str().unwrap_or_else(|| panic!("DescribeKey answered without a KeyState: {reply}")).to_string()
+    }
+
+    /// The `[encryption]` body that wraps data keys with `key_id` on this server's KMS.
+    pub fn kms_encryption_config(&self, key_id: &str) -> String {
+        format!(
+            "type = \"kms\"\nkms_key_id = \"{key_id}\"\nkms_region = \"us-east-1\"\nkms_endpoint = \"{}\"\n\
+             kms_access_key_id = \"{S3_ACCESS_KEY}\"\nkms_secret_access_key = \"{S3_SECRET_KEY}\"\n",
+            self.kms_endpoint()
+        )
+    }
+
+    /// One KMS JSON call (`TrentService.<action>`); panics unless it answers 200. moto picks the service and
+    /// region from the Authorization header's credential scope, so the request carries a SigV4-shaped one
+    /// (moto does not check signatures).
+    fn kms(&self, action: &str, body: &str) -> serde_json::Value {
+        let headers = format!(
+            "X-Amz-Target: TrentService.{action}\r\nContent-Type: application/x-amz-json-1.1\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential={S3_ACCESS_KEY}/20260101/us-east-1/kms/aws4_request, \
+             SignedHeaders=host;x-amz-target, Signature=0\r\n"
+        );
+        let (status, reply) =
+            self.http_full("POST", "/", &headers, body.as_bytes()).unwrap_or_else(|e| panic!("KMS {action}: {e}"));
+        assert!(status == 200, "KMS {action}: HTTP {status}: {reply}\n{}", log_tail(&self.log_file, 20));
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("KMS {action} answered invalid JSON ({e}): {reply}"))
+    }
+
+    /// One HTTP/1.1 request with extra header lines (each ending in CRLF); the status code and the body.
+    fn http_full(&self, method: &str, path: &str, headers: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port.get()))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.port.get(),
+            body.len()
+        )?;
+        s.write_all(body)?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {:?}", response.lines().next())))?;
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((status, body))
     }
 
     /// One HTTP/1.1 request; the response's status code.
