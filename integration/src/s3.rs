@@ -214,30 +214,13 @@ impl S3Server {
 
     /// One HTTP/1.1 request; the response's status code and body.
     fn http_full(&self, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port.get()))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n",
-            self.port.get(),
-            body.len(),
-            // moto refuses anonymous deletes; it checks the access key's presence, not the signature.
-            if method == "DELETE" {
-                format!("Authorization: AWS4-HMAC-SHA256 Credential={S3_ACCESS_KEY}/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0\r\n")
-            } else {
-                String::new()
-            }
-        )?;
-        s.write_all(body)?;
-        let mut response = String::new();
-        s.read_to_string(&mut response)?;
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {:?}", response.lines().next())))?;
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Ok((status, body))
+        // moto refuses anonymous deletes; it checks the access key's presence, not the signature.
+        let headers = if method == "DELETE" {
+            format!("Authorization: AWS4-HMAC-SHA256 Credential={S3_ACCESS_KEY}/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0\r\n")
+        } else {
+            String::new()
+        };
+        self.http_with_headers(method, path, &headers, body)
     }
 
     /// Stops the server (SIGTERM, then SIGKILL after a grace period), by its pid.

@@ -66,7 +66,7 @@ async fn passphrase_round_trip() {
 #[tokio::test]
 async fn wrong_passphrase_is_one_clear_error() {
     let (_, wrapped) = provider("right").generate().await.unwrap();
-    let e = message(provider("wrong").unwrap(&wrapped).await.err().expect("a wrong passphrase must fail"));
+    let e = message(provider("wrong").unwrap(&wrapped).await.expect_err("a wrong passphrase must fail"));
     assert!(e.starts_with("wrong passphrase for the repository's data key"), "{e}");
     assert!(!e.contains('\n'), "{e}");
 }
@@ -76,10 +76,10 @@ async fn changed_kdf_parameters_do_not_unwrap() {
     let p = provider("pass");
     let (_, mut wrapped) = p.generate().await.unwrap();
     wrapped.kdf = Some(KdfParams { iterations: 1, ..KdfParams::default() });
-    let e = message(p.unwrap(&wrapped).await.err().expect("weakened parameters must fail"));
+    let e = message(p.unwrap(&wrapped).await.expect_err("weakened parameters must fail"));
     assert!(e.contains("wrong passphrase") && e.contains("altered"), "{e}");
     wrapped.kdf = Some(KdfParams { memory_kib: u32::MAX, ..KdfParams::default() });
-    let e = message(p.unwrap(&wrapped).await.err().expect("absurd parameters must fail"));
+    let e = message(p.unwrap(&wrapped).await.expect_err("absurd parameters must fail"));
     assert!(e.contains("implausible KDF parameters"), "{e}");
 }
 
