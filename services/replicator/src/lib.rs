@@ -78,19 +78,7 @@ pub async fn open(cfg: &Config, rc: &RepoConfig) -> anyhow::Result<Opened> {
     match rc.kind {
         strata_config::RepoType::Posix => Ok(Opened { repo: strata_uploader::open_repo(cfg, rc).await?, s3: None }),
         strata_config::RepoType::S3 => {
-            let custom = rc.endpoint.is_some();
-            let settings = strata_storage::S3Settings {
-                bucket: rc.bucket.clone(),
-                prefix: rc.prefix.clone(),
-                region: rc.region.clone().unwrap_or_else(|| "us-east-1".into()),
-                endpoint: rc.endpoint.clone(),
-                path_style: rc.path_style.unwrap_or(custom),
-                credentials: rc.access_key_id.clone().zip(rc.secret_access_key.clone()),
-                storage_class: rc.storage_class.clone(),
-                checksums: rc.checksums.unwrap_or(!custom),
-                retry: Default::default(),
-            };
-            let s3 = Arc::new(S3Storage::open(settings).await.with_context(|| format!("repository '{}'", rc.name))?);
+            let s3 = strata_runtime::open_s3(rc).await?;
             let storage: Arc<dyn strata_storage::Storage> = s3.clone();
             let sealer = strata_keys::sealer_for(cfg, storage.as_ref()).await.with_context(|| format!("repository '{}'", rc.name))?;
             Ok(Opened { repo: Repo::new(rc.name.clone(), storage).with_sealer(sealer), s3: Some(s3) })

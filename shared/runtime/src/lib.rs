@@ -69,23 +69,27 @@ pub async fn open_storage(cfg: &strata_config::RepoConfig) -> anyhow::Result<Arc
         strata_config::RepoType::Posix => Arc::new(
             strata_storage::PosixStorage::open(&cfg.path).with_context(|| format!("repository '{}'", cfg.name))?,
         ),
-        strata_config::RepoType::S3 => {
-            let custom = cfg.endpoint.is_some();
-            let settings = strata_storage::S3Settings {
-                bucket: cfg.bucket.clone(),
-                prefix: cfg.prefix.clone(),
-                region: cfg.region.clone().unwrap_or_else(|| "us-east-1".into()),
-                endpoint: cfg.endpoint.clone(),
-                path_style: cfg.path_style.unwrap_or(custom),
-                credentials: cfg.access_key_id.clone().zip(cfg.secret_access_key.clone()),
-                storage_class: cfg.storage_class.clone(),
-                checksums: cfg.checksums.unwrap_or(!custom),
-                retry: Default::default(),
-            };
-            Arc::new(strata_storage::S3Storage::open(settings).await.with_context(|| format!("repository '{}'", cfg.name))?)
-        }
+        strata_config::RepoType::S3 => open_s3(cfg).await?,
     };
     Ok(storage)
+}
+
+/// Opens an S3 repository's backend (the concrete type, for callers that export its retry count).
+pub async fn open_s3(cfg: &strata_config::RepoConfig) -> anyhow::Result<Arc<strata_storage::S3Storage>> {
+    use anyhow::Context;
+    let custom = cfg.endpoint.is_some();
+    let settings = strata_storage::S3Settings {
+        bucket: cfg.bucket.clone(),
+        prefix: cfg.prefix.clone(),
+        region: cfg.region.clone().unwrap_or_else(|| "us-east-1".into()),
+        endpoint: cfg.endpoint.clone(),
+        path_style: cfg.path_style.unwrap_or(custom),
+        credentials: cfg.access_key_id.clone().zip(cfg.secret_access_key.clone()),
+        storage_class: cfg.storage_class.clone(),
+        checksums: cfg.checksums.unwrap_or(!custom),
+        retry: Default::default(),
+    };
+    Ok(Arc::new(strata_storage::S3Storage::open(settings).await.with_context(|| format!("repository '{}'", cfg.name))?))
 }
 
 /// The sealer a long-running service (collector, sealer, uploader) works with: the primary repository's
