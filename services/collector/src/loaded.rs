@@ -19,7 +19,9 @@ use strata_messages::{
 };
 
 /// How long the collector waits for each chunk of a manifest.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longer than one S3 attempt (`strata_storage::RetryPolicy`: 60 s), so that an uploader whose read
+/// stalled once and was retried still answers in time.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(90);
 /// Chunks asked for in one request: bounds the replies in flight.
 const FETCH_BATCH: usize = 8;
 

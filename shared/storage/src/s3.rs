@@ -67,7 +67,9 @@ impl Default for RetryPolicy {
             attempts: 5,
             first_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
-            attempt_timeout: Duration::from_secs(120),
+            // A stalled attempt (a connection that answers nothing) is cut after a minute and retried,
+            // as pgBackRest's io-timeout does; a 64 MiB pack needs only ~1 MB/s to fit.
+            attempt_timeout: Duration::from_secs(60),
         }
     }
 }
