@@ -66,7 +66,9 @@ fn kill_stage_mid_backup(which: &str) {
     assert!(setup.backup_labels().is_empty(), "info shows a backup that was never committed");
 
     // The stage comes back; the next backup succeeds and restores.
-    let restarted = Service::spawn(&setup.bins, &format!("strata-{which}"), &setup.config, dir.path());
+    let mut restarted = Service::spawn(&setup.bins, &format!("strata-{which}"), &setup.config, dir.path());
+    // Up means subscribed: a fetch request published before that would reach no uploader (core NATS).
+    restarted.wait_for_log(&format!("{which} running"), Duration::from_secs(60));
     match which {
         "uploader" => services.uploader = restarted,
         _ => services.sealer = restarted,
