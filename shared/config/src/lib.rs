@@ -50,6 +50,162 @@ pub struct Config {
     /// What the replicator service copies, and where.
     #[serde(default)]
     pub replicator: ReplicatorConfig,
+    /// What the verifier service checks, and how often.
+    #[serde(default)]
+    pub verifier: VerifierConfig,
+    /// Restore tests: where they run, how long they may take, and the queries that decide pass or fail.
+    #[serde(default)]
+    pub restore_test: RestoreTestConfig,
+    /// Alert thresholds and the webhooks alerts are delivered to.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    /// The audit log: one JSON line per backup, restore, expire, verify, restore test and config change.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Prometheus endpoints of the pipeline services (the replicator's is `replicator.metrics_listen`).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The verifier service: checks new backups and the WAL archive, runs scheduled restore tests, exports the
+/// stanzas' health as metrics and raises alerts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifierConfig {
+    /// Seconds between two looks at the repositories and the clusters (new backups, WAL, alert rules).
+    pub interval_secs: u64,
+    /// Verify each new backup (every chunk, from every repository) once it is committed.
+    pub verify_new_backups: bool,
+    /// Address of the Prometheus metrics endpoint ("127.0.0.1:9188"); unset: none.
+    pub metrics_listen: Option<String>,
+}
+
+impl Default for VerifierConfig {
+    fn default() -> Self {
+        VerifierConfig { interval_secs: 60, verify_new_backups: true, metrics_listen: None }
+    }
+}
+
+/// Restore tests (`strata restore-test`, and the verifier on a schedule).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestoreTestConfig {
+    /// Seconds between scheduled restore tests of each stanza by the verifier (0: only on demand).
+    pub interval_secs: u64,
+    /// A test that has not passed or failed after this many seconds (restore, replay, queries) fails.
+    pub timeout_secs: u64,
+    /// Directory the temporary data directories are made in; unset: the system's temporary directory.
+    pub work_dir: Option<PathBuf>,
+    /// Directory of pg_ctl, postgres and pg_amcheck; unset: the stanza's major version under
+    /// /usr/lib/postgresql/<major>/bin, else PATH.
+    pub pg_bin_dir: Option<PathBuf>,
+    /// OS user the test server runs as when the test runs as root (PostgreSQL refuses root).
+    pub os_user: String,
+    /// Run pg_amcheck on every database of the restored server.
+    pub amcheck: bool,
+    /// The checks that decide whether the restored cluster is good.
+    pub query: Vec<ValidationQuery>,
+}
+
+impl Default for RestoreTestConfig {
+    fn default() -> Self {
+        RestoreTestConfig {
+            interval_secs: 0,
+            timeout_secs: 3600,
+            work_dir: None,
+            pg_bin_dir: None,
+            os_user: "postgres".into(),
+            amcheck: true,
+            query: Vec::new(),
+        }
+    }
+}
+
+/// One validation query of a restore test: it must succeed, and its first column of its first row must
+/// meet every expectation given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationQuery {
+    /// Shown in results ("accounts row count").
+    pub name: String,
+    /// Only for this stanza; unset: every stanza.
+    #[serde(default)]
+    pub stanza: Option<String>,
+    #[serde(default = "default_database")]
+    pub database: String,
+    pub sql: String,
+    /// The value, as a number, is at least this.
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// The value, as a number, is at most this.
+    #[serde(default)]
+    pub max: Option<f64>,
+    /// The value, as text, equals this.
+    #[serde(default)]
+    pub equals: Option<String>,
+    /// The value is a timestamp no older than this many seconds before the test's recovery target (for a
+    /// restore to the archive's end: before the last transaction archived). A freshness check.
+    #[serde(default)]
+    pub max_age_secs: Option<u64>,
+}
+
+fn default_database() -> String {
+    "postgres".into()
+}
+
+/// Alert rules' thresholds, and where alerts go. Every alert is logged; each tier may also have a webhook
+/// (a JSON POST whose body Slack accepts).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    pub webhook_critical: Option<String>,
+    pub webhook_warning: Option<String>,
+    pub webhook_info: Option<String>,
+    /// A firing alert is sent again after this many seconds while it lasts.
+    pub resend_secs: u64,
+    /// Critical when the newest backup is older than the stanza's `rpo_secs` times this.
+    pub backup_late_factor: f64,
+    /// Repository use (percent of its filesystem) for a warning, and for a critical alert.
+    pub repo_full_warning_percent: f64,
+    pub repo_full_critical_percent: f64,
+    /// Warning when the newest archived segment is this many seconds behind the cluster's WAL.
+    pub archive_lag_warning_secs: u64,
+    /// Warning when the average duration of a type of backup over the last 7 days exceeds the week
+    /// before's by this percent.
+    pub backup_duration_increase_percent: f64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            webhook_critical: None,
+            webhook_warning: None,
+            webhook_info: None,
+            resend_secs: 3600,
+            backup_late_factor: 1.5,
+            repo_full_warning_percent: 70.0,
+            repo_full_critical_percent: 90.0,
+            archive_lag_warning_secs: 3600,
+            backup_duration_increase_percent: 30.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// File the audit log is appended to; unset: no audit log.
+    pub path: Option<PathBuf>,
+}
+
+/// `host:port` of each pipeline service's Prometheus endpoint (`GET /metrics`); unset: none. A service's
+/// `--metrics-listen` flag overrides its key.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub collector: Option<String>,
+    pub sealer: Option<String>,
+    pub uploader: Option<String>,
 }
 
 /// Where the data key comes from. The repository holds only the wrapped key (`keys/strata.keys`).
@@ -165,6 +321,14 @@ pub struct StanzaConfig {
     pub pg_data: PathBuf,
     /// libpq connection string of a superuser (or a role allowed pg_backup_start/stop) on that cluster.
     pub pg_conn: String,
+    /// Recovery point objective: a backup is expected at least this often. With none for
+    /// `alerts.backup_late_factor` times as long, the stanza is critical.
+    #[serde(default = "default_rpo_secs")]
+    pub rpo_secs: u64,
+}
+
+fn default_rpo_secs() -> u64 {
+    86_400
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -240,7 +404,8 @@ pub struct RepoConfig {
     pub checksums: Option<bool>,
 }
 
-const TOP_LEVEL_KEYS: [&str; 6] = ["bus", "pipeline", "stanza", "repo", "encryption", "replicator"];
+const TOP_LEVEL_KEYS: [&str; 11] =
+    ["bus", "pipeline", "stanza", "repo", "encryption", "replicator", "verifier", "restore_test", "alerts", "audit", "metrics"];
 
 fn default_true() -> bool {
     true
@@ -316,6 +481,28 @@ impl Config {
         }
         if self.replicator.workers == 0 {
             return Err("replicator.workers must be at least 1".into());
+        }
+        for q in &self.restore_test.query {
+            if let Some(st) = &q.stanza {
+                if !self.stanza.contains_key(st) {
+                    return Err(format!("restore_test.query '{}' names stanza '{st}', which the config does not define", q.name));
+                }
+            }
+        }
+        if self.verifier.interval_secs == 0 {
+            return Err("verifier.interval_secs must be at least 1".into());
+        }
+        let a = &self.alerts;
+        if a.backup_late_factor < 1.0 {
+            return Err("alerts.backup_late_factor must be at least 1".into());
+        }
+        if a.repo_full_warning_percent > a.repo_full_critical_percent {
+            return Err("alerts.repo_full_warning_percent must not exceed alerts.repo_full_critical_percent".into());
+        }
+        for url in [&a.webhook_critical, &a.webhook_warning, &a.webhook_info].into_iter().flatten() {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err(format!("alerts webhook '{url}' must be an http:// or https:// URL"));
+            }
         }
         for name in self.stanza.keys() {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
