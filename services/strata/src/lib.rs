@@ -6,6 +6,7 @@
 //! repository directly.
 
 pub mod cmd;
+pub mod health;
 pub mod local;
 pub mod multi_repo;
 mod progress;
@@ -98,6 +99,15 @@ pub enum Command {
     },
     /// Shows backups and the WAL archive.
     Info {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Reads every backup (or one) and the WAL archive back from each repository and checks them: chunk
+    /// hashes, page checksums, WAL presence and hashes. Exits non-zero when anything is damaged.
+    Verify {
+        /// Only this backup (and the WAL from its start).
+        #[arg(long)]
+        set: Option<String>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
@@ -231,9 +241,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     | Command::ArchiveGet { .. }
                     | Command::ArchivePrefetch { .. }
                     | Command::Expire { .. }
+                    | Command::Verify { .. }
             );
             if rc.name != cfg.primary_repo().name && !reads {
-                anyhow::bail!("--repo {name}: only restore, info, archive-get and expire work on another repository than the primary");
+                anyhow::bail!("--repo {name}: only restore, info, archive-get, expire and verify work on another repository than the primary");
             }
             rc
         }
@@ -283,6 +294,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Info { output } => cmd::info::run(&ctx, output).await,
         Command::Check => cmd::check::run(&ctx).await.context("check"),
+        Command::Verify { set, output } => cmd::verify::run(&ctx, set.as_deref(), output, cli_repo.is_none()).await,
         Command::Expire { retention_full, dry_run, gc_grace_secs } => {
             let opts = cmd::expire::ExpireOptions { retention_full, dry_run, gc_grace_secs };
             cmd::expire::run_all(&ctx, &opts, cli_repo.is_some(), false).await.context("expire")

@@ -78,11 +78,14 @@ pub struct VerifierConfig {
     pub verify_new_backups: bool,
     /// Address of the Prometheus metrics endpoint ("127.0.0.1:9188"); unset: none.
     pub metrics_listen: Option<String>,
+    /// File where the verifier keeps which alerts it has sent, so that a restart neither repeats them
+    /// within `alerts.resend_secs` nor forgets to resolve them; unset: kept in memory only.
+    pub alert_state_file: Option<PathBuf>,
 }
 
 impl Default for VerifierConfig {
     fn default() -> Self {
-        VerifierConfig { interval_secs: 60, verify_new_backups: true, metrics_listen: None }
+        VerifierConfig { interval_secs: 60, verify_new_backups: true, metrics_listen: None, alert_state_file: None }
     }
 }
 

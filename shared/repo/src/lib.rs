@@ -20,6 +20,7 @@
 
 pub mod annotations;
 pub mod pack;
+pub mod verify_results;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -76,4 +76,25 @@ pub trait Storage: Send + Sync {
     /// Every object under the directory `prefix` (recursively), sorted by path.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
     async fn delete(&self, path: &str) -> Result<()>;
+    /// The size and free space of what holds the repository (a POSIX filesystem), or `None` where there is
+    /// no such limit to report (an S3 bucket).
+    async fn capacity(&self) -> Result<Option<Capacity>> {
+        Ok(None)
+    }
+}
+
+/// Space of the filesystem a repository lives on, as `statvfs` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub size_bytes: u64,
+    /// Free for an unprivileged writer (`f_bavail`).
+    pub free_bytes: u64,
+}
+
+impl Capacity {
+    /// Percent of the filesystem in use, as `df` counts it (used over used plus available).
+    pub fn used_percent(&self) -> f64 {
+        let used = self.size_bytes.saturating_sub(self.free_bytes) as f64;
+        if self.size_bytes == 0 { 0.0 } else { 100.0 * used / self.size_bytes as f64 }
+    }
 }

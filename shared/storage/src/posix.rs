@@ -133,6 +133,25 @@ impl Storage for PosixStorage {
         format!("posix:{}", self.root.display())
     }
 
+
+    async fn capacity(&self) -> Result<Option<crate::Capacity>> {
+        let root = self.root.clone();
+        let stat = tokio::task::spawn_blocking(move || {
+            let c = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+            // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer for the call's duration.
+            if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(st)
+        })
+        .await
+        .expect("statvfs task panicked")
+        .map_err(|e| io_err(&self.root, e))?;
+        let frsize = stat.f_frsize as u64;
+        Ok(Some(crate::Capacity { size_bytes: stat.f_blocks as u64 * frsize, free_bytes: stat.f_bavail as u64 * frsize }))
+    }
+
     fn features(&self) -> Features {
         Features { directories: true }
     }

@@ -180,6 +180,7 @@ async fn expire(ctx: &Context_, opts: &ExpireOptions, retention: &Retention, own
         for b in &expired {
             ctx.repo.delete_backup(&ctx.stanza, &b.summary.label).await?;
             ctx.repo.delete_annotation(&ctx.stanza, &b.summary.label).await?;
+            ctx.repo.delete_verify_result(&ctx.stanza, &b.summary.label).await?;
         }
         for n in &expired_wal {
             ctx.repo.delete_wal(&ctx.stanza, n).await?;

@@ -8,7 +8,9 @@
 //! are listed per timeline since the oldest backup, as `check` reports them.
 
 use crate::cmd::target::format_pg_time;
-use crate::cmd::{format_bytes, format_time};
+use crate::cmd::{format_bytes, format_time, now};
+use crate::health::{age, Health};
+use strata_repo::verify_results::{VerifyResult, WAL_SUBJECT};
 use crate::wal_archive::{describe_range, Gap, TargetTimeline, WalArchive};
 use crate::{Context_, OutputFormat};
 use serde_json::{json, Value};
@@ -90,6 +92,13 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
         .collect();
     let annotations: std::collections::HashMap<String, strata_repo::annotations::Annotation> =
         ctx.repo.annotations(&ctx.stanza).await?.into_iter().collect();
+    let health = health_of_repositories(ctx).await;
+    let verified: std::collections::HashMap<String, VerifyResult> = health
+        .iter()
+        .find_map(|(name, h)| (name == ctx.repo.name()).then_some(h))
+        .and_then(|h| h.as_ref().ok())
+        .map(|h| h.verify.iter().map(|v| (v.subject.clone(), v.clone())).collect())
+        .unwrap_or_default();
     match output {
         OutputFormat::Json => {
             let list: Vec<_> = backups
@@ -129,6 +138,7 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                         "checksum_failures": s.checksum_failures,
                         "pg_version_num": s.pg_version_num,
                         "recovery_window": window,
+                        "verify": verified.get(&s.label).map(verify_json),
                         "pinned": annotations.get(&s.label).is_some_and(|a| a.pinned),
                         "note": annotations.get(&s.label).and_then(|a| a.note.clone()),
                     })
@@ -149,6 +159,9 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                 },
                 "repositories": repositories,
                 "replication": replication.iter().map(Replication::to_json).collect::<Vec<_>>(),
+                "wal_verify": verified.get(WAL_SUBJECT).map(verify_json),
+                "status": health.iter().find_map(|(n, h)| (n == ctx.repo.name()).then(|| health_json(h))),
+                "repository_status": health.iter().map(|(n, h)| json!({ "repo": n, "status": health_json(h) })).collect::<Vec<_>>(),
             }]);
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
@@ -160,6 +173,18 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                 stanza.system_id,
                 ctx.repo.name()
             );
+            for (name, h) in &health {
+                let marker = if health.len() > 1 { format!(" (repository '{name}')") } else { String::new() };
+                match h {
+                    Ok(h) => {
+                        println!("    status{marker}: {}", h.status_text());
+                        if name == ctx.repo.name() {
+                            print_facts(h);
+                        }
+                    }
+                    Err(e) => println!("    status{marker}: unknown ({e})"),
+                }
+            }
             match (&first, &last) {
                 (Some(f), Some(l)) => println!("    wal archive: {f} ... {l} ({} segments)", segments.len()),
                 _ => println!("    wal archive: empty"),
@@ -234,6 +259,10 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                 if s.checksum_failures > 0 {
                     println!("        page checksum failures: {}", s.checksum_failures);
                 }
+                match verified.get(&s.label) {
+                    Some(v) => println!("        {}", verify_text(v, now())),
+                    None => println!("        verified: never"),
+                }
             }
         }
     }
@@ -307,4 +336,89 @@ async fn replication(ctx: &Context_) -> Vec<Replication> {
         out.push(Replication { source: source.clone(), target, tier, lag, now });
     }
     out
+}
+
+/// The health of the stanza in every repository (the one `info` reads first), each evaluated now.
+async fn health_of_repositories(ctx: &Context_) -> Vec<(String, Result<Health, String>)> {
+    let pg_conn = ctx.cfg.stanza(&ctx.stanza).ok().map(|s| s.pg_conn.clone());
+    let mut out = Vec::new();
+    for rc in &ctx.cfg.repo {
+        let repo = if rc.name == ctx.repo.name() {
+            Ok(ctx.repo.clone())
+        } else {
+            strata_uploader::open_repo(&ctx.cfg, rc).await.map_err(|e| format!("{e:#}"))
+        };
+        let h = match repo {
+            Ok(r) => crate::health::evaluate(&ctx.cfg, &r, &ctx.stanza, pg_conn.as_deref(), now()).await.map_err(|e| format!("{e:#}")),
+            Err(e) => Err(e),
+        };
+        out.push((rc.name.clone(), h));
+    }
+    out.sort_by_key(|(n, _)| n != ctx.repo.name());
+    out
+}
+
+fn verify_json(v: &VerifyResult) -> Value {
+    json!({
+        "time": v.time,
+        "ok": v.ok(),
+        "problem_count": v.problem_count,
+        "problems": v.problems.iter().take(10).map(|p| p.to_string()).collect::<Vec<_>>(),
+        "chunks": v.chunks,
+        "wal_files": v.wal_files,
+        "duration_secs": v.duration_secs,
+    })
+}
+
+fn verify_text(v: &VerifyResult, now: i64) -> String {
+    let when = format!("{} UTC, {} ago", format_time(v.time), age(now - v.time));
+    if v.ok() {
+        format!("verified: ok ({when})")
+    } else {
+        let first = v.problems.first().map(|p| format!("; first: {p}")).unwrap_or_default();
+        format!("verified: DAMAGED, {} problems ({when}){first}", v.problem_count)
+    }
+}
+
+fn health_json(h: &Result<Health, String>) -> Value {
+    match h {
+        Ok(h) => json!({
+            "status": h.status.as_str(),
+            "reasons": h.findings.iter().map(|f| json!({ "level": f.level.as_str(), "rule": f.rule, "summary": f.summary })).collect::<Vec<_>>(),
+            "rpo_secs": h.rpo_secs,
+            "last_backup": h.last_backup,
+            "archiver": match &h.archiver { Ok(a) => json!(a), Err(e) => json!({ "unknown": e }) },
+            "space": match &h.space { Ok(s) => json!(s), Err(e) => json!({ "unknown": e }) },
+            "last_verify_time": h.last_verify_time(),
+            "verify_problems": h.verify_problems(),
+        }),
+        Err(e) => json!({ "status": "unknown", "error": e }),
+    }
+}
+
+fn print_facts(h: &Health) {
+    let now = h.time;
+    match &h.archiver {
+        Ok(a) => println!(
+            "    archiver: {} archived, {} failed; last archived {}{}; lag {} bytes, {}",
+            a.archived_count,
+            a.failed_count,
+            a.last_archived_wal.as_deref().unwrap_or("none"),
+            a.last_archived_time.map(|t| format!(" at {} UTC", format_time(t))).unwrap_or_default(),
+            a.lag_bytes,
+            age(a.lag_seconds)
+        ),
+        Err(e) => println!("    archiver: unknown ({e})"),
+    }
+    if let Ok(s) = &h.space {
+        let fs = match (s.fs_used_percent, s.fs_free_bytes) {
+            (Some(p), Some(free)) => format!("; filesystem {p:.0}% full, {} free", format_bytes(free)),
+            _ => String::new(),
+        };
+        println!("    repository space: {} used{fs}", format_bytes(s.used_bytes));
+    }
+    match h.verify.iter().find(|v| v.subject == WAL_SUBJECT) {
+        Some(v) => println!("    wal archive {}", verify_text(v, now)),
+        None => println!("    wal archive verified: never"),
+    }
 }

@@ -11,6 +11,7 @@ pub mod rekey;
 pub mod restore;
 pub mod stanza;
 pub mod target;
+pub mod verify;
 
 pub use strata_collector::cluster::{check_data_directory, connect, read_facts as cluster_facts};
 
@@ -22,6 +23,14 @@ pub fn now() -> i64 {
 pub fn format_time(t: i64) -> String {
     let st = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64);
     humantime::format_rfc3339_seconds(st).to_string().replace('T', " ").trim_end_matches('Z').to_string()
+}
+
+/// `user@host` of this process, for results and logs that say who did something.
+pub fn who() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }));
+    format!("{user}@{}", expire::hostname())
 }
 
 pub fn format_bytes(b: u64) -> String {

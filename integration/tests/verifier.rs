@@ -1,0 +1,143 @@
+//! The verifier service: verifies new backups on its own, exports metrics that agree with `info`, and
+//! raises the critical alert when WAL archiving stops (once, not again while it lasts; resolved when
+//! fixed).
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+use strata_integration::*;
+
+/// `GET /metrics` on `port`, as curl would.
+fn scrape(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint accepts");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    out
+}
+
+/// The value of one series (`name{labels}`) in a scrape.
+fn value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn verifier_verifies_new_backups_exports_metrics_and_alerts_when_archiving_stops() {
+    let dir = TestDir::new("verifier");
+    let setup = Setup::new(&dir, "local", "", &[]);
+    let hook = WebhookReceiver::start();
+    let port = reserve_port();
+    setup.append_config(&format!(
+        "[verifier]\ninterval_secs = 1\nmetrics_listen = \"127.0.0.1:{}\"\n\n[alerts]\nwebhook_critical = \"{}\"\nresend_secs = 3600",
+        port.get(),
+        hook.url()
+    ));
+    setup.strata_ok(&["stanza-create"]);
+    setup.pg.pgbench_init(2);
+    let label = setup.backup("full");
+    setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
+    drop(port);
+    let mut verifier = setup.bins.spawn_service("strata-verifier", &setup.config, dir.path());
+    verifier.wait_for_log("verifier running", Duration::from_secs(30));
+
+    // The new backup is verified without anyone asking, and info shows it.
+    let info = wait_until("the verifier verifies the new backup", Duration::from_secs(120), || {
+        let info = setup.info();
+        (info[0]["backups"][0]["verify"]["ok"] == true && info[0]["wal_verify"]["ok"] == true).then_some(info)
+    });
+    assert_eq!(info[0]["status"]["status"], "ok", "{info:#}");
+
+    // Metrics agree with info.
+    let port = port_of(&verifier);
+    let m = wait_until("the verifier's metrics show the backup", Duration::from_secs(30), || {
+        let m = scrape(port);
+        value(&m, "strata_verify_last_timestamp_seconds{repo=\"local\",stanza=\"main\"}").map(|_| m)
+    });
+    let b = &info[0]["backups"][0];
+    let st = &info[0]["status"];
+    assert_eq!(value(&m, "strata_backup_last_success_timestamp_seconds{stanza=\"main\",type=\"full\"}"), b["stop_time"].as_f64(), "{m}");
+    assert_eq!(value(&m, "strata_backup_stored_bytes{stanza=\"main\",type=\"full\"}"), b["stored_bytes"].as_f64(), "{m}");
+    assert_eq!(
+        value(&m, "strata_backup_duration_seconds{stanza=\"main\",type=\"full\"}"),
+        Some((b["stop_time"].as_i64().unwrap() - b["start_time"].as_i64().unwrap()) as f64),
+        "{m}"
+    );
+    assert_eq!(value(&m, "strata_stanza_rpo_seconds{stanza=\"main\"}"), st["rpo_secs"].as_f64(), "{m}");
+    assert_eq!(value(&m, "strata_archive_failed_total{stanza=\"main\"}"), st["archiver"]["failed_count"].as_f64(), "{m}");
+    assert_eq!(value(&m, "strata_archive_archived_total{stanza=\"main\"}"), st["archiver"]["archived_count"].as_f64(), "{m}");
+    assert_eq!(
+        value(&m, "strata_archive_last_archived_timestamp_seconds{stanza=\"main\"}"),
+        st["archiver"]["last_archived_time"].as_f64(),
+        "{m}"
+    );
+    assert_eq!(value(&m, "strata_verify_errors{repo=\"local\",stanza=\"main\"}"), Some(0.0), "{m}");
+    assert_eq!(value(&m, "strata_stanza_status{stanza=\"main\"}"), Some(0.0), "{m}");
+    assert!(value(&m, "strata_repo_used_bytes{repo=\"local\"}").unwrap() > 0.0, "{m}");
+    assert!(value(&m, "strata_repo_size_bytes{repo=\"local\"}").unwrap() >= st["space"]["fs_size_bytes"].as_f64().unwrap() - 1.0, "{m}");
+    assert!(m.contains("# TYPE strata_archive_failed_total counter"), "{m}");
+    assert!(m.contains(&format!("strata_verify_runs_total{{outcome=\"ok\",repo=\"local\",stanza=\"main\",subject=\"backup\"}} 1")), "{m}");
+    assert!(hook.bodies().is_empty(), "no alert while all is well: {:?}", hook.bodies());
+    let _ = label;
+
+    // Archiving breaks: the critical alert reaches the webhook within a few rounds.
+    setup.pg.psql("ALTER SYSTEM SET archive_command = 'false'");
+    setup.pg.psql("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_secs(1));
+    setup.pg.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS i");
+    setup.pg.psql("SELECT pg_switch_wal()");
+    let firing = wait_until("the critical alert at the webhook", Duration::from_secs(60), || {
+        hook.bodies().into_iter().find(|b| b["strata"]["status"] == "firing")
+    });
+    assert_eq!(firing["strata"]["tier"], "critical", "{firing:#}");
+    assert_eq!(firing["strata"]["stanza"], "main", "{firing:#}");
+    let text = firing["text"].as_str().unwrap();
+    assert!(text.contains("WAL archiving is failing"), "{text}");
+    let info = setup.info();
+    assert_eq!(info[0]["status"]["status"], "critical", "{info:#}");
+    let m = scrape(port);
+    assert_eq!(value(&m, "strata_stanza_status{stanza=\"main\"}"), Some(2.0), "{m}");
+    assert!(value(&m, "strata_archive_failed_total{stanza=\"main\"}").unwrap() >= 1.0, "{m}");
+
+    // Several rounds later: still one message.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(hook.bodies().len(), 1, "no duplicate: {:?}", hook.bodies());
+
+    // Fixed: one resolved message, no second firing, status ok again.
+    setup.pg.psql("ALTER SYSTEM RESET archive_command");
+    setup.pg.psql("SELECT pg_reload_conf()");
+    setup.pg.switch_wal_and_wait_archived(Duration::from_secs(120));
+    let resolved = wait_until("the resolved message", Duration::from_secs(60), || {
+        hook.bodies().into_iter().find(|b| b["strata"]["status"] == "resolved")
+    });
+    assert_eq!(resolved["strata"]["key"], firing["strata"]["key"], "{resolved:#}");
+    std::thread::sleep(Duration::from_secs(3));
+    let bodies = hook.bodies();
+    assert_eq!(bodies.iter().filter(|b| b["strata"]["status"] == "firing").count(), 1, "{bodies:?}");
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    let info = setup.info();
+    assert_eq!(info[0]["status"]["status"], "ok", "{info:#}");
+    assert!(verifier.stop().success(), "the verifier did not stop cleanly");
+}
+
+/// The metrics port the verifier logged.
+fn port_of(verifier: &Service) -> u16 {
+    let log = std::fs::read_to_string(verifier.log_file()).unwrap();
+    let at = log.find("metrics at http://127.0.0.1:").expect("the verifier logs its metrics address");
+    let rest = &log[at + "metrics at http://127.0.0.1:".len()..];
+    rest[..rest.find('/').unwrap()].parse().unwrap()
+}

@@ -1,0 +1,358 @@
+//! A stanza's health in one repository: the facts (newest backups, the archiver's progress, repository
+//! space, the last verification and restore test) and what the alert rules make of them.
+//!
+//! One evaluation serves `info` (its status word and reasons), the verifier's metrics and the verifier's
+//! alerts, so the three never disagree about what is wrong. Rules and thresholds are the `[alerts]`
+//! section's:
+//!
+//! | tier | rule |
+//! |---|---|
+//! | critical | no backup for longer than the stanza's `rpo_secs` × `backup_late_factor` (1.5) |
+//! | critical | WAL archiving is failing: `pg_stat_archiver`'s last failure is newer than its last success |
+//! | critical | the repository's filesystem is over `repo_full_critical_percent` (90%) full |
+//! | critical | the last restore test failed |
+//! | critical | the last verification found damage in a backup or the WAL archive |
+//! | warning | a backup type's average duration over the last 7 days is `backup_duration_increase_percent` (30%) above the 7 days before |
+//! | warning | the repository is over `repo_full_warning_percent` (70%) full |
+//! | warning | a whole segment has waited longer than `archive_lag_warning_secs` (1 h) to be archived |
+//!
+//! The cluster is asked only when it can be reached (a short connection timeout): from a host without
+//! access, the archiver's facts are simply unknown, and say so.
+
+use crate::cmd::format_time;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use strata_config::{AlertsConfig, Config};
+use strata_messages::BackupRecord;
+use strata_repo::verify_results::{VerifyResult, WAL_SUBJECT};
+use strata_repo::Repo;
+
+/// How bad a finding (or a stanza) is; ordered, so the worst is the max.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warning,
+    Critical,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Warning => "warning",
+            Level::Critical => "critical",
+        }
+    }
+
+    /// The value of the `strata_stanza_status` metric.
+    pub fn as_number(self) -> f64 {
+        match self {
+            Level::Ok => 0.0,
+            Level::Warning => 1.0,
+            Level::Critical => 2.0,
+        }
+    }
+}
+
+/// One rule that fires.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub level: Level,
+    /// Stable name of the rule ("backup-late", "archive-failing"...), for deduplicating alerts.
+    pub rule: &'static str,
+    pub summary: String,
+}
+
+/// The newest backup of a type.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastBackup {
+    pub label: String,
+    pub stop_time: i64,
+    pub duration_secs: i64,
+    pub stored_bytes: u64,
+    pub database_bytes: u64,
+}
+
+/// What `pg_stat_archiver` and the WAL position say about archiving.
+#[derive(Debug, Clone, Serialize)]
+pub struct Archiver {
+    pub archived_count: i64,
+    pub failed_count: i64,
+    pub last_archived_wal: Option<String>,
+    pub last_archived_time: Option<i64>,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_time: Option<i64>,
+    /// Bytes of WAL written after the end of the last archived segment.
+    pub lag_bytes: u64,
+    /// How long the oldest whole segment not yet archived has waited (0 when none is whole yet).
+    pub lag_seconds: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Space {
+    /// Bytes of the repository's objects.
+    pub used_bytes: u64,
+    /// The filesystem's size and free space (POSIX repositories).
+    pub fs_size_bytes: Option<u64>,
+    pub fs_free_bytes: Option<u64>,
+    pub fs_used_percent: Option<f64>,
+}
+
+/// A stanza's health in one repository.
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    pub stanza: String,
+    pub repo: String,
+    pub time: i64,
+    pub status: Level,
+    pub findings: Vec<Finding>,
+    pub rpo_secs: u64,
+    /// By backup type ("full", "diff", "incr").
+    pub last_backup: BTreeMap<String, LastBackup>,
+    pub archiver: Result<Archiver, String>,
+    pub space: Result<Space, String>,
+    /// Of the backups that still exist, and of the WAL archive.
+    pub verify: Vec<VerifyResult>,
+}
+
+impl Health {
+    /// The newest verification among the stored results (backups and WAL).
+    pub fn last_verify_time(&self) -> Option<i64> {
+        self.verify.iter().map(|v| v.time).max()
+    }
+
+    pub fn verify_problems(&self) -> u64 {
+        self.verify.iter().map(|v| v.problem_count).sum()
+    }
+
+    /// "critical: WAL archiving is failing ...; no backup for ..." or "ok".
+    pub fn status_text(&self) -> String {
+        if self.findings.is_empty() {
+            return "ok".into();
+        }
+        let reasons: Vec<&str> = self.findings.iter().map(|f| f.summary.as_str()).collect();
+        format!("{} ({})", self.status.as_str(), reasons.join("; "))
+    }
+}
+
+/// Reads everything the rules need and evaluates them. `pg_conn`: the stanza's cluster, asked with a
+/// short timeout (`None`: do not ask).
+pub async fn evaluate(cfg: &Config, repo: &Repo, stanza: &str, pg_conn: Option<&str>, now: i64) -> anyhow::Result<Health> {
+    let backups = repo.backups(stanza).await?;
+    let seg_size = repo.stanza(stanza).await?.wal_segment_size;
+    let rpo_secs = cfg.stanza(stanza)?.rpo_secs;
+    let mut last_backup = BTreeMap::new();
+    for b in &backups {
+        let s = &b.summary;
+        last_backup.insert(
+            s.backup_type.as_str().to_string(),
+            LastBackup {
+                label: s.label.clone(),
+                stop_time: s.stop_time,
+                duration_secs: s.stop_time - s.start_time,
+                stored_bytes: s.stored_bytes,
+                database_bytes: s.database_bytes,
+            },
+        );
+    }
+    let archiver = match pg_conn {
+        Some(conn) => archiver(conn, seg_size, now).await.map_err(|e| format!("{e:#}")),
+        None => Err("not asked".into()),
+    };
+    let space = space(repo).await.map_err(|e| format!("{e:#}"));
+    let labels: std::collections::HashSet<&str> = backups.iter().map(|b| b.summary.label.as_str()).collect();
+    let verify: Vec<VerifyResult> = repo
+        .verify_results(stanza)
+        .await?
+        .into_iter()
+        .filter(|v| v.subject == WAL_SUBJECT || labels.contains(v.subject.as_str()))
+        .collect();
+    let mut h = Health {
+        stanza: stanza.to_string(),
+        repo: repo.name().to_string(),
+        time: now,
+        status: Level::Ok,
+        findings: Vec::new(),
+        rpo_secs,
+        last_backup,
+        archiver,
+        space,
+        verify,
+    };
+    h.findings = rules(&cfg.alerts, &h, &backups, now);
+    h.status = h.findings.iter().map(|f| f.level).max().unwrap_or(Level::Ok);
+    Ok(h)
+}
+
+/// The alert rules (see the module docs) over the facts.
+pub fn rules(a: &AlertsConfig, h: &Health, backups: &[BackupRecord], now: i64) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut find = |level, rule, summary: String| out.push(Finding { level, rule, summary });
+    let late_after = (h.rpo_secs as f64 * a.backup_late_factor) as i64;
+    match h.last_backup.values().map(|b| b.stop_time).max() {
+        None => find(Level::Critical, "backup-late", "no backup exists".into()),
+        Some(t) if now - t > late_after => find(
+            Level::Critical,
+            "backup-late",
+            format!("no backup since {} UTC ({} ago; RPO {})", format_time(t), age(now - t), age(h.rpo_secs as i64)),
+        ),
+        _ => {}
+    }
+    if let Ok(ar) = &h.archiver {
+        let failing = match (ar.last_failed_time, ar.last_archived_time) {
+            (Some(f), Some(ok)) => f > ok,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if failing {
+            find(
+                Level::Critical,
+                "archive-failing",
+                format!(
+                    "WAL archiving is failing: {} failed at {} UTC{}",
+                    ar.last_failed_wal.as_deref().unwrap_or("a WAL file"),
+                    format_time(ar.last_failed_time.unwrap_or(0)),
+                    ar.last_archived_time.map(|t| format!(", last success {} UTC", format_time(t))).unwrap_or_default()
+                ),
+            );
+        } else if ar.lag_seconds > a.archive_lag_warning_secs as i64 {
+            find(
+                Level::Warning,
+                "archive-lag",
+                format!("WAL archiving is {} behind ({} bytes not archived)", age(ar.lag_seconds), ar.lag_bytes),
+            );
+        }
+    }
+    if let Ok(Space { fs_used_percent: Some(p), .. }) = &h.space {
+        if *p > a.repo_full_critical_percent {
+            find(Level::Critical, "repo-full", format!("repository '{}' is {p:.0}% full", h.repo));
+        } else if *p > a.repo_full_warning_percent {
+            find(Level::Warning, "repo-full", format!("repository '{}' is {p:.0}% full", h.repo));
+        }
+    }
+    let damaged: Vec<&VerifyResult> = h.verify.iter().filter(|v| !v.ok()).collect();
+    if !damaged.is_empty() {
+        let first = damaged[0].problems.first().map(|p| p.to_string()).unwrap_or_default();
+        let what: Vec<&str> = damaged.iter().map(|v| v.subject.as_str()).collect();
+        find(
+            Level::Critical,
+            "verify-damage",
+            format!(
+                "verify found {} problems in repository '{}' ({}): {first}",
+                damaged.iter().map(|v| v.problem_count).sum::<u64>(),
+                h.repo,
+                what.join(", ")
+            ),
+        );
+    }
+    for (kind, this, before) in duration_weeks(backups, now) {
+        if before > 0.0 && this > before * (1.0 + a.backup_duration_increase_percent / 100.0) {
+            find(
+                Level::Warning,
+                "backup-slower",
+                format!("{kind} backups took {:.0}% longer this week ({this:.0} s on average, {before:.0} s the week before)", 100.0 * (this / before - 1.0)),
+            );
+        }
+    }
+    out
+}
+
+/// Per backup type: the average duration of the backups that ended in the last 7 days, and in the 7 days
+/// before (types with backups in both weeks only).
+fn duration_weeks(backups: &[BackupRecord], now: i64) -> Vec<(String, f64, f64)> {
+    const WEEK: i64 = 7 * 86_400;
+    let mut sums: BTreeMap<&str, [(f64, u32); 2]> = BTreeMap::new();
+    for b in backups {
+        let s = &b.summary;
+        let age = now - s.stop_time;
+        let week = if age < WEEK { 0 } else if age < 2 * WEEK { 1 } else { continue };
+        let e = sums.entry(s.backup_type.as_str()).or_default();
+        e[week].0 += (s.stop_time - s.start_time) as f64;
+        e[week].1 += 1;
+    }
+    sums.into_iter()
+        .filter(|(_, w)| w[0].1 > 0 && w[1].1 > 0)
+        .map(|(k, w)| (k.to_string(), w[0].0 / w[0].1 as f64, w[1].0 / w[1].1 as f64))
+        .collect()
+}
+
+/// "3 h 20 min", "45 s".
+pub fn age(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        7200..=172_799 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} days", s / 86_400),
+    }
+}
+
+async fn archiver(pg_conn: &str, seg_size: u64, now: i64) -> anyhow::Result<Archiver> {
+    let (client, connection) =
+        tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(pg_conn, tokio_postgres::NoTls))
+            .await
+            .map_err(|_| anyhow::anyhow!("the cluster did not answer within 5 s"))?
+            .map_err(|e| anyhow::anyhow!("cannot connect to the cluster: {e}"))?;
+    let conn = tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT archived_count, failed_count, last_archived_wal, extract(epoch from last_archived_time)::bigint,
+                    last_failed_wal, extract(epoch from last_failed_time)::bigint,
+                    CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END::text
+             FROM pg_stat_archiver",
+            &[],
+        )
+        .await?;
+    conn.abort();
+    let last_archived_wal: Option<String> = row.get(2);
+    let last_archived_time: Option<i64> = row.get(3);
+    let current: Option<String> = row.get(6);
+    let current = current.and_then(|c| c.parse::<strata_pg::Lsn>().ok()).map(|l| l.0).unwrap_or(0);
+    // The end of the last archived segment; history and backup-history files say nothing about it.
+    let archived_end = last_archived_wal
+        .as_deref()
+        .filter(|n| n.len() == 24)
+        .and_then(|n| Some((u64::from_str_radix(&n[8..16], 16).ok()? * (0x1_0000_0000 / seg_size) + u64::from_str_radix(&n[16..24], 16).ok()? + 1) * seg_size));
+    let lag_bytes = archived_end.map(|e| current.saturating_sub(e)).unwrap_or(current);
+    let lag_seconds = match last_archived_time {
+        // A whole segment is waiting: it has waited at least since the last one was archived.
+        Some(t) if lag_bytes >= seg_size => now - t,
+        _ => 0,
+    };
+    Ok(Archiver {
+        archived_count: row.get(0),
+        failed_count: row.get(1),
+        last_archived_wal,
+        last_archived_time,
+        last_failed_wal: row.get(4),
+        last_failed_time: row.get(5),
+        lag_bytes,
+        lag_seconds,
+    })
+}
+
+async fn space(repo: &Repo) -> anyhow::Result<Space> {
+    let used_bytes = repo.storage().list("").await?.iter().map(|o| o.size).sum();
+    let cap = repo.storage().capacity().await?;
+    Ok(Space {
+        used_bytes,
+        fs_size_bytes: cap.map(|c| c.size_bytes),
+        fs_free_bytes: cap.map(|c| c.free_bytes),
+        fs_used_percent: cap.map(|c| c.used_percent()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_naturally() {
+        assert_eq!(age(45), "45 s");
+        assert_eq!(age(600), "10 min");
+        assert_eq!(age(3 * 3600 + 1200), "3 h 20 min");
+        assert_eq!(age(5 * 86_400), "5 days");
+    }
+}

@@ -1,0 +1,177 @@
+//! The verifier service: keeps answering "when did you last test your backups?" with evidence.
+//!
+//! Every `verifier.interval_secs` it takes one look at each stanza in each repository:
+//! - **New backups** (committed, never verified in that repository) are verified: every chunk read back,
+//!   decrypted, decompressed and hashed, relation pages checked (`strata::cmd::verify`).
+//! - **The WAL archive** is checked for gaps from the oldest backup on, and every WAL file not yet found
+//!   intact by this process is read back against its hash. Files found intact are remembered, so a round
+//!   costs the new WAL only; a restarted verifier reads the archive once again.
+//! - **Restore tests** run on `restore_test.interval_secs`.
+//! - **Health** (`strata::health`, the same evaluation `info` shows) becomes metrics and alerts.
+//!
+//! Verifiers scale out without a coordinator: a backup's verification and a scheduled restore test are
+//! claimed in the repository with a put-if-absent object ([`strata_repo::Repo::claim`]), so two verifiers
+//! never do the same one, and any number can run on any hosts. The WAL check and the health evaluation
+//! are cheap and every verifier does them (each exports the same metrics).
+
+pub mod metrics;
+
+use anyhow::Context;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use strata::cmd::verify::{verify_repo, Scope};
+use strata::health::{Finding, Health, Level};
+use strata_alerts::{Alert, Notifier, Tier};
+use strata_config::Config;
+use strata_repo::Repo;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// A claim older than this belongs to a verifier that died: long enough for the biggest verification.
+const CLAIM_STALE_SECS: i64 = 6 * 3600;
+
+/// What one verifier process keeps between rounds.
+struct State {
+    /// Per (repository, stanza): WAL files found intact.
+    wal_intact: HashMap<(String, String), HashSet<String>>,
+    /// Which alerts are firing and what was sent about them.
+    notifier: Notifier,
+}
+
+/// Runs rounds until `shutdown` completes (or once, with `once`).
+pub async fn run(cfg: Arc<Config>, metrics_listen: Option<String>, once: bool, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut repos = Vec::new();
+    for rc in &cfg.repo {
+        repos.push(strata_uploader::open_repo(&cfg, rc).await.with_context(|| format!("repository '{}'", rc.name))?);
+    }
+    let metrics = metrics::VerifierMetrics::new(strata_metrics::Registry::new());
+    let stop = CancellationToken::new();
+    let mut background = Vec::new();
+    if let Some(addr) = &metrics_listen {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("verifier.metrics_listen = {addr:?}: cannot listen"))?;
+        info!(addr = %listener.local_addr()?, "metrics at http://{}/metrics", listener.local_addr()?);
+        let registry = metrics.registry().clone();
+        let stopped = stop.clone();
+        background.push(tokio::spawn(async move { strata_metrics::serve(listener, registry, stopped.cancelled_owned()).await }));
+    }
+    info!(stanzas = ?cfg.stanza.keys().collect::<Vec<_>>(), repositories = repos.len(), interval = cfg.verifier.interval_secs, "verifier running");
+    let notifier = Notifier::new(&cfg.alerts, cfg.verifier.alert_state_file.clone())?;
+    let mut state = State { wal_intact: HashMap::new(), notifier };
+    let interval = Duration::from_secs(cfg.verifier.interval_secs);
+    let rounds = async {
+        loop {
+            round(&cfg, &repos, &mut state, &metrics).await;
+            if once {
+                break;
+            }
+            tokio::time::sleep(interval).await;
+        }
+    };
+    tokio::select! {
+        _ = shutdown => {}
+        _ = rounds => {}
+    }
+    stop.cancel();
+    for b in background {
+        let _ = b.await;
+    }
+    info!("verifier stopped");
+    Ok(())
+}
+
+async fn round(cfg: &Config, repos: &[Repo], state: &mut State, metrics: &metrics::VerifierMetrics) {
+    let holder = strata::cmd::who();
+    let mut alerts = Vec::new();
+    for stanza in cfg.stanza.keys() {
+        for repo in repos {
+            if let Err(e) = verify_round(cfg, repo, stanza, &holder, state, metrics).await {
+                error!(stanza = %stanza, repo = %repo.name(), error = %format!("{e:#}"), "verification round failed");
+                metrics.round_error(stanza, repo.name());
+            }
+        }
+        let mut worst = strata::health::Level::Ok;
+        for repo in repos {
+            let pg_conn = cfg.stanza(stanza).ok().map(|s| s.pg_conn.as_str());
+            match strata::health::evaluate(cfg, repo, stanza, pg_conn, strata::cmd::now()).await {
+                Ok(h) => {
+                    worst = worst.max(h.status);
+                    metrics.health(&h);
+                    alerts.extend(h.findings.iter().map(|f| alert_of(&h, f)));
+                }
+                Err(e) => {
+                    warn!(stanza = %stanza, repo = %repo.name(), error = %format!("{e:#}"), "cannot evaluate health");
+                    metrics.round_error(stanza, repo.name());
+                }
+            }
+        }
+        metrics.stanza_status(stanza, worst);
+    }
+    state.notifier.update(alerts, strata::cmd::now()).await;
+    let firing = state.notifier.firing();
+    for tier in Tier::ALL {
+        metrics.alerts_firing(tier.as_str(), firing.iter().filter(|a| a.tier == tier).count());
+    }
+}
+
+/// A finding as an alert. Facts of the cluster (its archiver) are the stanza's, whichever repository's
+/// evaluation found them, so their key names no repository: one incident, not one per repository.
+fn alert_of(h: &Health, f: &Finding) -> Alert {
+    let key = if f.rule.starts_with("archive-") { format!("{}/{}", f.rule, h.stanza) } else { format!("{}/{}/{}", f.rule, h.stanza, h.repo) };
+    let tier = match f.level {
+        Level::Critical => Tier::Critical,
+        Level::Warning => Tier::Warning,
+        Level::Ok => Tier::Info,
+    };
+    Alert {
+        key,
+        tier,
+        stanza: Some(h.stanza.clone()),
+        summary: format!("{}: {}", h.stanza, f.summary),
+        details: format!("stanza '{}', repository '{}': {}", h.stanza, h.repo, h.status_text()),
+    }
+}
+
+/// Verifies the backups of `stanza` in `repo` that have no result yet, then the WAL not yet found intact.
+async fn verify_round(cfg: &Config, repo: &Repo, stanza: &str, holder: &str, state: &mut State, metrics: &metrics::VerifierMetrics) -> anyhow::Result<()> {
+    if repo.stanza(stanza).await.is_err() {
+        // No stanza-create yet in this repository: nothing to verify.
+        return Ok(());
+    }
+    let none = HashSet::new();
+    if cfg.verifier.verify_new_backups {
+        let done: HashSet<String> = repo.verify_results(stanza).await?.into_iter().map(|r| r.subject).collect();
+        for b in repo.backups(stanza).await? {
+            let label = &b.summary.label;
+            if done.contains(label) || !repo.claim(stanza, label, holder, CLAIM_STALE_SECS).await? {
+                continue;
+            }
+            let scope = Scope { set: Some(label), backups: true, wal: false, wal_known_intact: &none, store: true };
+            let outcome = verify_repo(repo, stanza, &scope).await;
+            repo.release(stanza, label).await?;
+            let report = outcome?;
+            for r in &report.backups {
+                metrics.verified(stanza, repo.name(), r);
+                if r.ok() {
+                    info!(stanza, repo = %repo.name(), backup = %label, chunks = r.chunks, seconds = r.duration_secs, "backup verified");
+                } else {
+                    error!(stanza, repo = %repo.name(), backup = %label, problems = r.problem_count, first = %r.problems[0], "backup is damaged");
+                }
+            }
+        }
+    }
+    let key = (repo.name().to_string(), stanza.to_string());
+    let known = state.wal_intact.entry(key).or_default();
+    let scope = Scope { set: None, backups: false, wal: true, wal_known_intact: known, store: true };
+    let report = verify_repo(repo, stanza, &scope).await?;
+    if let Some(wal) = report.wal {
+        metrics.verified(stanza, repo.name(), &wal.result);
+        for p in &wal.result.problems {
+            error!(stanza, repo = %repo.name(), problem = %p, "WAL archive problem");
+        }
+        known.extend(wal.intact);
+    }
+    Ok(())
+}
