@@ -56,6 +56,7 @@ pub mod ports;
 mod process;
 pub mod s3;
 pub mod testdir;
+pub mod webhook;
 
 pub use bins::{Service, StrataBins};
 pub use config::write_config;
@@ -67,3 +68,4 @@ pub use ports::{reserve_port, Port};
 pub use process::CommandError;
 pub use s3::S3Server;
 pub use testdir::TestDir;
+pub use webhook::WebhookReceiver;

@@ -14,10 +14,13 @@ pub mod wal_archive;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use cmd::audit::audit_op;
+use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
 use strata_config::Config;
 use strata_repo::Repo;
+use strata_audit::Op;
 
 #[derive(Parser, Debug)]
 #[command(name = "strata", version, about = "Strata: physical backups of PostgreSQL that prove they restore")]
@@ -152,6 +155,23 @@ pub enum Command {
         #[arg(long, group = "new_key")]
         new_passphrase_env: Option<String>,
     },
+    /// Shows the audit log (`[audit] path`): who ran which operation, when, and how it ended. With
+    /// --stanza, that stanza's operations and those about every stanza (config changes, rekeys).
+    Audit {
+        /// Operations since a date or time (UTC: 2026-12-01, '2026-12-01 10:00') or for a while (24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this operation (backup, restore, expire, verify, restore-test, config-change,
+        /// stanza-create, annotate, repo-rekey).
+        #[arg(long)]
+        op: Option<strata_audit::Op>,
+        /// Only operations that ended so: ok or failed.
+        #[arg(long)]
+        outcome: Option<strata_audit::Outcome>,
+        /// text: one line per operation; json: the log's entries, one JSON object per line.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,10 +239,25 @@ pub fn shell_quote(word: &str) -> String {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(&cli.config, std::env::vars())?;
+    let config_path = std::fs::canonicalize(&cli.config).unwrap_or(cli.config.clone());
+    cmd::audit::note_config(&cfg, &config_path);
+    // The audit log is read without a stanza or a repository, so that it can be read when they are broken.
+    if let Command::Audit { since, op, outcome, output } = &cli.command {
+        return cmd::audit::show(&cfg, cli.stanza.as_deref(), since.as_deref(), *op, *outcome, *output);
+    }
     // repo-rekey is about the repositories, not a stanza, and must run while the old key still unwraps.
     if let Command::RepoRekey { new_kms_key_id, new_passphrase_file, new_passphrase_env } = cli.command {
-        let new = cmd::rekey::NewKey::from_args(new_kms_key_id, new_passphrase_file, new_passphrase_env)?;
-        return cmd::rekey::run(&cfg, &new).await.context("repo-rekey");
+        let what = json!({
+            "new_kms_key_id": new_kms_key_id,
+            "new_passphrase_file": new_passphrase_file,
+            "new_passphrase_env": new_passphrase_env,
+            "args": cmd::audit::args(),
+        });
+        let rekey = async {
+            let new = cmd::rekey::NewKey::from_args(new_kms_key_id, new_passphrase_file, new_passphrase_env)?;
+            cmd::rekey::run(&cfg, &new).await.context("repo-rekey")
+        };
+        return audit_op(&cfg, Op::RepoRekey, None, None, what, rekey).await;
     }
     let stanza = cli.stanza.clone().context("--stanza is required (or STRATA_STANZA)")?;
     cfg.stanza(&stanza)?;
@@ -250,12 +285,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let repo = strata_uploader::open_repo(&cfg, repo_cfg).await?;
-    let config_path = std::fs::canonicalize(&cli.config).unwrap_or(cli.config.clone());
     let ctx = Context_ { cfg: Arc::new(cfg), config_path, stanza, repo };
+    let cfg: &Config = &ctx.cfg;
+    // The audited commands' entries name the stanza and the repository they worked on.
+    let (stanza, repo) = (Some(ctx.stanza.as_str()), Some(ctx.repo.name()));
     match cli.command {
-        Command::StanzaCreate => cmd::stanza::create(&ctx).await,
+        Command::StanzaCreate => {
+            let what = json!({ "args": cmd::audit::args() });
+            audit_op(cfg, Op::StanzaCreate, stanza, repo, what, cmd::stanza::create(&ctx)).await
+        }
         Command::Backup { backup_type, checksum_all } => {
-            cmd::backup::run(&ctx, backup_type.to_type(), checksum_all).await
+            let what = json!({ "type": backup_type.to_type().as_str(), "checksum_all": checksum_all, "args": cmd::audit::args() });
+            let backup = async { cmd::backup::run(&ctx, backup_type.to_type(), checksum_all).await.map(cmd::audit::BackupLabel) };
+            audit_op(cfg, Op::Backup, stanza, repo, what, backup).await.map(drop)
         }
         Command::ArchivePush { path } => cmd::archive::push(&ctx, &path).await.context("archive-push"),
         Command::ArchiveGet { wal_name, dest, prefetch } => {
@@ -290,19 +332,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 delta,
                 wal_prefetch,
             };
-            cmd::restore::run(&ctx, &opts).await.context("restore")
+            let what = json!({
+                "pg_data": pg_data,
+                "set": set,
+                "type": format!("{recovery:?}").to_lowercase(),
+                "target": target,
+                "delta": delta,
+                "args": cmd::audit::args(),
+            });
+            audit_op(cfg, Op::Restore, stanza, repo, what, async { cmd::restore::run(&ctx, &opts).await.context("restore") }).await
         }
         Command::Info { output } => cmd::info::run(&ctx, output).await,
         Command::Check => cmd::check::run(&ctx).await.context("check"),
         Command::Verify { set, output } => cmd::verify::run(&ctx, set.as_deref(), output, cli_repo.is_none()).await,
         Command::Expire { retention_full, dry_run, gc_grace_secs } => {
             let opts = cmd::expire::ExpireOptions { retention_full, dry_run, gc_grace_secs };
-            cmd::expire::run_all(&ctx, &opts, cli_repo.is_some(), false).await.context("expire")
+            let what = json!({ "retention_full": retention_full, "dry_run": dry_run, "args": cmd::audit::args() });
+            // Without --repo, expire works on every repository in turn.
+            let repo = if cli_repo.is_some() { repo } else { None };
+            let expire = async { cmd::expire::run_all(&ctx, &opts, cli_repo.is_some(), false).await.context("expire") };
+            audit_op(cfg, Op::Expire, stanza, repo, what, expire).await
         }
         Command::Annotate { set, pin, unpin, note } => {
             let pinned = if pin { Some(true) } else if unpin { Some(false) } else { None };
-            cmd::annotate::run(&ctx, &set, pinned, note.as_deref()).await.context("annotate")
+            let what = json!({ "set": set, "pin": pinned, "note": note, "args": cmd::audit::args() });
+            let annotate = async { cmd::annotate::run(&ctx, &set, pinned, note.as_deref()).await.context("annotate") };
+            audit_op(cfg, Op::Annotate, stanza, repo, what, annotate).await
         }
         Command::RepoRekey { .. } => unreachable!("repo-rekey is dispatched before a stanza is required"),
+        Command::Audit { .. } => unreachable!("audit is dispatched before a stanza is required"),
     }
 }

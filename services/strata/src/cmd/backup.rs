@@ -12,7 +12,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// A running backup reports progress every second; this much silence means its collector is gone.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub async fn run(ctx: &Context_, requested: BackupType, checksum_all: bool) -> anyhow::Result<()> {
+/// Returns the committed backup's label.
+pub async fn run(ctx: &Context_, requested: BackupType, checksum_all: bool) -> anyhow::Result<String> {
     let info = ctx.repo.stanza(&ctx.stanza).await?;
     // A differential is relative to the last full backup, an incremental to the last backup of any type.
     let backups = ctx.repo.backups(&ctx.stanza).await?;
@@ -124,7 +125,7 @@ pub async fn run(ctx: &Context_, requested: BackupType, checksum_all: bool) -> a
             eprintln!("warning: backup {} is committed, but the automatic expire failed: {e:#}", summary.label);
         }
     }
-    Ok(())
+    Ok(summary.label)
 }
 
 /// The time part of a label (`20261124-083000`), which orders labels whatever their type.

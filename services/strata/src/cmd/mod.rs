@@ -2,6 +2,7 @@
 
 pub mod annotate;
 pub mod archive;
+pub mod audit;
 pub mod backup;
 pub mod check;
 pub mod delta;

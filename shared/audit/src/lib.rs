@@ -1,0 +1,672 @@
+//! The audit log: who did what to which stanza and repository, when, and how it ended.
+//!
+//! # Format
+//! A text file of JSON lines, one per operation ([`AuditEntry`]), appended by every process that runs an
+//! auditable operation (`strata backup`, `restore`, `expire`, ..., and the verifier's verifications and
+//! restore tests). Lines are self-contained so that `grep`, `jq` and log shippers can read the file without
+//! Strata, and so that a torn last line (a process killed mid-write, a full disk) costs only that line.
+//!
+//! # Concurrent writers
+//! Several processes may append at once (an archive-push per WAL segment, a backup, the verifier). Each
+//! append opens the file with `O_APPEND`, takes an exclusive `flock(2)` for the duration of one `write` of
+//! the whole line and an `fdatasync`, then unlocks. The lock is what keeps lines whole: `O_APPEND` alone
+//! makes each `write` land at the end, but a line longer than `PIPE_BUF`, or a short write, could
+//! interleave with another writer's. Under the lock the writer also looks at the file's last byte: when a
+//! crashed writer left a line without its newline, the new line starts with one, so the torn fragment
+//! stays a line of its own (which [`read`] skips and counts) instead of corrupting the next entry.
+//! Readers take a shared lock, so they never see half of a line that is being written.
+//!
+//! # Failure policy
+//! The audit log records operations; it does not gate them. An operation whose line cannot be written (no
+//! permission, full disk) keeps its own result and exit status, and the caller prints one `warning:` line:
+//! refusing a backup, or reporting a backup that succeeded as failed, because its audit line could not be
+//! written would trade a lost backup for a complete log. The warning makes the gap visible where the
+//! operation was run.
+//!
+//! # Config changes
+//! [`note_config`] keeps the BLAKE3 hash of each config file it has seen in a sidecar file beside the log
+//! (`<log>.config-hash`, JSON, replaced atomically) and appends a `config-change` line when a config's
+//! hash differs from the one recorded, or when it is seen for the first time. The check and the update
+//! happen under the log's lock, so processes starting together with a new config record it once. The
+//! line is appended before the sidecar is replaced: a crash in between repeats the line, never loses it.
+//! Each config file has its own hash in the sidecar, so two configs sharing one log do not take turns
+//! being "changed".
+//!
+//! This crate knows the file format only: it neither reads the config nor decides what an operation is.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Mode of a new log file and its sidecar: the log names users, hosts and paths, not for everyone.
+const FILE_MODE: u32 = 0o640;
+/// Mode of directories created for the log.
+const DIR_MODE: u32 = 0o750;
+
+/// The operations the log records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Backup,
+    Restore,
+    Expire,
+    Verify,
+    RestoreTest,
+    ConfigChange,
+    StanzaCreate,
+    Annotate,
+    RepoRekey,
+}
+
+impl Op {
+    pub const ALL: [Op; 9] = [
+        Op::Backup,
+        Op::Restore,
+        Op::Expire,
+        Op::Verify,
+        Op::RestoreTest,
+        Op::ConfigChange,
+        Op::StanzaCreate,
+        Op::Annotate,
+        Op::RepoRekey,
+    ];
+
+    /// The name in the log's `op` field (and in `strata audit --op`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Backup => "backup",
+            Op::Restore => "restore",
+            Op::Expire => "expire",
+            Op::Verify => "verify",
+            Op::RestoreTest => "restore-test",
+            Op::ConfigChange => "config-change",
+            Op::StanzaCreate => "stanza-create",
+            Op::Annotate => "annotate",
+            Op::RepoRekey => "repo-rekey",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Op {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Op, String> {
+        Op::ALL.into_iter().find(|op| op.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = Op::ALL.iter().map(|op| op.as_str()).collect();
+            format!("unknown operation '{s}' (one of: {})", names.join(", "))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Ok,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+impl FromStr for Outcome {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Outcome, String> {
+        match s {
+            "ok" => Ok(Outcome::Ok),
+            "failed" => Ok(Outcome::Failed),
+            _ => Err(format!("unknown outcome '{s}' (ok or failed)")),
+        }
+    }
+}
+
+/// One line of the log.
+///
+/// `op` is kept as text rather than [`Op`] so that a log written by a newer Strata, with operations this
+/// one does not know, still reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When the operation started (Unix seconds).
+    pub time: i64,
+    /// `time` as `2026-12-02 17:30:00` (UTC), for people reading the file directly.
+    pub time_text: String,
+    /// The OS user the operation ran as (effective uid).
+    pub user: String,
+    pub host: String,
+    pub pid: u32,
+    pub op: String,
+    pub stanza: Option<String>,
+    /// The repository the operation worked on; none when it was about all of them.
+    pub repo: Option<String>,
+    /// The operation's details (arguments, backup label, ...), an object.
+    pub what: serde_json::Value,
+    pub outcome: Outcome,
+    /// Why the operation failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_secs: f64,
+}
+
+impl AuditEntry {
+    /// An entry for an operation of this process that started at `started` and took `duration`; `error`
+    /// is `None` when it succeeded.
+    pub fn new(
+        op: Op,
+        stanza: Option<&str>,
+        repo: Option<&str>,
+        what: serde_json::Value,
+        started: SystemTime,
+        duration: Duration,
+        error: Option<String>,
+    ) -> AuditEntry {
+        let time = started.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let (user, host) = identity();
+        AuditEntry {
+            time,
+            time_text: format_time(time),
+            user: user.clone(),
+            host: host.clone(),
+            pid: std::process::id(),
+            op: op.as_str().to_string(),
+            stanza: stanza.map(str::to_string),
+            repo: repo.map(str::to_string),
+            what,
+            outcome: if error.is_some() { Outcome::Failed } else { Outcome::Ok },
+            error,
+            // Milliseconds are plenty, and keep the line short.
+            duration_secs: (duration.as_secs_f64() * 1000.0).round() / 1000.0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("audit log {path}: cannot encode an entry: {source}")]
+    Encode { path: PathBuf, source: serde_json::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io { path: path.to_path_buf(), source }
+}
+
+/// Appends `entry` to the log at `path` as one line, creating the file (and its directory) if needed;
+/// returns once the line is durable.
+pub fn append(path: &Path, entry: &AuditEntry) -> Result<(), AuditError> {
+    let file = open_for_append(path)?;
+    let _lock = FileLock::exclusive(&file).map_err(io_err(path))?;
+    append_locked(path, &file, entry)
+}
+
+/// Records `config_bytes` as the current content of the config file `config_path`: appends a
+/// `config-change` entry to the log at `log` when it differs from what was last recorded for that file, or
+/// when the file was never seen. Returns the entry it appended, if any.
+pub fn note_config(log: &Path, config_path: &Path, config_bytes: &[u8]) -> Result<Option<AuditEntry>, AuditError> {
+    let file = open_for_append(log)?;
+    let _lock = FileLock::exclusive(&file).map_err(io_err(log))?;
+    let sidecar = config_hash_path(log);
+    let mut known = read_sidecar(&sidecar)?;
+    let key = config_path.display().to_string();
+    let new_hash = blake3::hash(config_bytes).to_hex().to_string();
+    let old_hash = known.configs.get(&key).cloned();
+    if old_hash.as_deref() == Some(new_hash.as_str()) {
+        return Ok(None);
+    }
+    let what = serde_json::json!({
+        "config": key,
+        "old_hash": old_hash,
+        "new_hash": new_hash,
+        "first_seen": old_hash.is_none(),
+    });
+    let entry = AuditEntry::new(Op::ConfigChange, None, None, what, SystemTime::now(), Duration::ZERO, None);
+    append_locked(log, &file, &entry)?;
+    known.configs.insert(key, new_hash);
+    write_sidecar(&sidecar, &known)?;
+    Ok(Some(entry))
+}
+
+/// The sidecar file [`note_config`] keeps the config hashes in.
+pub fn config_hash_path(log: &Path) -> PathBuf {
+    let mut name = log.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".config-hash");
+    log.with_file_name(name)
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ConfigHashes {
+    /// BLAKE3 (hex) of each config file's content, by the file's path.
+    configs: BTreeMap<String, String>,
+}
+
+fn read_sidecar(path: &Path) -> Result<ConfigHashes, AuditError> {
+    match std::fs::read(path) {
+        // Replaced atomically, so unreadable JSON means someone edited it: start over, which records every
+        // config as first seen rather than hiding a change.
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigHashes::default()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+fn write_sidecar(path: &Path, hashes: &ConfigHashes) -> Result<(), AuditError> {
+    let bytes =
+        serde_json::to_vec_pretty(hashes).map_err(|source| AuditError::Encode { path: path.to_path_buf(), source })?;
+    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let write = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(FILE_MODE).open(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        sync_dir(path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io_err(path)(e)
+    })
+}
+
+fn open_for_append(path: &Path) -> Result<File, AuditError> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = parent {
+        if !dir.is_dir() {
+            std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir).map_err(io_err(path))?;
+        }
+    }
+    let existed = path.exists();
+    // Read too: the append looks at the file's last byte (see the module doc).
+    let file =
+        OpenOptions::new().read(true).append(true).create(true).mode(FILE_MODE).open(path).map_err(io_err(path))?;
+    if !existed {
+        sync_dir(path).map_err(io_err(path))?;
+    }
+    Ok(file)
+}
+
+fn append_locked(path: &Path, mut file: &File, entry: &AuditEntry) -> Result<(), AuditError> {
+    let mut line = serde_json::to_vec(entry).map_err(|source| AuditError::Encode { path: path.to_path_buf(), source })?;
+    line.push(b'\n');
+    let len = file.metadata().map_err(io_err(path))?.len();
+    if len > 0 {
+        let mut last = [0u8];
+        file.read_exact_at(&mut last, len - 1).map_err(io_err(path))?;
+        if last[0] != b'\n' {
+            line.insert(0, b'\n');
+        }
+    }
+    file.write_all(&line).map_err(io_err(path))?;
+    file.sync_data().map_err(io_err(path))
+}
+
+/// Makes a new or renamed directory entry durable.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
+}
+
+/// An advisory `flock(2)` on an open file, released on drop (and by the kernel when the process dies).
+struct FileLock<'a>(&'a File);
+
+impl<'a> FileLock<'a> {
+    fn exclusive(file: &'a File) -> std::io::Result<FileLock<'a>> {
+        Self::take(file, libc::LOCK_EX)
+    }
+
+    fn shared(file: &'a File) -> std::io::Result<FileLock<'a>> {
+        Self::take(file, libc::LOCK_SH)
+    }
+
+    fn take(file: &'a File, how: libc::c_int) -> std::io::Result<FileLock<'a>> {
+        loop {
+            // SAFETY: flock on a file descriptor this File owns for the lifetime of the guard.
+            if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
+                return Ok(FileLock(file));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+impl Drop for FileLock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as in take; closing the file would release the lock as well.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// Which entries [`read`] returns; every set field must match.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Operations that started at or after this Unix time.
+    pub since: Option<i64>,
+    pub op: Option<Op>,
+    /// Operations on this stanza, and those about no stanza in particular (config changes, rekeys), which
+    /// concern it too.
+    pub stanza: Option<String>,
+    pub outcome: Option<Outcome>,
+}
+
+impl Filter {
+    pub fn matches(&self, e: &AuditEntry) -> bool {
+        self.since.is_none_or(|t| e.time >= t)
+            && self.op.is_none_or(|op| e.op == op.as_str())
+            && self.stanza.as_ref().is_none_or(|s| e.stanza.as_ref().is_none_or(|es| es == s))
+            && self.outcome.is_none_or(|o| e.outcome == o)
+    }
+}
+
+/// What [`read`] found.
+#[derive(Debug, Clone, Default)]
+pub struct AuditRead {
+    /// The matching entries, in the order they were appended.
+    pub entries: Vec<AuditEntry>,
+    /// Lines that are not entries (torn by a crash mid-write, or edited by hand), skipped.
+    pub unreadable_lines: usize,
+}
+
+/// Reads the log at `path`. A log that does not exist yet holds no entries.
+pub fn read(path: &Path, filter: &Filter) -> Result<AuditRead, AuditError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(AuditRead::default()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let mut bytes = Vec::new();
+    {
+        let _lock = FileLock::shared(&file).map_err(io_err(path))?;
+        (&file).read_to_end(&mut bytes).map_err(io_err(path))?;
+    }
+    let mut out = AuditRead::default();
+    for line in bytes.split(|b| *b == b'\n') {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<AuditEntry>(line) {
+            Ok(e) if filter.matches(&e) => out.entries.push(e),
+            Ok(_) => {}
+            Err(_) => out.unreadable_lines += 1,
+        }
+    }
+    Ok(out)
+}
+
+/// `2026-12-02 17:30:00` (UTC) for a Unix time.
+pub fn format_time(t: i64) -> String {
+    let st = UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    humantime::format_rfc3339_seconds(st).to_string().replace('T', " ").trim_end_matches('Z').to_string()
+}
+
+/// The Unix time meant by a `--since` argument: a date (`2026-12-01`), a date and time in UTC
+/// (`2026-12-01 10:00`, `2026-12-01 10:00:30`), or a duration before `now` (`24h`, `7d`, `90min`).
+pub fn parse_since(text: &str, now: i64) -> Result<i64, String> {
+    let t = text.trim();
+    if t.starts_with(|c: char| c.is_ascii_digit()) && t.len() >= 10 && t.as_bytes().get(4) == Some(&b'-') {
+        let (date, time) = match t.split_once([' ', 'T']) {
+            Some((d, tm)) => (d, tm.trim_end_matches('Z')),
+            None => (t, "00:00:00"),
+        };
+        let time = if time.len() == 5 { format!("{time}:00") } else { time.to_string() };
+        let st = humantime::parse_rfc3339_weak(&format!("{date} {time}"))
+            .map_err(|e| format!("--since '{text}': {e} (expected 2026-12-01, '2026-12-01 10:00' or 24h)"))?;
+        return Ok(st.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0));
+    }
+    let d = humantime::parse_duration(t)
+        .map_err(|e| format!("--since '{text}': {e} (expected 2026-12-01, '2026-12-01 10:00' or 24h)"))?;
+    Ok(now - d.as_secs() as i64)
+}
+
+/// The effective user's name (its uid when it has none) and the host's name, looked up once.
+fn identity() -> &'static (String, String) {
+    static ID: OnceLock<(String, String)> = OnceLock::new();
+    ID.get_or_init(|| (user_name(), host_name()))
+}
+
+fn user_name() -> String {
+    // SAFETY: geteuid cannot fail; getpwuid_r writes only into the buffers passed, and `pw` points into
+    // `buf`, which outlives its use.
+    unsafe {
+        let uid = libc::geteuid();
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 4096];
+        let mut pw: *mut libc::passwd = std::ptr::null_mut();
+        if libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut pw) == 0 && !pw.is_null() {
+            return std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned();
+        }
+        uid.to_string()
+    }
+}
+
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    if unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) } != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry(op: Op, stanza: Option<&str>, started: i64, error: Option<&str>) -> AuditEntry {
+        AuditEntry::new(
+            op,
+            stanza,
+            Some("primary"),
+            json!({"label": format!("L{started}")}),
+            UNIX_EPOCH + Duration::from_secs(started as u64),
+            Duration::from_millis(1500),
+            error.map(str::to_string),
+        )
+    }
+
+    #[test]
+    fn appends_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("sub/dir/audit.log");
+        let a = entry(Op::Backup, Some("main"), 1_796_232_600, None);
+        let b = entry(Op::Restore, Some("main"), 1_796_232_700, Some("target is not empty"));
+        append(&log, &a).unwrap();
+        append(&log, &b).unwrap();
+        let read = read(&log, &Filter::default()).unwrap();
+        assert_eq!(read.entries, vec![a.clone(), b.clone()]);
+        assert_eq!(read.unreadable_lines, 0);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(first["op"], "backup");
+        assert_eq!(first["outcome"], "ok");
+        assert_eq!(first["time_text"], "2026-12-02 17:30:00");
+        assert_eq!(first["duration_secs"], 1.5);
+        assert!(first.get("error").is_none(), "{first}");
+        assert_eq!(b.outcome, Outcome::Failed);
+        assert_eq!(b.error.as_deref(), Some("target is not empty"));
+        assert_eq!(b.pid, std::process::id());
+        assert!(!b.user.is_empty() && !b.host.is_empty());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & !0o640, 0, "log mode {mode:o}");
+    }
+
+    #[test]
+    fn missing_log_reads_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = read(&dir.path().join("none.log"), &Filter::default()).unwrap();
+        assert!(r.entries.is_empty());
+        assert_eq!(r.unreadable_lines, 0);
+    }
+
+    #[test]
+    fn filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.log");
+        let entries = [
+            entry(Op::Backup, Some("main"), 1000, None),
+            entry(Op::Backup, Some("other"), 2000, Some("boom")),
+            entry(Op::Expire, Some("main"), 3000, None),
+            entry(Op::RepoRekey, None, 4000, None),
+        ];
+        for e in &entries {
+            append(&log, e).unwrap();
+        }
+        let ops = |f: Filter| -> Vec<i64> { read(&log, &f).unwrap().entries.iter().map(|e| e.time).collect() };
+        assert_eq!(ops(Filter::default()), vec![1000, 2000, 3000, 4000]);
+        assert_eq!(ops(Filter { since: Some(2000), ..Default::default() }), vec![2000, 3000, 4000]);
+        assert_eq!(ops(Filter { op: Some(Op::Backup), ..Default::default() }), vec![1000, 2000]);
+        assert_eq!(ops(Filter { outcome: Some(Outcome::Failed), ..Default::default() }), vec![2000]);
+        assert_eq!(ops(Filter { outcome: Some(Outcome::Ok), ..Default::default() }), vec![1000, 3000, 4000]);
+        // A stanza's operations, and the ones about every stanza.
+        assert_eq!(ops(Filter { stanza: Some("main".into()), ..Default::default() }), vec![1000, 3000, 4000]);
+        assert_eq!(
+            ops(Filter { stanza: Some("main".into()), op: Some(Op::Backup), since: Some(500), outcome: None }),
+            vec![1000]
+        );
+    }
+
+    #[test]
+    fn torn_line_is_skipped_and_does_not_swallow_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.log");
+        let a = entry(Op::Backup, Some("main"), 1000, None);
+        append(&log, &a).unwrap();
+        // A writer killed mid-line: part of a line, no newline.
+        let torn = serde_json::to_string(&entry(Op::Expire, Some("main"), 2000, None)).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(&torn.as_bytes()[..torn.len() / 2]).unwrap();
+        drop(f);
+        let r = read(&log, &Filter::default()).unwrap();
+        assert_eq!(r.entries, vec![a.clone()]);
+        assert_eq!(r.unreadable_lines, 1);
+        // The next append starts a new line, so it is read whole.
+        let c = entry(Op::Restore, Some("main"), 3000, None);
+        append(&log, &c).unwrap();
+        let r = read(&log, &Filter::default()).unwrap();
+        assert_eq!(r.entries, vec![a, c]);
+        assert_eq!(r.unreadable_lines, 1);
+    }
+
+    #[test]
+    fn concurrent_appends_keep_every_line_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.log");
+        const THREADS: usize = 8;
+        const PER_THREAD: usize = 50;
+        // Lines well over PIPE_BUF (4096), which O_APPEND alone would not keep whole.
+        let big = "x".repeat(10_000);
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let (log, big) = (&log, &big);
+                s.spawn(move || {
+                    for i in 0..PER_THREAD {
+                        let mut e = entry(Op::Verify, Some("main"), (t * 1000 + i) as i64, None);
+                        e.what = json!({"thread": t, "i": i, "pad": big});
+                        append(log, &e).unwrap();
+                    }
+                });
+            }
+        });
+        let r = read(&log, &Filter::default()).unwrap();
+        assert_eq!(r.unreadable_lines, 0);
+        assert_eq!(r.entries.len(), THREADS * PER_THREAD);
+        for t in 0..THREADS {
+            let mine: Vec<u64> = r
+                .entries
+                .iter()
+                .filter(|e| e.what["thread"] == t)
+                .map(|e| e.what["i"].as_u64().unwrap())
+                .collect();
+            assert_eq!(mine, (0..PER_THREAD as u64).collect::<Vec<_>>(), "thread {t}");
+        }
+    }
+
+    #[test]
+    fn config_changes_are_noted_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.log");
+        let cfg = dir.path().join("strata.toml");
+        let first = note_config(&log, &cfg, b"bus = \"local\"\n").unwrap().expect("first seen");
+        assert_eq!(first.op, "config-change");
+        assert_eq!(first.what["first_seen"], true);
+        assert_eq!(first.what["old_hash"], serde_json::Value::Null);
+        let h1 = blake3::hash(b"bus = \"local\"\n").to_hex().to_string();
+        assert_eq!(first.what["new_hash"], h1.as_str());
+        assert_eq!(first.what["config"], cfg.display().to_string());
+        assert!(note_config(&log, &cfg, b"bus = \"local\"\n").unwrap().is_none(), "unchanged");
+        let second = note_config(&log, &cfg, b"bus = \"nats://x\"\n").unwrap().expect("changed");
+        assert_eq!(second.what["first_seen"], false);
+        assert_eq!(second.what["old_hash"], h1.as_str());
+        assert!(note_config(&log, &cfg, b"bus = \"nats://x\"\n").unwrap().is_none());
+        // Another config sharing the log is tracked on its own.
+        let other = dir.path().join("other.toml");
+        assert!(note_config(&log, &other, b"a").unwrap().is_some());
+        assert!(note_config(&log, &cfg, b"bus = \"nats://x\"\n").unwrap().is_none());
+        assert!(note_config(&log, &other, b"a").unwrap().is_none());
+        let r = read(&log, &Filter { op: Some(Op::ConfigChange), ..Default::default() }).unwrap();
+        assert_eq!(r.entries, vec![first, second.clone(), r.entries[2].clone()]);
+        assert_eq!(r.entries.len(), 3);
+        assert!(config_hash_path(&log).ends_with("audit.log.config-hash"));
+        assert!(config_hash_path(&log).is_file());
+    }
+
+    #[test]
+    fn unwritable_log_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the file should be: fails for root too.
+        let log = dir.path().join("audit.log");
+        std::fs::create_dir(&log).unwrap();
+        let e = append(&log, &entry(Op::Backup, None, 1, None)).unwrap_err();
+        assert!(e.to_string().starts_with(&format!("audit log {}", log.display())), "{e}");
+        assert!(note_config(&log, Path::new("/c.toml"), b"x").is_err());
+    }
+
+    #[test]
+    fn since_forms() {
+        let now = 1_796_232_600; // 2026-12-02 17:30:00
+        assert_eq!(parse_since("2026-12-02", now).unwrap(), 1_796_169_600);
+        assert_eq!(parse_since("2026-12-02 17:30", now).unwrap(), now);
+        assert_eq!(parse_since("2026-12-02 17:30:00", now).unwrap(), now);
+        assert_eq!(parse_since("2026-12-02T17:30:00Z", now).unwrap(), now);
+        assert_eq!(parse_since("24h", now).unwrap(), now - 86_400);
+        assert_eq!(parse_since("7d", now).unwrap(), now - 7 * 86_400);
+        assert_eq!(parse_since("90min", now).unwrap(), now - 5400);
+        assert!(parse_since("yesterday", now).is_err());
+        assert!(parse_since("2026-13-01", now).is_err());
+        assert_eq!(format_time(now), "2026-12-02 17:30:00");
+    }
+
+    #[test]
+    fn op_names_round_trip() {
+        for op in Op::ALL {
+            assert_eq!(op.as_str().parse::<Op>().unwrap(), op);
+        }
+        let e = "backups".parse::<Op>().unwrap_err();
+        assert!(e.contains("restore-test"), "{e}");
+    }
+}
