@@ -344,7 +344,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Info { output } => cmd::info::run(&ctx, output).await,
         Command::Check => cmd::check::run(&ctx).await.context("check"),
-        Command::Verify { set, output } => cmd::verify::run(&ctx, set.as_deref(), output, cli_repo.is_none()).await,
+        Command::Verify { set, output } => {
+            let what = json!({ "set": set, "args": cmd::audit::args() });
+            let repo = if cli_repo.is_some() { repo } else { None };
+            let verify = cmd::verify::run(&ctx, set.as_deref(), output, cli_repo.is_none());
+            audit_op(cfg, Op::Verify, stanza, repo, what, verify).await.map(drop)
+        }
         Command::Expire { retention_full, dry_run, gc_grace_secs } => {
             let opts = cmd::expire::ExpireOptions { retention_full, dry_run, gc_grace_secs };
             let what = json!({ "retention_full": retention_full, "dry_run": dry_run, "args": cmd::audit::args() });

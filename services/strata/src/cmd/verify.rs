@@ -524,7 +524,21 @@ async fn check_wal_file(repo: &Repo, stanza: &str, name: &str) -> Result<(u64, u
 }
 
 /// `strata verify`: every repository (or the one `--repo` names), all backups or one.
-pub async fn run(ctx: &Context_, set: Option<&str>, output: OutputFormat, all_repos: bool) -> anyhow::Result<()> {
+/// What an undamaged verification covered (for the audit log).
+pub struct Verified {
+    pub repositories: usize,
+    pub backups: usize,
+    pub wal_files: u64,
+    pub stored_bytes: u64,
+}
+
+impl crate::cmd::audit::AuditDetails for Verified {
+    fn audit_details(&self) -> Option<serde_json::Value> {
+        Some(json!({ "repositories": self.repositories, "backups": self.backups, "wal_files": self.wal_files, "stored_bytes": self.stored_bytes, "problems": 0 }))
+    }
+}
+
+pub async fn run(ctx: &Context_, set: Option<&str>, output: OutputFormat, all_repos: bool) -> anyhow::Result<Verified> {
     let mut repos = vec![ctx.repo.clone()];
     if all_repos {
         for rc in ctx.cfg.repo.iter().filter(|r| r.name != ctx.repo.name()) {
@@ -557,7 +571,13 @@ pub async fn run(ctx: &Context_, set: Option<&str>, output: OutputFormat, all_re
             reports.iter().filter(|r| r.problem_count() > 0).map(|r| format!("'{}' ({})", r.repo, r.problem_count())).collect();
         anyhow::bail!(VerifyFailed(format!("verify found {total} problems in repository {}", damaged.join(", "))));
     }
-    Ok(())
+    let results = || reports.iter().flat_map(|r| r.backups.iter().chain(r.wal.as_ref().map(|w| &w.result)));
+    Ok(Verified {
+        repositories: reports.len(),
+        backups: reports.iter().map(|r| r.backups.len()).max().unwrap_or(0),
+        wal_files: results().map(|v| v.wal_files).sum(),
+        stored_bytes: results().map(|v| v.stored_bytes).sum(),
+    })
 }
 
 /// The error `verify` ends with when it found damage (the problems themselves are printed above it).
