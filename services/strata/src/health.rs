@@ -310,12 +310,13 @@ async fn archiver(pg_conn: &str, seg_size: u64, now: i64) -> anyhow::Result<Arch
     let last_archived_time: Option<i64> = row.get(3);
     let current: Option<String> = row.get(6);
     let current = current.and_then(|c| c.parse::<strata_pg::Lsn>().ok()).map(|l| l.0).unwrap_or(0);
-    // The end of the last archived segment; history and backup-history files say nothing about it.
+    // The end of the last archived segment: a backup-history file (`<segment>.<offset>.backup`) is archived
+    // after its segment; a timeline history file says nothing about it.
     let archived_end = last_archived_wal
         .as_deref()
-        .filter(|n| n.len() == 24)
+        .filter(|n| n.len() >= 24 && !n.ends_with(".history"))
         .and_then(|n| Some((u64::from_str_radix(&n[8..16], 16).ok()? * (0x1_0000_0000 / seg_size) + u64::from_str_radix(&n[16..24], 16).ok()? + 1) * seg_size));
-    let lag_bytes = archived_end.map(|e| current.saturating_sub(e)).unwrap_or(current);
+    let lag_bytes = archived_end.map(|e| current.saturating_sub(e)).unwrap_or(0);
     let lag_seconds = match last_archived_time {
         // A whole segment is waiting: it has waited at least since the last one was archived.
         Some(t) if lag_bytes >= seg_size => now - t,

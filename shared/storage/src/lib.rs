@@ -87,14 +87,17 @@ pub trait Storage: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacity {
     pub size_bytes: u64,
+    /// In use by anyone (`f_blocks - f_bfree`).
+    pub used_bytes: u64,
     /// Free for an unprivileged writer (`f_bavail`).
     pub free_bytes: u64,
 }
 
 impl Capacity {
-    /// Percent of the filesystem in use, as `df` counts it (used over used plus available).
+    /// Percent of the filesystem in use, as `df` counts it: used over used plus available (blocks reserved
+    /// for root, or held back by a quota, count as neither).
     pub fn used_percent(&self) -> f64 {
-        let used = self.size_bytes.saturating_sub(self.free_bytes) as f64;
-        if self.size_bytes == 0 { 0.0 } else { 100.0 * used / self.size_bytes as f64 }
+        let total = self.used_bytes + self.free_bytes;
+        if total == 0 { 0.0 } else { 100.0 * self.used_bytes as f64 / total as f64 }
     }
 }

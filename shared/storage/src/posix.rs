@@ -149,7 +149,11 @@ impl Storage for PosixStorage {
         .expect("statvfs task panicked")
         .map_err(|e| io_err(&self.root, e))?;
         let frsize = stat.f_frsize as u64;
-        Ok(Some(crate::Capacity { size_bytes: stat.f_blocks as u64 * frsize, free_bytes: stat.f_bavail as u64 * frsize }))
+        Ok(Some(crate::Capacity {
+            size_bytes: stat.f_blocks as u64 * frsize,
+            used_bytes: (stat.f_blocks as u64).saturating_sub(stat.f_bfree as u64) * frsize,
+            free_bytes: stat.f_bavail as u64 * frsize,
+        }))
     }
 
     fn features(&self) -> Features {
