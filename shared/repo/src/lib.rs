@@ -20,6 +20,7 @@
 
 pub mod annotations;
 pub mod pack;
+pub mod restore_tests;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
