@@ -9,6 +9,7 @@ pub mod expire;
 pub mod info;
 pub mod rekey;
 pub mod restore;
+pub mod restore_test;
 pub mod stanza;
 pub mod target;
 
