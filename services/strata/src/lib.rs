@@ -1,4 +1,4 @@
-//! The `strata` command: stanza-create, backup, archive-push, archive-get, restore, info and check.
+//! The `strata` command: stanza-create, backup, archive-push, archive-get, restore, restore-test, info and check.
 //!
 //! Every command reads the same config file. With `bus = "local"` (single-host mode) a command that needs
 //! the pipeline runs the stages it needs as tasks of this process ([`local`]); with a NATS bus it talks to
@@ -99,6 +99,23 @@ pub enum Command {
         /// Segments the restore_command fetches ahead of recovery (0: one at a time, as asked).
         #[arg(long, default_value_t = cmd::restore::DEFAULT_WAL_PREFETCH)]
         wal_prefetch: usize,
+    },
+    /// Proves a backup restores: restores it into a scratch directory, starts PostgreSQL on it (never
+    /// archiving), runs pg_amcheck and the [[restore_test.query]] checks, removes it all, and stores the
+    /// result in the repository. Exits 1 when the test fails.
+    RestoreTest {
+        /// Backup label; by default the newest backup that can reach the target.
+        #[arg(long)]
+        set: Option<String>,
+        /// Where recovery stops: default (the archive's end), immediate, time, lsn, xid or name (with
+        /// --target).
+        #[arg(long = "type", value_enum, default_value_t = RecoveryType::Default)]
+        recovery: RecoveryType,
+        /// The target for --type time, lsn, xid or name (as for restore).
+        #[arg(long, allow_hyphen_values = true)]
+        target: Option<String>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
     },
     /// Shows backups and the WAL archive.
     Info {
@@ -341,6 +358,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "args": cmd::audit::args(),
             });
             audit_op(cfg, Op::Restore, stanza, repo, what, async { cmd::restore::run(&ctx, &opts).await.context("restore") }).await
+        }
+        Command::RestoreTest { set, recovery, target, output } => {
+            let opts = cmd::restore_test::RestoreTestOptions { set, recovery, target, ..Default::default() };
+            cmd::restore_test::run(&ctx, &opts, output).await
         }
         Command::Info { output } => cmd::info::run(&ctx, output).await,
         Command::Check => cmd::check::run(&ctx).await.context("check"),

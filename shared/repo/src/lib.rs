@@ -20,6 +20,7 @@
 
 pub mod annotations;
 pub mod pack;
+pub mod restore_tests;
 pub mod verify_results;
 
 use bytes::Bytes;

@@ -10,6 +10,7 @@ pub mod expire;
 pub mod info;
 pub mod rekey;
 pub mod restore;
+pub mod restore_test;
 pub mod stanza;
 pub mod target;
 pub mod verify;

@@ -55,10 +55,29 @@ pub struct RestoreOptions<'a> {
     pub wal_prefetch: usize,
 }
 
+/// What a restore did: the line `restore` prints, and what the restore test records.
+pub struct Restored {
+    pub record: strata_messages::BackupRecord,
+    /// The target timeline's history recovery follows.
+    pub history: strata_pg::timeline::TimelineHistory,
+    pub files: usize,
+    /// Bytes of the backup's files (for a delta restore: bytes written).
+    pub bytes: u64,
+    pub message: String,
+}
+
 pub async fn run(ctx: &Context_, opts: &RestoreOptions<'_>) -> anyhow::Result<()> {
+    let restored = restore(ctx, opts, None).await?;
+    println!("{}", restored.message);
+    Ok(())
+}
+
+/// The restore itself, printing nothing. `tablespace_root`: every tablespace the map does not name goes
+/// to `<tablespace_root>/<oid>` instead of its original location (the restore test's scratch directory).
+pub async fn restore(ctx: &Context_, opts: &RestoreOptions<'_>, tablespace_root: Option<&Path>) -> anyhow::Result<Restored> {
     let pg_data = opts.pg_data;
     let recovery = Recovery::parse(&opts.recovery)?;
-    let remap = parse_tablespace_map(opts.tablespace_map)?;
+    let mut remap = parse_tablespace_map(opts.tablespace_map)?;
     let delta = opts.delta && super::delta::is_data_directory(pg_data)?;
     if !delta {
         check_empty(pg_data)?;
@@ -85,6 +104,11 @@ pub async fn run(ctx: &Context_, opts: &RestoreOptions<'_>) -> anyhow::Result<()
             stanza.system_id
         );
     }
+    if let Some(root) = tablespace_root {
+        for t in &manifest.head.tablespaces {
+            remap.entry(t.oid).or_insert_with(|| root.join(t.oid.to_string()));
+        }
+    }
     let tablespace_dirs = plan_tablespaces(&manifest, &remap, delta)?;
     let settings =
         RecoverySettings { recovery: &recovery, primary_conninfo: primary_conninfo.as_deref(), prefetch: opts.wal_prefetch };
@@ -94,7 +118,7 @@ pub async fn run(ctx: &Context_, opts: &RestoreOptions<'_>) -> anyhow::Result<()
         let root = fs::canonicalize(pg_data)?;
         write_recovery_files(ctx, &root, &manifest, &tablespace_dirs, &settings)?;
         File::open(&root).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", root.display()))?;
-        println!(
+        let message = format!(
             "delta-restored backup {} into {} ({} files, {}): read {} locally, fetched {}, wrote {} and changed {} files, removed {} files; {}",
             record.summary.label,
             root.display(),
@@ -107,7 +131,7 @@ pub async fn run(ctx: &Context_, opts: &RestoreOptions<'_>) -> anyhow::Result<()
             report.removed,
             plan.describe
         );
-        return Ok(());
+        return Ok(Restored { record, history: plan.history, files: report.files, bytes: report.written, message });
     }
 
     fs::create_dir_all(pg_data).with_context(|| format!("cannot create {}", pg_data.display()))?;
@@ -283,7 +307,7 @@ pub async fn run(ctx: &Context_, opts: &RestoreOptions<'_>) -> anyhow::Result<()
     for d in &dirs {
         File::open(d).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", d.display()))?;
     }
-    println!(
+    let message = format!(
         "restored backup {} into {} ({} files, {}); start PostgreSQL to recover: {}",
         record.summary.label,
         root.display(),
@@ -291,7 +315,7 @@ pub async fn run(ctx: &Context_, opts: &RestoreOptions<'_>) -> anyhow::Result<()
         format_bytes(total),
         plan.describe
     );
-    Ok(())
+    Ok(Restored { record, history: plan.history, files: files.len(), bytes: total, message })
 }
 
 /// One contiguous write: `len` bytes from offset `from` of a chunk, to offset `at` of the file.
