@@ -143,3 +143,42 @@ fn port_of(verifier: &Service) -> u16 {
     let rest = &log[at + "metrics at http://127.0.0.1:".len()..];
     rest[..rest.find('/').unwrap()].parse().unwrap()
 }
+
+#[test]
+fn a_scheduled_restore_test_that_fails_raises_the_critical_alert() {
+    let dir = TestDir::new("verifier-rt");
+    let setup = Setup::new(&dir, "local", "", &[]);
+    let hook = WebhookReceiver::start();
+    let audit = dir.path().join("audit.log");
+    setup.append_config(&format!(
+        "[verifier]\ninterval_secs = 1\n\n[alerts]\nwebhook_critical = \"{}\"\nrepo_full_warning_percent = 100\nrepo_full_critical_percent = 100\n\n\
+         [audit]\npath = \"{}\"\n\n[restore_test]\ninterval_secs = 86400\ntimeout_secs = 300\namcheck = false\n\n\
+         [[restore_test.query]]\nname = \"no such table\"\nsql = \"select count(*) from no_such_table\"\n",
+        hook.url(),
+        audit.display()
+    ));
+    setup.strata_ok(&["stanza-create"]);
+    setup.pg.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS i");
+    setup.backup("full");
+    setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
+    let mut verifier = setup.bins.spawn_service("strata-verifier", &setup.config, dir.path());
+    verifier.wait_for_log("verifier running", Duration::from_secs(30));
+    let firing = wait_until("the restore test's critical alert", Duration::from_secs(300), || {
+        hook.bodies().into_iter().find(|b| b["strata"]["status"] == "firing")
+    });
+    let text = firing["text"].as_str().unwrap();
+    assert!(text.contains("restore test") && text.contains("no such table"), "{text}");
+    let info = setup.info();
+    let t = &info[0]["status"]["last_restore_test"];
+    assert_eq!(t["passed"], false, "{info:#}");
+    assert!(t["failure"].as_str().unwrap().contains("no such table"), "{info:#}");
+    assert!(setup.strata_ok(&["info"]).contains("last restore test: FAILED"));
+    // One scheduled test per interval, whatever the number of rounds; it is in the audit log.
+    std::thread::sleep(Duration::from_secs(3));
+    let out = setup.strata_ok(&["audit", "--op", "restore-test", "--output", "json"]);
+    let entries: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(entries.len(), 1, "{out}");
+    assert_eq!(entries[0]["outcome"], "failed", "{out}");
+    assert!(entries[0]["error"].as_str().unwrap().contains("no such table"), "{out}");
+    assert!(verifier.stop().success(), "the verifier did not stop cleanly");
+}

@@ -10,7 +10,7 @@
 //! | critical | no backup for longer than the stanza's `rpo_secs` × `backup_late_factor` (1.5) |
 //! | critical | WAL archiving is failing: `pg_stat_archiver`'s last failure is newer than its last success |
 //! | critical | the repository's filesystem is over `repo_full_critical_percent` (90%) full |
-//! | critical | the last restore test failed |
+//! | critical | the last restore test failed (until one passes) |
 //! | critical | the last verification found damage in a backup or the WAL archive |
 //! | warning | a backup type's average duration over the last 7 days is `backup_duration_increase_percent` (30%) above the 7 days before |
 //! | warning | the repository is over `repo_full_warning_percent` (70%) full |
@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use strata_config::{AlertsConfig, Config};
 use strata_messages::BackupRecord;
+use strata_repo::restore_tests::RestoreTestResult;
 use strata_repo::verify_results::{VerifyResult, WAL_SUBJECT};
 use strata_repo::Repo;
 
@@ -115,6 +116,8 @@ pub struct Health {
     pub space: Result<Space, String>,
     /// Of the backups that still exist, and of the WAL archive.
     pub verify: Vec<VerifyResult>,
+    /// The newest restore test run from this repository.
+    pub restore_test: Option<RestoreTestResult>,
 }
 
 impl Health {
@@ -169,6 +172,7 @@ pub async fn evaluate(cfg: &Config, repo: &Repo, stanza: &str, pg_conn: Option<&
         .into_iter()
         .filter(|v| v.subject == WAL_SUBJECT || labels.contains(v.subject.as_str()))
         .collect();
+    let restore_test = repo.latest_restore_test(stanza).await?;
     let mut h = Health {
         stanza: stanza.to_string(),
         repo: repo.name().to_string(),
@@ -180,6 +184,7 @@ pub async fn evaluate(cfg: &Config, repo: &Repo, stanza: &str, pg_conn: Option<&
         archiver,
         space,
         verify,
+        restore_test,
     };
     h.findings = rules(&cfg.alerts, &h, &backups, now);
     h.status = h.findings.iter().map(|f| f.level).max().unwrap_or(Level::Ok);
@@ -244,6 +249,17 @@ pub fn rules(a: &AlertsConfig, h: &Health, backups: &[BackupRecord], now: i64) -
                 damaged.iter().map(|v| v.problem_count).sum::<u64>(),
                 h.repo,
                 what.join(", ")
+            ),
+        );
+    }
+    if let Some(t) = h.restore_test.as_ref().filter(|t| !t.passed) {
+        find(
+            Level::Critical,
+            "restore-test-failed",
+            format!(
+                "the restore test of {} UTC failed: {}",
+                format_time(t.start_time),
+                t.failure.as_deref().unwrap_or("no reason recorded")
             ),
         );
     }

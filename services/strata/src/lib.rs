@@ -360,8 +360,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             audit_op(cfg, Op::Restore, stanza, repo, what, async { cmd::restore::run(&ctx, &opts).await.context("restore") }).await
         }
         Command::RestoreTest { set, recovery, target, output } => {
+            let what = json!({ "set": set, "type": format!("{recovery:?}").to_lowercase(), "target": target, "args": cmd::audit::args() });
             let opts = cmd::restore_test::RestoreTestOptions { set, recovery, target, ..Default::default() };
-            cmd::restore_test::run(&ctx, &opts, output).await
+            audit_op(cfg, Op::RestoreTest, stanza, repo, what, cmd::restore_test::run(&ctx, &opts, output)).await.map(drop)
         }
         Command::Info { output } => cmd::info::run(&ctx, output).await,
         Command::Check => cmd::check::run(&ctx).await.context("check"),

@@ -38,10 +38,20 @@ struct State {
     wal_intact: HashMap<(String, String), HashSet<String>>,
     /// Which alerts are firing and what was sent about them.
     notifier: Notifier,
+    config_path: std::path::PathBuf,
+    /// Cancelled at shutdown: a running restore test stops and cleans up.
+    cancel: CancellationToken,
 }
 
-/// Runs rounds until `shutdown` completes (or once, with `once`).
-pub async fn run(cfg: Arc<Config>, metrics_listen: Option<String>, once: bool, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Runs rounds until `shutdown` completes (or once, with `once`). `config_path` is what restore tests
+/// write into the restored cluster's restore_command.
+pub async fn run(
+    cfg: Arc<Config>,
+    config_path: std::path::PathBuf,
+    metrics_listen: Option<String>,
+    once: bool,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let mut repos = Vec::new();
     for rc in &cfg.repo {
         repos.push(strata_uploader::open_repo(&cfg, rc).await.with_context(|| format!("repository '{}'", rc.name))?);
@@ -59,20 +69,35 @@ pub async fn run(cfg: Arc<Config>, metrics_listen: Option<String>, once: bool, s
     }
     info!(stanzas = ?cfg.stanza.keys().collect::<Vec<_>>(), repositories = repos.len(), interval = cfg.verifier.interval_secs, "verifier running");
     let notifier = Notifier::new(&cfg.alerts, cfg.verifier.alert_state_file.clone())?;
-    let mut state = State { wal_intact: HashMap::new(), notifier };
+    let mut state = State { wal_intact: HashMap::new(), notifier, config_path, cancel: stop.clone() };
     let interval = Duration::from_secs(cfg.verifier.interval_secs);
     let rounds = async {
         loop {
             round(&cfg, &repos, &mut state, &metrics).await;
+            if let Some(primary) = repos.first() {
+                restore_tests(&cfg, primary, &mut state).await;
+            }
             if once {
                 break;
             }
             tokio::time::sleep(interval).await;
         }
     };
+    let stopping = stop.clone();
+    let rounds = async move {
+        tokio::select! {
+            _ = rounds => {}
+            // A restore test in progress sees the cancellation, stops its server and removes its directory.
+            _ = stopping.cancelled() => {}
+        }
+    };
+    tokio::pin!(rounds);
     tokio::select! {
-        _ = shutdown => {}
-        _ = rounds => {}
+        _ = shutdown => {
+            stop.cancel();
+            (&mut rounds).await;
+        }
+        _ = &mut rounds => {}
     }
     stop.cancel();
     for b in background {
@@ -174,4 +199,56 @@ async fn verify_round(cfg: &Config, repo: &Repo, stanza: &str, holder: &str, sta
         known.extend(wal.intact);
     }
     Ok(())
+}
+
+/// Runs each stanza's scheduled restore test when the newest one in the primary repository is older than
+/// `restore_test.interval_secs`. The slot (the interval the test is for) is claimed in the repository, so
+/// one verifier runs it however many are running.
+async fn restore_tests(cfg: &Arc<Config>, primary: &Repo, state: &mut State) {
+    let interval = cfg.restore_test.interval_secs as i64;
+    if interval == 0 {
+        return;
+    }
+    for stanza in cfg.stanza.keys() {
+        let now = strata::cmd::now();
+        let due = match primary.latest_restore_test(stanza).await {
+            Ok(Some(t)) => now - t.start_time >= interval,
+            Ok(None) => true,
+            Err(e) => {
+                warn!(stanza = %stanza, error = %e, "cannot read the last restore test");
+                continue;
+            }
+        };
+        if !due || primary.backups(stanza).await.map(|b| b.is_empty()).unwrap_or(true) {
+            continue;
+        }
+        let slot = format!("restore-test-{}", now / interval);
+        match primary.claim(stanza, &slot, &strata::cmd::who(), CLAIM_STALE_SECS).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                warn!(stanza = %stanza, error = %e, "cannot claim the restore test");
+                continue;
+            }
+        }
+        let ctx = strata::Context_ { cfg: cfg.clone(), config_path: state.config_path.clone(), stanza: stanza.clone(), repo: primary.clone() };
+        let opts = strata::cmd::restore_test::RestoreTestOptions { cancel: state.cancel.clone(), ..Default::default() };
+        info!(stanza = %stanza, "scheduled restore test starting");
+        let what = serde_json::json!({ "scheduled": true, "by": "strata-verifier" });
+        let test = async {
+            let r = strata::cmd::restore_test::run_test(&ctx, &opts).await?;
+            match &r.failure {
+                None => Ok(strata::cmd::restore_test::Passed(r)),
+                Some(why) => Err(anyhow::anyhow!("restore test failed: {why}")),
+            }
+        };
+        match strata::cmd::audit::audit_op(cfg, strata_audit::Op::RestoreTest, Some(stanza), Some(primary.name()), what, test).await {
+            Ok(p) => info!(stanza = %stanza, label = %p.0.label, total_ms = p.0.total_ms, "scheduled restore test passed"),
+            // Stored with the result: the next round's health evaluation raises the critical alert.
+            Err(e) => error!(stanza = %stanza, error = %format!("{e:#}"), "scheduled restore test failed"),
+        }
+        if let Err(e) = primary.release(stanza, &slot).await {
+            warn!(stanza = %stanza, error = %e, "cannot release the restore test's claim");
+        }
+    }
 }

@@ -24,7 +24,8 @@ async fn main() -> std::process::ExitCode {
         let args = Args::parse();
         let cfg = strata_config::Config::load(&args.config, std::env::vars())?;
         let listen = args.metrics_listen.or_else(|| cfg.verifier.metrics_listen.clone());
-        strata_verifier::run(Arc::new(cfg), listen, args.once, strata_runtime::shutdown_signal()).await
+        let config_path = std::fs::canonicalize(&args.config).unwrap_or(args.config.clone());
+        strata_verifier::run(Arc::new(cfg), config_path, listen, args.once, strata_runtime::shutdown_signal()).await
     })
     .await
 }

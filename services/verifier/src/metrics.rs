@@ -31,6 +31,10 @@ pub struct VerifierMetrics {
     stanza_status: Gauge,
     round_errors: Counter,
     alerts_firing: Gauge,
+    restore_test_last: Gauge,
+    restore_test_success: Gauge,
+    restore_test_duration: Gauge,
+    restore_test_memory: Gauge,
 }
 
 impl VerifierMetrics {
@@ -58,6 +62,13 @@ impl VerifierMetrics {
             stanza_status: registry.gauge("strata_stanza_status", "The stanza's status over its repositories: 0 ok, 1 warning, 2 critical."),
             round_errors: registry.counter("strata_verifier_errors_total", "Verification rounds or health evaluations that failed (retried next round)."),
             alerts_firing: registry.gauge("strata_alerts_firing", "Alerts firing now, by tier."),
+            restore_test_last: registry.gauge("strata_restore_test_last_timestamp_seconds", "When the newest restore test of the stanza started."),
+            restore_test_success: registry.gauge("strata_restore_test_success", "Whether the newest restore test passed (1) or failed (0)."),
+            restore_test_duration: registry.gauge(
+                "strata_restore_test_duration_seconds",
+                "Phases of the newest restore test: restore (files written), replay (server start to end of recovery), total.",
+            ),
+            restore_test_memory: registry.gauge("strata_restore_test_peak_memory_bytes", "Peak memory of the newest restore test's server."),
             registry,
         }
     }
@@ -123,5 +134,18 @@ impl VerifierMetrics {
             self.verify_last.set(&l, t as f64);
         }
         self.verify_bytes.inc_by(&l, 0);
+        if let Some(t) = &h.restore_test {
+            self.restore_test_last.set(&s, t.start_time as f64);
+            self.restore_test_success.set(&s, if t.passed { 1.0 } else { 0.0 });
+            for (phase, ms) in [("restore", t.restore_ms), ("replay", t.replay_ms), ("total", Some(t.total_ms))] {
+                match ms {
+                    Some(ms) => self.restore_test_duration.set(&[("stanza", stanza), ("phase", phase)], ms as f64 / 1000.0),
+                    None => self.restore_test_duration.remove_where("phase", phase),
+                }
+            }
+            if let Some(m) = t.peak_memory_bytes {
+                self.restore_test_memory.set(&s, m as f64);
+            }
+        }
     }
 }

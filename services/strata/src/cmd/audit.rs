@@ -52,10 +52,13 @@ pub async fn audit_op<T: AuditDetails>(
     mut what: Value,
     work: impl Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    let Some(log) = cfg.audit.path.as_deref() else { return work.await };
     let started = SystemTime::now();
     let clock = Instant::now();
     let result = work.await;
+    if let Ok(done) = &result {
+        announce_success(cfg, op, stanza, done.audit_details()).await;
+    }
+    let Some(log) = cfg.audit.path.as_deref() else { return result };
     let error = match &result {
         Ok(done) => {
             if let (Some(Value::Object(add)), Value::Object(into)) = (done.audit_details(), &mut what) {
@@ -71,6 +74,33 @@ pub async fn audit_op<T: AuditDetails>(
         warn_unwritable(&e, &format!("this {op} is not recorded"));
     }
     result
+}
+
+/// Backups, expires and restore tests that succeed are info-tier events (`[alerts] webhook_info`): sent
+/// once, by the command that did the work, since no service sees them all. A webhook that cannot be
+/// reached costs a warning line, never the command's result.
+async fn announce_success(cfg: &Config, op: Op, stanza: Option<&str>, details: Option<Value>) {
+    if cfg.alerts.webhook_info.is_none() || !matches!(op, Op::Backup | Op::Expire | Op::RestoreTest) {
+        return;
+    }
+    let stanza = stanza.unwrap_or("-");
+    let detail = details.as_ref().map(|d| d.to_string()).unwrap_or_default();
+    let label = details.as_ref().and_then(|d| d.get("label")).and_then(Value::as_str).map(|l| format!(" ({l})")).unwrap_or_default();
+    let alert = strata_alerts::Alert {
+        key: format!("{op}/{stanza}"),
+        tier: strata_alerts::Tier::Info,
+        stanza: Some(stanza.to_string()),
+        summary: format!("{stanza}: {op} succeeded{label}"),
+        details: detail,
+    };
+    match strata_alerts::Notifier::new(&cfg.alerts, None) {
+        Ok(mut n) => {
+            if let strata_alerts::DeliveryOutcome::Failed(why) = n.event(alert).await.outcome {
+                eprintln!("warning: alerts.webhook_info: {why} (the {op} itself succeeded)");
+            }
+        }
+        Err(e) => eprintln!("warning: {e} (the {op} itself succeeded)"),
+    }
 }
 
 /// The command line (without the program's path), for an entry's `what`.

@@ -391,6 +391,16 @@ fn health_json(h: &Result<Health, String>) -> Value {
             "space": match &h.space { Ok(s) => json!(s), Err(e) => json!({ "unknown": e }) },
             "last_verify_time": h.last_verify_time(),
             "verify_problems": h.verify_problems(),
+            "last_restore_test": h.restore_test.as_ref().map(|t| json!({
+                "time": t.start_time,
+                "label": t.label,
+                "passed": t.passed,
+                "failure": t.failure,
+                "restore_ms": t.restore_ms,
+                "replay_ms": t.replay_ms,
+                "total_ms": t.total_ms,
+                "peak_memory_bytes": t.peak_memory_bytes,
+            })),
         }),
         Err(e) => json!({ "status": "unknown", "error": e }),
     }
@@ -416,6 +426,23 @@ fn print_facts(h: &Health) {
             _ => String::new(),
         };
         println!("    repository space: {} used{fs}", format_bytes(s.used_bytes));
+    }
+    match &h.restore_test {
+        Some(t) => {
+            let when = format!("{} UTC, {} ago", format_time(t.start_time), age(now - t.start_time));
+            let secs = |ms: Option<u64>| ms.map(|m| format!("{:.1} s", m as f64 / 1000.0)).unwrap_or_else(|| "-".into());
+            match &t.failure {
+                None => println!(
+                    "    last restore test: passed ({when}; backup {}, restore {}, replay {}, total {})",
+                    t.label,
+                    secs(t.restore_ms),
+                    secs(t.replay_ms),
+                    secs(Some(t.total_ms))
+                ),
+                Some(why) => println!("    last restore test: FAILED ({when}; backup {}): {why}", t.label),
+            }
+        }
+        None => println!("    last restore test: never"),
     }
     match h.verify.iter().find(|v| v.subject == WAL_SUBJECT) {
         Some(v) => println!("    wal archive {}", verify_text(v, now)),

@@ -27,6 +27,20 @@ pub fn format_time(t: i64) -> String {
     humantime::format_rfc3339_seconds(st).to_string().replace('T', " ").trim_end_matches('Z').to_string()
 }
 
+/// The `strata` command, for the commands a restore writes (restore_command) or starts: this process when
+/// it is `strata`, else (the verifier runs restore tests through this library) the `strata` beside it.
+pub fn strata_executable() -> std::io::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    if exe.file_name().is_some_and(|n| n == "strata") {
+        return Ok(exe);
+    }
+    let beside = exe.with_file_name("strata");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("no strata executable beside {}", exe.display())))
+}
+
 /// `user@host` of this process, for results and logs that say who did something.
 pub fn who() -> String {
     let user = std::env::var("USER")

@@ -504,7 +504,7 @@ fn write_recovery_files(
         Err(e) => return Err(anyhow!("cannot remove {}: {e}", root.join(other).display())),
     }
     write(signal, "")?;
-    let exe = std::env::current_exe().context("cannot find the strata executable for restore_command")?;
+    let exe = crate::cmd::strata_executable().context("cannot find the strata executable for restore_command")?;
     let prefetch = if settings.prefetch > 0 { format!(" --prefetch {}", settings.prefetch) } else { String::new() };
     let command = format!(
         "{} --config {} --stanza {}{} archive-get{prefetch} %f \"%p\"",

@@ -171,7 +171,7 @@ pub async fn run_test(ctx: &Context_, opts: &RestoreTestOptions) -> anyhow::Resu
 }
 
 /// `strata restore-test`: runs the test, prints it, and fails (exit 1) when the test failed.
-pub async fn run(ctx: &Context_, opts: &RestoreTestOptions, output: OutputFormat) -> anyhow::Result<()> {
+pub async fn run(ctx: &Context_, opts: &RestoreTestOptions, output: OutputFormat) -> anyhow::Result<Passed> {
     let cancel = opts.cancel.clone();
     let signals = tokio::spawn(async move {
         strata_runtime::shutdown_signal().await;
@@ -185,8 +185,25 @@ pub async fn run(ctx: &Context_, opts: &RestoreTestOptions, output: OutputFormat
         OutputFormat::Text => print!("{}", render_text(&result)),
     }
     match &result.failure {
-        None => Ok(()),
+        None => Ok(Passed(result)),
         Some(reason) => bail!("restore test failed: {reason}"),
+    }
+}
+
+/// A restore test that passed, as the audit log records it.
+pub struct Passed(pub RestoreTestResult);
+
+impl crate::cmd::audit::AuditDetails for Passed {
+    fn audit_details(&self) -> Option<serde_json::Value> {
+        let r = &self.0;
+        Some(serde_json::json!({
+            "label": r.label,
+            "restore_ms": r.restore_ms,
+            "replay_ms": r.replay_ms,
+            "total_ms": r.total_ms,
+            "peak_memory_bytes": r.peak_memory_bytes,
+            "queries": r.queries.len(),
+        }))
     }
 }
 
