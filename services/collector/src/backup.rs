@@ -64,6 +64,8 @@ pub struct BackupSettings {
     pub stall: Duration,
     /// The repository's sealer: names chunks and, with `seal_in_reader`, seals them.
     pub sealer: strata_seal::Sealer,
+    /// Where the backup's job counts the chunks and bytes it publishes (the collector's metrics).
+    pub sent: Arc<crate::metrics::SentCounters>,
 }
 
 /// Facts about the cluster read at the start.
@@ -154,10 +156,11 @@ async fn backup_on(
             }
         })
     };
-    let job = Arc::new(
+    let mut job =
         Job::start(bus.clone(), label.clone(), req.stanza.clone(), settings.compress_level, settings.sealer.clone(), settings.in_flight_bytes, settings.stall)
-            .await?,
-    );
+            .await?;
+    job.count_into(settings.sent.clone());
+    let job = Arc::new(job);
     let result = backup_steps(client, &job, pg_data, req, settings, &cluster, &done_bytes, &total).await;
     heartbeat.abort();
     result

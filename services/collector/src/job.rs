@@ -63,6 +63,8 @@ pub struct Job {
     state: Arc<Mutex<State>>,
     changed: Arc<Notify>,
     sent_bytes: std::sync::atomic::AtomicU64,
+    /// The collector's metrics, which this job's chunks are added to as well.
+    counters: Option<Arc<crate::metrics::SentCounters>>,
     listener: tokio::task::JoinHandle<()>,
 }
 
@@ -100,12 +102,18 @@ impl Job {
             state,
             changed,
             sent_bytes: 0.into(),
+            counters: None,
             listener,
         })
     }
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Adds every chunk this job publishes (and its plain bytes) to `counters` too.
+    pub fn count_into(&mut self, counters: Arc<crate::metrics::SentCounters>) {
+        self.counters = Some(counters);
     }
 
     /// The id of a chunk with these plain bytes in the job's repository.
@@ -246,6 +254,9 @@ impl Job {
             return Err(e.into());
         }
         self.sent_bytes.fetch_add(plain_len as u64, std::sync::atomic::Ordering::Relaxed);
+        if let Some(c) = &self.counters {
+            c.add(plain_len as u64);
+        }
         Ok(id)
     }
 

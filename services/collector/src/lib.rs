@@ -17,22 +17,25 @@ pub mod file_lists;
 pub mod increment;
 pub mod job;
 pub mod loaded;
+pub mod metrics;
 pub mod wal;
 
 use bytes::Bytes;
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use strata_bus::Bus;
 use strata_config::Config;
 use strata_messages::{decode, subjects, BackupRequest, BackupStatus};
 use tracing::{error, info, warn};
 
 pub use backup::BackupSettings;
+pub use metrics::{CollectorError, CollectorMetrics};
 
 impl BackupSettings {
-    pub fn from_config(cfg: &Config, compress_level: i32, sealer: strata_seal::Sealer) -> Self {
+    /// `sent` counts the chunks and bytes the backup publishes ([`CollectorMetrics::sent`]).
+    pub fn from_config(cfg: &Config, compress_level: i32, sealer: strata_seal::Sealer, sent: Arc<metrics::SentCounters>) -> Self {
         let p = &cfg.pipeline;
         BackupSettings {
             chunk_size: p.chunk_size,
@@ -44,13 +47,20 @@ impl BackupSettings {
             // thread switches, which cost more than the compression on these machines.
             seal_in_reader: matches!(cfg.bus(), strata_config::BusConfig::Local),
             sealer,
+            sent,
         }
     }
 }
 
 /// Serves backup requests for every configured stanza until `shutdown` completes.
 /// `sealer` is the repository's: it names chunks with the repository's keyed hash when it is encrypted.
-pub async fn run(cfg: Arc<Config>, bus: Arc<dyn Bus>, sealer: strata_seal::Sealer, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Arc<Config>,
+    bus: Arc<dyn Bus>,
+    sealer: strata_seal::Sealer,
+    metrics: CollectorMetrics,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     if cfg.stanza.is_empty() {
         anyhow::bail!("no [stanza.<name>] is configured; the collector has nothing to back up");
     }
@@ -58,12 +68,14 @@ pub async fn run(cfg: Arc<Config>, bus: Arc<dyn Bus>, sealer: strata_seal::Seale
     let mut listeners = Vec::new();
     for name in cfg.stanza.keys() {
         let mut requests = bus.subscribe(&subjects::backup_requests(name), Some(subjects::COLLECTOR_GROUP)).await?;
-        let (cfg, bus, running, name, sealer) = (cfg.clone(), bus.clone(), running.clone(), name.clone(), sealer.clone());
+        let (cfg, bus, running, name, sealer, metrics) =
+            (cfg.clone(), bus.clone(), running.clone(), name.clone(), sealer.clone(), metrics.clone());
         listeners.push(tokio::spawn(async move {
             while let Some(payload) = requests.next().await {
                 let req = match decode::<BackupRequest>(&payload) {
                     Ok(r) => strata_messages::to_owned::<BackupRequest>(r),
                     Err(e) => {
+                        metrics.error(CollectorError::Request);
                         warn!(error = %e, "ignoring a malformed backup request");
                         continue;
                     }
@@ -72,13 +84,15 @@ pub async fn run(cfg: Arc<Config>, bus: Arc<dyn Bus>, sealer: strata_seal::Seale
                     continue;
                 }
                 if !running.lock().expect("running set").insert(name.clone()) {
+                    metrics.error(CollectorError::Request);
                     let msg = format!("a backup of stanza '{name}' is already running");
                     backup::status(&*bus, &req.label, BackupStatus::Failed(msg)).await;
                     continue;
                 }
-                let (cfg, bus, running, name, sealer) = (cfg.clone(), bus.clone(), running.clone(), name.clone(), sealer.clone());
+                let (cfg, bus, running, name, sealer, metrics) =
+                    (cfg.clone(), bus.clone(), running.clone(), name.clone(), sealer.clone(), metrics.clone());
                 tokio::spawn(async move {
-                    serve_backup(&cfg, bus, sealer, &req).await;
+                    serve_backup(&cfg, bus, sealer, &metrics, &req).await;
                     running.lock().expect("running set").remove(&name);
                 });
             }
@@ -92,12 +106,15 @@ pub async fn run(cfg: Arc<Config>, bus: Arc<dyn Bus>, sealer: strata_seal::Seale
     Ok(())
 }
 
-/// Runs one backup and reports its outcome on its status subject.
-pub async fn serve_backup(cfg: &Config, bus: Arc<dyn Bus>, sealer: strata_seal::Sealer, req: &BackupRequest) {
+/// Runs one backup and reports its outcome on its status subject (and in `metrics`).
+pub async fn serve_backup(cfg: &Config, bus: Arc<dyn Bus>, sealer: strata_seal::Sealer, metrics: &CollectorMetrics, req: &BackupRequest) {
     let stanza = cfg.stanza.get(&req.stanza).expect("listener only exists for configured stanzas");
-    let settings = BackupSettings::from_config(cfg, i32::from(req.compress_level), sealer);
+    let settings = BackupSettings::from_config(cfg, i32::from(req.compress_level), sealer, metrics.sent());
     info!(stanza = %req.stanza, label = %req.label, "backup requested");
+    let started = Instant::now();
+    metrics.backup_started(&req.stanza);
     let outcome = backup::run(bus.clone(), &stanza.pg_data, &stanza.pg_conn, req, &settings).await;
+    metrics.backup_ended(&req.stanza, req.backup_type, started.elapsed(), outcome.as_ref().ok());
     let status = match outcome {
         Ok(summary) => BackupStatus::Done(summary),
         Err(e) => {
@@ -125,7 +142,8 @@ pub async fn request_backup(
     match in_process {
         Some((cfg, sealer)) => {
             let (bus, req) = (bus.clone(), req.clone());
-            tokio::spawn(async move { serve_backup(&cfg, bus, sealer, &req).await });
+            // Nobody scrapes a single-host backup; its stages count all the same.
+            tokio::spawn(async move { serve_backup(&cfg, bus, sealer, &CollectorMetrics::unexported(), &req).await });
         }
         None => {
             bus.publish_event(&subjects::backup_requests(&req.stanza), Bytes::from(strata_messages::encode(req))).await?;

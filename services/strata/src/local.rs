@@ -23,15 +23,24 @@ pub async fn start(cfg: &Arc<Config>, repo: &strata_repo::Repo, bus: Arc<dyn Bus
     let cancel = CancellationToken::new();
     let p = &cfg.pipeline;
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(strata_sealer::run(bus.clone(), p.sealer_workers, sealer.clone(), cancel.clone().cancelled_owned())));
+    // The stages count as they would in a fleet (atomics on the hot path); nobody scrapes a command.
+    tasks.push(tokio::spawn(strata_sealer::run(
+        bus.clone(),
+        p.sealer_workers,
+        sealer.clone(),
+        strata_sealer::SealerMetrics::unexported(),
+        cancel.clone().cancelled_owned(),
+    )));
     tasks.push(tokio::spawn(strata_uploader::run(
         repo,
         bus.clone(),
         strata_uploader::UploaderSettings::from_config(p),
+        strata_uploader::UploaderMetrics::unexported(),
         cancel.clone().cancelled_owned(),
     )));
     if collector {
-        tasks.push(tokio::spawn(strata_collector::run(cfg.clone(), bus, sealer, cancel.clone().cancelled_owned())));
+        let metrics = strata_collector::CollectorMetrics::unexported();
+        tasks.push(tokio::spawn(strata_collector::run(cfg.clone(), bus, sealer, metrics, cancel.clone().cancelled_owned())));
     }
     Ok(LocalStages { cancel, tasks })
 }

@@ -20,6 +20,8 @@
 //! [`Repo::commit_backup`] checked every referenced pack exists; a WAL record is created with put-if-absent, so
 //! an archived WAL file is never replaced. The outcome goes back to the job as an event.
 
+pub mod metrics;
+
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,6 +35,8 @@ use strata_repo::{ChunkIndex, PackBuilder, Repo, RepoError, WalPut};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
+
+pub use metrics::{CommitKind, CommitOutcome, UploaderError, UploaderMetrics};
 
 /// A worker writes what it holds once its input has been quiet this long: the job owner limits its chunks
 /// in flight and waits for confirmations, so holding a partial pack longer would only stall it.
@@ -67,19 +71,22 @@ struct Shared {
     bus: Arc<dyn Bus>,
     settings: UploaderSettings,
     index: Mutex<Option<ChunkIndex>>,
+    metrics: UploaderMetrics,
 }
 
-/// Runs `workers` pack writers until `shutdown` completes. Checks first that the repository is writable,
-/// so a misconfigured uploader fails at start with one line instead of failing every job.
+/// Runs `workers` pack writers until `shutdown` completes, counting what they do in `metrics`. Checks first
+/// that the repository is writable, so a misconfigured uploader fails at start with one line instead of
+/// failing every job.
 pub async fn run(
     repo: Repo,
     bus: Arc<dyn Bus>,
     settings: UploaderSettings,
+    metrics: UploaderMetrics,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     repo.check_writable().await?;
     let workers = settings.workers;
-    let shared = Arc::new(Shared { repo, bus, settings, index: Mutex::new(None) });
+    let shared = Arc::new(Shared { repo, bus, settings, index: Mutex::new(None), metrics });
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
     for _ in 0..workers {
@@ -106,6 +113,7 @@ async fn worker(shared: Arc<Shared>, mut input: Box<dyn WorkStream>, cancel: Can
         let first = match first {
             Some(Ok(d)) => d,
             Some(Err(e)) => {
+                shared.metrics.error(UploaderError::Input);
                 warn!(error = %e, "uploader could not take work");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -154,6 +162,7 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
         let (work, sealed) = match decode_upload(d.payload()) {
             Ok(w) => w,
             Err(e) => {
+                shared.metrics.error(UploaderError::Malformed);
                 error!(error = %e, "uploader dropped a malformed message");
                 continue;
             }
@@ -174,6 +183,7 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
 
     let mut replies: HashMap<String, JobReply> = HashMap::new();
     if !placed.is_empty() {
+        let pack_bytes = (!pack.is_empty()).then(|| pack.body_len() as u64);
         let written = if pack.is_empty() {
             Ok(Vec::new())
         } else {
@@ -191,22 +201,30 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
                     refs.iter().for_each(|r| index.insert(*r));
                 }
                 let mut counted = std::collections::HashSet::new();
+                let (chunks, mut deduplicated) = (placed.len() as u64, 0);
                 for (job, id, existing) in placed {
                     let reply = replies.entry(job).or_default();
                     match existing {
-                        Some(r) => reply.stored.push(r),
+                        Some(r) => {
+                            deduplicated += 1;
+                            reply.stored.push(r)
+                        }
                         None => {
                             let r = by_id[&id];
                             if counted.insert(id) {
                                 reply.written_bytes += r.sealed_len as u64;
+                            } else {
+                                deduplicated += 1;
                             }
                             reply.stored.push(r);
                         }
                     }
                 }
+                shared.metrics.batch_stored(chunks, deduplicated, pack_bytes);
             }
             Err(e) => {
                 // Tell the jobs at once rather than letting them wait for their stall deadline.
+                shared.metrics.error(UploaderError::PackWrite);
                 error!(error = %e, "uploader could not write a pack");
                 let jobs: std::collections::HashSet<String> = placed.into_iter().map(|p| p.0).collect();
                 for job in jobs {
@@ -227,12 +245,14 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
                 let packs: Vec<PackId> = c.packs.iter().copied().collect();
                 let event = match shared.repo.commit_backup(c.stanza.as_str(), &packs, &record).await {
                     Ok(()) => {
+                        shared.metrics.commit(CommitKind::Backup, CommitOutcome::Stored);
                         info!(stanza = %c.stanza, label = %record.summary.label, "backup committed");
                         // What interrupted attempts left is superseded: this backup read everything again.
                         drop_checkpoints(shared, c.stanza.as_str()).await;
                         JobEvent::Committed
                     }
                     Err(e) => {
+                        shared.metrics.commit(CommitKind::Backup, CommitOutcome::Refused);
                         error!(stanza = %c.stanza, label = %record.summary.label, error = %e, "backup commit refused");
                         JobEvent::Rejected(e.to_string())
                     }
@@ -241,7 +261,16 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
             }
             ArchivedUploadWork::CommitWal(c) => {
                 let record = strata_messages::to_owned::<strata_messages::WalRecord>(&c.record);
-                let event = match shared.repo.put_wal(c.stanza.as_str(), &record).await {
+                let put = shared.repo.put_wal(c.stanza.as_str(), &record).await;
+                shared.metrics.commit(
+                    CommitKind::Wal,
+                    match &put {
+                        Ok(WalPut::Stored) => CommitOutcome::Stored,
+                        Ok(WalPut::AlreadyArchived) => CommitOutcome::AlreadyArchived,
+                        Err(_) => CommitOutcome::Refused,
+                    },
+                );
+                let event = match put {
                     Ok(WalPut::Stored) => JobEvent::Committed,
                     Ok(WalPut::AlreadyArchived) => JobEvent::AlreadyArchived,
                     Err(e @ RepoError::WalConflict { .. }) => {
@@ -256,8 +285,14 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
                 let checkpoint = strata_messages::to_owned::<strata_messages::BackupCheckpoint>(&c.checkpoint);
                 let packs: Vec<PackId> = c.packs.iter().copied().collect();
                 match shared.repo.put_checkpoint(c.stanza.as_str(), &packs, &checkpoint).await {
-                    Ok(()) => debug!(stanza = %c.stanza, label = %checkpoint.label, "checkpoint written"),
-                    Err(e) => warn!(stanza = %c.stanza, label = %checkpoint.label, error = %e, "checkpoint not written"),
+                    Ok(()) => {
+                        shared.metrics.commit(CommitKind::Checkpoint, CommitOutcome::Stored);
+                        debug!(stanza = %c.stanza, label = %checkpoint.label, "checkpoint written")
+                    }
+                    Err(e) => {
+                        shared.metrics.commit(CommitKind::Checkpoint, CommitOutcome::Refused);
+                        warn!(stanza = %c.stanza, label = %checkpoint.label, error = %e, "checkpoint not written")
+                    }
                 }
                 continue;
             }
@@ -270,6 +305,7 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
     }
     for d in batch {
         if let Err(e) = d.ack().await {
+            shared.metrics.error(UploaderError::Ack);
             // Redelivery stores the chunk again (harmless) and confirms it again.
             warn!(error = %e, "uploader could not acknowledge a message");
         }
@@ -310,7 +346,11 @@ async fn serve_fetches(shared: Arc<Shared>, mut requests: Box<dyn strata_bus::Ev
                 Err(e) => strata_messages::FetchedChunk::Failed(e.to_string()),
             };
             let failed = matches!(answer, strata_messages::FetchedChunk::Failed(_));
+            if failed {
+                shared.metrics.error(UploaderError::Fetch);
+            }
             if let Err(e) = shared.bus.publish_event(&req.reply, Bytes::from(encode(&answer))).await {
+                shared.metrics.error(UploaderError::Fetch);
                 warn!(error = %e, "uploader could not answer a fetch request");
                 break;
             }
@@ -349,6 +389,7 @@ async fn lookup(shared: &Shared, id: &[u8; 32]) -> Option<ChunkRef> {
 
 async fn publish(shared: &Shared, job: &str, event: &JobEvent) {
     if let Err(e) = shared.bus.publish_event(&subjects::job_events(job), Bytes::from(encode(event))).await {
+        shared.metrics.error(UploaderError::Event);
         warn!(job, error = %e, "uploader could not send a job event");
     }
 }

@@ -1,13 +1,19 @@
-//! `strata-uploader --config FILE`: a pool of pack writers for the primary repository, on the NATS bus.
+//! `strata-uploader --config FILE [--metrics-listen ADDR]`: a pool of pack writers for the primary
+//! repository, on the NATS bus.
 
 use anyhow::Context;
 use clap::Parser;
+use std::sync::Arc;
+use strata_runtime::metrics::{listen_address, MetricsEndpoint};
 
 #[derive(Parser)]
 #[command(version, about = "Strata uploader: writes sealed chunks into the repository and commits backups")]
 struct Args {
     #[arg(long, env = "STRATA_CONFIG")]
     config: std::path::PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics (overrides `[metrics] uploader`).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 #[tokio::main]
@@ -16,12 +22,30 @@ async fn main() -> std::process::ExitCode {
     strata_runtime::exit_with(async {
         let args = Args::parse();
         let cfg = strata_config::Config::load(&args.config, std::env::vars())?;
-        let storage = strata_runtime::open_storage(cfg.primary_repo()).await.context("strata-uploader")?;
+        let registry = strata_metrics::Registry::new();
+        let endpoint = match listen_address(args.metrics_listen.as_deref(), cfg.metrics.uploader.as_deref(), "[metrics] uploader") {
+            Some((addr, setting)) => Some(MetricsEndpoint::start(&addr, &setting, registry.clone()).await.context("strata-uploader")?),
+            None => None,
+        };
+        let metrics = strata_uploader::UploaderMetrics::new(&registry);
+        let primary = cfg.primary_repo();
+        let storage: Arc<dyn strata_storage::Storage> = match primary.kind {
+            strata_config::RepoType::S3 => {
+                // Kept as an S3Storage as well, for its retry count.
+                let s3 = strata_runtime::open_s3(primary).await.context("strata-uploader")?;
+                metrics.watch_s3(&primary.name, s3.clone());
+                s3
+            }
+            strata_config::RepoType::Posix => strata_runtime::open_storage(primary).await.context("strata-uploader")?,
+        };
         let sealer = strata_runtime::service_sealer(&cfg).await.context("strata-uploader")?;
-        let repo = strata_repo::Repo::new(cfg.primary_repo().name.clone(), storage).with_sealer(sealer);
+        let repo = strata_repo::Repo::new(primary.name.clone(), storage).with_sealer(sealer);
         let bus = strata_runtime::connect_service_bus(&cfg).await.context("strata-uploader")?;
+        if let Some(e) = &endpoint {
+            e.watch_queues(bus.clone());
+        }
         let settings = strata_uploader::UploaderSettings::from_config(&cfg.pipeline);
-        strata_uploader::run(repo, bus, settings, strata_runtime::shutdown_signal())
+        strata_uploader::run(repo, bus, settings, metrics, strata_runtime::shutdown_signal())
             .await
             .context("strata-uploader")
     })

@@ -133,6 +133,11 @@ pub trait Bus: Send + Sync {
     async fn publish_event(&self, subject: &str, payload: Bytes) -> Result<()>;
     /// Receives the events of `subject`. With a `group`, each event goes to one member of the group only.
     async fn subscribe(&self, subject: &str, group: Option<&str>) -> Result<Box<dyn EventStream>>;
+    /// How many messages `queue` holds that no worker has finished: the depth a stage's backlog shows
+    /// (exported as `strata_bus_queue_depth`). NATS: the stream's message count, which on a work-queue
+    /// stream is every message stored and not yet acknowledged, delivered or not. In-process: the messages
+    /// waiting in the channel (a taken message is finished there, acks do nothing).
+    async fn queue_depth(&self, queue: Queue) -> Result<u64>;
     /// The largest payload this bus carries.
     fn max_payload(&self) -> usize;
     /// Makes sure every event published before this call left the process (NATS flush).

@@ -181,6 +181,11 @@ impl Bus for LocalBus {
         Ok(Box::new(LocalEvents { rx }))
     }
 
+    async fn queue_depth(&self, queue: Queue) -> Result<u64> {
+        let tx = &self.inner.queues[&queue].tx;
+        Ok((tx.max_capacity() - tx.capacity()) as u64)
+    }
+
     fn max_payload(&self) -> usize {
         LOCAL_MAX_PAYLOAD
     }
@@ -209,6 +214,27 @@ mod tests {
         let again = w2.next().await.unwrap().unwrap();
         assert_eq!(again.payload().as_ref(), b"a");
         assert!(w1.next_within(Duration::from_millis(20)).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn queue_depth_counts_messages_not_yet_taken() {
+        let bus = LocalBus::new();
+        assert_eq!(bus.queue_depth(Queue::Upload).await.unwrap(), 0);
+        bus.publish_work(Queue::Upload, Bytes::from_static(b"a")).await.unwrap();
+        bus.publish_work(Queue::Upload, Bytes::from_static(b"b")).await.unwrap();
+        assert_eq!(bus.queue_depth(Queue::Upload).await.unwrap(), 2);
+        assert_eq!(bus.queue_depth(Queue::Seal).await.unwrap(), 0);
+        let mut w = bus.work(Queue::Upload).await.unwrap();
+        let a = w.next().await.unwrap().unwrap();
+        assert_eq!(bus.queue_depth(Queue::Upload).await.unwrap(), 1);
+        a.nak(Duration::ZERO).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while bus.queue_depth(Queue::Upload).await.unwrap() != 2 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("a nak puts the message back");
     }
 
     #[tokio::test]

@@ -414,6 +414,19 @@ impl Bus for NatsBus {
         Ok(Box::new(NatsEvents { subscriber }))
     }
 
+    /// One JetStream API request (stream info). Work-queue retention deletes a message when it is
+    /// acknowledged, so the stream's count is the backlog, including messages delivered to a worker and
+    /// not yet finished.
+    async fn queue_depth(&self, queue: Queue) -> Result<u64> {
+        let stream = self
+            .inner
+            .js
+            .get_stream(queue.stream_name())
+            .await
+            .map_err(|e| self.unreachable(format!("cannot read the state of stream {}: {e}", queue.stream_name())))?;
+        Ok(stream.cached_info().state.messages)
+    }
+
     /// The server's `max_payload` as announced on the current connection (8 MiB with Strata's config).
     fn max_payload(&self) -> usize {
         self.inner.client.max_payload()

@@ -324,6 +324,8 @@ async fn competing_workers_get_distinct_messages_and_acks_remove_them() {
         bus1.publish_work(Queue::Seal, payload.clone()).await.unwrap();
     }
     assert_eq!(queue_state(&server.url(), Queue::Seal).await.0, 32, "published work is stored");
+    assert_eq!(bus2.queue_depth(Queue::Seal).await.unwrap(), 32, "the depth any process sees");
+    assert_eq!(bus2.queue_depth(Queue::Upload).await.unwrap(), 0);
 
     let (got1, got2) = tokio::join!(drain(w1), drain(w2));
     assert!(!got1.is_empty() && !got2.is_empty(), "both workers got work: {} and {}", got1.len(), got2.len());
@@ -337,6 +339,7 @@ async fn competing_workers_get_distinct_messages_and_acks_remove_them() {
 
     let (stored, unacked, redelivered, _) = queue_state(&server.url(), Queue::Seal).await;
     assert_eq!((stored, unacked, redelivered), (0, 0, 0), "acked work is removed from the work queue");
+    assert_eq!(bus1.queue_depth(Queue::Seal).await.unwrap(), 0, "acked work leaves the depth");
     // The other queue is separate.
     assert_eq!(queue_state(&server.url(), Queue::Upload).await.0, 0);
 }

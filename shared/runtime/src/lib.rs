@@ -1,5 +1,8 @@
 //! How a Strata process starts and stops: logging, the bus it talks to, the repository storage and key it
-//! opens, shutdown on signals, and the one-line error and exit code every binary ends with.
+//! opens, its metrics endpoint ([`metrics`]), shutdown on signals, and the one-line error and exit code every
+//! binary ends with.
+
+pub mod metrics;
 
 use std::future::Future;
 use std::process::ExitCode;
