@@ -365,6 +365,119 @@ async fn space(repo: &Repo) -> anyhow::Result<Space> {
 mod tests {
     use super::*;
 
+    use strata_messages::BackupType;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn backup(kind: BackupType, stop_time: i64, duration: i64) -> BackupRecord {
+        let summary = strata_messages::BackupSummary {
+            label: format!("b{stop_time}"),
+            backup_type: kind,
+            start_time: stop_time - duration,
+            stop_time,
+            start_lsn: 0,
+            stop_lsn: 0,
+            timeline: 1,
+            wal_start: String::new(),
+            wal_stop: String::new(),
+            pg_version_num: 150000,
+            system_id: 1,
+            wal_segment_size: 16 << 20,
+            reference: String::new(),
+            database_bytes: 0,
+            read_bytes: 0,
+            stored_bytes: 0,
+            sent_bytes: 0,
+            file_count: 0,
+            checksum_failures: 0,
+        };
+        BackupRecord { version: 2, summary, manifest_len: 0, manifest_chunks: Vec::new() }
+    }
+
+    fn health(backups: &[BackupRecord]) -> Health {
+        let mut last_backup = BTreeMap::new();
+        for b in backups {
+            let s = &b.summary;
+            last_backup.insert(
+                s.backup_type.as_str().to_string(),
+                LastBackup { label: s.label.clone(), stop_time: s.stop_time, duration_secs: s.stop_time - s.start_time, stored_bytes: 0, database_bytes: 0 },
+            );
+        }
+        Health {
+            stanza: "main".into(),
+            repo: "local".into(),
+            time: NOW,
+            status: Level::Ok,
+            findings: Vec::new(),
+            rpo_secs: 86_400,
+            last_backup,
+            archiver: Err("not asked".into()),
+            space: Err("not asked".into()),
+            verify: Vec::new(),
+            restore_test: None,
+        }
+    }
+
+    fn rules_of(h: &Health, backups: &[BackupRecord]) -> Vec<(&'static str, Level)> {
+        rules(&AlertsConfig::default(), h, backups, NOW).into_iter().map(|f| (f.rule, f.level)).collect()
+    }
+
+    fn archiver(last_archived: Option<i64>, last_failed: Option<i64>, lag_seconds: i64) -> Archiver {
+        Archiver {
+            archived_count: 10,
+            failed_count: i64::from(last_failed.is_some()),
+            last_archived_wal: Some("000000010000000000000009".into()),
+            last_archived_time: last_archived,
+            last_failed_wal: last_failed.map(|_| "00000001000000000000000A".into()),
+            last_failed_time: last_failed,
+            lag_bytes: 0,
+            lag_seconds,
+        }
+    }
+
+    #[test]
+    fn a_backup_is_late_after_the_rpo_and_a_half() {
+        let fresh = [backup(BackupType::Full, NOW - 86_400, 60)];
+        assert!(rules_of(&health(&fresh), &fresh).is_empty());
+        let late = [backup(BackupType::Full, NOW - 130_000, 60)];
+        assert_eq!(rules_of(&health(&late), &late), vec![("backup-late", Level::Critical)]);
+        assert_eq!(rules_of(&health(&[]), &[]), vec![("backup-late", Level::Critical)]);
+    }
+
+    #[test]
+    fn archiving_fails_when_the_last_failure_is_newer_than_the_last_success() {
+        let b = [backup(BackupType::Full, NOW - 60, 60)];
+        let mut h = health(&b);
+        h.archiver = Ok(archiver(Some(NOW - 100), Some(NOW - 10), 0));
+        assert_eq!(rules_of(&h, &b), vec![("archive-failing", Level::Critical)]);
+        h.archiver = Ok(archiver(Some(NOW - 5), Some(NOW - 10), 0));
+        assert!(rules_of(&h, &b).is_empty(), "fixed: the success came after the failure");
+        h.archiver = Ok(archiver(Some(NOW - 7200), None, 7200));
+        assert_eq!(rules_of(&h, &b), vec![("archive-lag", Level::Warning)]);
+    }
+
+    #[test]
+    fn repository_space_warns_at_70_and_is_critical_at_90_percent() {
+        let b = [backup(BackupType::Full, NOW - 60, 60)];
+        let mut h = health(&b);
+        let space = |p: f64| Ok(Space { used_bytes: 1, fs_size_bytes: Some(100), fs_free_bytes: Some(1), fs_used_percent: Some(p) });
+        h.space = space(50.0);
+        assert!(rules_of(&h, &b).is_empty());
+        h.space = space(75.0);
+        assert_eq!(rules_of(&h, &b), vec![("repo-full", Level::Warning)]);
+        h.space = space(95.0);
+        assert_eq!(rules_of(&h, &b), vec![("repo-full", Level::Critical)]);
+    }
+
+    #[test]
+    fn backups_slower_week_over_week_warn() {
+        let day = 86_400;
+        let steady = [backup(BackupType::Full, NOW - 10 * day, 100), backup(BackupType::Full, NOW - day, 120)];
+        assert!(rules_of(&health(&steady), &steady).is_empty(), "20% slower is within 30%");
+        let slower = [backup(BackupType::Full, NOW - 10 * day, 100), backup(BackupType::Full, NOW - day, 140)];
+        assert_eq!(rules_of(&health(&slower), &slower), vec![("backup-slower", Level::Warning)]);
+    }
+
     #[test]
     fn ages_read_naturally() {
         assert_eq!(age(45), "45 s");
