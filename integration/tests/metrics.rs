@@ -7,24 +7,9 @@ mod common;
 
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 use strata_integration::*;
-
-/// `GET /metrics` on `port`, as curl would; the body.
-fn scrape(port: u16) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint accepts");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-    let (head, body) = out.split_once("\r\n\r\n").expect("header end");
-    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
-    body.to_string()
-}
 
 /// A scrape parsed: the family kinds (from TYPE lines) and every sample, keyed by `name{labels}`.
 struct Scrape {

@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use strata_integration::*;
@@ -42,17 +41,6 @@ fn wait_caught_up(setup: &Setup, replicator: &mut Service, target: &str, timeout
         assert!(Instant::now() < deadline, "target {target} still behind after {timeout:?}: {row}");
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-/// `GET /metrics` on `port`, as curl would.
-fn scrape(port: u16) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint accepts");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-    out
 }
 
 #[test]

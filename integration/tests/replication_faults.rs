@@ -7,7 +7,6 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 use strata_integration::*;
 
@@ -15,16 +14,6 @@ const MARKER: &str = "STRATA-REPLICATED-MARKER-0815";
 
 fn port_of(endpoint: &str) -> u16 {
     endpoint.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port in {endpoint}"))
-}
-
-/// `GET /metrics` on `port`.
-fn scrape(port: u16) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint accepts");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 /// The value of one sample line (`name{labels} value`).

@@ -5,20 +5,8 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 use strata_integration::*;
-
-/// `GET /metrics` on `port`, as curl would.
-fn scrape(port: u16) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint accepts");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-    out
-}
 
 /// The value of one series (`name{labels}`) in a scrape.
 fn value(metrics: &str, series: &str) -> Option<f64> {

@@ -204,6 +204,19 @@ impl Services {
     }
 }
 
+/// `GET /metrics` on `port`, as curl would; the body.
+pub fn scrape(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint accepts");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    let (head, body) = out.split_once("\r\n\r\n").expect("header end");
+    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+    body.to_string()
+}
+
 /// Source and restored copy hold the same rows in every table of `db`.
 pub fn assert_same_tables(source: &PgCluster, copy: &PgCluster, db: &str) {
     let a = source.table_digests(db);
