@@ -101,6 +101,19 @@ fn each_operation_is_recorded_with_its_outcome() {
     assert_ne!(after[1]["what"]["new_hash"], after[1]["what"]["old_hash"]);
     assert_eq!(after[1]["what"]["config"], setup.config.canonicalize().unwrap().to_str().unwrap());
     assert_eq!(audit(&setup, &["--op", "config-change"]).len(), 2, "an unchanged config is not recorded again");
+    // Root (running audit) recorded that change: the files stay the postgres user's, who appends next.
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(&log).unwrap().uid();
+    let sidecar = log.with_file_name("strata-audit.log.config-hash");
+    assert_eq!(std::fs::metadata(&sidecar).unwrap().uid(), owner);
+    setup.append_config("# edited again");
+    setup.strata_ok(&["annotate", "--set", &label, "--note", "audited"]);
+    let after = audit(&setup, &["--op", "config-change"]);
+    assert_eq!(after.len(), 3, "{after:#?}");
+    assert_eq!(after[2]["user"], "postgres");
+    let annotate = audit(&setup, &["--op", "annotate"]);
+    assert_eq!(annotate.len(), 1);
+    assert_eq!(annotate[0]["what"]["note"], "audited");
 
     // Filters and the text form.
     assert_eq!(ops(&audit(&setup, &["--outcome", "failed"])), vec![pair("restore", "failed")]);

@@ -40,7 +40,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::OnceLock;
@@ -241,7 +241,8 @@ pub fn note_config(log: &Path, config_path: &Path, config_bytes: &[u8]) -> Resul
     let entry = AuditEntry::new(Op::ConfigChange, None, None, what, SystemTime::now(), Duration::ZERO, None);
     append_locked(log, &file, &entry)?;
     known.configs.insert(key, new_hash);
-    write_sidecar(&sidecar, &known)?;
+    let owner = file.metadata().map_err(io_err(log))?;
+    write_sidecar(&sidecar, &known, (owner.uid(), owner.gid()))?;
     Ok(Some(entry))
 }
 
@@ -268,7 +269,10 @@ fn read_sidecar(path: &Path) -> Result<ConfigHashes, AuditError> {
     }
 }
 
-fn write_sidecar(path: &Path, hashes: &ConfigHashes) -> Result<(), AuditError> {
+/// Replaces the sidecar with a file owned like the log (`owner`): it is a new file each time, and one
+/// written by root for `strata audit` must stay readable and replaceable by the user the other commands
+/// run as.
+fn write_sidecar(path: &Path, hashes: &ConfigHashes, owner: (u32, u32)) -> Result<(), AuditError> {
     let bytes =
         serde_json::to_vec_pretty(hashes).map_err(|source| AuditError::Encode { path: path.to_path_buf(), source })?;
     let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
@@ -276,6 +280,10 @@ fn write_sidecar(path: &Path, hashes: &ConfigHashes) -> Result<(), AuditError> {
     let tmp = path.with_file_name(tmp_name);
     let write = || -> std::io::Result<()> {
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(FILE_MODE).open(&tmp)?;
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::fchown(&f, Some(owner.0), Some(owner.1))?;
+        }
         f.write_all(&bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
