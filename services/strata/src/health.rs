@@ -321,7 +321,10 @@ async fn archiver(pg_conn: &str, seg_size: u64, now: i64) -> anyhow::Result<Arch
             &[],
         )
         .await?;
-    conn.abort();
+    // Dropping the client sends Terminate; the connection task then ends on its own. Aborting it instead
+    // cuts the socket under the server, which logs "connection to client lost".
+    drop(client);
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
     let last_archived_wal: Option<String> = row.get(2);
     let last_archived_time: Option<i64> = row.get(3);
     let current: Option<String> = row.get(6);
