@@ -7,8 +7,8 @@
 # Runs as root; PostgreSQL, Strata and pgBackRest run as `postgres`. Needs what scripts/install-deps.sh installs
 # (PostgreSQL 15, pgbackrest). Sources loadtest/lib.sh for the dataset.
 #
-# What it does: a cluster with the pgbench dataset whose archive_command pushes each WAL file with both tools (both
-# must succeed); one full backup with each (Strata: zstd-1, posix repository; pgBackRest: zst level 1, process-max
+# What it does: a cluster with the pgbench dataset whose archive_command (from after the load on) pushes each WAL
+# file with both tools (both must succeed); one full backup with each (Strata: zstd-1, posix repository; pgBackRest: zst level 1, process-max
 # 2); then, rep by rep, `pgbackrest verify` and `strata verify` timed one after the other, each after `sync` and a
 # pause. Both read back every file (pgBackRest) or chunk (Strata) of the backup and every archived WAL file, and
 # check them: pgBackRest checks each file's SHA-1; Strata decrypts nothing here (no encryption), decompresses
@@ -123,19 +123,24 @@ port = $PGPORT
 shared_buffers = 512MB
 max_wal_size = 4GB
 archive_mode = on
-archive_command = '$BIN/archive-push.sh %p'
+archive_command = '/bin/true'
 EOF
 grep -q "include 'bench.conf'" "$PGDATA/postgresql.conf" || echo "include 'bench.conf'" >>"$PGDATA/postgresql.conf"
 chown postgres: "$PGDATA/bench.conf"
 as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$LOGDIR/postgres.log" -w start >/dev/null
-as_pg "$BIN/strata" --config "$CFG" --stanza "$STANZA" stanza-create >/dev/null
-as_pg pgbackrest --config="$PGBR_CONF" --stanza="$STANZA" stanza-create >/dev/null
 if ! dataset_reusable; then
     log "loading $DATASET_DESC"
     [[ $(psql_q "SELECT count(*) FROM pg_database WHERE datname = 'bench'") == 1 ]] || psql_q "CREATE DATABASE bench"
     dataset_load
     dataset_mark
 fi
+# Archiving starts after the load, so that both archives hold the same WAL: what the backups need. (pgBackRest
+# verifies every WAL file in its archive; Strata those from the oldest backup's start.)
+psql_q "ALTER SYSTEM SET archive_command = '$BIN/archive-push.sh %p'" >/dev/null
+psql_q "SELECT pg_reload_conf()" >/dev/null
+psql_q "SELECT pg_switch_wal()" >/dev/null
+as_pg "$BIN/strata" --config "$CFG" --stanza "$STANZA" stanza-create >/dev/null
+as_pg pgbackrest --config="$PGBR_CONF" --stanza="$STANZA" stanza-create >/dev/null
 DB_BYTES=$(psql_q "SELECT sum(pg_database_size(oid))::bigint FROM pg_database")
 log "database: $((DB_BYTES / 1000000)) MB; full backups"
 as_pg "$BIN/strata" --config "$CFG" --stanza "$STANZA" backup --type full >/dev/null

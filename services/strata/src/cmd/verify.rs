@@ -299,36 +299,59 @@ async fn check_pack(repo: &Repo, sealer: &Sealer, plan: Arc<Plan>, pack_id: Pack
             let first = chunks[0] as usize;
             out.problems.push(Problem { chunk: None, ..use_problem(&plan, first, &plan.head.chunks[first], why) });
         }
-        let data_checksums = plan.head.data_checksums;
-        let mut plain = Vec::new();
-        for i in chunks {
-            let r = plan.head.chunks[i as usize];
-            out.chunks += 1;
-            out.stored_bytes += r.sealed_len as u64;
-            let end = r.offset + r.sealed_len as u64;
-            let bad = if end > bytes.len() as u64 {
-                Some(format!("the pack is truncated: it has {} bytes, the chunk ends at byte {end}", bytes.len()))
-            } else {
-                match sealer.unseal_into(&bytes[r.offset as usize..end as usize], &r.id, &mut plain) {
-                    Ok(()) => None,
-                    Err(e) => Some(format!("the chunk does not read back: {e}")),
-                }
-            };
-            if let Some(why) = &bad {
-                out.problems.push(use_problem(&plan, i as usize, &r, why.clone()));
-                out.outcomes.push((r.id, bad));
-                continue;
-            }
-            out.plain_bytes += plain.len() as u64;
-            out.outcomes.push((r.id, None));
-            if data_checksums {
-                check_pages(&plan, i as usize, &r, &plain, start_lsn, &mut out);
-            }
+        // A backup of a few GB may sit in one or two packs: its chunks are checked on every core.
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(chunks.len().div_ceil(8)).max(1);
+        let share = chunks.len().div_ceil(threads);
+        let parts: Vec<PackOutcome> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunks
+                .chunks(share)
+                .map(|part| scope.spawn(|| check_chunks(&plan, &sealer, &bytes, part, start_lsn)))
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("chunk check panicked")).collect()
+        });
+        for p in parts {
+            out.chunks += p.chunks;
+            out.stored_bytes += p.stored_bytes;
+            out.plain_bytes += p.plain_bytes;
+            out.pages_checked += p.pages_checked;
+            out.problems.extend(p.problems);
+            out.outcomes.extend(p.outcomes);
         }
         out
     })
     .await
     .expect("pack check panicked")
+}
+
+/// Unseals and checks some of a pack's chunks (table indices `chunks`), and their pages.
+fn check_chunks(plan: &Plan, sealer: &Sealer, bytes: &[u8], chunks: &[u32], start_lsn: Lsn) -> PackOutcome {
+    let mut out = PackOutcome::default();
+    let mut plain = Vec::new();
+    for &i in chunks {
+        let r = plan.head.chunks[i as usize];
+        out.chunks += 1;
+        out.stored_bytes += r.sealed_len as u64;
+        let end = r.offset + r.sealed_len as u64;
+        let bad = if end > bytes.len() as u64 {
+            Some(format!("the pack is truncated: it has {} bytes, the chunk ends at byte {end}", bytes.len()))
+        } else {
+            match sealer.unseal_into(&bytes[r.offset as usize..end as usize], &r.id, &mut plain) {
+                Ok(()) => None,
+                Err(e) => Some(format!("the chunk does not read back: {e}")),
+            }
+        };
+        if let Some(why) = &bad {
+            out.problems.push(use_problem(plan, i as usize, &r, why.clone()));
+            out.outcomes.push((r.id, bad));
+            continue;
+        }
+        out.plain_bytes += plain.len() as u64;
+        out.outcomes.push((r.id, None));
+        if plan.head.data_checksums {
+            check_pages(plan, i as usize, &r, &plain, start_lsn, &mut out);
+        }
+    }
+    out
 }
 
 /// The pack's own index and footer must still parse and match their hash (restore does not need them,
