@@ -472,7 +472,9 @@ fn make_scratch(work_dir: Option<&Path>, stanza: &str, user: &OsUser) -> anyhow:
     // A free loopback port, only to name the socket: the server listens on no TCP address.
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(5432);
     let inside = root.join("sock");
-    let (sock, outside_sock) = if inside.as_os_str().len() + ".s.PGSQL.65535".len() + 1 <= MAX_SOCKET_PATH {
+    // The socket's path: the directory, '/', the file name.
+    let socket_path_len = inside.as_os_str().len() + 1 + ".s.PGSQL.65535".len();
+    let (sock, outside_sock) = if socket_path_len <= MAX_SOCKET_PATH {
         (inside, None)
     } else {
         let short = (0..100)
