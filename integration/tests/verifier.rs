@@ -29,17 +29,24 @@ fn verifier_verifies_new_backups_exports_metrics_and_alerts_when_archiving_stops
     let dir = TestDir::new("verifier");
     let setup = Setup::new(&dir, "local", "", &[]);
     let hook = WebhookReceiver::start();
+    let info_hook = WebhookReceiver::start();
     let port = reserve_port();
     setup.append_config(&format!(
-        "[verifier]\ninterval_secs = 1\nmetrics_listen = \"127.0.0.1:{}\"\n\n[alerts]\nwebhook_critical = \"{}\"\nresend_secs = 3600\n{}",
+        "[verifier]\ninterval_secs = 1\nmetrics_listen = \"127.0.0.1:{}\"\n\n[alerts]\nwebhook_critical = \"{}\"\nwebhook_info = \"{}\"\nresend_secs = 3600\n{}",
         port.get(),
         hook.url(),
+        info_hook.url(),
         // The machine's disk, shared with other work, must not decide this test's status.
         "repo_full_warning_percent = 100\nrepo_full_critical_percent = 100"
     ));
     setup.strata_ok(&["stanza-create"]);
     setup.pg.pgbench_init(2);
     let label = setup.backup("full");
+    // The backup that succeeded is an info-tier event, sent once by the command that took it.
+    let events = info_hook.bodies();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let text = events[0]["text"].as_str().unwrap();
+    assert!(text.contains("backup succeeded") && text.contains(&label), "{text}");
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
     drop(port);
     let mut verifier = setup.bins.spawn_service("strata-verifier", &setup.config, dir.path());
@@ -82,7 +89,6 @@ fn verifier_verifies_new_backups_exports_metrics_and_alerts_when_archiving_stops
     assert!(m.contains("# TYPE strata_archive_failed_total counter"), "{m}");
     assert!(m.contains(&format!("strata_verify_runs_total{{stanza=\"main\",repo=\"local\",subject=\"backup\",outcome=\"ok\"}} 1")), "{m}");
     assert!(hook.bodies().is_empty(), "no alert while all is well: {:?}", hook.bodies());
-    let _ = label;
 
     // Archiving breaks: the critical alert reaches the webhook within a few rounds.
     setup.pg.psql("ALTER SYSTEM SET archive_command = 'false'");
