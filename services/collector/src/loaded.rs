@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use strata_bus::Bus;
 use strata_messages::manifest::ArchivedFileList;
@@ -22,6 +23,8 @@ use strata_messages::{
 /// Longer than one S3 attempt (`strata_storage::RetryPolicy`: 60 s), so that an uploader whose read
 /// stalled once and was retried still answers in time.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long the collector waits for the first answer before asking again.
+const REASK_INTERVAL: Duration = Duration::from_secs(3);
 /// Chunks asked for in one request: bounds the replies in flight.
 const FETCH_BATCH: usize = 8;
 
@@ -88,18 +91,30 @@ async fn fetch_chunks(
     what: &str,
     chunks: &[ChunkRef],
 ) -> anyhow::Result<Vec<Vec<u8>>> {
-    let reply = subjects::fetch_reply(job);
+    static REQUESTS: AtomicU64 = AtomicU64::new(0);
+    let reply = subjects::fetch_reply(job, REQUESTS.fetch_add(1, Ordering::Relaxed));
     let mut answers = bus.subscribe(&reply, None).await?;
-    let request = FetchRequest { version: FORMAT_VERSION, reply: reply.clone(), chunks: chunks.to_vec() };
-    bus.publish_event(subjects::FETCH, Bytes::from(encode(&request))).await?;
+    let request = Bytes::from(encode(&FetchRequest { version: FORMAT_VERSION, reply: reply.clone(), chunks: chunks.to_vec() }));
+    bus.publish_event(subjects::FETCH, request.clone()).await?;
     bus.flush().await?;
     let mut parts: Vec<Option<Vec<u8>>> = vec![None; chunks.len()];
     let mut missing = parts.len();
+    let mut waited = Duration::ZERO;
     while missing > 0 {
-        let payload = tokio::time::timeout(FETCH_TIMEOUT, answers.next())
-            .await
-            .map_err(|_| anyhow!("no uploader sent the {what} within {} s; is an uploader running?", FETCH_TIMEOUT.as_secs()))?
-            .ok_or_else(|| anyhow!("the bus closed while fetching the {what}"))?;
+        // A request is an event: one published before any uploader subscribed (an uploader still starting,
+        // or restarting) reaches nobody. Until the first answer shows an uploader has it, ask again.
+        let wait = if missing == parts.len() { REASK_INTERVAL } else { FETCH_TIMEOUT };
+        let payload = match tokio::time::timeout(wait, answers.next()).await {
+            Ok(p) => p.ok_or_else(|| anyhow!("the bus closed while fetching the {what}"))?,
+            Err(_) if missing == parts.len() && waited + wait < FETCH_TIMEOUT => {
+                waited += wait;
+                bus.publish_event(subjects::FETCH, request.clone()).await?;
+                bus.flush().await?;
+                continue;
+            }
+            Err(_) => bail!("no uploader sent the {what} within {} s; is an uploader running?", FETCH_TIMEOUT.as_secs()),
+        };
+        waited = Duration::ZERO;
         match strata_messages::to_owned::<FetchedChunk>(decode::<FetchedChunk>(&payload)?) {
             FetchedChunk::Sealed { index, bytes } => {
                 let i = index as usize;

@@ -84,6 +84,8 @@ pub async fn run(
     metrics: UploaderMetrics,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // Subscribed before the (possibly slow) write probe, so a fetch asked meanwhile waits for us.
+    let fetches = bus.subscribe(subjects::FETCH, Some(subjects::UPLOADER_GROUP)).await?;
     repo.check_writable().await?;
     let workers = settings.workers;
     let shared = Arc::new(Shared { repo, bus, settings, index: Mutex::new(None), metrics });
@@ -93,7 +95,6 @@ pub async fn run(
         let input = shared.bus.work(Queue::Upload).await?;
         tasks.push(tokio::spawn(worker(shared.clone(), input, cancel.clone())));
     }
-    let fetches = shared.bus.subscribe(subjects::FETCH, Some(subjects::UPLOADER_GROUP)).await?;
     tasks.push(tokio::spawn(serve_fetches(shared.clone(), fetches, cancel.clone())));
     info!(workers, repo = shared.repo.name(), "uploader running");
     shutdown.await;

@@ -20,6 +20,8 @@ const EVENT_BACKLOG: usize = 4096;
 /// The single-host bus carries chunks by reference; this only mirrors the limit of the deployed NATS config
 /// so that a chunk size that works here also works on a fleet.
 const LOCAL_MAX_PAYLOAD: usize = 8 * 1024 * 1024;
+/// Subjects kept before those nobody listens to are dropped from the map.
+const PRUNE_SUBJECTS_ABOVE: usize = 1024;
 
 struct WorkChannel {
     tx: mpsc::Sender<Bytes>,
@@ -68,6 +70,11 @@ impl LocalBus {
 
     fn sender(&self, subject: &str) -> broadcast::Sender<Bytes> {
         let mut subjects = self.inner.subjects.lock().expect("bus subject map poisoned");
+        // Reply subjects are used once. A subject nobody listens to holds nothing (a new subscriber only
+        // sees what is sent after it subscribes), so dropping it changes nothing but the map's size.
+        if subjects.len() >= PRUNE_SUBJECTS_ABOVE && !subjects.contains_key(subject) {
+            subjects.retain(|_, tx| tx.receiver_count() > 0);
+        }
         subjects.entry(subject.to_string()).or_insert_with(|| broadcast::channel(EVENT_BACKLOG).0).clone()
     }
 }
@@ -247,5 +254,19 @@ mod tests {
         assert_eq!(s1.next().await.unwrap().as_ref(), b"1");
         assert_eq!(s2.next().await.unwrap().as_ref(), b"1");
         assert_eq!(g1.next().await.unwrap().as_ref(), b"1");
+    }
+
+    #[tokio::test]
+    async fn subjects_used_once_do_not_pile_up_and_live_ones_keep_their_subscribers() {
+        let bus = LocalBus::new();
+        let mut kept = bus.subscribe("kept", None).await.unwrap();
+        for n in 0..(3 * PRUNE_SUBJECTS_ABOVE) {
+            let reply = format!("reply.{n}");
+            let _answers = bus.subscribe(&reply, None).await.unwrap();
+            bus.publish_event(&reply, Bytes::from_static(b"a")).await.unwrap();
+        }
+        assert!(bus.inner.subjects.lock().unwrap().len() <= PRUNE_SUBJECTS_ABOVE + 1);
+        bus.publish_event("kept", Bytes::from_static(b"still here")).await.unwrap();
+        assert_eq!(kept.next().await.unwrap().as_ref(), b"still here");
     }
 }

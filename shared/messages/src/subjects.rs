@@ -30,7 +30,8 @@ pub const FETCH: &str = "strata.fetch";
 /// The queue group uploaders join for fetch requests, so one of them answers each.
 pub const UPLOADER_GROUP: &str = "uploaders";
 
-/// Where the answers to one fetch request go.
-pub fn fetch_reply(job: &str) -> String {
-    format!("strata.fetch.reply.{}", token(job))
+/// Where the answers to one fetch request go: `request` numbers the job's requests, so an answer that
+/// comes late (to a request asked twice) never lands among the answers to the next one.
+pub fn fetch_reply(job: &str, request: u64) -> String {
+    format!("strata.fetch.reply.{}.{request}", token(job))
 }
