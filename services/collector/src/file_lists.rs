@@ -5,9 +5,13 @@
 //! chunk as soon as one fills: however many files the cluster has, the collector holds one list. Each
 //! sent list remembers which chunk numbers its entries use, so a checkpoint can tell which lists are
 //! safe to name (every chunk they point at is stored).
+//!
+//! Lists are sealed here and go straight to the uploaders ([`Job::send_presealed`]), not behind the data
+//! queued for the sealers: a list is what lets a resumed backup skip the files it names, and behind a
+//! full in-flight window it would be stored seconds after its files, or never if a sealer dies.
 
 use crate::job::{Job, JobError};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use strata_messages::{encode, ChunkId, FileEntry, FileList, FORMAT_VERSION, ZERO_CHUNK};
 
 /// A file list sent down the pipeline.
@@ -41,7 +45,7 @@ impl FileListWriter {
     }
 
     /// Adds a finished entry; sends the list it fills.
-    pub async fn add(&self, job: &Job, entry: FileEntry) -> Result<(), JobError> {
+    pub async fn add(&self, job: &Arc<Job>, entry: FileEntry) -> Result<(), JobError> {
         let full = {
             let mut p = self.pending.lock().expect("pending file list");
             p.bytes += encoded_size(&entry);
@@ -58,7 +62,7 @@ impl FileListWriter {
     }
 
     /// Sends what is pending.
-    pub async fn flush(&self, job: &Job) -> Result<(), JobError> {
+    pub async fn flush(&self, job: &Arc<Job>) -> Result<(), JobError> {
         let p = std::mem::take(&mut *self.pending.lock().expect("pending file list"));
         match p.files.is_empty() {
             true => Ok(()),
@@ -71,13 +75,21 @@ impl FileListWriter {
         self.sent.lock().expect("sent file lists").clone()
     }
 
-    async fn send(&self, job: &Job, files: Vec<FileEntry>) -> Result<(), JobError> {
+    async fn send(&self, job: &Arc<Job>, files: Vec<FileEntry>) -> Result<(), JobError> {
         let mut uses: Vec<u32> =
             files.iter().flat_map(|f| f.pieces.iter().map(|p| p.chunk)).filter(|&c| c != ZERO_CHUNK).collect();
         uses.sort_unstable();
         uses.dedup();
-        let bytes = encode(&FileList { version: FORMAT_VERSION, files });
-        let id = job.send(bytes, true).await?;
+        let sealing = job.clone();
+        // Up to a megabyte compressed at the configured level: blocking work.
+        let (id, raw_len, message) = tokio::task::spawn_blocking(move || {
+            let bytes = encode(&FileList { version: FORMAT_VERSION, files });
+            let id = sealing.chunk_id(&bytes);
+            (id, bytes.len(), sealing.sealed_message(id, &bytes))
+        })
+        .await
+        .expect("file list sealing task");
+        let id = job.send_presealed(id, raw_len, message).await?;
         self.sent.lock().expect("sent file lists").push(SentList { id, uses });
         Ok(())
     }
