@@ -231,7 +231,7 @@ impl Notifier {
             state,
             saved,
             client,
-            host: host_name(),
+            host: strata_audit::host_name().to_string(),
         })
     }
 
@@ -549,16 +549,6 @@ fn unix_now() -> i64 {
 fn format_time(t: i64) -> String {
     let st = UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
     humantime::format_rfc3339_seconds(st).to_string().replace('T', " ").trim_end_matches('Z').to_string()
-}
-
-fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    if unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) } != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 #[cfg(test)]

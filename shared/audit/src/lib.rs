@@ -450,10 +450,21 @@ pub fn parse_since(text: &str, now: i64) -> Result<i64, String> {
 /// The effective user's name (its uid when it has none) and the host's name, looked up once.
 fn identity() -> &'static (String, String) {
     static ID: OnceLock<(String, String)> = OnceLock::new();
-    ID.get_or_init(|| (user_name(), host_name()))
+    ID.get_or_init(|| (lookup_user_name(), lookup_host_name()))
 }
 
-fn user_name() -> String {
+/// This host's name, as audit lines, alerts and running markers name it ("unknown" if it has none).
+pub fn host_name() -> &'static str {
+    &identity().1
+}
+
+/// `user@host` of this process (the effective user), for records that say who changed something.
+pub fn who() -> String {
+    let (user, host) = identity();
+    format!("{user}@{host}")
+}
+
+fn lookup_user_name() -> String {
     // SAFETY: geteuid cannot fail; getpwuid_r writes only into the buffers passed, and `pw` points into
     // `buf`, which outlives its use.
     unsafe {
@@ -468,7 +479,7 @@ fn user_name() -> String {
     }
 }
 
-fn host_name() -> String {
+fn lookup_host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
     if unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) } != 0 {

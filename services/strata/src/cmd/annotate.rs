@@ -16,8 +16,7 @@ pub async fn run(ctx: &Context_, label: &str, pinned: Option<bool>, note: Option
     if let Some(n) = note {
         annotation.note = (!n.is_empty()).then(|| n.to_string());
     }
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }));
-    annotation.changed_by = format!("{user}@{}", crate::cmd::expire::hostname());
+    annotation.changed_by = crate::cmd::who();
     annotation.changed_at = crate::cmd::now();
     ctx.repo.put_annotation(&ctx.stanza, label, &annotation).await?;
     println!(

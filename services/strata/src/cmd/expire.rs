@@ -317,7 +317,7 @@ struct ExpireMarker {
 impl ExpireMarker {
     async fn write(repo: &Repo, stanza: &str) -> anyhow::Result<Self> {
         let name = format!("expire-{}-{}", crate::cmd::now(), std::process::id());
-        let marker = RunningMarker { kind: RunningKind::Expire, label: name.clone(), start_time: crate::cmd::now(), host: hostname(), pid: std::process::id() };
+        let marker = RunningMarker { kind: RunningKind::Expire, label: name.clone(), start_time: crate::cmd::now(), host: strata_audit::host_name().to_string(), pid: std::process::id() };
         repo.put_running(stanza, &marker).await.context("cannot write expire's marker")?;
         Ok(ExpireMarker { name })
     }
@@ -336,7 +336,7 @@ impl RunningBackup {
     /// Writes the marker; returns once it is durable, so that it precedes every pack of the backup.
     pub async fn begin(ctx: &Context_, label: &str) -> anyhow::Result<Self> {
         let marker =
-            RunningMarker { kind: RunningKind::Backup, label: label.to_string(), start_time: crate::cmd::now(), host: hostname(), pid: std::process::id() };
+            RunningMarker { kind: RunningKind::Backup, label: label.to_string(), start_time: crate::cmd::now(), host: strata_audit::host_name().to_string(), pid: std::process::id() };
         ctx.repo.put_running(&ctx.stanza, &marker).await.context("cannot record in the repository that a backup is running")?;
         let stop = CancellationToken::new();
         let (repo, stanza, token) = (ctx.repo.clone(), ctx.stanza.clone(), stop.clone());
@@ -363,17 +363,6 @@ impl RunningBackup {
             eprintln!("warning: could not remove the running marker of backup {}: {e} (expire ignores it once it is stale)", self.label);
         }
     }
-}
-
-pub(crate) fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// What a repository's retention settings keep (see the module docs).

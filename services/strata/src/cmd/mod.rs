@@ -43,10 +43,7 @@ pub fn strata_executable() -> std::io::Result<std::path::PathBuf> {
 
 /// `user@host` of this process, for results and logs that say who did something.
 pub fn who() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }));
-    format!("{user}@{}", expire::hostname())
+    strata_audit::who()
 }
 
 pub fn format_bytes(b: u64) -> String {
