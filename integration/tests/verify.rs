@@ -133,3 +133,57 @@ fn verify_of_one_backup_and_a_bad_label() {
     let line = setup.strata_fails(&["verify", "--set", "20000101-000000F"]);
     assert!(line.contains("20000101-000000F"), "{line}");
 }
+
+/// Copies a posix repository's tree, owners and modes included (`cp -a`), as a replica would hold it.
+fn copy_repo(from: &Path, to: &Path) {
+    let status = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    assert!(status.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+#[test]
+fn verify_reads_every_repository_and_names_the_damaged_one() {
+    let dir = TestDir::new("verify-repos");
+    let setup = Setup::new(&dir, "local", "", &[]);
+    setup.strata_ok(&["stanza-create"]);
+    setup.pg.pgbench_init(1);
+    let full = setup.backup("full");
+    setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
+    // A second repository holding the same objects, as the replicator leaves it.
+    let second = dir.path().join("repo-b");
+    copy_repo(&setup.repo, &second);
+    setup.append_config(&format!(
+        "[[repo]]\nname = \"b\"\ntype = \"posix\"\npath = {}\n",
+        strata_integration::config::toml_string(&second.display().to_string())
+    ));
+    let out = setup.strata_ok(&["verify"]);
+    for repo in ["local", "b"] {
+        assert!(out.contains(&format!("repository '{repo}' backup {full}: ok")), "{out}");
+        assert!(out.contains(&format!("repository '{repo}' wal archive: ok")), "{out}");
+    }
+
+    // One byte flipped in the middle of every pack of b (some hold only WAL from before the backup,
+    // which no backup needs and verify does not read): b is named, local still verifies clean.
+    let damaged_packs: Vec<String> = packs(&second)
+        .into_iter()
+        .map(|(pack, len)| {
+            let mut bytes = std::fs::read(&pack).unwrap();
+            bytes[(len / 2) as usize] ^= 0x01;
+            std::fs::write(&pack, &bytes).unwrap();
+            pack.file_stem().unwrap().to_string_lossy().to_string()
+        })
+        .collect();
+    let (out, line) = verify_fails(&setup);
+    assert!(line.contains("'b'") && !line.contains("'local'"), "only b is damaged: {line}");
+    assert!(out.contains(&format!("repository 'local' backup {full}: ok")), "{out}");
+    assert!(out.contains(&format!("repository 'b' backup {full}: ")) && out.contains("PROBLEMS"), "{out}");
+    assert!(
+        out.lines().any(|l| damaged_packs.iter().any(|p| l.contains(p.as_str())) && l.contains(&format!("backup {full}"))),
+        "a damaged pack is named with its backup:\n{out}"
+    );
+    // `--repo` narrows verify to one repository; each keeps its own results for info.
+    setup.strata_ok(&["--repo", "local", "verify"]);
+    let info = setup.strata_ok(&["--repo", "b", "info", "--output", "json"]);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info[0]["backups"][0]["verify"]["ok"], false, "{info:#}");
+    assert_eq!(setup.info()[0]["backups"][0]["verify"]["ok"], true);
+}

@@ -546,7 +546,6 @@ async fn check_wal_file(repo: &Repo, stanza: &str, name: &str) -> Result<(u64, u
     Ok((record.chunks.len() as u64, stored, plain_len))
 }
 
-/// `strata verify`: every repository (or the one `--repo` names), all backups or one.
 /// What an undamaged verification covered (for the audit log).
 pub struct Verified {
     pub repositories: usize,
@@ -561,6 +560,7 @@ impl crate::cmd::audit::AuditDetails for Verified {
     }
 }
 
+/// `strata verify`: every repository (or the one `--repo` names), all backups or one.
 pub async fn run(ctx: &Context_, set: Option<&str>, output: OutputFormat, all_repos: bool) -> anyhow::Result<Verified> {
     let mut repos = vec![ctx.repo.clone()];
     if all_repos {
