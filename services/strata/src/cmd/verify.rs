@@ -21,6 +21,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use strata_messages::{hex, BackupRecord, ChunkId, ChunkRef, FileEntry, FileList, ManifestHead, PackId};
@@ -299,14 +300,14 @@ async fn check_pack(repo: &Repo, sealer: &Sealer, plan: Arc<Plan>, pack_id: Pack
             let first = chunks[0] as usize;
             out.problems.push(Problem { chunk: None, ..use_problem(&plan, first, &plan.head.chunks[first], why) });
         }
-        // A backup of a few GB may sit in one or two packs: its chunks are checked on every core.
+        // A backup of a few GB may sit in one or two packs: its chunks are checked on every core. Each
+        // thread takes the next unchecked chunk, so they finish together although chunks differ in cost
+        // (a chunk of empty pages decompresses several times faster than one of rows).
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(chunks.len().div_ceil(8)).max(1);
-        let share = chunks.len().div_ceil(threads);
+        let next = AtomicUsize::new(0);
         let parts: Vec<PackOutcome> = std::thread::scope(|scope| {
-            let handles: Vec<_> = chunks
-                .chunks(share)
-                .map(|part| scope.spawn(|| check_chunks(&plan, &sealer, &bytes, part, start_lsn)))
-                .collect();
+            let handles: Vec<_> =
+                (0..threads).map(|_| scope.spawn(|| check_chunks(&plan, &sealer, &bytes, &chunks, &next, start_lsn))).collect();
             handles.into_iter().map(|h| h.join().expect("chunk check panicked")).collect()
         });
         for p in parts {
@@ -323,11 +324,12 @@ async fn check_pack(repo: &Repo, sealer: &Sealer, plan: Arc<Plan>, pack_id: Pack
     .expect("pack check panicked")
 }
 
-/// Unseals and checks some of a pack's chunks (table indices `chunks`), and their pages.
-fn check_chunks(plan: &Plan, sealer: &Sealer, bytes: &[u8], chunks: &[u32], start_lsn: Lsn) -> PackOutcome {
+/// Unseals and checks a pack's chunks (table indices `chunks`), and their pages: the next one `next` hands
+/// out, until none is left.
+fn check_chunks(plan: &Plan, sealer: &Sealer, bytes: &[u8], chunks: &[u32], next: &AtomicUsize, start_lsn: Lsn) -> PackOutcome {
     let mut out = PackOutcome::default();
     let mut plain = Vec::new();
-    for &i in chunks {
+    while let Some(&i) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) {
         let r = plan.head.chunks[i as usize];
         out.chunks += 1;
         out.stored_bytes += r.sealed_len as u64;
