@@ -11,8 +11,10 @@
 # file with both tools (both must succeed); one full backup with each (Strata: zstd-1, posix repository; pgBackRest: zst level 1, process-max
 # 2); then, rep by rep, `pgbackrest verify` and `strata verify` timed one after the other, each after `sync` and a
 # pause. Both read back every file (pgBackRest) or chunk (Strata) of the backup and every archived WAL file, and
-# check them: pgBackRest checks each file's SHA-1; Strata decrypts nothing here (no encryption), decompresses
-# each chunk and checks its BLAKE3 and, on top, every relation page's PostgreSQL checksum.
+# check them, but not alike: pgBackRest 2.45 compares the SHA-1 of each stored (compressed) file with the repo
+# checksum in its manifest and decompresses almost nothing; Strata decrypts nothing here (no encryption),
+# decompresses each chunk, checks the BLAKE3 of its plain bytes and, on top, every relation page's PostgreSQL
+# checksum. pgBackRest's time follows the repository's size, Strata's the database's (see README, Performance).
 #
 # Output: one line per measurement in $BENCH_DIR/results-verify.tsv, then the medians and the ratio on stdout.
 #
