@@ -176,3 +176,54 @@ fn a_scheduled_restore_test_that_fails_raises_the_critical_alert() {
     assert!(entries[0]["error"].as_str().unwrap().contains("no such table"), "{out}");
     assert!(verifier.stop().success(), "the verifier did not stop cleanly");
 }
+
+/// Every pack file of a posix repository.
+fn pack_files(repo: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for dir in std::fs::read_dir(repo.join("pack")).unwrap().flatten() {
+        out.extend(std::fs::read_dir(dir.path()).unwrap().flatten().map(|f| f.path()));
+    }
+    out
+}
+
+#[test]
+fn a_backup_damaged_after_its_first_verification_is_found_by_the_next_one() {
+    let dir = TestDir::new("verifier-again");
+    let setup = Setup::new(&dir, "local", "", &[]);
+    let hook = WebhookReceiver::start();
+    setup.append_config(&format!(
+        "[verifier]\ninterval_secs = 1\nreverify_secs = 4\n\n[alerts]\nwebhook_critical = \"{}\"\n\
+         repo_full_warning_percent = 100\nrepo_full_critical_percent = 100",
+        hook.url()
+    ));
+    setup.strata_ok(&["stanza-create"]);
+    setup.pg.pgbench_init(2);
+    let label = setup.backup("full");
+    setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
+    let mut verifier = setup.bins.spawn_service("strata-verifier", &setup.config, dir.path());
+    verifier.wait_for_log("verifier running", Duration::from_secs(30));
+    let first = wait_until("the first verification", Duration::from_secs(120), || {
+        let info = setup.info();
+        (info[0]["backups"][0]["verify"]["ok"] == true).then(|| info[0]["backups"][0]["verify"]["time"].as_i64().unwrap())
+    });
+    assert!(hook.bodies().is_empty(), "{:?}", hook.bodies());
+
+    // Bit rot after the backup was found intact: one byte flipped in the middle of every pack.
+    for pack in pack_files(&setup.repo) {
+        let mut bytes = std::fs::read(&pack).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x10;
+        std::fs::write(&pack, &bytes).unwrap();
+    }
+    let firing = wait_until("the critical alert of the second verification", Duration::from_secs(120), || {
+        hook.bodies().into_iter().find(|b| b["strata"]["status"] == "firing")
+    });
+    let text = firing["text"].as_str().unwrap();
+    assert!(text.contains("verify found") && text.contains(&label), "{text}");
+    let info = setup.info();
+    let again = &info[0]["backups"][0]["verify"];
+    assert_eq!(again["ok"], false, "{info:#}");
+    assert!(again["time"].as_i64().unwrap() >= first + 4, "verified again only once the first result was reverify_secs old: {info:#}");
+    assert_eq!(info[0]["status"]["status"], "critical", "{info:#}");
+    assert!(verifier.stop().success(), "the verifier did not stop cleanly");
+}

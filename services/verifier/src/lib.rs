@@ -159,7 +159,8 @@ fn alert_of(h: &Health, f: &Finding) -> Alert {
     }
 }
 
-/// Verifies the backups of `stanza` in `repo` that have no result yet, then the WAL not yet found intact.
+/// Verifies the backups of `stanza` in `repo` that have no result yet or one older than
+/// `verifier.reverify_secs`, then the WAL not yet found intact.
 async fn verify_round(cfg: &Config, repo: &Repo, stanza: &str, holder: &str, state: &mut State, metrics: &metrics::VerifierMetrics) -> anyhow::Result<()> {
     if repo.stanza(stanza).await.is_err() {
         // No stanza-create yet in this repository: nothing to verify.
@@ -167,10 +168,14 @@ async fn verify_round(cfg: &Config, repo: &Repo, stanza: &str, holder: &str, sta
     }
     let none = HashSet::new();
     if cfg.verifier.verify_new_backups {
-        let done: HashSet<String> = repo.verify_results(stanza).await?.into_iter().map(|r| r.subject).collect();
+        let last: HashMap<String, i64> = repo.verify_results(stanza).await?.into_iter().map(|r| (r.subject, r.time)).collect();
+        let now = strata::cmd::now();
         for b in repo.backups(stanza).await? {
             let label = &b.summary.label;
-            if done.contains(label) || !repo.claim(stanza, label, holder, CLAIM_STALE_SECS).await? {
+            if !verification_due(last.get(label).copied(), now, cfg.verifier.reverify_secs) {
+                continue;
+            }
+            if !repo.claim(stanza, label, holder, CLAIM_STALE_SECS).await? {
                 continue;
             }
             let scope = Scope { set: Some(label), backups: true, wal: false, wal_known_intact: &none, store: true };
@@ -199,6 +204,15 @@ async fn verify_round(cfg: &Config, repo: &Repo, stanza: &str, holder: &str, sta
         known.extend(wal.intact);
     }
     Ok(())
+}
+
+/// Whether a backup last verified at `last` (never: `None`) is due for a verification at `now`.
+fn verification_due(last: Option<i64>, now: i64, reverify_secs: u64) -> bool {
+    match last {
+        None => true,
+        Some(_) if reverify_secs == 0 => false,
+        Some(t) => now.saturating_sub(t) >= reverify_secs as i64,
+    }
 }
 
 /// Runs each stanza's scheduled restore test when the newest one in the primary repository is older than
@@ -250,5 +264,21 @@ async fn restore_tests(cfg: &Arc<Config>, primary: &Repo, state: &mut State) {
         if let Err(e) = primary.release(stanza, &slot).await {
             warn!(stanza = %stanza, error = %e, "cannot release the restore test's claim");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verification_due;
+
+    #[test]
+    fn a_backup_is_verified_once_then_again_when_its_result_is_old_enough() {
+        let day = 86_400;
+        assert!(verification_due(None, 1_000_000, 0), "never verified: due whatever the setting");
+        assert!(!verification_due(Some(1_000_000 - 10 * day), 1_000_000, 0), "0 verifies each backup once");
+        assert!(!verification_due(Some(1_000_000 - day), 1_000_000, 7 * day as u64));
+        assert!(verification_due(Some(1_000_000 - 7 * day), 1_000_000, 7 * day as u64));
+        // A result from the future (a host with a clock ahead) waits instead of looping.
+        assert!(!verification_due(Some(1_000_000 + day), 1_000_000, 60));
     }
 }

@@ -76,6 +76,10 @@ pub struct VerifierConfig {
     pub interval_secs: u64,
     /// Verify each new backup (every chunk, from every repository) once it is committed.
     pub verify_new_backups: bool,
+    /// Verify a backup again once its last verification is this many seconds old, so that damage that
+    /// comes later (a disk's bit rot, an object changed behind Strata's back) is found before a restore
+    /// needs the backup (0: each backup is verified once).
+    pub reverify_secs: u64,
     /// Address of the Prometheus metrics endpoint ("127.0.0.1:9188"); unset: none.
     pub metrics_listen: Option<String>,
     /// File where the verifier keeps which alerts it has sent, so that a restart neither repeats them
@@ -85,7 +89,13 @@ pub struct VerifierConfig {
 
 impl Default for VerifierConfig {
     fn default() -> Self {
-        VerifierConfig { interval_secs: 60, verify_new_backups: true, metrics_listen: None, alert_state_file: None }
+        VerifierConfig {
+            interval_secs: 60,
+            verify_new_backups: true,
+            reverify_secs: 7 * 86400,
+            metrics_listen: None,
+            alert_state_file: None,
+        }
     }
 }
 
