@@ -21,6 +21,9 @@
 # - moto 5.2.5 (moto[server], PyPI) in the same venv, linked as /opt/strata-tools/bin/moto_server: the S3
 #   server the tests run on loopback. Debian has none; 5.2.1 and older break CompleteMultipartUpload with the
 #   Rust SDK. The tests look for it at that path (or $STRATA_MOTO_SERVER).
+# - promtool, taken out of Debian's prometheus package (downloaded, not installed: installing it would
+#   start a Prometheus server), as /opt/strata-tools/bin/promtool: the tests check deploy/prometheus's
+#   alerting rules and run their unit tests with it (or $STRATA_PROMTOOL).
 set -euo pipefail
 
 NATS_VERSION=2.15.1
@@ -29,6 +32,7 @@ MOTO_LINK=/opt/strata-tools/bin/moto_server
 TOOLS=/opt/strata-tools
 VENV=$TOOLS/venv
 NATS_LINK=$TOOLS/bin/nats-server
+PROMTOOL=$TOOLS/bin/promtool
 APT_PACKAGES=(
     postgresql-15 postgresql-client-15 pgbackrest
     python3 python3-venv
@@ -124,6 +128,24 @@ else
     [ -x "$VENV/bin/moto_server" ] || die "moto installed no $VENV/bin/moto_server"
     ln -sfn "$VENV/bin/moto_server" "$MOTO_LINK"
     step "installed moto $MOTO_VERSION at $MOTO_LINK"
+fi
+
+# 5. promtool, out of the prometheus package's .deb.
+if [ -x "$PROMTOOL" ] && "$PROMTOOL" --version >/dev/null 2>&1; then
+    step "ok: promtool at $PROMTOOL"
+else
+    step "extracting promtool from Debian's prometheus package into $PROMTOOL"
+    debs=$(mktemp -d /tmp/strata-promtool.XXXXXX)
+    if ! (cd "$debs" && apt-get download prometheus >>"$LOG" 2>&1); then
+        quiet apt-get update
+        (cd "$debs" && quiet apt-get download prometheus)
+    fi
+    quiet dpkg-deb -x "$debs"/prometheus_*.deb "$debs/root"
+    [ -x "$debs/root/usr/bin/promtool" ] || die "the prometheus package holds no usr/bin/promtool"
+    mkdir -p "$(dirname "$PROMTOOL")"
+    install -m 0755 "$debs/root/usr/bin/promtool" "$PROMTOOL"
+    rm -rf "$debs"
+    step "installed $("$PROMTOOL" --version 2>&1 | head -n 1) at $PROMTOOL"
 fi
 
 step "done"

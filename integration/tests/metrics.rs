@@ -310,3 +310,25 @@ fn deploy_files_name_only_metrics_strata_exports() {
     let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("strata-dashboard.json is JSON");
     assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 10), "dashboard panels");
 }
+
+/// promtool: `$STRATA_PROMTOOL`, else where `scripts/install-deps.sh` puts it.
+fn promtool() -> PathBuf {
+    let path = std::env::var_os("STRATA_PROMTOOL").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/strata-tools/bin/promtool"));
+    assert!(path.is_file(), "promtool not found at {} (set STRATA_PROMTOOL, or run scripts/install-deps.sh)", path.display());
+    path
+}
+
+#[test]
+fn the_prometheus_alerting_rules_load_and_pass_their_unit_tests() {
+    let dir = workspace().join("deploy/prometheus");
+    for args in [&["check", "rules", "strata-alerts.yml"][..], &["test", "rules", "strata-alerts.test.yml"][..]] {
+        let out = Command::new(promtool()).args(args).current_dir(&dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
