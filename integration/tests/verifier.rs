@@ -227,3 +227,32 @@ fn a_backup_damaged_after_its_first_verification_is_found_by_the_next_one() {
     assert_eq!(info[0]["status"]["status"], "critical", "{info:#}");
     assert!(verifier.stop().success(), "the verifier did not stop cleanly");
 }
+
+#[test]
+fn backups_due_together_are_verified_in_one_pass_that_reads_shared_chunks_once() {
+    let dir = TestDir::new("verifier-pass");
+    let setup = Setup::new(&dir, "local", "", &[]);
+    setup.append_config("[verifier]\ninterval_secs = 1\n\n[alerts]\nrepo_full_warning_percent = 100\nrepo_full_critical_percent = 100");
+    setup.strata_ok(&["stanza-create"]);
+    setup.pg.pgbench_init(2);
+    let full = setup.backup("full");
+    setup.pg.pgbench_transactions(200, 2);
+    let incr = setup.backup("incr");
+    setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
+    let mut verifier = setup.bins.spawn_service("strata-verifier", &setup.config, dir.path());
+    verifier.wait_for_log("verifier running", Duration::from_secs(30));
+    let info = wait_until("both backups verified", Duration::from_secs(120), || {
+        let info = setup.info();
+        let b = info[0]["backups"].as_array().unwrap();
+        (b.len() == 2 && b.iter().all(|b| b["verify"]["ok"] == true)).then_some(info)
+    });
+    assert!(verifier.stop().success(), "the verifier did not stop cleanly");
+    let chunks = |i: usize| info[0]["backups"][i]["verify"]["chunks"].as_u64().unwrap();
+    assert_eq!(info[0]["backups"][1]["label"], incr.as_str());
+    // Verified alone, the incremental reads every chunk its files point at, most of them the full's.
+    let alone: serde_json::Value = serde_json::from_str(&setup.strata_ok(&["verify", "--set", &incr, "--output", "json"])).unwrap();
+    let alone = alone[0]["backups"][0]["chunks"].as_u64().unwrap();
+    eprintln!("one pass: full {} chunks, incr {} chunks; the incr alone: {alone} chunks", chunks(0), chunks(1));
+    assert!(alone * 2 > chunks(0), "the incremental shares most of the full's chunks: {alone} vs {}", chunks(0));
+    assert!(chunks(1) * 4 < alone, "in the pass with {full}, {incr} read only its own chunks: {} of {alone}", chunks(1));
+}

@@ -170,24 +170,29 @@ async fn verify_round(cfg: &Config, repo: &Repo, stanza: &str, holder: &str, sta
     if cfg.verifier.verify_new_backups {
         let last: HashMap<String, i64> = repo.verify_results(stanza).await?.into_iter().map(|r| (r.subject, r.time)).collect();
         let now = strata::cmd::now();
+        // Every due backup this verifier could claim, verified in one pass: an incremental shares most of
+        // its chunks with its reference, and a chunk is read once per pass.
+        let mut claimed = Vec::new();
         for b in repo.backups(stanza).await? {
             let label = &b.summary.label;
-            if !verification_due(last.get(label).copied(), now, cfg.verifier.reverify_secs) {
-                continue;
+            if verification_due(last.get(label).copied(), now, cfg.verifier.reverify_secs)
+                && repo.claim(stanza, label, holder, CLAIM_STALE_SECS).await?
+            {
+                claimed.push(label.clone());
             }
-            if !repo.claim(stanza, label, holder, CLAIM_STALE_SECS).await? {
-                continue;
-            }
-            let scope = Scope { set: Some(label), backups: true, wal: false, wal_known_intact: &none, store: true };
+        }
+        if !claimed.is_empty() {
+            let scope = Scope { set: Some(&claimed), backups: true, wal: false, wal_known_intact: &none, store: true };
             let outcome = verify_repo(repo, stanza, &scope).await;
-            repo.release(stanza, label).await?;
-            let report = outcome?;
-            for r in &report.backups {
+            for label in &claimed {
+                repo.release(stanza, label).await?;
+            }
+            for r in &outcome?.backups {
                 metrics.verified(stanza, repo.name(), r);
                 if r.ok() {
-                    info!(stanza, repo = %repo.name(), backup = %label, chunks = r.chunks, seconds = r.duration_secs, "backup verified");
+                    info!(stanza, repo = %repo.name(), backup = %r.subject, chunks = r.chunks, seconds = r.duration_secs, "backup verified");
                 } else {
-                    error!(stanza, repo = %repo.name(), backup = %label, problems = r.problem_count, first = %r.problems[0], "backup is damaged");
+                    error!(stanza, repo = %repo.name(), backup = %r.subject, problems = r.problem_count, first = %r.problems[0], "backup is damaged");
                 }
             }
         }

@@ -59,8 +59,9 @@ pub struct WalReport {
 
 /// What to verify in a repository.
 pub struct Scope<'a> {
-    /// One backup (and the WAL from its start), or every backup and the whole archive.
-    pub set: Option<&'a str>,
+    /// These backups (and the WAL from the oldest one's start), or every backup and the whole archive.
+    /// A chunk several of them share is read once.
+    pub set: Option<&'a [String]>,
     /// Check the backups' chunks (false: only the WAL, from the backups' start).
     pub backups: bool,
     /// Check the WAL archive.
@@ -71,13 +72,19 @@ pub struct Scope<'a> {
     pub store: bool,
 }
 
-/// Verifies the stanza's backups (or the one labelled `set`) and its WAL archive in `repo`, and stores the
+/// Verifies the stanza's backups (or those `scope.set` names) and its WAL archive in `repo`, and stores the
 /// results there (when `scope.store`).
 pub async fn verify_repo(repo: &Repo, stanza: &str, scope: &Scope<'_>) -> anyhow::Result<RepoReport> {
     let info = repo.stanza(stanza).await?;
     let all = repo.backups(stanza).await?;
     let backups = match scope.set {
-        Some(label) => vec![repo.backup(stanza, label).await?],
+        Some(labels) => {
+            let mut picked = Vec::with_capacity(labels.len());
+            for label in labels {
+                picked.push(repo.backup(stanza, label).await?);
+            }
+            picked
+        }
         None => all.clone(),
     };
     let mut checked: HashMap<ChunkId, Option<String>> = HashMap::new();
@@ -573,7 +580,8 @@ pub async fn run(ctx: &Context_, set: Option<&str>, output: OutputFormat, all_re
     let started = Instant::now();
     let mut reports = Vec::new();
     let none = std::collections::HashSet::new();
-    let scope = Scope { set, backups: true, wal: true, wal_known_intact: &none, store: true };
+    let labels: Option<Vec<String>> = set.map(|l| vec![l.to_string()]);
+    let scope = Scope { set: labels.as_deref(), backups: true, wal: true, wal_known_intact: &none, store: true };
     for repo in &repos {
         let report = verify_repo(repo, &ctx.stanza, &scope).await.with_context(|| format!("repository '{}'", repo.name()))?;
         if output == OutputFormat::Text {
