@@ -248,7 +248,13 @@ impl Storage for PosixStorage {
                     if name.to_string_lossy().starts_with(TMP_PREFIX) {
                         continue;
                     }
-                    let meta = entry.metadata().map_err(|e| io_err(&entry.path(), e))?;
+                    let meta = match entry.metadata() {
+                        Ok(m) => m,
+                        // Removed between readdir and stat (a finished backup's marker, an expired pack):
+                        // listed or not, as on S3 an object deleted during a listing may be either.
+                        Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                        Err(e) => return Err(io_err(&entry.path(), e)),
+                    };
                     if meta.is_dir() {
                         stack.push(entry.path());
                     } else if let Ok(rel) = entry.path().strip_prefix(&root.path) {
