@@ -225,6 +225,8 @@ fn a_backup_damaged_after_its_first_verification_is_found_by_the_next_one() {
     assert_eq!(again["ok"], false, "{info:#}");
     assert!(again["time"].as_i64().unwrap() >= first + 4, "verified again only once the first result was reverify_secs old: {info:#}");
     assert_eq!(info[0]["status"]["status"], "critical", "{info:#}");
+    // The WAL files found intact the first time are read back again too, and their damage found.
+    wait_until("the WAL read back again", Duration::from_secs(60), || (setup.info()[0]["wal_verify"]["ok"] == false).then_some(()));
     assert!(verifier.stop().success(), "the verifier did not stop cleanly");
 }
 

@@ -34,8 +34,9 @@ const CLAIM_STALE_SECS: i64 = 6 * 3600;
 
 /// What one verifier process keeps between rounds.
 struct State {
-    /// Per (repository, stanza): WAL files found intact.
-    wal_intact: HashMap<(String, String), HashSet<String>>,
+    /// Per (repository, stanza): WAL files found intact, and since when that list has been growing (it is
+    /// forgotten every `reverify_secs`, so the archive is read back again like the backups are).
+    wal_intact: HashMap<(String, String), (i64, HashSet<String>)>,
     /// Which alerts are firing and what was sent about them.
     notifier: Notifier,
     config_path: std::path::PathBuf,
@@ -198,7 +199,12 @@ async fn verify_round(cfg: &Config, repo: &Repo, stanza: &str, holder: &str, sta
         }
     }
     let key = (repo.name().to_string(), stanza.to_string());
-    let known = state.wal_intact.entry(key).or_default();
+    let now = strata::cmd::now();
+    let (since, known) = state.wal_intact.entry(key).or_insert_with(|| (now, HashSet::new()));
+    if cfg.verifier.reverify_secs > 0 && now.saturating_sub(*since) >= cfg.verifier.reverify_secs as i64 {
+        *since = now;
+        known.clear();
+    }
     let scope = Scope { set: None, backups: false, wal: true, wal_known_intact: known, store: true };
     let report = verify_repo(repo, stanza, &scope).await?;
     if let Some(wal) = report.wal {
