@@ -76,9 +76,9 @@ pub struct VerifierConfig {
     pub interval_secs: u64,
     /// Verify each new backup (every chunk, from every repository) once it is committed.
     pub verify_new_backups: bool,
-    /// Verify a backup again once its last verification is this many seconds old, so that damage that
-    /// comes later (a disk's bit rot, an object changed behind Strata's back) is found before a restore
-    /// needs the backup (0: each backup is verified once).
+    /// Verify a backup (and the WAL archive) again once its last verification is this many seconds old,
+    /// so that damage that comes later (a disk's bit rot, an object changed behind Strata's back) is found
+    /// before a restore needs it (0: each backup and WAL file is verified once).
     pub reverify_secs: u64,
     /// Address of the Prometheus metrics endpoint ("127.0.0.1:9188"); unset: none.
     pub metrics_listen: Option<String>,
