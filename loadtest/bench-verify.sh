@@ -18,8 +18,9 @@
 #
 # Output: one line per measurement in $BENCH_DIR/results-verify.tsv, then the medians and the ratio on stdout.
 #
-# Env knobs: SCALE (50), REPS (3), BENCH_DIR (/tmp/strata-bench-verify), PGPORT (55439), STRATA_BIN (default:
-# cargo build --release, then target/release), PAUSE (2), PROCESS_MAX (pgBackRest verify's process-max, 2).
+# Env knobs: SCALE (50), REPS (3), BENCH_DIR (/tmp/strata-bench-verify), PGPORT (55439), STRATA_BIN (the
+# directory holding the strata binary; default: cargo build --release, then target/release), PAUSE (2),
+# PROCESS_MAX (pgBackRest verify's process-max, 2).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -72,6 +73,7 @@ if [[ -z $STRATA_BIN ]]; then
     (cd "$REPO_ROOT" && cargo build --release --bins -q)
     STRATA_BIN=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release
 fi
+[[ -x $STRATA_BIN/strata ]] || die "$STRATA_BIN/strata is missing (STRATA_BIN is the directory of the binaries)"
 BIN=$BENCH_DIR/bin
 mkdir -p "$BIN"
 cp "$STRATA_BIN"/strata "$BIN"/
