@@ -177,15 +177,6 @@ fn a_scheduled_restore_test_that_fails_raises_the_critical_alert() {
     assert!(verifier.stop().success(), "the verifier did not stop cleanly");
 }
 
-/// Every pack file of a posix repository.
-fn pack_files(repo: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for dir in std::fs::read_dir(repo.join("pack")).unwrap().flatten() {
-        out.extend(std::fs::read_dir(dir.path()).unwrap().flatten().map(|f| f.path()));
-    }
-    out
-}
-
 #[test]
 fn a_backup_damaged_after_its_first_verification_is_found_by_the_next_one() {
     let dir = TestDir::new("verifier-again");

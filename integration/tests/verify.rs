@@ -10,13 +10,7 @@ use strata_integration::*;
 
 /// Every pack file of a repository, largest first.
 fn packs(repo: &Path) -> Vec<(PathBuf, u64)> {
-    let mut out = Vec::new();
-    for dir in std::fs::read_dir(repo.join("pack")).unwrap().flatten() {
-        for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
-            let len = f.metadata().unwrap().len();
-            out.push((f.path(), len));
-        }
-    }
+    let mut out: Vec<(PathBuf, u64)> = pack_files(repo).into_iter().map(|p| (p.clone(), p.metadata().unwrap().len())).collect();
     out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     out
 }

@@ -310,3 +310,12 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
         body = &body[line_end + 2 + size + 2..];
     }
 }
+
+/// Every pack file of a posix repository.
+pub fn pack_files(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for dir in std::fs::read_dir(repo.join("pack")).unwrap().flatten() {
+        out.extend(std::fs::read_dir(dir.path()).unwrap().flatten().map(|f| f.path()));
+    }
+    out
+}

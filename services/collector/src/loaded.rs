@@ -129,3 +129,32 @@ async fn fetch_chunks(
     }
     Ok(parts.into_iter().flatten().collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use strata_bus::LocalBus;
+
+    #[tokio::test]
+    async fn a_fetch_published_before_any_uploader_listens_is_asked_again() {
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
+        let sealer = strata_seal::Sealer::default();
+        let plain = b"a file list".to_vec();
+        let sealed = sealer.seal(&plain, 1);
+        let chunk = ChunkRef { id: sealer.chunk_id(&plain), pack: [7; 16], offset: 0, sealed_len: sealed.len() as u32, raw_len: plain.len() as u32 };
+        // An uploader that starts listening only after the first request went out (one still starting).
+        let uploader_bus = bus.clone();
+        let uploader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut requests = uploader_bus.subscribe(subjects::FETCH, Some(subjects::UPLOADER_GROUP)).await.unwrap();
+            let payload = requests.next().await.expect("a request asked again");
+            let request = strata_messages::to_owned::<FetchRequest>(decode::<FetchRequest>(&payload).unwrap());
+            let answer = FetchedChunk::Sealed { index: 0, bytes: sealed };
+            uploader_bus.publish_event(&request.reply, Bytes::from(encode(&answer))).await.unwrap();
+        });
+        let parts = fetch_chunks(&*bus, &sealer, "job", "test manifest", &[chunk]).await.expect("fetched on the second ask");
+        assert_eq!(parts, vec![plain]);
+        uploader.await.unwrap();
+    }
+}

@@ -168,9 +168,9 @@ async fn verify_round(cfg: &Config, repo: &Repo, stanza: &str, holder: &str, sta
         return Ok(());
     }
     let none = HashSet::new();
+    let now = strata::cmd::now();
     if cfg.verifier.verify_new_backups {
         let last: HashMap<String, i64> = repo.verify_results(stanza).await?.into_iter().map(|r| (r.subject, r.time)).collect();
-        let now = strata::cmd::now();
         // Every due backup this verifier could claim, verified in one pass: an incremental shares most of
         // its chunks with its reference, and a chunk is read once per pass.
         let mut claimed = Vec::new();
@@ -199,7 +199,6 @@ async fn verify_round(cfg: &Config, repo: &Repo, stanza: &str, holder: &str, sta
         }
     }
     let key = (repo.name().to_string(), stanza.to_string());
-    let now = strata::cmd::now();
     let (since, known) = state.wal_intact.entry(key).or_insert_with(|| (now, HashSet::new()));
     if cfg.verifier.reverify_secs > 0 && now.saturating_sub(*since) >= cfg.verifier.reverify_secs as i64 {
         *since = now;
