@@ -18,12 +18,13 @@ async fn main() -> std::process::ExitCode {
     match strata::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<strata::cmd::archive::NotArchived>().is_some() => {
-            eprintln!("{e}");
+            eprintln!("{}", escape_controls(&e.to_string()));
             std::process::ExitCode::FAILURE
         }
         Err(e) => {
-            // `{:#}` joins the context chain on one line.
-            eprintln!("error: {e:#}");
+            // `{:#}` joins the context chain on one line; a control character that came in with a user's
+            // input (a file name with a newline) must not split it.
+            eprintln!("error: {}", escape_controls(&format!("{e:#}")));
             std::process::ExitCode::FAILURE
         }
     }
@@ -39,4 +40,10 @@ fn one_line(text: &str) -> String {
     } else {
         format!("error: {line}")
     }
+}
+
+/// `text` with control characters written as escapes (`\n`, `\u{1b}`), so an error is one line whatever
+/// names it quotes.
+fn escape_controls(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
