@@ -20,7 +20,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 say() { printf 'test.sh: %s\n' "$*"; }
 die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
 
-cargo build --bins
+# Crash points (shared/crashpoint) are compiled into the binaries the tests run, and only into those; the
+# tests are built with the same features so that nothing is compiled twice.
+features=(--features strata-crashpoint/failpoints)
+cargo build --bins "${features[@]}"
 
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 [ -n "$target_dir" ] || die "cannot find cargo's target directory (cargo metadata)"
@@ -58,4 +61,4 @@ fi
 export STRATA_BIN_DIR=$bin_dir
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-2}
 say "STRATA_BIN_DIR=$STRATA_BIN_DIR RUST_TEST_THREADS=$RUST_TEST_THREADS"
-cargo test --workspace "$@"
+cargo test --workspace "${features[@]}" "$@"

@@ -159,6 +159,11 @@ impl Service {
     /// `<log_dir>/<bin_name>.log` (appended, so a service restarted after a crash keeps one log).
     /// Returns at once: wait for readiness with [`Service::wait_for_log`] or through the service's effect.
     pub fn spawn(bins: &StrataBins, bin_name: &str, config: &Path, log_dir: &Path) -> Service {
+        Service::spawn_with_env(bins, bin_name, config, log_dir, &[])
+    }
+
+    /// [`Service::spawn`] with extra environment variables (`FAILPOINTS` for a crash test).
+    pub fn spawn_with_env(bins: &StrataBins, bin_name: &str, config: &Path, log_dir: &Path, env: &[(&str, &str)]) -> Service {
         let log_file = log_dir.join(format!("{bin_name}.log"));
         let log = fs::OpenOptions::new()
             .create(true)
@@ -176,6 +181,7 @@ impl Service {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
+        cmd.envs(env.iter().copied());
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin_name}: {e}"));
@@ -209,6 +215,18 @@ impl Service {
     /// The exit status if the process has exited (it is reaped then), without waiting.
     pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits for the service to exit on its own (a crash test's); panics after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "{} did not exit within {timeout:?}; see {}", self.name, self.log_file.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits until a line of the service's log matches `pattern` (a regex); panics after `timeout` or if

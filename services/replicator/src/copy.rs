@@ -149,6 +149,7 @@ impl Copier {
         for id in &packs {
             copied += self.copy_pack(id).await?;
         }
+        strata_crashpoint::hit("replicator.before-wal-record");
         copied += self.copy_new(&path, Existing::SameWal { stanza: stanza.into(), name: name.into() }).await?;
         Ok(copied)
     }
@@ -161,6 +162,8 @@ impl Copier {
         for id in &packs {
             copied += self.copy_pack(id).await?;
         }
+        // Every pack is on the target; the backup does not exist there yet.
+        strata_crashpoint::hit("replicator.before-backup-record");
         copied += self.copy_new(&backup_record_path(stanza, label), Existing::MustMatch).await?;
         Ok(copied)
     }

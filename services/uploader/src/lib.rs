@@ -192,6 +192,8 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
             let r = shared.repo.write_pack(pack).await;
             if let Ok(refs) = &r {
                 debug!(chunks = refs.len(), bytes = len, "pack written");
+                // The pack is durable; no job has heard of its chunks yet.
+                strata_crashpoint::hit("uploader.after-pack");
             }
             r
         };
@@ -244,8 +246,11 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
             ArchivedUploadWork::CommitBackup(c) => {
                 let record = strata_messages::to_owned::<strata_messages::BackupRecord>(&c.record);
                 let packs: Vec<PackId> = c.packs.iter().copied().collect();
+                strata_crashpoint::hit("uploader.before-backup-record");
                 let event = match shared.repo.commit_backup(c.stanza.as_str(), &packs, &record).await {
                     Ok(()) => {
+                        // Committed, but neither the checkpoints removed nor the collector told.
+                        strata_crashpoint::hit("uploader.after-backup-record");
                         shared.metrics.commit(CommitKind::Backup, CommitOutcome::Stored);
                         info!(stanza = %c.stanza, label = %record.summary.label, "backup committed");
                         // What interrupted attempts left is superseded: this backup read everything again.
@@ -262,7 +267,12 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
             }
             ArchivedUploadWork::CommitWal(c) => {
                 let record = strata_messages::to_owned::<strata_messages::WalRecord>(&c.record);
+                strata_crashpoint::hit("uploader.before-wal-record");
                 let put = shared.repo.put_wal(c.stanza.as_str(), &record).await;
+                if put.is_ok() {
+                    // Archived, but archive-push not told: PostgreSQL will push the segment again.
+                    strata_crashpoint::hit("uploader.after-wal-record");
+                }
                 shared.metrics.commit(
                     CommitKind::Wal,
                     match &put {
@@ -287,6 +297,7 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
                 let packs: Vec<PackId> = c.packs.iter().copied().collect();
                 match shared.repo.put_checkpoint(c.stanza.as_str(), &packs, &checkpoint).await {
                     Ok(()) => {
+                        strata_crashpoint::hit("uploader.after-checkpoint");
                         shared.metrics.commit(CommitKind::Checkpoint, CommitOutcome::Stored);
                         debug!(stanza = %c.stanza, label = %checkpoint.label, "checkpoint written")
                     }

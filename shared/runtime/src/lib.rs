@@ -16,6 +16,8 @@ pub fn init_tracing() {
 }
 
 pub fn init_tracing_with_default(default: &str) {
+    // Every binary starts here; in a test build this is also where its crash points are configured.
+    strata_crashpoint::setup();
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();

@@ -173,6 +173,8 @@ impl Storage for PosixStorage {
         let target = self.full(path);
         self.blocking(move |root| {
             let tmp = write_tmp(root, &target, &data)?;
+            // The temporary file is durable and has no name a reader looks for.
+            strata_crashpoint::hit("posix.put.before-rename");
             if let Err(e) = fs::rename(&tmp, &target) {
                 let _ = fs::remove_file(&tmp);
                 return Err(io_err(&target, e));
@@ -189,6 +191,7 @@ impl Storage for PosixStorage {
                 return Err(StorageError::AlreadyExists { path: target.display().to_string() });
             }
             let tmp = write_tmp(root, &target, &data)?;
+            strata_crashpoint::hit("posix.put_new.before-link");
             // link(2) refuses an existing name atomically, which rename(2) would silently replace.
             let linked = fs::hard_link(&tmp, &target);
             let _ = fs::remove_file(&tmp);
