@@ -68,7 +68,7 @@ fn assert_consistent(setup: &Setup, wal_before: &BTreeMap<String, Vec<u8>>, afte
 
 /// The next expire removes what the crash left.
 fn assert_expire_cleans_up(setup: &Setup, after: &str) {
-    setup.strata_ok(&["expire", "--gc-grace-secs", "0"]);
+    setup.strata_ok(&["expire", "--retention-full", "100", "--gc-grace-secs", "0"]);
     let left = leftovers(&setup.repo);
     assert!(left.is_empty(), "after a crash at {after} and an expire, these are left: {left:?}");
 }
