@@ -245,7 +245,7 @@ fn a_replicator_killed_before_a_record_leaves_no_record_without_its_data() {
     }
     assert!(replicator.stop().success());
     setup.strata_ok(&["--repo", "b", "verify"]);
-    setup.strata_ok(&["--repo", "b", "expire", "--gc-grace-secs", "0"]);
+    setup.strata_ok(&["--repo", "b", "expire", "--retention-full", "100", "--gc-grace-secs", "0"]);
     let left = leftovers(&target);
     assert!(left.is_empty(), "after crashes of the replicator and an expire of b, these are left: {left:?}");
 }
