@@ -53,18 +53,22 @@ pub async fn push(ctx: &Context_, path: &Path) -> anyhow::Result<()> {
         stall: Duration::from_secs(p.stall_timeout_secs),
         sealer: ctx.repo.sealer().clone(),
     };
-    let file = strata_collector::wal::read(path, &target).await?;
-    if let Some(history) = &file.history {
-        check_parent_known(ctx, &file.name, history).await?;
-    }
-    let name = file.name.clone();
     let (bus, in_process) = strata_runtime::connect_bus(&ctx.cfg).await?;
     let stages = if in_process { Some(local::start(&ctx.cfg, &ctx.repo, bus.clone(), false).await?) } else { None };
-    let outcome = strata_collector::wal::push(bus, &target, &settings, file).await;
+    let pushed = async {
+        // Every check comes before the first chunk is sent: a refused file leaves nothing stored.
+        let file = strata_collector::wal::read(path, &target).await?;
+        if let Some(history) = &file.history {
+            check_parent_known(ctx, &file.name, history).await?;
+        }
+        let name = file.name.clone();
+        anyhow::Ok((name, strata_collector::wal::push(bus, &target, &settings, file).await?))
+    }
+    .await;
     if let Some(stages) = stages {
         stages.stop().await?;
     }
-    let outcome = outcome?;
+    let (name, outcome) = pushed?;
     crate::multi_repo::push_to_others(ctx, &name).await?;
     if outcome == CommitOutcome::AlreadyArchived {
         // Valid after a crash between the archive and PostgreSQL noting it, as pgBackRest says; worth a line.
