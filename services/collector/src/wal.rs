@@ -1,5 +1,8 @@
-//! Archiving one WAL file (the work of `archive-push`): check it belongs to the stanza, send it through the
-//! pipeline, and return only once the repository holds it.
+//! Archiving one WAL file (the work of `archive-push`): check it belongs to the stanza and is what its name
+//! says, send it through the pipeline, and return only once the repository holds it.
+//!
+//! The checks come before anything is sent, because nothing archived is ever replaced: a segment stored
+//! under another segment's name, or a garbage history file, would stay and block the real one forever.
 //!
 //! The file is hashed whole; its chunks go through the sealers to the uploaders like backup chunks (without
 //! deduplication: WAL rarely repeats, and skipping the index keeps a push cheap), and the commit publishes a
@@ -12,17 +15,20 @@
 //! be walked is archived anyway (archiving must not fail over a diagnostic), without a summary.
 
 use crate::job::{CommitOutcome, Job};
-use anyhow::{bail, Context};
+use anyhow::Context;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_bus::Bus;
 use strata_messages::{RestorePoint, WalRecord, WalSummary, WAL_RECORD_VERSION};
-use strata_pg::wal::{classify_wal_file, magic_to_major_version, parse_long_header, WalFileKind};
+use strata_pg::backup_history::check_backup_history;
+use strata_pg::timeline::TimelineHistory;
+use strata_pg::wal::{check_segment, wal_file_kind, NotAWalFileName, SegmentOwner, WalFileKind};
+use strata_pg::TimelineId;
 use strata_pg::walscan::{scan_segment, WalEvent};
 use tracing::warn;
 
-/// What `push` checks a segment against.
+/// The stanza [`read`] checks a file against.
 pub struct WalPushTarget {
     pub stanza: String,
     pub system_id: u64,
@@ -39,25 +45,48 @@ pub struct WalPushSettings {
     pub sealer: strata_seal::Sealer,
 }
 
-/// Archives the WAL file at `path`. Returns whether it was already archived with the same content.
-pub async fn push(
-    bus: Arc<dyn Bus>,
-    target: &WalPushTarget,
-    settings: &WalPushSettings,
-    path: &Path,
-) -> anyhow::Result<CommitOutcome> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("{} has no file name", path.display()))?
-        .to_string();
-    let kind = classify_wal_file(&name)
-        .with_context(|| format!("{name} is not a WAL segment, history or backup history file name"))?;
-    let data = Arc::new(tokio::fs::read(path).await.with_context(|| format!("cannot read {}", path.display()))?);
+/// A WAL file read and checked against its name and the stanza, ready to be pushed.
+pub struct WalFile {
+    pub name: String,
+    pub kind: WalFileKind,
+    data: Arc<Vec<u8>>,
+    /// For a history file, the history it holds.
+    pub history: Option<TimelineHistory>,
+}
+
+/// Reads the WAL file at `path` and checks it is what its name says: a WAL file name; a segment's (or
+/// `.partial` segment's) page headers against its name and the stanza; a history or backup history file's
+/// syntax. Errors quote names and paths escaped, so each is one line whatever the name holds.
+pub async fn read(path: &Path, target: &WalPushTarget) -> anyhow::Result<WalFile> {
+    let not_wal = || NotAWalFileName(path.file_name().unwrap_or(path.as_os_str()).to_string_lossy().into_owned());
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(not_wal)?;
+    let kind = wal_file_kind(name)?;
+    let name = name.to_string();
+    let data = tokio::fs::read(path).await.with_context(|| format!("cannot read {path:?}"))?;
+    let refused = || format!("{name} is refused for stanza '{}'", target.stanza);
+    let mut history = None;
+    match kind {
+        WalFileKind::Segment | WalFileKind::Partial => {
+            let owner = SegmentOwner { system_id: target.system_id, pg_major: target.pg_major, seg_size: target.wal_segment_size };
+            check_segment(&name, &data, &owner).with_context(refused)?;
+        }
+        WalFileKind::History => {
+            let timeline = TimelineId::from_str_radix(&name[..8], 16).expect("a history file name is 8 hex digits");
+            history = Some(TimelineHistory::parse_file(timeline, &data).with_context(refused)?);
+        }
+        WalFileKind::BackupHistory => {
+            check_backup_history(&name, &data, target.wal_segment_size).with_context(refused)?;
+        }
+    }
+    Ok(WalFile { name, kind, data: Arc::new(data), history })
+}
+
+/// Archives a file [`read`] checked. Returns whether it was already archived with the same content.
+pub async fn push(bus: Arc<dyn Bus>, target: &WalPushTarget, settings: &WalPushSettings, file: WalFile) -> anyhow::Result<CommitOutcome> {
+    let WalFile { name, kind, data, .. } = file;
     // The summary is worked out while the chunks travel, so that it adds nothing to archive-push's time.
     let mut scan = None;
     if kind == WalFileKind::Segment {
-        check_segment(&name, &data, target)?;
         let (name, data) = (name.clone(), data.clone());
         scan = Some(tokio::task::spawn_blocking(move || summarize(&name, &data)));
     }
@@ -84,37 +113,6 @@ pub async fn push(
     let record = WalRecord { version: WAL_RECORD_VERSION, name: name.clone(), size, hash, chunks, summary };
     let outcome = job.commit_wal(record).await?;
     Ok(outcome)
-}
-
-/// Refuses a segment from another cluster or PostgreSQL version, like pgBackRest's archive checks: a WAL
-/// file pushed into the wrong stanza would make every later restore of it fail.
-fn check_segment(name: &str, data: &[u8], target: &WalPushTarget) -> anyhow::Result<()> {
-    if data.len() as u64 != target.wal_segment_size {
-        bail!(
-            "{name} is {} bytes but the stanza's WAL segments are {} bytes",
-            data.len(),
-            target.wal_segment_size
-        );
-    }
-    let header = parse_long_header(data).with_context(|| format!("{name} does not start with a WAL page header"))?;
-    let major = magic_to_major_version(header.magic);
-    if major != Some(target.pg_major) {
-        bail!(
-            "{name} was written by PostgreSQL {} but stanza '{}' is for PostgreSQL {}",
-            major.map(|m| m.to_string()).unwrap_or_else(|| format!("(unknown WAL magic {:#x})", header.magic)),
-            target.stanza,
-            target.pg_major
-        );
-    }
-    if header.system_id != target.system_id {
-        bail!(
-            "{name} belongs to database system {} but stanza '{}' is for system {}",
-            header.system_id,
-            target.stanza,
-            target.system_id
-        );
-    }
-    Ok(())
 }
 
 /// The segment's summary (see the module docs), or `None` when its records cannot be walked.

@@ -13,6 +13,7 @@
 //! Byte order: PostgreSQL writes its files in the server's native byte order. Strata supports little-endian
 //! servers (x86-64, AArch64), so every multi-byte field is read as little-endian whatever the host.
 
+pub mod backup_history;
 pub mod datadir;
 pub mod lsn;
 pub mod page;

@@ -35,7 +35,40 @@ pub struct HistoryParseError {
     pub text: String,
 }
 
+/// Why the contents of a history file pushed to the archive are refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HistoryFileError {
+    #[error("timeline {0} has no history file (only timelines after 1 have one)")]
+    NoHistory(TimelineId),
+    #[error("it is not text")]
+    NotText,
+    #[error(transparent)]
+    Malformed(#[from] HistoryParseError),
+    #[error("it names no parent timeline (a history file has a line per ancestor: parent<TAB>switch LSN<TAB>reason)")]
+    NoParent,
+}
+
 impl TimelineHistory {
+    /// Checks and parses a history file as PostgreSQL's `readTimeLineHistory` would read it, and also
+    /// refuses what `writeTimeLineHistory` never writes: a file of timeline 0 or 1, not UTF-8 text (PostgreSQL
+    /// writes ASCII reasons), or without a parent. A file that passes can serve a later recovery.
+    pub fn parse_file(timeline: TimelineId, bytes: &[u8]) -> Result<TimelineHistory, HistoryFileError> {
+        if timeline <= 1 {
+            return Err(HistoryFileError::NoHistory(timeline));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| HistoryFileError::NotText)?;
+        let history = TimelineHistory::parse(timeline, text)?;
+        if history.parent().is_none() {
+            return Err(HistoryFileError::NoParent);
+        }
+        Ok(history)
+    }
+
+    /// The timeline this one branched from (`None` for a history without ancestors, timeline 1's).
+    pub fn parent(&self) -> Option<TimelineId> {
+        self.spans.len().checked_sub(2).map(|i| self.spans[i].timeline)
+    }
+
     /// The history of timeline 1, which has no file.
     pub fn first() -> TimelineHistory {
         TimelineHistory { spans: vec![TimelineSpan { timeline: 1, begin: Lsn(0), end: None }] }
@@ -131,5 +164,22 @@ mod tests {
             assert!(TimelineHistory::parse(3, bad).is_err(), "{bad:?}");
         }
         assert_eq!(TimelineHistory::parse(1, "").unwrap(), TimelineHistory::first());
+    }
+
+    #[test]
+    fn history_files_are_checked_before_archiving() {
+        let h = TimelineHistory::parse_file(3, b"1\t0/5000A28\tbefore\n2\t0/7000000\tno recovery target specified\n").unwrap();
+        assert_eq!(h.parent(), Some(2));
+        assert_eq!(TimelineHistory::parse_file(2, b"# a comment\n\n1\t0/3000158\tno recovery target specified\n").unwrap().parent(), Some(1));
+        assert_eq!(TimelineHistory::first().parent(), None);
+        assert!(matches!(TimelineHistory::parse_file(2, b"garbage"), Err(HistoryFileError::Malformed(_))));
+        assert_eq!(TimelineHistory::parse_file(2, b""), Err(HistoryFileError::NoParent));
+        assert_eq!(TimelineHistory::parse_file(2, b"# only a comment\n"), Err(HistoryFileError::NoParent));
+        assert_eq!(TimelineHistory::parse_file(2, b"1\t0/5\t\xff\n"), Err(HistoryFileError::NotText));
+        assert_eq!(TimelineHistory::parse_file(1, b""), Err(HistoryFileError::NoHistory(1)));
+        assert_eq!(TimelineHistory::parse_file(0, b"1\t0/5\n"), Err(HistoryFileError::NoHistory(0)));
+        // Parents must be below the file's own timeline, in increasing order.
+        assert!(TimelineHistory::parse_file(2, b"2\t0/5\n").is_err());
+        assert!(TimelineHistory::parse_file(4, b"2\t0/5\n1\t0/6\n").is_err());
     }
 }

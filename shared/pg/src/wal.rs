@@ -155,6 +155,18 @@ pub fn classify_wal_file(name: &str) -> Option<WalFileKind> {
     }
 }
 
+/// A name that is none of the four kinds of WAL file. The name is shown escaped (`{:?}`), so that one from a
+/// hostile source (with a newline, or a path) stays on one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a WAL file name (a segment, .partial, .history or .backup file)")]
+pub struct NotAWalFileName(pub String);
+
+/// The kind of a WAL file name that comes from outside (a user, PostgreSQL, a file): the check every such name
+/// passes before it becomes part of a path, so that `../../etc/passwd` is refused instead of read.
+pub fn wal_file_kind(name: &str) -> Result<WalFileKind, NotAWalFileName> {
+    classify_wal_file(name).ok_or_else(|| NotAWalFileName(name.to_string()))
+}
+
 /// Name of the history file for `timeline` (`TLHistoryFileName`), e.g. `00000002.history`.
 pub fn history_file_name(timeline: TimelineId) -> String {
     format!("{timeline:08X}.history")
@@ -237,6 +249,76 @@ pub fn parse_long_header(segment_start: &[u8]) -> Option<WalLongHeader> {
         seg_size: u32_at(32),
         block_size: u32_at(36),
     })
+}
+
+/// What a segment archived into a stanza must agree with: the stanza's cluster.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct SegmentOwner {
+    pub system_id: u64,
+    pub pg_major: u32,
+    pub seg_size: u64,
+}
+
+/// How a segment (or `.partial` segment) differs from what its name and its stanza say it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentMismatch {
+    #[error("its name is not that of a segment of the stanza's segment size ({0} bytes)")]
+    Name(u64),
+    #[error("it is {found} bytes but the stanza's WAL segments are {want} bytes")]
+    Size { found: u64, want: u64 },
+    #[error("it does not start with a WAL long page header")]
+    NoLongHeader,
+    #[error("it was written by PostgreSQL {found} but the stanza is for PostgreSQL {want}")]
+    Version { found: String, want: u32 },
+    #[error("it belongs to database system {found} (xlp_sysid) but the stanza is for system {want}")]
+    SystemId { found: u64, want: u64 },
+    #[error("its header gives segment size {found} (xlp_seg_size) but the stanza's is {want}")]
+    SegSize { found: u32, want: u64 },
+    #[error("its header gives WAL page size {0} (xlp_xlog_blcksz); only {WAL_PAGE_SIZE} is supported", WAL_PAGE_SIZE = crate::WAL_PAGE_SIZE)]
+    PageSize(u32),
+    #[error("it starts at WAL position {found} (xlp_pageaddr), but the segment its name gives starts at {want}")]
+    PageAddr { found: Lsn, want: Lsn },
+    #[error("its page at {lsn} is of timeline {found} (xlp_tli), not of its name's timeline {want} or an earlier one")]
+    Timeline { lsn: Lsn, found: TimelineId, want: TimelineId },
+}
+
+/// Checks that `data` is the segment `name` (a segment or `.partial` name) says it is, of the cluster `owner`
+/// describes: its size, and the first page's long header (magic, system id, segment and page size, and the
+/// segment's start position), and that no page of it is of a timeline after the name's. A page may be of an
+/// earlier timeline: at a switch, the new timeline's first segment starts with the parent's pages.
+///
+/// A file archived under the wrong name would be refused by nothing later: the segment that really has that
+/// name would then be refused as "different content", and archiving would stop there.
+pub fn check_segment(name: &str, data: &[u8], owner: &SegmentOwner) -> Result<WalSegment, SegmentMismatch> {
+    let base = name.strip_suffix(".partial").unwrap_or(name);
+    let segment = WalSegment::parse(base, owner.seg_size).ok_or(SegmentMismatch::Name(owner.seg_size))?;
+    if data.len() as u64 != owner.seg_size {
+        return Err(SegmentMismatch::Size { found: data.len() as u64, want: owner.seg_size });
+    }
+    let header = parse_long_header(data).ok_or(SegmentMismatch::NoLongHeader)?;
+    let major = magic_to_major_version(header.magic);
+    if major != Some(owner.pg_major) {
+        let found = major.map(|m| m.to_string()).unwrap_or_else(|| format!("(unknown WAL magic {:#x})", header.magic));
+        return Err(SegmentMismatch::Version { found, want: owner.pg_major });
+    }
+    if header.system_id != owner.system_id {
+        return Err(SegmentMismatch::SystemId { found: header.system_id, want: owner.system_id });
+    }
+    if u64::from(header.seg_size) != owner.seg_size {
+        return Err(SegmentMismatch::SegSize { found: header.seg_size, want: owner.seg_size });
+    }
+    if header.block_size as usize != crate::WAL_PAGE_SIZE {
+        return Err(SegmentMismatch::PageSize(header.block_size));
+    }
+    let start = segment.start_lsn(owner.seg_size);
+    if header.page_addr != start {
+        return Err(SegmentMismatch::PageAddr { found: header.page_addr, want: start });
+    }
+    let newer = crate::walscan::page_timelines(data).find(|(_, tli)| *tli == 0 || *tli > segment.timeline);
+    if let Some((lsn, tli)) = newer {
+        return Err(SegmentMismatch::Timeline { lsn, found: tli, want: segment.timeline });
+    }
+    Ok(segment)
 }
 
 /// The major version whose WAL carries `magic`, for the releases Strata can recognise (12 to 17).
@@ -458,6 +540,65 @@ mod tests {
         moved.page_addr = Lsn(0x100_0000);
         moved.seg_size = 3;
         assert_eq!(moved.segment(), None);
+    }
+
+    /// Segment 3 of timeline `tli` of a cluster with 1 MiB segments: the fixture's long header moved there, a
+    /// second page of the same timeline, and stale pages (zeros) after it.
+    fn segment_3(tli: u32) -> (Vec<u8>, SegmentOwner) {
+        let mut seg = vec![0u8; MB as usize];
+        seg[..LONG_HEADER_SIZE].copy_from_slice(WAL_HEAD);
+        seg[4..8].copy_from_slice(&tli.to_le_bytes());
+        seg[8..16].copy_from_slice(&(3 * MB).to_le_bytes());
+        seg[32..36].copy_from_slice(&(MB as u32).to_le_bytes());
+        let page = crate::WAL_PAGE_SIZE;
+        seg[page..page + 2].copy_from_slice(&XLOG_PAGE_MAGIC_PG15.to_le_bytes());
+        seg[page + 4..page + 8].copy_from_slice(&tli.to_le_bytes());
+        seg[page + 8..page + 16].copy_from_slice(&(3 * MB + page as u64).to_le_bytes());
+        (seg, SegmentOwner { system_id: 7711650395882422118, pg_major: 15, seg_size: MB })
+    }
+
+    #[test]
+    fn a_segment_is_checked_against_its_name_and_stanza() {
+        let (seg, owner) = segment_3(1);
+        assert_eq!(check_segment("000000010000000000000003", &seg, &owner), Ok(WalSegment { timeline: 1, segno: 3 }));
+        assert!(check_segment("000000010000000000000003.partial", &seg, &owner).is_ok());
+        // The first segment of a later timeline begins with its parent's pages.
+        assert!(check_segment("000000020000000000000003", &seg, &owner).is_ok());
+        // Another segment's name, plain or partial.
+        let addr = SegmentMismatch::PageAddr { found: Lsn(3 * MB), want: Lsn(4 * MB) };
+        assert_eq!(check_segment("000000010000000000000004", &seg, &owner), Err(addr.clone()));
+        assert_eq!(check_segment("000000010000000000000004.partial", &seg, &owner), Err(addr));
+        // A later timeline's segment under an earlier timeline's name, found on any page.
+        let (later, _) = segment_3(2);
+        assert!(matches!(check_segment("000000010000000000000003", &later, &owner), Err(SegmentMismatch::Timeline { found: 2, want: 1, .. })));
+        let mut second_page_later = seg.clone();
+        second_page_later[crate::WAL_PAGE_SIZE + 4] = 2;
+        assert_eq!(
+            check_segment("000000010000000000000003", &second_page_later, &owner),
+            Err(SegmentMismatch::Timeline { lsn: Lsn(3 * MB + crate::WAL_PAGE_SIZE as u64), found: 2, want: 1 })
+        );
+        // The stanza's cluster.
+        let other = SegmentOwner { system_id: 1, ..owner };
+        assert!(matches!(check_segment("000000010000000000000003", &seg, &other), Err(SegmentMismatch::SystemId { .. })));
+        let pg16 = SegmentOwner { pg_major: 16, ..owner };
+        assert!(matches!(check_segment("000000010000000000000003", &seg, &pg16), Err(SegmentMismatch::Version { .. })));
+        let mut size = seg.clone();
+        size[32..36].copy_from_slice(&(2 * MB as u32).to_le_bytes());
+        assert!(matches!(check_segment("000000010000000000000003", &size, &owner), Err(SegmentMismatch::SegSize { .. })));
+        assert!(matches!(check_segment("000000010000000000000003", &seg[..4096], &owner), Err(SegmentMismatch::Size { .. })));
+        assert_eq!(check_segment("000000010000000000000003", &vec![0; MB as usize], &owner), Err(SegmentMismatch::NoLongHeader));
+        // 4096 segments of 1 MiB per log id: 0x1000 is past them.
+        assert_eq!(check_segment("000000010000000000001000", &seg, &owner), Err(SegmentMismatch::Name(MB)));
+    }
+
+    #[test]
+    fn names_from_outside_are_wal_file_names_or_refused() {
+        assert_eq!(wal_file_kind("00000002.history"), Ok(WalFileKind::History));
+        for bad in ["../../../../../../../../etc/passwd", "000000010000000000000003\n", "00000001000000000000/003", ""] {
+            let e = wal_file_kind(bad).unwrap_err();
+            let text = e.to_string();
+            assert!(!text.contains('\n') && text.contains("is not a WAL file name"), "{text}");
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@
 //! Layouts are PostgreSQL 15's (`xlogrecord.h`, `xlog_internal.h`, `xact.h`), little-endian.
 
 use crate::wal::{parse_long_header, LONG_HEADER_SIZE};
-use crate::{Lsn, WAL_PAGE_SIZE};
+use crate::{Lsn, TimelineId, WAL_PAGE_SIZE};
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 00:00:00 UTC).
 pub const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
@@ -194,6 +194,19 @@ impl Pages<'_> {
         }
         Ok(offset)
     }
+}
+
+/// The timeline (`xlp_tli`) of each page of a segment that is the segment's own, with the page's position:
+/// pages with the magic of its first page and the address of their place in it. A recycled file's stale
+/// pages (an older segment's) and pages never written are left out.
+pub fn page_timelines(data: &[u8]) -> impl Iterator<Item = (Lsn, TimelineId)> + '_ {
+    let pages = parse_long_header(data).map(|long| Pages { data, start: long.page_addr.0, magic: long.magic });
+    (0..data.len()).step_by(WAL_PAGE_SIZE).filter_map(move |offset| {
+        let pages = pages.as_ref()?;
+        pages.page(offset)?;
+        let tli = u32::from_le_bytes(data[offset + 4..offset + 8].try_into().expect("4 bytes"));
+        Some((Lsn(pages.start + offset as u64), tli))
+    })
 }
 
 /// Why [`Pages::advance`] stopped early.

@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use strata_collector::job::CommitOutcome;
 use strata_collector::wal::{WalPushSettings, WalPushTarget};
-use strata_pg::wal::{classify_wal_file, WalFileKind};
+use strata_pg::timeline::TimelineHistory;
+use strata_pg::wal::{classify_wal_file, history_file_name, wal_file_kind, WalFileKind};
 use strata_pg::WalSegment;
 
 /// The spool's name, in the directory of the restore_command's destination.
@@ -54,18 +55,46 @@ pub async fn push(ctx: &Context_, path: &Path) -> anyhow::Result<()> {
     };
     let (bus, in_process) = strata_runtime::connect_bus(&ctx.cfg).await?;
     let stages = if in_process { Some(local::start(&ctx.cfg, &ctx.repo, bus.clone(), false).await?) } else { None };
-    let outcome = strata_collector::wal::push(bus, &target, &settings, path).await;
+    let pushed = async {
+        // Every check comes before the first chunk is sent: a refused file leaves nothing stored.
+        let file = strata_collector::wal::read(path, &target).await?;
+        if let Some(history) = &file.history {
+            check_parent_known(ctx, &file.name, history).await?;
+        }
+        let name = file.name.clone();
+        anyhow::Ok((name, strata_collector::wal::push(bus, &target, &settings, file).await?))
+    }
+    .await;
     if let Some(stages) = stages {
         stages.stop().await?;
     }
-    let outcome = outcome?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let (name, outcome) = pushed?;
     crate::multi_repo::push_to_others(ctx, &name).await?;
     if outcome == CommitOutcome::AlreadyArchived {
         // Valid after a crash between the archive and PostgreSQL noting it, as pgBackRest says; worth a line.
-        eprintln!(
-            "warning: {} was already archived with the same content; accepted",
-            path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        eprintln!("warning: {name} was already archived with the same content; accepted");
+    }
+    Ok(())
+}
+
+/// Refuses a history file whose timeline branches from one the stanza does not know: timeline 1, one with
+/// an archived history file, or one with an archived segment. A history file is never replaced once
+/// archived, so one naming a parent that never existed would stay and mislead every later recovery.
+async fn check_parent_known(ctx: &Context_, name: &str, history: &TimelineHistory) -> anyhow::Result<()> {
+    let parent = history.parent().expect("a checked history file has a parent");
+    if parent == 1 {
+        return Ok(());
+    }
+    let prefix = format!("{parent:08X}");
+    let known = ctx.repo.wal_names(&ctx.stanza).await?.iter().any(|n| {
+        n.starts_with(&prefix)
+            && matches!(classify_wal_file(n), Some(WalFileKind::History | WalFileKind::Segment | WalFileKind::Partial))
+    });
+    if !known {
+        bail!(
+            "{name} is refused for stanza '{}': it branches from timeline {parent}, which the archive does not know (no {} and no segment of it is archived)",
+            ctx.stanza,
+            history_file_name(parent)
         );
     }
     Ok(())
@@ -83,6 +112,8 @@ pub struct NotArchived {
 
 /// Fetches `name` to `dest`; with `prefetch` > 0 and a segment, through the spool (see the module docs).
 pub async fn get(ctx: &Context_, name: &str, dest: &Path, prefetch: usize) -> anyhow::Result<()> {
+    // Before the name is part of any path (the repository's, the spool's).
+    wal_file_kind(name)?;
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if prefetch > 0 && classify_wal_file(name) == Some(WalFileKind::Segment) {
         let seg_size = ctx.repo.stanza(&ctx.stanza).await?.wal_segment_size;
@@ -117,7 +148,7 @@ async fn spool_hand_over(
     dest: &Path,
     prefetch: usize,
 ) -> anyhow::Result<bool> {
-    fs::create_dir_all(spool).with_context(|| format!("cannot create {}", spool.display()))?;
+    fs::create_dir_all(spool).with_context(|| format!("cannot create {spool:?}"))?;
     clean_spool(spool, wanted, seg_size);
     write_atomic(&spool.join(WANTED), name.as_bytes())?;
     start_prefetcher(ctx, spool, prefetch)?;
@@ -128,7 +159,7 @@ async fn spool_hand_over(
         match fs::rename(&spooled, dest) {
             Ok(()) => return Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => bail!("cannot move {} to {}: {e}", spooled.display(), dest.display()),
+            Err(e) => bail!("cannot move {spooled:?} to {dest:?}: {e}"),
         }
         // Wait only for a prefetcher that is alive: a `.tmp` left by one that died is nobody's work.
         if !in_progress.exists() || started.elapsed() > SPOOL_WAIT || try_lock(spool)?.is_some() {
@@ -152,8 +183,8 @@ fn clean_spool(spool: &Path, wanted: WalSegment, seg_size: u64) {
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    fs::write(&tmp, bytes).with_context(|| format!("cannot write {tmp:?}"))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {path:?}"))
 }
 
 /// Holds the spool's lock while alive (flock, released when the file closes).
@@ -161,7 +192,7 @@ struct SpoolLock(#[allow(dead_code)] fs::File);
 
 fn try_lock(spool: &Path) -> anyhow::Result<Option<SpoolLock>> {
     let path = spool.join(LOCK);
-    let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("cannot open {path:?}"))?;
     // SAFETY: flock on a file descriptor we own; no memory is involved.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     Ok((r == 0).then_some(SpoolLock(f)))
@@ -237,13 +268,13 @@ async fn fetch(ctx: &Context_, name: &str, dir: &Path, dest: &Path) -> anyhow::R
     };
     let sealer = ctx.repo.sealer();
     let tmp: PathBuf = dir.join(format!(".{}.tmp", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-    let mut file = fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut file = fs::File::create(&tmp).with_context(|| format!("cannot create {tmp:?}"))?;
     let mut hasher = sealer.id_hasher();
     let written: anyhow::Result<()> = async {
         for r in &record.chunks {
             let plain = ctx.repo.read_chunk(sealer, r).await?;
             hasher.update(&plain);
-            file.write_all(&plain).with_context(|| format!("cannot write {}", tmp.display()))?;
+            file.write_all(&plain).with_context(|| format!("cannot write {tmp:?}"))?;
         }
         if hasher.finalize().as_bytes() != &record.hash {
             bail!("{name}: the archived file does not match its recorded hash");
@@ -255,6 +286,6 @@ async fn fetch(ctx: &Context_, name: &str, dir: &Path, dest: &Path) -> anyhow::R
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    fs::rename(&tmp, dest).with_context(|| format!("cannot write {}", dest.display()))?;
+    fs::rename(&tmp, dest).with_context(|| format!("cannot write {dest:?}"))?;
     Ok(true)
 }
