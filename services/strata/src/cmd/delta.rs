@@ -20,7 +20,7 @@
 //!
 //! The server must be stopped: a directory with `postmaster.pid` is refused, as pgBackRest does.
 
-use super::restore::{chown, finish_file};
+use super::restore::{chown, finish_file, join_workers};
 use crate::Context_;
 use anyhow::{anyhow, bail, Context};
 use std::collections::{HashMap, HashSet};
@@ -211,12 +211,12 @@ pub async fn run(
     let chunks = Arc::new(manifest.head.chunks.clone());
     let counters = Arc::new(Counters { read: AtomicU64::new(0), fetched: AtomicU64::new(0), written: AtomicU64::new(0) });
     let next = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
+    let mut workers = tokio::task::JoinSet::new();
     for _ in 0..WORKERS {
         let (files, states, units, chunks, counters, next) =
             (files.clone(), states.clone(), units.clone(), chunks.clone(), counters.clone(), next.clone());
         let (repo, root, sealer) = (ctx.repo.clone(), root.clone(), sealer.clone());
-        workers.push(tokio::spawn(async move {
+        workers.spawn(async move {
             let mut fetcher = Fetcher { repo, sealer, chunks, cached: Vec::new(), counters: counters.clone() };
             loop {
                 let Some(unit) = units.get(next.fetch_add(1, Ordering::Relaxed)) else {
@@ -243,11 +243,9 @@ pub async fn run(
                     })?;
                 }
             }
-        }));
+        });
     }
-    for w in workers {
-        w.await.expect("delta restore worker panicked")?;
-    }
+    join_workers(workers).await?;
     report.read = counters.read.load(Ordering::Relaxed);
     report.fetched = counters.fetched.load(Ordering::Relaxed);
     report.written = counters.written.load(Ordering::Relaxed);
