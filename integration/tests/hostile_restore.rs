@@ -37,6 +37,39 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 #[test]
+fn delta_restore_refuses_another_cluster_another_version_and_a_missing_pg_control() {
+    let dir = TestDir::new("hostile-delta");
+    let (setup, _) = backed_up(&dir, 1);
+    // Another cluster, stopped: initdb'd beside the stanza's, with its own system identifier.
+    let other = PgCluster::init(&dir, PgOptions::new("true").name("other"));
+    let refused = |target: &Path, want: &str| {
+        let before = snapshot(target);
+        let line = setup.strata_fails(&["restore", "--delta", "--pg-data", target.to_str().unwrap()]);
+        assert!(line.contains(want), "{}: {line}", target.display());
+        assert!(snapshot(target) == before, "the refused directory {} changed", target.display());
+    };
+    refused(other.data_dir(), "system");
+
+    // A directory of another major version with a file of the user's.
+    let v16 = dir.path().join("v16");
+    copy_dir(other.data_dir(), &v16);
+    std::fs::write(v16.join("PG_VERSION"), "16\n").unwrap();
+    std::fs::write(v16.join("my-notes.txt"), "do not delete").unwrap();
+    refused(&v16, "PostgreSQL 16");
+
+    // The stanza's own cluster's copy, but without pg_control, or with it cut short: unknown, refused.
+    let source = setup.pg.data_dir().to_path_buf();
+    let no_control = dir.path().join("no-control");
+    copy_dir(&source, &no_control);
+    let _ = std::fs::remove_file(no_control.join("postmaster.pid"));
+    let control = std::fs::read(no_control.join("global/pg_control")).unwrap();
+    std::fs::remove_file(no_control.join("global/pg_control")).unwrap();
+    refused(&no_control, "pg_control");
+    std::fs::write(no_control.join("global/pg_control"), &control[..100]).unwrap();
+    refused(&no_control, "pg_control");
+}
+
+#[test]
 fn restore_after_a_chunk_hash_failure_prints_one_error_line_every_time() {
     let dir = TestDir::new("hostile-restore-chunk");
     let setup = Setup::new(&dir, "local", "", &[]);

@@ -84,6 +84,9 @@ pub async fn restore(ctx: &Context_, opts: &RestoreOptions<'_>, tablespace_root:
         check_empty(pg_data)?;
     }
     let stanza = ctx.repo.stanza(&ctx.stanza).await?;
+    if delta {
+        super::delta::check_cluster(pg_data, &stanza)?;
+    }
     let backups = ctx.repo.backups(&ctx.stanza).await?;
     let mut archive = WalArchive::load(&ctx.repo, &ctx.stanza, stanza.wal_segment_size).await?;
     let plan = target::plan(&mut archive, backups, opts.set, &recovery, &ctx.stanza).await?;
