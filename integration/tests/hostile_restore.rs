@@ -70,6 +70,55 @@ fn delta_restore_refuses_another_cluster_another_version_and_a_missing_pg_contro
 }
 
 #[test]
+fn verify_and_info_fail_when_the_newest_backups_own_wal_is_missing() {
+    let dir = TestDir::new("hostile-verify-wal");
+    let (setup, _) = backed_up(&dir, 1);
+    let (label, stop) = newest_backup(&setup);
+    setup.strata_ok(&["verify"]);
+    // The stop segment is the archive's last: deleting it leaves no gap between archived segments.
+    std::fs::remove_file(wal_record(&setup, &stop)).unwrap();
+
+    for args in [vec!["verify"], vec!["verify", "--set", label.as_str()]] {
+        let out = setup.strata(&args);
+        let line = expect_one_error_line(&out, &args);
+        assert!(line.contains("verify found"), "{line}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let finding = stdout
+            .lines()
+            .find(|l| l.contains(&stop))
+            .unwrap_or_else(|| panic!("{args:?} names the missing {stop}:\n{stdout}"));
+        assert!(finding.contains(&format!("backup {label}")) && finding.contains("cannot be made consistent"), "{finding}");
+    }
+    let info = setup.info();
+    assert_eq!(info[0]["status"]["status"], "critical", "{info:#}");
+    let text = setup.strata_ok(&["info"]);
+    assert!(!text.contains("status: ok"), "{text}");
+    assert!(text.contains(&format!("the newest backup {label} cannot be recovered")), "{text}");
+}
+
+#[test]
+fn restore_refuses_a_needed_wal_record_that_does_not_read() {
+    let dir = TestDir::new("hostile-restore-wal");
+    let (setup, _) = backed_up(&dir, 1);
+    let (label, stop) = newest_backup(&setup);
+    std::fs::write(wal_record(&setup, &stop), b"").unwrap();
+    for extra in [&[][..], &["--type", "immediate"][..]] {
+        let target = dir.path().join(format!("restored{}", extra.len()));
+        let mut args = vec!["restore", "--pg-data", target.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let line = setup.strata_fails(&args);
+        assert!(line.contains(&stop) && line.contains(&label) && line.contains("cannot be restored"), "{line}");
+        assert!(!target.exists(), "nothing is written before the refusal");
+    }
+    // A verify names the unreadable record and the backup it breaks.
+    let out = setup.strata(&["verify"]);
+    expect_one_error_line(&out, &["verify"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let finding = stdout.lines().find(|l| l.contains(&stop)).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(finding.contains(&format!("backup {label}")), "{finding}");
+}
+
+#[test]
 fn restore_after_a_chunk_hash_failure_prints_one_error_line_every_time() {
     let dir = TestDir::new("hostile-restore-chunk");
     let setup = Setup::new(&dir, "local", "", &[]);
@@ -97,3 +146,27 @@ fn restore_after_a_chunk_hash_failure_prints_one_error_line_every_time() {
     }
 }
 
+#[test]
+fn restore_refusing_a_gap_names_where_recovery_would_stop() {
+    let dir = TestDir::new("hostile-restore-gap");
+    let (setup, _) = backed_up(&dir, 1);
+    let (_, stop) = newest_backup(&setup);
+    let mut after = Vec::new();
+    for _ in 0..2 {
+        setup.pg.pgbench_transactions(50, 1);
+        after.push(setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60)));
+    }
+    assert!(after[0] > stop, "{after:?} follow {stop}");
+    let missing = wal_record(&setup, &after[0]);
+    std::fs::remove_file(&missing).unwrap();
+    let target = dir.path().join("restored");
+    let line = setup.strata_fails(&["restore", "--pg-data", target.to_str().unwrap()]);
+    // The last segment recovery reads is the one before the gap.
+    let before = after[0].clone();
+    let previous = {
+        let n = u64::from_str_radix(&before[16..], 16).unwrap() - 1;
+        format!("{}{:08X}", &before[..16], n)
+    };
+    assert!(line.contains(&format!("recovery would stop at {previous} and")), "{line}");
+    assert!(!target.exists());
+}
