@@ -12,6 +12,8 @@
 //! | critical | the repository's filesystem is over `repo_full_critical_percent` (90%) full |
 //! | critical | the last restore test failed (until one passes) |
 //! | critical | the last verification found damage in a backup or the WAL archive |
+//! | critical | the newest backup cannot be recovered: WAL from its start to its stop is missing from the archive |
+//! | warning | an older backup cannot be recovered, for the same reason |
 //! | warning | a backup type's average duration over the last 7 days is `backup_duration_increase_percent` (30%) above the 7 days before |
 //! | warning | the repository is over `repo_full_warning_percent` (70%) full |
 //! | warning | a whole segment has waited longer than `archive_lag_warning_secs` (1 h) to be archived |
@@ -20,6 +22,7 @@
 //! access, the archiver's facts are simply unknown, and say so.
 
 use crate::cmd::format_time;
+use crate::wal_archive::{describe_range, WalArchive};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -118,6 +121,16 @@ pub struct Health {
     pub verify: Vec<VerifyResult>,
     /// The newest restore test run from this repository.
     pub restore_test: Option<RestoreTestResult>,
+    /// Backups whose own WAL (start to stop segment) is not all archived, oldest first.
+    pub unrecoverable: Vec<Unrecoverable>,
+}
+
+/// A backup recovery cannot make consistent from the archive.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unrecoverable {
+    pub label: String,
+    /// The missing segments ("A" or "A ... B").
+    pub missing: String,
 }
 
 impl Health {
@@ -173,6 +186,15 @@ pub async fn evaluate(cfg: &Config, repo: &Repo, stanza: &str, pg_conn: Option<&
         .filter(|v| v.subject == WAL_SUBJECT || labels.contains(v.subject.as_str()))
         .collect();
     let restore_test = repo.latest_restore_test(stanza).await?;
+    // One listing of the archive: whether each backup's own WAL is all there.
+    let mut archive = WalArchive::load(repo, stanza, seg_size).await?;
+    let mut unrecoverable = Vec::new();
+    for b in &backups {
+        if let Ok(Some(g)) = archive.backup_gap(&b.summary.wal_start, &b.summary.wal_stop).await {
+            let missing = describe_range(&archive.name(g.first_missing), &archive.name(g.last_missing));
+            unrecoverable.push(Unrecoverable { label: b.summary.label.clone(), missing });
+        }
+    }
     let mut h = Health {
         stanza: stanza.to_string(),
         repo: repo.name().to_string(),
@@ -185,6 +207,7 @@ pub async fn evaluate(cfg: &Config, repo: &Repo, stanza: &str, pg_conn: Option<&
         space,
         verify,
         restore_test,
+        unrecoverable,
     };
     h.findings = rules(&cfg.alerts, &h, &backups, now);
     h.status = h.findings.iter().map(|f| f.level).max().unwrap_or(Level::Ok);
@@ -251,6 +274,14 @@ pub fn rules(a: &AlertsConfig, h: &Health, backups: &[BackupRecord], now: i64) -
                 what.join(", ")
             ),
         );
+    }
+    let newest = backups.last().map(|b| b.summary.label.as_str());
+    for u in &h.unrecoverable {
+        let (level, rule, which) = match Some(u.label.as_str()) == newest {
+            true => (Level::Critical, "newest-backup-unrecoverable", "the newest backup"),
+            false => (Level::Warning, "backup-unrecoverable", "backup"),
+        };
+        find(level, rule, format!("{which} {} cannot be recovered: its WAL {} is missing from the archive", u.label, u.missing));
     }
     if let Some(t) = h.restore_test.as_ref().filter(|t| !t.passed) {
         find(
@@ -418,6 +449,7 @@ mod tests {
             space: Err("not asked".into()),
             verify: Vec::new(),
             restore_test: None,
+            unrecoverable: Vec::new(),
         }
     }
 
@@ -479,6 +511,17 @@ mod tests {
         assert!(rules_of(&health(&steady), &steady).is_empty(), "20% slower is within 30%");
         let slower = [backup(BackupType::Full, NOW - 10 * day, 100), backup(BackupType::Full, NOW - day, 140)];
         assert_eq!(rules_of(&health(&slower), &slower), vec![("backup-slower", Level::Warning)]);
+    }
+
+    #[test]
+    fn a_backup_without_its_wal_is_critical_when_newest_and_a_warning_when_older() {
+        let b = [backup(BackupType::Full, NOW - 7200, 60), backup(BackupType::Incr, NOW - 60, 60)];
+        let mut h = health(&b);
+        let gone = |label: &str| Unrecoverable { label: label.to_string(), missing: "000000010000000000000009".into() };
+        h.unrecoverable = vec![gone(&b[1].summary.label)];
+        assert_eq!(rules_of(&h, &b), vec![("newest-backup-unrecoverable", Level::Critical)]);
+        h.unrecoverable = vec![gone(&b[0].summary.label)];
+        assert_eq!(rules_of(&h, &b), vec![("backup-unrecoverable", Level::Warning)]);
     }
 
     #[test]

@@ -18,16 +18,21 @@
 //! - **Gaps.** On each timeline, every segment from where the timeline (or the oldest backup) begins to
 //!   the newest archived one must be there.
 //!
+//! - **Readable.** A segment whose record does not decode, or whose chunks' pack is missing, stops
+//!   recovery as a gap does (archive-get fails on it): restore reads the record of every segment it
+//!   relies on and looks up the size of each pack they use, never the chunks themselves.
+//!
 //! Summaries are read lazily and cached, so a search reads one small record per segment it passes.
 
 use anyhow::{anyhow, Context};
+use futures::StreamExt;
 use std::collections::{BTreeSet, HashMap};
-use strata_messages::WalSummary;
-use strata_pg::timeline::TimelineHistory;
+use strata_messages::{hex, PackId, WalSummary};
+use strata_pg::timeline::{TimelineHistory, TimelineSpan};
 use strata_pg::wal::{classify_wal_file, history_file_name, WalFileKind};
 use strata_pg::walscan::{join_split_record, WalEvent};
 use strata_pg::{Lsn, TimelineId, WalSegment};
-use strata_repo::Repo;
+use strata_repo::{pack_path, Repo};
 
 /// `--target-timeline`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +124,12 @@ pub struct WalArchive<'r> {
     histories: BTreeSet<TimelineId>,
     summaries: HashMap<WalSegment, Option<WalSummary>>,
     history_cache: HashMap<TimelineId, TimelineHistory>,
+    /// Sizes of the packs looked up by [`WalArchive::first_unreadable`] (`None`: missing).
+    pack_sizes: HashMap<PackId, Option<u64>>,
 }
+
+/// Records (or pack sizes) read at once when checking that WAL can be restored.
+const READ_AHEAD: usize = 16;
 
 impl<'r> WalArchive<'r> {
     /// Lists the archive (one listing; nothing else is read yet).
@@ -149,6 +159,7 @@ impl<'r> WalArchive<'r> {
             histories,
             summaries: HashMap::new(),
             history_cache: HashMap::new(),
+            pack_sizes: HashMap::new(),
         })
     }
 
@@ -270,11 +281,76 @@ impl<'r> WalArchive<'r> {
     /// After the contiguous run from `from`, the gap and the archived segments beyond it on the path, if any
     /// (the WAL recovery would not reach).
     pub fn gap_after(&self, hist: &TimelineHistory, from: u64) -> Option<Gap> {
-        let end = self.contiguous_end(hist, from).map(|s| s.segno + 1).unwrap_or(from);
+        let last = self.contiguous_end(hist, from);
+        let end = last.map(|s| s.segno + 1).unwrap_or(from);
         if !self.has_later_on_path(hist, end) {
             return None;
         }
-        self.first_gap(hist, end, end)
+        // Searched from the gap itself, `first_gap` cannot know what precedes it: the run's end does.
+        self.first_gap(hist, end, end).map(|g| Gap { before: last, ..g })
+    }
+
+    /// The first run of missing segments in a backup's own WAL, from its first segment to its last on the
+    /// timeline it was taken on: without them recovery cannot make the backup consistent, whatever
+    /// timeline it then follows. Reads nothing but a history file when the backup crossed timelines.
+    pub async fn backup_gap(&mut self, wal_start: &str, wal_stop: &str) -> anyhow::Result<Option<Gap>> {
+        let (start, stop) = (self.parse(wal_start)?, self.parse(wal_stop)?);
+        let own = match start.timeline == stop.timeline {
+            true => TimelineHistory { spans: vec![TimelineSpan { timeline: stop.timeline, begin: Lsn(0), end: None }] },
+            false => self.history(stop.timeline).await?,
+        };
+        Ok(self.first_gap(&own, start.segno, stop.segno))
+    }
+
+    /// The first segment of `hist`'s path in `from..=to` that `archive-get` could not hand over, and why:
+    /// its record must be there and decode, its chunks must add up to its size, and every pack they are
+    /// in must exist and be long enough to hold them. Records and pack sizes are read (a few at once),
+    /// never the chunks' bytes, so the check stays cheap for a long archive.
+    pub async fn first_unreadable(&mut self, hist: &TimelineHistory, from: u64, to: u64) -> anyhow::Result<Option<(WalSegment, String)>> {
+        let segments: Vec<WalSegment> = (from..=to).map(|n| hist.segment(n, self.seg_size)).collect();
+        let (repo, stanza) = (self.repo, self.stanza.as_str());
+        let names: Vec<String> = segments.iter().map(|s| self.name(*s)).collect();
+        let records: Vec<_> = futures::stream::iter(names.iter().map(|n| repo.wal(stanza, n))).buffered(READ_AHEAD).collect().await;
+        let mut checked = Vec::with_capacity(segments.len());
+        for (s, r) in segments.iter().zip(records) {
+            checked.push(match r {
+                Ok(Some(record)) => {
+                    self.summaries.insert(*s, record.summary.clone());
+                    let plain: u64 = record.chunks.iter().map(|c| c.raw_len as u64).sum();
+                    match plain == record.size {
+                        true => Ok(record.chunks),
+                        false => Err(format!("its record lists {plain} bytes of chunks for a {}-byte file", record.size)),
+                    }
+                }
+                Ok(None) => Err("it is not archived".to_string()),
+                Err(e) => Err(format!("its record cannot be read: {e}")),
+            });
+        }
+        let packs: BTreeSet<PackId> =
+            checked.iter().flat_map(|c| c.iter().flatten()).map(|c| c.pack).filter(|p| !self.pack_sizes.contains_key(p)).collect();
+        let sizes: Vec<_> = futures::stream::iter(packs.iter().map(|p| async move { (*p, repo.storage().size(&pack_path(p)).await) }))
+            .buffer_unordered(READ_AHEAD)
+            .collect()
+            .await;
+        for (p, size) in sizes {
+            self.pack_sizes.insert(p, size.with_context(|| format!("cannot look up pack {}", hex(&p)))?);
+        }
+        for (s, c) in segments.into_iter().zip(checked) {
+            let chunks = match c {
+                Ok(chunks) => chunks,
+                Err(why) => return Ok(Some((s, why))),
+            };
+            for c in chunks {
+                match self.pack_sizes[&c.pack] {
+                    None => return Ok(Some((s, format!("pack {} holding its chunk {} is missing", hex(&c.pack), hex(&c.id))))),
+                    Some(size) if size < c.offset + c.sealed_len as u64 => {
+                        return Ok(Some((s, format!("pack {} is truncated to {size} bytes before its chunk {}", hex(&c.pack), hex(&c.id)))))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Walks `hist`'s path from segment number `from`, the backup's first segment, for what `want`
@@ -377,6 +453,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use strata_messages::{RestorePoint, WalRecord, WalSummary, WAL_RECORD_VERSION};
+    use strata_storage::Storage;
 
     const SEG: u64 = 16 << 20;
     const T0: i64 = 1_700_000_000_000_000;
@@ -448,9 +525,53 @@ mod tests {
         // Past the archive's end is missing too, with nothing after it.
         assert_eq!(a.first_gap(&h, 9, 11), Some(Gap { first_missing: seg(11), last_missing: seg(11), before: Some(seg(10)), after: None }));
         assert_eq!(a.contiguous_end(&h, 2), Some(seg(5)));
-        assert_eq!(a.gap_after(&h, 2).map(|g| (g.first_missing, g.after)), Some((seg(6), Some(seg(7)))));
+        assert_eq!(a.gap_after(&h, 2).map(|g| (g.before, g.first_missing, g.after)), Some((Some(seg(5)), seg(6), Some(seg(7)))));
         assert_eq!(a.gap_after(&h, 7), None);
         assert_eq!(a.last_time(&h, 2, 5).await.unwrap(), Some(T0 + 5_000_000));
+    }
+
+    #[tokio::test]
+    async fn a_backups_own_wal_is_checked_up_to_its_stop_even_past_the_archives_end() {
+        let (_d, repo) = archive().await;
+        let mut a = WalArchive::load(&repo, "main", SEG).await.unwrap();
+        assert_eq!(a.backup_gap(&seg(2).name(SEG), &seg(5).name(SEG)).await.unwrap(), None);
+        let g = a.backup_gap(&seg(9).name(SEG), &seg(12).name(SEG)).await.unwrap().unwrap();
+        assert_eq!((g.before, g.first_missing, g.last_missing), (Some(seg(10)), seg(11), seg(11)));
+    }
+
+    #[tokio::test]
+    async fn a_segment_whose_record_or_pack_is_damaged_is_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(strata_storage::PosixStorage::open(dir.path()).unwrap());
+        let repo = Repo::new("test", storage.clone());
+        let chunk = |pack: u8, raw_len| strata_messages::ChunkRef { id: [pack; 32], pack: [pack; 16], offset: 0, sealed_len: 10, raw_len };
+        let record = |n: u64, chunks: Vec<strata_messages::ChunkRef>, size| WalRecord {
+            version: WAL_RECORD_VERSION,
+            name: seg(n).name(SEG),
+            size,
+            hash: [0; 32],
+            chunks,
+            summary: None,
+        };
+        // Segment 1 in a pack that exists, 2 in one truncated before its chunk, 3 in a missing one; 4's
+        // chunks do not add up to its size; 5's record is empty.
+        storage.put(&pack_path(&[1; 16]), vec![0u8; 10].into()).await.unwrap();
+        storage.put(&pack_path(&[2; 16]), vec![0u8; 9].into()).await.unwrap();
+        repo.put_wal("main", &record(1, vec![chunk(1, 100)], 100)).await.unwrap();
+        repo.put_wal("main", &record(2, vec![chunk(2, 100)], 100)).await.unwrap();
+        repo.put_wal("main", &record(3, vec![chunk(1, 100), chunk(3, 100)], 200)).await.unwrap();
+        repo.put_wal("main", &record(4, vec![chunk(1, 100)], 200)).await.unwrap();
+        repo.put_wal("main", &record(5, vec![chunk(1, 100)], 100)).await.unwrap();
+        storage.put(&strata_repo::wal_record_path("main", &seg(5).name(SEG)), Vec::new().into()).await.unwrap();
+        let mut a = WalArchive::load(&repo, "main", SEG).await.unwrap();
+        let h = TimelineHistory::first();
+        assert_eq!(a.first_unreadable(&h, 1, 1).await.unwrap(), None);
+        for (n, why) in [(2, "truncated"), (3, "missing"), (4, "100 bytes of chunks for a 200-byte file"), (5, "cannot be read")] {
+            let (s, text) = a.first_unreadable(&h, n, 5).await.unwrap().unwrap_or_else(|| panic!("segment {n} is readable"));
+            assert_eq!(s, seg(n));
+            assert!(text.contains(why), "{n}: {text}");
+        }
+        assert_eq!(a.first_unreadable(&h, 1, 5).await.unwrap().map(|u| u.0), Some(seg(2)));
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //!
 //! This crate owns the facts about PostgreSQL 15's on-disk formats that the rest of Strata must agree on: log
 //! sequence numbers ([`Lsn`]), WAL segment and archive file names ([`wal`]), the data page header and its checksum
-//! ([`page`]), which files of a data directory a base backup copies ([`datadir`]), and how version numbers are
+//! ([`page`]), the head of `pg_control` ([`control`]), which files of a data directory a base backup copies ([`datadir`]), and how version numbers are
 //! spelled ([`version`]). Other crates ask these questions here instead of carrying their own copy of a PostgreSQL
 //! header, the way neon keeps `postgres_ffi` as the one place that knows WAL layout.
 //!
@@ -14,6 +14,7 @@
 //! servers (x86-64, AArch64), so every multi-byte field is read as little-endian whatever the host.
 
 pub mod backup_history;
+pub mod control;
 pub mod datadir;
 pub mod lsn;
 pub mod page;

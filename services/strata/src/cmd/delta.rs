@@ -18,9 +18,11 @@
 //! archive, not from a newer or diverged past); a file the directory lacks is written whole. Every file
 //! gets the backup's size, mode and mtime; a file that was written to is fsynced.
 //!
-//! The server must be stopped: a directory with `postmaster.pid` is refused, as pgBackRest does.
+//! The server must be stopped: a directory with `postmaster.pid` is refused, as pgBackRest does. And it
+//! must be the stanza's cluster ([`check_cluster`]): another cluster's directory, or another major
+//! version's, is refused before anything in it is touched, never turned into a copy of the backup.
 
-use super::restore::{chown, finish_file};
+use super::restore::{chown, finish_file, join_workers};
 use crate::Context_;
 use anyhow::{anyhow, bail, Context};
 use std::collections::{HashMap, HashSet};
@@ -30,7 +32,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use strata_messages::{ChunkRef, FileEntry, FileKind, Manifest, Piece};
+use strata_pg::datadir::CONTROL_FILE;
 use strata_pg::PAGE_SIZE;
+use strata_repo::StanzaInfo;
 use strata_seal::Sealer;
 
 const WORKERS: usize = 4;
@@ -77,6 +81,38 @@ pub fn is_data_directory(dir: &Path) -> anyhow::Result<bool> {
         );
     }
     Ok(true)
+}
+
+/// Refuses a data directory that is not of the stanza's cluster: its `PG_VERSION` must name the stanza's
+/// major version and its `global/pg_control` the stanza's system identifier. Reads only; run before
+/// anything is written, so a refused directory is left as it was.
+pub fn check_cluster(dir: &Path, stanza: &StanzaInfo) -> anyhow::Result<()> {
+    let refuse = |why: String| {
+        anyhow!(
+            "{} {why}; --delta rewrites only a stopped data directory of the cluster of stanza '{}' (restore into an empty directory instead)",
+            dir.display(),
+            stanza.stanza
+        )
+    };
+    let text = fs::read(dir.join("PG_VERSION")).map_err(|e| refuse(format!("has an unreadable PG_VERSION ({e})")))?;
+    let major = strata_pg::version::major_from_pg_version_file(&String::from_utf8_lossy(&text))
+        .ok_or_else(|| refuse(format!("has a PG_VERSION that names no PostgreSQL version ({:?})", String::from_utf8_lossy(&text).trim())))?;
+    if major != stanza.pg_major {
+        return Err(refuse(format!("holds PostgreSQL {major} (PG_VERSION), but stanza '{}' is PostgreSQL {}", stanza.stanza, stanza.pg_major)));
+    }
+    let control = match fs::read(dir.join(CONTROL_FILE)) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(refuse(format!("has no {CONTROL_FILE}"))),
+        Err(e) => return Err(refuse(format!("has an unreadable {CONTROL_FILE} ({e})"))),
+    };
+    let head = strata_pg::control::parse_head(&control, major).map_err(|e| refuse(format!("has a damaged or foreign {CONTROL_FILE}: {e}")))?;
+    if head.system_id != stanza.system_id {
+        return Err(refuse(format!(
+            "holds database system {} ({CONTROL_FILE}), but stanza '{}' is system {}",
+            head.system_id, stanza.stanza, stanza.system_id
+        )));
+    }
+    Ok(())
 }
 
 /// One range of one file to compare and rewrite.
@@ -211,12 +247,12 @@ pub async fn run(
     let chunks = Arc::new(manifest.head.chunks.clone());
     let counters = Arc::new(Counters { read: AtomicU64::new(0), fetched: AtomicU64::new(0), written: AtomicU64::new(0) });
     let next = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
+    let mut workers = tokio::task::JoinSet::new();
     for _ in 0..WORKERS {
         let (files, states, units, chunks, counters, next) =
             (files.clone(), states.clone(), units.clone(), chunks.clone(), counters.clone(), next.clone());
         let (repo, root, sealer) = (ctx.repo.clone(), root.clone(), sealer.clone());
-        workers.push(tokio::spawn(async move {
+        workers.spawn(async move {
             let mut fetcher = Fetcher { repo, sealer, chunks, cached: Vec::new(), counters: counters.clone() };
             loop {
                 let Some(unit) = units.get(next.fetch_add(1, Ordering::Relaxed)) else {
@@ -243,11 +279,9 @@ pub async fn run(
                     })?;
                 }
             }
-        }));
+        });
     }
-    for w in workers {
-        w.await.expect("delta restore worker panicked")?;
-    }
+    join_workers(workers).await?;
     report.read = counters.read.load(Ordering::Relaxed);
     report.fetched = counters.fetched.load(Ordering::Relaxed);
     report.written = counters.written.load(Ordering::Relaxed);

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 use strata_messages::{hex, FileEntry, FileKind, Manifest};
 use strata_directio::{AlignedBuf, OutFile};
+use tokio::task::JoinSet;
 
 /// Units restored at once; each worker holds one sealed chunk, one unsealed chunk and one unit's bytes.
 const RESTORE_WORKERS: usize = 4;
@@ -83,6 +84,9 @@ pub async fn restore(ctx: &Context_, opts: &RestoreOptions<'_>, tablespace_root:
         check_empty(pg_data)?;
     }
     let stanza = ctx.repo.stanza(&ctx.stanza).await?;
+    if delta {
+        super::delta::check_cluster(pg_data, &stanza)?;
+    }
     let backups = ctx.repo.backups(&ctx.stanza).await?;
     let mut archive = WalArchive::load(&ctx.repo, &ctx.stanza, stanza.wal_segment_size).await?;
     let plan = target::plan(&mut archive, backups, opts.set, &recovery, &ctx.stanza).await?;
@@ -209,11 +213,11 @@ pub async fn restore(ctx: &Context_, opts: &RestoreOptions<'_>, tablespace_root:
     // an aligned buffer large enough for any unit.
     let chunk_len = chunks.iter().map(|c| c.raw_len as usize).max().unwrap_or(0);
     let next = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
+    let mut workers = JoinSet::new();
     for _ in 0..RESTORE_WORKERS {
         let (files, units, remaining, next, chunks) = (files.clone(), units.clone(), remaining.clone(), next.clone(), chunks.clone());
         let (repo, root, bar, sealer) = (ctx.repo.clone(), root.clone(), bar.clone(), sealer.clone());
-        workers.push(tokio::spawn(async move {
+        workers.spawn(async move {
             let mut plain = AlignedBuf::new(chunk_len);
             let mut staged = AlignedBuf::new(UNIT_BYTES as usize + chunk_len);
             // Whose content `plain` holds.
@@ -277,7 +281,7 @@ pub async fn restore(ctx: &Context_, opts: &RestoreOptions<'_>, tablespace_root:
                         Ok((plain, staged))
                     })
                     .await
-                    .expect("restore task panicked")?;
+                    .map_err(|join| anyhow!("restoring {}: {join}", e.path))??;
                     if !whole {
                         cached = Some(r.id);
                     }
@@ -294,13 +298,11 @@ pub async fn restore(ctx: &Context_, opts: &RestoreOptions<'_>, tablespace_root:
                     Ok(staged)
                 })
                 .await
-                .expect("restore write task panicked")?;
+                .map_err(|join| anyhow!("writing {}: {join}", e.path))??;
             }
-        }));
+        });
     }
-    for w in workers {
-        w.await.expect("restore worker panicked")?;
-    }
+    join_workers(workers).await?;
     bar.finish_and_clear();
 
     write_recovery_files(ctx, &root, &manifest, &tablespace_dirs, &settings)?;
@@ -316,6 +318,27 @@ pub async fn restore(ctx: &Context_, opts: &RestoreOptions<'_>, tablespace_root:
         plan.describe
     );
     Ok(Restored { record, history: plan.history, files: files.len(), bytes: total, message })
+}
+
+/// Waits for every worker of a pool; on the first failure the others are aborted and awaited too, so that
+/// none is still running (and none finds its blocking task cancelled by the runtime's shutdown) when the
+/// error is returned. A worker that panicked is an error like any other.
+pub(super) async fn join_workers(mut workers: JoinSet<anyhow::Result<()>>) -> anyhow::Result<()> {
+    let mut failure = None;
+    while let Some(joined) = workers.join_next().await {
+        let err = match joined {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            // Only this function aborts, after the first failure, whose error is the one returned.
+            Err(e) if e.is_cancelled() => continue,
+            Err(e) => anyhow!("a restore worker failed: {e}"),
+        };
+        if failure.is_none() {
+            failure = Some(err);
+            workers.abort_all();
+        }
+    }
+    failure.map_or(Ok(()), Err)
 }
 
 /// One contiguous write: `len` bytes from offset `from` of a chunk, to offset `at` of the file.
@@ -523,6 +546,20 @@ mod tests {
     use super::*;
     use crate::cmd::target::TargetAction;
     use crate::RecoveryType;
+
+    #[tokio::test]
+    async fn a_failed_worker_stops_the_others_and_a_panicked_one_is_an_error() {
+        // A worker that never ends unless aborted: join_workers returns only because it aborts it.
+        let mut workers = JoinSet::new();
+        workers.spawn(std::future::pending::<anyhow::Result<()>>());
+        workers.spawn(async { Err(anyhow!("chunk damaged")) });
+        assert_eq!(join_workers(workers).await.unwrap_err().to_string(), "chunk damaged");
+        let mut workers = JoinSet::new();
+        workers.spawn(async { panic!("a bug in a worker") });
+        workers.spawn(async { Ok(()) });
+        let e = join_workers(workers).await.unwrap_err().to_string();
+        assert!(e.contains("panicked"), "{e}");
+    }
 
     #[test]
     fn pieces_are_grouped_by_chunk_and_merged() {

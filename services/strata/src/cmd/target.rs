@@ -410,20 +410,25 @@ async fn evaluate(
         TargetAction::Shutdown => "shuts down",
     };
     let tl_note = if history.timeline() != s.timeline { format!(" on timeline {}", history.timeline()) } else { String::new() };
-    let describe = match &recovery.target {
+    // What recovery will do, and the last segment it reads.
+    let (describe, through) = match &recovery.target {
         Target::Default => {
             if let Some(gap) = archive.gap_after(&history, start) {
-                let stop_at = gap.before.map(|b| archive.name(b)).unwrap_or_default();
+                let stop_at = gap.before.map(|b| archive.name(b)).unwrap_or_else(|| s.wal_stop.clone());
                 return Ok(Err(Refusal::Unreachable(format!(
                     "backup {label}: {}, so recovery would stop at {stop_at} and leave out the WAL archived after it; choose a target before the gap (--type time, lsn, xid or name) or --type immediate",
                     gap_text(archive, &gap)
                 ))));
             }
-            let end = archive.contiguous_end(&history, start).map(|e| archive.name(e)).unwrap_or_default();
-            format!("recovery replays the archive{tl_note} to its end (now {end}), then promotes")
+            // At least the backup's own segments: they were checked above.
+            let end = archive.contiguous_end(&history, start).map_or(stop_seg, |e| e.segno);
+            let end_name = archive.name(history.segment(end, archive.seg_size));
+            (format!("recovery replays the archive{tl_note} to its end (now {end_name}), then promotes"), end)
         }
-        Target::Standby => "the copy starts as a replica: it replays the archive, then streams from the primary".to_string(),
-        Target::Immediate => format!("recovery stops at the backup's consistent point ({stop}) and {action}"),
+        // A replica that cannot fetch a segment streams it from the primary instead: it needs only what
+        // makes the backup consistent.
+        Target::Standby => ("the copy starts as a replica: it replays the archive, then streams from the primary".to_string(), stop_seg),
+        Target::Immediate => (format!("recovery stops at the backup's consistent point ({stop}) and {action}"), stop_seg),
         Target::Lsn(l) => {
             if *l < stop {
                 return Ok(Err(Refusal::Skip(format!("backup {label} ends at {stop}, after the target LSN {l}"))));
@@ -442,7 +447,7 @@ async fn evaluate(
                     gap_text(archive, &gap)
                 ))));
             }
-            format!("recovery{tl_note} stops at LSN {l} (WAL archived through {}) and {action}", archive.name(needed))
+            (format!("recovery{tl_note} stops at LSN {l} (WAL archived through {}) and {action}", archive.name(needed)), needed.segno)
         }
         Target::Time(t) => {
             if (s.stop_time + 1) * 1_000_000 > *t {
@@ -454,7 +459,7 @@ async fn evaluate(
             }
             let want = Want::TimeAfter { time: *t, exclusive: recovery.exclusive };
             match located(archive, &history, start, &want, label, &recovery.describe_target()).await? {
-                Ok(loc) => describe_found(archive, recovery, &loc, &tl_note, action),
+                Ok(loc) => (describe_found(archive, recovery, &loc, &tl_note, action), loc.segment.segno),
                 Err(r) => return Ok(Err(r)),
             }
         }
@@ -464,7 +469,7 @@ async fn evaluate(
                 Ok(loc) if ends_before(&loc, stop_seg, stop) => {
                     return Ok(Err(Refusal::Skip(format!("transaction {x} ended before backup {label} did"))))
                 }
-                Ok(loc) => describe_found(archive, recovery, &loc, &tl_note, action),
+                Ok(loc) => (describe_found(archive, recovery, &loc, &tl_note, action), loc.segment.segno),
                 Err(r) => return Ok(Err(r)),
             }
         }
@@ -474,12 +479,32 @@ async fn evaluate(
                 Ok(loc) if ends_before(&loc, stop_seg, stop) => {
                     return Ok(Err(Refusal::Skip(format!("restore point '{n}' was made before backup {label} ended"))))
                 }
-                Ok(loc) => describe_found(archive, recovery, &loc, &tl_note, action),
+                Ok(loc) => (describe_found(archive, recovery, &loc, &tl_note, action), loc.segment.segno),
                 Err(r) => return Ok(Err(r)),
             }
         }
     };
+    // archive-get fails on a segment whose record or pack is damaged, and PostgreSQL takes that for the
+    // archive's end: the records recovery relies on must read back, not only be listed.
+    if let Some((seg, why)) = archive.first_unreadable(&history, start, through).await? {
+        let consequence = match seg.segno <= stop_seg {
+            true => "the backup cannot become consistent".to_string(),
+            false => format!("recovery would stop before it, short of {}", target_text(recovery)),
+        };
+        return Ok(Err(Refusal::Unreachable(format!(
+            "backup {label}: archived WAL {} cannot be restored ({why}), so {consequence}",
+            archive.name(seg)
+        ))));
+    }
     Ok(Ok((history, describe)))
+}
+
+/// Where recovery was asked to go, for a refusal.
+fn target_text(recovery: &Recovery) -> String {
+    match recovery.target {
+        Target::Default | Target::Standby => "the archive's end".to_string(),
+        _ => recovery.describe_target(),
+    }
 }
 
 /// Whether a found record lies before the backup's end (where it is not known, in the backup's last

@@ -2,7 +2,8 @@
 //! each repository: every chunk a backup's files point into is fetched, decrypted, decompressed and
 //! compared with its content hash; relation pages are checked against their PostgreSQL checksums where the
 //! cluster has them; every WAL file from the oldest backup's start to the archive's end must be there and
-//! match its recorded hash.
+//! match its recorded hash, and so must each backup's own WAL (its start to its stop segment, which may
+//! run past the archive's end): a backup without it cannot be made consistent, and is named as damaged.
 //!
 //! Why by pack rather than by file: a backup's chunks are spread over a few large packs, so reading each
 //! pack once (and each chunk in it that any file needs) costs one request per pack instead of one per
@@ -437,7 +438,8 @@ async fn verify_wal(
         result.duration_secs = started.elapsed().as_secs_f64();
         return Ok(WalReport { result, intact: Vec::new() });
     };
-    for (_, gap) in archive.gaps(since).await? {
+    let gaps = archive.gaps(since).await?;
+    for (_, gap) in &gaps {
         let (first, last) = (archive.name(gap.first_missing), archive.name(gap.last_missing));
         let tl = gap.first_missing.timeline;
         let mut unusable = Vec::new();
@@ -468,6 +470,24 @@ async fn verify_wal(
                 backup: (!named.is_empty()).then(|| named.join(", ")),
                 segment: Some(describe_range(&first, &last)),
                 ..problem(what)
+            },
+        );
+    }
+    // A backup's own WAL missing at the archive's end is no gap between archived segments: each backup
+    // from `since` on is checked for its start..stop range.
+    for b in backups.iter().filter(|b| wal_segno(&b.summary.wal_start).is_some_and(|n| n >= since)) {
+        let s = &b.summary;
+        let Ok(Some(gap)) = archive.backup_gap(&s.wal_start, &s.wal_stop).await else { continue };
+        let m = gap.first_missing;
+        if gaps.iter().any(|(tl, g)| *tl == m.timeline && (g.first_missing.segno..=g.last_missing.segno).contains(&m.segno)) {
+            continue;
+        }
+        push(
+            &mut result,
+            Problem {
+                backup: Some(s.label.clone()),
+                segment: Some(describe_range(&archive.name(m), &archive.name(gap.last_missing))),
+                ..problem("missing from the archive: the backup cannot be made consistent")
             },
         );
     }
@@ -505,12 +525,36 @@ async fn verify_wal(
                 result.stored_bytes += stored;
                 result.plain_bytes += plain;
             }
-            Err(p) => push(&mut result, Problem { segment: Some(name), ..p }),
+            Err(p) => {
+                // Damage in a backup's own WAL makes the backup unrecoverable: it is named.
+                let needing: Vec<&str> =
+                    backups.iter().filter(|b| needs_segment(&archive, b, &name)).map(|b| b.summary.label.as_str()).collect();
+                let p = match needing.is_empty() {
+                    true => p,
+                    false => Problem {
+                        backup: Some(needing.join(", ")),
+                        what: format!("{}: the backup cannot be made consistent", p.what),
+                        ..p
+                    },
+                };
+                push(&mut result, Problem { segment: Some(name), ..p })
+            }
         }
     }
     result.problems.sort_by(|a, b| a.segment.cmp(&b.segment));
     result.duration_secs = started.elapsed().as_secs_f64();
     Ok(WalReport { result, intact })
+}
+
+/// Whether `name` is a segment of the backup's own WAL (its start to its stop segment, on its timeline).
+fn needs_segment(archive: &WalArchive<'_>, b: &BackupRecord, name: &str) -> bool {
+    let s = &b.summary;
+    match (archive.parse(name), archive.parse(&s.wal_start), archive.parse(&s.wal_stop)) {
+        (Ok(seg), Ok(start), Ok(stop)) => {
+            (seg.timeline == start.timeline || seg.timeline == stop.timeline) && (start.segno..=stop.segno).contains(&seg.segno)
+        }
+        _ => false,
+    }
 }
 
 fn after_text(archive: &WalArchive<'_>, gap: &crate::wal_archive::Gap) -> String {
