@@ -110,6 +110,16 @@ pub async fn run_test(ctx: &Context_, opts: &RestoreTestOptions) -> anyhow::Resu
     if let Some(label) = &opts.set {
         ctx.repo.backup(&ctx.stanza, label).await?;
     }
+    if opts.target.is_some() {
+        // A target the operator named but the archive cannot reach (a restore point that does not exist,
+        // a time before every backup) is a wrong option, not a failed test of the backups: it is refused
+        // before anything runs or is stored. Without a target, a backup that cannot be restored is a
+        // finding, recorded like any other failure.
+        let stanza = ctx.repo.stanza(&ctx.stanza).await?;
+        let backups = ctx.repo.backups(&ctx.stanza).await?;
+        let mut archive = WalArchive::load(&ctx.repo, &ctx.stanza, stanza.wal_segment_size).await?;
+        target::plan(&mut archive, backups, opts.set.as_deref(), &recovery, &ctx.stanza).await?;
+    }
     let started = Instant::now();
     let mut run = Run {
         result: RestoreTestResult {
