@@ -459,9 +459,9 @@ async fn verify_wal(
         let what = if !unusable.is_empty() {
             "missing from the archive: the backup cannot be made consistent".to_string()
         } else if !cut.is_empty() {
-            format!("missing from the archive: recovery from the backup stops before it{}", after_text(&archive, &gap))
+            format!("missing from the archive: recovery from the backup stops before it{}", after_text(&archive, gap))
         } else {
-            format!("missing from the archive{}", after_text(&archive, &gap))
+            format!("missing from the archive{}", after_text(&archive, gap))
         };
         let named: Vec<String> = if unusable.is_empty() { cut } else { unusable };
         push(
