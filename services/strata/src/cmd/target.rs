@@ -298,10 +298,8 @@ fn local_to_unix(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<i64
 
 /// `2026-11-24 15:16:59.123456+00`: what PostgreSQL reads unambiguously.
 pub fn format_pg_time(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let st = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
-    let base = humantime::format_rfc3339_seconds(st).to_string().replace('T', " ");
-    format!("{}.{:06}+00", base.trim_end_matches('Z'), micros.rem_euclid(1_000_000))
+    let base = crate::cmd::format_time(micros.div_euclid(1_000_000));
+    format!("{base}.{:06}+00", micros.rem_euclid(1_000_000))
 }
 
 /// The backup a restore uses and what recovery will do with it.
@@ -410,6 +408,8 @@ async fn evaluate(
         TargetAction::Shutdown => "shuts down",
     };
     let tl_note = if history.timeline() != s.timeline { format!(" on timeline {}", history.timeline()) } else { String::new() };
+    // The last segment recovery will read: every record up to it must be readable.
+    let mut through = stop_seg;
     let describe = match &recovery.target {
         Target::Default => {
             if let Some(gap) = archive.gap_after(&history, start) {
@@ -419,10 +419,15 @@ async fn evaluate(
                     gap_text(archive, &gap)
                 ))));
             }
-            let end = archive.contiguous_end(&history, start).map(|e| archive.name(e)).unwrap_or_default();
+            let end = archive.contiguous_end(&history, start);
+            through = end.map_or(stop_seg, |e| e.segno);
+            let end = end.map(|e| archive.name(e)).unwrap_or_default();
             format!("recovery replays the archive{tl_note} to its end (now {end}), then promotes")
         }
-        Target::Standby => "the copy starts as a replica: it replays the archive, then streams from the primary".to_string(),
+        Target::Standby => {
+            through = archive.contiguous_end(&history, start).map_or(stop_seg, |e| e.segno);
+            "the copy starts as a replica: it replays the archive, then streams from the primary".to_string()
+        }
         Target::Immediate => format!("recovery stops at the backup's consistent point ({stop}) and {action}"),
         Target::Lsn(l) => {
             if *l < stop {
@@ -442,6 +447,7 @@ async fn evaluate(
                     gap_text(archive, &gap)
                 ))));
             }
+            through = needed.segno;
             format!("recovery{tl_note} stops at LSN {l} (WAL archived through {}) and {action}", archive.name(needed))
         }
         Target::Time(t) => {
@@ -454,7 +460,10 @@ async fn evaluate(
             }
             let want = Want::TimeAfter { time: *t, exclusive: recovery.exclusive };
             match located(archive, &history, start, &want, label, &recovery.describe_target()).await? {
-                Ok(loc) => describe_found(archive, recovery, &loc, &tl_note, action),
+                Ok(loc) => {
+                    through = loc.segment.segno;
+                    describe_found(archive, recovery, &loc, &tl_note, action)
+                }
                 Err(r) => return Ok(Err(r)),
             }
         }
@@ -464,7 +473,10 @@ async fn evaluate(
                 Ok(loc) if ends_before(&loc, stop_seg, stop) => {
                     return Ok(Err(Refusal::Skip(format!("transaction {x} ended before backup {label} did"))))
                 }
-                Ok(loc) => describe_found(archive, recovery, &loc, &tl_note, action),
+                Ok(loc) => {
+                    through = loc.segment.segno;
+                    describe_found(archive, recovery, &loc, &tl_note, action)
+                }
                 Err(r) => return Ok(Err(r)),
             }
         }
@@ -474,11 +486,17 @@ async fn evaluate(
                 Ok(loc) if ends_before(&loc, stop_seg, stop) => {
                     return Ok(Err(Refusal::Skip(format!("restore point '{n}' was made before backup {label} ended"))))
                 }
-                Ok(loc) => describe_found(archive, recovery, &loc, &tl_note, action),
+                Ok(loc) => {
+                    through = loc.segment.segno;
+                    describe_found(archive, recovery, &loc, &tl_note, action)
+                }
                 Err(r) => return Ok(Err(r)),
             }
         }
     };
+    if let Some(why) = archive.first_damaged(&history, start, through).await? {
+        return Ok(Err(Refusal::Unreachable(format!("backup {label} needs WAL whose record is damaged: {why}"))));
+    }
     Ok(Ok((history, describe)))
 }
 
