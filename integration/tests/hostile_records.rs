@@ -129,7 +129,7 @@ fn expire_removes_what_dead_processes_left() {
     setup.strata_ok(&["stanza-create"]);
     setup.backup("full");
     // Temporary files as the posix storage names them, left by a push and a replicator killed between
-    // writing and renaming: two hours old, and one just written.
+    // writing and renaming: two hours old, and a recent one.
     let wal_dir = setup.repo.join("stanza").join(STANZA).join("wal").join("0000000100000000");
     let pack_dir = setup.repo.join("pack").join("ab");
     std::fs::create_dir_all(&wal_dir).unwrap();
@@ -140,8 +140,16 @@ fn expire_removes_what_dead_processes_left() {
     for p in [&old_wal_tmp, &old_pack_tmp, &fresh_tmp] {
         std::fs::write(p, vec![7u8; 4096]).unwrap();
     }
+    // This test runs as root, strata as the repository's owner, who wrote them.
+    let owner = std::fs::metadata(&setup.repo).unwrap();
+    for p in [&wal_dir, &pack_dir, &old_wal_tmp, &old_pack_tmp, &fresh_tmp] {
+        use std::os::unix::fs::MetadataExt;
+        std::os::unix::fs::chown(p, Some(owner.uid()), Some(owner.gid())).unwrap();
+    }
     age_file(&old_wal_tmp, 7200);
     age_file(&old_pack_tmp, 7200);
+    // A minute old: younger than the grace period below, but older than any expire started after it.
+    age_file(&fresh_tmp, 60);
     // Markers of a backup that died on another host and of an expire killed here, not refreshed for two
     // hours; and an old marker of this host whose process still exists (a stopped backup may resume).
     let backup_dir = setup.repo.join("stanza").join(STANZA).join("backup");
