@@ -46,21 +46,6 @@ pub fn who() -> String {
     strata_audit::who()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn any_time_prints() {
-        assert_eq!(super::format_time(0), "1970-01-01 00:00:00");
-        assert_eq!(super::format_time(1_796_231_605), "2026-12-02 17:13:25");
-        // A year past 9999 made `info` panic ("a Display implementation returned an error").
-        assert_eq!(super::format_time(253_402_300_800), "10000-01-01 00:00:00");
-        for t in [i64::MAX, i64::MIN, -1] {
-            assert!(!super::format_time(t).is_empty());
-        }
-        assert!(super::target::format_pg_time(i64::MAX).ends_with("+00"));
-    }
-}
-
 pub fn format_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
@@ -73,5 +58,20 @@ pub fn format_bytes(b: u64) -> String {
         format!("{b} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn any_time_prints() {
+        assert_eq!(super::format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(super::format_time(1_796_231_605), "2026-12-02 17:13:25");
+        // A year past 9999 made `info` panic ("a Display implementation returned an error").
+        assert_eq!(super::format_time(253_402_300_800), "10000-01-01 00:00:00");
+        for t in [i64::MAX, i64::MIN, -1] {
+            assert!(!super::format_time(t).is_empty());
+        }
+        assert!(super::target::format_pg_time(i64::MAX).ends_with("+00"));
     }
 }
