@@ -92,6 +92,8 @@ fn damaged_records_are_findings_and_everything_else_keeps_working() {
     let line = setup.strata_fails(&["restore", "--pg-data", refused.to_str().unwrap(), "--set", &full1]);
     assert!(line.contains(&first_segment), "{line}");
     assert!(!refused.exists() || std::fs::read_dir(&refused).unwrap().next().is_none(), "the refused restore wrote files");
+    let line = setup.strata_fails(&["restore", "--pg-data", refused.to_str().unwrap(), "--set", &full3]);
+    assert!(line.contains(&format!("{full3}.record is corrupt: checksum mismatch")), "{line}");
     let set2 = dir.path().join("set2");
     setup.strata_ok(&["restore", "--pg-data", set2.to_str().unwrap(), "--set", &full2, "--type", "immediate"]);
     let copy = setup.restore_and_start("restored", &[]);
