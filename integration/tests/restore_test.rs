@@ -81,7 +81,7 @@ fn stored_results(setup: &Setup) -> Vec<Value> {
     let dir = setup.repo.join("stanza").join(STANZA).join("restore-test");
     let mut names: Vec<PathBuf> = std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     names.sort();
-    names.iter().map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()).collect()
+    names.iter().map(|p| serde_json::from_slice(stored_body(&std::fs::read(p).unwrap())).unwrap()).collect()
 }
 
 #[test]

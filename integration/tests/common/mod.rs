@@ -319,3 +319,12 @@ pub fn pack_files(repo: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The body of a small object as the repository stores it unencrypted (`STRSUM01`, its BLAKE3 hash, the
+/// body; see strata_repo), or an older build's unchecked object as it is.
+pub fn stored_body(bytes: &[u8]) -> &[u8] {
+    match bytes.strip_prefix(b"STRSUM01") {
+        Some(rest) => &rest[32..],
+        None => bytes,
+    }
+}

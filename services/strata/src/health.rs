@@ -14,6 +14,7 @@
 //! | critical | the last verification found damage in a backup or the WAL archive |
 //! | critical | the newest backup cannot be recovered: WAL from its start to its stop is missing from the archive |
 //! | warning | an older backup cannot be recovered, for the same reason |
+//! | critical | a backup's record cannot be read (corrupt or fails its checksum) |
 //! | warning | a backup type's average duration over the last 7 days is `backup_duration_increase_percent` (30%) above the 7 days before |
 //! | warning | the repository is over `repo_full_warning_percent` (70%) full |
 //! | warning | a whole segment has waited longer than `archive_lag_warning_secs` (1 h) to be archived |
@@ -156,7 +157,7 @@ impl Health {
 /// Reads everything the rules need and evaluates them. `pg_conn`: the stanza's cluster, asked with a
 /// short timeout (`None`: do not ask).
 pub async fn evaluate(cfg: &Config, repo: &Repo, stanza: &str, pg_conn: Option<&str>, now: i64) -> anyhow::Result<Health> {
-    let backups = repo.backups(stanza).await?;
+    let (backups, damaged) = repo.backups_checked(stanza).await?;
     let seg_size = repo.stanza(stanza).await?.wal_segment_size;
     let rpo_secs = cfg.stanza(stanza)?.rpo_secs;
     let mut last_backup = BTreeMap::new();
@@ -210,6 +211,11 @@ pub async fn evaluate(cfg: &Config, repo: &Repo, stanza: &str, pg_conn: Option<&
         unrecoverable,
     };
     h.findings = rules(&cfg.alerts, &h, &backups, now);
+    if let Some(first) = damaged.first() {
+        let labels: Vec<&str> = damaged.iter().map(|d| d.name.as_str()).collect();
+        let summary = format!("{} backup records cannot be read ({}): {first}", damaged.len(), labels.join(", "));
+        h.findings.push(Finding { level: Level::Critical, rule: "record-damaged", summary });
+    }
     h.status = h.findings.iter().map(|f| f.level).max().unwrap_or(Level::Ok);
     Ok(h)
 }

@@ -123,6 +123,8 @@ pub struct WalArchive<'r> {
     segments: BTreeSet<WalSegment>,
     histories: BTreeSet<TimelineId>,
     summaries: HashMap<WalSegment, Option<WalSummary>>,
+    /// Segments whose record was found damaged while reading summaries, and why.
+    damaged: HashMap<WalSegment, String>,
     history_cache: HashMap<TimelineId, TimelineHistory>,
     /// Sizes of the packs looked up by [`WalArchive::first_unreadable`] (`None`: missing).
     pack_sizes: HashMap<PackId, Option<u64>>,
@@ -158,6 +160,7 @@ impl<'r> WalArchive<'r> {
             segments,
             histories,
             summaries: HashMap::new(),
+            damaged: HashMap::new(),
             history_cache: HashMap::new(),
             pack_sizes: HashMap::new(),
         })
@@ -220,17 +223,38 @@ impl<'r> WalArchive<'r> {
         self.history(tl).await
     }
 
-    /// The summary of an archived segment (`None` when it has none, or is not archived).
+    /// The summary of an archived segment (`None` when it has none, is not archived, or its record is
+    /// damaged: see [`WalArchive::first_damaged`]).
     pub async fn summary(&mut self, s: WalSegment) -> anyhow::Result<Option<WalSummary>> {
         if let Some(v) = self.summaries.get(&s) {
             return Ok(v.clone());
         }
         let v = match self.segments.contains(&s) {
-            true => self.repo.wal(&self.stanza, &self.name(s)).await?.and_then(|r| r.summary),
+            true => match self.repo.wal(&self.stanza, &self.name(s)).await {
+                Ok(r) => r.and_then(|r| r.summary),
+                Err(e @ strata_repo::RepoError::CorruptObject { .. }) => {
+                    self.damaged.insert(s, e.to_string());
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            },
             false => None,
         };
         self.summaries.insert(s, v.clone());
         Ok(v)
+    }
+
+    /// The first segment of `hist`'s path in `from..=to` whose record cannot be read, and why: recovery
+    /// through it would stop there, so a restore that needs it is refused.
+    pub async fn first_damaged(&mut self, hist: &TimelineHistory, from: u64, to: u64) -> anyhow::Result<Option<String>> {
+        for n in from..=to {
+            let s = hist.segment(n, self.seg_size);
+            self.summary(s).await?;
+            if let Some(why) = self.damaged.get(&s) {
+                return Ok(Some(why.clone()));
+            }
+        }
+        Ok(None)
     }
 
     /// The first segment of `hist`'s path in `from..=to` that is not archived, as a gap.

@@ -7,7 +7,9 @@
 //! ```
 //!
 //! A record is written once (put-if-absent) and never rewritten, so anything that can change later lives
-//! in its own object. An annotation is replaced whole; it is deleted with its backup's record.
+//! in its own object. An annotation is replaced whole; it is deleted with its backup's record. It is
+//! stored with a checksum (see the crate docs), never sealed; markers are plain JSON, rewritten every
+//! minute, and an unreadable one already counts as running.
 //!
 //! # Running markers
 //! `strata backup` writes `<label>.running` before it sends its first chunk, refreshes it every
@@ -64,6 +66,8 @@ pub struct RunningMarker {
 #[derive(Debug, Clone)]
 pub struct RunningEntry {
     pub stanza: String,
+    /// The marker's name in the repository (`<name>.running`), whatever its body says.
+    pub name: String,
     pub marker: RunningMarker,
     /// The marker object's last write, in the storage's clock (seconds).
     pub modified: i64,
@@ -82,14 +86,17 @@ impl Repo {
     pub async fn put_annotation(&self, stanza: &str, label: &str, annotation: &Annotation) -> Result<()> {
         self.backup(stanza, label).await?;
         let body = serde_json::to_vec_pretty(annotation).expect("annotation serializes");
-        self.storage.put(&annotation_path(stanza, label), Bytes::from(body)).await.map_err(|e| self.err(e))
+        self.storage.put(&annotation_path(stanza, label), self.unsealed_bytes(&body)).await.map_err(|e| self.err(e))
     }
 
     /// A backup's annotation, if it has one.
     pub async fn annotation(&self, stanza: &str, label: &str) -> Result<Option<Annotation>> {
         let path = annotation_path(stanza, label);
         match self.storage.get(&path).await {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| RepoError::CorruptObject { path, reason: e.to_string() }),
+            Ok(b) => {
+                let body = self.open_unsealed(&path, b)?;
+                serde_json::from_slice(&body).map(Some).map_err(|e| RepoError::CorruptObject { path, reason: e.to_string() })
+            }
             Err(StorageError::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err(e)),
         }
@@ -150,9 +157,23 @@ impl Repo {
                 host: "?".into(),
                 pid: 0,
             });
-            out.push(RunningEntry { stanza: stanza.to_string(), marker, modified: o.modified });
+            out.push(RunningEntry { stanza: stanza.to_string(), name: name.to_string(), marker, modified: o.modified });
         }
         Ok(out)
+    }
+
+    /// Temporary files that writes killed midway left in the repository (see
+    /// [`strata_storage::Storage::list_temporary`]).
+    pub async fn temporary_files(&self) -> Result<Vec<strata_storage::ObjectInfo>> {
+        self.storage.list_temporary("").await.map_err(|e| self.err(e))
+    }
+
+    /// Removes one of [`Repo::temporary_files`] (nothing to do when it is gone already).
+    pub async fn delete_temporary(&self, path: &str) -> Result<()> {
+        match self.storage.delete(path).await {
+            Ok(()) | Err(StorageError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(e)),
+        }
     }
 
     /// Every archived WAL file of a stanza with the time it was archived (its record's modification time,

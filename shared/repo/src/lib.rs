@@ -17,6 +17,27 @@
 //! identical content.
 //!
 //! Packs are shared by all stanzas, so identical chunks are stored once across the repository.
+//!
+//! # Integrity of small objects
+//! Packs carry their own checks (each chunk's id, the index's hash). Every other object the repository
+//! writes through [`Repo`] (backup, checkpoint and WAL records, verify and restore-test results,
+//! annotations) is stored in one of two checked forms, so that a flipped byte that still decodes is
+//! caught rather than believed:
+//!
+//! ```text
+//! STRSEAL1 | sealed envelope (AES-256-GCM)         encrypted repository (records and results)
+//! STRSUM01 | BLAKE3 of the body (32 bytes) | body  otherwise (and annotations everywhere)
+//! ```
+//!
+//! The body is the rkyv archive (records) or JSON (results, annotations). An object without either magic
+//! is the unchecked form older builds wrote, still read in an unencrypted repository (rkyv archives and
+//! JSON never start with these bytes). A mismatch is [`RepoError::CorruptObject`]. `stanza.json` stays
+//! plain JSON: people edit it, the replicator compares it, and it is checked against the cluster anyway.
+//!
+//! # Damaged records
+//! One unreadable record is a finding about that backup or WAL file, not a failure of the stanza:
+//! [`Repo::backups_checked`] and [`Repo::wal_records_checked`] return the readable records and the
+//! damaged ones apart, and [`Repo::backups`] the readable ones only.
 
 pub mod annotations;
 pub mod pack;
@@ -93,6 +114,60 @@ pub struct Repo {
 /// Plain records are rkyv archives, which never start with these bytes (they end with their root).
 const SEALED_RECORD_MAGIC: &[u8; 8] = b"STRSEAL1";
 
+/// Unencrypted records start with this, then the BLAKE3 hash of the body, then the body (module docs).
+const CHECKED_RECORD_MAGIC: &[u8; 8] = b"STRSUM01";
+const CHECKSUM_LEN: usize = 32;
+
+/// An object stored with a checksum: [`CHECKED_RECORD_MAGIC`], the body's BLAKE3 hash, the body.
+fn checked_bytes(plain: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(CHECKED_RECORD_MAGIC.len() + CHECKSUM_LEN + plain.len());
+    out.extend_from_slice(CHECKED_RECORD_MAGIC);
+    out.extend_from_slice(blake3::hash(plain).as_bytes());
+    out.extend_from_slice(plain);
+    Bytes::from(out)
+}
+
+/// The body of a checked object; `None` when `stored` is not in the checked form.
+fn open_checked(path: &str, stored: &Bytes) -> Option<Result<Bytes>> {
+    let rest = stored.strip_prefix(CHECKED_RECORD_MAGIC)?;
+    let corrupt = |reason: &str| RepoError::CorruptObject { path: path.into(), reason: reason.into() };
+    if rest.len() < CHECKSUM_LEN {
+        return Some(Err(corrupt("checksum mismatch: too short for its checksum (truncated)")));
+    }
+    let (sum, _) = rest.split_at(CHECKSUM_LEN);
+    let body = stored.slice(CHECKED_RECORD_MAGIC.len() + CHECKSUM_LEN..);
+    if blake3::hash(&body).as_bytes() != sum {
+        return Some(Err(corrupt("checksum mismatch: the stored bytes are not the ones written")));
+    }
+    Some(Ok(body))
+}
+
+/// A record that cannot be read (corrupt, truncated, of an unknown format): a finding about the backup or
+/// WAL file it stands for, reported and kept, never a reason to stop reading the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedRecord {
+    /// The backup's label or the WAL file's name.
+    pub name: String,
+    /// The record's path in the repository.
+    pub path: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for DamagedRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is corrupt: {}", self.path, self.reason)
+    }
+}
+
+/// A record error that says the record itself is damaged (rather than the repository being unreachable).
+fn damage(e: &RepoError) -> Option<String> {
+    match e {
+        RepoError::CorruptObject { reason, .. } => Some(reason.clone()),
+        RepoError::Storage { source: StorageError::Corrupt { reason, .. }, .. } => Some(reason.clone()),
+        _ => None,
+    }
+}
+
 pub fn pack_path(id: &PackId) -> String {
     let h = hex(id);
     format!("pack/{}/{}.pack", &h[..2], h)
@@ -141,30 +216,40 @@ impl Repo {
         &self.sealer
     }
 
-    /// A record's bytes as stored: sealed when the repository is encrypted.
+    /// A record's bytes as stored: sealed when the repository is encrypted, else with a checksum.
     fn record_bytes(&self, plain: Vec<u8>) -> Bytes {
         if !self.sealer.is_encrypted() {
-            return Bytes::from(plain);
+            return checked_bytes(&plain);
         }
         let mut out = SEALED_RECORD_MAGIC.to_vec();
         out.extend_from_slice(&self.sealer.seal_object(&plain));
         Bytes::from(out)
     }
 
-    /// A stored record's plain bytes.
+    /// A stored record's plain bytes: unsealed, or checked against its checksum, or (written by an older
+    /// build into an unencrypted repository) as they are.
     fn open_record(&self, path: &str, stored: Bytes) -> Result<Bytes> {
-        match stored.strip_prefix(SEALED_RECORD_MAGIC) {
-            Some(sealed) => self
+        if let Some(sealed) = stored.strip_prefix(SEALED_RECORD_MAGIC) {
+            return self
                 .sealer
                 .unseal_object(sealed)
                 .map(Bytes::from)
-                .map_err(|e| RepoError::CorruptObject { path: path.into(), reason: e.to_string() }),
-            None if self.sealer.is_encrypted() => Err(RepoError::CorruptObject {
-                path: path.into(),
-                reason: "is not encrypted, but the repository is".into(),
-            }),
-            None => Ok(stored),
+                .map_err(|e| RepoError::CorruptObject { path: path.into(), reason: e.to_string() });
         }
+        if self.sealer.is_encrypted() {
+            return Err(RepoError::CorruptObject { path: path.into(), reason: "is not encrypted, but the repository is".into() });
+        }
+        open_checked(path, &stored).unwrap_or(Ok(stored))
+    }
+
+    /// An object that is never sealed (annotations), with its checksum.
+    fn unsealed_bytes(&self, plain: &[u8]) -> Bytes {
+        checked_bytes(plain)
+    }
+
+    /// A stored unsealed object's body, checked; an older build's unchecked one as it is.
+    fn open_unsealed(&self, path: &str, stored: Bytes) -> Result<Bytes> {
+        open_checked(path, &stored).unwrap_or(Ok(stored))
     }
 
     pub fn name(&self) -> &str {
@@ -312,17 +397,36 @@ impl Repo {
         self.storage.put_new(&path, self.record_bytes(encode(record))).await.map_err(|e| self.err(e))
     }
 
-    /// Committed backups of a stanza, oldest first.
+    /// Committed backups of a stanza whose records can be read, oldest first. Damaged records are left
+    /// out: code that deletes anything must use [`Repo::backups_checked`] and account for them.
     pub async fn backups(&self, stanza: &str) -> Result<Vec<BackupRecord>> {
+        Ok(self.backups_checked(stanza).await?.0)
+    }
+
+    /// Committed backups of a stanza, oldest first, and the records that cannot be read (by label). Only
+    /// a repository that cannot be listed or read is an error.
+    pub async fn backups_checked(&self, stanza: &str) -> Result<(Vec<BackupRecord>, Vec<DamagedRecord>)> {
         let dir = format!("{}/backup", stanza_dir(stanza));
-        let mut out = Vec::new();
+        let (mut out, mut damaged) = (Vec::new(), Vec::new());
         for o in self.storage.list(&dir).await.map_err(|e| self.err(e))? {
-            if o.path.ends_with(".record") {
-                out.push(self.read_record(&o.path).await?);
+            let Some(label) = o.path.rsplit('/').next().and_then(|n| n.strip_suffix(".record")) else { continue };
+            match self.read_record(&o.path).await {
+                Ok(r) if r.summary.label == label => out.push(r),
+                Ok(r) => damaged.push(DamagedRecord {
+                    name: label.to_string(),
+                    path: o.path.clone(),
+                    reason: format!("it holds the record of backup {}", r.summary.label),
+                }),
+                // Deleted since the listing (expire): it is simply gone.
+                Err(RepoError::Storage { source: StorageError::NotFound { .. }, .. }) => {}
+                Err(e) => match damage(&e) {
+                    Some(reason) => damaged.push(DamagedRecord { name: label.to_string(), path: o.path.clone(), reason }),
+                    None => return Err(e),
+                },
             }
         }
         out.sort_by(|a, b| a.summary.stop_lsn.cmp(&b.summary.stop_lsn).then(a.summary.label.cmp(&b.summary.label)));
-        Ok(out)
+        Ok((out, damaged))
     }
 
     /// Removes a backup's record: from then on it does not exist. Its chunks stay until no kept backup or
@@ -352,6 +456,31 @@ impl Repo {
         decode::<BackupRecord>(&bytes)
             .map(strata_messages::to_owned::<BackupRecord>)
             .map_err(|e| RepoError::CorruptObject { path: path.into(), reason: e.to_string() })
+    }
+
+    /// Every archived WAL file's record of a stanza, by name (sorted), and those that cannot be read.
+    /// Reads every record (a few at a time): for expire, which needs their packs, and info.
+    pub async fn wal_records_checked(&self, stanza: &str) -> Result<(Vec<WalRecord>, Vec<DamagedRecord>)> {
+        use futures::StreamExt;
+        let names = self.wal_names(stanza).await?;
+        let reads = futures::stream::iter(names.into_iter().map(|name| async move {
+            let r = self.wal(stanza, &name).await;
+            (name, r)
+        }))
+        .buffered(16);
+        futures::pin_mut!(reads);
+        let (mut out, mut damaged) = (Vec::new(), Vec::new());
+        while let Some((name, r)) = reads.next().await {
+            match r {
+                Ok(Some(w)) => out.push(w),
+                Ok(None) => {}
+                Err(e) => match damage(&e) {
+                    Some(reason) => damaged.push(DamagedRecord { path: wal_path(stanza, &name), name, reason }),
+                    None => return Err(e),
+                },
+            }
+        }
+        Ok((out, damaged))
     }
 
     /// Fetches and decodes a manifest's head (everything but the file entries).
@@ -487,6 +616,23 @@ impl Repo {
         names.sort();
         Ok(names)
     }
+}
+
+/// The UTC calendar date and time of a Unix time: (year, month, day, hour, minute, second). Total over
+/// every `i64` (Howard Hinnant's civil-from-days algorithm), so a time read from a damaged object can
+/// always be printed; `SystemTime` formatting refuses years past 9999.
+pub fn utc_civil(t: i64) -> (i64, i64, i64, i64, i64, i64) {
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 /// Refuses a cluster other than the one the stanza was created for.

@@ -109,3 +109,143 @@ async fn commit_requires_the_packs_and_a_fresh_label() {
     assert_eq!(r.backups("main").await.unwrap().len(), 1);
     assert!(matches!(r.backup("main", "nope").await, Err(RepoError::NoBackup { .. })));
 }
+
+fn record(label: &str) -> BackupRecord {
+    BackupRecord {
+        version: FORMAT_VERSION,
+        summary: BackupSummary {
+            label: label.into(),
+            backup_type: BackupType::Full,
+            start_time: 1_800_000_000,
+            stop_time: 1_800_000_060,
+            start_lsn: 0,
+            stop_lsn: 0,
+            timeline: 1,
+            wal_start: String::new(),
+            wal_stop: String::new(),
+            pg_version_num: 150004,
+            system_id: 7,
+            wal_segment_size: 16 << 20,
+            reference: String::new(),
+            database_bytes: 0,
+            read_bytes: 0,
+            stored_bytes: 0,
+            sent_bytes: 0,
+            file_count: 0,
+            checksum_failures: 0,
+        },
+        manifest_len: 0,
+        manifest_chunks: vec![],
+    }
+}
+
+#[tokio::test]
+async fn a_flipped_byte_that_still_decodes_fails_the_checksum() {
+    let (d, r) = repo();
+    r.create_stanza(&stanza_info()).await.unwrap();
+    r.commit_backup("main", &[], &record("L1")).await.unwrap();
+    let path = d.path().join(backup_record_path("main", "L1"));
+    let stored = std::fs::read(&path).unwrap();
+    assert!(stored.starts_with(CHECKED_RECORD_MAGIC), "plain records carry a checksum");
+    // A byte of the stop time: the archive still validates, only the checksum can tell.
+    let body = &stored[CHECKED_RECORD_MAGIC.len() + CHECKSUM_LEN..];
+    let at = body.windows(8).position(|w| w == 1_800_000_060i64.to_le_bytes()).expect("stop time in the record");
+    let mut flipped = body.to_vec();
+    flipped[at + 7] ^= 0x7f;
+    assert!(decode::<BackupRecord>(&flipped).is_ok(), "the flip must still decode for this test to mean anything");
+    let mut damaged = stored.clone();
+    damaged[CHECKED_RECORD_MAGIC.len() + CHECKSUM_LEN + at + 7] ^= 0x7f;
+    std::fs::write(&path, &damaged).unwrap();
+    let err = r.backup("main", "L1").await.unwrap_err().to_string();
+    assert!(err.contains("checksum mismatch"), "{err}");
+    // The older unchecked form is still read.
+    std::fs::write(&path, body).unwrap();
+    assert_eq!(r.backup("main", "L1").await.unwrap().summary.stop_time, 1_800_000_060);
+}
+
+#[tokio::test]
+async fn damaged_records_are_listed_apart_from_the_readable_ones() {
+    let (d, r) = repo();
+    r.create_stanza(&stanza_info()).await.unwrap();
+    for l in ["L1", "L2", "L3"] {
+        r.commit_backup("main", &[], &record(l)).await.unwrap();
+    }
+    std::fs::write(d.path().join(backup_record_path("main", "L2")), b"x\n").unwrap();
+    // A record under another backup's name is not that backup.
+    std::fs::copy(d.path().join(backup_record_path("main", "L1")), d.path().join(backup_record_path("main", "L4"))).unwrap();
+    let (ok, damaged) = r.backups_checked("main").await.unwrap();
+    assert_eq!(ok.iter().map(|b| b.summary.label.as_str()).collect::<Vec<_>>(), ["L1", "L3"]);
+    assert_eq!(damaged.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["L2", "L4"]);
+    assert_eq!(r.backups("main").await.unwrap().len(), 2);
+
+    let wal = |n: u8| WalRecord {
+        version: strata_messages::WAL_RECORD_VERSION,
+        name: format!("0000000100000000000000{n:02X}"),
+        size: 16,
+        hash: [n; 32],
+        chunks: vec![],
+        summary: None,
+    };
+    for n in 1..=3 {
+        r.put_wal("main", &wal(n)).await.unwrap();
+    }
+    std::fs::write(d.path().join(wal_record_path("main", &wal(2).name)), b"x\n").unwrap();
+    let (ok, damaged) = r.wal_records_checked("main").await.unwrap();
+    assert_eq!(ok.iter().map(|w| w.hash[0]).collect::<Vec<_>>(), [1, 3]);
+    assert_eq!(damaged.len(), 1);
+    assert_eq!(damaged[0].name, wal(2).name);
+}
+
+#[tokio::test]
+async fn small_json_objects_carry_a_checksum_and_older_ones_are_read() {
+    use crate::annotations::Annotation;
+    use crate::verify_results::VerifyResult;
+    let (d, r) = repo();
+    r.create_stanza(&stanza_info()).await.unwrap();
+    r.commit_backup("main", &[], &record("L1")).await.unwrap();
+    let a = Annotation { pinned: true, note: Some("keep".into()), changed_by: "me@here".into(), changed_at: 1 };
+    r.put_annotation("main", "L1", &a).await.unwrap();
+    let v = VerifyResult {
+        subject: "L1".into(),
+        time: 1,
+        duration_secs: 0.5,
+        chunks: 3,
+        stored_bytes: 10,
+        plain_bytes: 20,
+        pages_checked: 0,
+        wal_files: 0,
+        problem_count: 0,
+        problems: vec![],
+        by: "me@here".into(),
+    };
+    r.put_verify_result("main", &v).await.unwrap();
+    let apath = d.path().join("stanza/main/backup/L1.annotation");
+    let vpath = d.path().join("stanza/main/verify/L1.json");
+    for p in [&apath, &vpath] {
+        let mut bytes = std::fs::read(p).unwrap();
+        assert!(bytes.starts_with(CHECKED_RECORD_MAGIC), "{}", p.display());
+        // "keep" -> "kee" + 'p' ^ 1, "chunks": 3 -> 2: valid JSON, wrong content.
+        let body = bytes.split_off(CHECKED_RECORD_MAGIC.len() + CHECKSUM_LEN);
+        let changed = String::from_utf8(body.clone()).unwrap().replace("\"keep\"", "\"keeq\"").replace("\"chunks\": 3", "\"chunks\": 2");
+        assert_ne!(changed.as_bytes(), &body[..]);
+        std::fs::write(p, [bytes.clone(), changed.into_bytes()].concat()).unwrap();
+        // Older builds wrote the body alone.
+        std::fs::write(p.with_extension("old"), &body).unwrap();
+    }
+    assert!(r.annotation("main", "L1").await.unwrap_err().to_string().contains("checksum mismatch"));
+    assert!(r.verify_result("main", "L1").await.unwrap_err().to_string().contains("checksum mismatch"));
+    std::fs::rename(apath.with_extension("old"), &apath).unwrap();
+    std::fs::rename(vpath.with_extension("old"), &vpath).unwrap();
+    assert_eq!(r.annotation("main", "L1").await.unwrap(), Some(a));
+    assert_eq!(r.verify_result("main", "L1").await.unwrap(), Some(v));
+}
+
+#[test]
+fn every_time_has_a_calendar_date() {
+    assert_eq!(utc_civil(0), (1970, 1, 1, 0, 0, 0));
+    assert_eq!(utc_civil(951_825_600), (2000, 2, 29, 12, 0, 0));
+    assert_eq!(utc_civil(-1), (1969, 12, 31, 23, 59, 59));
+    assert_eq!(utc_civil(253_402_300_800).0, 10_000);
+    utc_civil(i64::MAX);
+    utc_civil(i64::MIN);
+}

@@ -76,6 +76,12 @@ pub trait Storage: Send + Sync {
     /// Every object under the directory `prefix` (recursively), sorted by path.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
     async fn delete(&self, path: &str) -> Result<()>;
+    /// Temporary objects under `prefix` that a write killed midway left behind (never listed by
+    /// [`Storage::list`]); removed with [`Storage::delete`] by expire once they are old. None on a backend
+    /// whose writes leave none (an S3 put is atomic).
+    async fn list_temporary(&self, _prefix: &str) -> Result<Vec<ObjectInfo>> {
+        Ok(Vec::new())
+    }
     /// The size and free space of what holds the repository (a POSIX filesystem), or `None` where there is
     /// no such limit to report (an S3 bucket).
     async fn capacity(&self) -> Result<Option<Capacity>> {

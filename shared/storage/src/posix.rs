@@ -3,7 +3,8 @@
 //! Durability: every object is written to a temporary name in its final directory, fsynced, then renamed (or,
 //! for `put_new`, hard-linked, which fails if the name exists) and the directory fsynced, as are directories
 //! this call created. Only then does the call return: a crash leaves either the old state or the complete new
-//! object, plus perhaps a `.tmp-*` file that readers ignore.
+//! object, plus perhaps a `.tmp-*` file that readers ignore (`list` leaves them out; `list_temporary` finds
+//! them for expire, which removes those older than its grace period).
 
 use super::{Features, ObjectInfo, Result, Storage, StorageError};
 use async_trait::async_trait;
@@ -235,6 +236,27 @@ impl Storage for PosixStorage {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        self.walk(prefix, false).await
+    }
+
+    async fn list_temporary(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        self.walk(prefix, true).await
+    }
+
+    async fn delete(&self, path: &str) -> Result<()> {
+        let target = self.full(path);
+        self.blocking(move |root| {
+            fs::remove_file(&target).map_err(|e| io_err(&target, e))?;
+            fsync_dir(target.parent().unwrap_or(&root.path))
+        })
+        .await
+    }
+}
+
+impl PosixStorage {
+    /// Every file under `prefix`, recursively, sorted: the objects, or (`temporary`) only the temporary
+    /// files of writes that never finished.
+    async fn walk(&self, prefix: &str, temporary: bool) -> Result<Vec<ObjectInfo>> {
         let start = self.full(prefix);
         self.blocking(move |root| {
             let mut out = Vec::new();
@@ -247,10 +269,7 @@ impl Storage for PosixStorage {
                 };
                 for entry in entries {
                     let entry = entry.map_err(|e| io_err(&dir, e))?;
-                    let name = entry.file_name();
-                    if name.to_string_lossy().starts_with(TMP_PREFIX) {
-                        continue;
-                    }
+                    let is_tmp = entry.file_name().to_string_lossy().starts_with(TMP_PREFIX);
                     let meta = match entry.metadata() {
                         Ok(m) => m,
                         // Removed between readdir and stat (a finished backup's marker, an expired pack):
@@ -260,6 +279,8 @@ impl Storage for PosixStorage {
                     };
                     if meta.is_dir() {
                         stack.push(entry.path());
+                    } else if is_tmp != temporary {
+                        continue;
                     } else if let Ok(rel) = entry.path().strip_prefix(&root.path) {
                         use std::os::unix::fs::MetadataExt;
                         out.push(ObjectInfo {
@@ -272,15 +293,6 @@ impl Storage for PosixStorage {
             }
             out.sort_by(|a, b| a.path.cmp(&b.path));
             Ok(out)
-        })
-        .await
-    }
-
-    async fn delete(&self, path: &str) -> Result<()> {
-        let target = self.full(path);
-        self.blocking(move |root| {
-            fs::remove_file(&target).map_err(|e| io_err(&target, e))?;
-            fsync_dir(target.parent().unwrap_or(&root.path))
         })
         .await
     }
@@ -325,6 +337,19 @@ mod tests {
         // No temporary files are left behind.
         assert_eq!(s.list("w").await.unwrap().len(), 1);
         assert_eq!(std::fs::read_dir(_d.path().join("w")).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn temporary_files_are_listed_apart() {
+        let (d, s) = repo();
+        s.put("p/obj", Bytes::from_static(b"1")).await.unwrap();
+        // What a write killed between its temporary file and the rename leaves.
+        std::fs::write(d.path().join("p/.tmp-obj2-0123456789abcdef"), b"half").unwrap();
+        assert_eq!(s.list("").await.unwrap().iter().map(|o| o.path.as_str()).collect::<Vec<_>>(), ["p/obj"]);
+        let tmp = s.list_temporary("").await.unwrap();
+        assert_eq!(tmp.iter().map(|o| (o.path.as_str(), o.size)).collect::<Vec<_>>(), [("p/.tmp-obj2-0123456789abcdef", 4)]);
+        s.delete(&tmp[0].path).await.unwrap();
+        assert!(s.list_temporary("").await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -44,10 +44,23 @@
 //! (committed: its record is read after the markers; failed: what it stored is garbage, or kept by its
 //! checkpoint), or was written after expire's own marker. A marker not refreshed for ten stall timeouts
 //! (`pipeline.stall_timeout_secs`, at least 10 minutes) belongs to a backup that died without cleaning up
-//! and is ignored, with a warning. What remains possible is a backup that *starts* between the second
+//! and is ignored and removed (see below). What remains possible is a backup that *starts* between the second
 //! look at the markers and the last deletion and deduplicates a chunk into a pack being deleted: its
 //! commit then finds the pack missing and refuses, so it fails and is taken again; no committed backup
 //! ever lacks data. WAL pushes write no marker: their packs are protected by the grace period only.
+//!
+//! # Damaged records
+//! A backup or WAL record that cannot be read (corrupt, failing its checksum) is kept, and named: it is
+//! evidence, and may be repaired from another repository. Retention works on the readable records, but
+//! while any record of any stanza is unreadable no pack is removed, with one warning saying why: the packs
+//! a damaged record references cannot be known.
+//!
+//! # What crashes leave
+//! Expire removes what dead processes left, and names each: the marker of a backup (or expire) not
+//! refreshed for ten stall timeouts, unless it was written on this host by a process that still exists
+//! (a stopped backup may resume); and temporary files of writes killed midway (`.tmp-*` on POSIX, never
+//! listed as objects) older than `--gc-grace-secs` and than expire's own marker, so that a write in
+//! progress, whose file time keeps moving, is left alone. Temporary files stay while a backup runs.
 
 use crate::cmd::format_bytes;
 use crate::Context_;
@@ -56,7 +69,7 @@ use std::collections::{HashMap, HashSet};
 use strata_messages::{hex, BackupRecord, BackupType, PackId};
 use strata_pg::wal::{classify_wal_file, WalFileKind};
 use strata_repo::annotations::{RunningEntry, RunningKind, RunningMarker, RUNNING_REFRESH};
-use strata_repo::Repo;
+use strata_repo::{DamagedRecord, Repo};
 use tokio_util::sync::CancellationToken;
 
 /// `--gc-grace-secs` when not given, and for the automatic expire after a backup.
@@ -153,9 +166,13 @@ async fn expire(ctx: &Context_, opts: &ExpireOptions, retention: &Retention, own
         })?,
         None => crate::cmd::now(),
     };
-    let running = fresh_backups(&markers, now, stale_secs, true);
+    let dead = remove_dead_markers(ctx, &markers, now, stale_secs, own, opts.dry_run, would).await?;
+    let running = fresh_backups(&markers, now, stale_secs, Some(&dead));
 
-    let backups = ctx.repo.backups(&ctx.stanza).await?;
+    // A record that cannot be read stays (it is evidence, and may be repaired from another repository),
+    // and so does every pack, since nobody can say which packs it references.
+    let (backups, damaged_backups) = ctx.repo.backups_checked(&ctx.stanza).await?;
+    let (_, damaged_wal) = ctx.repo.wal_records_checked(&ctx.stanza).await?;
     let annotations: HashMap<String, strata_repo::annotations::Annotation> = ctx.repo.annotations(&ctx.stanza).await?.into_iter().collect();
     let pinned: HashSet<&str> = annotations.iter().filter(|(_, a)| a.pinned).map(|(l, _)| l.as_str()).collect();
     let plan = plan(&backups, retention, &pinned, crate::cmd::now());
@@ -163,7 +180,8 @@ async fn expire(ctx: &Context_, opts: &ExpireOptions, retention: &Retention, own
     // WAL: what precedes the oldest kept backup's first segment, less the extra days (module docs).
     let kept: Vec<&BackupRecord> = plan.iter().filter(|p| p.expire.is_none()).map(|p| p.backup).collect();
     let wal = ctx.repo.wal_archived_times(&ctx.stanza).await?;
-    let expired_wal = expired_wal(&wal, &kept, repo_extra_days(ctx));
+    let mut expired_wal = expired_wal(&wal, &kept, repo_extra_days(ctx));
+    expired_wal.retain(|n| !damaged_wal.iter().any(|d| d.name == *n));
 
     for p in &plan {
         match (&p.expire, &p.kept_by) {
@@ -171,6 +189,9 @@ async fn expire(ctx: &Context_, opts: &ExpireOptions, retention: &Retention, own
             (None, Some(by)) => println!("keep backup {} ({}): {by}", p.backup.summary.label, p.backup.summary.backup_type.as_str()),
             (None, None) => {}
         }
+    }
+    for d in damaged_backups.iter().chain(&damaged_wal) {
+        println!("keep {}: {}", d.path, d.reason);
     }
     for (first, last, count) in runs(&wal, &expired_wal) {
         println!("{would}expire WAL {first} ... {last} ({count} files)");
@@ -192,6 +213,7 @@ async fn expire(ctx: &Context_, opts: &ExpireOptions, retention: &Retention, own
     let expired_labels: HashSet<&str> = expired.iter().map(|b| b.summary.label.as_str()).collect();
     let sealer = ctx.repo.sealer();
     let mut referenced: HashSet<PackId> = HashSet::new();
+    let mut unreadable: Vec<DamagedRecord> = damaged_backups.into_iter().chain(damaged_wal).collect();
     for stanza in ctx.repo.stanzas().await? {
         let mine = stanza == ctx.stanza;
         // What an interrupted backup stored is kept for the attempt that resumes it. Read before the
@@ -207,20 +229,34 @@ async fn expire(ctx: &Context_, opts: &ExpireOptions, retention: &Retention, own
             referenced.extend(c.head_chunks.iter().map(|c| c.pack));
             referenced.extend(head.packs());
         }
-        for b in ctx.repo.backups(&stanza).await? {
+        let (records, damaged) = ctx.repo.backups_checked(&stanza).await?;
+        unreadable.extend(damaged);
+        for b in records {
             if mine && expired_labels.contains(b.summary.label.as_str()) {
                 continue;
             }
             referenced.extend(ctx.repo.backup_packs(&b).await?);
         }
-        for name in ctx.repo.wal_names(&stanza).await? {
-            if mine && expired_wal.contains(&name) {
+        let (records, damaged) = ctx.repo.wal_records_checked(&stanza).await?;
+        unreadable.extend(damaged);
+        for w in records {
+            if mine && expired_wal.contains(&w.name) {
                 continue;
             }
-            if let Some(w) = ctx.repo.wal(&stanza, &name).await? {
-                referenced.extend(w.chunks.iter().map(|c| c.pack));
-            }
+            referenced.extend(w.chunks.iter().map(|c| c.pack));
         }
+    }
+    if running.is_empty() {
+        remove_temporary(&ctx.repo, now, opts, own.is_some(), would).await?;
+    }
+    unreadable.sort_by(|a, b| a.path.cmp(&b.path));
+    unreadable.dedup_by(|a, b| a.path == b.path);
+    if let Some(first) = unreadable.first() {
+        eprintln!(
+            "warning: no pack is removed while {} records cannot be read (first: {first}): the packs they reference are unknown",
+            unreadable.len()
+        );
+        return Ok(());
     }
     let mut unreferenced = Vec::new();
     let (mut young, mut new) = (0usize, 0usize);
@@ -239,7 +275,7 @@ async fn expire(ctx: &Context_, opts: &ExpireOptions, retention: &Retention, own
     // A backup that started since the first look (and so may deduplicate into these packs) stops the removal.
     let mut running = running;
     if !opts.dry_run && running.is_empty() && !unreferenced.is_empty() {
-        running = fresh_backups(&ctx.repo.running().await?, now, stale_secs, false);
+        running = fresh_backups(&ctx.repo.running().await?, now, stale_secs, None);
     }
     if let Some(r) = running.first() {
         println!(
@@ -286,12 +322,13 @@ fn stale_after_secs(stall_timeout_secs: u64) -> i64 {
     (stall_timeout_secs.saturating_mul(10)).max(600) as i64
 }
 
-/// Fresh markers of running backups (any stanza), oldest first; stale ones are reported once (`warn`).
-fn fresh_backups(markers: &[RunningEntry], now: i64, stale_secs: i64, warn: bool) -> Vec<RunningEntry> {
+/// Fresh markers of running backups (any stanza), oldest first. Stale ones are left out, with a warning
+/// when `removed` is given and does not hold them (a stale marker whose process still exists).
+fn fresh_backups(markers: &[RunningEntry], now: i64, stale_secs: i64, removed: Option<&HashSet<(String, String)>>) -> Vec<RunningEntry> {
     let mut out: Vec<RunningEntry> = Vec::new();
     for m in markers.iter().filter(|m| m.marker.kind == RunningKind::Backup) {
         if now - m.modified > stale_secs {
-            if warn {
+            if removed.is_some_and(|r| !r.contains(&(m.stanza.clone(), m.name.clone()))) {
                 eprintln!(
                     "warning: ignoring the marker of backup {} of stanza '{}' ({} pid {}): not refreshed for {} s, so that backup is no longer running",
                     m.marker.label,
@@ -307,6 +344,69 @@ fn fresh_backups(markers: &[RunningEntry], now: i64, stale_secs: i64, warn: bool
     }
     out.sort_by_key(|m| m.modified);
     out
+}
+
+/// Removes the markers of operations that died (module docs): not refreshed for `stale_secs` and, when
+/// written on this host, by a process that no longer exists. Names each; returns them (stanza, name).
+async fn remove_dead_markers(
+    ctx: &Context_,
+    markers: &[RunningEntry],
+    now: i64,
+    stale_secs: i64,
+    own: Option<&ExpireMarker>,
+    dry_run: bool,
+    would: &str,
+) -> anyhow::Result<HashSet<(String, String)>> {
+    let host = strata_audit::host_name();
+    let mut out = HashSet::new();
+    for m in markers {
+        let age = now - m.modified;
+        let mine = own.is_some_and(|o| m.stanza == ctx.stanza && m.name == o.name);
+        if mine || age <= stale_secs || (m.marker.host == host && process_exists(m.marker.pid)) {
+            continue;
+        }
+        let kind = match m.marker.kind {
+            RunningKind::Backup => "backup",
+            RunningKind::Expire => "expire",
+        };
+        println!(
+            "{would}remove the marker of {kind} {} of stanza '{}' ({} pid {}): not refreshed for {}, so it is no longer running",
+            m.name,
+            m.stanza,
+            m.marker.host,
+            m.marker.pid,
+            crate::health::age(age)
+        );
+        if !dry_run {
+            ctx.repo.delete_running(&m.stanza, &m.name).await?;
+        }
+        out.insert((m.stanza.clone(), m.name.clone()));
+    }
+    Ok(out)
+}
+
+/// Whether a process of this host has this pid (unknown pids, 0, count as gone).
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
+/// Removes temporary files that writes killed midway left (a push or a replicator killed between its
+/// temporary file and the rename): those older than the grace period and, when this run wrote a marker,
+/// than the marker (a write in progress keeps its file's time fresh).
+async fn remove_temporary(repo: &Repo, now: i64, opts: &ExpireOptions, after_own: bool, would: &str) -> anyhow::Result<()> {
+    for t in repo.temporary_files().await? {
+        let age = now - t.modified;
+        if (after_own && t.modified >= now) || age < opts.gc_grace_secs as i64 {
+            continue;
+        }
+        println!("{would}remove temporary file {} ({}, written {} ago)", t.path, format_bytes(t.size), crate::health::age(age));
+        if !opts.dry_run {
+            repo.delete_temporary(&t.path).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The marker of this expire run.

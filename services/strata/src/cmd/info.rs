@@ -6,10 +6,14 @@
 //! (`latest`); the window's end time is the last transaction end archived in it. Where the archive breaks
 //! off, the window says which segments are missing and whether WAL resumes after them. Archive **gaps**
 //! are listed per timeline since the oldest backup, as `check` reports them.
+//!
+//! A record that cannot be read (corrupt, or failing its checksum) is listed as damaged, with why, and
+//! makes the status critical; everything else is shown as usual. Finding damaged WAL records means
+//! reading every WAL record: small objects, read 16 at a time.
 
 use crate::cmd::target::format_pg_time;
 use crate::cmd::{format_bytes, format_time, now};
-use crate::health::{age, Health};
+use crate::health::{age, Finding, Health, Level};
 use strata_repo::verify_results::{VerifyResult, WAL_SUBJECT};
 use crate::wal_archive::{describe_range, Gap, TargetTimeline, WalArchive};
 use crate::{Context_, OutputFormat};
@@ -34,20 +38,28 @@ async fn window(archive: &mut WalArchive<'_>, b: &BackupRecord) -> anyhow::Resul
         Ok(h) => h,
         Err(e) => return Ok(Err(format!("{e:#}"))),
     };
-    let (start, stop) = (archive.parse(&s.wal_start)?.segno, archive.parse(&s.wal_stop)?.segno);
+    let (start, stop) = match (archive.parse(&s.wal_start), archive.parse(&s.wal_stop)) {
+        (Ok(a), Ok(b)) => (a.segno, b.segno),
+        (Err(e), _) | (_, Err(e)) => return Ok(Err(format!("its record is not consistent: {e:#}"))),
+    };
     if let Some(g) = archive.first_gap(&history, start, stop) {
         return Ok(Err(format!(
             "WAL needed to make it consistent is missing: {}",
             describe_range(&archive.name(g.first_missing), &archive.name(g.last_missing))
         )));
     }
-    let end = archive.contiguous_end(&history, start).expect("the backup's segments are archived");
+    let Some(end) = archive.contiguous_end(&history, start) else {
+        return Ok(Err(format!("WAL needed to make it consistent is missing: {} is not archived", s.wal_start)));
+    };
+    if let Some(why) = archive.first_damaged(&history, start, end.segno).await? {
+        return Ok(Err(format!("WAL it needs cannot be read: {why}")));
+    }
     let to_time = archive.last_time(&history, stop, end.segno).await?;
     Ok(Ok(Window {
         timeline: history.timeline(),
         to_segment: archive.name(end),
         to_lsn: Lsn((end.segno + 1) * archive.seg_size),
-        to_time: to_time.filter(|t| *t > s.stop_time * 1_000_000),
+        to_time: to_time.filter(|t| *t > s.stop_time.saturating_mul(1_000_000)),
         gap_after: archive.gap_after(&history, start),
     }))
 }
@@ -68,7 +80,8 @@ fn time_text(micros: i64) -> String {
 
 pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
     let stanza = ctx.repo.stanza(&ctx.stanza).await?;
-    let backups = ctx.repo.backups(&ctx.stanza).await?;
+    let (backups, damaged_backups) = ctx.repo.backups_checked(&ctx.stanza).await?;
+    let (_, damaged_wal) = ctx.repo.wal_records_checked(&ctx.stanza).await?;
     let names = ctx.repo.wal_names(&ctx.stanza).await?;
     let segments: Vec<&String> = names.iter().filter(|n| classify_wal_file(n) == Some(WalFileKind::Segment)).collect();
     let (first, last) = (segments.first().cloned(), segments.last().cloned());
@@ -92,7 +105,10 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
         .collect();
     let annotations: std::collections::HashMap<String, strata_repo::annotations::Annotation> =
         ctx.repo.annotations(&ctx.stanza).await?.into_iter().collect();
-    let health = health_of_repositories(ctx).await;
+    let mut health = health_of_repositories(ctx).await;
+    if let Some(Ok(h)) = health.iter_mut().find_map(|(name, h)| (name == ctx.repo.name()).then_some(h)) {
+        add_damaged_wal(h, &damaged_wal);
+    }
     let verified: std::collections::HashMap<String, VerifyResult> = health
         .iter()
         .find_map(|(name, h)| (name == ctx.repo.name()).then_some(h))
@@ -150,12 +166,14 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                 "system_id": stanza.system_id,
                 "pg_version_num": stanza.pg_version_num,
                 "backups": list,
+                "damaged_backups": damaged_backups.iter().map(|d| json!({ "label": d.name, "path": d.path, "reason": d.reason })).collect::<Vec<_>>(),
                 "archive": {
                     "first": first,
                     "last": last,
                     "segments": segments.len(),
                     "gaps": gaps.iter().map(|(_, g)| gap_json(&archive, g)).collect::<Vec<_>>(),
                     "missing_history_files": missing_histories,
+                    "damaged": damaged_wal.iter().map(|d| json!({ "name": d.name, "path": d.path, "reason": d.reason })).collect::<Vec<_>>(),
                 },
                 "repositories": repositories,
                 "replication": replication.iter().map(Replication::to_json).collect::<Vec<_>>(),
@@ -198,6 +216,9 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
             for tl in &missing_histories {
                 println!("    wal archive: history file of timeline {tl} missing");
             }
+            for d in &damaged_wal {
+                println!("    wal archive: DAMAGED record of {}: {}", d.name, d.reason);
+            }
             // With one repository and no tier there is nothing to say beyond the header line.
             let several = ctx.cfg.repo.len() > 1 || ctx.cfg.repo.iter().any(|r| r.tier.is_some());
             for r in ctx.cfg.repo.iter().filter(|_| several) {
@@ -206,8 +227,11 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
             for r in &replication {
                 println!("    {}", r.to_text());
             }
-            if backups.is_empty() {
+            if backups.is_empty() && damaged_backups.is_empty() {
                 println!("    no backups");
+            }
+            for d in &damaged_backups {
+                println!("\n    DAMAGED backup: {}\n        its record cannot be read ({}): {}", d.name, d.path, d.reason);
             }
             for (b, w) in backups.iter().zip(&windows) {
                 let s = &b.summary;
@@ -356,6 +380,14 @@ async fn health_of_repositories(ctx: &Context_) -> Vec<(String, Result<Health, S
     }
     out.sort_by_key(|(n, _)| n != ctx.repo.name());
     out
+}
+
+/// Damaged WAL records make the stanza's status critical: recovery through one of them stops there.
+fn add_damaged_wal(h: &mut Health, damaged: &[strata_repo::DamagedRecord]) {
+    let Some(first) = damaged.first() else { return };
+    let summary = format!("{} WAL records cannot be read: {first}", damaged.len());
+    h.findings.push(Finding { level: Level::Critical, rule: "wal-record-damaged", summary });
+    h.status = Level::Critical;
 }
 
 fn verify_json(v: &VerifyResult) -> Value {

@@ -21,10 +21,10 @@ pub fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-/// `2026-11-24 08:30:00` (UTC) for a Unix time.
+/// `2026-11-24 08:30:00` (UTC) for a Unix time; any value prints (a damaged record's time included).
 pub fn format_time(t: i64) -> String {
-    let st = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64);
-    humantime::format_rfc3339_seconds(st).to_string().replace('T', " ").trim_end_matches('Z').to_string()
+    let (y, m, d, hh, mm, ss) = strata_repo::utc_civil(t);
+    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02}")
 }
 
 /// The `strata` command, for the commands a restore writes (restore_command) or starts: this process when
@@ -58,5 +58,20 @@ pub fn format_bytes(b: u64) -> String {
         format!("{b} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn any_time_prints() {
+        assert_eq!(super::format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(super::format_time(1_796_231_605), "2026-12-02 17:13:25");
+        // A year past 9999 made `info` panic ("a Display implementation returned an error").
+        assert_eq!(super::format_time(253_402_300_800), "10000-01-01 00:00:00");
+        for t in [i64::MAX, i64::MIN, -1] {
+            assert!(!super::format_time(t).is_empty());
+        }
+        assert!(super::target::format_pg_time(i64::MAX).ends_with("+00"));
     }
 }

@@ -88,6 +88,12 @@ pub async fn restore(ctx: &Context_, opts: &RestoreOptions<'_>, tablespace_root:
         super::delta::check_cluster(pg_data, &stanza)?;
     }
     let backups = ctx.repo.backups(&ctx.stanza).await?;
+    // A backup asked for by name whose record is damaged: say so, rather than that it does not exist.
+    if let Some(label) = opts.set.filter(|l| !backups.iter().any(|b| b.summary.label == *l)) {
+        if let Err(e @ strata_repo::RepoError::CorruptObject { .. }) = ctx.repo.backup(&ctx.stanza, label).await {
+            return Err(e.into());
+        }
+    }
     let mut archive = WalArchive::load(&ctx.repo, &ctx.stanza, stanza.wal_segment_size).await?;
     let plan = target::plan(&mut archive, backups, opts.set, &recovery, &ctx.stanza).await?;
     let record = plan.record;

@@ -298,10 +298,8 @@ fn local_to_unix(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<i64
 
 /// `2026-11-24 15:16:59.123456+00`: what PostgreSQL reads unambiguously.
 pub fn format_pg_time(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let st = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
-    let base = humantime::format_rfc3339_seconds(st).to_string().replace('T', " ");
-    format!("{}.{:06}+00", base.trim_end_matches('Z'), micros.rem_euclid(1_000_000))
+    let base = crate::cmd::format_time(micros.div_euclid(1_000_000));
+    format!("{base}.{:06}+00", micros.rem_euclid(1_000_000))
 }
 
 /// The backup a restore uses and what recovery will do with it.

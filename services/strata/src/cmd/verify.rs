@@ -31,7 +31,7 @@ use strata_pg::PAGE_SIZE;
 use strata_pg::wal::{classify_wal_file, WalFileKind};
 use strata_pg::Lsn;
 use strata_repo::verify_results::{Problem, VerifyResult, WAL_SUBJECT};
-use strata_repo::{pack, pack_path, Repo};
+use strata_repo::{pack, pack_path, DamagedRecord, Repo, RepoError};
 use strata_seal::Sealer;
 
 /// Packs (or WAL files) fetched and checked at once: enough to overlap a request's latency with the
@@ -77,19 +77,32 @@ pub struct Scope<'a> {
 /// results there (when `scope.store`).
 pub async fn verify_repo(repo: &Repo, stanza: &str, scope: &Scope<'_>) -> anyhow::Result<RepoReport> {
     let info = repo.stanza(stanza).await?;
-    let all = repo.backups(stanza).await?;
-    let backups = match scope.set {
+    let (all, all_damaged) = repo.backups_checked(stanza).await?;
+    let (backups, damaged) = match scope.set {
         Some(labels) => {
-            let mut picked = Vec::with_capacity(labels.len());
+            let (mut picked, mut damaged) = (Vec::with_capacity(labels.len()), Vec::new());
             for label in labels {
-                picked.push(repo.backup(stanza, label).await?);
+                match repo.backup(stanza, label).await {
+                    Ok(r) => picked.push(r),
+                    Err(RepoError::CorruptObject { path, reason }) => damaged.push(DamagedRecord { name: label.clone(), path, reason }),
+                    Err(e) => return Err(e.into()),
+                }
             }
-            picked
+            (picked, damaged)
         }
-        None => all.clone(),
+        None => (all.clone(), all_damaged),
     };
     let mut checked: HashMap<ChunkId, Option<String>> = HashMap::new();
     let mut results = Vec::new();
+    // A record that cannot be read is a problem of its backup; the others are verified all the same.
+    for d in damaged.iter().filter(|_| scope.backups) {
+        let mut result = empty_result(&d.name, now());
+        push(&mut result, Problem { backup: Some(d.name.clone()), ..problem(format!("the backup's record cannot be read: {d}")) });
+        if scope.store {
+            repo.put_verify_result(stanza, &result).await?;
+        }
+        results.push(result);
+    }
     for record in backups.iter().filter(|_| scope.backups) {
         let result = verify_backup(repo, record, &mut checked).await;
         if scope.store {
