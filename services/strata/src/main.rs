@@ -22,8 +22,7 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
         Err(e) => {
-            // `{:#}` joins the context chain on one line.
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", strata_runtime::error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
