@@ -509,7 +509,7 @@ mod address_tests {
         );
         assert_eq!(super::without_addresses("version 0x2 is odd", &bytes), "version 0x2 is odd");
         // A real one: garbage is not a backup record, and the error names no address.
-        let e = super::decode::<super::BackupRecord>(&[0xffu8; 64]).unwrap_err().to_string();
+        let e = super::decode::<super::BackupRecord>(&[0xffu8; 64]).err().expect("garbage must not decode").to_string();
         assert!(!e.contains("0x0000"), "{e}");
     }
 }
