@@ -328,3 +328,28 @@ pub fn stored_body(bytes: &[u8]) -> &[u8] {
         None => bytes,
     }
 }
+
+/// A file holding `content` (a passphrase), in `<dir>/secrets`, that only the postgres user can read
+/// (mode 0600, as Strata demands of a passphrase file).
+pub fn secret_file(dir: &TestDir, name: &str, content: &str) -> PathBuf {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let secrets = dir.subdir("secrets");
+    let path = secrets.join(name);
+    std::fs::write(&path, format!("{content}\n")).unwrap();
+    let owner = std::fs::metadata(&secrets).unwrap();
+    std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// Polls `probe` every 50 ms until it gives a value; panics after `timeout` naming `what`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -42,8 +42,10 @@ use strata_pg::page::{self, PageCheck};
 use strata_pg::{Lsn, WalSegment, PAGE_SIZE};
 use tracing::{info, warn};
 
-/// How long `pg_backup_stop` may wait for the backup's last WAL segment to be archived.
-const ARCHIVE_WAIT: Duration = Duration::from_secs(300);
+/// After this long waiting for the last WAL segment to be archived, and every [`ARCHIVE_REPORT_EVERY`]
+/// after, the wait is reported (with the archiver's last failure).
+const ARCHIVE_REPORT_AFTER: Duration = Duration::from_secs(5);
+const ARCHIVE_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// Pieces smaller than a chunk divided by this share chunks with others.
 const BUNDLE_DIVISOR: usize = 4;
 /// Chunks of one file read at once.
@@ -62,6 +64,11 @@ pub struct BackupSettings {
     pub read_workers: usize,
     pub in_flight_bytes: usize,
     pub stall: Duration,
+    /// How long to wait for the backup's last WAL segment to be archived (`pipeline.archive_timeout_secs`).
+    pub archive_timeout: Duration,
+    /// Print long waits on stderr too: in single-host mode the collector runs inside the `strata`
+    /// command, whose user sees no log.
+    pub print_waits: bool,
     /// The repository's sealer: names chunks and, with `seal_in_reader`, seals them.
     pub sealer: strata_seal::Sealer,
     /// Where the backup's job counts the chunks and bytes it publishes (the collector's metrics).
@@ -342,7 +349,7 @@ async fn backup_steps(
     let stop_lsn: Lsn = row.get::<_, String>(0).parse().context("pg_backup_stop returned a malformed LSN")?;
     let stop_for_wal = Lsn(stop_lsn.0.saturating_sub(1).max(start_lsn.0));
     let last_segment = WalSegment::containing(timeline, stop_for_wal, seg).name(seg);
-    if let Err(e) = wait_archived(pg_data, &last_segment, job).await {
+    if let Err(e) = wait_archived(client, pg_data, &last_segment, job, settings).await {
         checkpointer.stop().await;
         return Err(e);
     }
@@ -439,11 +446,19 @@ async fn check_cluster(client: &tokio_postgres::Client, pg_data: &Path, req: &Ba
 /// `pg_backup_stop(wait_for_archive => true)` makes (XLogArchiveIsBusy), on the archive status files in
 /// `pg_wal/archive_status`, polled every few milliseconds instead of every second.
 /// The backup's own chunks travel the same stages as the WAL: if they stall, so does archiving, and the
-/// stall is the error reported.
-async fn wait_archived(pg_data: &Path, segment: &str, job: &Job) -> anyhow::Result<()> {
+/// stall is the error reported. A wait longer than a few seconds is reported as it goes, and one longer
+/// than `archive_timeout` fails the backup, each time with what `pg_stat_archiver` says went wrong.
+async fn wait_archived(
+    client: &tokio_postgres::Client,
+    pg_data: &Path,
+    segment: &str,
+    job: &Job,
+    settings: &BackupSettings,
+) -> anyhow::Result<()> {
     let wal = pg_data.join("pg_wal");
     let status = wal.join("archive_status");
     let started = std::time::Instant::now();
+    let mut report_at = ARCHIVE_REPORT_AFTER;
     loop {
         let done = status.join(format!("{segment}.done")).exists();
         // Without a .done, the segment is still to be archived while its .ready or the segment itself is
@@ -452,13 +467,41 @@ async fn wait_archived(pg_data: &Path, segment: &str, job: &Job) -> anyhow::Resu
             return Ok(());
         }
         job.check_pending()?;
-        if started.elapsed() > ARCHIVE_WAIT {
+        let waited = started.elapsed();
+        if waited > settings.archive_timeout {
             bail!(
-                "WAL segment {segment}, which this backup needs, was not archived within {} s; check archive_command",
-                ARCHIVE_WAIT.as_secs()
+                "WAL segment {segment}, which this backup needs, was not archived within {} s (pipeline.archive_timeout_secs); {}; check archive_command",
+                settings.archive_timeout.as_secs(),
+                archiver_failure(client).await
             );
         }
+        if waited >= report_at {
+            let line = format!(
+                "waiting for WAL segment {segment} to be archived: {} s of {} s; {}",
+                waited.as_secs(),
+                settings.archive_timeout.as_secs(),
+                archiver_failure(client).await
+            );
+            warn!("{line}");
+            if settings.print_waits {
+                eprintln!("{line}");
+            }
+            report_at += ARCHIVE_REPORT_EVERY;
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What `pg_stat_archiver` says about failures, as a phrase: "pg_stat_archiver: 3 failed attempts, the
+/// last for 000000010000000000000005 at 2026-12-07 08:10:11+00".
+async fn archiver_failure(client: &tokio_postgres::Client) -> String {
+    let query = "SELECT failed_count, last_failed_wal, last_failed_time::text FROM pg_stat_archiver";
+    match client.query_one(query, &[]).await {
+        Ok(row) => match (row.get::<_, i64>(0), row.get::<_, Option<String>>(1), row.get::<_, Option<String>>(2)) {
+            (n, Some(wal), Some(time)) if n > 0 => format!("pg_stat_archiver: {n} failed attempts, the last for {wal} at {time}"),
+            _ => "pg_stat_archiver shows no failed attempt (is archive_command slow, or the archiver stopped?)".to_string(),
+        },
+        Err(e) => format!("pg_stat_archiver cannot be read ({e})"),
     }
 }
 

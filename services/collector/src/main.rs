@@ -28,12 +28,17 @@ async fn main() -> std::process::ExitCode {
             None => None,
         };
         let metrics = strata_collector::CollectorMetrics::new(&registry, cfg.stanza.keys().map(String::as_str));
-        let bus = strata_runtime::connect_service_bus(&cfg).await.context("strata-collector")?;
+        // Waits for NATS; told to stop meanwhile, there is nothing to shut down.
+        let shutdown = strata_runtime::shutdown_signal();
+        tokio::pin!(shutdown);
+        let Some(bus) = strata_runtime::connect_service_bus(&cfg, shutdown.as_mut()).await.context("strata-collector")? else {
+            return Ok(());
+        };
         if let Some(e) = &endpoint {
             e.watch_queues(bus.clone());
         }
         let sealer = strata_runtime::service_sealer(&cfg).await.context("strata-collector")?;
-        strata_collector::run(cfg, bus, sealer, metrics, strata_runtime::shutdown_signal()).await.context("strata-collector")
+        strata_collector::run(cfg, bus, sealer, metrics, shutdown).await.context("strata-collector")
     })
     .await
 }

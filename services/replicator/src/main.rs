@@ -17,12 +17,18 @@ async fn main() -> std::process::ExitCode {
     strata_runtime::exit_with(async {
         let args = Args::parse();
         let cfg = strata_config::Config::load(&args.config, std::env::vars())?;
+        let shutdown = strata_runtime::shutdown_signal();
+        tokio::pin!(shutdown);
         // With NATS the work is shared between replicator processes; locally this process does it all.
         let bus = match cfg.bus() {
             strata_config::BusConfig::Local => None,
-            strata_config::BusConfig::Nats(_) => Some(strata_runtime::connect_service_bus(&cfg).await.context("strata-replicator")?),
+            // Waits for NATS; told to stop meanwhile, there is nothing to shut down.
+            strata_config::BusConfig::Nats(_) => match strata_runtime::connect_service_bus(&cfg, shutdown.as_mut()).await.context("strata-replicator")? {
+                Some(bus) => Some(bus),
+                None => return Ok(()),
+            },
         };
-        strata_replicator::run(Arc::new(cfg), bus, strata_runtime::shutdown_signal()).await.context("strata-replicator")
+        strata_replicator::run(Arc::new(cfg), bus, shutdown).await.context("strata-replicator")
     })
     .await
 }

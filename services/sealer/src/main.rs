@@ -26,12 +26,17 @@ async fn main() -> std::process::ExitCode {
             None => None,
         };
         let metrics = strata_sealer::SealerMetrics::new(&registry);
-        let bus = strata_runtime::connect_service_bus(&cfg).await.context("strata-sealer")?;
+        // Waits for NATS; told to stop meanwhile, there is nothing to shut down.
+        let shutdown = strata_runtime::shutdown_signal();
+        tokio::pin!(shutdown);
+        let Some(bus) = strata_runtime::connect_service_bus(&cfg, shutdown.as_mut()).await.context("strata-sealer")? else {
+            return Ok(());
+        };
         if let Some(e) = &endpoint {
             e.watch_queues(bus.clone());
         }
         let sealer = strata_runtime::service_sealer(&cfg).await.context("strata-sealer")?;
-        strata_sealer::run(bus, cfg.pipeline.sealer_workers, sealer, metrics, strata_runtime::shutdown_signal()).await
+        strata_sealer::run(bus, cfg.pipeline.sealer_workers, sealer, metrics, shutdown).await
     })
     .await
 }

@@ -22,9 +22,9 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
         Err(e) => {
-            // `{:#}` joins the context chain on one line; a control character that came in with a user's
-            // input (a file name with a newline) must not split it.
-            eprintln!("error: {}", escape_controls(&format!("{e:#}")));
+            // One line naming each cause once; a control character that came in with a user's input (a file
+            // name with a newline) must not split it.
+            eprintln!("error: {}", escape_controls(&strata_runtime::error_line(&e)));
             std::process::ExitCode::FAILURE
         }
     }

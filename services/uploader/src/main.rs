@@ -40,12 +40,17 @@ async fn main() -> std::process::ExitCode {
         };
         let sealer = strata_runtime::service_sealer(&cfg).await.context("strata-uploader")?;
         let repo = strata_repo::Repo::new(primary.name.clone(), storage).with_sealer(sealer);
-        let bus = strata_runtime::connect_service_bus(&cfg).await.context("strata-uploader")?;
+        // Waits for NATS; told to stop meanwhile, there is nothing to shut down.
+        let shutdown = strata_runtime::shutdown_signal();
+        tokio::pin!(shutdown);
+        let Some(bus) = strata_runtime::connect_service_bus(&cfg, shutdown.as_mut()).await.context("strata-uploader")? else {
+            return Ok(());
+        };
         if let Some(e) = &endpoint {
             e.watch_queues(bus.clone());
         }
         let settings = strata_uploader::UploaderSettings::from_config(&cfg.pipeline);
-        strata_uploader::run(repo, bus, settings, metrics, strata_runtime::shutdown_signal())
+        strata_uploader::run(repo, bus, settings, metrics, shutdown)
             .await
             .context("strata-uploader")
     })

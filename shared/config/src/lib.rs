@@ -309,6 +309,9 @@ pub struct PipelineConfig {
     pub in_flight_bytes: usize,
     /// A backup or WAL push fails when no progress is confirmed for this many seconds.
     pub stall_timeout_secs: u64,
+    /// How long a backup waits, after `pg_backup_stop`, for the last WAL segment it needs to be archived
+    /// (pgBackRest's `archive-timeout`): a failing `archive_command` fails the backup after this long.
+    pub archive_timeout_secs: u64,
 }
 
 impl Default for PipelineConfig {
@@ -323,6 +326,7 @@ impl Default for PipelineConfig {
             pack_size: 64 * 1024 * 1024,
             in_flight_bytes: 64 * 1024 * 1024,
             stall_timeout_secs: 120,
+            archive_timeout_secs: 60,
         }
     }
 }
@@ -417,6 +421,23 @@ pub struct RepoConfig {
     pub checksums: Option<bool>,
 }
 
+/// The highest zstd level a config may ask for: zstd's slowest regular level (20 to 22 are its "ultra"
+/// levels, which need hundreds of MiB per compressor and make a backup take minutes instead of seconds).
+pub const MAX_COMPRESS_LEVEL: i32 = 19;
+
+/// The most workers of one kind a config may ask for per process: far above what any core count needs,
+/// low enough that a typo (a byte count in a worker key) is caught.
+pub const MAX_WORKERS: usize = 256;
+
+/// `value` within `lo..=hi`, or the one-line error naming `key` and the allowed range (NaN is refused).
+fn in_range<T: PartialOrd + std::fmt::Display>(key: &str, value: T, lo: T, hi: T) -> Result<(), String> {
+    if value >= lo && value <= hi {
+        Ok(())
+    } else {
+        Err(format!("{key} = {value} is out of range: it must be from {lo} to {hi}"))
+    }
+}
+
 const TOP_LEVEL_KEYS: [&str; 11] =
     ["bus", "pipeline", "stanza", "repo", "encryption", "replicator", "verifier", "restore_test", "alerts", "audit", "metrics"];
 
@@ -492,9 +513,6 @@ impl Config {
                 return Err(format!("replicator names repository '{n}', which no [[repo]] defines"));
             }
         }
-        if self.replicator.workers == 0 {
-            return Err("replicator.workers must be at least 1".into());
-        }
         for q in &self.restore_test.query {
             if let Some(st) = &q.stanza {
                 if !self.stanza.contains_key(st) {
@@ -502,13 +520,7 @@ impl Config {
                 }
             }
         }
-        if self.verifier.interval_secs == 0 {
-            return Err("verifier.interval_secs must be at least 1".into());
-        }
         let a = &self.alerts;
-        if a.backup_late_factor < 1.0 {
-            return Err("alerts.backup_late_factor must be at least 1".into());
-        }
         if a.repo_full_warning_percent > a.repo_full_critical_percent {
             return Err("alerts.repo_full_warning_percent must not exceed alerts.repo_full_critical_percent".into());
         }
@@ -526,12 +538,76 @@ impl Config {
         if p.chunk_size == 0 || !p.chunk_size.is_multiple_of(8192) || p.chunk_size > 4 * 1024 * 1024 {
             return Err(format!("pipeline.chunk_size = {} must be a multiple of 8192 up to 4 MiB", p.chunk_size));
         }
-        if p.read_workers == 0 || p.sealer_workers == 0 || p.uploader_workers == 0 {
-            return Err("pipeline worker counts must be at least 1".into());
-        }
         if p.in_flight_bytes < p.chunk_size {
             return Err("pipeline.in_flight_bytes must be at least pipeline.chunk_size".into());
         }
+        self.check_ranges()
+    }
+
+    /// Every numeric key against its sane range (see [`in_range`]): a value outside is refused at load
+    /// rather than discovered as a backup that always fails (`stall_timeout_secs = 0`) or takes minutes
+    /// (`compress_level = 999`, which zstd quietly caps at its slowest level).
+    fn check_ranges(&self) -> Result<(), String> {
+        const MIB: usize = 1024 * 1024;
+        const GIB: usize = 1024 * MIB;
+        const DAY: u64 = 86_400;
+        const YEAR: u64 = 365 * DAY;
+        let p = &self.pipeline;
+        in_range("pipeline.compress_level", p.compress_level, 0, MAX_COMPRESS_LEVEL)?;
+        in_range("pipeline.wal_compress_level", p.wal_compress_level, 0, MAX_COMPRESS_LEVEL)?;
+        in_range("pipeline.read_workers", p.read_workers, 1, MAX_WORKERS)?;
+        in_range("pipeline.sealer_workers", p.sealer_workers, 1, MAX_WORKERS)?;
+        in_range("pipeline.uploader_workers", p.uploader_workers, 1, MAX_WORKERS)?;
+        // A pack is assembled in memory by each uploader worker.
+        in_range("pipeline.pack_size", p.pack_size, MIB, GIB)?;
+        in_range("pipeline.in_flight_bytes", p.in_flight_bytes, MIB, 16 * GIB)?;
+        in_range("pipeline.stall_timeout_secs", p.stall_timeout_secs, 1, DAY)?;
+        in_range("pipeline.archive_timeout_secs", p.archive_timeout_secs, 1, DAY)?;
+        for (name, s) in &self.stanza {
+            in_range(&format!("stanza.{name}.rpo_secs"), s.rpo_secs, 60, YEAR)?;
+        }
+        for r in &self.repo {
+            let key = |k: &str| format!("repository '{}' {k}", r.name);
+            // 0 full backups kept would let expire delete every backup.
+            if let Some(n) = r.retention_full {
+                in_range(&key("retention_full"), n, 1, 10_000)?;
+            }
+            if let Some(n) = r.retention_diff {
+                in_range(&key("retention_diff"), n, 1, 10_000)?;
+            }
+            if let Some(n) = r.retention_full_days {
+                in_range(&key("retention_full_days"), n, 1, 100 * 365)?;
+            }
+            if let Some(n) = r.retention_min_age_days {
+                in_range(&key("retention_min_age_days"), n, 0, 100 * 365)?;
+            }
+            if let Some(n) = r.retention_archive_extra_days {
+                in_range(&key("retention_archive_extra_days"), n, 0, 100 * 365)?;
+            }
+        }
+        in_range("replicator.interval_secs", self.replicator.interval_secs, 1, DAY)?;
+        in_range("replicator.workers", self.replicator.workers, 1, MAX_WORKERS)?;
+        in_range("verifier.interval_secs", self.verifier.interval_secs, 1, DAY)?;
+        in_range("verifier.reverify_secs", self.verifier.reverify_secs, 0, YEAR)?;
+        in_range("restore_test.interval_secs", self.restore_test.interval_secs, 0, YEAR)?;
+        in_range("restore_test.timeout_secs", self.restore_test.timeout_secs, 1, 7 * DAY)?;
+        for q in &self.restore_test.query {
+            if let (Some(min), Some(max)) = (q.min, q.max) {
+                if min > max {
+                    return Err(format!("restore_test.query '{}': min = {min} is above max = {max}", q.name));
+                }
+            }
+            if let Some(age) = q.max_age_secs {
+                in_range(&format!("restore_test.query '{}' max_age_secs", q.name), age, 1, 100 * YEAR)?;
+            }
+        }
+        let a = &self.alerts;
+        in_range("alerts.resend_secs", a.resend_secs, 1, 30 * DAY)?;
+        in_range("alerts.backup_late_factor", a.backup_late_factor, 1.0, 1000.0)?;
+        in_range("alerts.repo_full_warning_percent", a.repo_full_warning_percent, 0.0, 100.0)?;
+        in_range("alerts.repo_full_critical_percent", a.repo_full_critical_percent, 0.0, 100.0)?;
+        in_range("alerts.archive_lag_warning_secs", a.archive_lag_warning_secs, 1, YEAR)?;
+        in_range("alerts.backup_duration_increase_percent", a.backup_duration_increase_percent, 0.0, 10_000.0)?;
         Ok(())
     }
 
@@ -630,5 +706,49 @@ mod tests {
         let f = write("bus = \"local\"\n");
         assert!(Config::load(f.path(), vec![]).unwrap_err().to_string().contains("no [[repo]]"));
         assert!(Config::load(Path::new("/nonexistent.toml"), vec![]).is_err());
+    }
+
+    #[test]
+    fn every_numeric_key_is_bounded_and_the_error_names_key_and_range() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("[pipeline]\ncompress_level = 999", "pipeline.compress_level = 999", "from 0 to 19"),
+            ("[pipeline]\ncompress_level = -5", "pipeline.compress_level = -5", "from 0 to 19"),
+            ("[pipeline]\nwal_compress_level = 20", "pipeline.wal_compress_level = 20", "from 0 to 19"),
+            ("[pipeline]\nstall_timeout_secs = 0", "pipeline.stall_timeout_secs = 0", "from 1 to 86400"),
+            ("[pipeline]\narchive_timeout_secs = 0", "pipeline.archive_timeout_secs = 0", "from 1 to 86400"),
+            ("[pipeline]\nread_workers = 0", "pipeline.read_workers = 0", "from 1 to 256"),
+            ("[pipeline]\nsealer_workers = 100000", "pipeline.sealer_workers = 100000", "from 1 to 256"),
+            ("[pipeline]\nuploader_workers = 0", "pipeline.uploader_workers = 0", "from 1 to 256"),
+            ("[pipeline]\npack_size = 4096", "pipeline.pack_size = 4096", "from 1048576 to 1073741824"),
+            ("[pipeline]\nin_flight_bytes = 99999999999999", "pipeline.in_flight_bytes = 99999999999999", "to 17179869184"),
+            ("[replicator]\nworkers = 0", "replicator.workers = 0", "from 1 to 256"),
+            ("[replicator]\ninterval_secs = 0", "replicator.interval_secs = 0", "from 1 to 86400"),
+            ("[verifier]\ninterval_secs = 0", "verifier.interval_secs = 0", "from 1 to 86400"),
+            ("[restore_test]\ntimeout_secs = 0", "restore_test.timeout_secs = 0", "from 1 to 604800"),
+            ("[alerts]\nresend_secs = 0", "alerts.resend_secs = 0", "from 1 to 2592000"),
+            ("[alerts]\nbackup_late_factor = 0.5", "alerts.backup_late_factor = 0.5", "from 1 to 1000"),
+            ("[alerts]\nrepo_full_critical_percent = 150", "alerts.repo_full_critical_percent = 150", "from 0 to 100"),
+            ("[alerts]\narchive_lag_warning_secs = 0", "alerts.archive_lag_warning_secs = 0", "from 1 to 31536000"),
+        ];
+        for (extra, key, range) in cases {
+            let f = write(&format!("{GOOD}\n{extra}\n"));
+            let err = Config::load(f.path(), vec![]).expect_err(extra).to_string();
+            assert!(err.contains(key) && err.contains(range) && !err.contains('\n'), "{extra}: {err}");
+        }
+        let f = write(&GOOD.replace("host=/run/postgresql\"", "host=/run/postgresql\"\nrpo_secs = 0"));
+        let err = Config::load(f.path(), vec![]).unwrap_err().to_string();
+        assert!(err.contains("stanza.main.rpo_secs = 0") && err.contains("from 60"), "{err}");
+        let f = write(&format!("{GOOD}retention_full = 0\n"));
+        let err = Config::load(f.path(), vec![]).unwrap_err().to_string();
+        assert!(err.contains("repository 'local' retention_full = 0") && err.contains("from 1"), "{err}");
+        // The environment is checked the same way.
+        let f = write(GOOD);
+        let env = vec![("STRATA_PIPELINE__STALL_TIMEOUT_SECS".to_string(), "0".to_string())];
+        assert!(Config::load(f.path(), env).unwrap_err().to_string().contains("pipeline.stall_timeout_secs = 0"));
+        // The edges are accepted.
+        let edges = "[pipeline]\ncompress_level = 19\nwal_compress_level = 0\nstall_timeout_secs = 1\nread_workers = 256\npack_size = 1048576\n";
+        let f = write(&format!("{GOOD}\n{edges}"));
+        let c = Config::load(f.path(), vec![]).unwrap();
+        assert_eq!((c.pipeline.compress_level, c.pipeline.archive_timeout_secs), (19, 60));
     }
 }

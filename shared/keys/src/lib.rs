@@ -23,6 +23,13 @@
 //! never replace the key chunks were already sealed with; only rekey replaces it (atomically, with `put`),
 //! and only after checking that the new wrap unwraps to the same key check value.
 //!
+//! Two rekeys at once would both succeed and both tell their operator to use their key, while only the
+//! last write counts. So rekey first creates `keys/rekey.lock` (put-if-absent) in every repository with a
+//! key file, reads the key files only once it holds them all, and, before replacing a key file, checks it
+//! is still byte for byte the one it unwrapped. The loser fails at once naming the holder (host, pid,
+//! start); a lock left by a rekey that died on this host (its pid is gone) is taken over, one left from
+//! another host is named in the error for the operator to remove.
+//!
 //! # Providers
 //! - [`KmsKeyProvider`]: the data key comes from KMS `GenerateDataKey` (AES_256) and is unwrapped with
 //!   `Decrypt`, both under the encryption context `{"strata": "repository data key"}`; rekey wraps it
@@ -40,7 +47,7 @@ mod kms;
 mod passphrase;
 
 pub use kms::KmsKeyProvider;
-pub use passphrase::{KdfParams, PassphraseKeyProvider};
+pub use passphrase::{KdfParams, PassphraseKeyProvider, MIN_PASSPHRASE_CHARS};
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -51,6 +58,9 @@ use strata_storage::{Storage, StorageError};
 
 /// Where a repository keeps its wrapped data key.
 pub const KEY_FILE: &str = "keys/strata.keys";
+
+/// Held by a running `repo-rekey` (see the crate docs).
+pub const REKEY_LOCK: &str = "keys/rekey.lock";
 
 /// The key file format this build writes and reads.
 pub const KEY_FILE_FORMAT: u32 = 1;
@@ -250,6 +260,39 @@ fn encrypted_but_not_configured(storage: &dyn Storage, file: &KeyFile) -> KeyErr
     ))
 }
 
+/// Whether `found` (what [`existing_data`] found) was sealed encrypted, by its envelope header (byte 0 the
+/// envelope version 1, byte 2 the cipher, 1 for AES-256-GCM: see `strata_seal`). Packs begin with a sealed
+/// chunk, and backup and WAL records are sealed whole; `strata.repo` and `stanza.json` are plain JSON.
+async fn sealed_encrypted(storage: &dyn Storage, found: &str) -> bool {
+    matches!(storage.get_range(found, 0, 8).await, Ok(header) if header.len() == 8 && header[0] == 1 && header[2] == 1)
+}
+
+/// The first sealed object (pack, then backup or WAL record) of a repository, if any.
+async fn first_sealed_object(storage: &dyn Storage) -> Result<Option<String>, KeyError> {
+    let read_err = |e: StorageError| err(format!("cannot read {}: {e}", storage.describe()));
+    if let Some(pack) = storage.list("pack/").await.map_err(read_err)?.into_iter().next() {
+        return Ok(Some(pack.path));
+    }
+    let records = storage.list("stanza/").await.map_err(read_err)?;
+    Ok(records.into_iter().map(|o| o.path).find(|p| p.ends_with(".record") || p.contains("/wal/")))
+}
+
+/// Encryption is configured, the repository has data and no key file: either its key file was deleted
+/// (its data is sealed encrypted, and cannot be read until the key file is put back), or it was created
+/// unencrypted.
+async fn no_key_file_but_data(storage: &dyn Storage, found: &str) -> Result<KeyError, KeyError> {
+    if let Some(sealed) = first_sealed_object(storage).await? {
+        if sealed_encrypted(storage, &sealed).await {
+            return Ok(err(format!(
+                "repository {}: the key file {KEY_FILE} is missing, but the repository holds encrypted data (found {sealed}); \
+                 put the key file back (from another repository of this config, or a copy) to read it",
+                storage.describe()
+            )));
+        }
+    }
+    Ok(unencrypted_data(storage, found))
+}
+
 fn unencrypted_data(storage: &dyn Storage, found: &str) -> KeyError {
     err(format!(
         "repository {} holds unencrypted data but [encryption] is configured (found {found}; a repository is \
@@ -272,7 +315,7 @@ pub async fn sealer_for(cfg: &Config, storage: &dyn Storage) -> Result<Sealer, K
         (Some(provider), Some((file, _))) => Ok(file.unwrap_with(provider.as_ref()).await?.sealer()),
         (Some(_), None) => match existing_data(storage).await? {
             None => Ok(Sealer::default()),
-            Some(found) => Err(unencrypted_data(storage, &found)),
+            Some(found) => Err(no_key_file_but_data(storage, &found).await?),
         },
     }
 }
@@ -323,7 +366,7 @@ pub async fn init_repository(cfg: &Config, storage: &dyn Storage, existing: Opti
         return Ok(Some(bytes.to_vec()));
     }
     if let Some(found) = existing_data(storage).await? {
-        return Err(unencrypted_data(storage, &found));
+        return Err(no_key_file_but_data(storage, &found).await?);
     }
     let new_bytes = match existing {
         Some(bytes) => bytes.to_vec(),
@@ -392,6 +435,14 @@ pub async fn rekey(cfg: &Config, repos: &[(String, Arc<dyn Storage>)], new: &Enc
     let old = provider_from_config(&cfg.encryption)?
         .ok_or_else(|| err("repo-rekey needs the current key configured in [encryption] (type is \"none\")"))?;
     let new = provider_from_config(new)?.ok_or_else(|| err("repo-rekey needs a new KMS key or passphrase"))?;
+    let lock = RekeyLock::take(repos).await?;
+    let result = rekey_locked(repos, old.as_ref(), new.as_ref()).await;
+    lock.release().await;
+    result
+}
+
+/// [`rekey`]'s work, once every repository's [`REKEY_LOCK`] is held.
+async fn rekey_locked(repos: &[(String, Arc<dyn Storage>)], old: &dyn KeyProvider, new: &dyn KeyProvider) -> Result<RekeyReport, KeyError> {
     let mut files = Vec::with_capacity(repos.len());
     for (name, storage) in repos {
         files.push(read_key_file(storage.as_ref()).await.map_err(|e| err(format!("repository '{name}': {e}")))?);
@@ -400,7 +451,7 @@ pub async fn rekey(cfg: &Config, repos: &[(String, Arc<dyn Storage>)], new: &Enc
         return Err(err(format!("no configured repository has a key file ({KEY_FILE}); run stanza-create first")));
     };
     let primary_name = &repos[first_index].0;
-    let key = unwrap_any(repos, &files, first_index, old.as_ref()).await?;
+    let key = unwrap_any(repos, &files, first_index, old).await?;
     for ((name, _), file) in repos.iter().zip(&files) {
         if let Some((file, _)) = file {
             if file.key_check != primary.key_check {
@@ -415,17 +466,17 @@ pub async fn rekey(cfg: &Config, repos: &[(String, Arc<dyn Storage>)], new: &Enc
     let mut replacement = KeyFile { rewrapped: Some(now()), wrapped, ..primary.clone() };
     replacement.format = KEY_FILE_FORMAT;
     replacement
-        .unwrap_with(new.as_ref())
+        .unwrap_with(new)
         .await
         .map_err(|e| err(format!("the new wrap does not unwrap, nothing was rewrapped: {e}")))?;
     let bytes = Bytes::from(replacement.to_bytes());
     let mut outcomes = Vec::with_capacity(repos.len());
     for ((name, storage), file) in repos.iter().zip(&files) {
-        if file.is_none() {
+        let Some((_, read)) = file else {
             outcomes.push(RekeyOutcome::NoKeyFile { repo: name.clone() });
             continue;
-        }
-        if let Err(e) = storage.put(KEY_FILE, bytes.clone()).await {
+        };
+        let done = || {
             let done: Vec<String> = outcomes
                 .iter()
                 .filter_map(|o| match o {
@@ -433,15 +484,129 @@ pub async fn rekey(cfg: &Config, repos: &[(String, Arc<dyn Storage>)], new: &Enc
                     RekeyOutcome::NoKeyFile { .. } => None,
                 })
                 .collect();
-            let done = if done.is_empty() { "none".to_string() } else { done.join(", ") };
+            if done.is_empty() { "none".to_string() } else { done.join(", ") }
+        };
+        // Compare before swapping: a key file changed since it was read (by anything that ignores the
+        // lock) is left as it is.
+        let current = storage.get(KEY_FILE).await.map_err(|e| err(format!("repository '{name}': cannot read {KEY_FILE} again: {e}")))?;
+        if current != *read {
             return Err(err(format!(
-                "repository '{name}': cannot replace {KEY_FILE}: {e} (already rewrapped under {}: {done}; run repo-rekey again)",
-                replacement.wrapped.describe()
+                "repository '{name}': {KEY_FILE} changed while repo-rekey ran, and is left as it is (already rewrapped under {}: {}; run repo-rekey again)",
+                replacement.wrapped.describe(),
+                done()
+            )));
+        }
+        if let Err(e) = storage.put(KEY_FILE, bytes.clone()).await {
+            return Err(err(format!(
+                "repository '{name}': cannot replace {KEY_FILE}: {e} (already rewrapped under {}: {}; run repo-rekey again)",
+                replacement.wrapped.describe(),
+                done()
             )));
         }
         outcomes.push(RekeyOutcome::Rewrapped { repo: name.clone() });
     }
     Ok(RekeyReport { key_check: replacement.key_check.clone(), wrapped_by: replacement.wrapped.describe(), repos: outcomes })
+}
+
+/// Who holds a [`REKEY_LOCK`]: the body of the lock object, for the message that names the holder.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct LockHolder {
+    host: String,
+    pid: u32,
+    /// Unix seconds, by the holder's clock.
+    since: i64,
+}
+
+impl LockHolder {
+    fn me() -> LockHolder {
+        LockHolder { host: this_host(), pid: std::process::id(), since: now() }
+    }
+
+    /// A holder on this host whose process is gone: its lock is left over from a rekey that died.
+    fn is_dead(&self) -> bool {
+        self.host == this_host() && self.pid != 0 && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+
+    fn describe(&self) -> String {
+        let since = std::time::UNIX_EPOCH + Duration::from_secs(self.since.max(0) as u64);
+        format!("host {}, pid {}, since {}", self.host, self.pid, humantime::format_rfc3339_seconds(since))
+    }
+}
+
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "?".into())
+}
+
+/// The [`REKEY_LOCK`]s one rekey holds: one per repository with a key file, taken in the repositories'
+/// order, so that of two rekeys one finds the other's lock.
+struct RekeyLock {
+    held: Vec<Arc<dyn Storage>>,
+}
+
+impl RekeyLock {
+    async fn take(repos: &[(String, Arc<dyn Storage>)]) -> Result<RekeyLock, KeyError> {
+        let body = Bytes::from(serde_json::to_vec(&LockHolder::me()).expect("lock body serializes"));
+        let mut lock = RekeyLock { held: Vec::new() };
+        for (name, storage) in repos {
+            match storage.size(KEY_FILE).await {
+                Ok(Some(_)) => {}
+                Ok(None) => continue,
+                Err(e) => {
+                    lock.release().await;
+                    return Err(err(format!("repository '{name}': cannot read {KEY_FILE}: {e}")));
+                }
+            }
+            if let Err(e) = Self::take_one(name, storage.as_ref(), &body).await {
+                lock.release().await;
+                return Err(e);
+            }
+            lock.held.push(storage.clone());
+        }
+        Ok(lock)
+    }
+
+    /// Creates the lock object; takes over one whose holder died on this host (once).
+    async fn take_one(name: &str, storage: &dyn Storage, body: &Bytes) -> Result<(), KeyError> {
+        for _ in 0..2 {
+            match storage.put_new(REKEY_LOCK, body.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(StorageError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(err(format!("repository '{name}': cannot create {REKEY_LOCK}: {e}"))),
+            }
+            let holder = match storage.get(REKEY_LOCK).await {
+                Ok(bytes) => serde_json::from_slice::<LockHolder>(&bytes).ok(),
+                // Released meanwhile: try again.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(err(format!("repository '{name}': cannot read {REKEY_LOCK}: {e}"))),
+            };
+            match holder {
+                Some(h) if h.is_dead() => {
+                    tracing::warn!(repository = name, holder = %h.describe(), "taking over the lock of a repo-rekey that is no longer running");
+                    storage.delete(REKEY_LOCK).await.map_err(|e| err(format!("repository '{name}': cannot remove {REKEY_LOCK}: {e}")))?;
+                }
+                Some(h) => {
+                    return Err(err(format!(
+                        "another repo-rekey is running on repository '{name}' ({}); nothing was rewrapped (if it is no longer running, remove {REKEY_LOCK} from the repository)",
+                        h.describe()
+                    )))
+                }
+                None => {
+                    return Err(err(format!(
+                        "repository '{name}' holds an unreadable {REKEY_LOCK}: another repo-rekey may be running; nothing was rewrapped (if none is, remove that file)"
+                    )))
+                }
+            }
+        }
+        Err(err(format!("repository '{name}': another repo-rekey keeps taking {REKEY_LOCK}; nothing was rewrapped")))
+    }
+
+    async fn release(self) {
+        for storage in self.held {
+            if let Err(e) = storage.delete(REKEY_LOCK).await {
+                tracing::warn!(repository = %storage.describe(), error = %e, "could not remove {REKEY_LOCK}; remove it before the next repo-rekey");
+            }
+        }
+    }
 }
 
 /// The data key, from the first key file (in `repos` order) that `provider` unwraps: normally the primary's;

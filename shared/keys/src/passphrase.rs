@@ -7,6 +7,10 @@
 //! that raising them later does not strand old key files. The derived key wraps the data key with
 //! AES-256-GCM; the associated data binds the KDF parameters, so a key file edited to weaker ones fails
 //! to unwrap instead of being rewrapped weaker.
+//!
+//! The wrap can be attacked offline by anyone who can read the key file, so two rules keep the passphrase
+//! out of reach: it has at least [`MIN_PASSPHRASE_CHARS`] characters, and a passphrase file that anyone but
+//! its owner may read is refused, as ssh refuses such a private key.
 
 use crate::{err, DataKey, KeyError, KeyProvider, WrappedKey, KEY_FILE, PROVIDER_PASSPHRASE};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
@@ -21,6 +25,9 @@ const ARGON2ID: &str = "argon2id";
 const MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
 const MAX_ITERATIONS: u32 = 64;
 const MAX_PARALLELISM: u32 = 64;
+/// The shortest passphrase accepted: 16 characters, about 80 bits for random lowercase letters and digits,
+/// well beyond guessing through Argon2id's cost.
+pub const MIN_PASSPHRASE_CHARS: usize = 16;
 
 /// The KDF that turned the passphrase into the wrapping key, as stored in the key file.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -78,6 +85,15 @@ impl PassphraseKeyProvider {
     }
 
     pub fn from_file(path: &Path) -> Result<PassphraseKeyProvider, KeyError> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read the passphrase file {}: {e}", path.display())))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(err(format!(
+                "the passphrase file {} is open to group or others (mode {mode:04o}); allow only its owner (chmod 600)",
+                path.display()
+            )));
+        }
         let bytes = Zeroizing::new(
             std::fs::read(path).map_err(|e| err(format!("cannot read the passphrase file {}: {e}", path.display())))?,
         );
@@ -104,6 +120,12 @@ impl PassphraseKeyProvider {
         let passphrase = Zeroizing::new(passphrase);
         if passphrase.is_empty() {
             return Err(err(format!("the passphrase from {source} is empty")));
+        }
+        let chars = String::from_utf8_lossy(&passphrase).chars().count();
+        if chars < MIN_PASSPHRASE_CHARS {
+            return Err(err(format!(
+                "the passphrase from {source} has {chars} characters; at least {MIN_PASSPHRASE_CHARS} are required"
+            )));
         }
         Ok(PassphraseKeyProvider { passphrase, source, params: KdfParams::default() })
     }

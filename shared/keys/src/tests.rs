@@ -28,9 +28,12 @@ fn config(dir: &Path, repos: &[&Path], encryption: &str) -> Config {
     Config::load(&path, Vec::<(String, String)>::new()).unwrap()
 }
 
+/// A passphrase file only its owner can read, as the provider demands.
 fn passphrase_file(dir: &Path, name: &str, content: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
     std::fs::write(&path, content).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
 }
 
@@ -65,15 +68,15 @@ async fn passphrase_round_trip() {
 
 #[tokio::test]
 async fn wrong_passphrase_is_one_clear_error() {
-    let (_, wrapped) = provider("right").generate().await.unwrap();
-    let e = message(provider("wrong").unwrap(&wrapped).await.expect_err("a wrong passphrase must fail"));
+    let (_, wrapped) = provider("the right passphrase").generate().await.unwrap();
+    let e = message(provider("the wrong passphrase").unwrap(&wrapped).await.expect_err("a wrong passphrase must fail"));
     assert!(e.starts_with("wrong passphrase for the repository's data key"), "{e}");
     assert!(!e.contains('\n'), "{e}");
 }
 
 #[tokio::test]
 async fn changed_kdf_parameters_do_not_unwrap() {
-    let p = provider("pass");
+    let p = provider("a passphrase for tests");
     let (_, mut wrapped) = p.generate().await.unwrap();
     wrapped.kdf = Some(KdfParams { iterations: 1, ..KdfParams::default() });
     let e = message(p.unwrap(&wrapped).await.expect_err("weakened parameters must fail"));
@@ -89,20 +92,20 @@ async fn passphrase_sources() {
     let empty = passphrase_file(dir.path(), "empty", "");
     let e = message(PassphraseKeyProvider::from_file(&empty).err().expect("empty file"));
     assert!(e.contains("is empty"), "{e}");
-    let blank_first = passphrase_file(dir.path(), "blank", "\nsecret\n");
+    let blank_first = passphrase_file(dir.path(), "blank", "\nsecret passphrase 1\n");
     assert!(PassphraseKeyProvider::from_file(&blank_first).is_err());
     let e = message(PassphraseKeyProvider::from_file(&dir.path().join("missing")).err().expect("missing file"));
     assert!(e.contains("cannot read the passphrase file"), "{e}");
 
     // The first line, without its line end, is the passphrase.
-    let file = passphrase_file(dir.path(), "pass", "secret\r\nsecond line\n");
+    let file = passphrase_file(dir.path(), "pass", "secret passphrase 1\r\nsecond line\n");
     let (key, wrapped) = PassphraseKeyProvider::from_file(&file).unwrap().generate().await.unwrap();
-    assert_eq!(*provider("secret").unwrap(&wrapped).await.unwrap().0, *key.0);
+    assert_eq!(*provider("secret passphrase 1").unwrap(&wrapped).await.unwrap().0, *key.0);
 
     let var = format!("STRATA_KEYS_TEST_PASSPHRASE_{}", std::process::id());
     let e = message(PassphraseKeyProvider::from_env(&var).err().expect("unset variable"));
     assert!(e.contains("is not set"), "{e}");
-    std::env::set_var(&var, "secret");
+    std::env::set_var(&var, "secret passphrase 1");
     let from_env = PassphraseKeyProvider::from_env(&var).unwrap();
     assert_eq!(*from_env.unwrap(&wrapped).await.unwrap().0, *key.0);
     std::env::set_var(&var, "");
@@ -112,7 +115,7 @@ async fn passphrase_sources() {
 
 #[tokio::test]
 async fn key_file_parse() {
-    let p = provider("pass");
+    let p = provider("a passphrase for tests");
     let (key, wrapped) = p.generate().await.unwrap();
     let file = KeyFile::new(&key, wrapped);
     assert_eq!(file.key_check.len(), 32);
@@ -145,7 +148,7 @@ async fn key_file_parse() {
 #[tokio::test]
 async fn sealer_for_its_four_cases() {
     let dir = tempfile::tempdir().unwrap();
-    let pass = passphrase_file(dir.path(), "pass", "secret\n");
+    let pass = passphrase_file(dir.path(), "pass", "secret passphrase 1\n");
     let (plain_path, plain_repo) = repo_dir(dir.path(), "plain");
     let (enc_path, enc_repo) = repo_dir(dir.path(), "enc");
     let off = config(dir.path(), &[&plain_path], "");
@@ -186,7 +189,7 @@ async fn sealer_for_its_four_cases() {
     assert_eq!(plain_repo.size(KEY_FILE).await.unwrap(), None, "a refused init must write nothing");
 
     // On, key file, wrong passphrase: one line, and the key file is untouched.
-    let wrong = passphrase_file(dir.path(), "wrong", "not the secret\n");
+    let wrong = passphrase_file(dir.path(), "wrong", "not the secret passphrase\n");
     let on_wrong = passphrase_config(dir.path(), &[&enc_path], &wrong);
     let e = message(sealer_for(&on_wrong, enc_repo.as_ref()).await.unwrap_err());
     assert!(e.starts_with("wrong passphrase"), "{e}");
@@ -198,7 +201,7 @@ async fn sealer_for_its_four_cases() {
 #[tokio::test]
 async fn init_repository_shares_one_key_and_never_replaces_it() {
     let dir = tempfile::tempdir().unwrap();
-    let pass = passphrase_file(dir.path(), "pass", "secret\n");
+    let pass = passphrase_file(dir.path(), "pass", "secret passphrase 1\n");
     let (p1, r1) = repo_dir(dir.path(), "one");
     let (p2, r2) = repo_dir(dir.path(), "two");
     let (p3, r3) = repo_dir(dir.path(), "three");
@@ -228,7 +231,7 @@ async fn init_repository_shares_one_key_and_never_replaces_it() {
 #[tokio::test]
 async fn wait_for_sealer_waits_for_the_key_file() {
     let dir = tempfile::tempdir().unwrap();
-    let pass = passphrase_file(dir.path(), "pass", "secret\n");
+    let pass = passphrase_file(dir.path(), "pass", "secret passphrase 1\n");
     let (path, repo) = repo_dir(dir.path(), "repo");
     let cfg = Arc::new(passphrase_config(dir.path(), &[&path], &pass));
     let waiting = {
@@ -252,8 +255,8 @@ async fn wait_for_sealer_waits_for_the_key_file() {
 #[tokio::test]
 async fn rekey_rewraps_every_key_file_and_touches_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
-    let old_pass = passphrase_file(dir.path(), "old", "old secret\n");
-    let new_pass = passphrase_file(dir.path(), "new", "new secret\n");
+    let old_pass = passphrase_file(dir.path(), "old", "old secret passphrase\n");
+    let new_pass = passphrase_file(dir.path(), "new", "new secret passphrase\n");
     let (p1, r1) = repo_dir(dir.path(), "one");
     let (p2, r2) = repo_dir(dir.path(), "two");
     let (p3, r3) = repo_dir(dir.path(), "three");
@@ -309,7 +312,7 @@ async fn rekey_rewraps_every_key_file_and_touches_nothing_else() {
 #[tokio::test]
 async fn rekey_refuses_repositories_with_different_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let pass = passphrase_file(dir.path(), "pass", "secret\n");
+    let pass = passphrase_file(dir.path(), "pass", "secret passphrase 1\n");
     let (p1, r1) = repo_dir(dir.path(), "one");
     let (p2, r2) = repo_dir(dir.path(), "two");
     let cfg = passphrase_config(dir.path(), &[&p1, &p2], &pass);
@@ -321,4 +324,130 @@ async fn rekey_refuses_repositories_with_different_keys() {
     assert!(e.contains("has a different data key") && e.contains("nothing was rewrapped"), "{e}");
     assert_eq!(r1.get(KEY_FILE).await.unwrap().as_ref(), &first[..]);
     assert_eq!(r2.get(KEY_FILE).await.unwrap().as_ref(), &second[..]);
+}
+
+#[tokio::test]
+async fn a_passphrase_file_others_can_read_or_a_short_passphrase_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = passphrase_file(dir.path(), "pass", "a long enough passphrase\n");
+    assert!(PassphraseKeyProvider::from_file(&file).is_ok());
+    for mode in [0o644, 0o640, 0o604, 0o620] {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = message(PassphraseKeyProvider::from_file(&file).err().expect("a file open to others"));
+        assert!(e.contains("open to group or others") && e.contains(&format!("{mode:04o}")) && e.contains("chmod 600"), "{e}");
+    }
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400)).unwrap();
+    assert!(PassphraseKeyProvider::from_file(&file).is_ok());
+
+    let short = passphrase_file(dir.path(), "short", "ab\n");
+    let e = message(PassphraseKeyProvider::from_file(&short).err().expect("a 2-character passphrase"));
+    assert!(e.contains("has 2 characters; at least 16 are required"), "{e}");
+    // Characters, not bytes: 15 two-byte characters are too short.
+    let e = message(PassphraseKeyProvider::new("é".repeat(15).into_bytes(), "test".into()).err().expect("15 characters"));
+    assert!(e.contains("has 15 characters"), "{e}");
+    assert!(PassphraseKeyProvider::new("é".repeat(16).into_bytes(), "test".into()).is_ok());
+}
+
+#[tokio::test]
+async fn the_key_file_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pass = passphrase_file(dir.path(), "pass", "secret passphrase 1\n");
+    let new_pass = passphrase_file(dir.path(), "new", "new secret passphrase\n");
+    let (path, repo) = repo_dir(dir.path(), "repo");
+    let cfg = passphrase_config(dir.path(), &[&path], &pass);
+    init_repository(&cfg, repo.as_ref(), None).await.unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path.join(KEY_FILE)), 0o600);
+    let to = EncryptionConfig { kind: EncryptionType::Passphrase, passphrase_file: Some(new_pass), ..Default::default() };
+    rekey(&cfg, &[("repo".into(), repo.clone())], &to).await.unwrap();
+    assert_eq!(mode(&path.join(KEY_FILE)), 0o600, "a rewrapped key file too");
+}
+
+#[tokio::test]
+async fn a_deleted_key_file_is_reported_as_missing_not_as_unencrypted_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = passphrase_file(dir.path(), "pass", "secret passphrase 1\n");
+    let (path, repo) = repo_dir(dir.path(), "repo");
+    let cfg = passphrase_config(dir.path(), &[&path], &pass);
+    init_repository(&cfg, repo.as_ref(), None).await.unwrap();
+    let sealer = sealer_for(&cfg, repo.as_ref()).await.unwrap();
+    repo.put("strata.repo", Bytes::from_static(b"{\"format\":1}")).await.unwrap();
+    repo.put("pack/ab/abcd.pack", Bytes::from(sealer.seal(&[3u8; 8192], 1))).await.unwrap();
+    repo.delete(KEY_FILE).await.unwrap();
+    let e = message(sealer_for(&cfg, repo.as_ref()).await.unwrap_err());
+    assert!(e.contains("the key file keys/strata.keys is missing") && e.contains("holds encrypted data"), "{e}");
+    assert!(!e.contains("unencrypted"), "{e}");
+    let e = message(init_repository(&cfg, repo.as_ref(), None).await.unwrap_err());
+    assert!(e.contains("is missing"), "{e}");
+    assert_eq!(repo.size(KEY_FILE).await.unwrap(), None, "stanza-create must not make a new key over encrypted data");
+}
+
+/// Two rekeys at once, several times: exactly one succeeds, the key file is the winner's (its passphrase
+/// opens the repository, the loser's does not), and no lock is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_rekeys_one_wins_and_the_loser_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut current = passphrase_file(dir.path(), "pass-0", "initial passphrase 0\n");
+    let (p1, r1) = repo_dir(dir.path(), "one");
+    let (p2, r2) = repo_dir(dir.path(), "two");
+    let cfg = passphrase_config(dir.path(), &[&p1, &p2], &current);
+    let first = init_repository(&cfg, r1.as_ref(), None).await.unwrap().unwrap();
+    init_repository(&cfg, r2.as_ref(), Some(&first)).await.unwrap();
+    let key_check = KeyFile::parse(&first).unwrap().key_check;
+    let repos: Vec<(String, Arc<dyn Storage>)> = vec![("one".into(), r1.clone()), ("two".into(), r2.clone())];
+    for round in 1..=4 {
+        let cfg = Arc::new(passphrase_config(dir.path(), &[&p1, &p2], &current));
+        let mut tasks = Vec::new();
+        let mut targets = Vec::new();
+        for who in ["a", "b"] {
+            let file = passphrase_file(dir.path(), &format!("pass-{round}-{who}"), &format!("passphrase of {who} in round {round}\n"));
+            let to = EncryptionConfig { kind: EncryptionType::Passphrase, passphrase_file: Some(file.clone()), ..Default::default() };
+            let (cfg, repos) = (cfg.clone(), repos.clone());
+            tasks.push(tokio::spawn(async move { rekey(&cfg, &repos, &to).await }));
+            targets.push(file);
+        }
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        let winners: Vec<usize> = results.iter().enumerate().filter(|(_, r)| r.is_ok()).map(|(i, _)| i).collect();
+        assert_eq!(winners.len(), 1, "round {round}: exactly one rekey must succeed: {results:?}");
+        let (winner, loser) = (winners[0], 1 - winners[0]);
+        let e = message(results.remove(loser).unwrap_err());
+        assert!(!e.contains('\n') && (e.contains("another repo-rekey is running") || e.contains("wrong passphrase")), "{e}");
+        for (path, storage) in [(&p1, &r1), (&p2, &r2)] {
+            let winner_cfg = passphrase_config(dir.path(), &[path], &targets[winner]);
+            assert!(sealer_for(&winner_cfg, storage.as_ref()).await.is_ok(), "round {round}: the winner's passphrase opens it");
+            let loser_cfg = passphrase_config(dir.path(), &[path], &targets[loser]);
+            assert!(sealer_for(&loser_cfg, storage.as_ref()).await.is_err(), "round {round}: the loser's passphrase does not");
+            assert_eq!(KeyFile::parse(&storage.get(KEY_FILE).await.unwrap()).unwrap().key_check, key_check);
+            assert_eq!(storage.size(REKEY_LOCK).await.unwrap(), None, "round {round}: the lock is released");
+        }
+        current = targets[winner].clone();
+    }
+}
+
+#[tokio::test]
+async fn a_rekey_lock_names_its_holder_and_one_left_by_a_dead_rekey_is_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = passphrase_file(dir.path(), "pass", "secret passphrase 1\n");
+    let new_pass = passphrase_file(dir.path(), "new", "new secret passphrase\n");
+    let (path, repo) = repo_dir(dir.path(), "repo");
+    let cfg = passphrase_config(dir.path(), &[&path], &pass);
+    let stored = init_repository(&cfg, repo.as_ref(), None).await.unwrap().unwrap();
+    let repos: Vec<(String, Arc<dyn Storage>)> = vec![("repo".into(), repo.clone())];
+    let to = EncryptionConfig { kind: EncryptionType::Passphrase, passphrase_file: Some(new_pass), ..Default::default() };
+    // Held by a live process (this one): refused, naming it, and nothing is written.
+    let live = LockHolder::me();
+    repo.put(REKEY_LOCK, Bytes::from(serde_json::to_vec(&live).unwrap())).await.unwrap();
+    let e = message(rekey(&cfg, &repos, &to).await.unwrap_err());
+    assert!(e.contains("another repo-rekey is running") && e.contains(&format!("pid {}", live.pid)) && e.contains(&live.host), "{e}");
+    assert_eq!(repo.get(KEY_FILE).await.unwrap().as_ref(), &stored[..]);
+    // Left by a process of this host that is gone: taken over.
+    let dead = LockHolder { pid: u32::MAX - 1, ..live };
+    repo.put(REKEY_LOCK, Bytes::from(serde_json::to_vec(&dead).unwrap())).await.unwrap();
+    rekey(&cfg, &repos, &to).await.unwrap();
+    assert_eq!(repo.size(REKEY_LOCK).await.unwrap(), None);
 }

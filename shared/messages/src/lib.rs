@@ -294,7 +294,7 @@ where
         + rkyv::Portable,
 {
     let archived = rkyv::access::<T::Archived, rkyv::rancor::BoxedError>(bytes)
-        .map_err(|e| DecodeError::Malformed { what: T::WHAT, reason: e.to_string() })?;
+        .map_err(|e| DecodeError::Malformed { what: T::WHAT, reason: without_addresses(&e.to_string(), bytes) })?;
     if let Some(found) = T::archived_version(archived) {
         if found != T::VERSION {
             return Err(DecodeError::Version { what: T::WHAT, found, expected: T::VERSION });
@@ -471,5 +471,45 @@ mod tests {
         let (work, data) = decode_upload(&bytes).unwrap();
         assert!(matches!(work, ArchivedUploadWork::Checkpoint(_)) && data.is_empty());
         assert!(decode_upload(&encode_upload(&commit, vec![1])).is_err());
+    }
+}
+
+/// rkyv's validation errors name memory addresses ("pointer 0x00005581c0ffee10 ..."): where the process
+/// happened to hold the buffer, meaningless to a user and different on every run. Each becomes its offset
+/// in `bytes` ("offset 84"), or "an address outside the object".
+fn without_addresses(reason: &str, bytes: &[u8]) -> String {
+    let base = bytes.as_ptr() as usize;
+    let mut out = String::with_capacity(reason.len());
+    let mut rest = reason;
+    while let Some(i) = rest.find("0x") {
+        out.push_str(&rest[..i]);
+        let digits = rest[i + 2..].bytes().take_while(u8::is_ascii_hexdigit).count();
+        let token = &rest[i..i + 2 + digits];
+        match usize::from_str_radix(&token[2..], 16) {
+            Ok(addr) if digits >= 8 && (base..=base + bytes.len()).contains(&addr) => out.push_str(&format!("offset {}", addr - base)),
+            Ok(_) if digits >= 8 => out.push_str("an address outside the object"),
+            _ => out.push_str(token),
+        }
+        rest = &rest[i + 2 + digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod address_tests {
+    #[test]
+    fn addresses_in_validation_errors_become_offsets() {
+        let bytes = [0u8; 64];
+        let base = bytes.as_ptr() as usize;
+        let reason = format!("subtree pointer overran range: ptr {:#018x} size 8 range {:#018x}..{:#018x}", base + 60, base, 0x10usize);
+        assert_eq!(
+            super::without_addresses(&reason, &bytes),
+            "subtree pointer overran range: ptr offset 60 size 8 range offset 0..an address outside the object"
+        );
+        assert_eq!(super::without_addresses("version 0x2 is odd", &bytes), "version 0x2 is odd");
+        // A real one: garbage is not a backup record, and the error names no address.
+        let e = super::decode::<super::BackupRecord>(&[0xffu8; 64]).err().expect("garbage must not decode").to_string();
+        assert!(!e.contains("0x0000"), "{e}");
     }
 }

@@ -7,6 +7,7 @@ pub mod metrics;
 use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 use strata_bus::{Bus, LocalBus, NatsBus};
 use strata_config::{BusConfig, Config};
 
@@ -28,33 +29,94 @@ pub async fn exit_with(main: impl Future<Output = anyhow::Result<()>>) -> ExitCo
     match main.await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // `{:#}` joins the context chain on one line: "archive-push: cannot reach ...: connection refused".
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// An error and its causes on one line, joined with ": " ("archive-push: cannot reach ...: connection
+/// refused"), as anyhow's `{:#}` does, but without repeating a cause whose text the line already holds:
+/// error types that print their source in their own message (`repository 'r': {source}`) and also return
+/// it as their source would otherwise print it twice ("X: permission denied: X: permission denied").
+/// Line breaks inside a message become spaces.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().split(['\n', '\r']).map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// Completes on SIGTERM or SIGINT. The handlers are installed by this call, not when the future is first
+/// polled, so a signal that comes in between is not lost (and does not kill the process). Must be called
+/// inside the Tokio runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }
 
-/// The bus a standalone service joins. Services only make sense on a shared bus: in single-host mode the
-/// `strata` command runs every stage inside itself.
-pub async fn connect_service_bus(cfg: &Config) -> anyhow::Result<Arc<dyn Bus>> {
-    match cfg.bus() {
-        BusConfig::Nats(url) => Ok(Arc::new(NatsBus::connect(&url).await?)),
+/// The first pause between two tries to reach NATS at start, doubled after each failure up to
+/// [`CONNECT_RETRY_MAX`].
+const CONNECT_RETRY_FIRST: Duration = Duration::from_secs(1);
+const CONNECT_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The bus a standalone service joins, or `None` when `shutdown` (the service's [`shutdown_signal`], which
+/// it then goes on to pass to its run loop) completed before it could join. Services only make sense on a shared bus: in single-host mode the `strata`
+/// command runs every stage inside itself.
+///
+/// A NATS server that cannot be reached is waited for, not a reason to exit: services and nats-server
+/// start in any order (a host's boot, a NATS restart during a deployment). Each failed try is logged
+/// with its reason, and the pause between tries doubles from 1 s up to 30 s. A server that answers but
+/// cannot serve (too old, no JetStream, incompatible streams) is an error at once: waiting cannot fix it.
+pub async fn connect_service_bus(
+    cfg: &Config,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> anyhow::Result<Option<Arc<dyn Bus>>> {
+    let url = match cfg.bus() {
+        BusConfig::Nats(url) => url,
         BusConfig::Local => anyhow::bail!(
             "bus = \"local\" runs every stage inside the strata command; a standalone service needs bus = \"nats://...\""
         ),
+    };
+    let mut pause = CONNECT_RETRY_FIRST;
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        let error = tokio::select! {
+            _ = shutdown.as_mut() => return Ok(None),
+            connected = NatsBus::connect(&url) => match connected {
+                Ok(bus) => {
+                    if tries > 1 {
+                        tracing::info!(url = %url, tries, "reached NATS");
+                    }
+                    return Ok(Some(Arc::new(bus)));
+                }
+                Err(e) if e.is_permanent() => return Err(e.into()),
+                Err(e) => e,
+            },
+        };
+        tracing::warn!(url = %url, try_number = tries, retry_in_secs = pause.as_secs(), error = %error, "NATS is not reachable yet; retrying");
+        tokio::select! {
+            _ = shutdown.as_mut() => return Ok(None),
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(CONNECT_RETRY_MAX);
     }
 }
 
@@ -105,4 +167,24 @@ pub async fn service_sealer(cfg: &Config) -> anyhow::Result<strata_seal::Sealer>
     let repo = cfg.primary_repo();
     let storage = open_storage(repo).await?;
     strata_keys::wait_for_sealer(cfg, storage.as_ref()).await.with_context(|| format!("repository '{}'", repo.name))
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("repository {repo}: {source}")]
+    struct Wrapping {
+        repo: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn an_error_line_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "/repo/x: permission denied");
+        let e = anyhow::Error::from(Wrapping { repo: "local".into(), source: io }).context("cannot list backups");
+        assert_eq!(format!("{e:#}"), "cannot list backups: repository local: /repo/x: permission denied: /repo/x: permission denied");
+        assert_eq!(super::error_line(&e), "cannot list backups: repository local: /repo/x: permission denied");
+        let e = anyhow::anyhow!("first line\nsecond line").context("outer");
+        assert_eq!(super::error_line(&e), "outer: first line second line");
+    }
 }

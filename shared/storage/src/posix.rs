@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 use strata_directio::OutFile;
 
 const TMP_PREFIX: &str = ".tmp-";
+/// Objects under this directory (the wrapped data key, `keys/strata.keys`) are created mode 0600: a wrap
+/// under a passphrase can be attacked offline by whoever reads it, and only the repository's owner (and
+/// root) run Strata.
+const PRIVATE_DIR: &str = "keys";
 
 #[derive(Debug, Clone)]
 pub struct PosixStorage {
@@ -118,7 +122,12 @@ fn write_tmp(root: &Root, target: &Path, data: &[u8]) -> Result<PathBuf> {
     let written = OutFile::create_new(&tmp, data.len() as u64)
         .and_then(|mut f| {
             f.write_at(data, 0)?;
-            f.into_file().sync_all()
+            let f = f.into_file();
+            if target.starts_with(root.path.join(PRIVATE_DIR)) {
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(fs::Permissions::from_mode(0o600))?;
+            }
+            f.sync_all()
         })
         .map_err(|e| io_err(&tmp, e));
     if let Err(e) = written.and_then(|_| root.give_away(&tmp)) {
