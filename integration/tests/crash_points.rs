@@ -185,7 +185,7 @@ fn an_expire_killed_at_any_durable_step_leaves_every_kept_backup_restorable() {
     let points: &[(&str, &str)] = &[
         ("expire.after-records", "return(kill)"),
         ("expire.after-wal", "return(kill)"),
-        ("expire.after-first-pack", "return(kill)"),
+        ("expire.after-pack", "return(kill)"),
     ];
     for (point, action) in points {
         // Two more fulls, so that retention_full = 1 has a full (and its WAL and packs) to remove.

@@ -235,6 +235,8 @@ async fn backup_steps(
         .await
         .context("pg_backup_start failed")?;
     let start_lsn: Lsn = row.get::<_, String>(0).parse().context("pg_backup_start returned a malformed LSN")?;
+    // The server is in backup mode; nothing of this backup is stored yet.
+    strata_crashpoint::hit("backup.after-start");
     let timeline: i32 =
         client.query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[]).await?.get(0);
     let timeline = timeline as u32;
@@ -347,6 +349,8 @@ async fn backup_steps(
         }
     };
     let stop_lsn: Lsn = row.get::<_, String>(0).parse().context("pg_backup_stop returned a malformed LSN")?;
+    // Every file is read and the server has left backup mode; the commit has not been asked for.
+    strata_crashpoint::hit("backup.after-stop");
     let stop_for_wal = Lsn(stop_lsn.0.saturating_sub(1).max(start_lsn.0));
     let last_segment = WalSegment::containing(timeline, stop_for_wal, seg).name(seg);
     if let Err(e) = wait_archived(client, pg_data, &last_segment, job, settings).await {

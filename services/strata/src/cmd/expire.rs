@@ -42,9 +42,10 @@
 //! The race is closed by ordering: a backup's marker is durable before its first pack is written, so a
 //! pack expire lists belongs to a backup whose marker was visible when expire looked, or that finished
 //! (committed: its record is read after the markers; failed: what it stored is garbage, or kept by its
-//! checkpoint), or was written after expire's own marker. A marker not refreshed for ten stall timeouts
-//! (`pipeline.stall_timeout_secs`, at least 10 minutes) belongs to a backup that died without cleaning up
-//! and is ignored and removed (see below). What remains possible is a backup that *starts* between the second
+//! checkpoint), or was written after expire's own marker. A marker written on this host by a process
+//! that no longer exists, or from another host and not refreshed for ten stall timeouts
+//! (`pipeline.stall_timeout_secs`, at least 10 minutes), belongs to a backup that died without cleaning
+//! up and is ignored and removed (see below). What remains possible is a backup that *starts* between the second
 //! look at the markers and the last deletion and deduplicates a chunk into a pack being deleted: its
 //! commit then finds the pack missing and refuses, so it fails and is taken again; no committed backup
 //! ever lacks data. WAL pushes write no marker: their packs are protected by the grace period only.
@@ -56,9 +57,10 @@
 //! a damaged record references cannot be known.
 //!
 //! # What crashes leave
-//! Expire removes what dead processes left, and names each: the marker of a backup (or expire) not
-//! refreshed for ten stall timeouts, unless it was written on this host by a process that still exists
-//! (a stopped backup may resume); and temporary files of writes killed midway (`.tmp-*` on POSIX, never
+//! Expire removes what dead processes left, and names each: the marker of a backup (or expire) written
+//! on this host by a process that no longer exists (its pid proves it at once), or from another host and
+//! not refreshed for ten stall timeouts (a marker of this host whose process exists stays: a stopped
+//! backup may resume); and temporary files of writes killed midway (`.tmp-*` on POSIX, never
 //! listed as objects) older than `--gc-grace-secs` and than expire's own marker, so that a write in
 //! progress, whose file time keeps moving, is left alone. Temporary files stay while a backup runs.
 
@@ -203,9 +205,11 @@ async fn expire(ctx: &Context_, opts: &ExpireOptions, retention: &Retention, own
             ctx.repo.delete_annotation(&ctx.stanza, &b.summary.label).await?;
             ctx.repo.delete_verify_result(&ctx.stanza, &b.summary.label).await?;
         }
+        strata_crashpoint::hit("expire.after-records");
         for n in &expired_wal {
             ctx.repo.delete_wal(&ctx.stanza, n).await?;
         }
+        strata_crashpoint::hit("expire.after-wal");
     }
 
     // Packs: referenced by the kept backups, checkpoints and WAL of every stanza. In a dry run, the records
@@ -294,6 +298,7 @@ async fn expire(ctx: &Context_, opts: &ExpireOptions, retention: &Retention, own
         println!("{would}remove pack {} ({})", hex(id), format_bytes(*size));
         if !opts.dry_run {
             ctx.repo.delete_pack(id).await?;
+            strata_crashpoint::hit("expire.after-pack");
         }
         removed_bytes += size;
     }
@@ -327,6 +332,9 @@ fn stale_after_secs(stall_timeout_secs: u64) -> i64 {
 fn fresh_backups(markers: &[RunningEntry], now: i64, stale_secs: i64, removed: Option<&HashSet<(String, String)>>) -> Vec<RunningEntry> {
     let mut out: Vec<RunningEntry> = Vec::new();
     for m in markers.iter().filter(|m| m.marker.kind == RunningKind::Backup) {
+        if removed.is_some_and(|r| r.contains(&(m.stanza.clone(), m.name.clone()))) {
+            continue;
+        }
         if now - m.modified > stale_secs {
             if removed.is_some_and(|r| !r.contains(&(m.stanza.clone(), m.name.clone()))) {
                 eprintln!(
@@ -346,8 +354,10 @@ fn fresh_backups(markers: &[RunningEntry], now: i64, stale_secs: i64, removed: O
     out
 }
 
-/// Removes the markers of operations that died (module docs): not refreshed for `stale_secs` and, when
-/// written on this host, by a process that no longer exists. Names each; returns them (stanza, name).
+/// Removes the markers of operations that died (module docs): written on this host by a process that no
+/// longer exists (a killed backup's, at once: its pid proves it), or, from another host, not refreshed
+/// for `stale_secs`. A marker of this host whose process exists stays however old (a paused backup may
+/// resume; a pid reused by another process errs on the safe side). Names each; returns them (stanza, name).
 async fn remove_dead_markers(
     ctx: &Context_,
     markers: &[RunningEntry],
@@ -362,20 +372,24 @@ async fn remove_dead_markers(
     for m in markers {
         let age = now - m.modified;
         let mine = own.is_some_and(|o| m.stanza == ctx.stanza && m.name == o.name);
-        if mine || age <= stale_secs || (m.marker.host == host && process_exists(m.marker.pid)) {
+        let dead = match m.marker.host == host {
+            true => !process_exists(m.marker.pid),
+            false => age > stale_secs,
+        };
+        if mine || !dead {
             continue;
         }
         let kind = match m.marker.kind {
             RunningKind::Backup => "backup",
             RunningKind::Expire => "expire",
         };
+        let why = match m.marker.host == host {
+            true => "that process is gone".to_string(),
+            false => format!("not refreshed for {}", crate::health::age(age)),
+        };
         println!(
-            "{would}remove the marker of {kind} {} of stanza '{}' ({} pid {}): not refreshed for {}, so it is no longer running",
-            m.name,
-            m.stanza,
-            m.marker.host,
-            m.marker.pid,
-            crate::health::age(age)
+            "{would}remove the marker of {kind} {} of stanza '{}' ({} pid {}): {why}, so it is no longer running",
+            m.name, m.stanza, m.marker.host, m.marker.pid
         );
         if !dry_run {
             ctx.repo.delete_running(&m.stanza, &m.name).await?;
