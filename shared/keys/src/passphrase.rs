@@ -9,8 +9,10 @@
 //! to unwrap instead of being rewrapped weaker.
 //!
 //! The wrap can be attacked offline by anyone who can read the key file, so two rules keep the passphrase
-//! out of reach: it has at least [`MIN_PASSPHRASE_CHARS`] characters, and a passphrase file that anyone but
-//! its owner may read is refused, as ssh refuses such a private key.
+//! out of reach: a new wrap (stanza-create, repo-rekey) needs at least [`MIN_PASSPHRASE_CHARS`] characters,
+//! and a passphrase file that anyone but its owner may read is refused, as ssh refuses such a private key.
+//! A shorter passphrase still opens a key file wrapped before the rule existed, so that an existing
+//! repository stays readable and can be rekeyed to a longer one.
 
 use crate::{err, DataKey, KeyError, KeyProvider, WrappedKey, KEY_FILE, PROVIDER_PASSPHRASE};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
@@ -121,12 +123,6 @@ impl PassphraseKeyProvider {
         if passphrase.is_empty() {
             return Err(err(format!("the passphrase from {source} is empty")));
         }
-        let chars = String::from_utf8_lossy(&passphrase).chars().count();
-        if chars < MIN_PASSPHRASE_CHARS {
-            return Err(err(format!(
-                "the passphrase from {source} has {chars} characters; at least {MIN_PASSPHRASE_CHARS} are required"
-            )));
-        }
         Ok(PassphraseKeyProvider { passphrase, source, params: KdfParams::default() })
     }
 
@@ -172,6 +168,13 @@ impl KeyProvider for PassphraseKeyProvider {
     }
 
     async fn wrap(&self, key: &DataKey) -> Result<WrappedKey, KeyError> {
+        let chars = String::from_utf8_lossy(&self.passphrase).chars().count();
+        if chars < MIN_PASSPHRASE_CHARS {
+            return Err(err(format!(
+                "the passphrase from {} has {chars} characters; at least {MIN_PASSPHRASE_CHARS} are required to wrap a key",
+                self.source
+            )));
+        }
         let salt = random::<SALT_LEN>()?;
         let nonce = random::<NONCE_LEN>()?;
         let aead = self.wrapping_key(&salt, &self.params).await?;

@@ -340,13 +340,16 @@ async fn a_passphrase_file_others_can_read_or_a_short_passphrase_is_refused() {
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400)).unwrap();
     assert!(PassphraseKeyProvider::from_file(&file).is_ok());
 
+    // A short passphrase wraps no new key (it may still open a key file wrapped before the rule).
     let short = passphrase_file(dir.path(), "short", "ab\n");
-    let e = message(PassphraseKeyProvider::from_file(&short).err().expect("a 2-character passphrase"));
+    let provider = PassphraseKeyProvider::from_file(&short).unwrap();
+    let e = message(provider.generate().await.err().expect("a 2-character passphrase"));
     assert!(e.contains("has 2 characters; at least 16 are required"), "{e}");
     // Characters, not bytes: 15 two-byte characters are too short.
-    let e = message(PassphraseKeyProvider::new("é".repeat(15).into_bytes(), "test".into()).err().expect("15 characters"));
+    let provider = PassphraseKeyProvider::new("é".repeat(15).into_bytes(), "test".into()).unwrap();
+    let e = message(provider.generate().await.err().expect("15 characters"));
     assert!(e.contains("has 15 characters"), "{e}");
-    assert!(PassphraseKeyProvider::new("é".repeat(16).into_bytes(), "test".into()).is_ok());
+    assert!(PassphraseKeyProvider::new("é".repeat(16).into_bytes(), "test".into()).unwrap().generate().await.is_ok());
 }
 
 #[tokio::test]
