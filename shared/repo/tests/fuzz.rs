@@ -407,8 +407,18 @@ fn fuzz_pack_index_with_valid_checksum() {
     let index_len = 3 * pack::INDEX_ENTRY_LEN;
     let index_start = valid.len() - pack::FOOTER_LEN - index_len;
     let index = valid[index_start..valid.len() - pack::FOOTER_LEN].to_vec();
-    let strategy = (mutated(index), prop_oneof![Just(None), any::<u32>().prop_map(Some)]);
-    fuzz("repo/pack-index-checksummed", 256, strategy, |(index, count)| {
+    // Besides random damage, one entry's offset (at 32) or length (at 40) set to a value near a boundary.
+    let boundary = prop_oneof![Just(u64::MAX), Just(u64::MAX - 50), Just(1 << 32), any::<u64>()];
+    let field = prop::option::of((0..3usize, prop_oneof![Just(32usize), Just(40)], boundary));
+    let strategy = (mutated(index), prop_oneof![Just(None), any::<u32>().prop_map(Some)], field);
+    fuzz("repo/pack-index-checksummed", 256, strategy, |(mut index, count, field)| {
+        if let Some((entry, at, value)) = field {
+            let start = entry * pack::INDEX_ENTRY_LEN + at;
+            let width = if at == 32 { 8 } else { 4 };
+            if let Some(bytes) = index.get_mut(start..start + width) {
+                bytes.copy_from_slice(&value.to_le_bytes()[..width]);
+            }
+        }
         let mut b = valid[..index_start].to_vec();
         b.extend_from_slice(&index);
         let count = count.unwrap_or((index.len() / pack::INDEX_ENTRY_LEN) as u32);
@@ -508,8 +518,7 @@ fn fuzz_repo_manifest_mutated() {
     });
 }
 
-/// Found while writing `fuzz_pack_index_with_valid_checksum` (whose random entries seldom reach this far):
-/// an index entry whose offset is near the end of the address space overflowed the check that it lies in
+/// Found by `fuzz_pack_index_with_valid_checksum`: an index entry whose offset is near the end of the address space overflowed the check that it lies in
 /// the pack's body.
 #[test]
 fn pack_index_entry_past_the_address_space_is_refused() {
