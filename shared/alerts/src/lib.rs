@@ -44,6 +44,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use strata_audit::format_time;
 use strata_config::AlertsConfig;
 
 /// How long a webhook has to answer a POST.
@@ -220,10 +221,13 @@ impl Notifier {
         };
         let connector = builder.https_or_http().enable_http1().build();
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        let (state, saved) = match &state_file {
+        let (mut state, saved) = match &state_file {
             Some(path) => load_state(path)?,
             None => (State { version: STATE_VERSION, ..State::default() }, Vec::new()),
         };
+        // Messages owed to a webhook the config no longer has are owed to nobody (they were logged).
+        state.resolved_unsent.retain(|_, i| webhooks[i.alert.tier.index()].is_some());
+        state.events_unsent.retain(|e| webhooks[e.alert.tier.index()].is_some());
         Ok(Notifier {
             webhooks,
             resend_secs: cfg.resend_secs as i64,
@@ -293,7 +297,7 @@ impl Notifier {
         let mut deliveries = Vec::new();
         let mut jobs = Vec::new();
         for (key, incident) in &mut self.state.firing {
-            let due = incident.sent_at.is_none_or(|t| now - t >= self.resend_secs);
+            let due = incident.sent_at.is_none_or(|t| now.saturating_sub(t) >= self.resend_secs);
             if !due {
                 continue;
             }
@@ -546,10 +550,6 @@ fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-fn format_time(t: i64) -> String {
-    let st = UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
-    humantime::format_rfc3339_seconds(st).to_string().replace('T', " ").trim_end_matches('Z').to_string()
-}
 
 #[cfg(test)]
 mod tests;

@@ -423,14 +423,19 @@ pub fn read(path: &Path, filter: &Filter) -> Result<AuditRead, AuditError> {
 }
 
 /// `2026-12-02 17:30:00` (UTC) for a Unix time.
+/// Times before 1970 or after 9999 (which RFC 3339 cannot spell; a damaged record or state file can hold
+/// any time) are shown as the nearest one it can.
 pub fn format_time(t: i64) -> String {
-    let st = UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    const LAST_SECOND_OF_9999: i64 = 253_402_300_799;
+    let st = UNIX_EPOCH + Duration::from_secs(t.clamp(0, LAST_SECOND_OF_9999) as u64);
     humantime::format_rfc3339_seconds(st).to_string().replace('T', " ").trim_end_matches('Z').to_string()
 }
 
 /// The Unix time meant by a `--since` argument: a date (`2026-12-01`), a date and time in UTC
 /// (`2026-12-01 10:00`, `2026-12-01 10:00:30`), or a duration before `now` (`24h`, `7d`, `90min`).
 pub fn parse_since(text: &str, now: i64) -> Result<i64, String> {
+    // Echoed in the error, which is one line whatever was typed.
+    let text = text.escape_debug().to_string();
     let t = text.trim();
     if t.starts_with(|c: char| c.is_ascii_digit()) && t.len() >= 10 && t.as_bytes().get(4) == Some(&b'-') {
         let (date, time) = match t.split_once([' ', 'T']) {
@@ -444,7 +449,10 @@ pub fn parse_since(text: &str, now: i64) -> Result<i64, String> {
     }
     let d = humantime::parse_duration(t)
         .map_err(|e| format!("--since '{text}': {e} (expected 2026-12-01, '2026-12-01 10:00' or 24h)"))?;
-    Ok(now - d.as_secs() as i64)
+    i64::try_from(d.as_secs())
+        .ok()
+        .and_then(|secs| now.checked_sub(secs))
+        .ok_or_else(|| format!("--since '{text}': too long ago"))
 }
 
 /// The effective user's name (its uid when it has none) and the host's name, looked up once.

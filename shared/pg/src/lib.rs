@@ -23,6 +23,9 @@ pub mod timeline;
 pub mod wal;
 pub mod walscan;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use lsn::{Lsn, LsnParseError};
 pub use wal::WalSegment;
 

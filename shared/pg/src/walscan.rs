@@ -138,6 +138,8 @@ pub enum ScanError {
     SizeMismatch(u32, usize),
     #[error("the segment's header gives WAL page size {0}; only {WAL_PAGE_SIZE} is supported")]
     PageSize(u32),
+    #[error("the segment's header gives segment size {0} at WAL position {1}, which no segment starts at")]
+    NotSegmentStart(u32, Lsn),
 }
 
 /// The page layout of one segment, to read the record stream across page headers.
@@ -228,6 +230,11 @@ pub fn scan_segment(data: &[u8]) -> Result<SegmentScan, ScanError> {
     }
     if long.block_size as usize != WAL_PAGE_SIZE {
         return Err(ScanError::PageSize(long.block_size));
+    }
+    // A size PostgreSQL can have (whole pages) and a position at its start (so no record's position
+    // overflows): the walk below relies on both.
+    if long.segment().is_none() {
+        return Err(ScanError::NotSegmentStart(long.seg_size, long.page_addr));
     }
     let pages = Pages { data, start: long.page_addr.0, magic: long.magic };
     let mut scan = SegmentScan::default();
@@ -475,25 +482,25 @@ pub fn unix_micros_to_pg(unix: i64) -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const SEG: usize = 1 << 20;
+    pub(crate) const SEG: usize = 1 << 20;
     const MAGIC: u16 = crate::wal::XLOG_PAGE_MAGIC_PG15;
 
     /// Builds a segment the way PostgreSQL lays records out: page headers every 8 KiB, records
     /// MAXALIGNed in the stream of usable bytes, a record crossing a page boundary continued after the
-    /// next page's header.
-    struct Builder {
-        seg: Vec<u8>,
+    /// next page's header. The fuzz tests (`crate::fuzz_tests`) damage what it builds.
+    pub(crate) struct Builder {
+        pub(crate) seg: Vec<u8>,
         start: u64,
         /// Offset where the next record goes.
-        at: usize,
-        prev: u64,
+        pub(crate) at: usize,
+        pub(crate) prev: u64,
     }
 
     impl Builder {
-        fn new(segno: u64, head: &[u8]) -> Builder {
+        pub(crate) fn new(segno: u64, head: &[u8]) -> Builder {
             let start = segno * SEG as u64;
             let mut b = Builder { seg: vec![0; SEG], start, at: 0, prev: 0 };
             // Long header: magic, info, tli, pageaddr, rem_len, sysid, seg_size, blcksz.
@@ -540,7 +547,7 @@ mod tests {
         }
 
         /// Appends a record; returns its LSN and the bytes that went past the segment's end.
-        fn record(&mut self, rmid: u8, info: u8, xid: u32, main: &[u8]) -> (u64, Vec<u8>) {
+        pub(crate) fn record(&mut self, rmid: u8, info: u8, xid: u32, main: &[u8]) -> (u64, Vec<u8>) {
             if self.at.is_multiple_of(WAL_PAGE_SIZE) && self.at < SEG {
                 self.page_header(self.at, 0, 0);
                 self.at += SHORT_HEADER_SIZE;
@@ -565,12 +572,12 @@ mod tests {
             (lsn, rest)
         }
 
-        fn commit(&mut self, xid: u32, time: i64) -> (u64, Vec<u8>) {
+        pub(crate) fn commit(&mut self, xid: u32, time: i64) -> (u64, Vec<u8>) {
             self.record(RM_XACT_ID, XLOG_XACT_COMMIT, xid, &unix_micros_to_pg(time).to_le_bytes())
         }
 
         /// A record of another resource manager, `len` bytes of main data.
-        fn filler(&mut self, len: usize) -> (u64, Vec<u8>) {
+        pub(crate) fn filler(&mut self, len: usize) -> (u64, Vec<u8>) {
             self.record(10, 0, 7, &vec![0xAB; len])
         }
     }

@@ -485,7 +485,7 @@ impl Repo {
 
     /// Fetches and decodes a manifest's head (everything but the file entries).
     pub async fn manifest_head(&self, sealer: &Sealer, label: &str, len: u64, chunks: &[ChunkRef]) -> Result<ManifestHead> {
-        let mut bytes = Vec::with_capacity(len as usize);
+        let mut bytes = reserved(len);
         for r in chunks {
             bytes.extend_from_slice(&self.read_chunk(sealer, r).await?);
         }
@@ -594,7 +594,7 @@ impl Repo {
     /// archived. For small files (timeline history); segments are streamed by archive-get.
     pub async fn wal_contents(&self, sealer: &Sealer, stanza: &str, name: &str) -> Result<Option<Vec<u8>>> {
         let Some(record) = self.wal(stanza, name).await? else { return Ok(None) };
-        let mut bytes = Vec::with_capacity(record.size as usize);
+        let mut bytes = reserved(record.size);
         for r in &record.chunks {
             bytes.extend_from_slice(&self.read_chunk(sealer, r).await?);
         }
@@ -633,6 +633,14 @@ pub fn utc_civil(t: i64) -> (i64, i64, i64, i64, i64, i64) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d, secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// A buffer with room for `len` bytes when that much can be had: the length comes from a stored record,
+/// and a damaged one must be an error when its chunks are read, not an aborted allocation.
+fn reserved(len: u64) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let _ = bytes.try_reserve_exact(usize::try_from(len).unwrap_or(usize::MAX));
+    bytes
 }
 
 /// Refuses a cluster other than the one the stanza was created for.

@@ -99,7 +99,7 @@ pub fn parse_index(pack: &PackId, index: &[u8], digest: &[u8; 32], body_len: u64
             sealed_len: u32::from_le_bytes(e[40..44].try_into().expect("4 bytes")),
             raw_len: u32::from_le_bytes(e[44..48].try_into().expect("4 bytes")),
         };
-        if r.offset + r.sealed_len as u64 > body_len {
+        if r.offset.checked_add(r.sealed_len as u64).is_none_or(|end| end > body_len) {
             return Err(format!("chunk at offset {} runs past the pack body", r.offset));
         }
         refs.push(r);

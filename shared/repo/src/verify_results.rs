@@ -55,7 +55,8 @@ impl std::fmt::Display for Problem {
             parts.push(format!("WAL {s}"));
         }
         if let Some(c) = &self.chunk {
-            parts.push(format!("chunk {}", &c[..c.len().min(16)]));
+            // The first 16 characters (of a hex id, 16 digits; of stored text, whole characters).
+            parts.push(format!("chunk {}", c.char_indices().nth(16).map_or(c.as_str(), |(end, _)| &c[..end])));
         }
         if let Some(p) = &self.pack {
             parts.push(format!("pack {p}"));
