@@ -16,7 +16,7 @@ fn cheap() -> KdfParams {
 }
 
 fn provider() -> PassphraseKeyProvider {
-    PassphraseKeyProvider::new(b"correct horse".to_vec(), "the fuzz test".into()).unwrap().with_params(cheap())
+    PassphraseKeyProvider::new(b"correct horse battery staple".to_vec(), "the fuzz test".into()).unwrap().with_params(cheap())
 }
 
 struct Fixture {
