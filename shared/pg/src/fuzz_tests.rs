@@ -303,3 +303,20 @@ fn scan_refuses_a_header_no_segment_has() {
         assert!(scan_segment(&data).is_err(), "segment size {seg_size} at {page_addr:#x} accepted");
     }
 }
+
+/// The head of pg_control (delta restore reads it from the directory it is about to rewrite).
+#[test]
+fn fuzz_control_file() {
+    let mut valid = vec![0u8; crate::control::CONTROL_FILE_SIZE];
+    valid[..8].copy_from_slice(&7_300_000_000_000_000_000u64.to_le_bytes());
+    valid[8..12].copy_from_slice(&crate::control::PG15_CONTROL_VERSION.to_le_bytes());
+    valid[12..16].copy_from_slice(&202_209_061u32.to_le_bytes());
+    let strategy = (prop_oneof![mutated(valid), bytes(2 * crate::control::CONTROL_FILE_SIZE)], prop_oneof![Just(15u32), any::<u32>()]);
+    fuzz("pg/control", 256, strategy, |(b, major)| {
+        if let Ok(head) = crate::control::parse_head(&b, major) {
+            check!(b.len() == crate::control::CONTROL_FILE_SIZE, "a pg_control of {} bytes was read", b.len());
+            check!(head.system_id.to_le_bytes() == b[..8], "the system id is not the first 8 bytes");
+        }
+        Ok(())
+    });
+}
