@@ -249,3 +249,38 @@ fn a_replicator_killed_before_a_record_leaves_no_record_without_its_data() {
     let left = leftovers(&target);
     assert!(left.is_empty(), "after crashes of the replicator and an expire of b, these are left: {left:?}");
 }
+
+#[test]
+fn a_rekey_killed_between_repositories_is_finished_by_the_next_one() {
+    let dir = TestDir::new("crash_rekey");
+    let setup = Setup::new(&dir, "local", "", &[]);
+    let second = dir.subdir("repo-b");
+    let old = secret_file(&dir, "pass-old", "the passphrase before the rekey");
+    let new = secret_file(&dir, "pass-new", "the passphrase after the rekey");
+    setup.append_config(&format!(
+        "[[repo]]\nname = \"b\"\ntype = \"posix\"\npath = \"{}\"\n[encryption]\ntype = \"passphrase\"\npassphrase_file = \"{}\"",
+        second.display(),
+        old.display()
+    ));
+    setup.strata_ok(&["stanza-create"]);
+    setup.pg.pgbench_init(1);
+    setup.backup("full");
+    setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
+    let wal_before = wal_records(&setup.repo);
+    let key_file = |repo: &Path| std::fs::read(repo.join("keys/strata.keys")).unwrap();
+    let (a_before, b_before) = (key_file(&setup.repo), key_file(&second));
+
+    let point = "rekey.after-repository";
+    crash_at(&setup, point, "return(kill)", &["repo-rekey", "--new-passphrase-file", new.to_str().unwrap()]);
+    // One repository has the new wrap, the other still the old one; nothing else changed.
+    assert_ne!(key_file(&setup.repo), a_before, "a crash at {point}: the first repository was not rewrapped");
+    assert_eq!(key_file(&second), b_before, "a crash at {point}: the second repository was rewrapped too");
+    // The next rekey, still with the old key configured, finishes the work.
+    setup.strata_ok(&["repo-rekey", "--new-passphrase-file", new.to_str().unwrap()]);
+    setup.edit_config(&old.display().to_string(), &new.display().to_string());
+    assert_consistent(&setup, &wal_before, point);
+    setup.strata_ok(&["--repo", "b", "verify"]);
+    setup.backup("incr");
+    assert_expire_cleans_up(&setup, point);
+    assert!(!setup.repo.join("keys/rekey.lock").exists() && !second.join("keys/rekey.lock").exists(), "a crash at {point}: the rekey lock stayed");
+}

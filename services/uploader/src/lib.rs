@@ -297,7 +297,6 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
                 let packs: Vec<PackId> = c.packs.iter().copied().collect();
                 match shared.repo.put_checkpoint(c.stanza.as_str(), &packs, &checkpoint).await {
                     Ok(()) => {
-                        strata_crashpoint::hit("uploader.after-checkpoint");
                         shared.metrics.commit(CommitKind::Checkpoint, CommitOutcome::Stored);
                         debug!(stanza = %c.stanza, label = %checkpoint.label, "checkpoint written")
                     }

@@ -504,6 +504,9 @@ async fn rekey_locked(repos: &[(String, Arc<dyn Storage>)], old: &dyn KeyProvide
             )));
         }
         outcomes.push(RekeyOutcome::Rewrapped { repo: name.clone() });
+        // This repository has the new wrap, the next ones still the old: either key opens some of them,
+        // and the next repo-rekey (with either) finishes the work.
+        strata_crashpoint::hit("rekey.after-repository");
     }
     Ok(RekeyReport { key_check: replacement.key_check.clone(), wrapped_by: replacement.wrapped.describe(), repos: outcomes })
 }
