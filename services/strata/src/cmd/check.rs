@@ -10,8 +10,6 @@ use crate::Context_;
 use anyhow::bail;
 use std::time::{Duration, Instant};
 
-const ARCHIVE_WAIT: Duration = Duration::from_secs(60);
-
 pub async fn run(ctx: &Context_) -> anyhow::Result<()> {
     let stanza_cfg = ctx.cfg.stanza(&ctx.stanza)?;
     let info = ctx.repo.stanza(&ctx.stanza).await?;
@@ -35,15 +33,17 @@ async fn check_on(ctx: &Context_, info: &strata_repo::StanzaInfo, client: &tokio
     // archived already: either way the named segment must appear.
     let row = client.query_one("SELECT pg_walfile_name(pg_switch_wal() - 1)", &[]).await?;
     let segment: String = row.get(0);
+    // The same bound a backup gives its stop segment (pgBackRest's archive-timeout).
+    let wait = Duration::from_secs(ctx.cfg.pipeline.archive_timeout_secs);
     let started = Instant::now();
     loop {
         if ctx.repo.wal(&ctx.stanza, &segment).await?.is_some() {
             break;
         }
-        if started.elapsed() > ARCHIVE_WAIT {
+        if started.elapsed() > wait {
             bail!(
-                "WAL segment {segment} was not archived within {} s; check archive_command and the server log",
-                ARCHIVE_WAIT.as_secs()
+                "WAL segment {segment} was not archived within {} s (pipeline.archive_timeout_secs); check archive_command and the server log",
+                wait.as_secs()
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
