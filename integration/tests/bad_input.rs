@@ -94,9 +94,11 @@ fn bad_input_is_one_error_line_and_changes_nothing() {
 
     // A stanza for another major version: the backup and the restore both refuse to mix versions.
     let stanza_json = setup.repo.join("stanza").join(STANZA).join("stanza.json");
-    let original = std::fs::read_to_string(&stanza_json).unwrap();
-    let pg14 = original.replace("\"pg_major\": 15", "\"pg_major\": 14");
-    assert_ne!(pg14, original);
+    let original = std::fs::read(&stanza_json).unwrap();
+    // Written as an older build wrote it: plain JSON, which is still read.
+    let text = String::from_utf8(stored_body(&original).to_vec()).unwrap();
+    let pg14 = text.replace("\"pg_major\": 15", "\"pg_major\": 14");
+    assert_ne!(pg14, text);
     std::fs::write(&stanza_json, pg14).unwrap();
     refused(&setup, &setup.config, &["backup"], "PostgreSQL 14");
     let restore_to = dir.path().join("mixed");

@@ -23,7 +23,7 @@ use std::collections::{BTreeSet, HashSet};
 use strata_keys::KEY_FILE;
 use strata_messages::PackId;
 use strata_repo::{
-    backup_record_path, check_same_cluster, pack_path, stanza_info_path, wal_record_path, Repo, StanzaInfo,
+    backup_record_path, check_same_cluster, pack_path, stanza_info_path, wal_record_path, Repo,
     FORMAT_MARKER_PATH,
 };
 use strata_storage::StorageError;
@@ -226,7 +226,7 @@ impl Copier {
                 reason: format!("holds another data key than '{}' ({KEY_FILE} differs)", self.source.name()),
             }),
             Existing::SameCluster => {
-                let parse = |b: &[u8]| serde_json::from_slice::<StanzaInfo>(b).ok();
+                let parse = |b: &[u8]| strata_repo::decode_stanza_info(path, &bytes::Bytes::copy_from_slice(b)).ok();
                 match (parse(source), parse(there)) {
                     (Some(s), Some(t)) => {
                         check_same_cluster(&t, s.system_id, s.pg_major)?;

@@ -21,7 +21,7 @@
 //! # Integrity of small objects
 //! Packs carry their own checks (each chunk's id, the index's hash). Every other object the repository
 //! writes through [`Repo`] (backup, checkpoint and WAL records, verify and restore-test results,
-//! annotations) is stored in one of two checked forms, so that a flipped byte that still decodes is
+//! annotations, `stanza.json`) is stored in one of two checked forms, so that a flipped byte that still decodes is
 //! caught rather than believed:
 //!
 //! ```text
@@ -31,8 +31,9 @@
 //!
 //! The body is the rkyv archive (records) or JSON (results, annotations). An object without either magic
 //! is the unchecked form older builds wrote, still read in an unencrypted repository (rkyv archives and
-//! JSON never start with these bytes). A mismatch is [`RepoError::CorruptObject`]. `stanza.json` stays
-//! plain JSON: people edit it, the replicator compares it, and it is checked against the cluster anyway.
+//! JSON never start with these bytes). A mismatch is [`RepoError::CorruptObject`]. `stanza.json` is
+//! written in the checked form too ([`decode_stanza_info`] reads both), so a flipped digit of its segment
+//! size is a corrupt object, not a different cluster.
 //!
 //! # Damaged records
 //! One unreadable record is a finding about that backup or WAL file, not a failure of the stanza:
@@ -140,6 +141,15 @@ fn open_checked(path: &str, stored: &Bytes) -> Option<Result<Bytes>> {
         return Some(Err(corrupt("checksum mismatch: the stored bytes are not the ones written")));
     }
     Some(Ok(body))
+}
+
+/// A stored `stanza.json`: the checked form, or the plain JSON older builds wrote.
+pub fn decode_stanza_info(path: &str, stored: &Bytes) -> Result<StanzaInfo> {
+    let body = match open_checked(path, stored) {
+        Some(body) => body?,
+        None => stored.clone(),
+    };
+    serde_json::from_slice(&body).map_err(|e| RepoError::CorruptObject { path: path.into(), reason: e.to_string() })
 }
 
 /// A record that cannot be read (corrupt, truncated, of an unknown format): a finding about the backup or
@@ -285,7 +295,7 @@ impl Repo {
             Err(RepoError::NoStanza { .. }) => {
                 let body = serde_json::to_vec_pretty(info).expect("stanza info serializes");
                 let path = format!("{}/stanza.json", stanza_dir(&info.stanza));
-                match self.storage.put_new(&path, Bytes::from(body)).await {
+                match self.storage.put_new(&path, checked_bytes(&body)).await {
                     Ok(()) => Ok(true),
                     // Another stanza-create won the race; it must agree with us.
                     Err(StorageError::AlreadyExists { .. }) => {
@@ -302,8 +312,7 @@ impl Repo {
     pub async fn stanza(&self, stanza: &str) -> Result<StanzaInfo> {
         let path = format!("{}/stanza.json", stanza_dir(stanza));
         match self.storage.get(&path).await {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| RepoError::CorruptObject { path, reason: e.to_string() }),
+            Ok(b) => decode_stanza_info(&path, &b),
             Err(StorageError::NotFound { .. }) => {
                 Err(RepoError::NoStanza { stanza: stanza.into(), repo: self.name.clone() })
             }

@@ -249,3 +249,23 @@ fn every_time_has_a_calendar_date() {
     utc_civil(i64::MAX);
     utc_civil(i64::MIN);
 }
+
+#[tokio::test]
+async fn stanza_json_carries_a_checksum_and_the_plain_form_is_read() {
+    let (d, r) = repo();
+    let info = stanza_info();
+    r.create_stanza(&info).await.unwrap();
+    let path = d.path().join("stanza/main/stanza.json");
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.starts_with(CHECKED_RECORD_MAGIC));
+    let body = bytes.split_off(CHECKED_RECORD_MAGIC.len() + CHECKSUM_LEN);
+    // A segment size of 16 MiB read as 17 MiB would rename every segment: valid JSON, wrong content.
+    let text = String::from_utf8(body.clone()).unwrap();
+    let changed = text.replace("16777216", "17825792");
+    assert_ne!(changed, text);
+    std::fs::write(&path, [bytes, changed.into_bytes()].concat()).unwrap();
+    assert!(r.stanza("main").await.unwrap_err().to_string().contains("checksum mismatch"));
+    // Older builds wrote the JSON alone.
+    std::fs::write(&path, &body).unwrap();
+    assert_eq!(r.stanza("main").await.unwrap(), info);
+}
