@@ -127,19 +127,16 @@ fn restore_after_a_chunk_hash_failure_prints_one_error_line_every_time() {
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
     let before = pack_files(&setup.repo);
     setup.backup("full");
-    // A byte flipped at each eighth of each pack the backup wrote (WAL archived meanwhile has its own
-    // packs; restore does not read their chunks), so that a worker fails while the others still work.
+    // One byte flipped three quarters into the largest pack the backup wrote (WAL archived meanwhile has
+    // its own packs): the worker that meets that chunk fails while the others are busy with theirs, which
+    // is when a worker abandoned mid-task used to panic as the process exited.
     let written: Vec<PathBuf> = pack_files(&setup.repo).into_iter().filter(|p| !before.contains(p)).collect();
-    assert!(!written.is_empty());
-    for pack in written {
-        let mut bytes = std::fs::read(&pack).unwrap();
-        let len = bytes.len();
-        for k in 1..8 {
-            bytes[len * k / 8] ^= 0x40;
-        }
-        std::fs::write(&pack, &bytes).unwrap();
-    }
-    for run in 0..20 {
+    let largest = written.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).expect("the backup wrote a pack");
+    let mut bytes = std::fs::read(largest).unwrap();
+    let at = bytes.len() * 3 / 4;
+    bytes[at] ^= 0x40;
+    std::fs::write(largest, &bytes).unwrap();
+    for run in 0..30 {
         let target = dir.path().join(format!("restore-{run}"));
         let line = setup.strata_fails(&["restore", "--pg-data", target.to_str().unwrap()]);
         assert!(line.contains("chunk"), "run {run}: {line}");
