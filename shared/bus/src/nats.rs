@@ -78,6 +78,10 @@ pub struct NatsOptions {
     /// Most bytes one pull request asks for; raised to the server's `max_payload` plus headroom if smaller, so
     /// that every message can be delivered. Default 16 MiB.
     pub pull_max_bytes: usize,
+    /// Copies the server keeps of each work-queue stream (`num_replicas`): 1 on a single server, 3 on a
+    /// three-server cluster so that one server's loss loses no stream. Applied when a stream is created and
+    /// brought in line on connect. Default 1.
+    pub stream_replicas: usize,
 }
 
 impl Default for NatsOptions {
@@ -89,6 +93,7 @@ impl Default for NatsOptions {
             max_ack_pending: 1024,
             pull_batch: 4,
             pull_max_bytes: 16 * 1024 * 1024,
+            stream_replicas: 1,
         }
     }
 }
@@ -105,6 +110,8 @@ impl NatsOptions {
             "max_ack_pending must be at least 1"
         } else if self.pull_batch < 1 {
             "pull_batch must be at least 1"
+        } else if !(1..=5).contains(&self.stream_replicas) {
+            "stream_replicas must be from 1 to 5"
         } else {
             return Ok(());
         };
@@ -173,7 +180,7 @@ impl NatsBus {
         let max_payload = client.max_payload();
         let mut consumers = HashMap::new();
         for queue in Queue::ALL {
-            ensure_stream(&js, queue, max_payload).await?;
+            ensure_stream(&js, queue, max_payload, options.stream_replicas).await?;
             consumers.insert(queue, ensure_consumer(&js, queue, &options).await?);
         }
         tracing::debug!(url, max_payload, "connected to the NATS bus");
@@ -230,7 +237,7 @@ fn log_connection_event(event: async_nats::Event) {
 }
 
 /// The stream configuration Strata needs for `queue`.
-fn stream_config(queue: Queue, max_payload: usize) -> jetstream::stream::Config {
+fn stream_config(queue: Queue, max_payload: usize, replicas: usize) -> jetstream::stream::Config {
     jetstream::stream::Config {
         name: queue.stream_name().to_string(),
         subjects: vec![queue.subject().to_string()],
@@ -240,13 +247,14 @@ fn stream_config(queue: Queue, max_payload: usize) -> jetstream::stream::Config 
         // the producer back off, where the default (discarding the oldest) would silently lose chunks.
         discard: DiscardPolicy::New,
         max_message_size: i32::try_from(max_payload).unwrap_or(i32::MAX),
+        num_replicas: replicas,
         ..Default::default()
     }
 }
 
-async fn ensure_stream(js: &jetstream::Context, queue: Queue, max_payload: usize) -> Result<()> {
+async fn ensure_stream(js: &jetstream::Context, queue: Queue, max_payload: usize, replicas: usize) -> Result<()> {
     let name = queue.stream_name();
-    let wanted = stream_config(queue, max_payload);
+    let wanted = stream_config(queue, max_payload, replicas);
     let stream = js.get_or_create_stream(wanted.clone()).await.map_err(|e| {
         BusError::Setup(format!(
             "cannot create or open JetStream stream {name}: {e}\nHINT: the server must be nats-server 2.10 or \
@@ -262,18 +270,20 @@ async fn ensure_stream(js: &jetstream::Context, queue: Queue, max_payload: usize
             have.retention, have.storage, have.subjects, wanted.retention, wanted.storage, wanted.subjects
         )));
     }
-    if have.max_message_size != wanted.max_message_size {
-        // The server's max_payload changed since the stream was created; follow it.
+    if have.max_message_size != wanted.max_message_size || have.num_replicas != wanted.num_replicas {
+        // The server's max_payload, or the deployment's replica count, changed since the stream was created;
+        // follow it (JetStream changes both in place).
         let mut updated = have.clone();
         updated.max_message_size = wanted.max_message_size;
+        updated.num_replicas = wanted.num_replicas;
         js.update_stream(&updated)
             .await
-            .map_err(|e| BusError::Setup(format!("cannot update max_message_size of stream {name}: {e}")))?;
+            .map_err(|e| BusError::Setup(format!("cannot update max_message_size or num_replicas of stream {name}: {e}")))?;
         tracing::info!(
             stream = name,
-            from = have.max_message_size,
-            to = wanted.max_message_size,
-            "updated the stream's max message size"
+            max_message_size = wanted.max_message_size,
+            replicas = wanted.num_replicas,
+            "updated the stream's max message size and replicas"
         );
     }
     Ok(())

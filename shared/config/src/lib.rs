@@ -37,6 +37,9 @@ pub struct Config {
     /// `local` or a `nats://` URL.
     #[serde(default = "default_bus")]
     bus: String,
+    /// How a `nats://` bus is reached and how its streams are laid out; ignored with `bus = "local"`.
+    #[serde(default)]
+    pub nats: NatsConfig,
     #[serde(default)]
     pub pipeline: PipelineConfig,
     #[serde(default)]
@@ -283,6 +286,21 @@ impl Default for ReplicatorConfig {
     }
 }
 
+/// The fleet bus's settings beyond its URL (`bus = "nats://a:4222,nats://b:4222"` lists the servers).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Copies JetStream keeps of each work-queue stream: 1 for a single nats-server, 3 for a three-server
+    /// cluster, so that losing one server loses no queued work and no stream.
+    pub stream_replicas: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig { stream_replicas: 1 }
+    }
+}
+
 fn default_bus() -> String {
     "local".into()
 }
@@ -438,8 +456,8 @@ fn in_range<T: PartialOrd + std::fmt::Display>(key: &str, value: T, lo: T, hi: T
     }
 }
 
-const TOP_LEVEL_KEYS: [&str; 11] =
-    ["bus", "pipeline", "stanza", "repo", "encryption", "replicator", "verifier", "restore_test", "alerts", "audit", "metrics"];
+const TOP_LEVEL_KEYS: [&str; 12] =
+    ["bus", "nats", "pipeline", "stanza", "repo", "encryption", "replicator", "verifier", "restore_test", "alerts", "audit", "metrics"];
 
 fn default_true() -> bool {
     true
@@ -587,6 +605,7 @@ impl Config {
         }
         in_range("replicator.interval_secs", self.replicator.interval_secs, 1, DAY)?;
         in_range("replicator.workers", self.replicator.workers, 1, MAX_WORKERS)?;
+        in_range("nats.stream_replicas", self.nats.stream_replicas, 1, 5)?;
         in_range("verifier.interval_secs", self.verifier.interval_secs, 1, DAY)?;
         in_range("verifier.reverify_secs", self.verifier.reverify_secs, 0, YEAR)?;
         in_range("restore_test.interval_secs", self.restore_test.interval_secs, 0, YEAR)?;

@@ -100,7 +100,7 @@ pub async fn connect_service_bus(
         tries += 1;
         let error = tokio::select! {
             _ = shutdown.as_mut() => return Ok(None),
-            connected = NatsBus::connect(&url) => match connected {
+            connected = NatsBus::connect_with(&url, nats_options(cfg)) => match connected {
                 Ok(bus) => {
                     if tries > 1 {
                         tracing::info!(url = %url, tries, "reached NATS");
@@ -124,9 +124,14 @@ pub async fn connect_service_bus(
 /// stages it needs on it).
 pub async fn connect_bus(cfg: &Config) -> anyhow::Result<(Arc<dyn Bus>, bool)> {
     match cfg.bus() {
-        BusConfig::Nats(url) => Ok((Arc::new(NatsBus::connect(&url).await?), false)),
+        BusConfig::Nats(url) => Ok((Arc::new(NatsBus::connect_with(&url, nats_options(cfg)).await?), false)),
         BusConfig::Local => Ok((Arc::new(LocalBus::new()), true)),
     }
+}
+
+/// The bus options a config asks for ([`strata_config::NatsConfig`]).
+pub fn nats_options(cfg: &Config) -> strata_bus::nats::NatsOptions {
+    strata_bus::nats::NatsOptions { stream_replicas: cfg.nats.stream_replicas, ..Default::default() }
 }
 
 /// Opens a repository's storage backend, without its key.
