@@ -40,10 +40,19 @@ pub enum CommitOutcome {
     AlreadyArchived,
 }
 
+/// A chunk sent and not yet confirmed stored.
+struct Pending {
+    /// In-flight window permits it holds.
+    permits: u32,
+    /// The message, kept to be sent again if the bus may have lost it; `None` on a bus that loses nothing
+    /// and while it is being published.
+    resend: Option<(Queue, Bytes)>,
+}
+
 #[derive(Default)]
 struct State {
-    /// Sent, not yet confirmed: chunk id -> permits it holds.
-    pending: HashMap<ChunkId, u32>,
+    /// Sent, not yet confirmed.
+    pending: HashMap<ChunkId, Pending>,
     stored: HashMap<ChunkId, ChunkRef>,
     written_bytes: u64,
     failure: Option<String>,
@@ -66,11 +75,16 @@ pub struct Job {
     /// The collector's metrics, which this job's chunks are added to as well.
     counters: Option<Arc<crate::metrics::SentCounters>>,
     listener: tokio::task::JoinHandle<()>,
+    /// Sends unconfirmed chunks again when the job stalls (only on a bus that may lose them).
+    resender: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Job {
     fn drop(&mut self) {
         self.listener.abort();
+        if let Some(r) = &self.resender {
+            r.abort();
+        }
     }
 }
 
@@ -91,6 +105,9 @@ impl Job {
         let window_permits = (in_flight_bytes / PERMIT_BYTES).max(1);
         let window = Arc::new(Semaphore::new(window_permits));
         let listener = tokio::spawn(listen(events, state.clone(), changed.clone(), window.clone()));
+        let resender = bus
+            .transient_may_be_lost()
+            .then(|| tokio::spawn(resend_when_stalled(bus.clone(), state.clone(), resend_after(stall))));
         Ok(Job {
             bus,
             id,
@@ -104,6 +121,7 @@ impl Job {
             sent_bytes: 0.into(),
             counters: None,
             listener,
+            resender,
         })
     }
 
@@ -236,7 +254,7 @@ impl Job {
                 return Ok(id);
             }
             // Reserve the id now so a concurrent sender of the same content doesn't publish it twice.
-            s.pending.insert(id, 0);
+            s.pending.insert(id, Pending { permits: 0, resend: None });
         }
         let permit = loop {
             self.check_failed()?;
@@ -246,8 +264,12 @@ impl Job {
             }
         };
         permit.forget();
-        self.state.lock().expect("job state").pending.insert(id, permits);
-        if let Err(e) = self.bus.publish_work(queue, Bytes::from(make())).await {
+        let message = Bytes::from(make());
+        let keep = self.bus.transient_may_be_lost().then(|| (queue, message.clone()));
+        self.state.lock().expect("job state").pending.insert(id, Pending { permits, resend: keep });
+        // Transient: the bus does not store chunks (see Bus::publish_transient); this job keeps each until
+        // it is confirmed, and the resender sends again what the bus may have lost.
+        if let Err(e) = self.bus.publish_transient(queue, message).await {
             let mut s = self.state.lock().expect("job state");
             s.pending.remove(&id);
             self.window.add_permits(permits as usize);
@@ -373,6 +395,46 @@ impl Job {
     }
 }
 
+/// How long the job waits without any confirmation before it sends its unconfirmed chunks again: a quarter
+/// of the stall timeout, at most 5 s. Confirmations flow every few milliseconds while chunks move, so a
+/// pause this long means chunks were lost on the way (a sealer or uploader died, a nats-server of the
+/// cluster died, a connection was dropped), or the stages are very slow, where a second copy costs work
+/// but no correctness.
+fn resend_after(stall: Duration) -> Duration {
+    (stall / 4).clamp(Duration::from_millis(500), Duration::from_secs(5))
+}
+
+/// Sends every unconfirmed chunk again each time no confirmation arrived for `after` (doubling while
+/// nothing comes back). Stages tolerate a message twice; the uploader stores a chunk once and the job
+/// takes the first confirmation. The job's stall timeout still decides when to give up.
+async fn resend_when_stalled(bus: Arc<dyn Bus>, state: Arc<Mutex<State>>, after: Duration) {
+    let mut wait = after;
+    let mut last_resend: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(after / 4).await;
+        let due = {
+            let s = state.lock().expect("job state");
+            let quiet = s.last_progress.map(|t| t.elapsed()).unwrap_or_default();
+            let since_resend = last_resend.map(|t| t.elapsed()).unwrap_or(Duration::MAX);
+            if quiet < after {
+                wait = after;
+            }
+            if s.pending.is_empty() || quiet < wait || since_resend < wait {
+                continue;
+            }
+            s.pending.values().filter_map(|p| p.resend.clone()).collect::<Vec<_>>()
+        };
+        tracing::warn!(chunks = due.len(), quiet_ms = wait.as_millis() as u64, "no chunk confirmed for a while; sending the unconfirmed ones again");
+        for (queue, message) in due {
+            if let Err(e) = bus.publish_transient(queue, message).await {
+                tracing::warn!(error = %e, "could not send a chunk again");
+            }
+        }
+        last_resend = Some(Instant::now());
+        wait = (wait * 2).min(after * 8);
+    }
+}
+
 async fn listen(mut events: Box<dyn EventStream>, state: Arc<Mutex<State>>, changed: Arc<Notify>, window: Arc<Semaphore>) {
     while let Some(payload) = events.next().await {
         let Ok(event) = decode::<JobEvent>(&payload) else {
@@ -387,8 +449,8 @@ async fn listen(mut events: Box<dyn EventStream>, state: Arc<Mutex<State>>, chan
                 for c in chunks.iter() {
                     let r = strata_messages::to_owned::<ChunkRef>(c);
                     // A redelivered chunk may be confirmed twice; only the first releases its permits.
-                    if let Some(permits) = s.pending.remove(&r.id) {
-                        window.add_permits(permits as usize);
+                    if let Some(p) = s.pending.remove(&r.id) {
+                        window.add_permits(p.permits as usize);
                     }
                     s.stored.entry(r.id).or_insert(r);
                 }

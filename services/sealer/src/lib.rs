@@ -1,8 +1,9 @@
 //! The sealer: compresses, then (in an encrypted repository) encrypts chunks.
 //!
-//! Consumes [`strata_messages::PlainChunk`]s from the `Seal` work queue and publishes [`SealedChunk`]s on the `Upload` queue.
-//! It acknowledges its input only after the bus confirmed the output, so a sealer killed at any point loses
-//! nothing: the unacknowledged chunk is redelivered to another worker. It never touches the repository and
+//! Consumes [`strata_messages::PlainChunk`]s from the `Seal` queue and publishes [`SealedChunk`]s on the
+//! `Upload` queue. Chunks travel as transient messages ([`Bus::publish_transient`]): a sealer killed at any
+//! point loses the chunks it held, and the job that sent them, which keeps every chunk until an uploader
+//! confirms it, sends them again. It never touches the repository and
 //! holds no state between chunks, so any number of sealers can run on any hosts.
 //!
 //! Compression is the pipeline's CPU bottleneck (zstd level 1 runs at about 200 MB/s per core on realistic
@@ -17,13 +18,23 @@ use std::sync::Arc;
 use strata_bus::{Bus, Delivery, Queue};
 use strata_messages::{encode_upload, SealedChunk, UploadWork, UPLOAD_WORK_VERSION};
 use strata_seal::Sealer;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 pub use metrics::{SealerError, SealerMetrics};
 
-/// Runs `workers` sealing tasks with `sealer` (the repository's: it holds the data key when the repository is
-/// encrypted) until `shutdown` completes, counting what they do in `metrics`.
+/// How many messages a sealer process holds per sealing thread: one being sealed, the others being
+/// published or acknowledged (network round trips that need no CPU) or waiting their turn.
+const IN_FLIGHT_PER_WORKER: usize = 4;
+
+/// Runs sealing with `workers` threads and `sealer` (the repository's: it holds the data key when the
+/// repository is encrypted) until `shutdown` completes, counting what it does in `metrics`.
+///
+/// One pull stream feeds a task per message; at most `workers` of them compress at once (compression is
+/// the CPU the process is for), while the others publish their output and acknowledge their input, which
+/// are round trips to the bus. A sealer that waited for each round trip before taking the next chunk
+/// spent most of its time idle.
 pub async fn run(
     bus: Arc<dyn Bus>,
     workers: usize,
@@ -32,43 +43,62 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
-    let mut tasks = Vec::new();
-    for n in 0..workers {
-        let mut input = bus.work(Queue::Seal).await?;
-        let bus = bus.clone();
-        let cancel = cancel.clone();
-        let sealer = Arc::new(sealer.clone());
-        let metrics = metrics.clone();
-        tasks.push(tokio::spawn(async move {
+    let mut input = bus.work(Queue::Seal).await?;
+    let sealer = Arc::new(sealer);
+    let cpu = Arc::new(Semaphore::new(workers));
+    let in_flight = Arc::new(Semaphore::new(workers * IN_FLIGHT_PER_WORKER));
+    let feeder = {
+        let (bus, cancel, metrics) = (bus.clone(), cancel.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
             loop {
+                let slot = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    slot = in_flight.clone().acquire_owned() => slot.expect("never closed"),
+                };
                 let next = tokio::select! {
                     _ = cancel.cancelled() => break,
                     next = input.next() => next,
                 };
                 match next {
-                    Some(Ok(delivery)) => seal_one(&*bus, &sealer, &metrics, delivery).await,
+                    Some(Ok(delivery)) => {
+                        let (bus, sealer, metrics, cpu) = (bus.clone(), sealer.clone(), metrics.clone(), cpu.clone());
+                        while tasks.try_join_next().is_some() {}
+                        tasks.spawn(async move {
+                            seal_one(&*bus, &sealer, &cpu, &metrics, delivery).await;
+                            drop(slot);
+                        });
+                    }
                     Some(Err(e)) => {
                         metrics.error(SealerError::Input);
-                        warn!(worker = n, error = %e, "sealer could not take work");
+                        warn!(error = %e, "sealer could not take work");
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     }
                     None => break,
                 }
             }
-        }));
-    }
+            // Finish what was taken: its output is published and its input acknowledged, or it is
+            // redelivered after the ack wait.
+            while tasks.join_next().await.is_some() {}
+        })
+    };
     info!(workers, "sealer running");
     shutdown.await;
     cancel.cancel();
-    for t in tasks {
-        let _ = t.await;
-    }
+    let _ = feeder.await;
     Ok(())
 }
 
-async fn seal_one(bus: &dyn Bus, sealer: &Arc<Sealer>, metrics: &SealerMetrics, delivery: Box<dyn Delivery>) {
+async fn seal_one(
+    bus: &dyn Bus,
+    sealer: &Arc<Sealer>,
+    cpu: &Semaphore,
+    metrics: &SealerMetrics,
+    delivery: Box<dyn Delivery>,
+) {
     let payload: Bytes = delivery.payload().clone();
     let sealer = sealer.clone();
+    let thread = cpu.acquire().await.expect("never closed");
     let sealed = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, u64, u64), String> {
         let (chunk, data) = strata_messages::decode_plain_chunk(&payload).map_err(|e| e.to_string())?;
         // The sealed bytes, then the header fields and rkyv's padding.
@@ -87,8 +117,11 @@ async fn seal_one(bus: &dyn Bus, sealer: &Arc<Sealer>, metrics: &SealerMetrics, 
     })
     .await
     .expect("sealing task panicked");
+    drop(thread);
     match sealed {
-        Ok((out, plain, sealed)) => match bus.publish_work(Queue::Upload, Bytes::from(out)).await {
+        // Transient, as its input: the job that sent the chunk keeps it until an uploader confirms it and
+        // sends it again if it is lost anywhere on the way.
+        Ok((out, plain, sealed)) => match bus.publish_transient(Queue::Upload, Bytes::from(out)).await {
             Ok(()) => {
                 metrics.sealed(plain, sealed);
                 if let Err(e) = delivery.ack().await {

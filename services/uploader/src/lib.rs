@@ -314,8 +314,10 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
     if let Err(e) = shared.bus.flush().await {
         warn!(error = %e, "uploader could not flush confirmations");
     }
-    for d in batch {
-        if let Err(e) = d.ack().await {
+    // All at once: each ack waits for the bus's confirmation, and one after the other they cost a round
+    // trip per chunk while the worker takes no new input.
+    for acked in futures::future::join_all(batch.into_iter().map(|d| d.ack())).await {
+        if let Err(e) = acked {
             shared.metrics.error(UploaderError::Ack);
             // Redelivery stores the chunk again (harmless) and confirms it again.
             warn!(error = %e, "uploader could not acknowledge a message");

@@ -47,6 +47,16 @@ impl Queue {
         }
     }
 
+    /// The core NATS subject of this queue's transient messages ([`Bus::publish_transient`]), which
+    /// its workers receive beside the durable ones, as a queue group.
+    pub fn transient_subject(self) -> &'static str {
+        match self {
+            Queue::Seal => "strata.data.seal",
+            Queue::Upload => "strata.data.upload",
+            Queue::Replicate => "strata.data.replicate",
+        }
+    }
+
     /// The subject messages of this queue are published on.
     pub fn subject(self) -> &'static str {
         match self {
@@ -80,6 +90,9 @@ impl BusError {
 
 pub type Result<T> = std::result::Result<T, BusError>;
 
+/// Resolves once a pipelined publish ([`Bus::publish_work_pipelined`]) is durable on the bus.
+pub type PublishReceipt = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
 /// One message taken from a work queue. It must be acknowledged once the worker's output is durable
 /// (published on the next queue, or written to the repository); dropping it unacknowledged makes the bus
 /// redeliver it.
@@ -101,7 +114,7 @@ pub trait Delivery: Send + Sync {
 /// A worker's handle on a work queue.
 #[async_trait]
 pub trait WorkStream: Send {
-    /// Waits for the next message; `None` once the bus is closed.
+    /// Waits for the next message (durable or transient); `None` once the bus is closed.
     async fn next(&mut self) -> Option<Result<Box<dyn Delivery>>>;
     /// Returns the next message if one arrives within `wait`, else `Ok(None)`. Lets batching workers notice
     /// that their input went idle.
@@ -126,6 +139,30 @@ pub trait Bus: Send + Sync {
     async fn publish_work_once(&self, queue: Queue, id: &str, payload: Bytes) -> Result<()> {
         let _ = id;
         self.publish_work(queue, payload).await
+    }
+    /// Hands `payload` to the bus for `queue` and returns as soon as it is on its way, with a receipt that
+    /// resolves once the bus holds it durably (what [`Bus::publish_work`] waits for). A producer that keeps
+    /// many publishes in flight this way is not held to one round trip per message; it must bound them
+    /// itself and treat a message as sent only once its receipt resolved `Ok`. Default: the publish,
+    /// completed, and a receipt that is already resolved.
+    async fn publish_work_pipelined(&self, queue: Queue, payload: Bytes) -> Result<PublishReceipt> {
+        self.publish_work(queue, payload).await?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
+    /// Hands `payload` to one worker of `queue` without storing it: over NATS a core message to the
+    /// queue's workers (a queue group), which is lost if no worker takes it, if the worker dies, or if a
+    /// server on its way dies. For bulk data whose producer keeps it until the far end confirms it and
+    /// sends it again otherwise ([`Bus::transient_may_be_lost`]): the job's chunks, which the commit rule
+    /// already makes independent of the bus keeping them. Storing every chunk in a JetStream stream on
+    /// its way to the sealers and again to the uploaders cost more CPU than compressing it (ARCHITECTURE.md,
+    /// "The bus"). Default: [`Bus::publish_work`].
+    async fn publish_transient(&self, queue: Queue, payload: Bytes) -> Result<()> {
+        self.publish_work(queue, payload).await
+    }
+    /// Whether a [`Bus::publish_transient`] message can be lost, so that its producer must keep it and send
+    /// it again when no confirmation comes. The in-process bus loses nothing while the process lives.
+    fn transient_may_be_lost(&self) -> bool {
+        false
     }
     /// Joins the pool of workers of `queue`.
     async fn work(&self, queue: Queue) -> Result<Box<dyn WorkStream>>;

@@ -28,10 +28,10 @@
 //!
 //! # Flow control
 //!
-//! A worker's stream pulls at most [`NatsOptions::pull_batch`] messages (and [`NatsOptions::pull_max_bytes`]
-//! bytes) per request and asks for more when half are consumed. With MiB-sized chunks, larger pulls let the
-//! server's per-connection buffer (`max_pending`, 64 MB) overflow, and the server then drops the connection as a
-//! slow consumer. Messages waiting in a worker's buffer already count against their ack wait.
+//! A worker's stream pulls at most [`NatsOptions::pull_batch`] messages and [`NatsOptions::pull_max_bytes`]
+//! bytes per request and asks for more when half are consumed. The byte bound is the one that matters for
+//! MiB-sized chunks: larger pulls let the server's per-connection buffer (`max_pending`, 64 MB) overflow, and
+//! the server then drops the connection as a slow consumer. Messages waiting in a worker's buffer already count against their ack wait.
 //!
 //! Payloads are handed out as the [`Bytes`] that async-nats received them in: no copy is made (they are
 //! generally not 16-byte aligned; see the rkyv note in the toolchain notes).
@@ -73,7 +73,9 @@ pub struct NatsOptions {
     /// Most messages handed out and not yet acknowledged, across all workers of a queue. Batching workers
     /// hold many messages at once; when the limit is reached the server stops delivering. Default 1024.
     pub max_ack_pending: i64,
-    /// Most messages one pull request asks for (see the module doc's flow control). Default 4.
+    /// Most messages one pull request asks for (see the module doc's flow control); `pull_max_bytes` is
+    /// what bounds a pull of MiB-sized chunks, this bounds a pull of small ones (sealed chunks of
+    /// compressible data are tens of KiB, and four per round trip starved the uploaders). Default 32.
     pub pull_batch: usize,
     /// Most bytes one pull request asks for; raised to the server's `max_payload` plus headroom if smaller, so
     /// that every message can be delivered. Default 16 MiB.
@@ -91,7 +93,7 @@ impl Default for NatsOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             max_ack_pending: 1024,
-            pull_batch: 4,
+            pull_batch: 32,
             pull_max_bytes: 16 * 1024 * 1024,
             stream_replicas: 1,
         }
@@ -340,25 +342,35 @@ async fn ensure_consumer(
 impl Bus for NatsBus {
     /// Cancel safety: if the future is dropped after the message was sent, the message may still be stored.
     async fn publish_work(&self, queue: Queue, payload: Bytes) -> Result<()> {
+        self.publish_work_pipelined(queue, payload).await?.await
+    }
+
+    /// The message goes into the connection's write buffer; the receipt waits for JetStream's publish ack,
+    /// which also names the stream that stored it.
+    async fn publish_work_pipelined(&self, queue: Queue, payload: Bytes) -> Result<crate::PublishReceipt> {
         self.check_size(&payload)?;
         let size = payload.len();
-        let failed = |reason: String| BusError::PublishFailed { subject: queue.subject().to_string(), reason };
-        let to_error = |e: jetstream::context::PublishError| match e.kind() {
-            PublishErrorKind::MaxPayloadExceeded => BusError::TooLarge { size, limit: self.max_payload() },
-            _ => failed(e.to_string()),
+        let limit = self.max_payload();
+        let to_error = move |e: jetstream::context::PublishError| match e.kind() {
+            PublishErrorKind::MaxPayloadExceeded => BusError::TooLarge { size, limit },
+            _ => BusError::PublishFailed { subject: queue.subject().to_string(), reason: e.to_string() },
         };
         let ack = self.inner.js.publish(queue.subject(), payload).await.map_err(to_error)?;
-        // Durable only once JetStream acknowledged it; the ack also names the stream that stored it.
-        let ack = ack.await.map_err(to_error)?;
-        if ack.stream != queue.stream_name() {
-            return Err(failed(format!(
-                "stored in stream {} instead of {}; another stream overlaps subject {}",
-                ack.stream,
-                queue.stream_name(),
-                queue.subject()
-            )));
-        }
-        Ok(())
+        Ok(Box::pin(async move {
+            let ack = ack.await.map_err(to_error)?;
+            if ack.stream != queue.stream_name() {
+                return Err(BusError::PublishFailed {
+                    subject: queue.subject().to_string(),
+                    reason: format!(
+                        "stored in stream {} instead of {}; another stream overlaps subject {}",
+                        ack.stream,
+                        queue.stream_name(),
+                        queue.subject()
+                    ),
+                });
+            }
+            Ok(())
+        }))
     }
 
     /// JetStream's `Nats-Msg-Id` header: the stream drops a second message with the same id within its
@@ -381,6 +393,20 @@ impl Bus for NatsBus {
         Ok(())
     }
 
+    async fn publish_transient(&self, queue: Queue, payload: Bytes) -> Result<()> {
+        self.check_size(&payload)?;
+        self.inner.client.publish(queue.transient_subject(), payload).await.map_err(|e| BusError::PublishFailed {
+            subject: queue.transient_subject().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn transient_may_be_lost(&self) -> bool {
+        true
+    }
+
+    /// The worker pulls from the queue's shared consumer and is a member of the queue's group on its
+    /// transient subject; it takes from whichever has a message.
     async fn work(&self, queue: Queue) -> Result<Box<dyn WorkStream>> {
         let consumer = &self.inner.consumers[&queue];
         let max_bytes = self.inner.options.pull_max_bytes.max(self.max_payload() + PULL_BYTES_HEADROOM);
@@ -391,8 +417,17 @@ impl Bus for NatsBus {
             .messages()
             .await
             .map_err(|e| self.unreachable(format!("cannot start pulling from {}: {e}", queue.stream_name())))?;
+        let transient = self
+            .inner
+            .client
+            .queue_subscribe(queue.transient_subject(), transient_group(queue))
+            .await
+            .map_err(|e| self.unreachable(format!("cannot subscribe to {}: {e}", queue.transient_subject())))?;
+        // Registered on the server before a producer is told the worker exists.
+        self.round_trip().await?;
         Ok(Box::new(NatsWork {
             messages,
+            transient,
             queue,
             url: self.inner.url.clone(),
             timeout: self.inner.options.request_timeout,
@@ -447,9 +482,16 @@ impl Bus for NatsBus {
     }
 }
 
-/// A worker's pull subscription on its queue's shared consumer.
+/// The queue group of a queue's workers on its transient subject.
+fn transient_group(queue: Queue) -> String {
+    format!("{}_WORKERS", queue.stream_name())
+}
+
+/// A worker's pull subscription on its queue's shared consumer, and its membership of the queue's group on
+/// the transient subject.
 struct NatsWork {
     messages: pull::Stream,
+    transient: async_nats::Subscriber,
     queue: Queue,
     url: String,
     timeout: Duration,
@@ -463,7 +505,12 @@ impl WorkStream for NatsWork {
     /// Cancel safety: cancel-safe; a message that arrives after the future is dropped stays buffered for the
     /// next call.
     async fn next(&mut self) -> Option<Result<Box<dyn Delivery>>> {
-        let item = self.messages.next().await?;
+        let item = tokio::select! {
+            item = self.messages.next() => item?,
+            message = self.transient.next() => {
+                return Some(Ok(Box::new(TransientDelivery { payload: message?.payload }) as Box<dyn Delivery>))
+            }
+        };
         Some(match item {
             Ok(message) => {
                 Ok(Box::new(NatsDelivery { message, queue: self.queue, timeout: self.timeout }) as Box<dyn Delivery>)
@@ -538,6 +585,27 @@ impl Delivery for NatsDelivery {
             subject: format!("in-progress ack of {}", self.queue.stream_name()),
             reason: e.to_string(),
         })
+    }
+}
+
+/// A transient message ([`Bus::publish_transient`]): nothing to acknowledge; a message given up on is
+/// simply gone, and its producer sends it again.
+struct TransientDelivery {
+    payload: Bytes,
+}
+
+#[async_trait]
+impl Delivery for TransientDelivery {
+    fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    async fn ack(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+
+    async fn nak(self: Box<Self>, _delay: Duration) -> Result<()> {
+        Ok(())
     }
 }
 
