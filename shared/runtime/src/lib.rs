@@ -129,9 +129,28 @@ pub async fn connect_bus(cfg: &Config) -> anyhow::Result<(Arc<dyn Bus>, bool)> {
     }
 }
 
-/// The bus options a config asks for ([`strata_config::NatsConfig`]).
+/// The bus options a config asks for ([`strata_config::NatsConfig`]). Secret files are named here and read
+/// by the bus when it connects; [`Config::load`] has already checked they exist and only their owner may
+/// read them.
 pub fn nats_options(cfg: &Config) -> strata_bus::nats::NatsOptions {
-    strata_bus::nats::NatsOptions { stream_replicas: cfg.nats.stream_replicas, ..Default::default() }
+    use strata_bus::nats::{NatsAuth, NatsTls};
+    let n = &cfg.nats;
+    let auth = if let Some(path) = &n.creds_file {
+        NatsAuth::CredsFile(path.clone())
+    } else if let Some(path) = &n.nkey_file {
+        NatsAuth::NkeyFile(path.clone())
+    } else if let (Some(user), Some(password_file)) = (&n.user, &n.password_file) {
+        NatsAuth::UserPassword { user: user.clone(), password_file: password_file.clone() }
+    } else {
+        NatsAuth::None
+    };
+    strata_bus::nats::NatsOptions {
+        stream_replicas: n.stream_replicas,
+        tls: NatsTls { ca_file: n.tls_ca_file.clone(), client_cert: n.tls_cert_file.clone().zip(n.tls_key_file.clone()) },
+        auth,
+        inbox_prefix: n.inbox_prefix.clone(),
+        ..Default::default()
+    }
 }
 
 /// Opens a repository's storage backend, without its key.
