@@ -2,6 +2,7 @@
 //! per-role permissions (`deploy/nats/accounts.conf`), each Strata role on its own nkey user.
 //!
 //! - Nobody gets in without the fleet's certificate and a user of its own.
+//! - Only an uploader may create the streams; a service of another role waits for one.
 //! - A sealer may publish sealed chunks but not a commit request, and cannot read a collector's fetch
 //!   replies; a replicator may share and take its own work.
 //! - A backup and a restore work with the collector, sealer, uploader and the `strata` command each on its
@@ -93,6 +94,34 @@ async fn a_client_without_the_fleets_certificate_or_a_user_cannot_connect() {
     let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{log}");
     assert!(errors[0].contains("refused this process's credentials"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_may_not_create_the_streams_waits_for_an_uploader() {
+    let dir = TestDir::new("bus_security_wait");
+    let bins = StrataBins::locate();
+    let nats = SecureNats::start(&dir, &bins);
+    let config = dir.path().join("sealer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "bus = {}\n[[repo]]\nname = \"local\"\ntype = \"posix\"\npath = {}\n{}",
+            strata_integration::config::toml_string(&nats.url()),
+            strata_integration::config::toml_string(&dir.subdir("repo").display().to_string()),
+            nats.nats_table("sealer"),
+        ),
+    )
+    .unwrap();
+    let mut sealer = Service::spawn(&bins, "strata-sealer", &config, dir.path());
+    // No stream yet, and the sealer's user may not create one: it retries, saying why.
+    sealer.wait_for_log("NATS is not reachable yet; retrying.*stream STRATA_SEAL: JetStream did not answer", Duration::from_secs(60));
+    let _uploader = connect_as(&nats, "uploader").await;
+    sealer.wait_for_log("sealer running", Duration::from_secs(60));
+    // The refused creates are the only permission the sealer's user lacked.
+    let server_log = std::fs::read_to_string(nats.server.log_file()).unwrap();
+    for line in server_log.lines().filter(|l| l.contains("Violation")) {
+        assert!(line.contains("Publish Violation - Subject \"$JS.API.STREAM.CREATE.STRATA_SEAL\""), "{line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
