@@ -96,6 +96,28 @@ async fn a_client_without_the_fleets_certificate_or_a_user_cannot_connect() {
     assert!(errors[0].contains("refused this process's credentials"), "{log}");
 }
 
+/// A server with plain user/password authorization (no TLS), for `user` and `password_file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_and_password_file_log_in_and_a_wrong_password_is_refused() {
+    let dir = TestDir::new("bus_security_password");
+    let server = NatsServer::start_with(&dir, "nats", "authorization { users = [ { user: strata, password: \"s3cret pass\" } ] }\n", &[]);
+    let secrets = dir.subdir("secrets");
+    let right = secrets.join("right");
+    std::fs::write(&right, "s3cret pass\n").unwrap();
+    let wrong = secrets.join("wrong");
+    std::fs::write(&wrong, "guess\n").unwrap();
+    let login = |password_file: &std::path::Path| NatsOptions {
+        auth: NatsAuth::UserPassword { user: "strata".into(), password_file: password_file.to_path_buf() },
+        ..Default::default()
+    };
+    let bus = NatsBus::connect_with(&server.url(), login(&right)).await.expect("the right password logs in");
+    bus.publish_work(Queue::Seal, Bytes::from_static(b"x")).await.unwrap();
+    let err = NatsBus::connect_with(&server.url(), login(&wrong)).await.expect_err("a wrong password logs in");
+    assert!(err.to_string().contains("refused this process's credentials"), "{err}");
+    let err = NatsBus::connect_with(&server.url(), NatsOptions::default()).await.expect_err("no user logs in");
+    assert!(matches!(err, BusError::Setup(_)), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_that_may_not_create_the_streams_waits_for_an_uploader() {
     let dir = TestDir::new("bus_security_wait");

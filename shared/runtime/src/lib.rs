@@ -83,7 +83,9 @@ const CONNECT_RETRY_MAX: Duration = Duration::from_secs(30);
 /// A NATS server that cannot be reached is waited for, not a reason to exit: services and nats-server
 /// start in any order (a host's boot, a NATS restart during a deployment). Each failed try is logged
 /// with its reason, and the pause between tries doubles from 1 s up to 30 s. A server that answers but
-/// cannot serve (too old, no JetStream, incompatible streams) is an error at once: waiting cannot fix it.
+/// cannot serve (too old, no JetStream, incompatible streams) or refuses this process's user or certificate
+/// is an error at once: waiting cannot fix it. A secured server whose streams this process's user may not
+/// create, and that no uploader has created yet, is waited for like an unreachable one.
 pub async fn connect_service_bus(
     cfg: &Config,
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
