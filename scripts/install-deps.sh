@@ -38,6 +38,8 @@ APT_PACKAGES=(
     python3 python3-venv
     build-essential gcc pkg-config
     ca-certificates curl time
+    # tests/bus_security.rs makes its TLS certificates with openssl.
+    openssl
 )
 
 step() { printf 'install-deps: %s\n' "$*"; }

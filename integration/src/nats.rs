@@ -106,6 +106,8 @@ pub struct NatsServer {
     log_file: PathBuf,
     port: Port,
     child: Option<Child>,
+    /// Environment of the server process (variables its config refers to).
+    env: Vec<(String, String)>,
     _test_dir: TestDir,
 }
 
@@ -117,6 +119,13 @@ impl NatsServer {
 
     /// Starts a server in `<test dir>/<name>` and waits until it is ready; for tests with several.
     pub fn start_named(dir: &TestDir, name: &str) -> NatsServer {
+        NatsServer::start_with(dir, name, "", &[])
+    }
+
+    /// Like [`NatsServer::start_named`], with `extra_config` appended to the config (`include` lines, a
+    /// `tls` block: see `nats_secure`) and `env` set for the server, whose config may refer to its
+    /// variables (`$NAME`).
+    pub fn start_with(dir: &TestDir, name: &str, extra_config: &str, env: &[(String, String)]) -> NatsServer {
         // Fails before anything is created when the binary is missing or too old.
         nats_server_bin();
         let home = dir.subdir(name);
@@ -128,7 +137,8 @@ impl NatsServer {
              server_name: strata-test-{port}\n\
              listen: \"127.0.0.1:{port}\"\n\
              max_payload: 8MB\n\
-             jetstream {{\n  store_dir: {store}\n}}\n",
+             jetstream {{\n  store_dir: {store}\n}}\n\
+             {extra_config}\n",
             port = port.get(),
             store = serde_json::to_string(&store_dir.display().to_string())
                 .expect("a string serialises"),
@@ -142,6 +152,7 @@ impl NatsServer {
             log_file: home.join("nats.log"),
             port,
             child: None,
+            env: env.to_vec(),
             _test_dir: dir.clone(),
         };
         server.start_again();
@@ -207,6 +218,7 @@ impl NatsServer {
             .arg("-c")
             .arg(&self.config_file)
             .arg("-js")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

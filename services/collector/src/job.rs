@@ -331,7 +331,7 @@ impl Job {
             packs,
             checkpoint,
         });
-        self.bus.publish_work(Queue::Upload, Bytes::from(encode_upload(&work, Vec::new()))).await?;
+        self.bus.publish_commit(Bytes::from(encode_upload(&work, Vec::new()))).await?;
         Ok(())
     }
 
@@ -347,7 +347,7 @@ impl Job {
 
     async fn commit(&self, work: UploadWork) -> Result<CommitOutcome, JobError> {
         self.state.lock().expect("job state").last_progress = Some(Instant::now());
-        self.bus.publish_work(Queue::Upload, Bytes::from(encode_upload(&work, Vec::new()))).await?;
+        self.bus.publish_commit(Bytes::from(encode_upload(&work, Vec::new()))).await?;
         loop {
             let notified = self.changed.notified();
             {

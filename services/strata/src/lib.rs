@@ -172,6 +172,10 @@ pub enum Command {
         #[arg(long, group = "new_key")]
         new_passphrase_env: Option<String>,
     },
+    /// Makes a NATS user's nkey for a role of the fleet: writes the seed to FILE (mode 0600; never over an
+    /// existing file; the role's nats.nkey_file) and prints the public key for the server's accounts.conf.
+    /// Needs no config.
+    NatsKeygen { file: PathBuf },
     /// Shows the audit log (`[audit] path`): who ran which operation, when, and how it ended. With
     /// --stanza, that stanza's operations and those about every stanza (config changes, rekeys).
     Audit {
@@ -255,6 +259,11 @@ pub fn shell_quote(word: &str) -> String {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before the config: keys are made on a machine that may have none yet.
+    if let Command::NatsKeygen { file } = &cli.command {
+        println!("{}", cmd::nats_keygen::run(file)?);
+        return Ok(());
+    }
     let cfg = Config::load(&cli.config, std::env::vars())?;
     let config_path = std::fs::canonicalize(&cli.config).unwrap_or(cli.config.clone());
     cmd::audit::note_config(&cfg, &config_path);
@@ -388,5 +397,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::RepoRekey { .. } => unreachable!("repo-rekey is dispatched before a stanza is required"),
         Command::Audit { .. } => unreachable!("audit is dispatched before a stanza is required"),
+        Command::NatsKeygen { .. } => unreachable!("nats-keygen is dispatched before the config is read"),
     }
 }

@@ -176,6 +176,14 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
                 }
                 placed.push((c.job.to_string(), c.id, existing));
             }
+            ArchivedUploadWork::CommitBackup(_) | ArchivedUploadWork::CommitWal(_) | ArchivedUploadWork::Checkpoint(_)
+                if !d.commit_allowed() =>
+            {
+                // Only a job's owner may ask for a commit (strata_bus::COMMIT_SUBJECT); this came on the
+                // chunks' subject, which sealers publish to too.
+                shared.metrics.error(UploaderError::Malformed);
+                error!("uploader dropped a commit request that came on the sealed chunks' subject");
+            }
             ArchivedUploadWork::CommitBackup(_) | ArchivedUploadWork::CommitWal(_) | ArchivedUploadWork::Checkpoint(_) => {
                 commits.push(i)
             }

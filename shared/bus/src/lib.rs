@@ -57,15 +57,31 @@ impl Queue {
         }
     }
 
-    /// The subject messages of this queue are published on.
+    /// The subject work of this queue is published on ([`Bus::publish_work`]).
     pub fn subject(self) -> &'static str {
         match self {
             Queue::Seal => "strata.work.seal",
-            Queue::Upload => "strata.work.upload",
+            Queue::Upload => "strata.work.upload.chunk",
             Queue::Replicate => "strata.work.replicate",
         }
     }
+
+    /// Every subject the queue's stream takes messages from: [`Queue::subject`], and for the upload queue
+    /// also [`COMMIT_SUBJECT`]. Workers take both alike.
+    pub fn stream_subjects(self) -> &'static [&'static str] {
+        match self {
+            Queue::Seal => &["strata.work.seal"],
+            Queue::Upload => &["strata.work.upload.chunk", COMMIT_SUBJECT],
+            Queue::Replicate => &["strata.work.replicate"],
+        }
+    }
 }
+
+/// The upload queue's subject for commit requests and checkpoints ([`Bus::publish_commit`]). It is apart
+/// from the sealed chunks' subject only so that a server can let sealers publish chunks and not commits: a
+/// commit is what makes a backup or WAL file exist, and only its job's owner (a collector, or the `strata`
+/// command on a database host) may ask for one.
+pub const COMMIT_SUBJECT: &str = "strata.work.upload.commit";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -90,8 +106,6 @@ impl BusError {
 
 pub type Result<T> = std::result::Result<T, BusError>;
 
-/// Resolves once a pipelined publish ([`Bus::publish_work_pipelined`]) is durable on the bus.
-pub type PublishReceipt = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
 
 /// One message taken from a work queue. It must be acknowledged once the worker's output is durable
 /// (published on the next queue, or written to the repository); dropping it unacknowledged makes the bus
@@ -99,6 +113,13 @@ pub type PublishReceipt = std::pin::Pin<Box<dyn std::future::Future<Output = Res
 #[async_trait]
 pub trait Delivery: Send + Sync {
     fn payload(&self) -> &Bytes;
+    /// Whether the message may be a commit request: true when it was published with [`Bus::publish_commit`]
+    /// (NATS: it came on [`COMMIT_SUBJECT`], which the server lets only job owners publish to). An uploader
+    /// drops a commit request that was not, since any producer of chunks could have sent it. The
+    /// in-process bus has no other producers than the `strata` command itself: always true there.
+    fn commit_allowed(&self) -> bool {
+        true
+    }
     /// Removes the message from the queue. Returns once the bus has confirmed it.
     async fn ack(self: Box<Self>) -> Result<()>;
     /// Gives the message back for redelivery (to any worker) after `delay`.
@@ -140,15 +161,6 @@ pub trait Bus: Send + Sync {
         let _ = id;
         self.publish_work(queue, payload).await
     }
-    /// Hands `payload` to the bus for `queue` and returns as soon as it is on its way, with a receipt that
-    /// resolves once the bus holds it durably (what [`Bus::publish_work`] waits for). A producer that keeps
-    /// many publishes in flight this way is not held to one round trip per message; it must bound them
-    /// itself and treat a message as sent only once its receipt resolved `Ok`. Default: the publish,
-    /// completed, and a receipt that is already resolved.
-    async fn publish_work_pipelined(&self, queue: Queue, payload: Bytes) -> Result<PublishReceipt> {
-        self.publish_work(queue, payload).await?;
-        Ok(Box::pin(std::future::ready(Ok(()))))
-    }
     /// Hands `payload` to one worker of `queue` without storing it: over NATS a core message to the
     /// queue's workers (a queue group), which is lost if no worker takes it, if the worker dies, or if a
     /// server on its way dies. For bulk data whose producer keeps it until the far end confirms it and
@@ -163,6 +175,11 @@ pub trait Bus: Send + Sync {
     /// it again when no confirmation comes. The in-process bus loses nothing while the process lives.
     fn transient_may_be_lost(&self) -> bool {
         false
+    }
+    /// Like [`Bus::publish_work`] on [`Queue::Upload`], for a commit request or a checkpoint: on NATS it
+    /// goes to [`COMMIT_SUBJECT`] (see there why), and the uploaders take it from the same stream.
+    async fn publish_commit(&self, payload: Bytes) -> Result<()> {
+        self.publish_work(Queue::Upload, payload).await
     }
     /// Joins the pool of workers of `queue`.
     async fn work(&self, queue: Queue) -> Result<Box<dyn WorkStream>>;

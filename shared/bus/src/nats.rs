@@ -2,8 +2,8 @@
 //!
 //! # Layout on the server
 //!
-//! Each [`Queue`] is one JetStream stream ([`Queue::stream_name`], bound to the single subject
-//! [`Queue::subject`]) with file storage and work-queue retention: a message is stored until a worker
+//! Each [`Queue`] is one JetStream stream ([`Queue::stream_name`], bound to the subjects
+//! [`Queue::stream_subjects`]) with file storage and work-queue retention: a message is stored until a worker
 //! acknowledges it, then deleted. Each stream has one durable pull consumer, [`WORKER_CONSUMER`], with explicit
 //! acks. Every worker of a stage, in any process, pulls from that same consumer; that is what makes them
 //! *competing* workers. (A work-queue stream also refuses a second unfiltered consumer, error 10099.)
@@ -14,6 +14,19 @@
 //! which follows the server's `max_payload`, and the consumer's ack wait and max ack pending) are brought in
 //! line with this process's options; anything that cannot be changed in place (a stream with another retention,
 //! storage or subject) fails with [`BusError::Setup`] instead of being deleted, because it may hold chunks.
+//!
+//! # Who may do what
+//!
+//! A fleet's server checks who connects ([`NatsOptions::auth`]: one NATS user per role) and over what
+//! ([`NatsOptions::tls`]), and allows each user only its role's subjects (`deploy/nats/accounts.conf`, where
+//! every subject a role needs is listed with the reason). Only the uploader's user may create and update
+//! the streams and consumers: the others read them on connect and find them as an uploader left them. A
+//! user that may not create them is not refused by the server; its request is dropped and times out, so a
+//! missing stream then reads as [`BusError::Unreachable`] and a service waits for an uploader as it waits
+//! for the server. Commit requests travel on their own subject of the upload stream
+//! ([`crate::COMMIT_SUBJECT`]), so that a sealer may publish sealed chunks but never ask for a commit.
+//! Reply subjects start with [`NatsOptions::inbox_prefix`], so a server can keep each role's replies (its
+//! JetStream deliveries among them) to itself.
 //!
 //! # Delivery guarantees
 //!
@@ -48,11 +61,16 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Name of the durable pull consumer that all workers of a queue share.
 pub const WORKER_CONSUMER: &str = "workers";
+
+/// The upload stream's one subject before [`crate::COMMIT_SUBJECT`] was split off; a stream found with it is
+/// given the current subjects on connect (its messages are kept: workers take every subject of the stream).
+const LEGACY_UPLOAD_SUBJECT: &str = "strata.work.upload";
 
 /// Headroom above `max_payload` that one pull request must allow, so that a message of the largest size plus
 /// its subject and JetStream headers always fits in a pull (the server would otherwise refuse to deliver it).
@@ -84,6 +102,38 @@ pub struct NatsOptions {
     /// three-server cluster so that one server's loss loses no stream. Applied when a stream is created and
     /// brought in line on connect. Default 1.
     pub stream_replicas: usize,
+    /// How the server's certificate is checked and which certificate this process shows. Default: no TLS
+    /// unless the URL says `tls://`.
+    pub tls: NatsTls,
+    /// Which NATS user this process is. Default: none (a server without authorization).
+    pub auth: NatsAuth,
+    /// Prefix of this connection's reply subjects (JetStream deliveries and acks come back on them), so a
+    /// server can allow each user only its own replies. Default `_INBOX`, NATS's usual one.
+    pub inbox_prefix: String,
+}
+
+/// TLS settings of a [`NatsBus`] connection; files are read when connecting.
+#[derive(Debug, Clone, Default)]
+pub struct NatsTls {
+    /// PEM CA certificate(s) that servers' certificates must chain to. Set: TLS is required.
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate and private key this process shows when the server verifies clients.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// The NATS user a [`NatsBus`] connects as; secrets are read from their files when connecting, so that
+/// they are never part of a config or an environment.
+#[derive(Debug, Clone, Default)]
+pub enum NatsAuth {
+    #[default]
+    None,
+    /// A `.creds` file (user JWT and nkey seed), for a server in operator (JWT) mode.
+    CredsFile(PathBuf),
+    /// A file holding the user's nkey seed (`SU...`), with optional `#` comment lines; for a server whose
+    /// `authorization` lists users by nkey.
+    NkeyFile(PathBuf),
+    /// A user name and a file whose first line is the password.
+    UserPassword { user: String, password_file: PathBuf },
 }
 
 impl Default for NatsOptions {
@@ -96,6 +146,9 @@ impl Default for NatsOptions {
             pull_batch: 32,
             pull_max_bytes: 16 * 1024 * 1024,
             stream_replicas: 1,
+            tls: NatsTls::default(),
+            auth: NatsAuth::None,
+            inbox_prefix: "_INBOX".to_string(),
         }
     }
 }
@@ -155,7 +208,8 @@ impl NatsBus {
     pub async fn connect_with(url: &str, options: NatsOptions) -> Result<NatsBus> {
         options.validate()?;
         let unreachable = |reason: String| BusError::Unreachable { url: url.to_string(), reason };
-        let connecting = async_nats::ConnectOptions::new()
+        let connecting = secured(async_nats::ConnectOptions::new(), &options)
+            .await?
             .name("strata")
             .connection_timeout(options.connect_timeout)
             .request_timeout(Some(options.request_timeout))
@@ -165,7 +219,7 @@ impl NatsBus {
         let client = tokio::time::timeout(options.connect_timeout * 2, connecting)
             .await
             .map_err(|_| unreachable(format!("no answer within {:?}", options.connect_timeout * 2)))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| connect_error(url, e))?;
 
         // 2.9 accepts the consumer settings Strata relies on and silently ignores some of them.
         if !client.is_server_compatible(2, 10, 0) {
@@ -182,8 +236,8 @@ impl NatsBus {
         let max_payload = client.max_payload();
         let mut consumers = HashMap::new();
         for queue in Queue::ALL {
-            ensure_stream(&js, queue, max_payload, options.stream_replicas).await?;
-            consumers.insert(queue, ensure_consumer(&js, queue, &options).await?);
+            ensure_stream(&js, url, queue, max_payload, options.stream_replicas).await?;
+            consumers.insert(queue, ensure_consumer(&js, url, queue, &options).await?);
         }
         tracing::debug!(url, max_payload, "connected to the NATS bus");
         Ok(NatsBus { inner: Arc::new(Inner { url: url.to_string(), client, js, consumers, options }) })
@@ -211,12 +265,95 @@ impl NatsBus {
         }
     }
 
+    /// [`Bus::publish_commit`]: like [`Bus::publish_work`] on [`Queue::Upload`], on [`crate::COMMIT_SUBJECT`].
+    async fn publish_on_commit_subject(&self, payload: Bytes) -> Result<()> {
+        self.check_size(&payload)?;
+        let queue = Queue::Upload;
+        let failed = |reason: String| BusError::PublishFailed { subject: crate::COMMIT_SUBJECT.to_string(), reason };
+        let ack = self.inner.js.publish(crate::COMMIT_SUBJECT, payload).await.map_err(|e| failed(e.to_string()))?;
+        let ack = ack.await.map_err(|e| failed(e.to_string()))?;
+        if ack.stream != queue.stream_name() {
+            return Err(failed(format!("stored in stream {} instead of {}", ack.stream, queue.stream_name())));
+        }
+        Ok(())
+    }
+
     fn check_size(&self, payload: &Bytes) -> Result<()> {
         let limit = self.max_payload();
         if payload.len() > limit {
             return Err(BusError::TooLarge { size: payload.len(), limit });
         }
         Ok(())
+    }
+}
+
+/// `connect` with the TLS, user and inbox settings of `options`. Reading a secret file fails here, with
+/// [`BusError::Setup`] naming it: waiting would not fix it.
+async fn secured(connect: async_nats::ConnectOptions, options: &NatsOptions) -> Result<async_nats::ConnectOptions> {
+    let unreadable = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+        BusError::Setup(format!("cannot read the NATS {what} {}: {e}", path.display()))
+    };
+    let mut connect = connect.custom_inbox_prefix(&options.inbox_prefix);
+    if let Some(ca) = &options.tls.ca_file {
+        connect = connect.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &options.tls.client_cert {
+        connect = connect.add_client_certificate(cert.clone(), key.clone());
+    }
+    Ok(match &options.auth {
+        NatsAuth::None => connect,
+        NatsAuth::CredsFile(path) => {
+            connect.credentials_file(path).await.map_err(|e| unreadable("credentials file", path, &e))?
+        }
+        NatsAuth::NkeyFile(path) => {
+            let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| unreadable("nkey file", path, &e))?);
+            let seed = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).unwrap_or_default();
+            // Checked here so that a wrong file is named, not reported as a failed handshake.
+            if let Err(e) = nkeys::KeyPair::from_seed(seed) {
+                return Err(unreadable("nkey file", path, &format!("no nkey seed in it ({e})")));
+            }
+            connect.nkey(seed.to_string())
+        }
+        NatsAuth::UserPassword { user, password_file } => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(password_file).map_err(|e| unreadable("password file", password_file, &e))?,
+            );
+            let password = text.lines().next().unwrap_or_default().trim_end_matches('\r');
+            connect.user_and_password(user.clone(), password.to_string())
+        }
+    })
+}
+
+/// A stream or consumer setup that JetStream did not answer in time. The usual cause on a secured server is
+/// a user that may read the streams but not create them (every role but the uploader's in
+/// `deploy/nats/accounts.conf`): the server drops the request and the client times out. Until an uploader
+/// has connected and created them, that is worth waiting for, so this is [`BusError::Unreachable`].
+fn setup_timed_out(url: &str, what: String) -> BusError {
+    BusError::Unreachable {
+        url: url.to_string(),
+        reason: format!(
+            "{what}: JetStream did not answer\nHINT: a NATS user that may not create Strata's streams and \
+             consumers (only the uploader's may, deploy/nats/accounts.conf) waits until an uploader has connected \
+             once; a process whose nats.inbox_prefix is not the one its user may subscribe to never hears back"
+        ),
+    }
+}
+
+/// A failed connect as a [`BusError`]: refused credentials and TLS failures are permanent
+/// ([`BusError::Setup`]), since trying again with the same files cannot succeed; anything else is the
+/// server being unreachable.
+fn connect_error(url: &str, e: async_nats::ConnectError) -> BusError {
+    use async_nats::ConnectErrorKind as Kind;
+    match e.kind() {
+        Kind::AuthorizationViolation | Kind::Authentication => BusError::Setup(format!(
+            "the NATS server at {url} refused this process's credentials: {e}\nHINT: check nats.nkey_file \
+             (or creds_file, user/password_file) against the server's authorization (deploy/nats/accounts.conf)"
+        )),
+        Kind::Tls => BusError::Setup(format!(
+            "TLS with the NATS server at {url} failed: {e}\nHINT: check nats.tls_ca_file, tls_cert_file and \
+             tls_key_file against the server's certificate and its tls block (deploy/nats/tls.conf)"
+        )),
+        _ => BusError::Unreachable { url: url.to_string(), reason: e.to_string() },
     }
 }
 
@@ -242,7 +379,7 @@ fn log_connection_event(event: async_nats::Event) {
 fn stream_config(queue: Queue, max_payload: usize, replicas: usize) -> jetstream::stream::Config {
     jetstream::stream::Config {
         name: queue.stream_name().to_string(),
-        subjects: vec![queue.subject().to_string()],
+        subjects: queue.stream_subjects().iter().map(|s| s.to_string()).collect(),
         storage: StorageType::File,
         retention: RetentionPolicy::WorkQueue,
         // No size limits are set, so this only matters if an operator adds some: refusing new work then makes
@@ -254,17 +391,25 @@ fn stream_config(queue: Queue, max_payload: usize, replicas: usize) -> jetstream
     }
 }
 
-async fn ensure_stream(js: &jetstream::Context, queue: Queue, max_payload: usize, replicas: usize) -> Result<()> {
+async fn ensure_stream(js: &jetstream::Context, url: &str, queue: Queue, max_payload: usize, replicas: usize) -> Result<()> {
     let name = queue.stream_name();
     let wanted = stream_config(queue, max_payload, replicas);
     let stream = js.get_or_create_stream(wanted.clone()).await.map_err(|e| {
+        if e.kind() == jetstream::context::CreateStreamErrorKind::TimedOut {
+            return setup_timed_out(url, format!("cannot create or open JetStream stream {name}"));
+        }
         BusError::Setup(format!(
             "cannot create or open JetStream stream {name}: {e}\nHINT: the server must be nats-server 2.10 or \
              later with JetStream enabled (`jetstream {{ store_dir: ... }}` or -js)"
         ))
     })?;
     let have = &stream.cached_info().config;
-    if have.retention != wanted.retention || have.storage != wanted.storage || have.subjects != wanted.subjects {
+    // Before commits had their own subject, the upload stream took one; what it holds is still good.
+    let older_subjects = queue == Queue::Upload && have.subjects == [LEGACY_UPLOAD_SUBJECT];
+    if have.retention != wanted.retention
+        || have.storage != wanted.storage
+        || (have.subjects != wanted.subjects && !older_subjects)
+    {
         return Err(BusError::Setup(format!(
             "JetStream stream {name} exists with retention {:?}, storage {:?}, subjects {:?}; Strata needs \
              {:?}, {:?}, {:?}\nHINT: it was not created by Strata; delete it once its messages are not needed \
@@ -272,15 +417,16 @@ async fn ensure_stream(js: &jetstream::Context, queue: Queue, max_payload: usize
             have.retention, have.storage, have.subjects, wanted.retention, wanted.storage, wanted.subjects
         )));
     }
-    if have.max_message_size != wanted.max_message_size || have.num_replicas != wanted.num_replicas {
+    if have.max_message_size != wanted.max_message_size || have.num_replicas != wanted.num_replicas || older_subjects {
         // The server's max_payload, or the deployment's replica count, changed since the stream was created;
-        // follow it (JetStream changes both in place).
+        // follow it (JetStream changes both in place, and the subjects too).
         let mut updated = have.clone();
         updated.max_message_size = wanted.max_message_size;
         updated.num_replicas = wanted.num_replicas;
+        updated.subjects = wanted.subjects.clone();
         js.update_stream(&updated)
             .await
-            .map_err(|e| BusError::Setup(format!("cannot update max_message_size or num_replicas of stream {name}: {e}")))?;
+            .map_err(|e| BusError::Setup(format!("cannot update max_message_size, num_replicas or subjects of stream {name}: {e}")))?;
         tracing::info!(
             stream = name,
             max_message_size = wanted.max_message_size,
@@ -293,6 +439,7 @@ async fn ensure_stream(js: &jetstream::Context, queue: Queue, max_payload: usize
 
 async fn ensure_consumer(
     js: &jetstream::Context,
+    url: &str,
     queue: Queue,
     options: &NatsOptions,
 ) -> Result<Consumer<pull::Config>> {
@@ -313,7 +460,12 @@ async fn ensure_consumer(
     let consumer = stream
         .get_or_create_consumer(WORKER_CONSUMER, wanted.clone())
         .await
-        .map_err(|e| setup("create or open", &e))?;
+        .map_err(|e| match e.kind() {
+            jetstream::stream::ConsumerErrorKind::TimedOut => {
+                setup_timed_out(url, format!("cannot create or open consumer {WORKER_CONSUMER} on stream {stream_name}"))
+            }
+            _ => setup("create or open", &e),
+        })?;
     let have = &consumer.cached_info().config;
     if have.ack_policy != AckPolicy::Explicit || !have.filter_subject.is_empty() || !have.filter_subjects.is_empty() {
         return Err(setup(
@@ -342,35 +494,30 @@ async fn ensure_consumer(
 impl Bus for NatsBus {
     /// Cancel safety: if the future is dropped after the message was sent, the message may still be stored.
     async fn publish_work(&self, queue: Queue, payload: Bytes) -> Result<()> {
-        self.publish_work_pipelined(queue, payload).await?.await
-    }
-
-    /// The message goes into the connection's write buffer; the receipt waits for JetStream's publish ack,
-    /// which also names the stream that stored it.
-    async fn publish_work_pipelined(&self, queue: Queue, payload: Bytes) -> Result<crate::PublishReceipt> {
         self.check_size(&payload)?;
         let size = payload.len();
         let limit = self.max_payload();
-        let to_error = move |e: jetstream::context::PublishError| match e.kind() {
+        let failed = |reason: String| BusError::PublishFailed { subject: queue.subject().to_string(), reason };
+        let to_error = |e: jetstream::context::PublishError| match e.kind() {
             PublishErrorKind::MaxPayloadExceeded => BusError::TooLarge { size, limit },
-            _ => BusError::PublishFailed { subject: queue.subject().to_string(), reason: e.to_string() },
+            _ => failed(e.to_string()),
         };
         let ack = self.inner.js.publish(queue.subject(), payload).await.map_err(to_error)?;
-        Ok(Box::pin(async move {
-            let ack = ack.await.map_err(to_error)?;
-            if ack.stream != queue.stream_name() {
-                return Err(BusError::PublishFailed {
-                    subject: queue.subject().to_string(),
-                    reason: format!(
-                        "stored in stream {} instead of {}; another stream overlaps subject {}",
-                        ack.stream,
-                        queue.stream_name(),
-                        queue.subject()
-                    ),
-                });
-            }
-            Ok(())
-        }))
+        // Durable only once JetStream acknowledged it; the ack also names the stream that stored it.
+        let ack = ack.await.map_err(to_error)?;
+        if ack.stream != queue.stream_name() {
+            return Err(failed(format!(
+                "stored in stream {} instead of {}; another stream overlaps subject {}",
+                ack.stream,
+                queue.stream_name(),
+                queue.subject()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn publish_commit(&self, payload: Bytes) -> Result<()> {
+        self.publish_on_commit_subject(payload).await
     }
 
     /// JetStream's `Nats-Msg-Id` header: the stream drops a second message with the same id within its
@@ -569,6 +716,11 @@ impl Delivery for NatsDelivery {
         &self.message.payload
     }
 
+    /// Also a message on the upload stream's pre-split subject: queued before the upgrade, by a collector.
+    fn commit_allowed(&self) -> bool {
+        matches!(self.message.subject.as_str(), crate::COMMIT_SUBJECT | LEGACY_UPLOAD_SUBJECT)
+    }
+
     /// Returns once the server confirmed the ack; on a work-queue stream the message is then deleted.
     async fn ack(self: Box<Self>) -> Result<()> {
         self.confirm(AckKind::Ack).await
@@ -598,6 +750,11 @@ struct TransientDelivery {
 impl Delivery for TransientDelivery {
     fn payload(&self) -> &Bytes {
         &self.payload
+    }
+
+    /// Commits travel only through JetStream, on the commit subject.
+    fn commit_allowed(&self) -> bool {
+        false
     }
 
     async fn ack(self: Box<Self>) -> Result<()> {

@@ -288,7 +288,7 @@ async fn concurrent_connects_create_one_work_queue_stream_and_one_consumer_per_q
         use async_nats::jetstream::stream::{RetentionPolicy, StorageType};
         assert_eq!(info.config.retention, RetentionPolicy::WorkQueue, "{queue:?}");
         assert_eq!(info.config.storage, StorageType::File, "{queue:?}");
-        assert_eq!(info.config.subjects, vec![queue.subject().to_string()]);
+        assert_eq!(info.config.subjects, queue.stream_subjects().iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert_eq!(info.config.max_message_size as usize, SHIPPED_MAX_PAYLOAD);
         assert_eq!(info.state.consumer_count, 1, "{queue:?} has exactly the shared consumer");
         let consumer = stream.consumer_info(WORKER_CONSUMER).await.unwrap();
@@ -579,4 +579,45 @@ async fn work_published_twice_with_one_id_is_stored_once() {
     b.publish_work_once(Queue::Replicate, "b.main.backup.L2", Bytes::from_static(b"other")).await.unwrap();
     let (stored, _, _, _) = queue_state(&server.url(), Queue::Replicate).await;
     assert_eq!(stored, 2, "the second publish of one id is a duplicate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_stream_of_the_single_subject_layout_is_given_the_commit_subject_and_keeps_its_work() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(&server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    // The upload stream as an older Strata made it, holding a commit request.
+    use async_nats::jetstream::stream::{Config, RetentionPolicy, StorageType};
+    js.create_stream(Config {
+        name: Queue::Upload.stream_name().to_string(),
+        subjects: vec!["strata.work.upload".to_string()],
+        retention: RetentionPolicy::WorkQueue,
+        storage: StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.publish("strata.work.upload", Bytes::from_static(b"old commit")).await.unwrap().await.unwrap();
+
+    let bus = NatsBus::connect(&server.url()).await.unwrap();
+    let mut stream = js.get_stream(Queue::Upload.stream_name()).await.unwrap();
+    let subjects = stream.info().await.unwrap().config.subjects.clone();
+    assert_eq!(subjects, vec!["strata.work.upload.chunk", strata_bus::COMMIT_SUBJECT]);
+    bus.publish_work(Queue::Upload, Bytes::from_static(b"chunk")).await.unwrap();
+    bus.publish_commit(Bytes::from_static(b"new commit")).await.unwrap();
+    let mut work = bus.work(Queue::Upload).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let d = work.next_within(ARRIVES).await.unwrap().expect("queued work");
+        got.push((d.payload().clone(), d.commit_allowed()));
+        d.ack().await.unwrap();
+    }
+    assert_eq!(
+        got,
+        vec![
+            (Bytes::from_static(b"old commit"), true),
+            (Bytes::from_static(b"chunk"), false),
+            (Bytes::from_static(b"new commit"), true)
+        ]
+    );
 }

@@ -287,18 +287,122 @@ impl Default for ReplicatorConfig {
 }
 
 /// The fleet bus's settings beyond its URL (`bus = "nats://a:4222,nats://b:4222"` lists the servers).
+///
+/// A fleet's bus is secured with TLS (the server's certificate checked against `tls_ca_file`, and this
+/// process's `tls_cert_file`/`tls_key_file` shown to servers that verify clients) and with one NATS user per
+/// role, whose server-side permissions allow only what that role does (`deploy/nats/accounts.conf`). The
+/// user is given by at most one of `nkey_file` (what the shipped server config uses), `creds_file` (a JWT
+/// for an operator-mode server) or `user` with `password_file`. Secrets only come from files, and a secret
+/// file that its group or others may read is refused at load, as the passphrase file is.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
     /// Copies JetStream keeps of each work-queue stream: 1 for a single nats-server, 3 for a three-server
     /// cluster, so that losing one server loses no queued work and no stream.
     pub stream_replicas: usize,
+    /// PEM file of the CA(s) that signed the servers' certificates; set: the connection must use TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM certificate (chain) this process shows to servers that verify clients; with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`; a secret (owner-only).
+    pub tls_key_file: Option<PathBuf>,
+    /// NATS credentials file (`.creds`: a user JWT and its nkey seed), for a server in operator (JWT) mode;
+    /// a secret (owner-only).
+    pub creds_file: Option<PathBuf>,
+    /// File holding the user's nkey seed (`SU...`; lines starting with '#' are comments), as written by
+    /// `strata nats-keygen`; the server knows the user by its public key. A secret (owner-only).
+    pub nkey_file: Option<PathBuf>,
+    /// User name, for a server with user/password authorization; with `password_file`.
+    pub user: Option<String>,
+    /// File whose first line is `user`'s password; a secret (owner-only).
+    pub password_file: Option<PathBuf>,
+    /// Prefix of this process's reply subjects (default `_INBOX`). Give each role its own
+    /// (`_INBOX_sealer`) and allow a role to subscribe only to `<prefix>.>`: then no role can read the
+    /// replies (JetStream deliveries, publish acks) meant for another.
+    pub inbox_prefix: String,
 }
 
 impl Default for NatsConfig {
     fn default() -> Self {
-        NatsConfig { stream_replicas: 1 }
+        NatsConfig {
+            stream_replicas: 1,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            creds_file: None,
+            nkey_file: None,
+            user: None,
+            password_file: None,
+            inbox_prefix: "_INBOX".into(),
+        }
     }
+}
+
+impl NatsConfig {
+    /// The checks serde cannot make: files that exist, secrets only their owner may read, one way to
+    /// authenticate. Each failure is one line naming the key.
+    fn validate(&self) -> Result<(), String> {
+        let files = [("tls_ca_file", &self.tls_ca_file), ("tls_cert_file", &self.tls_cert_file)];
+        let secrets = [
+            ("tls_key_file", &self.tls_key_file),
+            ("creds_file", &self.creds_file),
+            ("nkey_file", &self.nkey_file),
+            ("password_file", &self.password_file),
+        ];
+        for (key, path) in files {
+            if let Some(path) = path {
+                readable_file(key, path)?;
+            }
+        }
+        for (key, path) in secrets {
+            if let Some(path) = path {
+                let mode = readable_file(key, path)?;
+                if mode & 0o077 != 0 {
+                    return Err(format!(
+                        "nats.{key} = '{}' is open to group or others (mode {mode:04o}); allow only its owner (chmod 600)",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err("nats: give both tls_cert_file and tls_key_file, or neither".into());
+        }
+        let ways = [self.creds_file.is_some(), self.nkey_file.is_some(), self.user.is_some()];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            return Err("nats: give at most one of creds_file, nkey_file and user (with password_file)".into());
+        }
+        if self.user.is_some() != self.password_file.is_some() {
+            return Err("nats: give both user and password_file, or neither".into());
+        }
+        let p = &self.inbox_prefix;
+        if p.is_empty()
+            || p.starts_with('.')
+            || p.ends_with('.')
+            || p.contains("..")
+            || !p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'))
+        {
+            return Err(format!(
+                "nats.inbox_prefix = '{p}' must be a subject: tokens of letters, digits, '_', '-' and '$' joined by '.'"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks `path` (the value of `nats.<key>`) is a file this process can open; returns its mode bits.
+fn readable_file(key: &str, path: &Path) -> Result<u32, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let named = || format!("nats.{key} = '{}'", path.display());
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("{}: no such file", named()),
+        _ => format!("{}: {e}", named()),
+    })?;
+    if !meta.is_file() {
+        return Err(format!("{}: not a file", named()));
+    }
+    std::fs::File::open(path).map_err(|e| format!("{}: cannot open: {e}", named()))?;
+    Ok(meta.permissions().mode() & 0o7777)
 }
 
 fn default_bus() -> String {
@@ -496,6 +600,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         self.bus_config()?;
+        self.nats.validate()?;
         if self.repo.is_empty() {
             return Err("no [[repo]] is configured".into());
         }
@@ -769,5 +874,99 @@ mod tests {
         let f = write(&format!("{GOOD}\n{edges}"));
         let c = Config::load(f.path(), vec![]).unwrap();
         assert_eq!((c.pipeline.compress_level, c.pipeline.archive_timeout_secs), (19, 60));
+    }
+
+    /// A file in `dir` holding `text`, with mode `mode`.
+    fn file_with_mode(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    fn load_with_nats(nats: &str) -> Result<Config, String> {
+        let f = write(&format!("{GOOD}\n[nats]\n{nats}\n"));
+        Config::load(f.path(), vec![]).map_err(|e| e.to_string())
+    }
+
+    fn one_line_naming(err: &str, key: &str, what: &str) {
+        assert!(!err.contains('\n'), "not one line: {err}");
+        assert!(err.contains(key) && err.contains(what), "{key}, {what}: {err}");
+    }
+
+    #[test]
+    fn a_secured_bus_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = file_with_mode(dir.path(), "ca.pem", "pem", 0o644);
+        let cert = file_with_mode(dir.path(), "c.pem", "pem", 0o644);
+        let key = file_with_mode(dir.path(), "c.key", "pem", 0o600);
+        let seed = file_with_mode(dir.path(), "sealer.nk", "SU...", 0o400);
+        let c = load_with_nats(&format!(
+            "tls_ca_file = {ca:?}\ntls_cert_file = {cert:?}\ntls_key_file = {key:?}\nnkey_file = {seed:?}\ninbox_prefix = \"_INBOX_sealer\""
+        ))
+        .unwrap();
+        assert_eq!(c.nats.nkey_file.as_deref(), Some(seed.as_path()));
+        assert_eq!(c.nats.inbox_prefix, "_INBOX_sealer");
+        let password = file_with_mode(dir.path(), "pw", "secret", 0o600);
+        let c = load_with_nats(&format!("user = \"uploader\"\npassword_file = {password:?}")).unwrap();
+        assert_eq!(c.nats.user.as_deref(), Some("uploader"));
+        // The environment can give each service on a host its own user.
+        let f = write(GOOD);
+        let env = vec![("STRATA_NATS__NKEY_FILE".to_string(), seed.display().to_string())];
+        assert_eq!(Config::load(f.path(), env).unwrap().nats.nkey_file.as_deref(), Some(seed.as_path()));
+        assert_eq!(Config::load(f.path(), vec![]).unwrap().nats.inbox_prefix, "_INBOX");
+    }
+
+    #[test]
+    fn a_secret_file_open_to_others_is_refused_in_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        for (key, mode) in [("nkey_file", 0o644), ("creds_file", 0o640), ("password_file", 0o604), ("tls_key_file", 0o660)] {
+            let path = file_with_mode(dir.path(), key, "secret", mode);
+            let mut extra = format!("{key} = {path:?}");
+            match key {
+                "password_file" => extra.push_str("\nuser = \"u\""),
+                "tls_key_file" => {
+                    let cert = file_with_mode(dir.path(), "cert.pem", "pem", 0o644);
+                    extra.push_str(&format!("\ntls_cert_file = {cert:?}"));
+                }
+                _ => {}
+            }
+            let err = load_with_nats(&extra).expect_err(key);
+            one_line_naming(&err, &format!("nats.{key}"), &format!("open to group or others (mode {mode:04o})"));
+            assert!(err.contains("chmod 600"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_tls_or_credentials_file_is_one_line() {
+        let err = load_with_nats("tls_ca_file = \"/nonexistent/ca.pem\"").unwrap_err();
+        one_line_naming(&err, "nats.tls_ca_file = '/nonexistent/ca.pem'", "no such file");
+        let err = load_with_nats("nkey_file = \"/nonexistent/u.nk\"").unwrap_err();
+        one_line_naming(&err, "nats.nkey_file = '/nonexistent/u.nk'", "no such file");
+        let dir = tempfile::tempdir().unwrap();
+        let err = load_with_nats(&format!("tls_ca_file = {:?}", dir.path())).unwrap_err();
+        one_line_naming(&err, "nats.tls_ca_file", "not a file");
+    }
+
+    #[test]
+    fn bus_credentials_must_be_complete_and_single() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = file_with_mode(dir.path(), "c.pem", "pem", 0o644);
+        let seed = file_with_mode(dir.path(), "u.nk", "SU", 0o600);
+        let creds = file_with_mode(dir.path(), "u.creds", "jwt", 0o600);
+        let pw = file_with_mode(dir.path(), "pw", "pw", 0o600);
+        let cases = [
+            (format!("tls_cert_file = {cert:?}"), "give both tls_cert_file and tls_key_file"),
+            (format!("nkey_file = {seed:?}\ncreds_file = {creds:?}"), "at most one of creds_file, nkey_file and user"),
+            ("user = \"u\"".to_string(), "give both user and password_file"),
+            (format!("password_file = {pw:?}"), "give both user and password_file"),
+            ("inbox_prefix = \"_INBOX.>\"".to_string(), "nats.inbox_prefix = '_INBOX.>' must be a subject"),
+            ("inbox_prefix = \"\"".to_string(), "nats.inbox_prefix"),
+        ];
+        for (extra, what) in cases {
+            let err = load_with_nats(&extra).expect_err(&extra);
+            one_line_naming(&err, "nats", what);
+        }
     }
 }

@@ -83,7 +83,9 @@ const CONNECT_RETRY_MAX: Duration = Duration::from_secs(30);
 /// A NATS server that cannot be reached is waited for, not a reason to exit: services and nats-server
 /// start in any order (a host's boot, a NATS restart during a deployment). Each failed try is logged
 /// with its reason, and the pause between tries doubles from 1 s up to 30 s. A server that answers but
-/// cannot serve (too old, no JetStream, incompatible streams) is an error at once: waiting cannot fix it.
+/// cannot serve (too old, no JetStream, incompatible streams) or refuses this process's user or certificate
+/// is an error at once: waiting cannot fix it. A secured server whose streams this process's user may not
+/// create, and that no uploader has created yet, is waited for like an unreachable one.
 pub async fn connect_service_bus(
     cfg: &Config,
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
@@ -129,9 +131,28 @@ pub async fn connect_bus(cfg: &Config) -> anyhow::Result<(Arc<dyn Bus>, bool)> {
     }
 }
 
-/// The bus options a config asks for ([`strata_config::NatsConfig`]).
+/// The bus options a config asks for ([`strata_config::NatsConfig`]). Secret files are named here and read
+/// by the bus when it connects; [`Config::load`] has already checked they exist and only their owner may
+/// read them.
 pub fn nats_options(cfg: &Config) -> strata_bus::nats::NatsOptions {
-    strata_bus::nats::NatsOptions { stream_replicas: cfg.nats.stream_replicas, ..Default::default() }
+    use strata_bus::nats::{NatsAuth, NatsTls};
+    let n = &cfg.nats;
+    let auth = if let Some(path) = &n.creds_file {
+        NatsAuth::CredsFile(path.clone())
+    } else if let Some(path) = &n.nkey_file {
+        NatsAuth::NkeyFile(path.clone())
+    } else if let (Some(user), Some(password_file)) = (&n.user, &n.password_file) {
+        NatsAuth::UserPassword { user: user.clone(), password_file: password_file.clone() }
+    } else {
+        NatsAuth::None
+    };
+    strata_bus::nats::NatsOptions {
+        stream_replicas: n.stream_replicas,
+        tls: NatsTls { ca_file: n.tls_ca_file.clone(), client_cert: n.tls_cert_file.clone().zip(n.tls_key_file.clone()) },
+        auth,
+        inbox_prefix: n.inbox_prefix.clone(),
+        ..Default::default()
+    }
 }
 
 /// Opens a repository's storage backend, without its key.

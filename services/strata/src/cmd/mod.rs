@@ -8,6 +8,7 @@ pub mod check;
 pub mod delta;
 pub mod expire;
 pub mod info;
+pub mod nats_keygen;
 pub mod rekey;
 pub mod restore;
 pub mod restore_test;
