@@ -62,7 +62,7 @@ pub use bins::{Service, StrataBins};
 pub use config::write_config;
 pub use faultproxy::{FaultCounts, FaultProxy};
 pub use logcheck::{assert_no_errors, wait_for_line, LogCheck};
-pub use nats::NatsServer;
+pub use nats::{NatsCluster, NatsServer};
 pub use pg::{PgBench, PgCluster, PgOptions};
 pub use ports::{reserve_port, Port};
 pub use process::CommandError;
