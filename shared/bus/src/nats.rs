@@ -152,13 +152,14 @@ impl NatsBus {
     /// Like [`NatsBus::connect`], with explicit options.
     pub async fn connect_with(url: &str, options: NatsOptions) -> Result<NatsBus> {
         options.validate()?;
+        let servers = server_addrs(url)?;
         let unreachable = |reason: String| BusError::Unreachable { url: url.to_string(), reason };
         let connecting = async_nats::ConnectOptions::new()
             .name("strata")
             .connection_timeout(options.connect_timeout)
             .request_timeout(Some(options.request_timeout))
             .event_callback(|event| async move { log_connection_event(event) })
-            .connect(url);
+            .connect(servers);
         // connection_timeout bounds each attempt; this also bounds name resolution and the handshake.
         let client = tokio::time::timeout(options.connect_timeout * 2, connecting)
             .await
@@ -216,6 +217,23 @@ impl NatsBus {
         }
         Ok(())
     }
+}
+
+/// The servers of a bus URL: one `nats://host:port`, or several comma-separated (a cluster's members).
+/// async-nats parses one address per string, so the list is split here; a malformed entry is a setup error,
+/// which retrying cannot fix.
+fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>> {
+    url.split(',')
+        .map(str::trim)
+        .map(|server| {
+            let invalid = |why: String| BusError::Setup(format!("invalid NATS server address {server:?} in bus {url:?}: {why}"));
+            if server.is_empty() {
+                // async-nats would read it as a server without a host.
+                return Err(invalid("empty".into()));
+            }
+            server.parse::<async_nats::ServerAddr>().map_err(|e| invalid(e.to_string()))
+        })
+        .collect()
 }
 
 /// Reports the connection's life. async-nats reconnects by itself (unbounded, with backoff); meanwhile
@@ -550,5 +568,20 @@ struct NatsEvents {
 impl EventStream for NatsEvents {
     async fn next(&mut self) -> Option<Bytes> {
         self.subscriber.next().await.map(|message| message.payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_addrs;
+
+    #[test]
+    fn a_bus_url_lists_one_or_more_servers() {
+        assert_eq!(server_addrs("nats://127.0.0.1:4222").unwrap().len(), 1);
+        let cluster = server_addrs("nats://a:4222,nats://b:4223, nats://c:4224").unwrap();
+        let ports: Vec<u16> = cluster.iter().map(|s| s.port()).collect();
+        assert_eq!(ports, [4222, 4223, 4224]);
+        assert!(server_addrs("nats://a:4222,").unwrap_err().is_permanent());
+        assert!(server_addrs("nats://a:x").unwrap_err().is_permanent());
     }
 }
