@@ -181,8 +181,8 @@ impl NatsBus {
         let max_payload = client.max_payload();
         let mut consumers = HashMap::new();
         for queue in Queue::ALL {
-            ensure_stream(&js, queue, max_payload, options.stream_replicas).await?;
-            consumers.insert(queue, ensure_consumer(&js, queue, &options).await?);
+            let stream = ensure_stream(&js, queue, max_payload, options.stream_replicas).await?;
+            consumers.insert(queue, ensure_consumer(&stream, queue, &options).await?);
         }
         tracing::debug!(url, max_payload, "connected to the NATS bus");
         Ok(NatsBus { inner: Arc::new(Inner { url: url.to_string(), client, js, consumers, options }) })
@@ -270,7 +270,16 @@ fn stream_config(queue: Queue, max_payload: usize, replicas: usize) -> jetstream
     }
 }
 
-async fn ensure_stream(js: &jetstream::Context, queue: Queue, max_payload: usize, replicas: usize) -> Result<()> {
+/// Returns the stream's handle, which [`ensure_consumer`] uses rather than looking the stream up again: in a
+/// cluster, a stream another process has just created exists for the metadata leader (which answers
+/// creates) before its own replicas have elected a leader (which answers lookups), and a lookup meanwhile
+/// says "stream not found" (error 10059), which made a service starting beside another exit.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    queue: Queue,
+    max_payload: usize,
+    replicas: usize,
+) -> Result<jetstream::stream::Stream> {
     let name = queue.stream_name();
     let wanted = stream_config(queue, max_payload, replicas);
     let stream = js.get_or_create_stream(wanted.clone()).await.map_err(|e| {
@@ -304,11 +313,11 @@ async fn ensure_stream(js: &jetstream::Context, queue: Queue, max_payload: usize
             "updated the stream's max message size and replicas"
         );
     }
-    Ok(())
+    Ok(stream)
 }
 
 async fn ensure_consumer(
-    js: &jetstream::Context,
+    stream: &jetstream::stream::Stream,
     queue: Queue,
     options: &NatsOptions,
 ) -> Result<Consumer<pull::Config>> {
@@ -325,7 +334,6 @@ async fn ensure_consumer(
         max_ack_pending: options.max_ack_pending,
         ..Default::default()
     };
-    let stream = js.get_stream(stream_name).await.map_err(|e| setup("open stream for", &e))?;
     let consumer = stream
         .get_or_create_consumer(WORKER_CONSUMER, wanted.clone())
         .await
@@ -406,6 +414,7 @@ impl Bus for NatsBus {
             .stream()
             .max_messages_per_batch(self.inner.options.pull_batch)
             .max_bytes_per_batch(max_bytes)
+            .expires(self.inner.options.pull_expires)
             .messages()
             .await
             .map_err(|e| self.unreachable(format!("cannot start pulling from {}: {e}", queue.stream_name())))?;
