@@ -82,6 +82,12 @@ pub struct NatsOptions {
     /// three-server cluster so that one server's loss loses no stream. Applied when a stream is created and
     /// brought in line on connect. Default 1.
     pub stream_replicas: usize,
+    /// How long one pull request waits at the consumer's leader before it expires and the worker sends
+    /// another. In a cluster, pull requests live only on the consumer's leader: when that server dies, its
+    /// waiting requests die with it, and the worker, connected to another server, notices only when its
+    /// request should have expired (async-nats re-pulls 5 s after that). So this bounds how long a worker
+    /// sits idle after a leader's loss. An idle worker sends one small request per period. Default 5 s.
+    pub pull_expires: Duration,
 }
 
 impl Default for NatsOptions {
@@ -94,6 +100,7 @@ impl Default for NatsOptions {
             pull_batch: 4,
             pull_max_bytes: 16 * 1024 * 1024,
             stream_replicas: 1,
+            pull_expires: Duration::from_secs(5),
         }
     }
 }
@@ -110,6 +117,9 @@ impl NatsOptions {
             "max_ack_pending must be at least 1"
         } else if self.pull_batch < 1 {
             "pull_batch must be at least 1"
+        } else if self.pull_expires < Duration::from_secs(1) {
+            // The server refuses expiries under 1 ms and async-nats needs room for a heartbeat below it.
+            "pull_expires must be at least 1 s"
         } else if !(1..=5).contains(&self.stream_replicas) {
             "stream_replicas must be from 1 to 5"
         } else {
