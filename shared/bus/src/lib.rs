@@ -16,6 +16,7 @@
 
 pub mod local;
 pub mod nats;
+pub mod retrying;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 pub use local::LocalBus;
 pub use nats::NatsBus;
+pub use retrying::RetryingBus;
 
 /// A stage's durable work queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
