@@ -191,8 +191,13 @@ impl NatsBus {
         let max_payload = client.max_payload();
         let mut consumers = HashMap::new();
         for queue in Queue::ALL {
-            let stream = ensure_stream(&js, queue, max_payload, options.stream_replicas).await?;
-            consumers.insert(queue, ensure_consumer(&stream, queue, &options).await?);
+            // A timed-out JetStream request is reported as unreachable (see `setup_timed_out`), at this URL.
+            let at_url = |e: BusError| match e {
+                BusError::Unreachable { reason, .. } => unreachable(reason),
+                e => e,
+            };
+            let stream = ensure_stream(&js, queue, max_payload, options.stream_replicas).await.map_err(at_url)?;
+            consumers.insert(queue, ensure_consumer(&stream, queue, &options).await.map_err(at_url)?);
         }
         tracing::debug!(url, max_payload, "connected to the NATS bus");
         Ok(NatsBus { inner: Arc::new(Inner { url: url.to_string(), client, js, consumers, options }) })
@@ -293,6 +298,9 @@ async fn ensure_stream(
     let name = queue.stream_name();
     let wanted = stream_config(queue, max_payload, replicas);
     let stream = js.get_or_create_stream(wanted.clone()).await.map_err(|e| {
+        if e.kind() == jetstream::context::CreateStreamErrorKind::TimedOut {
+            return setup_timed_out(&format!("creating or opening stream {name}"), &e);
+        }
         BusError::Setup(format!(
             "cannot create or open JetStream stream {name}: {e}\nHINT: the server must be nats-server 2.10 or \
              later with JetStream enabled (`jetstream {{ store_dir: ... }}` or -js)"
@@ -326,6 +334,18 @@ async fn ensure_stream(
     Ok(stream)
 }
 
+/// A JetStream API request made while connecting went unanswered. A server without JetStream says so at
+/// once ("no responders"), so this is a server that is there but busy: in a cluster, typically one whose
+/// members are still electing the leaders of streams just created, or that just lost a member. Reported as
+/// [`BusError::Unreachable`] so that a starting service tries again instead of exiting.
+fn setup_timed_out(what: &str, e: &dyn std::fmt::Display) -> BusError {
+    // The caller puts its URL in.
+    BusError::Unreachable {
+        url: String::new(),
+        reason: format!("{what}: {e} (a cluster may still be electing its stream leaders)"),
+    }
+}
+
 async fn ensure_consumer(
     stream: &jetstream::stream::Stream,
     queue: Queue,
@@ -347,7 +367,12 @@ async fn ensure_consumer(
     let consumer = stream
         .get_or_create_consumer(WORKER_CONSUMER, wanted.clone())
         .await
-        .map_err(|e| setup("create or open", &e))?;
+        .map_err(|e| match e.kind() {
+            jetstream::stream::ConsumerErrorKind::TimedOut => {
+                setup_timed_out(&format!("creating or opening consumer {WORKER_CONSUMER} on stream {stream_name}"), &e)
+            }
+            _ => setup("create or open", &e),
+        })?;
     let have = &consumer.cached_info().config;
     if have.ack_policy != AckPolicy::Explicit || !have.filter_subject.is_empty() || !have.filter_subjects.is_empty() {
         return Err(setup(
