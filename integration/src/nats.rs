@@ -501,6 +501,40 @@ impl NatsCluster {
         Ok(assets)
     }
 
+    /// One line per stream and consumer, as the first running member reports them (messages, leader,
+    /// pending, waiting pulls, ack-pending, redelivered), for a failing test's output.
+    pub fn describe_streams(&mut self) -> String {
+        let running = self.running_names();
+        let Some(m) = self.members.iter().find(|m| running.iter().any(|r| r == m.name())) else {
+            return "no member is running".into();
+        };
+        let jsz = match m.jsz("accounts=true&streams=true&consumers=true") {
+            Ok(j) => j,
+            Err(e) => return e,
+        };
+        let mut out = Vec::new();
+        for s in stream_details(&jsz) {
+            out.push(format!(
+                "stream {} leader {} messages {} last_seq {}",
+                s["name"], s["cluster"]["leader"], s["state"]["messages"], s["state"]["last_seq"]
+            ));
+            for c in s["consumer_detail"].as_array().into_iter().flatten() {
+                out.push(format!(
+                    "  consumer {} leader {} delivered {} ack_floor {} pending {} waiting {} ack_pending {} redelivered {}",
+                    c["name"],
+                    c["cluster"]["leader"],
+                    c["delivered"]["stream_seq"],
+                    c["ack_floor"]["stream_seq"],
+                    c["num_pending"],
+                    c["num_waiting"],
+                    c["num_ack_pending"],
+                    c["num_redelivered"]
+                ));
+            }
+        }
+        out.join("\n")
+    }
+
     /// Waits until [`NatsCluster::streams_ready`] holds; returns how many streams and consumers there are.
     pub fn wait_streams_ready(&mut self, timeout: Duration) -> usize {
         self.wait("every stream and consumer led and replicated", timeout, |c| c.streams_ready())

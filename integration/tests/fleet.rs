@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use strata_integration::*;
 
 /// Small chunks and a small in-flight window: the backup of a few tens of MB takes many round trips through
-/// the bus, so a server can be killed while it is under way. The stall timeout is what bounds a backup whose
-/// confirmations were lost with a server; it must outlast a leader election and a publish-ack timeout.
-const PIPELINE: &str = "chunk_size = 262144\nin_flight_bytes = 4194304\nstall_timeout_secs = 20";
+/// the bus, so a server can be killed while it is under way. The stall timeout bounds a backup whose
+/// confirmations were lost with the server; it must outlast the consumers' ack wait (30 s), after which a
+/// chunk that was on its way to a worker through the dead server is delivered again.
+const PIPELINE: &str = "chunk_size = 262144\nin_flight_bytes = 4194304\nstall_timeout_secs = 40";
 
 /// Every stream and consumer on three servers, as a cluster deployment configures it.
 const NATS_REPLICAS: &str = "[nats]\nstream_replicas = 3";
@@ -91,6 +92,9 @@ fn lose_a_nats_server_mid_backup(test: &str, restart: bool) {
         eprintln!("nats member {victim_name} is back and current {:?} into the test", started.elapsed());
     }
     let out = backup.wait_with_output().unwrap();
+    if !out.status.success() {
+        eprintln!("the bus when the backup failed:\n{}", cluster.describe_streams());
+    }
     let first_committed = committed_or_failed_cleanly(&setup, &out);
     eprintln!("first backup committed: {first_committed}, {:?} into the test", started.elapsed());
 
