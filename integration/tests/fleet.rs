@@ -3,8 +3,9 @@
 //! - One of the three nats-servers is SIGKILLed in the middle of a backup (and, in a variant, started again
 //!   while the backup runs): the backup commits, or fails with one error line and commits nothing; the next
 //!   backup commits, and a restore of it holds the source's data.
-//! - Two sealer and two uploader processes share their queues: a backup restores equal to the source, and
-//!   each of the four processes did part of the work (its own metrics say so).
+//! - Two sealer and two uploader processes share their queues (on the same three-server cluster): a backup
+//!   restores equal to the source, and each of the four processes did part of the work (its own metrics say
+//!   so).
 
 mod common;
 
@@ -146,12 +147,13 @@ fn counter(text: &str, name: &str) -> f64 {
 fn two_sealers_and_two_uploaders_share_a_backup() {
     let started = Instant::now();
     let dir = TestDir::new("fleet_pools");
-    let nats = NatsServer::start(&dir);
+    let cluster = NatsCluster::start(&dir, "nats");
     // Declared before the cluster so they are dropped after it: a cluster shutting down may still push WAL.
     let mut collector;
     let sealers: Vec<(Service, Port)>;
     let uploaders: Vec<(Service, Port)>;
-    let setup = Setup::new(&dir, &nats.url(), PIPELINE, &[]);
+    let setup = Setup::new(&dir, &cluster.url(), PIPELINE, &[]);
+    setup.append_config(NATS_REPLICAS);
     collector = Service::spawn(&setup.bins, "strata-collector", &setup.config, &setup.dir.subdir("collector"));
     collector.wait_for_log("collector running", Duration::from_secs(30));
     sealers = ["sealer-a", "sealer-b"]
@@ -167,8 +169,9 @@ fn two_sealers_and_two_uploaders_share_a_backup() {
     let label = setup.backup("full");
     eprintln!("backup {label} done {:?} into the test", started.elapsed());
 
+    // Sealed chunks handed on, and sealed bytes written into packs (not only found already stored).
     for (name, pool, family) in
-        [("sealer", &sealers, "strata_sealer_chunks_total"), ("uploader", &uploaders, "strata_uploader_chunks_total")]
+        [("sealer", &sealers, "strata_sealer_chunks_total"), ("uploader", &uploaders, "strata_uploader_bytes_total")]
     {
         let counts: Vec<f64> = pool.iter().map(|(_, port)| counter(&scrape(port.get()), family)).collect();
         eprintln!("{family} per {name} process: {counts:?}");
