@@ -16,6 +16,11 @@
 //! The server is ready when a TCP connection to its port receives the server's `INFO` line and that line
 //! says JetStream is on; that is the moment a client can connect and use JetStream.
 //!
+//! # Clusters
+//! [`NatsCluster`] runs three such servers as one JetStream cluster (each its own `server_name`, client,
+//! route and monitoring port, and store), for the fleet tests that kill or restart one member. Its
+//! readiness conditions read the members' `/jsz` reports; see its docs.
+//!
 //! # Restarts
 //! [`NatsServer::stop`] then [`NatsServer::start_again`] brings the same server back on the same port with
 //! the same store, which is what a "NATS goes away and comes back" test needs. The port stays reserved in

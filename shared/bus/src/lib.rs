@@ -12,7 +12,8 @@
 //!
 //! Two implementations: [`nats::NatsBus`] (JetStream work-queue streams plus core NATS subjects) for a fleet,
 //! and [`local::LocalBus`] (bounded in-process channels) for the single-host mode, where every stage runs as a
-//! task of one process. Nothing above this crate knows which one it talks to.
+//! task of one process. Nothing above this crate knows which one it talks to. [`retrying::RetryingBus`]
+//! wraps a fleet bus so that a work publish outlasts a NATS cluster's leader election.
 
 pub mod local;
 pub mod nats;

@@ -26,6 +26,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
+
+/// Publish attempts repeated by every [`RetryingBus`] of this process: what `strata_bus_publish_retries_total`
+/// exports (see strata-runtime's metrics).
+static PUBLISH_RETRIES: AtomicU64 = AtomicU64::new(0);
+
+/// Work publishes this process has retried so far, over all its [`RetryingBus`]es.
+pub fn publish_retries_total() -> u64 {
+    PUBLISH_RETRIES.load(Ordering::Relaxed)
+}
 const MAX_PAUSE: Duration = Duration::from_secs(2);
 
 /// Retries work publishes on transient errors; see the module docs.
@@ -85,6 +94,7 @@ impl RetryingBus {
             }
             tracing::warn!(subject = queue.subject(), attempt = attempts, error = %error, "work publish failed; retrying");
             self.retries.fetch_add(1, Ordering::Relaxed);
+            PUBLISH_RETRIES.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_PAUSE);
             attempts += 1;
