@@ -17,9 +17,11 @@ use strata_integration::*;
 
 /// Small chunks and a small in-flight window: the backup of a few tens of MB takes many round trips through
 /// the bus, so a server can be killed while it is under way. The stall timeout bounds a backup whose
-/// confirmations were lost with the server; it must outlast the consumers' ack wait (30 s), after which a
-/// chunk that was on its way to a worker through the dead server is delivered again.
-const PIPELINE: &str = "chunk_size = 262144\nin_flight_bytes = 4194304\nstall_timeout_secs = 40";
+/// confirmations were lost with the server (they are core NATS events), and so the test's time when that
+/// happens. It outlasts an election plus a publish retry (~15 s), not the consumers' 30 s ack wait: a chunk
+/// lost on its way to a worker then fails the backup cleanly instead of pausing it (production's 120 s
+/// waits for the redelivery), which the test accepts as well.
+const PIPELINE: &str = "chunk_size = 262144\nin_flight_bytes = 4194304\nstall_timeout_secs = 25";
 
 /// Every stream and consumer on three servers, as a cluster deployment configures it.
 const NATS_REPLICAS: &str = "[nats]\nstream_replicas = 3";
