@@ -63,7 +63,7 @@ pub use bins::{Service, StrataBins};
 pub use config::write_config;
 pub use faultproxy::{FaultCounts, FaultProxy};
 pub use logcheck::{assert_no_errors, wait_for_line, LogCheck};
-pub use nats::NatsServer;
+pub use nats::{NatsCluster, NatsServer};
 pub use nats_secure::SecureNats;
 pub use pg::{PgBench, PgCluster, PgOptions};
 pub use ports::{reserve_port, Port};

@@ -16,6 +16,11 @@
 //! The server is ready when a TCP connection to its port receives the server's `INFO` line and that line
 //! says JetStream is on; that is the moment a client can connect and use JetStream.
 //!
+//! # Clusters
+//! [`NatsCluster`] runs three such servers as one JetStream cluster (each its own `server_name`, client,
+//! route and monitoring port, and store), for the fleet tests that kill or restart one member. Its
+//! readiness conditions read the members' `/jsz` reports; see its docs.
+//!
 //! # Restarts
 //! [`NatsServer::stop`] then [`NatsServer::start_again`] brings the same server back on the same port with
 //! the same store, which is what a "NATS goes away and comes back" test needs. The port stays reserved in
@@ -105,6 +110,8 @@ pub struct NatsServer {
     store_dir: PathBuf,
     log_file: PathBuf,
     port: Port,
+    /// The HTTP monitoring port (`/jsz`), for cluster members.
+    monitor_port: Option<Port>,
     child: Option<Child>,
     /// Environment of the server process (variables its config refers to).
     env: Vec<(String, String)>,
@@ -126,37 +133,59 @@ impl NatsServer {
     /// `tls` block: see `nats_secure`) and `env` set for the server, whose config may refer to its
     /// variables (`$NAME`).
     pub fn start_with(dir: &TestDir, name: &str, extra_config: &str, env: &[(String, String)]) -> NatsServer {
+        let port = reserve_port();
+        let server_name = format!("strata-test-{}", port.get());
+        let mut server = NatsServer::configure(dir, name, &server_name, port, None, &format!("{extra_config}\n"), env);
+        server.start_again();
+        server
+    }
+
+    /// Writes the config of a server in `<test dir>/<name>` listening on `port` (and serving monitoring on
+    /// `monitor_port`, if given), with `extra` appended verbatim (a `cluster {}` block, `include` lines) and
+    /// `env` for the server; does not start it.
+    fn configure(
+        dir: &TestDir,
+        name: &str,
+        server_name: &str,
+        port: Port,
+        monitor_port: Option<Port>,
+        extra: &str,
+        env: &[(String, String)],
+    ) -> NatsServer {
         // Fails before anything is created when the binary is missing or too old.
         nats_server_bin();
         let home = dir.subdir(name);
         let store_dir = dir.subdir(Path::new(name).join("jetstream"));
-        let port = reserve_port();
         let config_file = home.join("nats-server.conf");
+        let monitor = monitor_port
+            .as_ref()
+            .map(|p| format!("http: \"127.0.0.1:{}\"\n", p.get()))
+            .unwrap_or_default();
         let config = format!(
             "# Written by strata-integration for one test (see integration/src/nats.rs).\n\
-             server_name: strata-test-{port}\n\
+             server_name: {server_name}\n\
              listen: \"127.0.0.1:{port}\"\n\
+             {monitor}\
              max_payload: 8MB\n\
              jetstream {{\n  store_dir: {store}\n}}\n\
-             {extra_config}\n",
+             {extra}",
             port = port.get(),
             store = serde_json::to_string(&store_dir.display().to_string())
                 .expect("a string serialises"),
         );
         fs::write(&config_file, config)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config_file.display()));
-        let mut server = NatsServer {
+        NatsServer {
             name: name.to_string(),
             config_file,
             store_dir,
             log_file: home.join("nats.log"),
             port,
+            monitor_port,
             child: None,
             env: env.to_vec(),
             _test_dir: dir.clone(),
-        };
-        server.start_again();
-        server
+        }
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -167,6 +196,24 @@ impl NatsServer {
     /// The client port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port.get()
+    }
+
+    /// The directory name this server was given in the test directory (a cluster member's is also its
+    /// `server_name`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The server's JetStream report (`GET /jsz` on its monitoring port, with `query` such as
+    /// `"accounts=true&streams=true&consumers=true"`), or why it could not be read. Only cluster members
+    /// serve monitoring.
+    pub fn jsz(&self, query: &str) -> Result<serde_json::Value, String> {
+        let port = self
+            .monitor_port
+            .as_ref()
+            .unwrap_or_else(|| panic!("nats server {} has no monitoring port", self.name))
+            .get();
+        http_get_json(port, &format!("/jsz?{query}"))
     }
 
     /// The server's log (stdout and stderr, appended across restarts).
@@ -201,6 +248,13 @@ impl NatsServer {
     /// Starts the server again (same port, config and store) and waits until it is ready. Also what
     /// [`NatsServer::start`] uses for the first start.
     pub fn start_again(&mut self) {
+        self.spawn();
+        self.wait_ready(NATS_READY_TIMEOUT);
+    }
+
+    /// Starts the process without waiting for it: a cluster's members are all spawned before any is waited
+    /// for.
+    fn spawn(&mut self) {
         assert!(
             !self.is_running(),
             "nats server {} is already running",
@@ -225,7 +279,6 @@ impl NatsServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", nats_server_bin().display()));
         self.child = Some(child);
-        self.wait_ready(NATS_READY_TIMEOUT);
     }
 
     /// Waits until the server sends an `INFO` line with JetStream enabled; fails fast if it exits.
@@ -282,6 +335,277 @@ impl Drop for NatsServer {
             stop_child(&mut child, libc::SIGTERM, NATS_STOP_GRACE);
         }
     }
+}
+
+/// How many servers a [`NatsCluster`] has: the smallest cluster that keeps a JetStream quorum (2 of 3)
+/// when one server is lost.
+pub const NATS_CLUSTER_SIZE: usize = 3;
+
+/// Three nats-servers forming one JetStream cluster, each in `<test dir>/<name>` with its own client,
+/// cluster (route) and monitoring port and its own store, all on loopback. Members are addressed by their
+/// index (0..[`NATS_CLUSTER_SIZE`]); [`NatsCluster::member`] gives the [`NatsServer`] handle itself.
+///
+/// # Readiness
+/// Each member is ready as a single server is (its `INFO` says JetStream is on), but a cluster serves
+/// JetStream only once its members have elected a metadata leader. [`NatsCluster::start`] waits for that
+/// ([`NatsCluster::wait_meta_leader`]); [`NatsCluster::wait_streams_ready`] waits until every stream and
+/// consumer has a running leader and every running replica has caught up, which is the condition to wait for
+/// after a member was killed or restarted. Both read the members' `/jsz` monitoring reports; neither sleeps
+/// for a fixed time.
+#[derive(Debug)]
+pub struct NatsCluster {
+    members: Vec<NatsServer>,
+    /// The route ports, reserved for as long as the cluster lives (restarts reuse them).
+    _cluster_ports: Vec<Port>,
+}
+
+impl NatsCluster {
+    /// Starts three members named `<prefix>-1`..`<prefix>-3` (also their `server_name`s) and waits until
+    /// they have elected a metadata leader.
+    pub fn start(dir: &TestDir, prefix: &str) -> NatsCluster {
+        let client_ports: Vec<Port> = (0..NATS_CLUSTER_SIZE).map(|_| reserve_port()).collect();
+        let cluster_ports: Vec<Port> = (0..NATS_CLUSTER_SIZE).map(|_| reserve_port()).collect();
+        let routes = cluster_ports
+            .iter()
+            .map(|p| format!("\"nats://127.0.0.1:{}\"", p.get()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let cluster_name = format!("{prefix}-cluster");
+        let mut members = Vec::new();
+        for (i, port) in client_ports.into_iter().enumerate() {
+            let name = format!("{prefix}-{}", i + 1);
+            // A member's own address among the routes is recognised and skipped by nats-server, so every
+            // member gets the same list.
+            let extra = format!(
+                "cluster {{\n  name: {cluster_name}\n  listen: \"127.0.0.1:{}\"\n  routes: [{routes}]\n}}\n",
+                cluster_ports[i].get()
+            );
+            members.push(NatsServer::configure(dir, &name, &name, port, Some(reserve_port()), &extra, &[]));
+        }
+        // All are spawned before any is waited for: a member alone cannot form a quorum.
+        for m in &mut members {
+            m.spawn();
+        }
+        for m in &mut members {
+            m.wait_ready(NATS_READY_TIMEOUT);
+        }
+        let mut cluster = NatsCluster { members, _cluster_ports: cluster_ports };
+        cluster.wait_meta_leader(NATS_READY_TIMEOUT);
+        cluster
+    }
+
+    /// Every member's client URL, comma-separated: what Strata's `bus` takes for a cluster. Stopped members
+    /// are listed too, as in a real deployment's config.
+    pub fn url(&self) -> String {
+        self.members.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// The handle of member `index`.
+    pub fn member(&mut self, index: usize) -> &mut NatsServer {
+        &mut self.members[index]
+    }
+
+    /// The index of the member whose `server_name` is `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.members.iter().position(|m| m.name() == name)
+    }
+
+    /// SIGKILLs member `index` (a crash: nothing flushed, no lame-duck notice to clients).
+    pub fn kill(&mut self, index: usize) -> ExitStatus {
+        self.members[index].kill()
+    }
+
+    /// Starts member `index` again (same ports, config and store), waits until it is ready, and then until
+    /// every stream and consumer has a leader and the member has caught up with them
+    /// ([`NatsCluster::wait_streams_ready`]).
+    pub fn restart(&mut self, index: usize, timeout: Duration) {
+        self.members[index].start_again();
+        self.wait_meta_leader(timeout);
+        self.wait_streams_ready(timeout);
+    }
+
+    fn running_names(&mut self) -> Vec<String> {
+        self.members
+            .iter_mut()
+            .filter_map(|m| m.is_running().then(|| m.name().to_string()))
+            .collect()
+    }
+
+    /// The metadata leader every running member agrees on, if there is one that is running.
+    pub fn meta_leader(&mut self) -> Result<String, String> {
+        let running = self.running_names();
+        let mut agreed: Option<String> = None;
+        for m in self.members.iter().filter(|m| running.iter().any(|r| r == m.name())) {
+            let jsz = m.jsz("")?;
+            let leader = jsz["meta_cluster"]["leader"].as_str().unwrap_or("").to_string();
+            if leader.is_empty() {
+                return Err(format!("{} knows no metadata leader", m.name()));
+            }
+            if !running.contains(&leader) {
+                return Err(format!("{} still names {leader}, which is down, as metadata leader", m.name()));
+            }
+            match &agreed {
+                Some(a) if *a != leader => return Err(format!("members disagree on the leader: {a} and {leader}")),
+                _ => agreed = Some(leader),
+            }
+        }
+        agreed.ok_or_else(|| "no member is running".to_string())
+    }
+
+    /// Waits until the running members agree on a running metadata leader and returns its name; panics
+    /// after `timeout` with the last reason and the members' log tails.
+    pub fn wait_meta_leader(&mut self, timeout: Duration) -> String {
+        self.wait("a JetStream metadata leader", timeout, |c| c.meta_leader())
+    }
+
+    /// The leader of stream `stream` as a running member reports it (the consumer's leader may differ).
+    pub fn stream_leader(&mut self, stream: &str) -> Result<String, String> {
+        let running = self.running_names();
+        for m in self.members.iter().filter(|m| running.iter().any(|r| r == m.name())) {
+            let jsz = m.jsz("accounts=true&streams=true")?;
+            for s in stream_details(&jsz) {
+                if s["name"].as_str() == Some(stream) {
+                    let leader = s["cluster"]["leader"].as_str().unwrap_or("");
+                    if running.iter().any(|r| r == leader) {
+                        return Ok(leader.to_string());
+                    }
+                }
+            }
+        }
+        Err(format!("no running member leads stream {stream}"))
+    }
+
+    /// Ok once every stream and consumer any running member hosts has a running leader, and that leader
+    /// reports every other running member among its replicas as current; else why not.
+    pub fn streams_ready(&mut self) -> Result<usize, String> {
+        let running = self.running_names();
+        let reports: Vec<(String, serde_json::Value)> = self
+            .members
+            .iter()
+            .filter(|m| running.iter().any(|r| r == m.name()))
+            .map(|m| m.jsz("accounts=true&streams=true&consumers=true").map(|j| (m.name().to_string(), j)))
+            .collect::<Result<_, _>>()?;
+        let mut assets = 0;
+        for (reporter, jsz) in &reports {
+            for stream in stream_details(jsz) {
+                let name = stream["name"].as_str().unwrap_or("?").to_string();
+                let mut groups = vec![(format!("stream {name}"), &stream["cluster"])];
+                for c in stream["consumer_detail"].as_array().into_iter().flatten() {
+                    groups.push((format!("consumer {name}/{}", c["name"].as_str().unwrap_or("?")), &c["cluster"]));
+                }
+                for (what, cluster) in groups {
+                    let leader = cluster["leader"].as_str().unwrap_or("");
+                    if !running.iter().any(|r| r == leader) {
+                        return Err(format!("{reporter} reports {what} without a running leader ({leader:?})"));
+                    }
+                    // Only the leader's view says whether the others are current.
+                    if leader != reporter {
+                        continue;
+                    }
+                    assets += 1;
+                    for peer in running.iter().filter(|r| *r != reporter) {
+                        let current = cluster["replicas"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|r| r["name"].as_str() == Some(peer) && r["current"].as_bool() == Some(true));
+                        if !current {
+                            return Err(format!("{what}: {peer} is not a current replica yet (leader {leader})"));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(assets)
+    }
+
+    /// One line per stream and consumer, as the first running member reports them (messages, leader,
+    /// pending, waiting pulls, ack-pending, redelivered), for a failing test's output.
+    pub fn describe_streams(&mut self) -> String {
+        let running = self.running_names();
+        let Some(m) = self.members.iter().find(|m| running.iter().any(|r| r == m.name())) else {
+            return "no member is running".into();
+        };
+        let jsz = match m.jsz("accounts=true&streams=true&consumers=true") {
+            Ok(j) => j,
+            Err(e) => return e,
+        };
+        let mut out = Vec::new();
+        for s in stream_details(&jsz) {
+            out.push(format!(
+                "stream {} leader {} messages {} last_seq {}",
+                s["name"], s["cluster"]["leader"], s["state"]["messages"], s["state"]["last_seq"]
+            ));
+            for c in s["consumer_detail"].as_array().into_iter().flatten() {
+                out.push(format!(
+                    "  consumer {} leader {} delivered {} ack_floor {} pending {} waiting {} ack_pending {} redelivered {}",
+                    c["name"],
+                    c["cluster"]["leader"],
+                    c["delivered"]["stream_seq"],
+                    c["ack_floor"]["stream_seq"],
+                    c["num_pending"],
+                    c["num_waiting"],
+                    c["num_ack_pending"],
+                    c["num_redelivered"]
+                ));
+            }
+        }
+        out.join("\n")
+    }
+
+    /// Waits until [`NatsCluster::streams_ready`] holds; returns how many streams and consumers there are.
+    pub fn wait_streams_ready(&mut self, timeout: Duration) -> usize {
+        self.wait("every stream and consumer led and replicated", timeout, |c| c.streams_ready())
+    }
+
+    fn wait<T>(&mut self, what: &str, timeout: Duration, mut probe: impl FnMut(&mut Self) -> Result<T, String>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match probe(self) {
+                Ok(v) => return v,
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                let logs: Vec<String> = self.members.iter().map(|m| log_tail(m.log_file(), 15)).collect();
+                panic!("nats cluster: no {what} after {timeout:?} ({last})\n{}", logs.join("\n"));
+            }
+            thread::sleep(POLL_INTERVAL * 4);
+        }
+    }
+}
+
+/// The `stream_detail` entries of every account in a `/jsz?accounts=true&streams=true` report.
+fn stream_details(jsz: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    jsz["account_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+}
+
+/// `GET <path>` on a loopback monitoring port, parsed as JSON.
+fn http_get_json(port: u16, path: &str) -> Result<serde_json::Value, String> {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .map_err(|e| format!("connect to monitoring port {port}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| format!("set timeout: {e}"))?;
+    // HTTP/1.0: the server closes the connection after the body, so reading to the end is the whole answer.
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n")
+        .map_err(|e| format!("send request: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("read response: {e}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP header end in {response:?}"))?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("GET {path}: {}", head.lines().next().unwrap_or(head)));
+    }
+    serde_json::from_str(body).map_err(|e| format!("GET {path}: bad JSON ({e})"))
 }
 
 /// Connects and reads the server's greeting, `INFO {json}\r\n`.

@@ -12,10 +12,12 @@
 //!
 //! Two implementations: [`nats::NatsBus`] (JetStream work-queue streams plus core NATS subjects) for a fleet,
 //! and [`local::LocalBus`] (bounded in-process channels) for the single-host mode, where every stage runs as a
-//! task of one process. Nothing above this crate knows which one it talks to.
+//! task of one process. Nothing above this crate knows which one it talks to. [`retrying::RetryingBus`]
+//! wraps a fleet bus so that a work publish outlasts a NATS cluster's leader election.
 
 pub mod local;
 pub mod nats;
+pub mod retrying;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -23,6 +25,7 @@ use std::time::Duration;
 
 pub use local::LocalBus;
 pub use nats::NatsBus;
+pub use retrying::RetryingBus;
 
 /// A stage's durable work queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

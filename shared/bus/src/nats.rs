@@ -110,6 +110,12 @@ pub struct NatsOptions {
     /// Prefix of this connection's reply subjects (JetStream deliveries and acks come back on them), so a
     /// server can allow each user only its own replies. Default `_INBOX`, NATS's usual one.
     pub inbox_prefix: String,
+    /// How long one pull request waits at the consumer's leader before it expires and the worker sends
+    /// another. In a cluster, pull requests live only on the consumer's leader: when that server dies, its
+    /// waiting requests die with it, and the worker, connected to another server, notices only when its
+    /// request should have expired (async-nats re-pulls 5 s after that). So this bounds how long a worker
+    /// sits idle after a leader's loss. An idle worker sends one small request per period. Default 5 s.
+    pub pull_expires: Duration,
 }
 
 /// TLS settings of a [`NatsBus`] connection; files are read when connecting.
@@ -149,6 +155,7 @@ impl Default for NatsOptions {
             tls: NatsTls::default(),
             auth: NatsAuth::None,
             inbox_prefix: "_INBOX".to_string(),
+            pull_expires: Duration::from_secs(5),
         }
     }
 }
@@ -165,6 +172,9 @@ impl NatsOptions {
             "max_ack_pending must be at least 1"
         } else if self.pull_batch < 1 {
             "pull_batch must be at least 1"
+        } else if self.pull_expires < Duration::from_secs(1) {
+            // The server refuses expiries under 1 ms and async-nats needs room for a heartbeat below it.
+            "pull_expires must be at least 1 s"
         } else if !(1..=5).contains(&self.stream_replicas) {
             "stream_replicas must be from 1 to 5"
         } else {
@@ -207,6 +217,7 @@ impl NatsBus {
     /// Like [`NatsBus::connect`], with explicit options.
     pub async fn connect_with(url: &str, options: NatsOptions) -> Result<NatsBus> {
         options.validate()?;
+        let servers = server_addrs(url)?;
         let unreachable = |reason: String| BusError::Unreachable { url: url.to_string(), reason };
         let connecting = secured(async_nats::ConnectOptions::new(), &options)
             .await?
@@ -214,7 +225,7 @@ impl NatsBus {
             .connection_timeout(options.connect_timeout)
             .request_timeout(Some(options.request_timeout))
             .event_callback(|event| async move { log_connection_event(event) })
-            .connect(url);
+            .connect(servers);
         // connection_timeout bounds each attempt; this also bounds name resolution and the handshake.
         let client = tokio::time::timeout(options.connect_timeout * 2, connecting)
             .await
@@ -236,8 +247,13 @@ impl NatsBus {
         let max_payload = client.max_payload();
         let mut consumers = HashMap::new();
         for queue in Queue::ALL {
-            ensure_stream(&js, url, queue, max_payload, options.stream_replicas).await?;
-            consumers.insert(queue, ensure_consumer(&js, url, queue, &options).await?);
+            // A timed-out JetStream request is reported as unreachable (see `setup_timed_out`), at this URL.
+            let at_url = |e: BusError| match e {
+                BusError::Unreachable { reason, .. } => unreachable(reason),
+                e => e,
+            };
+            let stream = ensure_stream(&js, queue, max_payload, options.stream_replicas).await.map_err(at_url)?;
+            consumers.insert(queue, ensure_consumer(&stream, queue, &options).await.map_err(at_url)?);
         }
         tracing::debug!(url, max_payload, "connected to the NATS bus");
         Ok(NatsBus { inner: Arc::new(Inner { url: url.to_string(), client, js, consumers, options }) })
@@ -324,21 +340,6 @@ async fn secured(connect: async_nats::ConnectOptions, options: &NatsOptions) -> 
     })
 }
 
-/// A stream or consumer setup that JetStream did not answer in time. The usual cause on a secured server is
-/// a user that may read the streams but not create them (every role but the uploader's in
-/// `deploy/nats/accounts.conf`): the server drops the request and the client times out. Until an uploader
-/// has connected and created them, that is worth waiting for, so this is [`BusError::Unreachable`].
-fn setup_timed_out(url: &str, what: String) -> BusError {
-    BusError::Unreachable {
-        url: url.to_string(),
-        reason: format!(
-            "{what}: JetStream did not answer\nHINT: a NATS user that may not create Strata's streams and \
-             consumers (only the uploader's may, deploy/nats/accounts.conf) waits until an uploader has connected \
-             once; a process whose nats.inbox_prefix is not the one its user may subscribe to never hears back"
-        ),
-    }
-}
-
 /// A failed connect as a [`BusError`]: refused credentials and TLS failures are permanent
 /// ([`BusError::Setup`]), since trying again with the same files cannot succeed; anything else is the
 /// server being unreachable.
@@ -355,6 +356,23 @@ fn connect_error(url: &str, e: async_nats::ConnectError) -> BusError {
         )),
         _ => BusError::Unreachable { url: url.to_string(), reason: e.to_string() },
     }
+}
+
+/// The servers of a bus URL: one `nats://host:port`, or several comma-separated (a cluster's members).
+/// async-nats parses one address per string, so the list is split here; a malformed entry is a setup error,
+/// which retrying cannot fix.
+fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>> {
+    url.split(',')
+        .map(str::trim)
+        .map(|server| {
+            let invalid = |why: String| BusError::Setup(format!("invalid NATS server address {server:?} in bus {url:?}: {why}"));
+            if server.is_empty() {
+                // async-nats would read it as a server without a host.
+                return Err(invalid("empty".into()));
+            }
+            server.parse::<async_nats::ServerAddr>().map_err(|e| invalid(e.to_string()))
+        })
+        .collect()
 }
 
 /// Reports the connection's life. async-nats reconnects by itself (unbounded, with backoff); meanwhile
@@ -391,12 +409,21 @@ fn stream_config(queue: Queue, max_payload: usize, replicas: usize) -> jetstream
     }
 }
 
-async fn ensure_stream(js: &jetstream::Context, url: &str, queue: Queue, max_payload: usize, replicas: usize) -> Result<()> {
+/// Returns the stream's handle, which [`ensure_consumer`] uses rather than looking the stream up again: in a
+/// cluster, a stream another process has just created exists for the metadata leader (which answers
+/// creates) before its own replicas have elected a leader (which answers lookups), and a lookup meanwhile
+/// says "stream not found" (error 10059), which made a service starting beside another exit.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    queue: Queue,
+    max_payload: usize,
+    replicas: usize,
+) -> Result<jetstream::stream::Stream> {
     let name = queue.stream_name();
     let wanted = stream_config(queue, max_payload, replicas);
     let stream = js.get_or_create_stream(wanted.clone()).await.map_err(|e| {
         if e.kind() == jetstream::context::CreateStreamErrorKind::TimedOut {
-            return setup_timed_out(url, format!("cannot create or open JetStream stream {name}"));
+            return setup_timed_out(&format!("creating or opening stream {name}"), &e);
         }
         BusError::Setup(format!(
             "cannot create or open JetStream stream {name}: {e}\nHINT: the server must be nats-server 2.10 or \
@@ -434,12 +461,28 @@ async fn ensure_stream(js: &jetstream::Context, url: &str, queue: Queue, max_pay
             "updated the stream's max message size and replicas"
         );
     }
-    Ok(())
+    Ok(stream)
+}
+
+/// A JetStream API request made while connecting went unanswered. A server without JetStream says so at
+/// once ("no responders"), so this is a server that is there but busy: in a cluster, typically one whose
+/// members are still electing the leaders of streams just created, or that just lost a member. Reported as
+/// [`BusError::Unreachable`] so that a starting service tries again instead of exiting.
+fn setup_timed_out(what: &str, e: &dyn std::fmt::Display) -> BusError {
+    // The caller puts its URL in.
+    BusError::Unreachable {
+        url: String::new(),
+        reason: format!(
+            "{what}: {e} (a cluster may still be electing its stream leaders)\nHINT: a NATS user that may not \
+             create Strata's streams and consumers (only the uploader's may, deploy/nats/accounts.conf) waits until \
+             an uploader has connected once; a process whose nats.inbox_prefix is not the one its user may \
+             subscribe to never hears back"
+        ),
+    }
 }
 
 async fn ensure_consumer(
-    js: &jetstream::Context,
-    url: &str,
+    stream: &jetstream::stream::Stream,
     queue: Queue,
     options: &NatsOptions,
 ) -> Result<Consumer<pull::Config>> {
@@ -456,13 +499,12 @@ async fn ensure_consumer(
         max_ack_pending: options.max_ack_pending,
         ..Default::default()
     };
-    let stream = js.get_stream(stream_name).await.map_err(|e| setup("open stream for", &e))?;
     let consumer = stream
         .get_or_create_consumer(WORKER_CONSUMER, wanted.clone())
         .await
         .map_err(|e| match e.kind() {
             jetstream::stream::ConsumerErrorKind::TimedOut => {
-                setup_timed_out(url, format!("cannot create or open consumer {WORKER_CONSUMER} on stream {stream_name}"))
+                setup_timed_out(&format!("creating or opening consumer {WORKER_CONSUMER} on stream {stream_name}"), &e)
             }
             _ => setup("create or open", &e),
         })?;
@@ -561,6 +603,7 @@ impl Bus for NatsBus {
             .stream()
             .max_messages_per_batch(self.inner.options.pull_batch)
             .max_bytes_per_batch(max_bytes)
+            .expires(self.inner.options.pull_expires)
             .messages()
             .await
             .map_err(|e| self.unreachable(format!("cannot start pulling from {}: {e}", queue.stream_name())))?;
@@ -775,5 +818,20 @@ struct NatsEvents {
 impl EventStream for NatsEvents {
     async fn next(&mut self) -> Option<Bytes> {
         self.subscriber.next().await.map(|message| message.payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_addrs;
+
+    #[test]
+    fn a_bus_url_lists_one_or_more_servers() {
+        assert_eq!(server_addrs("nats://127.0.0.1:4222").unwrap().len(), 1);
+        let cluster = server_addrs("nats://a:4222,nats://b:4223, nats://c:4224").unwrap();
+        let ports: Vec<u16> = cluster.iter().map(|s| s.port()).collect();
+        assert_eq!(ports, [4222, 4223, 4224]);
+        assert!(server_addrs("nats://a:4222,").unwrap_err().is_permanent());
+        assert!(server_addrs("nats://a:x").unwrap_err().is_permanent());
     }
 }

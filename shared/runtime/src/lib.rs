@@ -107,7 +107,7 @@ pub async fn connect_service_bus(
                     if tries > 1 {
                         tracing::info!(url = %url, tries, "reached NATS");
                     }
-                    return Ok(Some(Arc::new(bus)));
+                    return Ok(Some(retrying(bus)));
                 }
                 Err(e) if e.is_permanent() => return Err(e.into()),
                 Err(e) => e,
@@ -126,9 +126,20 @@ pub async fn connect_service_bus(
 /// stages it needs on it).
 pub async fn connect_bus(cfg: &Config) -> anyhow::Result<(Arc<dyn Bus>, bool)> {
     match cfg.bus() {
-        BusConfig::Nats(url) => Ok((Arc::new(NatsBus::connect_with(&url, nats_options(cfg)).await?), false)),
+        BusConfig::Nats(url) => Ok((retrying(NatsBus::connect_with(&url, nats_options(cfg)).await?), false)),
         BusConfig::Local => Ok((Arc::new(LocalBus::new()), true)),
     }
+}
+
+/// How long a work publish on a NATS bus is retried ([`strata_bus::RetryingBus`]): longer than a cluster's
+/// leader election (seconds) plus one publish-ack timeout (10 s), so that one server's loss costs a pause,
+/// and shorter than the consumers' ack wait (30 s), so that a sealer retrying its output still holds its
+/// input.
+pub const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(25);
+
+/// A NATS bus whose work publishes are retried through a cluster server's loss.
+fn retrying(bus: NatsBus) -> Arc<dyn Bus> {
+    Arc::new(strata_bus::RetryingBus::new(Arc::new(bus), PUBLISH_RETRY_FOR))
 }
 
 /// The bus options a config asks for ([`strata_config::NatsConfig`]). Secret files are named here and read

@@ -1,6 +1,7 @@
 //! A pipeline service's Prometheus endpoint: the address it listens on (its `--metrics-listen` flag, else
 //! its `[metrics]` key), serving its registry, and the bus backlog every service exports
-//! (`strata_bus_queue_depth{queue}`), so that whichever service an operator scrapes shows the queues.
+//! (`strata_bus_queue_depth{queue}`, and `strata_bus_publish_retries_total`), so that whichever service an
+//! operator scrapes shows the queues.
 //!
 //! The endpoint is bound before the service connects anywhere, so a bad address is one error line at
 //! start, not a service that runs unobserved.
@@ -57,6 +58,13 @@ impl MetricsEndpoint {
     /// [`QUEUE_DEPTH_INTERVAL`]. A queue whose depth cannot be read has no series until it can again
     /// (an absent series, not a stale number).
     pub fn watch_queues(&self, bus: Arc<dyn Bus>) {
+        // Beside the depths, the bus's one retry counter (a NATS cluster's leader elections show here).
+        let retries = self.registry.counter(
+            "strata_bus_publish_retries_total",
+            "Work publishes this process retried (unacknowledged while a NATS stream leader was being elected, or a server was lost).",
+        );
+        retries.set_total(&[], strata_bus::retrying::publish_retries_total());
+        self.registry.on_render(move || retries.set_total(&[], strata_bus::retrying::publish_retries_total()));
         let depth = self.registry.gauge("strata_bus_queue_depth", "Messages in a work queue that no worker has finished (stored and not acknowledged).");
         let stop = self.stop.clone();
         tokio::spawn(async move {
@@ -136,6 +144,7 @@ mod tests {
         assert!(body.contains("# TYPE strata_bus_queue_depth gauge\n"), "{body}");
         assert!(body.contains("strata_bus_queue_depth{queue=\"seal\"} 1\n"), "{body}");
         assert!(body.contains("strata_bus_queue_depth{queue=\"upload\"} 0\n"), "{body}");
+        assert!(body.contains("# TYPE strata_bus_publish_retries_total counter\nstrata_bus_publish_retries_total 0\n"), "{body}");
         drop(endpoint);
     }
 }
