@@ -136,7 +136,7 @@ async fn a_service_that_may_not_create_the_streams_waits_for_an_uploader() {
     .unwrap();
     let mut sealer = Service::spawn(&bins, "strata-sealer", &config, dir.path());
     // No stream yet, and the sealer's user may not create one: it retries, saying why.
-    sealer.wait_for_log("NATS is not reachable yet; retrying.*stream STRATA_SEAL: JetStream did not answer", Duration::from_secs(60));
+    sealer.wait_for_log("NATS is not reachable yet; retrying.*stream STRATA_SEAL: jetstream request timed out", Duration::from_secs(60));
     let _uploader = connect_as(&nats, "uploader").await;
     sealer.wait_for_log("sealer running", Duration::from_secs(60));
     // The refused creates are the only permission the sealer's user lacked.
