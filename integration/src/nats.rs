@@ -23,7 +23,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -104,9 +104,29 @@ pub struct NatsServer {
     config_file: PathBuf,
     store_dir: PathBuf,
     log_file: PathBuf,
+    listen_ip: IpAddr,
     port: Port,
     child: Option<Child>,
     _test_dir: TestDir,
+}
+
+/// How [`NatsServer::launch`] starts a server; [`NatsOptions::new`] gives what [`NatsServer::start_named`] uses.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// Subdirectory of the test directory, and the server's name in messages.
+    pub name: String,
+    /// The address it listens on (default 127.0.0.1); also where readiness is checked, so a server in
+    /// another network namespace is launched from a thread inside that namespace.
+    pub listen_ip: IpAddr,
+    /// Appended to the generated config (a `cluster { ... }` block, `http: "ip:port"` for monitoring).
+    pub extra_config: String,
+}
+
+impl NatsOptions {
+    /// A server named `name` on 127.0.0.1 with nothing extra.
+    pub fn new(name: &str) -> NatsOptions {
+        NatsOptions { name: name.to_string(), listen_ip: IpAddr::from([127, 0, 0, 1]), extra_config: String::new() }
+    }
 }
 
 impl NatsServer {
@@ -117,8 +137,18 @@ impl NatsServer {
 
     /// Starts a server in `<test dir>/<name>` and waits until it is ready; for tests with several.
     pub fn start_named(dir: &TestDir, name: &str) -> NatsServer {
+        let mut server = NatsServer::launch(dir, &NatsOptions::new(name));
+        server.wait_ready(NATS_READY_TIMEOUT);
+        server
+    }
+
+    /// Starts a server as `opts` says and returns at once, without waiting for readiness: the servers of a
+    /// JetStream cluster are only ready together, so they are all launched before any is waited for
+    /// ([`NatsServer::wait_ready`]).
+    pub fn launch(dir: &TestDir, opts: &NatsOptions) -> NatsServer {
         // Fails before anything is created when the binary is missing or too old.
         nats_server_bin();
+        let name = opts.name.as_str();
         let home = dir.subdir(name);
         let store_dir = dir.subdir(Path::new(name).join("jetstream"));
         let port = reserve_port();
@@ -126,12 +156,14 @@ impl NatsServer {
         let config = format!(
             "# Written by strata-integration for one test (see integration/src/nats.rs).\n\
              server_name: strata-test-{port}\n\
-             listen: \"127.0.0.1:{port}\"\n\
+             listen: \"{ip}:{port}\"\n\
              max_payload: 8MB\n\
-             jetstream {{\n  store_dir: {store}\n}}\n",
+             jetstream {{\n  store_dir: {store}\n}}\n{extra}",
+            ip = opts.listen_ip,
             port = port.get(),
             store = serde_json::to_string(&store_dir.display().to_string())
                 .expect("a string serialises"),
+            extra = opts.extra_config,
         );
         fs::write(&config_file, config)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config_file.display()));
@@ -140,17 +172,23 @@ impl NatsServer {
             config_file,
             store_dir,
             log_file: home.join("nats.log"),
+            listen_ip: opts.listen_ip,
             port,
             child: None,
             _test_dir: dir.clone(),
         };
-        server.start_again();
+        server.spawn();
         server
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://<listen address>:<port>` (`nats://127.0.0.1:<port>` unless [`NatsOptions::listen_ip`] said otherwise).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port())
+        format!("nats://{}:{}", self.listen_ip, self.port())
+    }
+
+    /// The address the server listens on.
+    pub fn listen_ip(&self) -> IpAddr {
+        self.listen_ip
     }
 
     /// The client port on 127.0.0.1.
@@ -190,6 +228,11 @@ impl NatsServer {
     /// Starts the server again (same port, config and store) and waits until it is ready. Also what
     /// [`NatsServer::start`] uses for the first start.
     pub fn start_again(&mut self) {
+        self.spawn();
+        self.wait_ready(NATS_READY_TIMEOUT);
+    }
+
+    fn spawn(&mut self) {
         assert!(
             !self.is_running(),
             "nats server {} is already running",
@@ -213,13 +256,12 @@ impl NatsServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", nats_server_bin().display()));
         self.child = Some(child);
-        self.wait_ready(NATS_READY_TIMEOUT);
     }
 
     /// Waits until the server sends an `INFO` line with JetStream enabled; fails fast if it exits.
     pub fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port()));
+        let addr = SocketAddr::new(self.listen_ip, self.port());
         loop {
             let last = match read_info(addr) {
                 Ok(info) if info.get("jetstream").and_then(|v| v.as_bool()) == Some(true) => return,
