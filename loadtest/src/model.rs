@@ -442,7 +442,10 @@ impl Fleet {
         let d = dir.clone();
         let pg = db.run(move || PgCluster::init(&d, pg_opts));
         // The config exists before PostgreSQL starts, so that its first archive_command finds the bus.
-        let bus_url = nats.iter().map(|n| n.url()).collect::<Vec<_>>().join(",");
+        // One server's URL even for a cluster: the clients learn the others from it (INFO connect_urls).
+        // The comma-separated list the example config documents does not parse: NatsBus::connect hands the
+        // whole string to async-nats as one address ("NATS server URL is invalid: invalid port number").
+        let bus_url = nats[0].url();
         let prep = ShapeRepo::prepare(opts, &dir, s3.as_ref(), s3_endpoint.as_deref(), "init")?;
         write_config(&dir, opts, &bus_url, &pg, &prep)?;
         let pg_dirs = db.cgroup.dirs();

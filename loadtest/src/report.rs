@@ -20,7 +20,8 @@ pub fn curves(report: &Report) -> BTreeMap<String, Vec<(usize, f64)>> {
     let mut out: BTreeMap<String, Vec<(usize, f64)>> = BTreeMap::new();
     let Some(dim) = report.varied else { return out };
     for s in &report.shapes {
-        for p in &s.phases {
+        // Replicator hosts change nothing but the copy: the backup before it is no curve of theirs.
+        for p in s.phases.iter().filter(|p| dim != Dim::Replicators || p.name == "replicate") {
             out.entry(p.name.clone()).or_default().push((s.shape.count(dim), p.mb_s()));
         }
     }
