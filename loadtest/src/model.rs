@@ -23,7 +23,7 @@
 //!   host's veth counters.
 //!
 //! Each phase also gets each stage's CPU seconds (the hosts' cgroups), the quota's throttled share, and
-//! the queue depths (nats-server's `/jsz`, every 250 ms).
+//! the queue depths (JetStream stream info, every 250 ms).
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -276,6 +276,14 @@ struct Fleet {
     bus_url: String,
 }
 
+impl Drop for Fleet {
+    /// The last shape's services are gone, so an archive-push from the shutdown checkpoint would wait out
+    /// its stall timeout and hold the postmaster's fast shutdown: archiving is turned off first.
+    fn drop(&mut self) {
+        let _ = self.pg.try_psql_db("postgres", "ALTER SYSTEM SET archive_command = '/bin/true';\nSELECT pg_reload_conf();");
+    }
+}
+
 /// A shape's hosts and services; services drop (stop) before their hosts.
 struct ShapeFleet {
     services: Vec<(Role, Service)>,
@@ -403,7 +411,7 @@ impl Fleet {
             }));
         }
         let nats = waited;
-        let monitor = SocketAddr::new(IpAddr::V4(buses[0].addr()), monitor_port.get());
+        let monitor = SocketAddr::new(IpAddr::V4(buses[0].addr()), nats[0].port());
         check_reachable(&db, SocketAddr::new(IpAddr::V4(buses[0].addr()), nats[0].port()))?;
 
         let s3 = match &s3_host {

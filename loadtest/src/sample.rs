@@ -1,10 +1,13 @@
-//! What the model watches while a phase runs: the work queues' depths, from nats-server's monitoring
-//! endpoint (`/jsz?streams=true`, the bus host's `http` port, reached over the bridge), and Prometheus
-//! counters of the services (`[metrics]` listens on every host's own address).
+//! What the model watches while a phase runs: the work queues' depths, asked of the bus itself (the
+//! JetStream API's `$JS.API.STREAM.INFO.<stream>` over a plain NATS connection from the tool, every
+//! 250 ms), and Prometheus counters of the services (`[metrics]` listens on every host's own address).
+//!
+//! Not `/jsz` on the monitoring port: its stream states stayed at 0 messages through whole backups in
+//! which the sealers were throttled (the services' own `strata_bus_queue_depth` is read every 5 s only).
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,19 +29,6 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
         bail!("GET http://{addr}{path}: {}", head.lines().next().unwrap_or(""));
     }
     Ok(body.to_string())
-}
-
-/// Messages in each stream, from a `/jsz?streams=true` document.
-pub fn stream_depths(jsz: &serde_json::Value) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for account in jsz["account_details"].as_array().into_iter().flatten() {
-        for stream in account["stream_detail"].as_array().into_iter().flatten() {
-            if let (Some(name), Some(n)) = (stream["name"].as_str(), stream["state"]["messages"].as_u64()) {
-                out.insert(name.to_string(), n);
-            }
-        }
-    }
-    out
 }
 
 /// Sum of a Prometheus series' samples (every label set) in a text exposition; None if absent.
@@ -76,25 +66,88 @@ impl QueueStats {
     }
 }
 
-/// Samples `/jsz` every [`QUEUE_SAMPLE_INTERVAL`] on a thread until [`QueueSampler::finish`].
+/// The work-queue streams whose depths are sampled.
+pub const STREAMS: [&str; 3] = ["STRATA_SEAL", "STRATA_UPLOAD", "STRATA_REPLICATE"];
+
+/// A minimal NATS client for JetStream API requests: CONNECT, one inbox subscription, request and reply.
+pub struct JsProbe {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl JsProbe {
+    /// Connects to the nats-server at `addr`.
+    pub fn connect(addr: SocketAddr) -> Result<JsProbe> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| format!("connect {addr}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut writer = stream.try_clone()?;
+        let mut reader = BufReader::new(stream);
+        let mut info = String::new();
+        reader.read_line(&mut info)?;
+        if !info.starts_with("INFO") {
+            bail!("{addr} is not a NATS server: {info:?}");
+        }
+        writer.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"strata-scale-model\"}\r\nSUB _SM_INBOX 1\r\n")?;
+        Ok(JsProbe { reader, writer })
+    }
+
+    /// Messages stored in `stream` now.
+    pub fn depth(&mut self, stream: &str) -> Result<u64> {
+        write!(self.writer, "PUB $JS.API.STREAM.INFO.{stream} _SM_INBOX 0\r\n\r\n")?;
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                bail!("the bus closed the connection");
+            }
+            let line = line.trim_end();
+            if line == "PING" {
+                self.writer.write_all(b"PONG\r\n")?;
+            } else if let Some(rest) = line.strip_prefix("MSG ") {
+                let len: usize = rest.rsplit(' ').next().and_then(|n| n.parse().ok()).context("MSG without a length")?;
+                let mut payload = vec![0u8; len + 2];
+                self.reader.read_exact(&mut payload)?;
+                let doc: serde_json::Value = serde_json::from_slice(&payload[..len])?;
+                if doc["config"]["name"].as_str() != Some(stream) {
+                    bail!("stream info for {stream}: {doc}");
+                }
+                return doc["state"]["messages"].as_u64().context("stream info without state.messages");
+            } else if line.starts_with("-ERR") {
+                bail!("bus: {line}");
+            }
+        }
+    }
+}
+
+/// Samples the queue depths every [`QUEUE_SAMPLE_INTERVAL`] on a thread until [`QueueSampler::finish`].
 pub struct QueueSampler {
     stop: Arc<AtomicBool>,
     handle: JoinHandle<QueueStats>,
 }
 
 impl QueueSampler {
-    pub fn start(monitor: SocketAddr) -> QueueSampler {
+    /// Samples the bus at `bus` (a nats-server's client address).
+    pub fn start(bus: SocketAddr) -> QueueSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let handle = std::thread::spawn(move || {
             let mut stats = QueueStats::default();
+            let mut probe = None;
             while !stopped.load(Ordering::Relaxed) {
-                if let Ok(doc) = http_get(monitor, "/jsz?streams=true").and_then(|b| serde_json::from_str(&b).context("jsz json")) {
-                    stats.samples += 1;
-                    for (name, n) in stream_depths(&doc) {
-                        let m = stats.max.entry(name.clone()).or_default();
-                        *m = (*m).max(n);
-                        *stats.sum.entry(name).or_default() += n;
+                if probe.is_none() {
+                    probe = JsProbe::connect(bus).ok();
+                }
+                if let Some(p) = probe.as_mut() {
+                    let depths: Result<Vec<(String, u64)>> = STREAMS.iter().map(|s| p.depth(s).map(|n| (s.to_string(), n))).collect();
+                    match depths {
+                        Ok(depths) => {
+                            stats.samples += 1;
+                            for (name, n) in depths {
+                                let m = stats.max.entry(name.clone()).or_default();
+                                *m = (*m).max(n);
+                                *stats.sum.entry(name).or_default() += n;
+                            }
+                        }
+                        Err(_) => probe = None,
                     }
                 }
                 std::thread::sleep(QUEUE_SAMPLE_INTERVAL);
@@ -113,16 +166,6 @@ impl QueueSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_stream_depths_from_jsz() {
-        let doc = serde_json::json!({"account_details": [{"stream_detail": [
-            {"name": "STRATA_SEAL", "state": {"messages": 7}},
-            {"name": "STRATA_UPLOAD", "state": {"messages": 0}}]}]});
-        let d = stream_depths(&doc);
-        assert_eq!(d["STRATA_SEAL"], 7);
-        assert_eq!(d["STRATA_UPLOAD"], 0);
-    }
 
     #[test]
     fn sums_prometheus_series() {
