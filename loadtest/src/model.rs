@@ -272,7 +272,8 @@ struct Fleet {
     dir: TestDir,
     bins: StrataBins,
     config: PathBuf,
-    monitor: SocketAddr,
+    /// A nats-server's client address, for the queue sampler.
+    bus_client: SocketAddr,
     bus_url: String,
 }
 
@@ -411,8 +412,8 @@ impl Fleet {
             }));
         }
         let nats = waited;
-        let monitor = SocketAddr::new(IpAddr::V4(buses[0].addr()), nats[0].port());
-        check_reachable(&db, SocketAddr::new(IpAddr::V4(buses[0].addr()), nats[0].port()))?;
+        let bus_client = SocketAddr::new(IpAddr::V4(buses[0].addr()), nats[0].port());
+        check_reachable(&db, bus_client)?;
 
         let s3 = match &s3_host {
             Some(h) => {
@@ -481,7 +482,7 @@ impl Fleet {
             dir,
             bins,
             config,
-            monitor,
+            bus_client,
             bus_url,
         };
         let t0 = Instant::now();
@@ -753,7 +754,7 @@ impl Fleet {
         hosts.extend(self.s3_host.iter());
         hosts.extend(sf.hosts.iter());
         let before: Vec<(f64, (u64, u64))> = hosts.iter().map(|h| (h.cgroup.usage_secs(), h.cgroup.throttled())).collect();
-        let sampler = QueueSampler::start(self.monitor);
+        let sampler = QueueSampler::start(self.bus_client);
         let result = f();
         let queues = sampler.finish();
         let (seconds, bytes, mut extra) = result.with_context(|| format!("phase {name}"))?;

@@ -122,7 +122,10 @@ pub fn parse_delay_ms(text: &str) -> Result<f64> {
 /// Picks 10.213.N.0/24 with no address or route of this machine in it; returns the third octet.
 pub fn pick_subnet() -> Result<u8> {
     let routes = ip(&["-4", "route", "show", "table", "all"])? + &ip(&["-4", "addr", "show"])?;
-    for n in (1..=254u8).rev() {
+    // Starting from a pid-derived subnet, so two runs that start together rarely try the same one first.
+    let start = std::process::id() % 254;
+    for i in 0..254u32 {
+        let n = ((start + i) % 254 + 1) as u8;
         let prefix = format!("10.213.{n}.");
         if !routes.contains(&prefix) && !routes.contains("10.213.0.0/16") {
             return Ok(n);
