@@ -64,7 +64,10 @@ fn v1_mount(controller: &str) -> Option<PathBuf> {
 }
 
 fn v2_mount() -> Option<PathBuf> {
-    mounts().into_iter().find(|(_, kind, _)| kind == "cgroup2").map(|(dir, _, _)| PathBuf::from(dir))
+    mounts()
+        .into_iter()
+        .find(|(_, kind, _)| kind == "cgroup2")
+        .map(|(dir, _, _)| PathBuf::from(dir))
 }
 
 impl Hierarchy {
@@ -73,14 +76,19 @@ impl Hierarchy {
         let v1 = || -> Result<Hierarchy> {
             let cpu = v1_mount("cpu").context("cgroup v1: the cpu controller is not mounted")?;
             if !cpu.join("cpu.cfs_quota_us").exists() {
-                bail!("cgroup v1: {} has no cpu.cfs_quota_us (kernel without CFS bandwidth control)", cpu.display());
+                bail!(
+                    "cgroup v1: {} has no cpu.cfs_quota_us (kernel without CFS bandwidth control)",
+                    cpu.display()
+                );
             }
-            let cpuacct = v1_mount("cpuacct").context("cgroup v1: the cpuacct controller is not mounted")?;
+            let cpuacct =
+                v1_mount("cpuacct").context("cgroup v1: the cpuacct controller is not mounted")?;
             Ok(Hierarchy::V1 { cpu, cpuacct })
         };
         let v2 = || -> Result<Hierarchy> {
             let root = v2_mount().context("cgroup v2: no cgroup2 mount")?;
-            let controllers = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+            let controllers =
+                fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
             if !controllers.split_whitespace().any(|c| c == "cpu") {
                 bail!(
                     "cgroup v2: {} offers no cpu controller (cgroup.controllers = {:?}; it is bound to v1 here: use --cgroup v1)",
@@ -94,7 +102,9 @@ impl Hierarchy {
             CgroupMode::V1 => v1(),
             CgroupMode::V2 => v2(),
             CgroupMode::None => Ok(Hierarchy::None),
-            CgroupMode::Auto => v1().or_else(|e1| v2().map_err(|e2| anyhow::anyhow!("no usable cgroup: {e1:#}; {e2:#}"))),
+            CgroupMode::Auto => v1().or_else(|e1| {
+                v2().map_err(|e2| anyhow::anyhow!("no usable cgroup: {e1:#}; {e2:#}"))
+            }),
         }
     }
 
@@ -120,7 +130,10 @@ impl Hierarchy {
 
     /// Every hierarchy's root, for `--cleanup`.
     pub fn all_roots() -> Vec<PathBuf> {
-        let mut roots: Vec<PathBuf> = ["cpu", "cpuacct"].iter().filter_map(|c| v1_mount(c)).collect();
+        let mut roots: Vec<PathBuf> = ["cpu", "cpuacct"]
+            .iter()
+            .filter_map(|c| v1_mount(c))
+            .collect();
         roots.extend(v2_mount());
         roots.sort();
         roots.dedup();
@@ -143,7 +156,11 @@ impl RunCgroup {
         for d in &dirs {
             fs::create_dir(d).with_context(|| format!("cannot create cgroup {}", d.display()))?;
         }
-        let cg = RunCgroup { hierarchy, run: run.to_string(), dirs };
+        let cg = RunCgroup {
+            hierarchy,
+            run: run.to_string(),
+            dirs,
+        };
         if let Hierarchy::V2 { root } = &cg.hierarchy {
             enable_cpu(root)?;
             enable_cpu(&cg.dirs[0])?;
@@ -162,7 +179,11 @@ impl RunCgroup {
         for d in &dirs {
             fs::create_dir(d).with_context(|| format!("cannot create cgroup {}", d.display()))?;
         }
-        let cg = HostCgroup { hierarchy: self.hierarchy.clone(), dirs, name: format!("{}{}/{host}", NAME_PREFIX, self.run) };
+        let cg = HostCgroup {
+            hierarchy: self.hierarchy.clone(),
+            dirs,
+            name: format!("{}{}/{host}", NAME_PREFIX, self.run),
+        };
         if let Some(cores) = cores {
             if !(0.01..=1024.0).contains(&cores) {
                 bail!("a CPU share of {cores} cores is out of range (0.01..1024)");
@@ -174,7 +195,9 @@ impl RunCgroup {
                     write(&cg.dirs[0].join("cpu.cfs_period_us"), &period.to_string())?;
                     write(&cg.dirs[0].join("cpu.cfs_quota_us"), &quota.to_string())?;
                 }
-                Hierarchy::V2 { .. } => write(&cg.dirs[0].join("cpu.max"), &format!("{quota} {period}"))?,
+                Hierarchy::V2 { .. } => {
+                    write(&cg.dirs[0].join("cpu.max"), &format!("{quota} {period}"))?
+                }
                 Hierarchy::None => {}
             }
         }
@@ -242,24 +265,37 @@ impl HostCgroup {
         match &self.hierarchy {
             Hierarchy::V1 { .. } => {
                 let d = self.dirs.last().expect("v1 has a cpuacct directory");
-                fs::read_to_string(d.join("cpuacct.usage")).ok().and_then(|s| s.trim().parse::<f64>().ok()).unwrap_or(0.0) / 1e9
+                fs::read_to_string(d.join("cpuacct.usage"))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0)
+                    / 1e9
             }
-            Hierarchy::V2 { .. } => fs::read_to_string(self.dirs[0].join("cpu.stat"))
-                .unwrap_or_default()
-                .lines()
-                .find_map(|l| l.strip_prefix("usage_usec "))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .unwrap_or(0.0)
-                / 1e6,
+            Hierarchy::V2 { .. } => {
+                fs::read_to_string(self.dirs[0].join("cpu.stat"))
+                    .unwrap_or_default()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0)
+                    / 1e6
+            }
             Hierarchy::None => 0.0,
         }
     }
 
     /// Periods in which the quota throttled the host, and how many periods there were (v1 and v2 `cpu.stat`).
     pub fn throttled(&self) -> (u64, u64) {
-        let Some(d) = self.dirs.first() else { return (0, 0) };
+        let Some(d) = self.dirs.first() else {
+            return (0, 0);
+        };
         let stat = fs::read_to_string(d.join("cpu.stat")).unwrap_or_default();
-        let get = |k: &str| stat.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        let get = |k: &str| {
+            stat.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
         (get("nr_throttled "), get("nr_periods "))
     }
 }
@@ -284,7 +320,8 @@ pub fn adopt_into(dirs: &[PathBuf], pid: u32) -> Result<()> {
             // A process that exited meanwhile is not an error.
             if let Err(e) = fs::write(d.join("cgroup.procs"), p.to_string()) {
                 if Path::new(&format!("/proc/{p}")).exists() {
-                    return Err(e).with_context(|| format!("cannot move pid {p} into {}", d.display()));
+                    return Err(e)
+                        .with_context(|| format!("cannot move pid {p} into {}", d.display()));
                 }
             }
         }
@@ -307,9 +344,15 @@ fn evacuate(dir: &Path) {
     if left.is_empty() {
         return;
     }
-    eprintln!("warning: pids {left:?} still in cgroup {}: moved to the root cgroup", dir.display());
+    eprintln!(
+        "warning: pids {left:?} still in cgroup {}: moved to the root cgroup",
+        dir.display()
+    );
     let mut root = dir.to_path_buf();
-    while root.parent().is_some_and(|p| p.join("cgroup.procs").exists()) {
+    while root
+        .parent()
+        .is_some_and(|p| p.join("cgroup.procs").exists())
+    {
         root.pop();
     }
     for p in left {
@@ -322,9 +365,16 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     let mut parent_of = Vec::new();
     if let Ok(dir) = fs::read_dir("/proc") {
         for e in dir.flatten() {
-            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-            let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
-            let ppid = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().nth(1)).and_then(|v| v.parse::<u32>().ok());
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u32>().ok());
             if let Some(pp) = ppid {
                 parent_of.push((p, pp));
             }

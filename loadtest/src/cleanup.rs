@@ -11,11 +11,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::cgroup::{members, Hierarchy};
-use crate::net::{delete_interface, delete_namespace, list_interfaces, list_namespaces, namespace_pids, IF_PREFIX, NAME_PREFIX};
+use crate::net::{
+    delete_interface, delete_namespace, list_interfaces, list_namespaces, namespace_pids,
+    IF_PREFIX, NAME_PREFIX,
+};
 
 /// The run (pid) a name of the tool belongs to: `strata-sm-<run>-...` or `strsm<run><tag>`.
 pub fn run_of(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix(NAME_PREFIX).or_else(|| name.strip_prefix(IF_PREFIX))?;
+    let rest = name
+        .strip_prefix(NAME_PREFIX)
+        .or_else(|| name.strip_prefix(IF_PREFIX))?;
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
     digits.parse().ok()
 }
@@ -35,7 +40,11 @@ fn stop_pids(pids: &[i32], what: &str) {
         unsafe { libc::kill(p, libc::SIGTERM) };
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline && pids.iter().any(|&p| Path::new(&format!("/proc/{p}")).exists()) {
+    while Instant::now() < deadline
+        && pids
+            .iter()
+            .any(|&p| Path::new(&format!("/proc/{p}")).exists())
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
     for &p in pids.iter().filter(|p| **p > 0) {
@@ -64,9 +73,22 @@ pub fn cleanup() -> Result<usize> {
         }
     }
     for root in Hierarchy::all_roots() {
-        let Ok(entries) = std::fs::read_dir(&root) else { continue };
-        for run_dir in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir() && p.file_name().is_some_and(|n| stale(&n.to_string_lossy()))) {
-            let hosts: Vec<PathBuf> = std::fs::read_dir(&run_dir).map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()).unwrap_or_default();
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for run_dir in entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| stale(&n.to_string_lossy())))
+        {
+            let hosts: Vec<PathBuf> = std::fs::read_dir(&run_dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.is_dir())
+                        .collect()
+                })
+                .unwrap_or_default();
             for h in hosts.iter().chain(std::iter::once(&run_dir)) {
                 let pids: Vec<i32> = members(h).into_iter().map(|p| p as i32).collect();
                 stop_pids(&pids, &format!("cgroup {}", h.display()));
@@ -79,7 +101,9 @@ pub fn cleanup() -> Result<usize> {
     }
     if let Ok(entries) = std::fs::read_dir("/tmp") {
         for d in entries.flatten().map(|e| e.path()) {
-            let Some(name) = d.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
+            let Some(name) = d.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                continue;
+            };
             if d.is_dir() && name.starts_with("strata-sm-") && stale(&name) {
                 match std::fs::remove_dir_all(&d) {
                     Ok(()) => removed += 1,

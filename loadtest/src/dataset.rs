@@ -46,13 +46,16 @@ impl Dataset {
                 if mb < 20 {
                     bail!("--oltp-mb must be at least 20");
                 }
-                let ncust = (u64::from(mb) * 1_000_000 - OLTP_FIXED_BYTES) / OLTP_BYTES_PER_CUSTOMER;
+                let ncust =
+                    (u64::from(mb) * 1_000_000 - OLTP_FIXED_BYTES) / OLTP_BYTES_PER_CUSTOMER;
                 let step = |schema: u8, p1: u8, p2: u8, finish: u8| {
                     // psql's -v, as \set lines ahead of the file (the harness's psql reads the script on stdin).
                     let script = format!(
                         "\\set ncust {ncust}\n\\set schema {schema}\n\\set part1 {p1}\n\\set part2 {p2}\n\\set finish {finish}\n{OLTP_SQL}"
                     );
-                    pg.try_psql_db("postgres", &script).map(|_| ()).map_err(|e| anyhow::anyhow!("oltp.sql: {e}"))
+                    pg.try_psql_db("postgres", &script)
+                        .map(|_| ())
+                        .map_err(|e| anyhow::anyhow!("oltp.sql: {e}"))
                 };
                 step(1, 0, 0, 0)?;
                 std::thread::scope(|s| {
@@ -70,7 +73,8 @@ impl Dataset {
     pub fn prepare_churn(&self, dir: &Path) -> Result<()> {
         if let Dataset::Oltp { .. } = self {
             let path = dir.join("oltp-churn.sql");
-            std::fs::write(&path, OLTP_CHURN_SQL).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(&path, OLTP_CHURN_SQL)
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
         Ok(())
     }
@@ -78,18 +82,47 @@ impl Dataset {
     /// `pgbench -n -T secs -c clients` with this dataset's churn script: TPC-B for pgbench, oltp-churn.sql
     /// (over the customers and orders that exist now) for oltp; output to `log`. Spawn it from the database
     /// host's thread, so that it runs there.
-    pub fn churn_command(&self, pg: &PgCluster, dir: &Path, secs: u32, clients: u32, log: &Path) -> Result<Command> {
+    pub fn churn_command(
+        &self,
+        pg: &PgCluster,
+        dir: &Path,
+        secs: u32,
+        clients: u32,
+        log: &Path,
+    ) -> Result<Command> {
         let mut cmd = command_as_postgres(pg_bin("pgbench"));
-        cmd.args(["-n", "-T", &secs.to_string(), "-c", &clients.to_string(), "-j", &clients.clamp(1, 2).to_string()]);
+        cmd.args([
+            "-n",
+            "-T",
+            &secs.to_string(),
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.clamp(1, 2).to_string(),
+        ]);
         if let Dataset::Oltp { .. } = self {
             let ncust = pg.psql("SELECT max(id) FROM customers");
             let norders = pg.psql("SELECT max(id) FROM orders");
             cmd.arg("-f").arg(dir.join("oltp-churn.sql"));
-            cmd.args(["-D", &format!("ncust={ncust}"), "-D", &format!("norders={norders}")]);
+            cmd.args([
+                "-D",
+                &format!("ncust={ncust}"),
+                "-D",
+                &format!("norders={norders}"),
+            ]);
         }
-        cmd.arg("-h").arg(pg.socket_dir()).args(["-p", &pg.port().to_string(), "-U", "postgres", "postgres"]);
-        let out = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-        cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+        cmd.arg("-h").arg(pg.socket_dir()).args([
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "postgres",
+            "postgres",
+        ]);
+        let out = std::fs::File::create(log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
         Ok(cmd)
     }
 }

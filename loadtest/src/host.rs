@@ -79,15 +79,18 @@ impl Host {
             .name(format!("host-{name}"))
             .spawn(move || {
                 let entered = (|| -> Result<()> {
-                    let f = File::open(&ns_path).with_context(|| format!("cannot open {}", ns_path.display()))?;
+                    let f = File::open(&ns_path)
+                        .with_context(|| format!("cannot open {}", ns_path.display()))?;
                     // SAFETY: setns on a descriptor we own; it changes only this thread's network namespace.
                     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(std::io::Error::last_os_error()).with_context(|| format!("setns {}", ns_path.display()));
+                        return Err(std::io::Error::last_os_error())
+                            .with_context(|| format!("setns {}", ns_path.display()));
                     }
                     // SAFETY: gettid has no preconditions.
                     let tid = unsafe { libc::gettid() };
                     for t in &tasks {
-                        std::fs::write(t, tid.to_string()).with_context(|| format!("cannot join cgroup ({})", t.display()))?;
+                        std::fs::write(t, tid.to_string())
+                            .with_context(|| format!("cannot join cgroup ({})", t.display()))?;
                     }
                     Ok(())
                 })();
@@ -101,7 +104,13 @@ impl Host {
             })
             .context("cannot start a host thread")?;
         ready_rx.recv().context("host thread died at start")??;
-        Ok(Host { name: name.to_string(), role, thread: Some((tx, handle)), cgroup, ns })
+        Ok(Host {
+            name: name.to_string(),
+            role,
+            thread: Some((tx, handle)),
+            cgroup,
+            ns,
+        })
     }
 
     /// The host's address on the bridge.

@@ -33,11 +33,19 @@ pub fn namespaces_unavailable() -> Option<String> {
         return Some("not running as root".into());
     }
     let probe = format!("{}probe-{}", net::NAME_PREFIX, std::process::id());
-    match std::process::Command::new("ip").args(["netns", "add", &probe]).output() {
+    match std::process::Command::new("ip")
+        .args(["netns", "add", &probe])
+        .output()
+    {
         Err(e) => Some(format!("cannot run `ip`: {e}")),
-        Ok(out) if !out.status.success() => Some(format!("`ip netns add` failed: {}", String::from_utf8_lossy(&out.stderr).trim())),
+        Ok(out) if !out.status.success() => Some(format!(
+            "`ip netns add` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
         Ok(_) => {
-            let _ = std::process::Command::new("ip").args(["netns", "del", &probe]).output();
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &probe])
+                .output();
             None
         }
     }

@@ -13,7 +13,9 @@ use strata_loadtest::net::{parse_delay_ms, parse_rate, LinkShape};
 use strata_loadtest::{cleanup, report};
 
 #[derive(Parser, Debug)]
-#[command(about = "A scale model of a Strata fleet on one machine: hosts are network namespaces with CPU quotas and shaped links")]
+#[command(
+    about = "A scale model of a Strata fleet on one machine: hosts are network namespaces with CPU quotas and shaped links"
+)]
 struct Args {
     /// Remove what a killed run left (namespaces, links, cgroups, directories of dead runs), then exit.
     #[arg(long)]
@@ -71,7 +73,12 @@ struct Args {
     #[arg(long, default_value_t = 200)]
     oltp_mb: u32,
     /// Phases per shape in backup mode.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "full,incr,wal")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "full,incr,wal"
+    )]
     phases: Vec<Phase>,
     /// Seconds of churn (pgbench) before the incremental.
     #[arg(long, default_value_t = 10)]
@@ -109,7 +116,11 @@ struct Args {
 fn shape(rate: &Option<String>, rtt: &Option<String>) -> Result<LinkShape> {
     Ok(LinkShape {
         rate_bps: rate.as_deref().map(parse_rate).transpose()?,
-        delay_ms: rtt.as_deref().map(parse_delay_ms).transpose()?.map(|rtt| rtt / 2.0),
+        delay_ms: rtt
+            .as_deref()
+            .map(parse_delay_ms)
+            .transpose()?
+            .map(|rtt| rtt / 2.0),
     })
 }
 
@@ -122,7 +133,11 @@ fn options(a: &Args) -> Result<Options> {
     if !(a.buses == 1 || a.buses == 3) {
         bail!("--buses must be 1 or 3");
     }
-    for (name, counts, max) in [("--sealers", &a.sealers, 40), ("--uploaders", &a.uploaders, 40), ("--replicators", &a.replicators, 10)] {
+    for (name, counts, max) in [
+        ("--sealers", &a.sealers, 40),
+        ("--uploaders", &a.uploaders, 40),
+        ("--replicators", &a.replicators, 10),
+    ] {
         if counts.iter().any(|&n| n == 0 || n > max) {
             bail!("{name} counts must be 1..={max}");
         }
@@ -130,7 +145,11 @@ fn options(a: &Args) -> Result<Options> {
     let pipeline = a
         .pipeline
         .iter()
-        .map(|kv| kv.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).with_context(|| format!("--pipeline {kv:?}: not key=value")))
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .with_context(|| format!("--pipeline {kv:?}: not key=value"))
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(Options {
         mode: a.mode,
@@ -163,12 +182,23 @@ fn options(a: &Args) -> Result<Options> {
 /// The plot's caption: the dataset and only the caps and links that were set.
 fn title(opts: &Options) -> String {
     let mut parts = vec![opts.dataset.describe()];
-    for (name, cpu) in [("sealer", opts.sealer_cpu), ("uploader", opts.uploader_cpu), ("replicator", opts.replicator_cpu), ("db", opts.db_cpu)] {
+    for (name, cpu) in [
+        ("sealer", opts.sealer_cpu),
+        ("uploader", opts.uploader_cpu),
+        ("replicator", opts.replicator_cpu),
+        ("db", opts.db_cpu),
+    ] {
         if let Some(c) = cpu {
             parts.push(format!("{name} {c} core"));
         }
     }
-    for (name, link) in [("sealer", &opts.sealer_link), ("uploader", &opts.uploader_link), ("replicator", &opts.replicator_link), ("db", &opts.db_link), ("repo", &opts.repo_link)] {
+    for (name, link) in [
+        ("sealer", &opts.sealer_link),
+        ("uploader", &opts.uploader_link),
+        ("replicator", &opts.replicator_link),
+        ("db", &opts.db_link),
+        ("repo", &opts.repo_link),
+    ] {
         if !link.is_none() {
             parts.push(format!("{name} link {}", link.describe()));
         }

@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 
 use strata_integration::config::toml_string;
 use strata_integration::{
-    reserve_port, write_config_with, NatsOptions, NatsServer, PgCluster, PgOptions, Port, S3Server, Service, StrataBins, TestDir,
+    reserve_port, write_config_with, NatsOptions, NatsServer, PgCluster, PgOptions, Port, S3Server,
+    Service, StrataBins, TestDir,
 };
 
 use crate::cgroup::{adopt_into, CgroupMode, Hierarchy, RunCgroup};
@@ -48,7 +49,12 @@ use crate::wan::DelayRelay;
 /// The stanza every shape backs up.
 pub const STANZA: &str = "main";
 /// Where each host's services serve metrics (every host is its own namespace, so the ports never clash).
-pub const METRICS_PORTS: [(&str, u16); 4] = [("collector", 9184), ("sealer", 9185), ("uploader", 9186), ("replicator", 9187)];
+pub const METRICS_PORTS: [(&str, u16); 4] = [
+    ("collector", 9184),
+    ("sealer", 9185),
+    ("uploader", 9186),
+    ("replicator", 9187),
+];
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -135,12 +141,20 @@ pub struct Options {
 impl Options {
     /// The shapes to run: the cross product of the counts, in order.
     pub fn shapes(&self) -> Vec<Shape> {
-        let replicators = if self.mode == Mode::Replicate { self.replicators.clone() } else { vec![0] };
+        let replicators = if self.mode == Mode::Replicate {
+            self.replicators.clone()
+        } else {
+            vec![0]
+        };
         let mut out = Vec::new();
         for &s in &self.sealers {
             for &u in &self.uploaders {
                 for &r in &replicators {
-                    out.push(Shape { sealers: s, uploaders: u, replicators: r });
+                    out.push(Shape {
+                        sealers: s,
+                        uploaders: u,
+                        replicators: r,
+                    });
                 }
             }
         }
@@ -281,7 +295,10 @@ impl Drop for Fleet {
     /// The last shape's services are gone, so an archive-push from the shutdown checkpoint would wait out
     /// its stall timeout and hold the postmaster's fast shutdown: archiving is turned off first.
     fn drop(&mut self) {
-        let _ = self.pg.try_psql_db("postgres", "ALTER SYSTEM SET archive_command = '/bin/true';\nSELECT pg_reload_conf();");
+        let _ = self.pg.try_psql_db(
+            "postgres",
+            "ALTER SYSTEM SET archive_command = '/bin/true';\nSELECT pg_reload_conf();",
+        );
     }
 }
 
@@ -295,9 +312,25 @@ struct ShapeFleet {
 /// The time a process gets to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn new_host(fleet_bridge: &Bridge, cgroups: &RunCgroup, run: &str, name: &str, tag: &str, role: Role, octet: u8, cpu: Option<f64>, link: &LinkShape) -> Result<Host> {
-    let ns = NetNs::create(&format!("{NAME_PREFIX}{run}-{name}"), &format!("{IF_PREFIX}{run}{tag}"), fleet_bridge, fleet_bridge.addr(octet), link)
-        .with_context(|| format!("host {name}"))?;
+fn new_host(
+    fleet_bridge: &Bridge,
+    cgroups: &RunCgroup,
+    run: &str,
+    name: &str,
+    tag: &str,
+    role: Role,
+    octet: u8,
+    cpu: Option<f64>,
+    link: &LinkShape,
+) -> Result<Host> {
+    let ns = NetNs::create(
+        &format!("{NAME_PREFIX}{run}-{name}"),
+        &format!("{IF_PREFIX}{run}{tag}"),
+        fleet_bridge,
+        fleet_bridge.addr(octet),
+        link,
+    )
+    .with_context(|| format!("host {name}"))?;
     let cg = cgroups.host(name, cpu)?;
     Host::start(name, role, ns, cg)
 }
@@ -316,17 +349,34 @@ pub fn run(opts: &Options) -> Result<Report> {
     };
     let run = std::process::id().to_string();
     let dir = TestDir::new(&format!("sm-{run}"));
-    eprintln!("scale model run {run}: files in {}, cgroup {}", dir.path().display(), hierarchy.version());
+    eprintln!(
+        "scale model run {run}: files in {}, cgroup {}",
+        dir.path().display(),
+        hierarchy.version()
+    );
     let keep = dir.clone();
     let result = (|| -> Result<Report> {
         let mut fleet = Fleet::start(opts, hierarchy, bins, run, dir)?;
-        let mut report = Report { header: fleet.header(opts), shapes: Vec::new(), varied };
+        let mut report = Report {
+            header: fleet.header(opts),
+            shapes: Vec::new(),
+            varied,
+        };
         for shape in opts.shapes() {
             check_interrupted()?;
             eprintln!("--- shape {} ---", shape.tag());
-            let result = fleet.run_shape(opts, shape).with_context(|| format!("shape {}", shape.tag()))?;
+            let result = fleet
+                .run_shape(opts, shape)
+                .with_context(|| format!("shape {}", shape.tag()))?;
             for p in &result.phases {
-                eprintln!("{} {}: {:.1} MB/s ({} bytes in {:.1} s)", shape.tag(), p.name, p.mb_s(), p.bytes, p.seconds);
+                eprintln!(
+                    "{} {}: {:.1} MB/s ({} bytes in {:.1} s)",
+                    shape.tag(),
+                    p.name,
+                    p.mb_s(),
+                    p.bytes,
+                    p.seconds
+                );
             }
             report.shapes.push(result);
         }
@@ -343,33 +393,78 @@ pub fn run(opts: &Options) -> Result<Report> {
 fn dump_logs(root: &Path) {
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if p.is_dir() && !name.starts_with("repo") && name != "data" && name != "jetstream" {
                 stack.push(p);
             } else if name.ends_with(".log") || name.ends_with(".err") {
                 let text = std::fs::read_to_string(&p).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();
-                eprintln!("--- {} (last 15 lines) ---\n{}", p.display(), lines[lines.len().saturating_sub(15)..].join("\n"));
+                eprintln!(
+                    "--- {} (last 15 lines) ---\n{}",
+                    p.display(),
+                    lines[lines.len().saturating_sub(15)..].join("\n")
+                );
             }
         }
     }
 }
 
 impl Fleet {
-    fn start(opts: &Options, hierarchy: Hierarchy, bins: StrataBins, run: String, dir: TestDir) -> Result<Fleet> {
+    fn start(
+        opts: &Options,
+        hierarchy: Hierarchy,
+        bins: StrataBins,
+        run: String,
+        dir: TestDir,
+    ) -> Result<Fleet> {
         let cgroups = RunCgroup::create(hierarchy, &run)?;
         let bridge = Bridge::create(&run, pick_subnet()?)?;
         let none = LinkShape::default();
-        let db = new_host(&bridge, &cgroups, &run, "db", "d", Role::Db, 2, opts.db_cpu, &opts.db_link)?;
+        let db = new_host(
+            &bridge,
+            &cgroups,
+            &run,
+            "db",
+            "d",
+            Role::Db,
+            2,
+            opts.db_cpu,
+            &opts.db_link,
+        )?;
         let mut buses = Vec::new();
         for i in 0..opts.buses {
-            buses.push(new_host(&bridge, &cgroups, &run, &format!("bus{}", i + 1), &format!("b{}", i + 1), Role::Bus, 3 + i as u8, None, &none)?);
+            buses.push(new_host(
+                &bridge,
+                &cgroups,
+                &run,
+                &format!("bus{}", i + 1),
+                &format!("b{}", i + 1),
+                Role::Bus,
+                3 + i as u8,
+                None,
+                &none,
+            )?);
         }
         let s3_host = if opts.needs_s3() {
-            Some(new_host(&bridge, &cgroups, &run, "s3", "o", Role::Repo, 9, None, &opts.repo_link)?)
+            Some(new_host(
+                &bridge,
+                &cgroups,
+                &run,
+                "s3",
+                "o",
+                Role::Repo,
+                9,
+                None,
+                &opts.repo_link,
+            )?)
         } else {
             None
         };
@@ -378,12 +473,21 @@ impl Fleet {
         // servers of a cluster are ready only together.
         let monitor_port = reserve_port();
         let route_ports: Vec<Port> = (0..opts.buses).map(|_| reserve_port()).collect();
-        let routes: Vec<String> = buses.iter().zip(&route_ports).map(|(h, p)| format!("nats-route://{}:{}", h.addr(), p.get())).collect();
+        let routes: Vec<String> = buses
+            .iter()
+            .zip(&route_ports)
+            .map(|(h, p)| format!("nats-route://{}:{}", h.addr(), p.get()))
+            .collect();
         let mut nats = Vec::new();
         for (i, host) in buses.iter().enumerate() {
             let mut extra = format!("http: \"{}:{}\"\n", host.addr(), monitor_port.get());
             if opts.buses > 1 {
-                let others: Vec<String> = routes.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, r)| format!("\"{r}\"")).collect();
+                let others: Vec<String> = routes
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, r)| format!("\"{r}\""))
+                    .collect();
                 extra.push_str(&format!(
                     "cluster {{\n  name: strata-sm\n  listen: \"{}:{}\"\n  routes: [{}]\n}}\n",
                     host.addr(),
@@ -391,7 +495,11 @@ impl Fleet {
                     others.join(", ")
                 ));
             }
-            let nats_opts = NatsOptions { name: format!("nats{}", i + 1), listen_ip: IpAddr::V4(host.addr()), extra_config: extra };
+            let nats_opts = NatsOptions {
+                name: format!("nats{}", i + 1),
+                listen_ip: IpAddr::V4(host.addr()),
+                extra_config: extra,
+            };
             let d = dir.clone();
             let cg = host.cgroup.dirs();
             let server = host.run(move || {
@@ -429,7 +537,11 @@ impl Fleet {
         // The WAN's round-trip time: a relay on the S3 host in front of moto (see `wan`).
         let relay = match (&s3_host, &s3, opts.repo_link.delay_ms) {
             (Some(h), Some(server), Some(ms)) => {
-                let upstream: SocketAddr = server.endpoint().trim_start_matches("http://").parse().context("moto's endpoint")?;
+                let upstream: SocketAddr = server
+                    .endpoint()
+                    .trim_start_matches("http://")
+                    .parse()
+                    .context("moto's endpoint")?;
                 let listen = SocketAddr::new(IpAddr::V4(h.addr()), 0);
                 let one_way = Duration::from_secs_f64(ms / 1e3);
                 Some(h.run(move || DelayRelay::start(listen, upstream, one_way))?)
@@ -443,7 +555,9 @@ impl Fleet {
         };
 
         // PostgreSQL on the database host. The archive command names the config, which each shape rewrites.
-        let config = dir.path().join(strata_integration::config::CONFIG_FILE_NAME);
+        let config = dir
+            .path()
+            .join(strata_integration::config::CONFIG_FILE_NAME);
         let pg_opts = PgOptions::new(bins.archive_push_command(&config, STANZA))
             .name("pg")
             .setting("max_wal_size", "4GB")
@@ -490,7 +604,11 @@ impl Fleet {
         opts.dataset.load(&fleet.pg)?;
         opts.dataset.prepare_churn(fleet.dir.path())?;
         fleet.pg.psql("CHECKPOINT");
-        eprintln!("loaded {} bytes in {:.1} s", fleet.database_bytes(), t0.elapsed().as_secs_f64());
+        eprintln!(
+            "loaded {} bytes in {:.1} s",
+            fleet.database_bytes(),
+            t0.elapsed().as_secs_f64()
+        );
         Ok(fleet)
     }
 }
@@ -498,7 +616,9 @@ impl Fleet {
 /// Checks that the database host reaches the bus over the bridge (a FORWARD policy of the machine's
 /// firewall applies to bridged traffic when br_netfilter is loaded, and would drop it).
 fn check_reachable(host: &Host, addr: SocketAddr) -> Result<()> {
-    let reached = host.run(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map(|_| ()));
+    let reached = host.run(move || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map(|_| ())
+    });
     reached.with_context(|| format!("host {} cannot reach {addr} over the bridge (check the firewall's FORWARD chain: bridge-nf-call-iptables)", host.name))
 }
 
@@ -511,7 +631,13 @@ struct ShapeRepo {
 
 impl ShapeRepo {
     /// `endpoint` is where the services reach S3: moto's own address, or the WAN relay in front of it.
-    fn prepare(opts: &Options, dir: &TestDir, s3: Option<&S3Server>, endpoint: Option<&str>, tag: &str) -> Result<ShapeRepo> {
+    fn prepare(
+        opts: &Options,
+        dir: &TestDir,
+        s3: Option<&S3Server>,
+        endpoint: Option<&str>,
+        tag: &str,
+    ) -> Result<ShapeRepo> {
         let s3_repo = |s3: &S3Server, bucket: &str| -> String {
             let body = s3.repo_config(bucket, "strata");
             match endpoint {
@@ -522,7 +648,13 @@ impl ShapeRepo {
         let primary = match opts.repo {
             RepoKind::Posix => {
                 let path = dir.subdir(format!("repo-{tag}"));
-                ("local".to_string(), format!("type = \"posix\"\npath = {}\n", toml_string(&path.display().to_string())))
+                (
+                    "local".to_string(),
+                    format!(
+                        "type = \"posix\"\npath = {}\n",
+                        toml_string(&path.display().to_string())
+                    ),
+                )
             }
             RepoKind::S3 => {
                 let s3 = s3.context("an S3 repository needs the S3 host")?;
@@ -538,7 +670,10 @@ impl ShapeRepo {
                 let bucket = format!("wan-{tag}");
                 s3.create_bucket(&bucket);
                 // archive-push must not wait for the WAN: the replicator brings the WAL there.
-                Some(("wan".to_string(), s3_repo(s3, &bucket) + "archive_required = false\n"))
+                Some((
+                    "wan".to_string(),
+                    s3_repo(s3, &bucket) + "archive_required = false\n",
+                ))
             }
         };
         Ok(ShapeRepo { primary, target })
@@ -547,14 +682,23 @@ impl ShapeRepo {
 
 /// Writes the one config file every process of the model reads (the harness's writer, plus the tables
 /// the model needs).
-fn write_config(dir: &TestDir, opts: &Options, bus_url: &str, pg: &PgCluster, repo: &ShapeRepo) -> Result<()> {
+fn write_config(
+    dir: &TestDir,
+    opts: &Options,
+    bus_url: &str,
+    pg: &PgCluster,
+    repo: &ShapeRepo,
+) -> Result<()> {
     let mut repos = vec![(repo.primary.0.as_str(), repo.primary.1.as_str())];
     if let Some((name, body)) = &repo.target {
         repos.push((name.as_str(), body.as_str()));
     }
     let mut extra = String::new();
     if opts.buses > 1 {
-        extra.push_str(&format!("\n[nats]\nstream_replicas = {}\n", opts.buses.min(3)));
+        extra.push_str(&format!(
+            "\n[nats]\nstream_replicas = {}\n",
+            opts.buses.min(3)
+        ));
     }
     extra.push_str("\n[pipeline]\n");
     for (k, v) in &opts.pipeline {
@@ -573,12 +717,24 @@ fn write_config(dir: &TestDir, opts: &Options, bus_url: &str, pg: &PgCluster, re
             METRICS_PORTS[3].1
         ));
     }
-    write_config_with(dir.path(), bus_url, STANZA, pg.data_dir(), &pg.conn_string(), &repos, &extra);
+    write_config_with(
+        dir.path(),
+        bus_url,
+        STANZA,
+        pg.data_dir(),
+        &pg.conn_string(),
+        &repos,
+        &extra,
+    );
     Ok(())
 }
 
 /// Waits for a child with a deadline, stopping it (by its pid) on timeout or interruption.
-fn wait_child(child: &mut Child, what: &str, timeout: Duration) -> Result<std::process::ExitStatus> {
+fn wait_child(
+    child: &mut Child,
+    what: &str,
+    timeout: Duration,
+) -> Result<std::process::ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait()? {
@@ -601,7 +757,13 @@ fn wait_child(child: &mut Child, what: &str, timeout: Duration) -> Result<std::p
 }
 
 /// Starts service `bin` on `host`, in its cgroup from the start, and waits for its "running" line.
-fn spawn_service(bins: &StrataBins, host: &Host, bin: &'static str, config: &Path, log_dir: PathBuf) -> Service {
+fn spawn_service(
+    bins: &StrataBins,
+    host: &Host,
+    bin: &'static str,
+    config: &Path,
+    log_dir: PathBuf,
+) -> Service {
     let (b, c, cg) = (bins.clone(), config.to_path_buf(), host.cgroup.dirs());
     host.run(move || {
         let mut s = Service::spawn(&b, bin, &c, &log_dir);
@@ -616,16 +778,34 @@ fn spawn_service(bins: &StrataBins, host: &Host, bin: &'static str, config: &Pat
 impl Fleet {
     fn header(&self, opts: &Options) -> Vec<(String, String)> {
         let mut h = vec![
-            ("mode".to_string(), format!("{:?}", opts.mode).to_lowercase()),
+            (
+                "mode".to_string(),
+                format!("{:?}", opts.mode).to_lowercase(),
+            ),
             ("dataset".to_string(), opts.dataset.describe()),
-            ("database_bytes".to_string(), self.database_bytes().to_string()),
-            ("repo".to_string(), format!("{:?}", opts.repo).to_lowercase()),
+            (
+                "database_bytes".to_string(),
+                self.database_bytes().to_string(),
+            ),
+            (
+                "repo".to_string(),
+                format!("{:?}", opts.repo).to_lowercase(),
+            ),
             ("buses".to_string(), opts.buses.to_string()),
-            ("cgroup".to_string(), self.cgroups.hierarchy().version().to_string()),
-            ("subnet".to_string(), format!("10.213.{}.0/24", self.bridge.subnet)),
+            (
+                "cgroup".to_string(),
+                self.cgroups.hierarchy().version().to_string(),
+            ),
+            (
+                "subnet".to_string(),
+                format!("10.213.{}.0/24", self.bridge.subnet),
+            ),
             ("run".to_string(), self.run.clone()),
         ];
-        let cpu = |c: Option<f64>| c.map(|c| c.to_string()).unwrap_or_else(|| "unlimited".into());
+        let cpu = |c: Option<f64>| {
+            c.map(|c| c.to_string())
+                .unwrap_or_else(|| "unlimited".into())
+        };
         h.push(("sealer_cpu".into(), cpu(opts.sealer_cpu)));
         h.push(("uploader_cpu".into(), cpu(opts.uploader_cpu)));
         h.push(("replicator_cpu".into(), cpu(opts.replicator_cpu)));
@@ -635,14 +815,28 @@ impl Fleet {
         h.push(("replicator_link".into(), opts.replicator_link.describe()));
         h.push(("db_link".into(), opts.db_link.describe()));
         h.push(("repo_link".into(), opts.repo_link.describe()));
-        let pipeline: Vec<String> = opts.pipeline.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let pipeline: Vec<String> = opts
+            .pipeline
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         h.push(("pipeline".into(), pipeline.join(" ")));
-        h.push(("machine_cpus".into(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0).to_string()));
+        h.push((
+            "machine_cpus".into(),
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0)
+                .to_string(),
+        ));
         h
     }
 
     fn database_bytes(&self) -> u64 {
-        self.pg.psql("SELECT sum(pg_database_size(datname))::bigint FROM pg_database").trim().parse().unwrap_or(0)
+        self.pg
+            .psql("SELECT sum(pg_database_size(datname))::bigint FROM pg_database")
+            .trim()
+            .parse()
+            .unwrap_or(0)
     }
 
     /// Runs the CLI on the database host; its stdout, or an error with its stderr.
@@ -654,13 +848,21 @@ impl Fleet {
         let (o, e) = (out_path.clone(), err_path.clone());
         let mut child = self.db.run(move || -> Result<Child> {
             let mut cmd = b.strata_cmd(&c, STANZA);
-            cmd.args(&args).stdin(Stdio::null()).stdout(std::fs::File::create(&o)?).stderr(std::fs::File::create(&e)?);
+            cmd.args(&args)
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&o)?)
+                .stderr(std::fs::File::create(&e)?);
             Ok(cmd.spawn()?)
         })?;
         let status = wait_child(&mut child, &format!("strata {log_name}"), timeout)?;
         let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
         if !status.success() {
-            bail!("strata {log_name} failed ({status}): {}", std::fs::read_to_string(&err_path).unwrap_or_default().trim());
+            bail!(
+                "strata {log_name} failed ({status}): {}",
+                std::fs::read_to_string(&err_path)
+                    .unwrap_or_default()
+                    .trim()
+            );
         }
         Ok(stdout)
     }
@@ -668,7 +870,9 @@ impl Fleet {
     /// Runs the dataset's churn on the database host for `secs` with `clients` and waits for it.
     fn churn(&self, opts: &Options, secs: u32, clients: u32, log_name: &str) -> Result<()> {
         let log = self.dir.path().join(format!("{log_name}.log"));
-        let cmd = opts.dataset.churn_command(&self.pg, self.dir.path(), secs, clients, &log)?;
+        let cmd = opts
+            .dataset
+            .churn_command(&self.pg, self.dir.path(), secs, clients, &log)?;
         let cg = self.db.cgroup.dirs();
         let mut child = self.db.run(move || -> Result<Child> {
             let mut cmd = cmd;
@@ -676,43 +880,111 @@ impl Fleet {
             let _ = adopt_into(&cg, child.id());
             Ok(child)
         })?;
-        let status = wait_child(&mut child, "pgbench", Duration::from_secs(u64::from(secs) + 120))?;
+        let status = wait_child(
+            &mut child,
+            "pgbench",
+            Duration::from_secs(u64::from(secs) + 120),
+        )?;
         if !status.success() {
-            bail!("pgbench failed ({status}): {}", std::fs::read_to_string(&log).unwrap_or_default().trim());
+            bail!(
+                "pgbench failed ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default().trim()
+            );
         }
         Ok(())
     }
 
     fn run_shape(&mut self, opts: &Options, shape: Shape) -> Result<ShapeResult> {
         let tag = shape.tag();
-        let repo = ShapeRepo::prepare(opts, &self.dir, self.s3.as_ref(), self.s3_endpoint.as_deref(), &tag)?;
+        let repo = ShapeRepo::prepare(
+            opts,
+            &self.dir,
+            self.s3.as_ref(),
+            self.s3_endpoint.as_deref(),
+            &tag,
+        )?;
         write_config(&self.dir, opts, &self.bus_url, &self.pg, &repo)?;
-        let mut sf = ShapeFleet { services: Vec::new(), replicators: Vec::new(), hosts: Vec::new() };
+        let mut sf = ShapeFleet {
+            services: Vec::new(),
+            replicators: Vec::new(),
+            hosts: Vec::new(),
+        };
         let kinds = [
-            (Role::Sealer, shape.sealers, "sealer", "s", 10u8, opts.sealer_cpu, &opts.sealer_link),
-            (Role::Uploader, shape.uploaders, "uploader", "u", 50u8, opts.uploader_cpu, &opts.uploader_link),
-            (Role::Replicator, shape.replicators, "replicator", "r", 90u8, opts.replicator_cpu, &opts.replicator_link),
+            (
+                Role::Sealer,
+                shape.sealers,
+                "sealer",
+                "s",
+                10u8,
+                opts.sealer_cpu,
+                &opts.sealer_link,
+            ),
+            (
+                Role::Uploader,
+                shape.uploaders,
+                "uploader",
+                "u",
+                50u8,
+                opts.uploader_cpu,
+                &opts.uploader_link,
+            ),
+            (
+                Role::Replicator,
+                shape.replicators,
+                "replicator",
+                "r",
+                90u8,
+                opts.replicator_cpu,
+                &opts.replicator_link,
+            ),
         ];
         for (role, n, name, t, base, cpu, link) in kinds {
             for i in 0..n {
-                let host = new_host(&self.bridge, &self.cgroups, &self.run, &format!("{name}{}", i + 1), &format!("{t}{}", i + 1), role, base + i as u8, cpu, link)?;
+                let host = new_host(
+                    &self.bridge,
+                    &self.cgroups,
+                    &self.run,
+                    &format!("{name}{}", i + 1),
+                    &format!("{t}{}", i + 1),
+                    role,
+                    base + i as u8,
+                    cpu,
+                    link,
+                )?;
                 sf.hosts.push(host);
             }
         }
         let log_dir = |host: &str| self.dir.subdir(format!("{tag}/{host}"));
-        sf.services.push((Role::Db, spawn_service(&self.bins, &self.db, "strata-collector", &self.config, log_dir("db"))));
+        sf.services.push((
+            Role::Db,
+            spawn_service(
+                &self.bins,
+                &self.db,
+                "strata-collector",
+                &self.config,
+                log_dir("db"),
+            ),
+        ));
         for h in &sf.hosts {
             let bin = match h.role {
                 Role::Sealer => "strata-sealer",
                 Role::Uploader => "strata-uploader",
                 _ => continue,
             };
-            sf.services.push((h.role, spawn_service(&self.bins, h, bin, &self.config, log_dir(&h.name))));
+            sf.services.push((
+                h.role,
+                spawn_service(&self.bins, h, bin, &self.config, log_dir(&h.name)),
+            ));
         }
         check_interrupted()?;
-        self.cli(&["stanza-create"], &format!("{tag}-stanza-create"), Duration::from_secs(120))?;
+        self.cli(
+            &["stanza-create"],
+            &format!("{tag}-stanza-create"),
+            Duration::from_secs(120),
+        )?;
         // The pipeline works end to end (and archiving has caught up) before anything is timed.
-        self.pg.switch_wal_and_wait_archived(Duration::from_secs(180));
+        self.pg
+            .switch_wal_and_wait_archived(Duration::from_secs(180));
 
         let mut phases = Vec::new();
         match opts.mode {
@@ -720,7 +992,9 @@ impl Fleet {
                 for phase in &opts.phases {
                     check_interrupted()?;
                     let r = match phase {
-                        Phase::Full => self.measure(&sf, "full", || self.backup_phase(&tag, "full", opts))?,
+                        Phase::Full => {
+                            self.measure(&sf, "full", || self.backup_phase(&tag, "full", opts))?
+                        }
                         Phase::Incr => {
                             self.churn(opts, opts.churn_secs, 2, &format!("{tag}-churn"))?;
                             self.pg.psql("CHECKPOINT");
@@ -733,27 +1007,39 @@ impl Fleet {
             }
             Mode::Replicate => {
                 phases.push(self.measure(&sf, "full", || self.backup_phase(&tag, "full", opts))?);
-                self.pg.switch_wal_and_wait_archived(Duration::from_secs(180));
+                self.pg
+                    .switch_wal_and_wait_archived(Duration::from_secs(180));
                 check_interrupted()?;
                 let mut replicators = Vec::new();
-                let r = self.measure(&sf, "replicate", || self.replicate_phase(&tag, &sf.hosts, &mut replicators, opts));
+                let r = self.measure(&sf, "replicate", || {
+                    self.replicate_phase(&tag, &sf.hosts, &mut replicators, opts)
+                });
                 sf.replicators = replicators;
                 phases.push(r?);
             }
         }
         // Nothing of this shape may still be in flight when its services stop.
-        self.pg.switch_wal_and_wait_archived(Duration::from_secs(180));
+        self.pg
+            .switch_wal_and_wait_archived(Duration::from_secs(180));
         drop(sf);
         Ok(ShapeResult { shape, phases })
     }
 
     /// Runs `f` and adds the stages' CPU, throttling and the queue depths over its run.
-    fn measure(&self, sf: &ShapeFleet, name: &str, f: impl FnOnce() -> Result<(f64, u64, BTreeMap<String, String>)>) -> Result<PhaseResult> {
+    fn measure(
+        &self,
+        sf: &ShapeFleet,
+        name: &str,
+        f: impl FnOnce() -> Result<(f64, u64, BTreeMap<String, String>)>,
+    ) -> Result<PhaseResult> {
         let mut hosts: Vec<&Host> = vec![&self.db];
         hosts.extend(self.buses.iter());
         hosts.extend(self.s3_host.iter());
         hosts.extend(sf.hosts.iter());
-        let before: Vec<(f64, (u64, u64))> = hosts.iter().map(|h| (h.cgroup.usage_secs(), h.cgroup.throttled())).collect();
+        let before: Vec<(f64, (u64, u64))> = hosts
+            .iter()
+            .map(|h| (h.cgroup.usage_secs(), h.cgroup.throttled()))
+            .collect();
         let sampler = QueueSampler::start(self.bus_client);
         let result = f();
         let queues = sampler.finish();
@@ -765,7 +1051,10 @@ impl Fleet {
                 Role::Uploader => (METRICS_PORTS[2].1, "strata_uploader_chunks_total"),
                 _ => continue,
             };
-            if let Some(v) = http_get(SocketAddr::new(IpAddr::V4(h.addr()), port), "/metrics").ok().and_then(|t| metric_sum(&t, metric)) {
+            if let Some(v) = http_get(SocketAddr::new(IpAddr::V4(h.addr()), port), "/metrics")
+                .ok()
+                .and_then(|t| metric_sum(&t, metric))
+            {
                 extra.insert(format!("{}_chunks_total", h.name), format!("{v}"));
             }
         }
@@ -778,13 +1067,34 @@ impl Fleet {
             e.0 += t1.saturating_sub(thr);
             e.1 += p1.saturating_sub(per);
         }
-        let throttled = throttle.into_iter().filter(|(_, (_, p))| *p > 0).map(|(k, (t, p))| (k, t as f64 / p as f64)).collect();
-        Ok(PhaseResult { name: name.to_string(), seconds, bytes, cpu, throttled, queues, extra })
+        let throttled = throttle
+            .into_iter()
+            .filter(|(_, (_, p))| *p > 0)
+            .map(|(k, (t, p))| (k, t as f64 / p as f64))
+            .collect();
+        Ok(PhaseResult {
+            name: name.to_string(),
+            seconds,
+            bytes,
+            cpu,
+            throttled,
+            queues,
+            extra,
+        })
     }
 
-    fn backup_phase(&self, tag: &str, kind: &str, opts: &Options) -> Result<(f64, u64, BTreeMap<String, String>)> {
+    fn backup_phase(
+        &self,
+        tag: &str,
+        kind: &str,
+        opts: &Options,
+    ) -> Result<(f64, u64, BTreeMap<String, String>)> {
         let t0 = Instant::now();
-        let out = self.cli(&["backup", "--type", kind], &format!("{tag}-backup-{kind}"), opts.phase_timeout)?;
+        let out = self.cli(
+            &["backup", "--type", kind],
+            &format!("{tag}-backup-{kind}"),
+            opts.phase_timeout,
+        )?;
         let seconds = t0.elapsed().as_secs_f64();
         // "<type> backup <label> committed...": the label, to find its figures in info.
         let label = out
@@ -793,21 +1103,38 @@ impl Fleet {
             .and_then(|l| l.split_whitespace().nth(2))
             .with_context(|| format!("backup printed no committed line: {out}"))?
             .to_string();
-        let info = self.cli(&["info", "--output", "json"], &format!("{tag}-info-{kind}"), Duration::from_secs(120))?;
-        let doc: serde_json::Value = serde_json::from_str(&info).context("strata info --output json")?;
+        let info = self.cli(
+            &["info", "--output", "json"],
+            &format!("{tag}-info-{kind}"),
+            Duration::from_secs(120),
+        )?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&info).context("strata info --output json")?;
         let backup = doc[0]["backups"]
             .as_array()
-            .and_then(|list| list.iter().find(|b| b["label"].as_str() == Some(label.as_str())))
+            .and_then(|list| {
+                list.iter()
+                    .find(|b| b["label"].as_str() == Some(label.as_str()))
+            })
             .with_context(|| format!("backup {label} is not in strata info"))?;
         if backup["type"].as_str() != Some(kind) {
             bail!("backup {label} is a {} backup, not {kind}", backup["type"]);
         }
         let get = |k: &str| backup[k].as_u64().unwrap_or(0);
         let mut extra = BTreeMap::new();
-        for k in ["database_bytes", "read_bytes", "sent_bytes", "stored_bytes", "file_count"] {
+        for k in [
+            "database_bytes",
+            "read_bytes",
+            "sent_bytes",
+            "stored_bytes",
+            "file_count",
+        ] {
             extra.insert(k.to_string(), get(k).to_string());
         }
-        extra.insert("database_mb_s".into(), format!("{:.2}", get("database_bytes") as f64 / 1e6 / seconds));
+        extra.insert(
+            "database_mb_s".into(),
+            format!("{:.2}", get("database_bytes") as f64 / 1e6 / seconds),
+        );
         extra.insert("label".into(), label);
         Ok((seconds, get("read_bytes"), extra))
     }
@@ -817,25 +1144,49 @@ impl Fleet {
         let t0 = Instant::now();
         self.churn(opts, opts.wal_secs, 4, &format!("{tag}-wal-burst"))?;
         let burst = t0.elapsed().as_secs_f64();
-        let generated: u64 = self.pg.psql(&format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start}')::bigint")).parse().unwrap_or(0);
+        let generated: u64 = self
+            .pg
+            .psql(&format!(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start}')::bigint"
+            ))
+            .parse()
+            .unwrap_or(0);
         let segment = self.pg.switch_wal_and_wait_archived(opts.phase_timeout);
         let seconds = t0.elapsed().as_secs_f64();
         let mut extra = BTreeMap::new();
         extra.insert("burst_s".into(), format!("{burst:.2}"));
         extra.insert("catchup_s".into(), format!("{:.2}", seconds - burst));
-        extra.insert("generated_mb_s".into(), format!("{:.2}", generated as f64 / 1e6 / burst));
+        extra.insert(
+            "generated_mb_s".into(),
+            format!("{:.2}", generated as f64 / 1e6 / burst),
+        );
         extra.insert("last_segment".into(), segment);
         Ok((seconds, generated, extra))
     }
 
     /// Starts the shape's replicators and waits until they copied everything (see the module docs).
-    fn replicate_phase(&self, tag: &str, hosts: &[Host], started: &mut Vec<Service>, opts: &Options) -> Result<(f64, u64, BTreeMap<String, String>)> {
-        let s3 = self.s3_host.as_ref().context("replication needs the S3 host")?;
+    fn replicate_phase(
+        &self,
+        tag: &str,
+        hosts: &[Host],
+        started: &mut Vec<Service>,
+        opts: &Options,
+    ) -> Result<(f64, u64, BTreeMap<String, String>)> {
+        let s3 = self
+            .s3_host
+            .as_ref()
+            .context("replication needs the S3 host")?;
         let (rx0, tx0) = (s3.ns.rx_bytes(), s3.ns.tx_bytes());
         let t0 = Instant::now();
         let mut endpoints = Vec::new();
         for h in hosts.iter().filter(|h| h.role == Role::Replicator) {
-            started.push(spawn_service(&self.bins, h, "strata-replicator", &self.config, self.dir.subdir(format!("{tag}/{}", h.name))));
+            started.push(spawn_service(
+                &self.bins,
+                h,
+                "strata-replicator",
+                &self.config,
+                self.dir.subdir(format!("{tag}/{}", h.name)),
+            ));
             endpoints.push(SocketAddr::new(IpAddr::V4(h.addr()), METRICS_PORTS[3].1));
         }
         let deadline = t0 + opts.phase_timeout;
@@ -843,13 +1194,17 @@ impl Fleet {
         loop {
             check_interrupted()?;
             if Instant::now() > deadline {
-                bail!("replication not caught up after {:?} ({copied} bytes copied)", opts.phase_timeout);
+                bail!(
+                    "replication not caught up after {:?} ({copied} bytes copied)",
+                    opts.phase_timeout
+                );
             }
             let (mut total, mut all_caught_up) = (0.0, true);
             for ep in &endpoints {
                 match http_get(*ep, "/metrics") {
                     Ok(text) => {
-                        total += metric_sum(&text, "strata_replication_copied_bytes_total").unwrap_or(0.0);
+                        total += metric_sum(&text, "strata_replication_copied_bytes_total")
+                            .unwrap_or(0.0);
                         match metric_sum(&text, "strata_replication_lag_objects") {
                             Some(lag) if lag > 0.0 => {
                                 seen_lag = true;
@@ -878,8 +1233,14 @@ impl Fleet {
         extra.insert("wire_from_s3_bytes".into(), tx.to_string());
         if let Some(rate) = opts.repo_link.rate_bps {
             extra.insert("link_mbit".into(), format!("{}", rate as f64 / 1e6));
-            extra.insert("link_busy_pct".into(), format!("{:.1}", rx as f64 * 8.0 / (rate as f64 * seconds) * 100.0));
-            extra.insert("copy_vs_link_pct".into(), format!("{:.1}", copied * 8.0 / (rate as f64 * seconds) * 100.0));
+            extra.insert(
+                "link_busy_pct".into(),
+                format!("{:.1}", rx as f64 * 8.0 / (rate as f64 * seconds) * 100.0),
+            );
+            extra.insert(
+                "copy_vs_link_pct".into(),
+                format!("{:.1}", copied * 8.0 / (rate as f64 * seconds) * 100.0),
+            );
         }
         if let Some(d) = opts.repo_link.delay_ms {
             extra.insert("link_rtt_ms".into(), format!("{}", 2.0 * d));

@@ -30,9 +30,15 @@ pub const IF_PREFIX: &str = "strsm";
 
 /// Runs a command to completion; the error carries its stderr.
 pub fn run_cmd(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -80,9 +86,13 @@ impl LinkShape {
 /// Parses a rate as tc writes it: "200mbit", "1gbit", "500kbit", "25mbps" (bytes), or plain bits/s.
 pub fn parse_rate(text: &str) -> Result<u64> {
     let t = text.trim().to_ascii_lowercase();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().with_context(|| format!("rate {text:?}: not a number"))?;
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("rate {text:?}: not a number"))?;
     let mult = match unit {
         "" | "bit" => 1.0,
         "kbit" => 1e3,
@@ -112,7 +122,9 @@ pub fn parse_delay_ms(text: &str) -> Result<f64> {
     } else {
         (t.as_str(), 1.0)
     };
-    let v: f64 = num.parse().with_context(|| format!("delay {text:?}: not a number"))?;
+    let v: f64 = num
+        .parse()
+        .with_context(|| format!("delay {text:?}: not a number"))?;
     if !(0.0..=10_000.0).contains(&v) {
         bail!("delay {text:?} out of range");
     }
@@ -147,7 +159,13 @@ impl Bridge {
         let name = format!("{IF_PREFIX}{run}br");
         ip(&["link", "add", &name, "type", "bridge"])?;
         let bridge = Bridge { name, subnet };
-        ip(&["addr", "add", &format!("{}/24", bridge.addr(1)), "dev", &bridge.name])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", bridge.addr(1)),
+            "dev",
+            &bridge.name,
+        ])?;
         ip(&["link", "set", &bridge.name, "up"])?;
         Ok(bridge)
     }
@@ -182,13 +200,34 @@ pub struct NetNs {
 impl NetNs {
     /// Creates namespace `name`, a veth pair `root_if` (on `bridge`) / `eth0` (inside, with `addr`/24),
     /// loopback up, and shapes the link.
-    pub fn create(name: &str, root_if: &str, bridge: &Bridge, addr: Ipv4Addr, shape: &LinkShape) -> Result<NetNs> {
+    pub fn create(
+        name: &str,
+        root_if: &str,
+        bridge: &Bridge,
+        addr: Ipv4Addr,
+        shape: &LinkShape,
+    ) -> Result<NetNs> {
         ip(&["netns", "add", name])?;
-        let ns = NetNs { name: name.to_string(), veth_root: root_if.to_string(), veth_ns: "eth0".into(), addr };
-        ip(&["link", "add", root_if, "type", "veth", "peer", "name", "eth0", "netns", name])?;
+        let ns = NetNs {
+            name: name.to_string(),
+            veth_root: root_if.to_string(),
+            veth_ns: "eth0".into(),
+            addr,
+        };
+        ip(&[
+            "link", "add", root_if, "type", "veth", "peer", "name", "eth0", "netns", name,
+        ])?;
         ip(&["link", "set", root_if, "master", &bridge.name])?;
         ip(&["link", "set", root_if, "up"])?;
-        ip(&["-n", name, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            name,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", name, "link", "set", "eth0", "up"])?;
         ip(&["-n", name, "link", "set", "lo", "up"])?;
         if shape.rate_bps.is_some() {
@@ -224,10 +263,16 @@ fn read_counter(dev: &str, name: &str) -> u64 {
 impl Drop for NetNs {
     fn drop(&mut self) {
         if let Err(e) = ip(&["netns", "del", &self.name]) {
-            eprintln!("warning: cannot delete network namespace {}: {e:#}", self.name);
+            eprintln!(
+                "warning: cannot delete network namespace {}: {e:#}",
+                self.name
+            );
         }
         // The pair goes with the namespace; a root end that is somehow still there is removed too.
-        if std::path::Path::new("/sys/class/net").join(&self.veth_root).exists() {
+        if std::path::Path::new("/sys/class/net")
+            .join(&self.veth_root)
+            .exists()
+        {
             let _ = ip(&["link", "del", &self.veth_root]);
         }
     }
@@ -235,10 +280,27 @@ impl Drop for NetNs {
 
 /// The tc commands that shape `dev` (in namespace `ns`, or the root one): a `tbf` at the link's rate.
 pub fn shape_commands(dev: &str, shape: &LinkShape) -> Vec<Vec<String>> {
-    let Some(rate) = shape.rate_bps else { return Vec::new() };
+    let Some(rate) = shape.rate_bps else {
+        return Vec::new();
+    };
     // Ten milliseconds of tokens, at least 64 KiB: veth hands tbf GSO packets up to 64 KiB.
     let burst = (rate / 8 / 100).max(65536).to_string();
-    let args = ["qdisc", "add", "dev", dev, "root", "handle", "1:", "tbf", "rate", &format!("{rate}bit"), "burst", &burst, "latency", "100ms"];
+    let args = [
+        "qdisc",
+        "add",
+        "dev",
+        dev,
+        "root",
+        "handle",
+        "1:",
+        "tbf",
+        "rate",
+        &format!("{rate}bit"),
+        "burst",
+        &burst,
+        "latency",
+        "100ms",
+    ];
     vec![args.iter().map(|s| s.to_string()).collect()]
 }
 
@@ -309,10 +371,23 @@ mod tests {
 
     #[test]
     fn a_rate_is_a_tbf_and_a_delay_is_no_qdisc() {
-        let shape = LinkShape { rate_bps: Some(100_000_000), delay_ms: Some(30.0) };
+        let shape = LinkShape {
+            rate_bps: Some(100_000_000),
+            delay_ms: Some(30.0),
+        };
         let cmds = shape_commands("eth0", &shape);
         assert_eq!(cmds.len(), 1);
-        assert_eq!(cmds[0][4..10], ["root", "handle", "1:", "tbf", "rate", "100000000bit"]);
-        assert!(shape_commands("eth0", &LinkShape { rate_bps: None, delay_ms: Some(30.0) }).is_empty());
+        assert_eq!(
+            cmds[0][4..10],
+            ["root", "handle", "1:", "tbf", "rate", "100000000bit"]
+        );
+        assert!(shape_commands(
+            "eth0",
+            &LinkShape {
+                rate_bps: None,
+                delay_ms: Some(30.0)
+            }
+        )
+        .is_empty());
     }
 }

@@ -21,8 +21,14 @@ pub fn curves(report: &Report) -> BTreeMap<String, Vec<(usize, f64)>> {
     let Some(dim) = report.varied else { return out };
     for s in &report.shapes {
         // Replicator hosts change nothing but the copy: the backup before it is no curve of theirs.
-        for p in s.phases.iter().filter(|p| dim != Dim::Replicators || p.name == "replicate") {
-            out.entry(p.name.clone()).or_default().push((s.shape.count(dim), p.mb_s()));
+        for p in s
+            .phases
+            .iter()
+            .filter(|p| dim != Dim::Replicators || p.name == "replicate")
+        {
+            out.entry(p.name.clone())
+                .or_default()
+                .push((s.shape.count(dim), p.mb_s()));
         }
     }
     for v in out.values_mut() {
@@ -46,7 +52,11 @@ pub fn key_values(report: &Report) -> String {
             let _ = writeln!(out, "{pre}.mb_s={:.2}", p.mb_s());
             for (stage, secs) in &p.cpu {
                 let _ = writeln!(out, "{pre}.cpu.{stage}_s={secs:.2}");
-                let _ = writeln!(out, "{pre}.cpu.{stage}_cores={:.2}", secs / p.seconds.max(1e-3));
+                let _ = writeln!(
+                    out,
+                    "{pre}.cpu.{stage}_cores={:.2}",
+                    secs / p.seconds.max(1e-3)
+                );
             }
             for (stage, share) in &p.throttled {
                 let _ = writeln!(out, "{pre}.throttled.{stage}={share:.2}");
@@ -64,7 +74,9 @@ pub fn key_values(report: &Report) -> String {
     if let Some(dim) = report.varied {
         let _ = writeln!(out, "scaling.dimension={}", dim.name());
         for (phase, points) in curves(report) {
-            let Some(&(n0, t0)) = points.first() else { continue };
+            let Some(&(n0, t0)) = points.first() else {
+                continue;
+            };
             for &(n, t) in &points {
                 let speedup = t / t0.max(1e-9);
                 let eff = speedup / (n as f64 / n0 as f64);
@@ -76,7 +88,11 @@ pub fn key_values(report: &Report) -> String {
             let four = points.iter().find(|(n, _)| *n == 4);
             if let (Some(&(_, t1)), Some(&(_, t4))) = (one, four) {
                 let speedup = t4 / t1.max(1e-9);
-                let verdict = if speedup >= TARGET_SPEEDUP_4 { "PASS" } else { "FAIL" };
+                let verdict = if speedup >= TARGET_SPEEDUP_4 {
+                    "PASS"
+                } else {
+                    "FAIL"
+                };
                 let _ = writeln!(out, "target.{}_{phase}.speedup_4_vs_1={speedup:.2} (>= {TARGET_SPEEDUP_4}: {verdict})", dim.name());
             }
         }
@@ -86,7 +102,8 @@ pub fn key_values(report: &Report) -> String {
 
 /// Writes the key=value file.
 pub fn write_key_values(report: &Report, path: &Path) -> Result<()> {
-    std::fs::write(path, key_values(report)).with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(path, key_values(report))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// A TrueType font for the labels: plotters is built without fontconfig (ab_glyph only), so one is
@@ -94,15 +111,25 @@ pub fn write_key_values(report: &Report, path: &Path) -> Result<()> {
 fn register_font(font: Option<&Path>) -> bool {
     let candidates: Vec<std::path::PathBuf> = match font {
         Some(f) => vec![f.to_path_buf()],
-        None => ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"]
-            .iter()
-            .map(Into::into)
-            .collect(),
+        None => [
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/TTF/DejaVuSans.ttf",
+            "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect(),
     };
     for c in candidates {
         if let Ok(bytes) = std::fs::read(&c) {
             let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            if plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes).is_ok() {
+            if plotters::style::register_font(
+                "sans-serif",
+                plotters::style::FontStyle::Normal,
+                bytes,
+            )
+            .is_ok()
+            {
                 return true;
             }
         }
@@ -119,36 +146,65 @@ pub fn plot(report: &Report, title: &str, path: &Path, font: Option<&Path>) -> R
         anyhow::bail!("nothing to plot: vary one host count (e.g. --sealers 1,2,4)");
     }
     let text = register_font(font);
-    let xmax = curves.values().flatten().map(|(n, _)| *n).max().unwrap_or(1) as f64 + 0.5;
+    let xmax = curves
+        .values()
+        .flatten()
+        .map(|(n, _)| *n)
+        .max()
+        .unwrap_or(1) as f64
+        + 0.5;
     let ideal: Vec<(f64, f64)> = curves
         .values()
         .next()
         .and_then(|p| p.first())
-        .map(|&(n0, t0)| (1..=xmax as usize).filter(|n| *n >= n0).map(|n| (n as f64, t0 * n as f64 / n0 as f64)).collect())
+        .map(|&(n0, t0)| {
+            (1..=xmax as usize)
+                .filter(|n| *n >= n0)
+                .map(|n| (n as f64, t0 * n as f64 / n0 as f64))
+                .collect()
+        })
         .unwrap_or_default();
-    let ymax = curves.values().flatten().map(|(_, t)| *t).chain(ideal.iter().map(|(_, t)| *t)).fold(1.0f64, f64::max) * 1.1;
+    let ymax = curves
+        .values()
+        .flatten()
+        .map(|(_, t)| *t)
+        .chain(ideal.iter().map(|(_, t)| *t))
+        .fold(1.0f64, f64::max)
+        * 1.1;
 
     let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut builder = ChartBuilder::on(&root);
-    builder.margin(20).x_label_area_size(45).y_label_area_size(65);
+    builder
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(65);
     if text {
         builder.caption(title, ("sans-serif", 16));
     }
     let mut chart = builder.build_cartesian_2d(0.5f64..xmax, 0f64..ymax)?;
     let mut mesh = chart.configure_mesh();
     if text {
-        mesh.x_desc(format!("{} hosts", dim.name().trim_end_matches('s'))).y_desc("plain MB/s").x_labels(xmax as usize + 1).x_label_formatter(&|x| format!("{x:.0}"));
+        mesh.x_desc(format!("{} hosts", dim.name().trim_end_matches('s')))
+            .y_desc("plain MB/s")
+            .x_labels(xmax as usize + 1)
+            .x_label_formatter(&|x| format!("{x:.0}"));
     } else {
         mesh.x_labels(0).y_labels(0);
     }
     mesh.draw()?;
     let colors = [RED, BLUE, GREEN, MAGENTA, CYAN];
     if let Some(first) = curves.keys().next() {
-        let s = chart.draw_series(LineSeries::new(ideal.clone(), BLACK.mix(0.35).stroke_width(1)))?;
+        let s = chart.draw_series(LineSeries::new(
+            ideal.clone(),
+            BLACK.mix(0.35).stroke_width(1),
+        ))?;
         if text {
-            s.label(format!("linear from {} ({first})", ideal.first().map(|p| p.0).unwrap_or(1.0)))
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.35)));
+            s.label(format!(
+                "linear from {} ({first})",
+                ideal.first().map(|p| p.0).unwrap_or(1.0)
+            ))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.35)));
         }
     }
     for (i, (phase, points)) in curves.iter().enumerate() {
@@ -159,14 +215,26 @@ pub fn plot(report: &Report, title: &str, path: &Path, font: Option<&Path>) -> R
             let base = points[0];
             let last = points[points.len() - 1];
             let eff = (last.1 / base.1.max(1e-9)) / (last.0 as f64 / base.0 as f64);
-            s.label(format!("{phase} (efficiency at {}: {:.0}%)", last.0, eff * 100.0))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            s.label(format!(
+                "{phase} (efficiency at {}: {:.0}%)",
+                last.0,
+                eff * 100.0
+            ))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
         }
         chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
     }
     if text {
-        chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
     }
-    root.present().with_context(|| format!("cannot write {}", path.display()))?;
+    root.present()
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

@@ -19,14 +19,18 @@ pub const QUEUE_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// `GET path` over HTTP/1.0; the body of a 200 answer.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| format!("connect {addr}"))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("connect {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut response = String::new();
     s.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     if !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
-        bail!("GET http://{addr}{path}: {}", head.lines().next().unwrap_or(""));
+        bail!(
+            "GET http://{addr}{path}: {}",
+            head.lines().next().unwrap_or("")
+        );
     }
     Ok(body.to_string())
 }
@@ -38,7 +42,9 @@ pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
         if line.starts_with('#') {
             continue;
         }
-        let Some(rest) = line.strip_prefix(name) else { continue };
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
         if !(rest.starts_with('{') || rest.starts_with(' ')) {
             continue;
         }
@@ -78,7 +84,8 @@ pub struct JsProbe {
 impl JsProbe {
     /// Connects to the nats-server at `addr`.
     pub fn connect(addr: SocketAddr) -> Result<JsProbe> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| format!("connect {addr}"))?;
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .with_context(|| format!("connect {addr}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut writer = stream.try_clone()?;
         let mut reader = BufReader::new(stream);
@@ -93,7 +100,10 @@ impl JsProbe {
 
     /// Messages stored in `stream` now.
     pub fn depth(&mut self, stream: &str) -> Result<u64> {
-        write!(self.writer, "PUB $JS.API.STREAM.INFO.{stream} _SM_INBOX 0\r\n\r\n")?;
+        write!(
+            self.writer,
+            "PUB $JS.API.STREAM.INFO.{stream} _SM_INBOX 0\r\n\r\n"
+        )?;
         loop {
             let mut line = String::new();
             if self.reader.read_line(&mut line)? == 0 {
@@ -103,14 +113,20 @@ impl JsProbe {
             if line == "PING" {
                 self.writer.write_all(b"PONG\r\n")?;
             } else if let Some(rest) = line.strip_prefix("MSG ") {
-                let len: usize = rest.rsplit(' ').next().and_then(|n| n.parse().ok()).context("MSG without a length")?;
+                let len: usize = rest
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .context("MSG without a length")?;
                 let mut payload = vec![0u8; len + 2];
                 self.reader.read_exact(&mut payload)?;
                 let doc: serde_json::Value = serde_json::from_slice(&payload[..len])?;
                 if doc["config"]["name"].as_str() != Some(stream) {
                     bail!("stream info for {stream}: {doc}");
                 }
-                return doc["state"]["messages"].as_u64().context("stream info without state.messages");
+                return doc["state"]["messages"]
+                    .as_u64()
+                    .context("stream info without state.messages");
             } else if line.starts_with("-ERR") {
                 bail!("bus: {line}");
             }
@@ -137,7 +153,10 @@ impl QueueSampler {
                     probe = JsProbe::connect(bus).ok();
                 }
                 if let Some(p) = probe.as_mut() {
-                    let depths: Result<Vec<(String, u64)>> = STREAMS.iter().map(|s| p.depth(s).map(|n| (s.to_string(), n))).collect();
+                    let depths: Result<Vec<(String, u64)>> = STREAMS
+                        .iter()
+                        .map(|s| p.depth(s).map(|n| (s.to_string(), n)))
+                        .collect();
                     match depths {
                         Ok(depths) => {
                             stats.samples += 1;
@@ -170,7 +189,10 @@ mod tests {
     #[test]
     fn sums_prometheus_series() {
         let text = "# HELP x y\nstrata_replication_copied_bytes_total{target=\"a\"} 10\nstrata_replication_copied_bytes_total{target=\"b\"} 5\nstrata_replication_copied_bytes_total_other 1\n";
-        assert_eq!(metric_sum(text, "strata_replication_copied_bytes_total"), Some(15.0));
+        assert_eq!(
+            metric_sum(text, "strata_replication_copied_bytes_total"),
+            Some(15.0)
+        );
         assert_eq!(metric_sum(text, "absent"), None);
     }
 }

@@ -40,28 +40,39 @@ pub struct DelayRelay {
 impl DelayRelay {
     /// Listens on `listen` and relays each connection to `upstream`, delaying each direction by
     /// `one_way`. Call it from the host's thread.
-    pub fn start(listen: SocketAddr, upstream: SocketAddr, one_way: Duration) -> Result<DelayRelay> {
-        let listener = TcpListener::bind(listen).with_context(|| format!("delay relay: cannot listen on {listen}"))?;
+    pub fn start(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        one_way: Duration,
+    ) -> Result<DelayRelay> {
+        let listener = TcpListener::bind(listen)
+            .with_context(|| format!("delay relay: cannot listen on {listen}"))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
-        let accept = std::thread::Builder::new().name("wan-relay".into()).spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        let _ = client.set_nonblocking(false);
-                        std::thread::spawn(move || {
-                            if let Ok(server) = TcpStream::connect(upstream) {
-                                relay(client, server, one_way);
-                            }
-                        });
+        let accept = std::thread::Builder::new()
+            .name("wan-relay".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((client, _)) => {
+                            let _ = client.set_nonblocking(false);
+                            std::thread::spawn(move || {
+                                if let Ok(server) = TcpStream::connect(upstream) {
+                                    relay(client, server, one_way);
+                                }
+                            });
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
-            }
-        })?;
-        Ok(DelayRelay { addr, stop, accept: Some(accept) })
+            })?;
+        Ok(DelayRelay {
+            addr,
+            stop,
+            accept: Some(accept),
+        })
     }
 
     /// Where it listens.
@@ -112,7 +123,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                if tx
+                    .send((Instant::now() + delay, buf[..n].to_vec()))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -136,7 +150,12 @@ mod tests {
             s.read_exact(&mut b).unwrap();
             s.write_all(&b).unwrap();
         });
-        let relay = DelayRelay::start("127.0.0.1:0".parse().unwrap(), upstream, Duration::from_millis(50)).unwrap();
+        let relay = DelayRelay::start(
+            "127.0.0.1:0".parse().unwrap(),
+            upstream,
+            Duration::from_millis(50),
+        )
+        .unwrap();
         let mut c = TcpStream::connect(relay.addr()).unwrap();
         let t = Instant::now();
         c.write_all(b"ping").unwrap();

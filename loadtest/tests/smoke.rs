@@ -25,7 +25,10 @@ fn two_sealer_hosts_take_a_full_backup() {
         uploader_cpu: None,
         replicator_cpu: None,
         db_cpu: None,
-        sealer_link: LinkShape { rate_bps: Some(1_000_000_000), delay_ms: None },
+        sealer_link: LinkShape {
+            rate_bps: Some(1_000_000_000),
+            delay_ms: None,
+        },
         uploader_link: LinkShape::default(),
         replicator_link: LinkShape::default(),
         db_link: LinkShape::default(),
@@ -41,17 +44,35 @@ fn two_sealer_hosts_take_a_full_backup() {
         bin_dir: None,
         phase_timeout: Duration::from_secs(300),
     };
-    let report = model::run(&opts).unwrap_or_else(|e| panic!("the scale model's full backup failed: {e:#}"));
+    let report =
+        model::run(&opts).unwrap_or_else(|e| panic!("the scale model's full backup failed: {e:#}"));
     print!("{}", strata_loadtest::report::key_values(&report));
     assert_eq!(report.shapes.len(), 1);
     let full = &report.shapes[0].phases[0];
     assert_eq!(full.name, "full");
-    let database: u64 = full.extra["database_bytes"].parse().expect("database_bytes");
-    assert!(database > 10_000_000, "a pgbench scale 1 cluster is over 10 MB, the backup says {database}");
-    assert!(full.bytes > 0 && full.mb_s() > 0.0, "the backup read nothing: {full:?}");
+    let database: u64 = full.extra["database_bytes"]
+        .parse()
+        .expect("database_bytes");
+    assert!(
+        database > 10_000_000,
+        "a pgbench scale 1 cluster is over 10 MB, the backup says {database}"
+    );
+    assert!(
+        full.bytes > 0 && full.mb_s() > 0.0,
+        "the backup read nothing: {full:?}"
+    );
     let sealed: f64 = ["sealer1", "sealer2"]
         .iter()
-        .map(|h| full.extra.get(&format!("{h}_chunks_total")).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
+        .map(|h| {
+            full.extra
+                .get(&format!("{h}_chunks_total"))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        })
         .sum();
-    assert!(sealed > 0.0, "no chunk crossed into a sealer host: {:?}", full.extra);
+    assert!(
+        sealed > 0.0,
+        "no chunk crossed into a sealer host: {:?}",
+        full.extra
+    );
 }
