@@ -312,10 +312,16 @@ struct ShapeFleet {
 /// The time a process gets to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Where a new host goes: the run's bridge, cgroup and id.
+struct Site<'a> {
+    bridge: &'a Bridge,
+    cgroups: &'a RunCgroup,
+    run: &'a str,
+}
+
+/// Makes host `name` (interface tag `tag`) at `.octet` on the bridge, with a quota of `cpu` cores and `link`.
 fn new_host(
-    fleet_bridge: &Bridge,
-    cgroups: &RunCgroup,
-    run: &str,
+    site: &Site<'_>,
     name: &str,
     tag: &str,
     role: Role,
@@ -323,6 +329,7 @@ fn new_host(
     cpu: Option<f64>,
     link: &LinkShape,
 ) -> Result<Host> {
+    let (fleet_bridge, cgroups, run) = (site.bridge, site.cgroups, site.run);
     let ns = NetNs::create(
         &format!("{NAME_PREFIX}{run}-{name}"),
         &format!("{IF_PREFIX}{run}{tag}"),
@@ -427,24 +434,17 @@ impl Fleet {
     ) -> Result<Fleet> {
         let cgroups = RunCgroup::create(hierarchy, &run)?;
         let bridge = Bridge::create(&run, pick_subnet()?)?;
+        let site = Site {
+            bridge: &bridge,
+            cgroups: &cgroups,
+            run: &run,
+        };
         let none = LinkShape::default();
-        let db = new_host(
-            &bridge,
-            &cgroups,
-            &run,
-            "db",
-            "d",
-            Role::Db,
-            2,
-            opts.db_cpu,
-            &opts.db_link,
-        )?;
+        let db = new_host(&site, "db", "d", Role::Db, 2, opts.db_cpu, &opts.db_link)?;
         let mut buses = Vec::new();
         for i in 0..opts.buses {
             buses.push(new_host(
-                &bridge,
-                &cgroups,
-                &run,
+                &site,
                 &format!("bus{}", i + 1),
                 &format!("b{}", i + 1),
                 Role::Bus,
@@ -455,9 +455,7 @@ impl Fleet {
         }
         let s3_host = if opts.needs_s3() {
             Some(new_host(
-                &bridge,
-                &cgroups,
-                &run,
+                &site,
                 "s3",
                 "o",
                 Role::Repo,
@@ -941,9 +939,11 @@ impl Fleet {
         for (role, n, name, t, base, cpu, link) in kinds {
             for i in 0..n {
                 let host = new_host(
-                    &self.bridge,
-                    &self.cgroups,
-                    &self.run,
+                    &Site {
+                        bridge: &self.bridge,
+                        cgroups: &self.cgroups,
+                        run: &self.run,
+                    },
                     &format!("{name}{}", i + 1),
                     &format!("{t}{}", i + 1),
                     role,

@@ -26,7 +26,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     let mut response = String::new();
     s.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    if !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+    if head.split_whitespace().nth(1) != Some("200") {
         bail!(
             "GET http://{addr}{path}: {}",
             head.lines().next().unwrap_or("")
