@@ -43,6 +43,25 @@ pub fn write_config(
     pg_conn: &str,
     repo_path: &Path,
 ) -> PathBuf {
+    let posix = format!(
+        "type = \"posix\"\npath = {}\n",
+        toml_string(&repo_path.display().to_string())
+    );
+    write_config_with(dir, bus, stanza, pg_data, pg_conn, &[("local", &posix)], "")
+}
+
+/// Writes `<dir>/strata.toml` with one stanza, the repositories `repos` (name, and the `[[repo]]` body after
+/// `name`, such as `S3Server::repo_config` returns; the first is the primary) and `extra` (further tables,
+/// `[pipeline]`, `[metrics]`, `[replicator]`, written as is) at the end; returns its path.
+pub fn write_config_with(
+    dir: &Path,
+    bus: &str,
+    stanza: &str,
+    pg_data: &Path,
+    pg_conn: &str,
+    repos: &[(&str, &str)],
+    extra: &str,
+) -> PathBuf {
     assert!(
         !stanza.is_empty()
             && stanza
@@ -50,23 +69,21 @@ pub fn write_config(
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
         "stanza {stanza:?} must be a bare TOML key (letters, digits, - and _)"
     );
-    let text = format!(
+    let mut text = format!(
         "# Written by strata-integration (write_config) for one test.\n\
          bus = {bus}\n\
          \n\
          [stanza.{stanza}]\n\
          pg_data = {pg_data}\n\
-         pg_conn = {pg_conn}\n\
-         \n\
-         [[repo]]\n\
-         name = \"local\"\n\
-         type = \"posix\"\n\
-         path = {repo}\n",
+         pg_conn = {pg_conn}\n",
         bus = toml_string(bus),
         pg_data = toml_string(&pg_data.display().to_string()),
         pg_conn = toml_string(pg_conn),
-        repo = toml_string(&repo_path.display().to_string()),
     );
+    for (name, body) in repos {
+        text.push_str(&format!("\n[[repo]]\nname = {}\n{body}", toml_string(name)));
+    }
+    text.push_str(extra);
     let path = dir.join(CONFIG_FILE_NAME);
     fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644))

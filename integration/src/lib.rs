@@ -60,13 +60,14 @@ pub mod testdir;
 pub mod webhook;
 
 pub use bins::{Service, StrataBins};
-pub use config::write_config;
+pub use config::{write_config, write_config_with};
 pub use faultproxy::{FaultCounts, FaultProxy};
 pub use logcheck::{assert_no_errors, wait_for_line, LogCheck};
-pub use nats::{NatsCluster, NatsServer};
+pub use nats::{NatsCluster, NatsOptions, NatsServer};
 pub use nats_secure::SecureNats;
 pub use pg::{PgBench, PgCluster, PgOptions};
 pub use ports::{reserve_port, Port};
+pub use os_user::command_as_postgres;
 pub use process::CommandError;
 pub use s3::S3Server;
 pub use testdir::TestDir;

@@ -28,7 +28,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -109,6 +109,7 @@ pub struct NatsServer {
     config_file: PathBuf,
     store_dir: PathBuf,
     log_file: PathBuf,
+    listen_ip: IpAddr,
     port: Port,
     /// The HTTP monitoring port (`/jsz`), for cluster members.
     monitor_port: Option<Port>,
@@ -116,6 +117,25 @@ pub struct NatsServer {
     /// Environment of the server process (variables its config refers to).
     env: Vec<(String, String)>,
     _test_dir: TestDir,
+}
+
+/// How [`NatsServer::launch`] starts a server; [`NatsOptions::new`] gives what [`NatsServer::start_named`] uses.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// Subdirectory of the test directory, and the server's name in messages.
+    pub name: String,
+    /// The address it listens on (default 127.0.0.1); also where readiness is checked, so a server in
+    /// another network namespace is launched from a thread inside that namespace.
+    pub listen_ip: IpAddr,
+    /// Appended to the generated config (a `cluster { ... }` block, `http: "ip:port"` for monitoring).
+    pub extra_config: String,
+}
+
+impl NatsOptions {
+    /// A server named `name` on 127.0.0.1 with nothing extra.
+    pub fn new(name: &str) -> NatsOptions {
+        NatsOptions { name: name.to_string(), listen_ip: IpAddr::from([127, 0, 0, 1]), extra_config: String::new() }
+    }
 }
 
 impl NatsServer {
@@ -133,27 +153,39 @@ impl NatsServer {
     /// `tls` block: see `nats_secure`) and `env` set for the server, whose config may refer to its
     /// variables (`$NAME`).
     pub fn start_with(dir: &TestDir, name: &str, extra_config: &str, env: &[(String, String)]) -> NatsServer {
+        let opts = NatsOptions { extra_config: format!("{extra_config}\n"), ..NatsOptions::new(name) };
         let port = reserve_port();
         let server_name = format!("strata-test-{}", port.get());
-        let mut server = NatsServer::configure(dir, name, &server_name, port, None, &format!("{extra_config}\n"), env);
+        let mut server = NatsServer::configure(dir, &opts, &server_name, port, None, env);
         server.start_again();
         server
     }
 
-    /// Writes the config of a server in `<test dir>/<name>` listening on `port` (and serving monitoring on
-    /// `monitor_port`, if given), with `extra` appended verbatim (a `cluster {}` block, `include` lines) and
-    /// `env` for the server; does not start it.
+    /// Starts a server as `opts` says and returns at once, without waiting for readiness: the servers of a
+    /// JetStream cluster are only ready together, so they are all launched before any is waited for
+    /// ([`NatsServer::wait_ready`]).
+    pub fn launch(dir: &TestDir, opts: &NatsOptions) -> NatsServer {
+        let port = reserve_port();
+        let server_name = format!("strata-test-{}", port.get());
+        let mut server = NatsServer::configure(dir, opts, &server_name, port, None, &[]);
+        server.spawn();
+        server
+    }
+
+    /// Writes the config of a server in `<test dir>/<opts.name>` listening on `opts.listen_ip` and `port`
+    /// (and serving monitoring on `monitor_port`, if given), with `opts.extra_config` appended verbatim (a
+    /// `cluster {}` block, `include` lines) and `env` for the server; does not start it.
     fn configure(
         dir: &TestDir,
-        name: &str,
+        opts: &NatsOptions,
         server_name: &str,
         port: Port,
         monitor_port: Option<Port>,
-        extra: &str,
         env: &[(String, String)],
     ) -> NatsServer {
         // Fails before anything is created when the binary is missing or too old.
         nats_server_bin();
+        let name = opts.name.as_str();
         let home = dir.subdir(name);
         let store_dir = dir.subdir(Path::new(name).join("jetstream"));
         let config_file = home.join("nats-server.conf");
@@ -164,14 +196,16 @@ impl NatsServer {
         let config = format!(
             "# Written by strata-integration for one test (see integration/src/nats.rs).\n\
              server_name: {server_name}\n\
-             listen: \"127.0.0.1:{port}\"\n\
+             listen: \"{ip}:{port}\"\n\
              {monitor}\
              max_payload: 8MB\n\
              jetstream {{\n  store_dir: {store}\n}}\n\
              {extra}",
+            ip = opts.listen_ip,
             port = port.get(),
             store = serde_json::to_string(&store_dir.display().to_string())
                 .expect("a string serialises"),
+            extra = opts.extra_config,
         );
         fs::write(&config_file, config)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config_file.display()));
@@ -180,6 +214,7 @@ impl NatsServer {
             config_file,
             store_dir,
             log_file: home.join("nats.log"),
+            listen_ip: opts.listen_ip,
             port,
             monitor_port,
             child: None,
@@ -188,9 +223,14 @@ impl NatsServer {
         }
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://<listen address>:<port>` (`nats://127.0.0.1:<port>` unless [`NatsOptions::listen_ip`] said otherwise).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port())
+        format!("nats://{}:{}", self.listen_ip, self.port())
+    }
+
+    /// The address the server listens on.
+    pub fn listen_ip(&self) -> IpAddr {
+        self.listen_ip
     }
 
     /// The client port on 127.0.0.1.
@@ -284,7 +324,7 @@ impl NatsServer {
     /// Waits until the server sends an `INFO` line with JetStream enabled; fails fast if it exits.
     pub fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port()));
+        let addr = SocketAddr::new(self.listen_ip, self.port());
         loop {
             let last = match read_info(addr) {
                 Ok(info) if info.get("jetstream").and_then(|v| v.as_bool()) == Some(true) => return,
@@ -380,7 +420,8 @@ impl NatsCluster {
                 "cluster {{\n  name: {cluster_name}\n  listen: \"127.0.0.1:{}\"\n  routes: [{routes}]\n}}\n",
                 cluster_ports[i].get()
             );
-            members.push(NatsServer::configure(dir, &name, &name, port, Some(reserve_port()), &extra, &[]));
+            let opts = NatsOptions { extra_config: extra, ..NatsOptions::new(&name) };
+            members.push(NatsServer::configure(dir, &opts, &name, port, Some(reserve_port()), &[]));
         }
         // All are spawned before any is waited for: a member alone cannot form a quorum.
         for m in &mut members {

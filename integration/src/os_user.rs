@@ -79,7 +79,7 @@ fn lookup(name: &str) -> Option<PgOsUser> {
 /// A command that runs `program` as the `postgres` user (as the current user when not root), with a
 /// matching HOME/USER/LOGNAME and `/` as working directory, since the caller's directory (often
 /// `/root/...`) is not readable by `postgres` and initdb/pg_ctl complain about that.
-pub(crate) fn command_as_postgres(program: impl AsRef<OsStr>) -> Command {
+pub fn command_as_postgres(program: impl AsRef<OsStr>) -> Command {
     let mut cmd = Command::new(program);
     cmd.current_dir("/");
     if let Some(user) = postgres_user() {

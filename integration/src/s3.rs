@@ -15,7 +15,7 @@
 //! JSON POSTs for the same reason.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -45,6 +45,7 @@ fn moto_server_bin() -> PathBuf {
 /// A moto S3 server owned by one test.
 #[derive(Debug)]
 pub struct S3Server {
+    ip: IpAddr,
     port: Port,
     log_file: PathBuf,
     child: Option<Child>,
@@ -53,20 +54,26 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start(dir: &TestDir) -> S3Server {
+        S3Server::start_on(dir, IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// Starts a server listening on `ip` (an address of the calling thread's network namespace, which is
+    /// also where readiness is checked from) and waits until it answers.
+    pub fn start_on(dir: &TestDir, ip: IpAddr) -> S3Server {
         let bin = moto_server_bin();
         let home = dir.subdir("s3");
         let port = reserve_port();
         let log_file = home.join("moto.log");
         let log = std::fs::File::create(&log_file).unwrap_or_else(|e| panic!("cannot create {}: {e}", log_file.display()));
         let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.get().to_string()])
+            .args(["-H", &ip.to_string(), "-p", &port.get().to_string()])
             .current_dir(&home)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut server = S3Server { port, log_file, child: Some(child), _test_dir: dir.clone() };
+        let mut server = S3Server { ip, port, log_file, child: Some(child), _test_dir: dir.clone() };
         server.wait_ready();
         server
     }
@@ -88,7 +95,12 @@ impl S3Server {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port.get())
+        format!("http://{}:{}", self.ip, self.port.get())
+    }
+
+    /// The server's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn log_file(&self) -> &Path {
@@ -187,11 +199,12 @@ impl S3Server {
 
     /// One HTTP/1.1 request with extra header lines (each ending in CRLF); the status code and the body.
     fn http_with_headers(&self, method: &str, path: &str, headers: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port.get()))?;
+        let mut s = TcpStream::connect((self.ip, self.port.get()))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}:{}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.ip,
             self.port.get(),
             body.len()
         )?;
