@@ -621,3 +621,44 @@ async fn an_upload_stream_of_the_single_subject_layout_is_given_the_commit_subje
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_messages_reach_one_worker_each_are_never_commits_and_are_not_stored() {
+    let server = NatsServer::start();
+    let bus1 = NatsBus::connect(&server.url()).await.unwrap();
+    let bus2 = NatsBus::connect(&server.url()).await.unwrap();
+    assert!(bus1.transient_may_be_lost(), "a NATS bus must tell producers to keep what they send");
+    let w1 = bus1.work(Queue::Upload).await.unwrap();
+    let w2 = bus2.work(Queue::Upload).await.unwrap();
+
+    let sent = numbered("transient", 64);
+    for payload in &sent {
+        bus1.publish_transient(Queue::Upload, payload.clone()).await.unwrap();
+    }
+    bus1.flush().await.unwrap();
+    assert_eq!(queue_state(&server.url(), Queue::Upload).await.0, 0, "transient messages are not stored in the stream");
+
+    let collect = |mut work: Box<dyn WorkStream>| async move {
+        let mut got = Vec::new();
+        while let Some(d) = work.next_within(IDLE).await.expect("next") {
+            assert!(!d.commit_allowed(), "a transient message was allowed to be a commit");
+            got.push(d.payload().clone());
+            d.ack().await.expect("an ack of a transient message is a no-op");
+        }
+        got
+    };
+    let (got1, got2) = tokio::join!(collect(w1), collect(w2));
+    let set1: BTreeSet<_> = got1.iter().cloned().collect();
+    let set2: BTreeSet<_> = got2.iter().cloned().collect();
+    assert!(set1.is_disjoint(&set2), "a transient message went to both members of the group");
+    let all: BTreeSet<_> = set1.union(&set2).cloned().collect();
+    assert_eq!(all, sent.iter().cloned().collect::<BTreeSet<_>>(), "every transient message reached one worker");
+    assert_eq!(got1.len() + got2.len(), sent.len());
+
+    // A durable commit still arrives, and may be one.
+    bus1.publish_commit(Bytes::from_static(b"commit")).await.unwrap();
+    let mut w = bus2.work(Queue::Upload).await.unwrap();
+    let d = w.next_within(ARRIVES).await.unwrap().expect("the commit arrives");
+    assert!(d.commit_allowed());
+    d.ack().await.unwrap();
+}
