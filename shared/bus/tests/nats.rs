@@ -625,8 +625,10 @@ async fn an_upload_stream_of_the_single_subject_layout_is_given_the_commit_subje
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_messages_reach_one_worker_each_are_never_commits_and_are_not_stored() {
     let server = NatsServer::start();
-    let bus1 = NatsBus::connect(&server.url()).await.unwrap();
-    let bus2 = NatsBus::connect(&server.url()).await.unwrap();
+    // A short ack wait: the commit at the end may be handed to a pull request the two dropped workers left
+    // at the server, and then comes back only when its ack wait has passed.
+    let bus1 = NatsBus::connect_with(&server.url(), short_ack_wait()).await.unwrap();
+    let bus2 = NatsBus::connect_with(&server.url(), short_ack_wait()).await.unwrap();
     assert!(bus1.transient_may_be_lost(), "a NATS bus must tell producers to keep what they send");
     let w1 = bus1.work(Queue::Upload).await.unwrap();
     let w2 = bus2.work(Queue::Upload).await.unwrap();
