@@ -535,16 +535,23 @@ strata_backup() { # strata_backup REP
         { cat "$LOGDIR/strata-stanza-create-$rep.log" >&2; die "strata stanza-create failed"; }
     payload=$(db_bytes)
     services_reset_hwm
+    local -A cpu_before=()
+    if ((NATS_MODE)); then for p in "${SERVICE_PIDS[@]}" $NATS_PID; do cpu_before[$p]=$(cpu_ticks "$p"); done; fi
     SAMPLE_AS="strata-backup-$rep"
     run_timed "strata-backup-$rep" "$BIN/strata" --config "$CFG" --stanza "$STANZA" backup
+    local cpu_note=""
     if ((NATS_MODE)); then
         for p in "${SERVICE_PIDS[@]}"; do svc=$((svc + $(hwm_kb "$p"))); done
         nats_kb=$(hwm_kb "$NATS_PID")
+        # CPU-seconds each process used during the backup (the command's own is cpu= in the log line).
+        for p in "${SERVICE_PIDS[@]}" $NATS_PID; do
+            cpu_note+=" cpu_${SERVICE_OF[$p]:-nats-server}=$(awk -v a="${cpu_before[$p]}" -v b="$(cpu_ticks "$p")" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.2f", (b - a) / hz}')"
+        done
     fi
     label=$(awk '/^(full|diff|incr) backup .* committed/{print $3; exit}' "$LOGDIR/strata-backup-$rep.log")
     wait_archive_idle
     note="label=${label:-?} bus=$BUS_URL pipeline=${PIPE_DESC// /,}"
-    [[ -n $nats_kb ]] && note+=" nats_server_hwm_kb=$nats_kb"
+    [[ -n $nats_kb ]] && note+=" nats_server_hwm_kb=$nats_kb$cpu_note"
     note+=" said: $(grep -m1 'committed:' "$LOGDIR/strata-backup-$rep.log" | cut -d: -f2- | sed 's/^ //')"
     top_report "strata-backup-$rep"
     note+=" $TOP_NOTE"

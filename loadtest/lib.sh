@@ -212,6 +212,9 @@ services_reset_hwm() { # peak RSS counted from now on (clear_refs 5 resets VmHWM
     local p
     for p in "${SERVICE_PIDS[@]}" $NATS_PID; do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || true; done
 }
+cpu_ticks() { # utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat, after the name)
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
 hwm_kb() { awk '/^VmHWM:/{print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 services_hwm_kb() { # sum of the services' VmHWM
     local p sum=0

@@ -15,6 +15,7 @@
 //! task of one process. Nothing above this crate knows which one it talks to. [`retrying::RetryingBus`]
 //! wraps a fleet bus so that a work publish outlasts a NATS cluster's leader election.
 
+pub mod direct;
 pub mod local;
 pub mod nats;
 pub mod retrying;

@@ -50,6 +50,7 @@
 //! generally not 16-byte aligned; see the rkyv note in the toolchain notes).
 
 use super::{Bus, BusError, Delivery, EventStream, Queue, Result, WorkStream};
+use crate::direct::{DirectProducer, DirectWorker};
 use async_nats::jetstream::{
     self,
     consumer::{pull, AckPolicy, Consumer, DeliverPolicy},
@@ -116,6 +117,13 @@ pub struct NatsOptions {
     /// request should have expired (async-nats re-pulls 5 s after that). So this bounds how long a worker
     /// sits idle after a leader's loss. An idle worker sends one small request per period. Default 5 s.
     pub pull_expires: Duration,
+    /// Whether transient messages (chunks) go straight from producer to worker over TCP, with NATS carrying
+    /// only where to connect ([`crate::direct`]). Ignored (off) on a TLS connection: the direct path has no
+    /// TLS. Default on.
+    pub direct_data: bool,
+    /// Where a producer listens for direct connections (port 0: any free port). Default: the local address
+    /// of the route to the first bus server, any port.
+    pub direct_bind: Option<std::net::SocketAddr>,
 }
 
 /// TLS settings of a [`NatsBus`] connection; files are read when connecting.
@@ -156,6 +164,8 @@ impl Default for NatsOptions {
             auth: NatsAuth::None,
             inbox_prefix: "_INBOX".to_string(),
             pull_expires: Duration::from_secs(5),
+            direct_data: true,
+            direct_bind: None,
         }
     }
 }
@@ -196,6 +206,11 @@ struct Inner {
     js: jetstream::Context,
     consumers: HashMap<Queue, Consumer<pull::Config>>,
     options: NatsOptions,
+    /// Whether the direct data path is on for this connection (see [`NatsOptions::direct_data`]).
+    direct: bool,
+    /// Each queue's direct producer, made on the queue's first transient message; `None` when it could not
+    /// listen (the NATS path is used then).
+    producers: HashMap<Queue, tokio::sync::OnceCell<Option<Arc<DirectProducer>>>>,
 }
 
 impl std::fmt::Debug for NatsBus {
@@ -255,8 +270,52 @@ impl NatsBus {
             let stream = ensure_stream(&js, queue, max_payload, options.stream_replicas).await.map_err(at_url)?;
             consumers.insert(queue, ensure_consumer(&stream, queue, &options).await.map_err(at_url)?);
         }
-        tracing::debug!(url, max_payload, "connected to the NATS bus");
-        Ok(NatsBus { inner: Arc::new(Inner { url: url.to_string(), client, js, consumers, options }) })
+        let tls = options.tls.ca_file.is_some() || url.split(',').any(|u| u.trim_start().starts_with("tls://"));
+        let direct = options.direct_data && !tls;
+        let producers = Queue::ALL.into_iter().map(|q| (q, tokio::sync::OnceCell::new())).collect();
+        tracing::debug!(url, max_payload, direct, "connected to the NATS bus");
+        Ok(NatsBus { inner: Arc::new(Inner { url: url.to_string(), client, js, consumers, options, direct, producers }) })
+    }
+
+    /// The queue's direct producer, started on first use; `None` when the direct path is off or could not
+    /// listen (then logged once, and messages take the NATS path).
+    async fn direct_producer(&self, queue: Queue) -> Option<Arc<DirectProducer>> {
+        if !self.inner.direct {
+            return None;
+        }
+        self.inner.producers[&queue]
+            .get_or_init(|| async {
+                let bind = match self.inner.options.direct_bind {
+                    Some(bind) => Ok(bind),
+                    None => match server_addrs(&self.inner.url).ok().and_then(|a| a.into_iter().next()) {
+                        Some(first) => crate::direct::default_bind(&format!("{}:{}", first.host(), first.port())).await,
+                        None => Err(std::io::Error::other("no server address")),
+                    },
+                };
+                let started = match bind {
+                    Ok(bind) => DirectProducer::start(self.inner.client.clone(), queue, bind).await.map_err(|e| (bind, e)),
+                    Err(e) => Err((std::net::SocketAddr::from(([0, 0, 0, 0], 0)), e)),
+                };
+                match started {
+                    Ok(p) => Some(Arc::new(p)),
+                    Err((bind, e)) => {
+                        tracing::warn!(%bind, error = %e, "cannot listen for direct connections; chunks go through the NATS server");
+                        None
+                    }
+                }
+            })
+            .await
+            .clone()
+    }
+
+    /// Workers connected now to this process's direct producer of `queue`.
+    pub fn direct_connected(&self, queue: Queue) -> usize {
+        self.inner.producers[&queue].get().and_then(|p| p.as_ref()).map_or(0, |p| p.connected())
+    }
+
+    /// Transient messages of `queue` this process wrote to workers' direct connections.
+    pub fn direct_sent(&self, queue: Queue) -> u64 {
+        self.inner.producers[&queue].get().and_then(|p| p.as_ref()).map_or(0, |p| p.sent())
     }
 
     fn unreachable(&self, reason: impl std::fmt::Display) -> BusError {
@@ -582,8 +641,17 @@ impl Bus for NatsBus {
         Ok(())
     }
 
+    /// Straight to a worker when one is connected to this process's direct producer, else on the queue's
+    /// transient subject.
     async fn publish_transient(&self, queue: Queue, payload: Bytes) -> Result<()> {
         self.check_size(&payload)?;
+        let payload = match self.direct_producer(queue).await {
+            Some(producer) => match producer.try_send(payload) {
+                Ok(()) => return Ok(()),
+                Err(payload) => payload,
+            },
+            None => payload,
+        };
         self.inner.client.publish(queue.transient_subject(), payload).await.map_err(|e| BusError::PublishFailed {
             subject: queue.transient_subject().to_string(),
             reason: e.to_string(),
@@ -613,11 +681,23 @@ impl Bus for NatsBus {
             .queue_subscribe(queue.transient_subject(), transient_group(queue))
             .await
             .map_err(|e| self.unreachable(format!("cannot subscribe to {}: {e}", queue.transient_subject())))?;
+        let direct = if self.inner.direct {
+            let offers = self
+                .inner
+                .client
+                .subscribe(crate::direct::offer_subject(queue))
+                .await
+                .map_err(|e| self.unreachable(format!("cannot subscribe to {}: {e}", crate::direct::offer_subject(queue))))?;
+            Some(DirectWorker::start(offers, self.max_payload() + PULL_BYTES_HEADROOM))
+        } else {
+            None
+        };
         // Registered on the server before a producer is told the worker exists.
         self.round_trip().await?;
         Ok(Box::new(NatsWork {
             messages,
             transient,
+            direct,
             queue,
             url: self.inner.url.clone(),
             timeout: self.inner.options.request_timeout,
@@ -682,6 +762,8 @@ fn transient_group(queue: Queue) -> String {
 struct NatsWork {
     messages: pull::Stream,
     transient: async_nats::Subscriber,
+    /// Transient messages from producers this worker is connected to directly.
+    direct: Option<DirectWorker>,
     queue: Queue,
     url: String,
     timeout: Duration,
@@ -700,6 +782,12 @@ impl WorkStream for NatsWork {
             message = self.transient.next() => {
                 return Some(Ok(Box::new(TransientDelivery { payload: message?.payload }) as Box<dyn Delivery>))
             }
+            Some(payload) = async {
+                match &mut self.direct {
+                    Some(direct) => direct.messages.recv().await,
+                    None => None,
+                }
+            } => return Some(Ok(Box::new(TransientDelivery { payload }) as Box<dyn Delivery>)),
         };
         Some(match item {
             Ok(message) => {

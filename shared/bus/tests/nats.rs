@@ -664,3 +664,127 @@ async fn transient_messages_reach_one_worker_each_are_never_commits_and_are_not_
     assert!(d.commit_allowed());
     d.ack().await.unwrap();
 }
+
+/// Waits until `cond` holds, checking every 20 ms, and fails the test with `what` after `within`.
+async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_messages_go_straight_to_connected_workers_once_each_and_back_to_nats_when_none_is_left() {
+    let server = NatsServer::start();
+    let producer = NatsBus::connect(&server.url()).await.unwrap();
+    let (bus1, bus2) = (NatsBus::connect(&server.url()).await.unwrap(), NatsBus::connect(&server.url()).await.unwrap());
+    let (w1, w2) = (bus1.work(Queue::Upload).await.unwrap(), bus2.work(Queue::Upload).await.unwrap());
+
+    // The first transient message starts the producer's offers; both workers connect.
+    let mut sent = vec![Bytes::from_static(b"first")];
+    producer.publish_transient(Queue::Upload, sent[0].clone()).await.unwrap();
+    wait_until("both workers connecting directly", ARRIVES, || producer.direct_connected(Queue::Upload) == 2).await;
+    let before = producer.direct_sent(Queue::Upload);
+    let direct = numbered("direct", 64);
+    for payload in &direct {
+        producer.publish_transient(Queue::Upload, payload.clone()).await.unwrap();
+    }
+    sent.extend(direct.iter().cloned());
+    let (got1, got2) = tokio::join!(drain(w1), drain(w2));
+    assert_eq!(producer.direct_sent(Queue::Upload) - before, 64, "every message went over a direct connection");
+    assert!(!got1.is_empty() && !got2.is_empty(), "one worker got everything: {} and {}", got1.len(), got2.len());
+    let mut all: Vec<Bytes> = got1.into_iter().chain(got2).collect();
+    all.sort();
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(all, want, "every message reached exactly one worker");
+    assert_eq!(queue_state(&server.url(), Queue::Upload).await.0, 0, "nothing was stored in the stream");
+
+    // Both workers are gone: the producer sees it, and its messages take the NATS path to a new worker.
+    wait_until("the producer noticing its workers left", ARRIVES, || producer.direct_connected(Queue::Upload) == 0)
+        .await;
+    let options = NatsOptions { direct_data: false, ..NatsOptions::default() };
+    let nats_only = NatsBus::connect_with(&server.url(), options).await.unwrap();
+    let w3 = nats_only.work(Queue::Upload).await.unwrap();
+    let later = numbered("later", 16);
+    let sent_direct = producer.direct_sent(Queue::Upload);
+    for payload in &later {
+        producer.publish_transient(Queue::Upload, payload.clone()).await.unwrap();
+    }
+    producer.flush().await.unwrap();
+    let mut got3 = drain(w3).await;
+    got3.sort();
+    assert_eq!(got3, later, "with no direct worker, transient messages go through the server");
+    assert_eq!(producer.direct_sent(Queue::Upload), sent_direct);
+
+    // A bus with the direct path off offers nothing: its transient messages never go direct.
+    let w4 = bus1.work(Queue::Seal).await.unwrap();
+    nats_only.publish_transient(Queue::Seal, Bytes::from_static(b"via the server")).await.unwrap();
+    nats_only.flush().await.unwrap();
+    assert_eq!(drain(w4).await, vec![Bytes::from_static(b"via the server")]);
+    assert_eq!(nats_only.direct_sent(Queue::Seal), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_producer_refuses_a_wrong_token_and_a_worker_refuses_an_oversized_message() {
+    use std::io::Write;
+    let server = NatsServer::start();
+    let bus = NatsBus::connect(&server.url()).await.unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
+
+    // A fake producer: a worker that hears its offer connects and shows the offered token; the fake
+    // then announces a message larger than the bus allows, and the worker drops the connection.
+    let mut work = bus.work(Queue::Seal).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let offer = strata_bus::direct::Offer { addr: listener.local_addr().unwrap(), token: [0x5a; 32] };
+    client.publish(strata_bus::direct::offer_subject(Queue::Seal), offer.encode()).await.unwrap();
+    client.flush().await.unwrap();
+    let fake = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(ARRIVES)).unwrap();
+        let mut hello = [0u8; 44];
+        conn.read_exact(&mut hello).unwrap();
+        assert_eq!(&hello[..8], strata_bus::direct::MAGIC);
+        assert_eq!(&hello[8..40], &[0x5a; 32]);
+        conn.write_all(&u32::MAX.to_be_bytes()).unwrap();
+        conn.write_all(b"garbage").unwrap();
+        // The worker closes the connection rather than reading 4 GiB.
+        let mut rest = Vec::new();
+        let _ = conn.read_to_end(&mut rest);
+    });
+    tokio::task::spawn_blocking(move || fake.join().unwrap()).await.unwrap();
+    // The worker still takes work.
+    bus.publish_transient(Queue::Seal, Bytes::from_static(b"after")).await.unwrap();
+    let d = work.next_within(ARRIVES).await.unwrap().expect("the worker still works");
+    assert_eq!(d.payload(), &Bytes::from_static(b"after"));
+
+    // Someone who read no offer cannot take chunks: a wrong token is refused, and the producer goes on.
+    let offers = client.subscribe(strata_bus::direct::offer_subject(Queue::Seal)).await.unwrap();
+    let mut offers = offers;
+    use futures::StreamExt;
+    let real = loop {
+        let m = tokio::time::timeout(ARRIVES, offers.next()).await.unwrap().unwrap();
+        if let Some(o) = strata_bus::direct::Offer::decode(&m.payload) {
+            if o.addr != offer.addr {
+                break o;
+            }
+        }
+    };
+    let refused = tokio::task::spawn_blocking(move || {
+        let mut conn = TcpStream::connect(real.addr).unwrap();
+        conn.set_read_timeout(Some(ARRIVES)).unwrap();
+        let mut hello = strata_bus::direct::MAGIC.to_vec();
+        hello.extend_from_slice(&[0u8; 32]);
+        hello.extend_from_slice(&100u32.to_be_bytes());
+        conn.write_all(&hello).unwrap();
+        let mut rest = Vec::new();
+        let _ = conn.read_to_end(&mut rest);
+        rest
+    });
+    assert!(refused.await.unwrap().is_empty(), "a connection with a wrong token got data");
+    bus.publish_transient(Queue::Seal, Bytes::from_static(b"still")).await.unwrap();
+    let d = work.next_within(ARRIVES).await.unwrap().expect("the producer still works");
+    assert_eq!(d.payload(), &Bytes::from_static(b"still"));
+}
