@@ -181,6 +181,17 @@ fn two_sealers_and_two_uploaders_share_a_backup() {
             assert!(*c > 0.0, "{name} process {i} did no work ({family} = {c}); all: {counts:?}");
         }
     }
+    // The chunks went straight from the collector to the sealers and from the sealers to the uploaders,
+    // not through the NATS servers (shared/bus/src/direct.rs).
+    for (name, pool, family) in [
+        ("sealer", &sealers, "strata_bus_direct_messages_total{queue=\"seal\",side=\"received\"}"),
+        ("sealer", &sealers, "strata_bus_direct_messages_total{queue=\"upload\",side=\"sent\"}"),
+        ("uploader", &uploaders, "strata_bus_direct_messages_total{queue=\"upload\",side=\"received\"}"),
+    ] {
+        let counts: Vec<f64> = pool.iter().map(|(_, port)| counter(&scrape(port.get()), family)).collect();
+        eprintln!("{family} per {name} process: {counts:?}");
+        assert!(counts.iter().sum::<f64>() > 0.0, "no chunk took the direct path ({family}): {counts:?}");
+    }
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
     let copy = setup.restore_and_start("restored", &[]);
     assert_same_tables(&setup.pg, &copy, "postgres");

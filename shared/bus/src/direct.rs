@@ -52,6 +52,25 @@ pub const INITIAL_CREDIT: u32 = 4;
 /// How long a producer waits for a connecting worker's token, and a worker for the connection.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Messages this process wrote to, and took from, direct connections, per queue (by [`queue_index`]): the
+/// metrics' `strata_bus_direct_messages_total`.
+static SENT: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static RECEIVED: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+fn queue_index(queue: Queue) -> usize {
+    match queue {
+        Queue::Seal => 0,
+        Queue::Upload => 1,
+        Queue::Replicate => 2,
+    }
+}
+
+/// Messages of `queue` this process sent over direct connections, and took from them, since it started.
+pub fn totals(queue: Queue) -> (u64, u64) {
+    let i = queue_index(queue);
+    (SENT[i].load(Ordering::Relaxed), RECEIVED[i].load(Ordering::Relaxed))
+}
+
 /// The subject a queue's producers offer direct connections on.
 pub fn offer_subject(queue: Queue) -> String {
     format!("{}.offer", queue.transient_subject())
@@ -233,6 +252,7 @@ async fn serve(
             writer.write_u32(message.len() as u32).await?;
             writer.write_all(&message).await?;
             shared.sent.fetch_add(1, Ordering::Relaxed);
+            SENT[queue_index(queue)].fetch_add(1, Ordering::Relaxed);
         }
     }
     .await;
@@ -262,7 +282,7 @@ pub struct DirectWorker {
 impl DirectWorker {
     /// Listens for offers on `offers` (a subscription to [`offer_subject`]) and refuses messages longer than
     /// `max_frame`.
-    pub fn start(mut offers: async_nats::Subscriber, max_frame: usize) -> DirectWorker {
+    pub fn start(queue: Queue, mut offers: async_nats::Subscriber, max_frame: usize) -> DirectWorker {
         // Small: each connection holds up to its credit besides, and a message waiting here is not being
         // worked on.
         let (tx, messages) = mpsc::channel(2);
@@ -280,7 +300,7 @@ impl DirectWorker {
                 }
                 let (tx, connected) = (tx.clone(), connected.clone());
                 connections.spawn(async move {
-                    if let Err(e) = take(&offer, max_frame, &tx).await {
+                    if let Err(e) = take(queue, &offer, max_frame, &tx).await {
                         debug!(addr = %offer.addr, error = %e, "direct connection ended");
                     }
                     connected.lock().expect("direct worker state").remove(&offer.addr);
@@ -292,13 +312,13 @@ impl DirectWorker {
 }
 
 /// Connects to one producer and passes its messages on, granting a credit for each one taken.
-async fn take(offer: &Offer, max_frame: usize, out: &mpsc::Sender<Bytes>) -> std::io::Result<()> {
+async fn take(queue: Queue, offer: &Offer, max_frame: usize, out: &mpsc::Sender<Bytes>) -> std::io::Result<()> {
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(offer.addr))
         .await
         .map_err(|_| std::io::Error::other("connect timed out"))??;
     stream.set_nodelay(true)?;
-    let (reader, mut writer) = stream.into_split();
-    let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, reader);
+    // Unbuffered: a payload is read from the socket straight into its own buffer.
+    let (mut reader, mut writer) = stream.into_split();
     let mut hello = Vec::with_capacity(44);
     hello.extend_from_slice(MAGIC);
     hello.extend_from_slice(&offer.token);
@@ -319,6 +339,7 @@ async fn take(offer: &Offer, max_frame: usize, out: &mpsc::Sender<Bytes>) -> std
         if out.send(buf.freeze()).await.is_err() {
             return Ok(());
         }
+        RECEIVED[queue_index(queue)].fetch_add(1, Ordering::Relaxed);
         writer.write_u32(1).await?;
     }
 }

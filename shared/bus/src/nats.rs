@@ -688,7 +688,7 @@ impl Bus for NatsBus {
                 .subscribe(crate::direct::offer_subject(queue))
                 .await
                 .map_err(|e| self.unreachable(format!("cannot subscribe to {}: {e}", crate::direct::offer_subject(queue))))?;
-            Some(DirectWorker::start(offers, self.max_payload() + PULL_BYTES_HEADROOM))
+            Some(DirectWorker::start(queue, offers, self.max_payload() + PULL_BYTES_HEADROOM))
         } else {
             None
         };

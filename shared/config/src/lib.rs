@@ -320,6 +320,14 @@ pub struct NatsConfig {
     /// (`_INBOX_sealer`) and allow a role to subscribe only to `<prefix>.>`: then no role can read the
     /// replies (JetStream deliveries, publish acks) meant for another.
     pub inbox_prefix: String,
+    /// Whether chunks go straight from the process that made them to a worker over TCP, with NATS carrying
+    /// only where to connect (ARCHITECTURE.md, "The bus"). Default: on, unless the bus uses TLS (the direct
+    /// path has none, so with TLS every byte stays on NATS; `true` with TLS is refused).
+    pub direct_data: Option<bool>,
+    /// `ip:port` a producer (collector, sealer) listens on for workers' direct connections; port 0 is any
+    /// free port. Default: the address this host reaches the first bus server from, any port. Workers of
+    /// the next stage must be able to connect to it.
+    pub direct_listen: Option<String>,
 }
 
 impl Default for NatsConfig {
@@ -334,6 +342,8 @@ impl Default for NatsConfig {
             user: None,
             password_file: None,
             inbox_prefix: "_INBOX".into(),
+            direct_data: None,
+            direct_listen: None,
         }
     }
 }
@@ -374,6 +384,14 @@ impl NatsConfig {
         }
         if self.user.is_some() != self.password_file.is_some() {
             return Err("nats: give both user and password_file, or neither".into());
+        }
+        if self.direct_data == Some(true) && self.tls_ca_file.is_some() {
+            return Err("nats.direct_data = true cannot be used with TLS (tls_ca_file): the direct data path has no TLS, and pages would cross the network in clear".into());
+        }
+        if let Some(listen) = &self.direct_listen {
+            listen.parse::<std::net::SocketAddr>().map_err(|_| {
+                format!("nats.direct_listen = '{listen}' must be an address and port, like 10.0.0.5:7422 or 0.0.0.0:0")
+            })?;
         }
         let p = &self.inbox_prefix;
         if p.is_empty()
@@ -963,6 +981,8 @@ mod tests {
             (format!("password_file = {pw:?}"), "give both user and password_file"),
             ("inbox_prefix = \"_INBOX.>\"".to_string(), "nats.inbox_prefix = '_INBOX.>' must be a subject"),
             ("inbox_prefix = \"\"".to_string(), "nats.inbox_prefix"),
+            ("direct_listen = \"10.0.0.5\"".to_string(), "nats.direct_listen = '10.0.0.5' must be an address and port"),
+            (format!("tls_ca_file = {cert:?}\ndirect_data = true"), "nats.direct_data = true cannot be used with TLS"),
         ];
         for (extra, what) in cases {
             let err = load_with_nats(&extra).expect_err(&extra);

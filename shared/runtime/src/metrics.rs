@@ -65,6 +65,21 @@ impl MetricsEndpoint {
         );
         retries.set_total(&[], strata_bus::retrying::publish_retries_total());
         self.registry.on_render(move || retries.set_total(&[], strata_bus::retrying::publish_retries_total()));
+        // Chunks that went straight between processes instead of through the NATS server (ARCHITECTURE.md,
+        // "The bus"); zero on a TLS bus or an in-process one.
+        let direct = self.registry.counter(
+            "strata_bus_direct_messages_total",
+            "Transient messages (chunks) this process sent to, or took from, direct connections instead of the NATS server.",
+        );
+        let refresh_direct = move || {
+            for queue in [Queue::Seal, Queue::Upload] {
+                let (sent, received) = strata_bus::direct::totals(queue);
+                direct.set_total(&[("queue", queue_label(queue)), ("side", "sent")], sent);
+                direct.set_total(&[("queue", queue_label(queue)), ("side", "received")], received);
+            }
+        };
+        refresh_direct();
+        self.registry.on_render(refresh_direct);
         let depth = self.registry.gauge("strata_bus_queue_depth", "Messages in a work queue that no worker has finished (stored and not acknowledged).");
         let stop = self.stop.clone();
         tokio::spawn(async move {
