@@ -6,7 +6,8 @@
 //! - A sealer may publish sealed chunks but not a commit request, and cannot read a collector's fetch
 //!   replies; a replicator may share and take its own work.
 //! - A backup and a restore work with the collector, sealer, uploader and the `strata` command each on its
-//!   own user, and none of them hits a permission it lacks.
+//!   own user, and none of them hits a permission it lacks; the chunks go over sealed direct connections
+//!   (shared/bus/src/direct.rs), whose key only travelled over TLS.
 
 mod common;
 
@@ -234,8 +235,17 @@ fn a_backup_and_a_restore_work_with_every_service_on_its_own_user() {
     // The config is the database host's: the strata command (backup, archive-push) and the collector.
     setup.append_config(&nats.nats_table("collector"));
     let env = |role: &str| nats.role_env(role);
+    let (sealer_metrics, uploader_metrics) = (reserve_port(), reserve_port());
     let spawn = |name: &str, role: &str| {
-        let env = env(role);
+        let mut env = env(role);
+        let metrics = match role {
+            "sealer" => Some(("STRATA_METRICS__SEALER", &sealer_metrics)),
+            "uploader" => Some(("STRATA_METRICS__UPLOADER", &uploader_metrics)),
+            _ => None,
+        };
+        if let Some((key, port)) = metrics {
+            env.push((key.to_string(), format!("127.0.0.1:{}", port.get())));
+        }
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         Service::spawn_with_env(&setup.bins, name, &setup.config, setup.dir.path(), &env)
     };
@@ -250,6 +260,18 @@ fn a_backup_and_a_restore_work_with_every_service_on_its_own_user() {
     setup.strata_ok(&["stanza-create"]);
     setup.pg.pgbench_init(2);
     let label = setup.backup("full");
+    // The chunks took sealed direct connections, collector to sealer and sealer to uploader.
+    for (port, series) in [
+        (&sealer_metrics, "strata_bus_direct_messages_total{queue=\"seal\",side=\"received\"}"),
+        (&uploader_metrics, "strata_bus_direct_messages_total{queue=\"upload\",side=\"received\"}"),
+    ] {
+        let text = scrape(port.get());
+        let value: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+        assert!(value > 0.0, "no chunk took a direct connection ({series} = {value})");
+    }
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(120));
     assert_eq!(setup.backup_labels(), vec![label]);
     let copy = setup.restore_and_start("restored", &[]);

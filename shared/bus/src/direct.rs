@@ -22,12 +22,17 @@
 //! - A producer with no worker connected sends on NATS, as before; one whose last worker disconnects sends
 //!   what it had queued on NATS. A connection that breaks loses what was on it, and the job resends.
 //!
-//! The path has no TLS: a bus configured for TLS keeps every byte on NATS ([`crate::nats::NatsOptions`]).
+//! - On a bus that uses TLS, messages are *sealed*: each is encrypted and authenticated with AES-256-GCM
+//!   under a key derived from the offer's token (which only travelled over TLS) and a random salt per
+//!   connection, so a direct connection is as private as the bus and costs one AES pass at each end,
+//!   where the NATS path costs TLS at both clients and twice in the server.
 //!
 //! # Wire format
 //! Worker to producer: [`MAGIC`] and the 32-byte token, then credits as big-endian `u32`s. Producer to
-//! worker: messages as a big-endian `u32` length and the payload. A worker refuses a length over the bus's
-//! `max_payload` and closes the connection; a producer closes one that shows a wrong token.
+//! worker: when sealed, first a 16-byte salt; then messages as a big-endian `u32` length and the payload
+//! (sealed: ciphertext and 16-byte tag, the nonce being the message's number on the connection). A worker
+//! refuses a length over the bus's `max_payload` and a message that does not authenticate, and closes the
+//! connection; a producer closes one that shows a wrong token.
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -81,19 +86,28 @@ pub fn offer_subject(queue: Queue) -> String {
 pub struct Offer {
     pub addr: SocketAddr,
     pub token: [u8; 32],
+    /// Messages are encrypted and authenticated (the producer's bus uses TLS).
+    pub sealed: bool,
 }
 
 impl Offer {
     const PREFIX: &'static str = "strata-direct 1 ";
 
     pub fn encode(&self) -> Bytes {
-        Bytes::from(format!("{}{} {}", Self::PREFIX, self.addr, hex(&self.token)))
+        let mode = if self.sealed { "sealed" } else { "plain" };
+        Bytes::from(format!("{}{} {} {mode}", Self::PREFIX, self.addr, hex(&self.token)))
     }
 
     /// `None` for anything but an offer of this version (other versions, garbage).
     pub fn decode(payload: &[u8]) -> Option<Offer> {
         let text = std::str::from_utf8(payload).ok()?.strip_prefix(Self::PREFIX)?;
-        let (addr, token) = text.split_once(' ')?;
+        let (addr, rest) = text.split_once(' ')?;
+        let (token, mode) = rest.split_once(' ')?;
+        let sealed = match mode {
+            "sealed" => true,
+            "plain" => false,
+            _ => return None,
+        };
         let addr: SocketAddr = addr.parse().ok()?;
         if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
@@ -102,12 +116,59 @@ impl Offer {
         for (i, byte) in out.iter_mut().enumerate() {
             *byte = u8::from_str_radix(&token[2 * i..2 * i + 2], 16).ok()?;
         }
-        Some(Offer { addr, token: out })
+        Some(Offer { addr, token: out, sealed })
     }
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A connection's AEAD: AES-256-GCM under a key derived from the offer's token and the connection's salt,
+/// with the message's number on the connection as its nonce (each key is used by one connection only).
+struct ConnectionCipher {
+    key: aws_lc_rs::aead::LessSafeKey,
+    next: u64,
+}
+
+impl ConnectionCipher {
+    const TAG: usize = 16;
+
+    fn new(token: &[u8; 32], salt: &[u8; 16]) -> ConnectionCipher {
+        let mut material = [0u8; 48];
+        material[..32].copy_from_slice(token);
+        material[32..].copy_from_slice(salt);
+        let key = blake3::derive_key("strata direct data path v1 connection key", &material);
+        let unbound = aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, &key).expect("32-byte key");
+        ConnectionCipher { key: aws_lc_rs::aead::LessSafeKey::new(unbound), next: 0 }
+    }
+
+    fn nonce(&mut self) -> aws_lc_rs::aead::Nonce {
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&self.next.to_be_bytes());
+        self.next += 1;
+        aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce)
+    }
+
+    fn seal(&mut self, message: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(message.len() + Self::TAG);
+        out.extend_from_slice(message);
+        let nonce = self.nonce();
+        self.key.seal_in_place_append_tag(nonce, aws_lc_rs::aead::Aad::empty(), &mut out).expect("message within AES-GCM's limit");
+        out
+    }
+
+    /// The plain message, in place; an error when it does not authenticate.
+    fn open(&mut self, mut sealed: BytesMut) -> std::io::Result<Bytes> {
+        let nonce = self.nonce();
+        let len = self
+            .key
+            .open_in_place(nonce, aws_lc_rs::aead::Aad::empty(), &mut sealed)
+            .map_err(|_| std::io::Error::other("a message did not authenticate"))?
+            .len();
+        sealed.truncate(len);
+        Ok(sealed.freeze())
+    }
 }
 
 /// Aborts a task when dropped, so that a producer's or worker's tasks end with it.
@@ -139,7 +200,13 @@ pub struct DirectProducer {
 impl DirectProducer {
     /// Listens on `bind` (port 0: any free port) and offers the connection on `client` every
     /// [`OFFER_INTERVAL`]. When the last worker disconnects, messages still queued go out on NATS.
-    pub async fn start(client: async_nats::Client, queue: Queue, bind: SocketAddr) -> std::io::Result<DirectProducer> {
+    /// With `sealed`, messages are encrypted and authenticated (see the module docs).
+    pub async fn start(
+        client: async_nats::Client,
+        queue: Queue,
+        bind: SocketAddr,
+        sealed: bool,
+    ) -> std::io::Result<DirectProducer> {
         let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let mut token = [0u8; 32];
@@ -147,7 +214,7 @@ impl DirectProducer {
             .map_err(|e| std::io::Error::other(format!("no random token: {e}")))?;
         let (queued, next) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared { connected: Mutex::new(0), queued, next: tokio::sync::Mutex::new(next), sent: 0.into() });
-        let offer = Offer { addr, token }.encode();
+        let offer = Offer { addr, token, sealed }.encode();
         let subject = offer_subject(queue);
         let offering = {
             let client = client.clone();
@@ -169,7 +236,7 @@ impl DirectProducer {
                     while connections.try_join_next().is_some() {}
                     let (shared, client) = (shared.clone(), client.clone());
                     connections.spawn(async move {
-                        if let Err(e) = serve(stream, &token, &shared, &client, queue).await {
+                        if let Err(e) = serve(stream, &token, sealed, &shared, &client, queue).await {
                             debug!(%peer, error = %e, "direct connection ended");
                         }
                     });
@@ -204,6 +271,7 @@ impl DirectProducer {
 async fn serve(
     stream: TcpStream,
     token: &[u8; 32],
+    sealed: bool,
     shared: &Arc<Shared>,
     client: &async_nats::Client,
     queue: Queue,
@@ -220,6 +288,15 @@ async fn serve(
         warn!("refused a direct connection that did not show this producer's token");
         return Err(std::io::Error::other("wrong token"));
     }
+    let mut cipher = if sealed {
+        let mut salt = [0u8; 16];
+        rand::RngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut salt)
+            .map_err(|e| std::io::Error::other(format!("no random salt: {e}")))?;
+        writer.write_all(&salt).await?;
+        Some(ConnectionCipher::new(token, &salt))
+    } else {
+        None
+    };
     let credit = Arc::new(Semaphore::new(0));
     let closed = Arc::new(Notify::new());
     let _reading = {
@@ -249,6 +326,10 @@ async fn serve(
                 },
             };
             // A message lost here (the write fails) is sent again by its job.
+            let message = match &mut cipher {
+                Some(cipher) => Bytes::from(cipher.seal(&message)),
+                None => message,
+            };
             writer.write_u32(message.len() as u32).await?;
             writer.write_all(&message).await?;
             shared.sent.fetch_add(1, Ordering::Relaxed);
@@ -324,6 +405,15 @@ async fn take(queue: Queue, offer: &Offer, max_frame: usize, out: &mpsc::Sender<
     hello.extend_from_slice(&offer.token);
     hello.extend_from_slice(&INITIAL_CREDIT.to_be_bytes());
     writer.write_all(&hello).await?;
+    let (mut cipher, max_frame) = if offer.sealed {
+        let mut salt = [0u8; 16];
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read_exact(&mut salt))
+            .await
+            .map_err(|_| std::io::Error::other("no salt"))??;
+        (Some(ConnectionCipher::new(&offer.token, &salt)), max_frame + ConnectionCipher::TAG)
+    } else {
+        (None, max_frame)
+    };
     loop {
         let len = reader.read_u32().await? as usize;
         if len > max_frame {
@@ -336,7 +426,11 @@ async fn take(queue: Queue, offer: &Offer, max_frame: usize, out: &mpsc::Sender<
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
         }
-        if out.send(buf.freeze()).await.is_err() {
+        let message = match &mut cipher {
+            Some(cipher) => cipher.open(buf)?,
+            None => buf.freeze(),
+        };
+        if out.send(message).await.is_err() {
             return Ok(());
         }
         RECEIVED[queue_index(queue)].fetch_add(1, Ordering::Relaxed);
@@ -363,10 +457,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_sealed_message_opens_only_in_order_under_its_connections_key() {
+        let (token, salt) = ([1u8; 32], [2u8; 16]);
+        let (mut tx, mut rx) = (ConnectionCipher::new(&token, &salt), ConnectionCipher::new(&token, &salt));
+        let first = tx.seal(b"first chunk");
+        let second = tx.seal(b"second chunk");
+        assert!(!first.windows(5).any(|w| w == b"first"), "sealed bytes hold the plain text");
+        assert_eq!(rx.open(BytesMut::from(&first[..])).unwrap(), Bytes::from_static(b"first chunk"));
+        assert_eq!(rx.open(BytesMut::from(&second[..])).unwrap(), Bytes::from_static(b"second chunk"));
+        // Replayed, altered, or under another connection's salt: refused.
+        let mut replay = ConnectionCipher::new(&token, &salt);
+        replay.next = 2;
+        assert!(replay.open(BytesMut::from(&first[..])).is_err());
+        let mut altered = first.clone();
+        altered[0] ^= 1;
+        assert!(ConnectionCipher::new(&token, &salt).open(BytesMut::from(&altered[..])).is_err());
+        assert!(ConnectionCipher::new(&token, &[3u8; 16]).open(BytesMut::from(&first[..])).is_err());
+        assert!(ConnectionCipher::new(&token, &salt).open(BytesMut::from(&b"short"[..])).is_err());
+    }
+
+    #[test]
     fn an_offer_survives_encoding_and_garbage_is_refused() {
-        let offer = Offer { addr: "10.1.2.3:4567".parse().unwrap(), token: [0xab; 32] };
+        let offer = Offer { addr: "10.1.2.3:4567".parse().unwrap(), token: [0xab; 32], sealed: false };
         assert_eq!(Offer::decode(&offer.encode()), Some(offer.clone()));
-        let v6 = Offer { addr: "[::1]:9".parse().unwrap(), token: [7; 32] };
+        let v6 = Offer { addr: "[::1]:9".parse().unwrap(), token: [7; 32], sealed: true };
         assert_eq!(Offer::decode(&v6.encode()), Some(v6.clone()));
         for bad in [
             &b""[..],
@@ -375,6 +489,8 @@ mod tests {
             b"strata-direct 1 10.1.2.3 abababababababababababababababababababababababababababababababab",
             b"strata-direct 1 10.1.2.3:4567 zzababababababababababababababababababababababababababababababab",
             b"strata-direct 1 10.1.2.3:4567 \xff\xfe",
+            b"strata-direct 1 10.1.2.3:4567 abababababababababababababababababababababababababababababababab",
+            b"strata-direct 1 10.1.2.3:4567 abababababababababababababababababababababababababababababababab open",
         ] {
             assert_eq!(Offer::decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }

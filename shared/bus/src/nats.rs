@@ -118,8 +118,8 @@ pub struct NatsOptions {
     /// sits idle after a leader's loss. An idle worker sends one small request per period. Default 5 s.
     pub pull_expires: Duration,
     /// Whether transient messages (chunks) go straight from producer to worker over TCP, with NATS carrying
-    /// only where to connect ([`crate::direct`]). Ignored (off) on a TLS connection: the direct path has no
-    /// TLS. Default on.
+    /// only where to connect ([`crate::direct`]); on a TLS connection they are encrypted and authenticated
+    /// with a key the offer carried over TLS. Default on.
     pub direct_data: bool,
     /// Where a producer listens for direct connections (port 0: any free port). Default: the local address
     /// of the route to the first bus server, any port.
@@ -208,6 +208,8 @@ struct Inner {
     options: NatsOptions,
     /// Whether the direct data path is on for this connection (see [`NatsOptions::direct_data`]).
     direct: bool,
+    /// Whether this connection uses TLS: then direct connections are sealed.
+    tls: bool,
     /// Each queue's direct producer, made on the queue's first transient message; `None` when it could not
     /// listen (the NATS path is used then).
     producers: HashMap<Queue, tokio::sync::OnceCell<Option<Arc<DirectProducer>>>>,
@@ -271,10 +273,10 @@ impl NatsBus {
             consumers.insert(queue, ensure_consumer(&stream, queue, &options).await.map_err(at_url)?);
         }
         let tls = options.tls.ca_file.is_some() || url.split(',').any(|u| u.trim_start().starts_with("tls://"));
-        let direct = options.direct_data && !tls;
+        let direct = options.direct_data;
         let producers = Queue::ALL.into_iter().map(|q| (q, tokio::sync::OnceCell::new())).collect();
         tracing::debug!(url, max_payload, direct, "connected to the NATS bus");
-        Ok(NatsBus { inner: Arc::new(Inner { url: url.to_string(), client, js, consumers, options, direct, producers }) })
+        Ok(NatsBus { inner: Arc::new(Inner { url: url.to_string(), client, js, consumers, options, direct, tls, producers }) })
     }
 
     /// The queue's direct producer, started on first use; `None` when the direct path is off or could not
@@ -293,7 +295,7 @@ impl NatsBus {
                     },
                 };
                 let started = match bind {
-                    Ok(bind) => DirectProducer::start(self.inner.client.clone(), queue, bind).await.map_err(|e| (bind, e)),
+                    Ok(bind) => DirectProducer::start(self.inner.client.clone(), queue, bind, self.inner.tls).await.map_err(|e| (bind, e)),
                     Err(e) => Err((std::net::SocketAddr::from(([0, 0, 0, 0], 0)), e)),
                 };
                 match started {

@@ -738,7 +738,7 @@ async fn a_direct_producer_refuses_a_wrong_token_and_a_worker_refuses_an_oversiz
     // then announces a message larger than the bus allows, and the worker drops the connection.
     let mut work = bus.work(Queue::Seal).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let offer = strata_bus::direct::Offer { addr: listener.local_addr().unwrap(), token: [0x5a; 32] };
+    let offer = strata_bus::direct::Offer { addr: listener.local_addr().unwrap(), token: [0x5a; 32], sealed: false };
     client.publish(strata_bus::direct::offer_subject(Queue::Seal), offer.encode()).await.unwrap();
     client.flush().await.unwrap();
     let fake = std::thread::spawn(move || {

@@ -321,9 +321,9 @@ pub struct NatsConfig {
     /// replies (JetStream deliveries, publish acks) meant for another.
     pub inbox_prefix: String,
     /// Whether chunks go straight from the process that made them to a worker over TCP, with NATS carrying
-    /// only where to connect (ARCHITECTURE.md, "The bus"). Default: on, unless the bus uses TLS (the direct
-    /// path has none, so with TLS every byte stays on NATS; `true` with TLS is refused).
-    pub direct_data: Option<bool>,
+    /// only where to connect (ARCHITECTURE.md, "The bus"); with TLS they are encrypted and authenticated
+    /// with a key that only travelled over TLS. Default on; off keeps every byte on NATS.
+    pub direct_data: bool,
     /// `ip:port` a producer (collector, sealer) listens on for workers' direct connections; port 0 is any
     /// free port. Default: the address this host reaches the first bus server from, any port. Workers of
     /// the next stage must be able to connect to it.
@@ -342,7 +342,7 @@ impl Default for NatsConfig {
             user: None,
             password_file: None,
             inbox_prefix: "_INBOX".into(),
-            direct_data: None,
+            direct_data: true,
             direct_listen: None,
         }
     }
@@ -384,9 +384,6 @@ impl NatsConfig {
         }
         if self.user.is_some() != self.password_file.is_some() {
             return Err("nats: give both user and password_file, or neither".into());
-        }
-        if self.direct_data == Some(true) && self.tls_ca_file.is_some() {
-            return Err("nats.direct_data = true cannot be used with TLS (tls_ca_file): the direct data path has no TLS, and pages would cross the network in clear".into());
         }
         if let Some(listen) = &self.direct_listen {
             listen.parse::<std::net::SocketAddr>().map_err(|_| {
@@ -982,7 +979,6 @@ mod tests {
             ("inbox_prefix = \"_INBOX.>\"".to_string(), "nats.inbox_prefix = '_INBOX.>' must be a subject"),
             ("inbox_prefix = \"\"".to_string(), "nats.inbox_prefix"),
             ("direct_listen = \"10.0.0.5\"".to_string(), "nats.direct_listen = '10.0.0.5' must be an address and port"),
-            (format!("tls_ca_file = {cert:?}\ndirect_data = true"), "nats.direct_data = true cannot be used with TLS"),
         ];
         for (extra, what) in cases {
             let err = load_with_nats(&extra).expect_err(&extra);

@@ -162,7 +162,7 @@ pub fn nats_options(cfg: &Config) -> strata_bus::nats::NatsOptions {
         tls: NatsTls { ca_file: n.tls_ca_file.clone(), client_cert: n.tls_cert_file.clone().zip(n.tls_key_file.clone()) },
         auth,
         inbox_prefix: n.inbox_prefix.clone(),
-        direct_data: n.direct_data.unwrap_or(true),
+        direct_data: n.direct_data,
         // Checked when the config was loaded.
         direct_bind: n.direct_listen.as_deref().and_then(|l| l.parse().ok()),
         ..Default::default()
