@@ -232,7 +232,15 @@ impl DirectProducer {
             tokio::spawn(async move {
                 let mut connections = tokio::task::JoinSet::new();
                 loop {
-                    let Ok((stream, peer)) = listener.accept().await else { continue };
+                    let (stream, peer) = match listener.accept().await {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            // Out of file descriptors, say: workers fall back to NATS meanwhile.
+                            warn!(error = %e, "cannot accept a direct connection");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    };
                     while connections.try_join_next().is_some() {}
                     let (shared, client) = (shared.clone(), client.clone());
                     connections.spawn(async move {
