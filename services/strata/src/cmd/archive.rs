@@ -38,6 +38,20 @@ const LOCK: &str = ".lock";
 const SPOOL_WAIT: Duration = Duration::from_secs(60);
 
 pub async fn push(ctx: &Context_, path: &Path) -> anyhow::Result<()> {
+    if ctx.cfg.archive.asynchronous {
+        match super::shipper::ask(ctx, path).await? {
+            Some(super::shipper::Answer::Durable { .. }) => return Ok(()),
+            Some(super::shipper::Answer::Failed(reason)) => bail!("{reason}"),
+            // No shipper answered (it could not start, died, or exited idle at that moment): the segment
+            // is pushed here, as without the shipper.
+            None => eprintln!("warning: no WAL shipper answered; archiving {:?} without it", path.file_name().unwrap_or_default()),
+        }
+    }
+    push_sync(ctx, path).await
+}
+
+/// Pushes one file from this process: the stages start, take the file, and stop.
+pub async fn push_sync(ctx: &Context_, path: &Path) -> anyhow::Result<()> {
     let info = ctx.repo.stanza(&ctx.stanza).await?;
     let target = WalPushTarget {
         stanza: ctx.stanza.clone(),
@@ -80,7 +94,7 @@ pub async fn push(ctx: &Context_, path: &Path) -> anyhow::Result<()> {
 /// Refuses a history file whose timeline branches from one the stanza does not know: timeline 1, one with
 /// an archived history file, or one with an archived segment. A history file is never replaced once
 /// archived, so one naming a parent that never existed would stay and mislead every later recovery.
-async fn check_parent_known(ctx: &Context_, name: &str, history: &TimelineHistory) -> anyhow::Result<()> {
+pub(crate) async fn check_parent_known(ctx: &Context_, name: &str, history: &TimelineHistory) -> anyhow::Result<()> {
     let parent = history.parent().expect("a checked history file has a parent");
     if parent == 1 {
         return Ok(());
