@@ -174,3 +174,62 @@ fn async_archiving_with_nats_down_retries_and_loses_nothing() {
     assert!(shipper_pid(&setup.pg).is_some_and(alive) || alive(shipper), "no shipper ran");
     setup.strata_ok(&["check"]);
 }
+
+fn ready_count(pg: &PgCluster) -> usize {
+    std::fs::read_dir(pg.data_dir().join("pg_wal/archive_status"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".ready"))
+        .count()
+}
+
+#[test]
+fn over_push_queue_max_segments_are_dropped_loudly() {
+    let dir = TestDir::new("archive_queue_max");
+    let setup = Setup::new(&dir, "local", "", &[]);
+    let hook = WebhookReceiver::start();
+    setup.strata_ok(&["stanza-create"]);
+    // One segment may wait; a second one over it is dropped.
+    setup.append_config(&format!("[archive]\npush_queue_max = 16777216\n\n[alerts]\nwebhook_critical = \"{}\"", hook.url()));
+    setup.pg.psql("CREATE TABLE t (x int)");
+    setup.backup("full");
+
+    // Archiving stops (a failing command) while three segments fill up.
+    let strata_command = setup.bins.archive_push_command(&setup.config, STANZA);
+    use_archive_command(&setup.pg, "/bin/false");
+    for i in 0..3 {
+        setup.pg.psql(&format!("INSERT INTO t SELECT g FROM generate_series(1, 50000) g; SELECT pg_switch_wal(); -- {i}"));
+    }
+    wait_until("three segments ready", Duration::from_secs(60), || (ready_count(&setup.pg) >= 3).then_some(()));
+    use_archive_command(&setup.pg, &strata_command);
+    wait_until("the queue drained", Duration::from_secs(120), || (ready_count(&setup.pg) == 0).then_some(()));
+    setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
+
+    // The drops are recorded, and nothing dropped is in the archive.
+    let dropped: Vec<String> = std::fs::read_dir(setup.repo.join("stanza/main/dropped"))
+        .expect("dropped records")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().trim_end_matches(".json").to_string())
+        .collect();
+    assert!(!dropped.is_empty(), "nothing was dropped");
+    let archived = archived_segments(&setup.repo);
+    for d in &dropped {
+        assert!(!archived.contains(d), "{d} is both dropped and archived");
+    }
+    // info shows the hole, in the archive and in the backup's recoverable window, and says why.
+    let text = setup.strata_ok(&["info"]);
+    let gap_line = text.lines().find(|l| l.contains("wal archive gap")).unwrap_or_else(|| panic!("no gap shown:\n{text}"));
+    assert!(gap_line.contains(&format!("{} of them DROPPED", dropped.len())), "{text}");
+    let window = text.lines().find(|l| l.contains("then WAL missing")).unwrap_or_else(|| panic!("no hole in the window:\n{text}"));
+    assert!(window.contains("DROPPED"), "{text}");
+    let json = serde_json::to_string(&setup.info()).unwrap();
+    assert!(json.contains(&format!("\"dropped\":{}", dropped.len())), "{json}");
+    // check fails on it, naming the drop.
+    let line = setup.strata_fails(&["check"]);
+    assert!(line.contains("DROPPED") && line.contains("push_queue_max"), "{line}");
+    // A critical alert went out for each dropped segment.
+    for d in &dropped {
+        let alert = hook.wait_for(|b| b.to_string().contains(d.as_str()) && b.to_string().contains("DROPPED"), Duration::from_secs(30));
+        assert_eq!(alert["strata"]["tier"], "critical", "{alert}");
+    }
+}

@@ -78,6 +78,8 @@ struct Bench {
     /// archive_command per tool.
     commands: Vec<(String, String)>,
     cp_dest: PathBuf,
+    strata_repo: PathBuf,
+    pgbr_repo: PathBuf,
     strata_async_spool: PathBuf,
     results: Vec<(String, String)>,
 }
@@ -111,7 +113,7 @@ impl Bench {
         let dir = TestDir::new("walbench");
         let bins = StrataBins::locate();
         let opts = PgOptions::new("")
-            .setting("max_wal_size", "4GB")
+            .setting("max_wal_size", "1GB")
             .setting("checkpoint_timeout", "5min")
             .setting("shared_buffers", "256MB");
         let mut pg = PgCluster::init(&dir, opts);
@@ -176,8 +178,10 @@ impl Bench {
             ("pgbackrest-sync".to_string(), pgbr(&pgbr_sync)),
             ("pgbackrest-async".to_string(), pgbr(&pgbr_async)),
             ("cp".to_string(), format!("cp %p {}/%f", cp_dest.display())),
+            // Discards: for WAL that is not measured (the datasets' loading).
+            ("discard".to_string(), "true".to_string()),
         ];
-        Ok(Bench { pg, _dir: dir, commands, cp_dest, strata_async_spool, results: Vec::new() })
+        Ok(Bench { pg, _dir: dir, commands, cp_dest, strata_repo: repo, pgbr_repo, strata_async_spool, results: Vec::new() })
     }
 
     fn command(&self, tool: &str) -> &str {
@@ -220,12 +224,27 @@ impl Bench {
         }
     }
 
+    /// Removes what the tools archived (only WAL, and only this run's), so that the disk holds one round.
+    fn remove_archived(&self) {
+        let _ = std::fs::remove_dir_all(&self.cp_dest);
+        let _ = std::fs::create_dir(&self.cp_dest).map(|_| chown_postgres(&self.cp_dest));
+        let _ = std::fs::remove_dir_all(self.strata_repo.join("pack"));
+        let _ = std::fs::remove_dir_all(self.strata_repo.join("stanza").join(STANZA).join("wal"));
+        if let Ok(versions) = std::fs::read_dir(self.pgbr_repo.join("archive").join(PGBR_STANZA)) {
+            for v in versions.flatten().filter(|v| v.path().is_dir()) {
+                for d in std::fs::read_dir(v.path()).into_iter().flatten().flatten().filter(|d| d.path().is_dir()) {
+                    let _ = std::fs::remove_dir_all(d.path());
+                }
+            }
+        }
+    }
+
     fn drain(&mut self, args: &Args) -> Result<()> {
         self.set_archive_command("");
         self.pg.pgbench_init(args.scale);
         let rows = u64::from(args.scale) * 100_000;
-        // Whatever the load left ready is archived by cp before the first round.
-        self.drain_once("cp", 0)?;
+        // What loading the tables wrote is not measured.
+        self.drain_once("discard", 0)?;
         let loads: &[bool] = if args.competing { &[false, true] } else { &[false] };
         for &competing in loads {
             let mut rates: Vec<(String, Vec<f64>)> = args.tools.iter().map(|t| (t.clone(), Vec::new())).collect();
@@ -241,8 +260,7 @@ impl Bench {
                     let tag = if competing { "competing" } else { "idle" };
                     eprintln!("drain {tag} run {run} {tool}: {n} segments in {secs:.2} s = {rate:.1} seg/s");
                     self.results.push((format!("drain_{tag}_run{run}_{}_seg_s", tool.replace('-', "_")), format!("{rate:.1}")));
-                    let _ = std::fs::remove_dir_all(&self.cp_dest);
-                    let _ = std::fs::create_dir(&self.cp_dest).map(|_| chown_postgres(&self.cp_dest));
+                    self.remove_archived();
                 }
             }
             let tag = if competing { "competing" } else { "idle" };
@@ -278,7 +296,7 @@ impl Bench {
     }
 
     fn sustained(&mut self, args: &Args) -> Result<()> {
-        self.set_archive_command(self.command("cp"));
+        self.set_archive_command(self.command("discard"));
         self.pg.pgbench_init(args.sustained_scale);
         for tool in args.sustained_tools.clone() {
             // Start from an empty queue: what init wrote is archived first.
@@ -323,6 +341,7 @@ impl Bench {
             }
             let csv_path = args.out.join(format!("sustained-{tool}.csv"));
             std::fs::write(&csv_path, csv)?;
+            self.remove_archived();
             let png = args.out.join(format!("sustained-{tool}.png"));
             plot(&samples, &format!("{tool}: archive lag under pgbench -c {} (scale {})", args.sustained_clients, args.sustained_scale), &png)?;
             self.results.push((format!("sustained_{key}_csv"), csv_path.display().to_string()));

@@ -233,11 +233,16 @@ pub struct ArchiveConfig {
     pub in_flight_bytes: usize,
     /// The shipper exits after this many seconds with nothing to push and no question asked.
     pub idle_secs: u64,
+    /// Bytes of WAL waiting to be archived (ready segments in `pg_wal`) past which `archive-push` drops
+    /// segments to save the primary's disk, as pgBackRest's `archive-push-queue-max` does: it reports them
+    /// archived without storing them, records the hole in the repository and raises a critical alert.
+    /// Unset (the default): never drops.
+    pub push_queue_max: Option<u64>,
 }
 
 impl Default for ArchiveConfig {
     fn default() -> Self {
-        ArchiveConfig { asynchronous: false, spool_path: None, in_flight_bytes: 256 * 1024 * 1024, idle_secs: 60 }
+        ArchiveConfig { asynchronous: false, spool_path: None, in_flight_bytes: 256 * 1024 * 1024, idle_secs: 60, push_queue_max: None }
     }
 }
 
@@ -715,6 +720,10 @@ impl Config {
         in_range("pipeline.archive_timeout_secs", p.archive_timeout_secs, 1, DAY)?;
         in_range("archive.in_flight_bytes", self.archive.in_flight_bytes, MIB, 16 * GIB)?;
         in_range("archive.idle_secs", self.archive.idle_secs, 1, DAY)?;
+        if let Some(max) = self.archive.push_queue_max {
+            // Less than one segment would drop every segment.
+            in_range("archive.push_queue_max", max, 16 * MIB as u64, 1 << 50)?;
+        }
         if let Some(spool) = &self.archive.spool_path {
             if !spool.is_absolute() {
                 return Err(format!("archive.spool_path = '{}' must be an absolute path", spool.display()));
