@@ -896,6 +896,10 @@ mod tests {
             ("[alerts]\nbackup_late_factor = 0.5", "alerts.backup_late_factor = 0.5", "from 1 to 1000"),
             ("[alerts]\nrepo_full_critical_percent = 150", "alerts.repo_full_critical_percent = 150", "from 0 to 100"),
             ("[alerts]\narchive_lag_warning_secs = 0", "alerts.archive_lag_warning_secs = 0", "from 1 to 31536000"),
+            ("[archive]\nidle_secs = 0", "archive.idle_secs = 0", "from 1 to 86400"),
+            ("[archive]\nin_flight_bytes = 1000", "archive.in_flight_bytes = 1000", "from 1048576"),
+            ("[archive]\npush_queue_max = 1000", "archive.push_queue_max = 1000", "from 16777216"),
+            ("[archive]\nspool_path = \"spool\"", "archive.spool_path = 'spool'", "absolute path"),
         ];
         for (extra, key, range) in cases {
             let f = write(&format!("{GOOD}\n{extra}\n"));
