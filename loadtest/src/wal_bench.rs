@@ -69,6 +69,9 @@ struct Args {
     /// Compression level of both Strata (wal_compress_level) and pgBackRest (zstd).
     #[arg(long, default_value_t = 3)]
     compress_level: i32,
+    /// Strata's wal_compress_level when it should differ from pgBackRest's (default: --compress-level).
+    #[arg(long)]
+    strata_compress_level: Option<i32>,
 }
 
 struct Bench {
@@ -119,7 +122,7 @@ impl Bench {
         let mut pg = PgCluster::init(&dir, opts);
         pg.start();
         let repo = dir.subdir("strata-repo");
-        let pipeline = format!("[pipeline]\nwal_compress_level = {}\n", args.compress_level);
+        let pipeline = format!("[pipeline]\nwal_compress_level = {}\n", args.strata_compress_level.unwrap_or(args.compress_level));
         let conn = pg.conn_string();
         let sync_cfg = write_config_with(
             &dir.subdir("strata-sync"),
@@ -181,7 +184,11 @@ impl Bench {
             // Discards: for WAL that is not measured (the datasets' loading).
             ("discard".to_string(), "true".to_string()),
         ];
-        Ok(Bench { pg, _dir: dir, commands, cp_dest, strata_repo: repo, pgbr_repo, strata_async_spool, results: Vec::new() })
+        Ok(Bench { pg, _dir: dir, commands, cp_dest, strata_repo: repo, pgbr_repo, strata_async_spool, results: vec![
+            ("strata_wal_compress_level".into(), args.strata_compress_level.unwrap_or(args.compress_level).to_string()),
+            ("pgbackrest_compress_level".into(), args.compress_level.to_string()),
+            ("drain_segments".into(), args.segments.to_string()),
+        ] })
     }
 
     fn command(&self, tool: &str) -> &str {
