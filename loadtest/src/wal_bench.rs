@@ -72,6 +72,9 @@ struct Args {
     /// Strata's wal_compress_level when it should differ from pgBackRest's (default: --compress-level).
     #[arg(long)]
     strata_compress_level: Option<i32>,
+    /// Further `[pipeline]` keys for Strata, e.g. "sealer_workers = 4" (repeatable).
+    #[arg(long)]
+    strata_pipeline: Vec<String>,
 }
 
 struct Bench {
@@ -122,7 +125,10 @@ impl Bench {
         let mut pg = PgCluster::init(&dir, opts);
         pg.start();
         let repo = dir.subdir("strata-repo");
-        let pipeline = format!("[pipeline]\nwal_compress_level = {}\n", args.strata_compress_level.unwrap_or(args.compress_level));
+        let mut pipeline = format!("[pipeline]\nwal_compress_level = {}\n", args.strata_compress_level.unwrap_or(args.compress_level));
+        for line in &args.strata_pipeline {
+            pipeline.push_str(&format!("{line}\n"));
+        }
         let conn = pg.conn_string();
         let sync_cfg = write_config_with(
             &dir.subdir("strata-sync"),
