@@ -32,7 +32,7 @@ use anyhow::{bail, Context};
 use std::collections::HashMap;
 use std::fs;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -58,7 +58,7 @@ const START_WAIT: Duration = Duration::from_secs(30);
 const SCAN_EVERY: Duration = Duration::from_millis(20);
 /// A segment whose push failed is tried again after this long (or at once when the archiver asks for it).
 const RETRY_AFTER: Duration = Duration::from_secs(1);
-/// A durable segment no longer ready is forgotten after this long.
+/// A durable (or failed) file no longer ready is forgotten after this long.
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 
 /// The spool directory for segments in `pg_wal`.
@@ -68,10 +68,9 @@ pub fn spool_dir(ctx: &Context_, pg_wal: &Path) -> PathBuf {
 
 /// Creates the spool (mode 0700) or checks an existing one is a directory only its owner can enter.
 fn prepare_spool(spool: &Path) -> anyhow::Result<()> {
-    match fs::create_dir(spool) {
-        Ok(()) => {
-            fs::set_permissions(spool, fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot set the mode of {spool:?}"))?;
-        }
+    // Created with its mode (the umask can only narrow it), so a racing caller never sees it open.
+    match fs::DirBuilder::new().mode(0o700).create(spool) {
+        Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e).with_context(|| format!("cannot create the archive spool {spool:?}")),
     }
@@ -313,11 +312,14 @@ impl Pusher {
         };
         ready.sort_by_key(|n| (wal_file_kind(n).ok() != Some(WalFileKind::History), n.clone()));
         {
-            // Durable files no longer ready were archived; the archiver will not ask again.
+            // Files no longer ready were archived (or dropped); the archiver will not ask again about them.
             let mut status = self.shipper.status.lock().expect("status");
             // (After a while: a question about one may still be waiting for its answer.)
             let ready_set: std::collections::HashSet<&String> = ready.iter().collect();
-            status.retain(|n, s| !matches!(s, Status::Durable { at, .. } if at.elapsed() > FORGET_AFTER && !ready_set.contains(n)));
+            status.retain(|n, s| match s {
+                Status::Durable { at, .. } | Status::Failed { at, .. } => at.elapsed() <= FORGET_AFTER || ready_set.contains(n),
+                Status::InFlight => true,
+            });
         }
         for name in &ready {
             let retry = {
