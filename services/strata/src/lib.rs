@@ -62,6 +62,9 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         prefetch: usize,
     },
+    /// The WAL shipper behind `[archive] async = true` (started by archive-push).
+    #[command(hide = true)]
+    ArchiveShipper { pg_wal: PathBuf },
     /// The background fetcher behind `archive-get --prefetch` (started by it).
     #[command(hide = true)]
     ArchivePrefetch { spool: PathBuf, count: usize },
@@ -331,6 +334,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 if e.is::<cmd::archive::NotArchived>() { e } else { e.context("archive-get") }
             })
         }
+        Command::ArchiveShipper { pg_wal } => cmd::shipper::run(&ctx, &pg_wal).await.context("archive-shipper"),
         Command::ArchivePrefetch { spool, count } => cmd::archive::prefetch(&ctx, &spool, count).await.context("archive-prefetch"),
         Command::Restore {
             pg_data,

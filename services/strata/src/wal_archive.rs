@@ -121,6 +121,9 @@ pub struct WalArchive<'r> {
     stanza: String,
     pub seg_size: u64,
     segments: BTreeSet<WalSegment>,
+    /// Segments `archive-push` dropped over `archive.push_queue_max` and that are not archived: known
+    /// holes, even past the newest archived segment.
+    dropped: BTreeSet<WalSegment>,
     histories: BTreeSet<TimelineId>,
     summaries: HashMap<WalSegment, Option<WalSummary>>,
     /// Segments whose record was found damaged while reading summaries, and why.
@@ -153,11 +156,19 @@ impl<'r> WalArchive<'r> {
                 _ => {}
             }
         }
+        let dropped = repo
+            .wal_dropped(stanza)
+            .await?
+            .iter()
+            .filter_map(|d| WalSegment::parse(&d.name, seg_size))
+            .filter(|s| !segments.contains(s))
+            .collect();
         Ok(WalArchive {
             repo,
             stanza: stanza.to_string(),
             seg_size,
             segments,
+            dropped,
             histories,
             summaries: HashMap::new(),
             damaged: HashMap::new(),
@@ -284,9 +295,26 @@ impl<'r> WalArchive<'r> {
         None
     }
 
-    /// Whether the archive holds a file of `hist`'s path numbered `segno` or later.
+    /// Whether the archive holds a file of `hist`'s path numbered `segno` or later, or one was dropped
+    /// there (a hole, not the end of the archive).
     fn has_later_on_path(&self, hist: &TimelineHistory, segno: u64) -> bool {
-        self.segments.iter().any(|s| s.segno >= segno && hist.segment(s.segno, self.seg_size) == *s)
+        self.segments.iter().chain(&self.dropped).any(|s| s.segno >= segno && hist.segment(s.segno, self.seg_size) == *s)
+    }
+
+    /// How many segments of a gap `archive-push` dropped (`archive.push_queue_max`).
+    pub fn dropped_in(&self, g: &Gap) -> usize {
+        self.dropped
+            .iter()
+            .filter(|s| s.timeline == g.first_missing.timeline && s.segno >= g.first_missing.segno && s.segno <= g.last_missing.segno)
+            .count()
+    }
+
+    /// ` (N of them dropped by archive-push: ...)` for a gap with dropped segments, else nothing.
+    pub fn dropped_text(&self, g: &Gap) -> String {
+        match self.dropped_in(g) {
+            0 => String::new(),
+            n => format!(" ({n} of them DROPPED by archive-push: the WAL waiting to be archived was over archive.push_queue_max)"),
+        }
     }
 
     /// The last segment of `hist`'s path archived without a break from `from` (`None` if `from` is not).
@@ -426,7 +454,7 @@ impl<'r> WalArchive<'r> {
     /// Every run of missing segments since segment number `since` (the oldest backup's first segment), per
     /// timeline: from where the timeline begins (or `since`) to its newest archived segment.
     pub async fn gaps(&mut self, since: u64) -> anyhow::Result<Vec<(TimelineId, Gap)>> {
-        let timelines: BTreeSet<TimelineId> = self.segments.iter().map(|s| s.timeline).collect();
+        let timelines: BTreeSet<TimelineId> = self.segments.iter().chain(&self.dropped).map(|s| s.timeline).collect();
         let mut out = Vec::new();
         for tl in timelines {
             let begin = match self.history(tl).await {
@@ -434,7 +462,7 @@ impl<'r> WalArchive<'r> {
                 // Without its history file the timeline's start is unknown: check from its first segment.
                 Err(_) => self.segments.iter().find(|s| s.timeline == tl).map(|s| s.segno).unwrap_or(since),
             };
-            let last = self.segments.iter().filter(|s| s.timeline == tl).map(|s| s.segno).max().unwrap_or(0);
+            let last = self.segments.iter().chain(&self.dropped).filter(|s| s.timeline == tl).map(|s| s.segno).max().unwrap_or(0);
             let mut n = begin.max(since);
             let mut prev = None;
             while n <= last {
@@ -445,11 +473,12 @@ impl<'r> WalArchive<'r> {
                     continue;
                 }
                 let mut m = n;
-                while !self.has(WalSegment { timeline: tl, segno: m + 1 }) {
+                // Up to the next archived segment, or to the last dropped one past the archive's end.
+                while m < last && !self.has(WalSegment { timeline: tl, segno: m + 1 }) {
                     m += 1;
                 }
-                let after = WalSegment { timeline: tl, segno: m + 1 };
-                out.push((tl, Gap { first_missing: s, last_missing: WalSegment { timeline: tl, segno: m }, before: prev, after: Some(after) }));
+                let after = Some(WalSegment { timeline: tl, segno: m + 1 }).filter(|a| self.has(*a));
+                out.push((tl, Gap { first_missing: s, last_missing: WalSegment { timeline: tl, segno: m }, before: prev, after }));
                 n = m + 1;
             }
         }

@@ -42,6 +42,9 @@ pub struct Config {
     pub nats: NatsConfig,
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// How `archive-push` archives: one segment per call, or through a long-running shipper.
+    #[serde(default)]
+    pub archive: ArchiveConfig,
     #[serde(default)]
     pub stanza: BTreeMap<String, StanzaConfig>,
     #[serde(default)]
@@ -212,6 +215,35 @@ impl Default for AlertsConfig {
 pub struct AuditConfig {
     /// File the audit log is appended to; unset: no audit log.
     pub path: Option<PathBuf>,
+}
+
+/// `archive-push`'s mode. With `async = true` the first `archive-push` starts a WAL shipper on the database
+/// host that pushes every ready segment ahead of PostgreSQL's archiver, many at once over one pipeline;
+/// `archive-push` then only asks it whether its segment is durable (pgBackRest's `archive-async`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Archive through the shipper (see above); off: each `archive-push` pushes its own segment.
+    #[serde(rename = "async")]
+    pub asynchronous: bool,
+    /// Directory of the shipper's socket, lock and log (created with mode 0700); unset: `strata-archive`
+    /// in the `pg_wal` directory of the segment being pushed.
+    pub spool_path: Option<PathBuf>,
+    /// Plain WAL bytes the shipper has in the pipeline at once (its look-ahead window).
+    pub in_flight_bytes: usize,
+    /// The shipper exits after this many seconds with nothing to push and no question asked.
+    pub idle_secs: u64,
+    /// Bytes of WAL waiting to be archived (ready segments in `pg_wal`) past which `archive-push` drops
+    /// segments to save the primary's disk, as pgBackRest's `archive-push-queue-max` does: it reports them
+    /// archived without storing them, records the hole in the repository and raises a critical alert.
+    /// Unset (the default): never drops.
+    pub push_queue_max: Option<u64>,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig { asynchronous: false, spool_path: None, in_flight_bytes: 256 * 1024 * 1024, idle_secs: 60, push_queue_max: None }
+    }
 }
 
 /// `host:port` of each pipeline service's Prometheus endpoint (`GET /metrics`); unset: none. A service's
@@ -575,8 +607,8 @@ fn in_range<T: PartialOrd + std::fmt::Display>(key: &str, value: T, lo: T, hi: T
     }
 }
 
-const TOP_LEVEL_KEYS: [&str; 12] =
-    ["bus", "nats", "pipeline", "stanza", "repo", "encryption", "replicator", "verifier", "restore_test", "alerts", "audit", "metrics"];
+const TOP_LEVEL_KEYS: [&str; 13] =
+    ["bus", "nats", "pipeline", "archive", "stanza", "repo", "encryption", "replicator", "verifier", "restore_test", "alerts", "audit", "metrics"];
 
 fn default_true() -> bool {
     true
@@ -701,6 +733,17 @@ impl Config {
         in_range("pipeline.in_flight_bytes", p.in_flight_bytes, MIB, 16 * GIB)?;
         in_range("pipeline.stall_timeout_secs", p.stall_timeout_secs, 1, DAY)?;
         in_range("pipeline.archive_timeout_secs", p.archive_timeout_secs, 1, DAY)?;
+        in_range("archive.in_flight_bytes", self.archive.in_flight_bytes, MIB, 16 * GIB)?;
+        in_range("archive.idle_secs", self.archive.idle_secs, 1, DAY)?;
+        if let Some(max) = self.archive.push_queue_max {
+            // Less than one segment would drop every segment.
+            in_range("archive.push_queue_max", max, 16 * MIB as u64, 1 << 50)?;
+        }
+        if let Some(spool) = &self.archive.spool_path {
+            if !spool.is_absolute() {
+                return Err(format!("archive.spool_path = '{}' must be an absolute path", spool.display()));
+            }
+        }
         for (name, s) in &self.stanza {
             in_range(&format!("stanza.{name}.rpo_secs"), s.rpo_secs, 60, YEAR)?;
         }
@@ -868,6 +911,10 @@ mod tests {
             ("[alerts]\nbackup_late_factor = 0.5", "alerts.backup_late_factor = 0.5", "from 1 to 1000"),
             ("[alerts]\nrepo_full_critical_percent = 150", "alerts.repo_full_critical_percent = 150", "from 0 to 100"),
             ("[alerts]\narchive_lag_warning_secs = 0", "alerts.archive_lag_warning_secs = 0", "from 1 to 31536000"),
+            ("[archive]\nidle_secs = 0", "archive.idle_secs = 0", "from 1 to 86400"),
+            ("[archive]\nin_flight_bytes = 1000", "archive.in_flight_bytes = 1000", "from 1048576"),
+            ("[archive]\npush_queue_max = 1000", "archive.push_queue_max = 1000", "from 16777216"),
+            ("[archive]\nspool_path = \"spool\"", "archive.spool_path = 'spool'", "absolute path"),
         ];
         for (extra, key, range) in cases {
             let f = write(&format!("{GOOD}\n{extra}\n"));

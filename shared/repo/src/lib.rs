@@ -44,6 +44,7 @@ pub mod annotations;
 pub mod pack;
 pub mod restore_tests;
 pub mod verify_results;
+pub mod wal_dropped;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

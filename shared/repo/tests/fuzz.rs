@@ -245,6 +245,7 @@ const RESTORE_TEST_PATH: &str = "stanza/main/restore-test/20261202T171325Z-20261
 const ANNOTATION_PATH: &str = "stanza/main/backup/20261124-081500F.annotation";
 const RUNNING_PATH: &str = "stanza/main/backup/20261125-010000I.running";
 const STANZA_PATH: &str = "stanza/main/stanza.json";
+const DROPPED_PATH: &str = "stanza/main/dropped/000000010000000000000003.json";
 
 /// Every JSON object read back by both repositories; an unreadable one is an error or reported as
 /// unreadable, and each value is shown as `info` and the verifier show it.
@@ -267,6 +268,9 @@ fn read_json_objects(f: &Fixture) -> Result<(), TestCaseError> {
                 }
             }
             let _ = repo.restore_tests(STANZA).await.map_err(|e| e.to_string());
+            for d in repo.wal_dropped(STANZA).await.map_err(|e| TestCaseError::fail(e.to_string()))? {
+                prop_assert_eq!(d.name.as_str(), WAL);
+            }
             if let Ok(Some(t)) = repo.latest_restore_test(STANZA).await {
                 let _ = strata_repo::restore_tests::restore_test_path(STANZA, &t);
             }
@@ -287,9 +291,11 @@ fn stored_json(f: &Fixture, text: &str) -> Vec<Vec<u8>> {
             t.start_time = 1_796_231_605;
             repo.put_restore_test(STANZA, &t).await.unwrap();
             repo.put_running(STANZA, &running(text)).await.unwrap();
+            let dropped = strata_repo::wal_dropped::WalDropped { name: WAL.into(), dropped_at: 1_796_000_000, queue_bytes: 1 << 30, queue_max: 1 << 29 };
+            repo.put_wal_dropped(STANZA, &dropped).await.unwrap();
         });
         f.put(ANNOTATION_PATH, &serde_json::to_vec_pretty(&annotation(text)).unwrap());
-        for path in [VERIFY_PATH, RESTORE_TEST_PATH, ANNOTATION_PATH, RUNNING_PATH, STANZA_PATH] {
+        for path in [VERIFY_PATH, RESTORE_TEST_PATH, ANNOTATION_PATH, RUNNING_PATH, STANZA_PATH, DROPPED_PATH] {
             out.push(f.get(path));
         }
     }
@@ -301,7 +307,7 @@ fn fuzz_repo_json_mutated() {
     let f = Fixture::new();
     let valid = stored_json(&f, "a7f3c2d1e0b9a8f7 é ✓");
     fuzz("repo/json-mutated", 256, mutated_any(valid), |b| {
-        for path in [VERIFY_PATH, RESTORE_TEST_PATH, ANNOTATION_PATH, RUNNING_PATH, STANZA_PATH] {
+        for path in [VERIFY_PATH, RESTORE_TEST_PATH, ANNOTATION_PATH, RUNNING_PATH, STANZA_PATH, DROPPED_PATH] {
             f.put(path, &b);
         }
         read_json_objects(&f)
@@ -312,7 +318,7 @@ fn fuzz_repo_json_mutated() {
 fn fuzz_repo_json_random() {
     let f = Fixture::new();
     fuzz("repo/json-random", 128, bytes(300), |b| {
-        for path in [VERIFY_PATH, RESTORE_TEST_PATH, ANNOTATION_PATH, RUNNING_PATH, STANZA_PATH] {
+        for path in [VERIFY_PATH, RESTORE_TEST_PATH, ANNOTATION_PATH, RUNNING_PATH, STANZA_PATH, DROPPED_PATH] {
             f.put(path, &b);
         }
         read_json_objects(&f)

@@ -38,6 +38,25 @@ const LOCK: &str = ".lock";
 const SPOOL_WAIT: Duration = Duration::from_secs(60);
 
 pub async fn push(ctx: &Context_, path: &Path) -> anyhow::Result<()> {
+    if let Some(max) = ctx.cfg.archive.push_queue_max {
+        if drop_over_queue_max(ctx, path, max).await? {
+            return Ok(());
+        }
+    }
+    if ctx.cfg.archive.asynchronous {
+        match super::shipper::ask(ctx, path).await? {
+            Some(super::shipper::Answer::Durable { .. }) => return Ok(()),
+            Some(super::shipper::Answer::Failed(reason)) => bail!("{reason}"),
+            // No shipper answered (it could not start, died, or exited idle at that moment): the segment
+            // is pushed here, as without the shipper.
+            None => eprintln!("warning: no WAL shipper answered; archiving {:?} without it", path.file_name().unwrap_or_default()),
+        }
+    }
+    push_sync(ctx, path).await
+}
+
+/// Pushes one file from this process: the stages start, take the file, and stop.
+pub async fn push_sync(ctx: &Context_, path: &Path) -> anyhow::Result<()> {
     let info = ctx.repo.stanza(&ctx.stanza).await?;
     let target = WalPushTarget {
         stanza: ctx.stanza.clone(),
@@ -77,10 +96,67 @@ pub async fn push(ctx: &Context_, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Bytes of WAL PostgreSQL is waiting to archive: the segments its `archive_status` marks ready.
+fn ready_bytes(pg_wal: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(pg_wal.join("archive_status")) else { return 0 };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".ready")).map(str::to_string))
+        .filter(|n| classify_wal_file(n) == Some(WalFileKind::Segment))
+        .filter_map(|n| fs::metadata(pg_wal.join(n)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// `archive.push_queue_max` (see the config docs): when the ready WAL is over the limit, a segment is
+/// dropped (reported archived, not stored) after its drop is recorded in the repository and a critical
+/// alert is raised. Whether it was dropped. History and backup history files are never dropped: they are
+/// small and recovery cannot do without them.
+async fn drop_over_queue_max(ctx: &Context_, path: &Path, max: u64) -> anyhow::Result<bool> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return Ok(false) };
+    if classify_wal_file(name) != Some(WalFileKind::Segment) {
+        return Ok(false);
+    }
+    let pg_wal = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let queued = ready_bytes(pg_wal);
+    if queued <= max {
+        return Ok(false);
+    }
+    if ctx.repo.wal(&ctx.stanza, name).await?.is_some() {
+        // Archived already (a shipper pushed it ahead): nothing is lost by saying so.
+        return Ok(true);
+    }
+    let record = strata_repo::wal_dropped::WalDropped { name: name.to_string(), dropped_at: super::now(), queue_bytes: queued, queue_max: max };
+    // Recorded first: if the record cannot be written, the segment is not dropped (PostgreSQL retries).
+    ctx.repo.put_wal_dropped(&ctx.stanza, &record).await.context("cannot record the dropped segment; not dropping it")?;
+    let summary = format!(
+        "WAL segment {name} DROPPED, not archived: {} of WAL waiting to be archived is over archive.push_queue_max ({})",
+        super::format_bytes(queued),
+        super::format_bytes(max)
+    );
+    eprintln!("error: {summary}");
+    let alert = strata_alerts::Alert {
+        key: format!("wal-dropped/{}/{name}", ctx.stanza),
+        tier: strata_alerts::Tier::Critical,
+        stanza: Some(ctx.stanza.clone()),
+        summary: summary.clone(),
+        details: "No backup taken before this segment can be recovered past it (see `strata info`). Find why archiving fell behind (`strata check`, the archive_command's errors in the PostgreSQL log), then take a new full backup.".into(),
+    };
+    match strata_alerts::Notifier::new(&ctx.cfg.alerts, None) {
+        Ok(mut n) => {
+            if let strata_alerts::DeliveryOutcome::Failed(why) = n.event(alert).await.outcome {
+                eprintln!("warning: the critical alert about {name} could not be delivered: {why}");
+            }
+        }
+        Err(e) => eprintln!("warning: the critical alert about {name} could not be sent: {e}"),
+    }
+    Ok(true)
+}
+
 /// Refuses a history file whose timeline branches from one the stanza does not know: timeline 1, one with
 /// an archived history file, or one with an archived segment. A history file is never replaced once
 /// archived, so one naming a parent that never existed would stay and mislead every later recovery.
-async fn check_parent_known(ctx: &Context_, name: &str, history: &TimelineHistory) -> anyhow::Result<()> {
+pub(crate) async fn check_parent_known(ctx: &Context_, name: &str, history: &TimelineHistory) -> anyhow::Result<()> {
     let parent = history.parent().expect("a checked history file has a parent");
     if parent == 1 {
         return Ok(());

@@ -84,8 +84,9 @@ async fn check_archive(ctx: &Context_, seg_size: u64) -> anyhow::Result<()> {
         };
         let more = if gaps.len() > 1 { format!("; {} gaps in all, see info", gaps.len()) } else { String::new() };
         bail!(
-            "the WAL archive of stanza '{}' has a gap on timeline {tl}: {range} missing{around}{more}; no backup before it can be recovered past it",
-            ctx.stanza
+            "the WAL archive of stanza '{}' has a gap on timeline {tl}: {range} missing{around}{}{more}; no backup before it can be recovered past it",
+            ctx.stanza,
+            archive.dropped_text(g)
         );
     }
     Ok(())

@@ -71,6 +71,7 @@ fn gap_json(archive: &WalArchive<'_>, g: &Gap) -> Value {
         "last_missing": archive.name(g.last_missing),
         "before": g.before.map(|s| archive.name(s)),
         "after": g.after.map(|s| archive.name(s)),
+        "dropped": archive.dropped_in(g),
     })
 }
 
@@ -209,8 +210,9 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
             }
             for (_, g) in &gaps {
                 println!(
-                    "    wal archive gap: {} missing",
-                    describe_range(&archive.name(g.first_missing), &archive.name(g.last_missing))
+                    "    wal archive gap: {} missing{}",
+                    describe_range(&archive.name(g.first_missing), &archive.name(g.last_missing)),
+                    archive.dropped_text(g)
                 );
             }
             for tl in &missing_histories {
@@ -265,9 +267,10 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                         );
                         if let Some(g) = &w.gap_after {
                             println!(
-                                "        then WAL missing: {}{}",
+                                "        then WAL missing: {}{}{}",
                                 describe_range(&archive.name(g.first_missing), &archive.name(g.last_missing)),
-                                g.after.map(|a| format!(" (archived again from {})", archive.name(a))).unwrap_or_default()
+                                g.after.map(|a| format!(" (archived again from {})", archive.name(a))).unwrap_or_default(),
+                                archive.dropped_text(g)
                             );
                         }
                     }

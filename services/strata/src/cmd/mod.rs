@@ -12,6 +12,7 @@ pub mod nats_keygen;
 pub mod rekey;
 pub mod restore;
 pub mod restore_test;
+pub mod shipper;
 pub mod stanza;
 pub mod target;
 pub mod verify;
