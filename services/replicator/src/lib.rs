@@ -20,8 +20,11 @@
 //! target on the `Replicate` work queue, with a message id derived from both, so JetStream stores an item
 //! once however many scanners found it; the `workers` tasks of every process take items from the queue and
 //! acknowledge one only after its record is written on the target (a failure gives it back for a retry).
-//! An item copied twice (after a redelivery) costs time, not correctness: the second copy finds it all
-//! there.
+//! Items that need the same missing pack are not handed out together (see [`scan::Plan`]): the later
+//! waits for a scan after the earlier one's copy, so no pack is written twice by two workers or hosts.
+//! An item copied twice (after a redelivery, or when a copy outlasts the queue's duplicate window, two
+//! minutes, and a scan publishes it again) costs time, not correctness: the second copy finds what is
+//! there and writes only what the first had not yet.
 //!
 //! # Lag
 //! After each scan, per target: objects and bytes still to copy, and seconds since the oldest of them was
@@ -186,6 +189,7 @@ async fn scan(t: &Target, metrics: &metrics::ReplicationMetrics) -> Option<Plan>
             info!(
                 target_repo = %t.name,
                 items = plan.items.len(),
+                waiting = plan.waiting.len(),
                 lag_objects = plan.lag.objects,
                 lag_bytes = plan.lag.bytes,
                 lag_seconds = plan.lag.seconds(now),

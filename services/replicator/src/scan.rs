@@ -64,10 +64,17 @@ impl Lag {
     }
 }
 
-/// What a target is missing: the items to copy, oldest kinds first (WAL, then backups), and the lag.
+/// What a target is missing: the items to copy now, oldest kinds first (WAL, then backups), the items
+/// that wait for one of those, and the lag.
+///
+/// An item that needs a missing pack which an earlier item of `items` also needs waits (`waiting`) until
+/// a later scan: copied side by side, by two workers or two replicator hosts, both would find the pack
+/// absent and write it (an incremental backup shares most of its packs with its full backup). Once the
+/// earlier copy wrote the pack, the next scan sees it there and the item goes ahead.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     pub items: Vec<Item>,
+    pub waiting: Vec<Item>,
     pub lag: Lag,
 }
 
@@ -109,6 +116,8 @@ impl Scanner {
             }
         };
         let mut seen: HashSet<String> = HashSet::new();
+        // Missing packs an item of `plan.items` copies.
+        let mut claimed: HashSet<String> = HashSet::new();
         if let Some(k) = ours.get(KEY_FILE) {
             if missing(k) {
                 count(&mut plan.lag, k, &mut seen);
@@ -146,10 +155,18 @@ impl Scanner {
                 pending.push(record);
             }
             if !pending.is_empty() {
+                let shares = pending.iter().any(|o| claimed.contains(&o.path));
                 for o in pending {
                     count(&mut plan.lag, o, &mut seen);
+                    if !shares && o.path.starts_with("pack/") {
+                        claimed.insert(o.path.clone());
+                    }
                 }
-                plan.items.push(item);
+                if shares {
+                    plan.waiting.push(item);
+                } else {
+                    plan.items.push(item);
+                }
             }
         }
         Ok(plan)
