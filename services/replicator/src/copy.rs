@@ -21,9 +21,9 @@
 //!
 //! # Transfers in flight
 //! Over a long link each copy waits a round trip for every request, so many copies run at once: up to
-//! [`PACKS_IN_FLIGHT`] packs of each item, and items side by side (`replicator.workers`), all of one
-//! target together holding at most [`IN_FLIGHT_BYTES`] of pack data (the replicator's memory). A pack
-//! larger than that budget takes all of it.
+//! [`PACKS_IN_FLIGHT`] packs of each item, and items (or, sharing work over NATS, single packs) side by
+//! side, all of one target together holding at most [`IN_FLIGHT_BYTES`] of pack data (the replicator's
+//! memory). A pack larger than that budget takes all of it.
 //!
 //! # Resuming
 //! By construction: a pack the target has with the source's size, and a record it has with the same

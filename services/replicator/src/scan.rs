@@ -75,6 +75,8 @@ impl Lag {
 pub struct Plan {
     pub items: Vec<Item>,
     pub waiting: Vec<Item>,
+    /// The packs each item of `items` and `waiting` needs that the target lacks (paths, in order).
+    pub missing_packs: HashMap<Item, Vec<String>>,
     pub lag: Lag,
 }
 
@@ -155,6 +157,8 @@ impl Scanner {
                 pending.push(record);
             }
             if !pending.is_empty() {
+                let packs = pending.iter().filter(|o| o.path.starts_with("pack/")).map(|o| o.path.clone()).collect();
+                plan.missing_packs.insert(item.clone(), packs);
                 let shares = pending.iter().any(|o| claimed.contains(&o.path));
                 for o in pending {
                     count(&mut plan.lag, o, &mut seen);
