@@ -1244,6 +1244,13 @@ impl Fleet {
             .as_ref()
             .context("replication needs the S3 host")?;
         let (rx0, tx0) = (s3.ns.rx_bytes(), s3.ns.tx_bytes());
+        // What moto logged before: archive-push writes WAL to the target too, which is not the copy's.
+        let log_start = self
+            .s3
+            .as_ref()
+            .and_then(|s| std::fs::metadata(s.log_file()).ok())
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
         let t0 = Instant::now();
         let mut endpoints = Vec::new();
         for h in hosts.iter().filter(|h| h.role == Role::Replicator) {
@@ -1315,7 +1322,8 @@ impl Fleet {
         }
         extra.insert("copied_objects".into(), format!("{counted}"));
         if let Some(server) = &self.s3 {
-            let log = std::fs::read_to_string(server.log_file()).unwrap_or_default();
+            let log = std::fs::read(server.log_file()).unwrap_or_default();
+            let log = String::from_utf8_lossy(log.get(log_start..).unwrap_or_default());
             let puts = puts_per_key(&log, &format!("wan-{tag}"));
             extra.insert("target_objects_written".into(), puts.len().to_string());
             extra.insert(
