@@ -288,3 +288,103 @@ fn replicators_on_nats_share_the_work_and_copy_each_backup_once() {
     }
     assert_eq!(records(&target).len(), 2);
 }
+
+/// Successful writes per object key of `bucket` in moto's request log: `PUT /<bucket>/<key>` answered
+/// 200, without the parts of multipart uploads (`?partNumber=`), whose completion is a POST.
+fn puts_per_key(log: &str, bucket: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    let prefix = format!("\"PUT /{bucket}/");
+    for line in log.lines() {
+        let Some((_, rest)) = line.split_once(&prefix) else { continue };
+        let Some((target, status)) = rest.split_once(" HTTP/1.1\" ") else { continue };
+        if !status.starts_with("200") || target.contains("partNumber=") {
+            continue;
+        }
+        let key = target.split('?').next().unwrap_or(target).to_string();
+        if !key.contains(".strata-probe-") {
+            *out.entry(key).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// Item 5 of issue 13: two replicator processes sharing one NATS work queue copy a repository of WAL
+/// files, a full and two incremental backups (which share packs with the full) into an empty S3 bucket,
+/// and write every object of it exactly once (moto's request log), the objects both count as copied add
+/// up to the bucket's, no pack is read back (the ETag verifies each write), and the copy verifies.
+#[test]
+fn two_replicators_copy_into_s3_and_write_no_object_twice() {
+    let dir = TestDir::new("repl_two");
+    let nats = NatsServer::start(&dir);
+    let s3 = S3Server::start(&dir);
+    s3.create_bucket("repo-b");
+    let setup = Setup::new(&dir, "local", "", &[]);
+    setup.strata_ok(&["stanza-create"]);
+    setup.pg.pgbench_init(3);
+    let mut labels = vec![setup.backup("full")];
+    for _ in 0..2 {
+        setup.pg.pgbench_run_background(2, 2).wait().expect("pgbench failed");
+        labels.push(setup.backup("incr"));
+    }
+    setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
+
+    // The target joins the config only now, so everything in its bucket is the replicators' work (the
+    // idle cluster archives nothing more), and from here on they share it over NATS.
+    let (port_a, port_b) = (reserve_port(), reserve_port());
+    let text = std::fs::read_to_string(&setup.config).unwrap().replace("bus = \"local\"", &format!("bus = \"{}\"", nats.url()));
+    let with_target = |port: u16| {
+        format!(
+            "{text}\n[[repo]]\nname = \"b\"\n{}\n[replicator]\ninterval_secs = 1\nworkers = 2\nmetrics_listen = \"127.0.0.1:{port}\"\n",
+            s3.repo_config("repo-b", "main")
+        )
+    };
+    std::fs::write(&setup.config, with_target(port_a.get())).unwrap();
+    let config_b = dir.path().join("strata-b.conf");
+    std::fs::write(&config_b, with_target(port_b.get())).unwrap();
+    let mut first = setup.bins.spawn_service("strata-replicator", &setup.config, &dir.subdir("replicator-a"));
+    let mut second = setup.bins.spawn_service("strata-replicator", &config_b, &dir.subdir("replicator-b"));
+    first.wait_for_log("replicator running.*shared=true", Duration::from_secs(30));
+    second.wait_for_log("replicator running.*shared=true", Duration::from_secs(30));
+    wait_caught_up(&setup, &mut first, "b", Duration::from_secs(180));
+    assert!(second.is_running(), "the second replicator exited; see {}", second.log_file().display());
+    // Both processes' counters, once each has seen the target caught up in a scan of its own.
+    let copied_objects = |port: u16| -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = scrape(port);
+            if m.contains("strata_replication_lag_objects{target=\"b\"} 0\n") {
+                let line = m.lines().find(|l| l.starts_with("strata_replication_copied_objects_total{target=\"b\"} "));
+                return line.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or(0.0) as u64;
+            }
+            assert!(Instant::now() < deadline, "replicator on port {port} never saw the target caught up:\n{m}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    let (copied_a, copied_b) = (copied_objects(port_a.get()), copied_objects(port_b.get()));
+    assert!(first.stop().success() && second.stop().success(), "a replicator did not stop cleanly");
+
+    // The request log as the replicators left it (reading the bucket below adds GETs).
+    let log = std::fs::read_to_string(s3.log_file()).unwrap();
+    let objects = bucket_objects(&s3, "repo-b");
+    let puts = puts_per_key(&log, "repo-b");
+    let twice: Vec<_> = puts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "objects written more than once: {twice:?}");
+    let keys: Vec<String> = objects.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(puts.keys().cloned().collect::<Vec<_>>(), keys, "the objects written are not the bucket's");
+    assert_eq!(copied_a + copied_b, objects.len() as u64, "copied {copied_a} + {copied_b} objects into a bucket of {}", objects.len());
+    let packs = keys.iter().filter(|k| k.starts_with("main/pack/")).count();
+    assert!(packs > 1, "{keys:?}");
+    let read_back: Vec<&str> = log.lines().filter(|l| l.contains("\"GET /repo-b/main/pack/")).collect();
+    assert!(read_back.is_empty(), "packs were read back from the target: {read_back:?}");
+    // The copy is whole and every chunk of it reads back.
+    let source = committed_objects(&setup.repo);
+    for (key, bytes) in &objects {
+        let name = key.strip_prefix("main/").unwrap_or(key);
+        assert!(source.get(name) == Some(bytes), "{name} on the target is not a copy of the source's");
+    }
+    for name in source.keys().filter(|k| k.ends_with(".record") || k.contains("/wal/") || k.ends_with("stanza.json")) {
+        assert!(keys.contains(&format!("main/{name}")), "{name} was not replicated");
+    }
+    assert!(labels.iter().all(|l| keys.iter().any(|k| k.ends_with(&format!("{l}.record")))), "{labels:?}");
+    setup.strata_ok(&["--repo", "b", "verify"]);
+}

@@ -78,3 +78,41 @@ fn an_unreachable_server_or_missing_bucket_is_one_error_line() {
     let line = setup.strata_fails(&["info"]);
     assert!(line.contains("cannot reach S3"), "{line}");
 }
+
+/// The replicator's verified write to S3 (issue 13, item 5): in one request and in parts (sent several at
+/// once), the ETag moto answers confirms the bytes, so nothing is read back; and the multipart object is
+/// whole.
+#[test]
+fn a_verified_put_is_confirmed_by_the_etag_without_a_read_back() {
+    use strata_storage::{Storage, Written};
+    let dir = TestDir::new("s3_verified_put");
+    let s3 = S3Server::start(&dir);
+    s3.create_bucket("verified");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let storage = strata_storage::S3Storage::open(strata_storage::S3Settings {
+            bucket: "verified".into(),
+            prefix: "main".into(),
+            region: "us-east-1".into(),
+            endpoint: Some(s3.endpoint()),
+            path_style: true,
+            credentials: Some((strata_integration::s3::S3_ACCESS_KEY.into(), strata_integration::s3::S3_SECRET_KEY.into())),
+            storage_class: None,
+            checksums: false,
+            retry: Default::default(),
+        })
+        .await
+        .unwrap();
+        let small = bytes::Bytes::from(b"a small object".repeat(100));
+        // Above the multipart threshold: three parts of 16 MiB and a tail.
+        let large: bytes::Bytes = (0..(strata_storage::s3::MULTIPART_THRESHOLD + 5_000_000)).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>().into();
+        assert_eq!(storage.put_verified("one", small.clone(), false).await.unwrap(), Written::Verified);
+        assert_eq!(storage.put_verified("many", large.clone(), true).await.unwrap(), Written::Verified);
+        assert!(storage.put_verified("one", small.clone(), true).await.unwrap_err().to_string().contains("already exists"));
+        let log = std::fs::read_to_string(s3.log_file()).unwrap();
+        let reads: Vec<&str> = log.lines().filter(|l| l.contains("\"GET /verified/")).collect();
+        assert!(reads.is_empty(), "the writes were read back: {reads:?}");
+        assert!(log.contains("partNumber=3"), "the large object did not go up in parts:\n{log}");
+        assert_eq!(storage.get("many").await.unwrap(), large);
+    });
+}

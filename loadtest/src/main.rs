@@ -51,6 +51,14 @@ struct Args {
     /// Each uploader host's link bandwidth (its way to the repository and from the bus).
     #[arg(long)]
     uploader_link: Option<String>,
+    /// Uploader host counts of a second curve in the same run (backup mode): shapes with the most
+    /// sealers of --sealers and each of these uploader counts, each uploader host's link shaped to
+    /// --uploader-curve-link so that the uploaders are the bottleneck (e.g. 1,2).
+    #[arg(long, value_delimiter = ',')]
+    uploader_curve: Vec<usize>,
+    /// Each uploader host's link in the --uploader-curve shapes (tc rate, e.g. 200mbit).
+    #[arg(long, default_value = "200mbit")]
+    uploader_curve_link: String,
     #[arg(long)]
     replicator_link: Option<String>,
     #[arg(long)]
@@ -137,6 +145,7 @@ fn options(a: &Args) -> Result<Options> {
         ("--sealers", &a.sealers, 40),
         ("--uploaders", &a.uploaders, 40),
         ("--replicators", &a.replicators, 10),
+        ("--uploader-curve", &a.uploader_curve, 40),
     ] {
         if counts.iter().any(|&n| n == 0 || n > max) {
             bail!("{name} counts must be 1..={max}");
@@ -163,6 +172,8 @@ fn options(a: &Args) -> Result<Options> {
         db_cpu: a.db_cpu,
         sealer_link: shape(&a.sealer_link, &None)?,
         uploader_link: shape(&a.uploader_link, &None)?,
+        uploader_curve: a.uploader_curve.clone(),
+        uploader_curve_link: shape(&Some(a.uploader_curve_link.clone()), &None)?,
         replicator_link: shape(&a.replicator_link, &None)?,
         db_link: shape(&a.db_link, &None)?,
         repo_link: shape(&a.repo_link, &a.repo_rtt)?,
@@ -203,6 +214,12 @@ fn title(opts: &Options) -> String {
             parts.push(format!("{name} link {}", link.describe()));
         }
     }
+    if !opts.uploader_curve.is_empty() {
+        parts.push(format!(
+            "uploader curve: uploader link {}",
+            opts.uploader_curve_link.describe()
+        ));
+    }
     format!("Strata scale model: {}", parts.join(", "))
 }
 
@@ -220,7 +237,7 @@ fn main() -> Result<()> {
     print!("{text}");
     report::write_key_values(&report, &args.out)?;
     eprintln!("results: {}", args.out.display());
-    if report.varied.is_some() {
+    if !report::curves(&report).is_empty() {
         report::plot(&report, &title(&opts), &args.plot, args.font.as_deref())?;
         eprintln!("scaling curve: {}", args.plot.display());
     }

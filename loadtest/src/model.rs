@@ -23,7 +23,8 @@
 //!   host's veth counters.
 //!
 //! Each phase also gets each stage's CPU seconds (the hosts' cgroups), the quota's throttled share, and
-//! the queue depths (JetStream stream info, every 250 ms).
+//! the stages' backlogs (chunks handed on by one stage and not yet by the next, from the services'
+//! counters) and the replication queue's depth (JetStream stream info), every 250 ms.
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -43,7 +44,7 @@ use crate::cgroup::{adopt_into, CgroupMode, Hierarchy, RunCgroup};
 use crate::dataset::Dataset;
 use crate::host::{Host, Role};
 use crate::net::{pick_subnet, Bridge, LinkShape, NetNs, IF_PREFIX, NAME_PREFIX};
-use crate::sample::{http_get, metric_sum, QueueSampler, QueueStats};
+use crate::sample::{http_get, metric_sum, QueueSampler, QueueStats, StageEndpoints};
 use crate::wan::DelayRelay;
 
 /// The stanza every shape backs up.
@@ -121,6 +122,9 @@ pub struct Options {
     pub db_cpu: Option<f64>,
     pub sealer_link: LinkShape,
     pub uploader_link: LinkShape,
+    /// Uploader counts of the second curve (see `--uploader-curve`), and its uploader hosts' link.
+    pub uploader_curve: Vec<usize>,
+    pub uploader_curve_link: LinkShape,
     pub replicator_link: LinkShape,
     pub db_link: LinkShape,
     /// The S3 host's link (the WAN in replicate mode).
@@ -139,8 +143,9 @@ pub struct Options {
 }
 
 impl Options {
-    /// The shapes to run: the cross product of the counts, in order.
-    pub fn shapes(&self) -> Vec<Shape> {
+    /// The shapes to run: the cross product of the counts, in order; then the uploader curve's.
+    pub fn shapes(&self) -> Result<Vec<Shape>> {
+        let curve = self.varied()?;
         let replicators = if self.mode == Mode::Replicate {
             self.replicators.clone()
         } else {
@@ -154,11 +159,23 @@ impl Options {
                         sealers: s,
                         uploaders: u,
                         replicators: r,
+                        curve,
+                        shaped_uploaders: false,
                     });
                 }
             }
         }
-        out
+        let most_sealers = self.sealers.iter().copied().max().unwrap_or(1);
+        for &u in &self.uploader_curve {
+            out.push(Shape {
+                sealers: most_sealers,
+                uploaders: u,
+                replicators: 0,
+                curve: Some(Dim::Uploaders),
+                shaped_uploaders: true,
+            });
+        }
+        Ok(out)
     }
 
     /// The dimension with more than one count, if any; an error if there are several.
@@ -180,6 +197,19 @@ impl Options {
         }
     }
 
+    /// Checks what the counts ask for can be run.
+    pub fn check(&self) -> Result<()> {
+        if !self.uploader_curve.is_empty() {
+            if self.mode != Mode::Backup {
+                bail!("--uploader-curve is a backup-mode curve");
+            }
+            if self.uploaders.len() > 1 {
+                bail!("--uploader-curve is the uploader curve; give --uploaders one count");
+            }
+        }
+        self.varied().map(|_| ())
+    }
+
     fn needs_s3(&self) -> bool {
         self.repo == RepoKind::S3 || self.mode == Mode::Replicate
     }
@@ -191,14 +221,22 @@ pub struct Shape {
     pub sealers: usize,
     pub uploaders: usize,
     pub replicators: usize,
+    /// The scaling curve it is a point of, if any.
+    pub curve: Option<Dim>,
+    /// Its uploader hosts' links are `--uploader-curve-link` (the uploader curve) instead of
+    /// `--uploader-link`.
+    pub shaped_uploaders: bool,
 }
 
 impl Shape {
-    /// "s4u1", "s1u1r2": the key prefix of its results.
+    /// "s4u1", "s1u1r2", "s4u2-l" (uploader curve): the key prefix of its results.
     pub fn tag(&self) -> String {
         let mut t = format!("s{}u{}", self.sealers, self.uploaders);
         if self.replicators > 0 {
             t.push_str(&format!("r{}", self.replicators));
+        }
+        if self.shaped_uploaders {
+            t.push_str("-l");
         }
         t
     }
@@ -213,7 +251,7 @@ impl Shape {
 }
 
 /// The host kind whose count a scaling curve varies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Dim {
     Sealers,
     Uploaders,
@@ -348,7 +386,9 @@ pub fn run(opts: &Options) -> Result<Report> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the scale model needs root (network namespaces, cgroups, tc)");
     }
+    opts.check()?;
     let varied = opts.varied()?;
+    let shapes = opts.shapes()?;
     let hierarchy = Hierarchy::detect(opts.cgroup)?;
     let bins = match &opts.bin_dir {
         Some(d) => StrataBins::from_dir(d),
@@ -369,7 +409,7 @@ pub fn run(opts: &Options) -> Result<Report> {
             shapes: Vec::new(),
             varied,
         };
-        for shape in opts.shapes() {
+        for shape in shapes {
             check_interrupted()?;
             eprintln!("--- shape {} ---", shape.tag());
             let result = fleet
@@ -810,6 +850,14 @@ impl Fleet {
         h.push(("db_cpu".into(), cpu(opts.db_cpu)));
         h.push(("sealer_link".into(), opts.sealer_link.describe()));
         h.push(("uploader_link".into(), opts.uploader_link.describe()));
+        if !opts.uploader_curve.is_empty() {
+            let counts: Vec<String> = opts.uploader_curve.iter().map(|n| n.to_string()).collect();
+            h.push(("uploader_curve".into(), counts.join(",")));
+            h.push((
+                "uploader_curve_link".into(),
+                opts.uploader_curve_link.describe(),
+            ));
+        }
         h.push(("replicator_link".into(), opts.replicator_link.describe()));
         h.push(("db_link".into(), opts.db_link.describe()));
         h.push(("repo_link".into(), opts.repo_link.describe()));
@@ -924,7 +972,11 @@ impl Fleet {
                 "u",
                 50u8,
                 opts.uploader_cpu,
-                &opts.uploader_link,
+                if shape.shaped_uploaders {
+                    &opts.uploader_curve_link
+                } else {
+                    &opts.uploader_link
+                },
             ),
             (
                 Role::Replicator,
@@ -1040,7 +1092,22 @@ impl Fleet {
             .iter()
             .map(|h| (h.cgroup.usage_secs(), h.cgroup.throttled()))
             .collect();
-        let sampler = QueueSampler::start(self.bus_client);
+        let metrics_of = |role: Role, port: u16| -> Vec<SocketAddr> {
+            sf.hosts
+                .iter()
+                .filter(|h| h.role == role)
+                .map(|h| SocketAddr::new(IpAddr::V4(h.addr()), port))
+                .collect()
+        };
+        let stages = StageEndpoints {
+            collector: Some(SocketAddr::new(
+                IpAddr::V4(self.db.addr()),
+                METRICS_PORTS[0].1,
+            )),
+            sealers: metrics_of(Role::Sealer, METRICS_PORTS[1].1),
+            uploaders: metrics_of(Role::Uploader, METRICS_PORTS[2].1),
+        };
+        let sampler = QueueSampler::start(self.bus_client, stages);
         let result = f();
         let queues = sampler.finish();
         let (seconds, bytes, mut extra) = result.with_context(|| format!("phase {name}"))?;
@@ -1177,6 +1244,13 @@ impl Fleet {
             .as_ref()
             .context("replication needs the S3 host")?;
         let (rx0, tx0) = (s3.ns.rx_bytes(), s3.ns.tx_bytes());
+        // What moto logged before: archive-push writes WAL to the target too, which is not the copy's.
+        let log_start = self
+            .s3
+            .as_ref()
+            .and_then(|s| std::fs::metadata(s.log_file()).ok())
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
         let t0 = Instant::now();
         let mut endpoints = Vec::new();
         for h in hosts.iter().filter(|h| h.role == Role::Replicator) {
@@ -1229,6 +1303,38 @@ impl Fleet {
         let seconds = (last_change - t0).as_secs_f64();
         let (rx, tx) = (s3.ns.rx_bytes() - rx0, s3.ns.tx_bytes() - tx0);
         let mut extra = BTreeMap::new();
+        // Who copied what (each replicator's own count), and what the S3 server wrote: every successful
+        // PUT of an object into the target bucket, from moto's request log. An object copied twice shows
+        // as a key written more than once.
+        let mut counted = 0.0;
+        for (h, ep) in hosts
+            .iter()
+            .filter(|h| h.role == Role::Replicator)
+            .zip(&endpoints)
+        {
+            if let Some(v) = http_get(*ep, "/metrics")
+                .ok()
+                .and_then(|t| metric_sum(&t, "strata_replication_copied_objects_total"))
+            {
+                counted += v;
+                extra.insert(format!("{}_copied_objects", h.name), format!("{v}"));
+            }
+        }
+        extra.insert("copied_objects".into(), format!("{counted}"));
+        if let Some(server) = &self.s3 {
+            let log = std::fs::read(server.log_file()).unwrap_or_default();
+            let log = String::from_utf8_lossy(log.get(log_start..).unwrap_or_default());
+            let puts = puts_per_key(&log, &format!("wan-{tag}"));
+            extra.insert("target_objects_written".into(), puts.len().to_string());
+            extra.insert(
+                "target_puts".into(),
+                puts.values().sum::<usize>().to_string(),
+            );
+            extra.insert(
+                "target_objects_written_twice".into(),
+                puts.values().filter(|n| **n > 1).count().to_string(),
+            );
+        }
         extra.insert("wire_to_s3_bytes".into(), rx.to_string());
         extra.insert("wire_from_s3_bytes".into(), tx.to_string());
         if let Some(rate) = opts.repo_link.rate_bps {
@@ -1246,5 +1352,46 @@ impl Fleet {
             extra.insert("link_rtt_ms".into(), format!("{}", 2.0 * d));
         }
         Ok((seconds, copied as u64, extra))
+    }
+}
+
+/// Successful writes per object key of `bucket` in moto's request log (`"PUT /<bucket>/<key> HTTP/1.1"
+/// 200`), without multipart parts (`?partNumber=`; the completion is a POST) and writability probes.
+fn puts_per_key(log: &str, bucket: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let prefix = format!("\"PUT /{bucket}/");
+    for line in log.lines() {
+        let Some((_, rest)) = line.split_once(&prefix) else {
+            continue;
+        };
+        let Some((target, status)) = rest.split_once(" HTTP/1.1\" ") else {
+            continue;
+        };
+        if !status.starts_with("200") || target.contains("partNumber=") {
+            continue;
+        }
+        let key = target.split('?').next().unwrap_or(target);
+        if !key.contains(".strata-probe-") {
+            *out.entry(key.to_string()).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_successful_puts_per_key_from_motos_log() {
+        let log = "127.0.0.1 - - [07/Dec/2026 13:05:05] \"PUT /wan-s1/strata/pack/ab/x.pack HTTP/1.1\" 200 -\n\
+                   127.0.0.1 - - [07/Dec/2026 13:05:05] \"PUT /wan-s1/strata/pack/ab/x.pack HTTP/1.1\" 200 -\n\
+                   127.0.0.1 - - [07/Dec/2026 13:05:05] \"PUT /wan-s1/strata/stanza/main/stanza.json HTTP/1.1\" 412 -\n\
+                   127.0.0.1 - - [07/Dec/2026 13:05:05] \"PUT /wan-s1/strata/pack/cd/y.pack?partNumber=1&uploadId=u HTTP/1.1\" 200 -\n\
+                   127.0.0.1 - - [07/Dec/2026 13:05:05] \"PUT /wan-s1/strata/.strata-probe-0a HTTP/1.1\" 200 -\n\
+                   127.0.0.1 - - [07/Dec/2026 13:05:05] \"PUT /sm-s1/strata/pack/ab/x.pack HTTP/1.1\" 200 -\n";
+        let puts = puts_per_key(log, "wan-s1");
+        assert_eq!(puts.len(), 1, "{puts:?}");
+        assert_eq!(puts["strata/pack/ab/x.pack"], 2);
     }
 }

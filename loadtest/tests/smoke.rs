@@ -30,6 +30,8 @@ fn two_sealer_hosts_take_a_full_backup() {
             delay_ms: None,
         },
         uploader_link: LinkShape::default(),
+        uploader_curve: Vec::new(),
+        uploader_curve_link: LinkShape::default(),
         replicator_link: LinkShape::default(),
         db_link: LinkShape::default(),
         repo_link: LinkShape::default(),

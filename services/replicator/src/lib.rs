@@ -15,13 +15,20 @@
 //! deleted, on the source or the target; expire runs per repository.
 //!
 //! # Sharing the work
-//! With `bus = "local"` one process scans and copies, `replicator.workers` items at a time. With NATS,
-//! every replicator process scans every `interval_secs` and publishes one message per pending item and
-//! target on the `Replicate` work queue, with a message id derived from both, so JetStream stores an item
-//! once however many scanners found it; the `workers` tasks of every process take items from the queue and
-//! acknowledge one only after its record is written on the target (a failure gives it back for a retry).
-//! An item copied twice (after a redelivery) costs time, not correctness: the second copy finds it all
-//! there.
+//! With `bus = "local"` one process scans and copies, `replicator.workers` items at a time; items that
+//! need the same missing pack are not copied together (see [`scan::Plan`]): the later waits for a scan
+//! after the earlier one's copy, so no pack is written twice.
+//!
+//! With NATS, the unit of work is a pack, so that several hosts share even one large backup: every
+//! replicator process scans every `interval_secs` and publishes on the `Replicate` work queue one task
+//! per pack a pending item lacks on a target, and one task per item whose packs are all there (its
+//! record, and the stanza's prerequisites). Each task has a message id derived from its target and its
+//! pack or item, so JetStream stores it once however many scanners found it, and a pack two items share
+//! is one task. Each process takes up to `workers` x [`TASKS_PER_WORKER`] tasks at a time from one pull
+//! stream and acknowledges one only once done (a failure gives it back for a retry); a record is copied only by
+//! a scan after its packs are on the target, so the commit rule holds there too. A task done twice
+//! (after a redelivery, or when a copy outlasts the queue's duplicate window, two minutes, and a scan
+//! publishes it again) costs time, not correctness: the second copy finds what is there.
 //!
 //! # Lag
 //! After each scan, per target: objects and bytes still to copy, and seconds since the oldest of them was
@@ -96,11 +103,26 @@ struct Target {
 /// How often a worker tells the bus it is still copying an item: well within NATS's default ack wait (30 s).
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
-/// A unit of work on the bus.
+/// Tasks a process runs at once with NATS, per `replicator.workers` (see the module docs): a pack task
+/// is one pack, so 4 workers x 4 keep a long link busy; the copier bounds the bytes they hold.
+pub const TASKS_PER_WORKER: usize = 4;
+
+/// A unit of work on the bus: an item (its remaining packs, then its record), or one pack of a stanza.
+/// Messages of older replicators carry only `item`.
 #[derive(Debug, Serialize, Deserialize)]
 struct Task {
     target: String,
-    item: Item,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    item: Option<Item>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pack: Option<PackTask>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PackTask {
+    stanza: String,
+    /// The pack's path in the repository (`pack/ab/ab….pack`).
+    path: String,
 }
 
 /// Replicates until `shutdown` completes. `bus` is the NATS bus to share work over, or `None` for one
@@ -139,11 +161,12 @@ pub async fn run(cfg: Arc<Config>, bus: Option<Arc<dyn Bus>>, shutdown: impl Fut
     }
     let workers = cfg.replicator.workers;
     if let Some(bus) = &bus {
-        for n in 0..workers {
-            let input = bus.work(Queue::Replicate).await?;
-            let (targets, metrics, stopped) = (targets.clone(), metrics.clone(), stop.clone());
-            background.push(tokio::spawn(async move { work_loop(n, input, targets, metrics, stopped).await }));
-        }
+        // One pull stream per process: each stream takes a batch of tasks ahead, and several per process
+        // left another replicator host nothing to take.
+        let input = bus.work(Queue::Replicate).await?;
+        let (targets, metrics, stopped) = (targets.clone(), metrics.clone(), stop.clone());
+        let tasks = workers * TASKS_PER_WORKER;
+        background.push(tokio::spawn(async move { work_loop(tasks, input, targets, metrics, stopped).await }));
     }
     info!(source = %source_name, targets = ?target_names, workers, shared = bus.is_some(), "replicator running");
     let interval = Duration::from_secs(cfg.replicator.interval_secs.max(1));
@@ -186,6 +209,7 @@ async fn scan(t: &Target, metrics: &metrics::ReplicationMetrics) -> Option<Plan>
             info!(
                 target_repo = %t.name,
                 items = plan.items.len(),
+                waiting = plan.waiting.len(),
                 lag_objects = plan.lag.objects,
                 lag_bytes = plan.lag.bytes,
                 lag_seconds = plan.lag.seconds(now),
@@ -244,12 +268,53 @@ async fn copy_item(t: &Target, item: Item, metrics: &metrics::ReplicationMetrics
     }
 }
 
-/// Shared work: scan and publish one deduplicated task per pending item.
+/// Copies one pack of a pack task (after the stanza's prerequisites, as an item's copy does); whether it
+/// succeeded (a failure is logged and counted).
+async fn copy_one_pack(t: &Target, task: &PackTask, metrics: &metrics::ReplicationMetrics) -> bool {
+    let Some(id) = strata_repo::pack::parse_pack_path(&task.path) else {
+        warn!(path = %task.path, "dropping a replication task whose pack path is malformed");
+        return true;
+    };
+    let result = async {
+        let mut copied = t.copier.prepare(&task.stanza).await?;
+        copied += t.copier.copy_pack(&id).await?;
+        Ok::<_, CopyError>(copied)
+    }
+    .await;
+    match result {
+        Ok(copied) => {
+            metrics.copied(&t.name, copied);
+            tracing::debug!(target_repo = %t.name, pack = %task.path, objects = copied.objects, "replicated a pack");
+            true
+        }
+        Err(e) => {
+            metrics.error(&t.name);
+            warn!(target_repo = %t.name, pack = %task.path, error = %e, "replicating a pack failed; it will be retried");
+            false
+        }
+    }
+}
+
+/// Shared work: scan and publish one deduplicated task per missing pack, and per item whose packs are
+/// all there (see the module docs).
 async fn publish_pass(bus: &dyn Bus, t: &Target, metrics: &metrics::ReplicationMetrics) {
-    let Some(plan) = scan(t, metrics).await else { return };
-    for item in plan.items {
-        let id = format!("{}.{}", t.name, item.key());
-        let task = Task { target: t.name.clone(), item };
+    let Some(mut plan) = scan(t, metrics).await else { return };
+    let mut tasks = Vec::new();
+    for item in plan.items.into_iter().chain(plan.waiting) {
+        let packs = plan.missing_packs.remove(&item).unwrap_or_default();
+        if packs.is_empty() {
+            tasks.push((format!("{}.{}", t.name, item.key()), Task { target: t.name.clone(), item: Some(item), pack: None }));
+            continue;
+        }
+        let stanza = match &item {
+            Item::Wal { stanza, .. } | Item::Backup { stanza, .. } => stanza.clone(),
+        };
+        for path in packs {
+            let id = format!("{}.{}", t.name, path.replace('/', "."));
+            tasks.push((id, Task { target: t.name.clone(), item: None, pack: Some(PackTask { stanza: stanza.clone(), path }) }));
+        }
+    }
+    for (id, task) in tasks {
         let payload = Bytes::from(serde_json::to_vec(&task).expect("tasks serialize"));
         if let Err(e) = bus.publish_work_once(Queue::Replicate, &id, payload).await {
             metrics.error(&t.name);
@@ -260,24 +325,30 @@ async fn publish_pass(bus: &dyn Bus, t: &Target, metrics: &metrics::ReplicationM
 }
 
 async fn work_loop(
-    n: usize,
+    tasks: usize,
     mut input: Box<dyn strata_bus::WorkStream>,
     targets: Vec<Arc<Target>>,
     metrics: metrics::ReplicationMetrics,
     stop: CancellationToken,
 ) {
+    // Up to `tasks` at once; a hand-written window, as in `copy::Copier::copy_packs`.
+    let mut running = futures::stream::FuturesUnordered::new();
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => return,
-            next = input.next() => next,
+            Some(()) = running.next(), if !running.is_empty() => continue,
+            next = input.next(), if running.len() < tasks => next,
         };
         match next {
-            Some(Ok(delivery)) => handle(delivery, &targets, &metrics).await,
+            Some(Ok(delivery)) => running.push(handle(delivery, &targets, &metrics)),
             Some(Err(e)) => {
-                warn!(worker = n, error = %e, "replicator could not take work");
+                warn!(error = %e, "replicator could not take work");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            None => return,
+            None => {
+                while running.next().await.is_some() {}
+                return;
+            }
         }
     }
 }
@@ -298,7 +369,16 @@ async fn handle(delivery: Box<dyn Delivery>, targets: &[Arc<Target>], metrics: &
     };
     // A backup can take longer to copy than the queue's ack wait: keep the task ours meanwhile, or another
     // worker would start copying the same backup.
-    let copying = copy_item(t, task.item, metrics);
+    let copying = async {
+        match (task.item, task.pack) {
+            (Some(item), _) => copy_item(t, item, metrics).await,
+            (None, Some(pack)) => copy_one_pack(t, &pack, metrics).await,
+            (None, None) => {
+                warn!("dropping a replication task that names neither an item nor a pack");
+                true
+            }
+        }
+    };
     tokio::pin!(copying);
     let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
     keep_alive.tick().await;

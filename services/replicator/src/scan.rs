@@ -64,10 +64,19 @@ impl Lag {
     }
 }
 
-/// What a target is missing: the items to copy, oldest kinds first (WAL, then backups), and the lag.
+/// What a target is missing: the items to copy now, oldest kinds first (WAL, then backups), the items
+/// that wait for one of those, and the lag.
+///
+/// An item that needs a missing pack which an earlier item of `items` also needs waits (`waiting`) until
+/// a later scan: copied side by side, by two workers or two replicator hosts, both would find the pack
+/// absent and write it (an incremental backup shares most of its packs with its full backup). Once the
+/// earlier copy wrote the pack, the next scan sees it there and the item goes ahead.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     pub items: Vec<Item>,
+    pub waiting: Vec<Item>,
+    /// The packs each item of `items` and `waiting` needs that the target lacks (paths, in order).
+    pub missing_packs: HashMap<Item, Vec<String>>,
     pub lag: Lag,
 }
 
@@ -109,6 +118,8 @@ impl Scanner {
             }
         };
         let mut seen: HashSet<String> = HashSet::new();
+        // Missing packs an item of `plan.items` copies.
+        let mut claimed: HashSet<String> = HashSet::new();
         if let Some(k) = ours.get(KEY_FILE) {
             if missing(k) {
                 count(&mut plan.lag, k, &mut seen);
@@ -146,10 +157,20 @@ impl Scanner {
                 pending.push(record);
             }
             if !pending.is_empty() {
+                let packs = pending.iter().filter(|o| o.path.starts_with("pack/")).map(|o| o.path.clone()).collect();
+                plan.missing_packs.insert(item.clone(), packs);
+                let shares = pending.iter().any(|o| claimed.contains(&o.path));
                 for o in pending {
                     count(&mut plan.lag, o, &mut seen);
+                    if !shares && o.path.starts_with("pack/") {
+                        claimed.insert(o.path.clone());
+                    }
                 }
-                plan.items.push(item);
+                if shares {
+                    plan.waiting.push(item);
+                } else {
+                    plan.items.push(item);
+                }
             }
         }
         Ok(plan)

@@ -97,3 +97,46 @@ async fn a_target_with_another_key_file_is_refused() {
     let err = Copier::new(source, target).copy_wal("main", SEG1).await.unwrap_err();
     assert!(err.to_string().contains("has none"), "{err}");
 }
+
+#[tokio::test]
+async fn an_item_sharing_a_missing_pack_with_an_earlier_one_waits_for_its_copy() {
+    let (_a, source) = repo("a");
+    let (_b, target) = repo("b");
+    source.create_stanza(&stanza_info()).await.unwrap();
+    // Two WAL files whose chunks are in one pack.
+    let sealer = Sealer::default();
+    let (one, two) = (b"one".repeat(5000), b"two".repeat(5000));
+    let mut pack = PackBuilder::new();
+    for content in [&one, &two] {
+        pack.add(sealer.chunk_id(content), content.len() as u32, &sealer.seal(content, 1));
+    }
+    let chunks = source.write_pack(pack).await.unwrap();
+    assert_eq!(chunks.len(), 2);
+    for (name, content, chunk) in [(SEG1, &one, &chunks[0]), (SEG2, &two, &chunks[1])] {
+        let record = WalRecord {
+            version: WAL_RECORD_VERSION,
+            name: name.into(),
+            size: content.len() as u64,
+            hash: sealer.chunk_id(content),
+            chunks: vec![chunk.clone()],
+            summary: None,
+        };
+        source.put_wal("main", &record).await.unwrap();
+    }
+    let wal = |name: &str| Item::Wal { stanza: "main".into(), name: name.into() };
+
+    let mut scanner = Scanner::default();
+    let plan = scanner.plan(&source, &target).await.unwrap();
+    assert_eq!(plan.items, vec![wal(SEG1)], "{plan:?}");
+    assert_eq!(plan.waiting, vec![wal(SEG2)], "{plan:?}");
+    // The pack counts once in the lag: one pack, two records, stanza.json.
+    assert_eq!(plan.lag.objects, 4);
+
+    let copier = Copier::new(source.clone(), target.clone());
+    copier.copy_wal("main", SEG1).await.unwrap();
+    let plan = scanner.plan(&source, &target).await.unwrap();
+    assert_eq!((plan.items, plan.waiting), (vec![wal(SEG2)], vec![]));
+    // Its pack is there: only the record is written.
+    assert_eq!(copier.copy_wal("main", SEG2).await.unwrap().objects, 1);
+    assert!(scanner.plan(&source, &target).await.unwrap().items.is_empty());
+}

@@ -69,6 +69,19 @@ pub trait Storage: Send + Sync {
     /// Stores `data` at `path` only if nothing is there yet ([`StorageError::AlreadyExists`] otherwise),
     /// atomically and durably. The WAL archive's never-overwrite rule rests on this.
     async fn put_new(&self, path: &str, data: Bytes) -> Result<()>;
+    /// Stores `data` at `path` as [`Storage::put`] does (or as [`Storage::put_new`] with `if_absent`) and
+    /// confirms that the repository now holds exactly those bytes: [`Written::Verified`], or
+    /// [`Written::Differs`] when what it holds is something else. The default reads the object back and
+    /// compares it; a backend for which a read-back is expensive (S3 across a WAN) overrides it with a
+    /// check as strong that needs no second transfer (see [`S3Storage`]).
+    async fn put_verified(&self, path: &str, data: Bytes, if_absent: bool) -> Result<Written> {
+        if if_absent {
+            self.put_new(path, data.clone()).await?;
+        } else {
+            self.put(path, data.clone()).await?;
+        }
+        Ok(if self.get(path).await? == data { Written::Verified } else { Written::Differs })
+    }
     async fn get(&self, path: &str) -> Result<Bytes>;
     async fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes>;
     /// The object's size, or `None` when it does not exist.
@@ -87,6 +100,15 @@ pub trait Storage: Send + Sync {
     async fn capacity(&self) -> Result<Option<Capacity>> {
         Ok(None)
     }
+}
+
+/// What [`Storage::put_verified`] found after its write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The repository holds exactly the bytes written.
+    Verified,
+    /// It holds something else under the name (a write corrupted on its way, or a faulty server).
+    Differs,
 }
 
 /// Space of the filesystem a repository lives on, as `statvfs` reports it.

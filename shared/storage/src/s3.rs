@@ -11,7 +11,7 @@
 //! upload, which some S3-compatible servers reject: `checksums = false` (the default for a custom
 //! endpoint) sends them only where the API requires them.
 
-use super::{Features, ObjectInfo, Result, Storage, StorageError};
+use super::{Features, ObjectInfo, Result, Storage, StorageError, Written};
 use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -28,6 +28,8 @@ use tracing::warn;
 pub const MULTIPART_THRESHOLD: usize = 32 * 1024 * 1024;
 /// Size of each part of a multipart upload (S3's minimum is 5 MiB).
 pub const PART_SIZE: usize = 16 * 1024 * 1024;
+/// Parts of one multipart upload sent at once.
+pub const PARTS_IN_FLIGHT: usize = 4;
 
 /// Where and how to reach a bucket.
 #[derive(Debug, Clone)]
@@ -177,26 +179,51 @@ impl S3Storage {
         .await
     }
 
-    async fn put_object(&self, path: &str, data: Bytes, if_none_match: bool) -> Result<()> {
+    /// Puts `data` (in parts above [`MULTIPART_THRESHOLD`]), each request with its Content-MD5, and returns
+    /// the ETag the server gave the object.
+    async fn put_object(&self, path: &str, data: Bytes, if_none_match: bool) -> Result<Option<String>> {
         if data.len() > MULTIPART_THRESHOLD {
             return self.put_multipart(path, data, if_none_match).await;
         }
         let key = self.key(path);
+        let md5 = content_md5(&md5_of(&data));
         self.retrying(path, "PutObject", || {
             let req = self
                 .client
                 .put_object()
                 .bucket(&self.settings.bucket)
                 .key(&key)
+                .content_md5(&md5)
                 .set_storage_class(self.storage_class())
                 .set_if_none_match(if_none_match.then(|| "*".to_string()))
                 .body(ByteStream::from(data.clone()));
-            async move { req.send().await.map(|_| ()).map_err(|e| classify(path, e)) }
+            async move { req.send().await.map(|o| o.e_tag).map_err(|e| classify(path, e)) }
         })
         .await
     }
 
-    async fn put_multipart(&self, path: &str, data: Bytes, if_none_match: bool) -> Result<()> {
+    /// Uploads one part; its ETag.
+    async fn upload_part(&self, path: &str, key: &str, upload_id: &str, number: i32, body: Bytes) -> Result<CompletedPart> {
+        let md5 = content_md5(&md5_of(&body));
+        let etag = self
+            .retrying(path, "UploadPart", || {
+                let req = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.settings.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .content_md5(&md5)
+                    .body(ByteStream::from(body.clone()));
+                async move { Ok(req.send().await.map_err(|e| classify(path, e))?.e_tag) }
+            })
+            .await?;
+        Ok(CompletedPart::builder().part_number(number).set_e_tag(etag).build())
+    }
+
+    async fn put_multipart(&self, path: &str, data: Bytes, if_none_match: bool) -> Result<Option<String>> {
+        use futures::{StreamExt, TryStreamExt};
         let key = self.key(path);
         let bucket = &self.settings.bucket;
         let upload_id = self
@@ -211,25 +238,15 @@ impl S3Storage {
             })
             .await?;
         let uploaded = async {
-            let mut parts = Vec::new();
-            for (i, part) in data.chunks(PART_SIZE).enumerate() {
-                let number = i as i32 + 1;
-                let body = data.slice_ref(part);
-                let etag = self
-                    .retrying(path, "UploadPart", || {
-                        let req = self
-                            .client
-                            .upload_part()
-                            .bucket(bucket)
-                            .key(&key)
-                            .upload_id(&upload_id)
-                            .part_number(number)
-                            .body(ByteStream::from(body.clone()));
-                        async move { Ok(req.send().await.map_err(|e| classify(path, e))?.e_tag) }
-                    })
-                    .await?;
-                parts.push(CompletedPart::builder().part_number(number).set_e_tag(etag).build());
-            }
+            // Several parts at once: over a long link one part at a time leaves it idle for a round trip
+            // between parts. The parts are slices of `data`, so this holds no more memory.
+            let bodies: Vec<(i32, Bytes)> =
+                data.chunks(PART_SIZE).enumerate().map(|(i, part)| (i as i32 + 1, data.slice_ref(part))).collect();
+            let parts: Vec<CompletedPart> = futures::stream::iter(bodies)
+                .map(|(number, body)| self.upload_part(path, &key, &upload_id, number, body))
+                .buffered(PARTS_IN_FLIGHT)
+                .try_collect()
+                .await?;
             let completed = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
             self.retrying(path, "CompleteMultipartUpload", || {
                 let req = self
@@ -240,7 +257,7 @@ impl S3Storage {
                     .upload_id(&upload_id)
                     .set_if_none_match(if_none_match.then(|| "*".to_string()))
                     .multipart_upload(completed.clone());
-                async move { req.send().await.map(|_| ()).map_err(|e| classify(path, e)) }
+                async move { req.send().await.map(|o| o.e_tag).map_err(|e| classify(path, e)) }
             })
             .await
         }
@@ -251,6 +268,32 @@ impl S3Storage {
         }
         uploaded
     }
+}
+
+fn md5_of(data: &[u8]) -> [u8; 16] {
+    use md5::Digest;
+    md5::Md5::digest(data).into()
+}
+
+fn content_md5(digest: &[u8; 16]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(digest)
+}
+
+/// The ETag an S3 server gives `data` when [`S3Storage::put`] stores it, without server-side encryption
+/// by KMS (whose ETags are no digest): the MD5 of the object put in one request, or for a multipart
+/// upload the MD5 of its parts' MD5s followed by `-` and their count.
+pub fn expected_etag(data: &[u8]) -> String {
+    if data.len() <= MULTIPART_THRESHOLD {
+        return hex::encode(md5_of(data));
+    }
+    let mut digests = Vec::new();
+    let mut parts = 0;
+    for part in data.chunks(PART_SIZE) {
+        digests.extend_from_slice(&md5_of(part));
+        parts += 1;
+    }
+    format!("{}-{parts}", hex::encode(md5_of(&digests)))
 }
 
 /// Sorts an SDK error into "try again" and "give up", as a [`StorageError`] naming `path`.
@@ -277,6 +320,8 @@ where
                 (_, "NoSuchBucket") => Attempt::Permanent(StorageError::Corrupt { path, reason: format!("the bucket does not exist ({detail})") }),
                 (404, _) | (_, "NoSuchKey") => Attempt::Permanent(StorageError::NotFound { path }),
                 (412, _) | (_, "PreconditionFailed") => Attempt::Permanent(StorageError::AlreadyExists { path }),
+                // The body arrived other than sent (its Content-MD5 differs): sending it again may work.
+                (_, "BadDigest") => Attempt::Transient(io(std::io::ErrorKind::InvalidData, format!("S3: {detail}"))),
                 (403, _) | (_, "AccessDenied") | (_, "InvalidAccessKeyId") | (_, "SignatureDoesNotMatch") => {
                     Attempt::Permanent(StorageError::PermissionDenied { path: format!("{path} ({detail})") })
                 }
@@ -311,11 +356,25 @@ impl Storage for S3Storage {
     }
 
     async fn put(&self, path: &str, data: Bytes) -> Result<()> {
-        self.put_object(path, data, false).await
+        self.put_object(path, data, false).await.map(|_| ())
     }
 
     async fn put_new(&self, path: &str, data: Bytes) -> Result<()> {
-        self.put_object(path, data, true).await
+        self.put_object(path, data, true).await.map(|_| ())
+    }
+
+    /// Verified by the ETag, without reading the object back: every request carries the Content-MD5 of
+    /// its body, which S3 checks on receipt (refusing a body that arrived changed), and the ETag it
+    /// answers is the MD5 it computed over what it stored ([`expected_etag`]); equal to the MD5 of
+    /// `data` means it stored these bytes. Where the ETag is not that digest (objects encrypted with
+    /// SSE-KMS, some S3-compatible servers), or does not match, the object is read back and compared,
+    /// as the default does, so a mismatch is only ever reported after a comparison of the bytes.
+    async fn put_verified(&self, path: &str, data: Bytes, if_absent: bool) -> Result<Written> {
+        let etag = self.put_object(path, data.clone(), if_absent).await?;
+        if etag.as_deref().map(|e| e.trim_matches('"')) == Some(expected_etag(&data).as_str()) {
+            return Ok(Written::Verified);
+        }
+        Ok(if self.get(path).await? == data { Written::Verified } else { Written::Differs })
     }
 
     async fn get(&self, path: &str) -> Result<Bytes> {
