@@ -263,12 +263,17 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     fs::rename(&tmp, path).with_context(|| format!("cannot write {path:?}"))
 }
 
-/// Holds the spool's lock while alive (flock, released when the file closes).
-struct SpoolLock(#[allow(dead_code)] fs::File);
+/// Holds a lock file's flock while alive (released when the file closes, however the process ends). The
+/// prefetch spool's lock and the WAL shipper's.
+pub(crate) struct SpoolLock(#[allow(dead_code)] fs::File);
 
 fn try_lock(spool: &Path) -> anyhow::Result<Option<SpoolLock>> {
-    let path = spool.join(LOCK);
-    let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("cannot open {path:?}"))?;
+    try_lock_file(&spool.join(LOCK))
+}
+
+/// Takes the flock of the file at `path` (created if missing) unless another process holds it.
+pub(crate) fn try_lock_file(path: &Path) -> anyhow::Result<Option<SpoolLock>> {
+    let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).with_context(|| format!("cannot open {path:?}"))?;
     // SAFETY: flock on a file descriptor we own; no memory is involved.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     Ok((r == 0).then_some(SpoolLock(f)))

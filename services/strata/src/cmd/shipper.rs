@@ -31,7 +31,6 @@ use crate::Context_;
 use anyhow::{bail, Context};
 use std::collections::HashMap;
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -85,15 +84,9 @@ fn prepare_spool(spool: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Holds the shipper's lock while alive (flock, released when the process ends however it ends).
-struct ShipperLock(#[allow(dead_code)] fs::File);
-
-fn try_lock(spool: &Path) -> anyhow::Result<Option<ShipperLock>> {
-    let path = spool.join(LOCK);
-    let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("cannot open {path:?}"))?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    Ok((r == 0).then_some(ShipperLock(f)))
+/// The shipper's lock, held while it runs (see [`super::archive::SpoolLock`]).
+fn try_lock(spool: &Path) -> anyhow::Result<Option<super::archive::SpoolLock>> {
+    super::archive::try_lock_file(&spool.join(LOCK))
 }
 
 /// What the shipper answered about one segment.
