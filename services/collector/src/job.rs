@@ -345,6 +345,17 @@ impl Job {
         self.commit(work).await
     }
 
+    /// Stores the streamed part of a segment still being written (see `strata_repo::wal_stream`).
+    pub async fn commit_wal_streamed(&self, record: strata_messages::WalRecord) -> Result<CommitOutcome, JobError> {
+        let work = UploadWork::StreamedPartial(CommitWal {
+            version: UPLOAD_WORK_VERSION,
+            job: self.id.clone(),
+            stanza: self.stanza.clone(),
+            record,
+        });
+        self.commit(work).await
+    }
+
     async fn commit(&self, work: UploadWork) -> Result<CommitOutcome, JobError> {
         self.state.lock().expect("job state").last_progress = Some(Instant::now());
         self.bus.publish_commit(Bytes::from(encode_upload(&work, Vec::new()))).await?;

@@ -18,6 +18,7 @@ pub mod increment;
 pub mod job;
 pub mod loaded;
 pub mod metrics;
+pub mod stream;
 pub mod wal;
 
 use bytes::Bytes;

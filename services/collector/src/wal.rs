@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_bus::Bus;
-use strata_messages::{RestorePoint, WalRecord, WalSummary, WAL_RECORD_VERSION};
+use strata_messages::{ChunkRef, RestorePoint, WalRecord, WalSummary, WAL_RECORD_VERSION};
 use strata_pg::backup_history::check_backup_history;
 use strata_pg::timeline::TimelineHistory;
 use strata_pg::wal::{check_segment, wal_file_kind, NotAWalFileName, SegmentOwner, WalFileKind};
@@ -60,9 +60,14 @@ pub struct WalFile {
 pub async fn read(path: &Path, target: &WalPushTarget) -> anyhow::Result<WalFile> {
     let not_wal = || NotAWalFileName(path.file_name().unwrap_or(path.as_os_str()).to_string_lossy().into_owned());
     let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(not_wal)?;
-    let kind = wal_file_kind(name)?;
-    let name = name.to_string();
+    wal_file_kind(name)?;
     let data = tokio::fs::read(path).await.with_context(|| format!("cannot read {path:?}"))?;
+    from_bytes(name.to_string(), data, target)
+}
+
+/// [`read`] of a file already in memory (a segment `strata wal-stream` received whole).
+pub fn from_bytes(name: String, data: Vec<u8>, target: &WalPushTarget) -> anyhow::Result<WalFile> {
+    let kind = wal_file_kind(&name)?;
     let refused = || format!("{name} is refused for stanza '{}'", target.stanza);
     let mut history = None;
     match kind {
@@ -83,6 +88,18 @@ pub async fn read(path: &Path, target: &WalPushTarget) -> anyhow::Result<WalFile
 
 /// Archives a file [`read`] checked. Returns whether it was already archived with the same content.
 pub async fn push(bus: Arc<dyn Bus>, target: &WalPushTarget, settings: &WalPushSettings, file: WalFile) -> anyhow::Result<CommitOutcome> {
+    push_seeded(bus, target, settings, file, Vec::new()).await
+}
+
+/// [`push`] of a file some of whose chunks are stored already (`seed`: a streamed segment's pieces that its
+/// partials stored), which are then not sent again.
+pub async fn push_seeded(
+    bus: Arc<dyn Bus>,
+    target: &WalPushTarget,
+    settings: &WalPushSettings,
+    file: WalFile,
+    seed: Vec<ChunkRef>,
+) -> anyhow::Result<CommitOutcome> {
     let WalFile { name, kind, data, .. } = file;
     // The summary is worked out while the chunks travel, so that it adds nothing to archive-push's time.
     let mut scan = None;
@@ -96,6 +113,7 @@ pub async fn push(bus: Arc<dyn Bus>, target: &WalPushTarget, settings: &WalPushS
     let job_id = format!("wal-{}-{:016x}", name.replace('.', "_"), rand::random::<u64>());
     let job = Job::start(bus, job_id, target.stanza.clone(), settings.compress_level, settings.sealer.clone(), settings.in_flight_bytes, settings.stall)
         .await?;
+    job.seed(seed);
     let mut ids = Vec::new();
     for piece in data.chunks(settings.chunk_size) {
         ids.push(job.send(piece.to_vec(), false).await?);

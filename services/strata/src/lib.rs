@@ -65,6 +65,13 @@ pub enum Command {
     /// The WAL shipper behind `[archive] async = true` (started by archive-push).
     #[command(hide = true)]
     ArchiveShipper { pg_wal: PathBuf },
+    /// Streams WAL from a replication slot into the repository until stopped, storing the segment being
+    /// written every `wal_stream.flush_ms` (an RPO of about a second; see README "WAL streaming").
+    WalStream {
+        /// Serve Prometheus metrics at http://ADDR/metrics (overrides `wal_stream.metrics_listen`).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<String>,
+    },
     /// The background fetcher behind `archive-get --prefetch` (started by it).
     #[command(hide = true)]
     ArchivePrefetch { spool: PathBuf, count: usize },
@@ -335,6 +342,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::ArchiveShipper { pg_wal } => cmd::shipper::run(&ctx, &pg_wal).await.context("archive-shipper"),
+        Command::WalStream { metrics_listen } => cmd::stream::run(&ctx, metrics_listen.as_deref()).await.context("wal-stream"),
         Command::ArchivePrefetch { spool, count } => cmd::archive::prefetch(&ctx, &spool, count).await.context("archive-prefetch"),
         Command::Restore {
             pg_data,

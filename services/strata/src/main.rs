@@ -14,7 +14,9 @@ async fn main() -> std::process::ExitCode {
         }
     };
     // Errors reach the user once, as the command's one-line error; STRATA_LOG=info shows the stages at work.
-    strata_runtime::init_tracing_with_default("off");
+    // The WAL streamer runs like a service, and logs like one.
+    let default_log = if matches!(cli.command, strata::Command::WalStream { .. }) { "info" } else { "off" };
+    strata_runtime::init_tracing_with_default(default_log);
     match strata::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<strata::cmd::archive::NotArchived>().is_some() => {

@@ -18,7 +18,8 @@
 //! # Commits
 //! Commit requests are handled after the batch's pack is durable. A backup's record is written only after
 //! [`Repo::commit_backup`] checked every referenced pack exists; a WAL record is created with put-if-absent, so
-//! an archived WAL file is never replaced. The outcome goes back to the job as an event.
+//! an archived WAL file is never replaced. A streamed partial segment goes beside the archive, replacing a
+//! shorter one (`strata_repo::wal_stream`). The outcome goes back to the job as an event.
 
 pub mod metrics;
 
@@ -176,7 +177,10 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
                 }
                 placed.push((c.job.to_string(), c.id, existing));
             }
-            ArchivedUploadWork::CommitBackup(_) | ArchivedUploadWork::CommitWal(_) | ArchivedUploadWork::Checkpoint(_)
+            ArchivedUploadWork::CommitBackup(_)
+            | ArchivedUploadWork::CommitWal(_)
+            | ArchivedUploadWork::Checkpoint(_)
+            | ArchivedUploadWork::StreamedPartial(_)
                 if !d.commit_allowed() =>
             {
                 // Only a job's owner may ask for a commit (strata_bus::COMMIT_SUBJECT); this came on the
@@ -184,9 +188,10 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
                 shared.metrics.error(UploaderError::Malformed);
                 error!("uploader dropped a commit request that came on the sealed chunks' subject");
             }
-            ArchivedUploadWork::CommitBackup(_) | ArchivedUploadWork::CommitWal(_) | ArchivedUploadWork::Checkpoint(_) => {
-                commits.push(i)
-            }
+            ArchivedUploadWork::CommitBackup(_)
+            | ArchivedUploadWork::CommitWal(_)
+            | ArchivedUploadWork::Checkpoint(_)
+            | ArchivedUploadWork::StreamedPartial(_) => commits.push(i),
         }
     }
 
@@ -300,6 +305,20 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
                 };
                 (c.job.to_string(), event)
             }
+            ArchivedUploadWork::StreamedPartial(c) => {
+                let record = strata_messages::to_owned::<strata_messages::WalRecord>(&c.record);
+                let event = match shared.repo.put_wal_streamed(c.stanza.as_str(), &record).await {
+                    Ok(put) => {
+                        debug!(stanza = %c.stanza, wal = %record.name, bytes = record.size, ?put, "partial segment stored");
+                        JobEvent::Committed
+                    }
+                    Err(e) => {
+                        warn!(stanza = %c.stanza, wal = %record.name, error = %e, "partial segment not stored");
+                        JobEvent::Rejected(e.to_string())
+                    }
+                };
+                (c.job.to_string(), event)
+            }
             ArchivedUploadWork::Checkpoint(c) => {
                 let checkpoint = strata_messages::to_owned::<strata_messages::BackupCheckpoint>(&c.checkpoint);
                 let packs: Vec<PackId> = c.packs.iter().copied().collect();
@@ -388,7 +407,9 @@ async fn serve_fetches(shared: Arc<Shared>, mut requests: Box<dyn strata_bus::Ev
 fn classify(payload: &[u8]) -> (usize, bool) {
     match decode_upload(payload) {
         Ok((ArchivedUploadWork::Chunk(c), _)) => (c.raw_len.to_native() as usize, false),
-        Ok((ArchivedUploadWork::CommitBackup(_) | ArchivedUploadWork::CommitWal(_), _)) => (0, true),
+        Ok((ArchivedUploadWork::CommitBackup(_) | ArchivedUploadWork::CommitWal(_) | ArchivedUploadWork::StreamedPartial(_), _)) => {
+            (0, true)
+        }
         _ => (0, false),
     }
 }

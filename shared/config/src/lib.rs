@@ -45,6 +45,9 @@ pub struct Config {
     /// How `archive-push` archives: one segment per call, or through a long-running shipper.
     #[serde(default)]
     pub archive: ArchiveConfig,
+    /// WAL streaming over the replication protocol (`strata wal-stream`), for an RPO of about a second.
+    #[serde(default)]
+    pub wal_stream: WalStreamConfig,
     #[serde(default)]
     pub stanza: BTreeMap<String, StanzaConfig>,
     #[serde(default)]
@@ -243,6 +246,39 @@ pub struct ArchiveConfig {
 impl Default for ArchiveConfig {
     fn default() -> Self {
         ArchiveConfig { asynchronous: false, spool_path: None, in_flight_bytes: 256 * 1024 * 1024, idle_secs: 60, push_queue_max: None }
+    }
+}
+
+/// `strata wal-stream`: streams WAL from a replication slot, as pg_receivewal does, and stores the segment
+/// being written as a partial segment every `flush_ms`, so that the archive is about a second behind the
+/// primary without `archive_timeout`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalStreamConfig {
+    /// The physical replication slot streamed from (created if missing); unset: `strata_<stanza>`.
+    pub slot: Option<String>,
+    /// How often the segment being written is stored as a partial segment, in milliseconds.
+    pub flush_ms: u64,
+    /// How often the stored position is reported to the primary (which then frees WAL the slot held).
+    pub status_interval_secs: u64,
+    /// WAL a slot may hold on the primary before a critical alert: a stalled or abandoned slot keeps every
+    /// segment after its position, and fills the primary's disk as surely as a failing archive_command.
+    pub slot_retained_max: u64,
+    /// `host:port` of the streamer's Prometheus endpoint; unset: none.
+    pub metrics_listen: Option<String>,
+}
+
+impl Default for WalStreamConfig {
+    fn default() -> Self {
+        WalStreamConfig { slot: None, flush_ms: 1000, status_interval_secs: 10, slot_retained_max: 4 << 30, metrics_listen: None }
+    }
+}
+
+impl WalStreamConfig {
+    /// The slot name for `stanza`: the configured one, or `strata_<stanza>` (lower case, `-` as `_`, as
+    /// slot names allow only `[a-z0-9_]`).
+    pub fn slot_name(&self, stanza: &str) -> String {
+        self.slot.clone().unwrap_or_else(|| format!("strata_{}", stanza.to_ascii_lowercase().replace('-', "_")))
     }
 }
 
@@ -607,8 +643,8 @@ fn in_range<T: PartialOrd + std::fmt::Display>(key: &str, value: T, lo: T, hi: T
     }
 }
 
-const TOP_LEVEL_KEYS: [&str; 13] =
-    ["bus", "nats", "pipeline", "archive", "stanza", "repo", "encryption", "replicator", "verifier", "restore_test", "alerts", "audit", "metrics"];
+const TOP_LEVEL_KEYS: [&str; 14] =
+    ["bus", "nats", "pipeline", "archive", "wal_stream", "stanza", "repo", "encryption", "replicator", "verifier", "restore_test", "alerts", "audit", "metrics"];
 
 fn default_true() -> bool {
     true
@@ -738,6 +774,15 @@ impl Config {
         if let Some(max) = self.archive.push_queue_max {
             // Less than one segment would drop every segment.
             in_range("archive.push_queue_max", max, 16 * MIB as u64, 1 << 50)?;
+        }
+        let w = &self.wal_stream;
+        in_range("wal_stream.flush_ms", w.flush_ms, 50, 3_600_000)?;
+        in_range("wal_stream.status_interval_secs", w.status_interval_secs, 1, 3600)?;
+        in_range("wal_stream.slot_retained_max", w.slot_retained_max, 16 * MIB as u64, 1 << 50)?;
+        if let Some(slot) = &w.slot {
+            if slot.is_empty() || slot.len() > 63 || !slot.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+                return Err(format!("wal_stream.slot = '{slot}' must be 1 to 63 of a-z, 0-9 and _ (a replication slot name)"));
+            }
         }
         if let Some(spool) = &self.archive.spool_path {
             if !spool.is_absolute() {

@@ -154,6 +154,9 @@ pub enum UploadWork {
     CommitBackup(CommitBackup),
     CommitWal(CommitWal),
     Checkpoint(CheckpointBackup),
+    /// The stored part of a segment PostgreSQL is still writing, streamed by `strata wal-stream`: kept
+    /// beside the archive (never in it) until the whole segment is archived.
+    StreamedPartial(CommitWal),
 }
 
 /// A sealed chunk (sealer -> uploader). The chunk as stored in a pack (the seal envelope: header,
@@ -358,6 +361,7 @@ impl Versioned for UploadWork {
             ArchivedUploadWork::CommitBackup(c) => c.version.to_native(),
             ArchivedUploadWork::CommitWal(c) => c.version.to_native(),
             ArchivedUploadWork::Checkpoint(c) => c.version.to_native(),
+            ArchivedUploadWork::StreamedPartial(c) => c.version.to_native(),
         })
     }
 }

@@ -172,6 +172,12 @@ fn upload_works() -> Vec<Vec<u8>> {
         stanza: "main".into(),
         record: wal_record(Some(wal_summary())),
     });
+    let partial = UploadWork::StreamedPartial(CommitWal {
+        version: UPLOAD_WORK_VERSION,
+        job: "stream-1".into(),
+        stanza: "main".into(),
+        record: wal_record(None),
+    });
     let checkpoint = UploadWork::Checkpoint(CheckpointBackup {
         version: UPLOAD_WORK_VERSION,
         stanza: "main".into(),
@@ -183,6 +189,7 @@ fn upload_works() -> Vec<Vec<u8>> {
         encode_upload(&commit, Vec::new()),
         encode_upload(&wal, Vec::new()),
         encode_upload(&checkpoint, Vec::new()),
+        encode_upload(&partial, Vec::new()),
     ]
 }
 

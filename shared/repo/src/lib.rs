@@ -45,6 +45,7 @@ pub mod pack;
 pub mod restore_tests;
 pub mod verify_results;
 pub mod wal_dropped;
+pub mod wal_stream;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -58,6 +59,7 @@ use strata_seal::{SealError, Sealer};
 use strata_storage::{Storage, StorageError};
 
 pub use pack::PackBuilder;
+pub use wal_stream::StreamedPut;
 
 const FORMAT_MARKER: &str = "strata.repo";
 const REPO_FORMAT: u32 = 1;

@@ -201,6 +201,9 @@ pub async fn get(ctx: &Context_, name: &str, dest: &Path, prefetch: usize) -> an
         }
     }
     if !fetch(ctx, name, dir, dest).await? {
+        if classify_wal_file(name) == Some(WalFileKind::Segment) && fetch_streamed(ctx, name, dir, dest).await? {
+            return Ok(());
+        }
         // Recovery has reached the end of the archive: what is spooled beyond it is not needed.
         if prefetch > 0 {
             let spool = dir.join(SPOOL_DIR);
@@ -368,5 +371,47 @@ async fn fetch(ctx: &Context_, name: &str, dir: &Path, dest: &Path) -> anyhow::R
         return Err(e);
     }
     fs::rename(&tmp, dest).with_context(|| format!("cannot write {dest:?}"))?;
+    Ok(true)
+}
+
+/// Writes the streamed partial of segment `name` (`strata wal-stream`, see `strata_repo::wal_stream`) to
+/// `dest`, padded with zeros to the segment's size, which recovery reads as the end of WAL; `false` when
+/// there is none. Only for a segment the archive does not hold, and never prefetched: a partial grows.
+async fn fetch_streamed(ctx: &Context_, name: &str, dir: &Path, dest: &Path) -> anyhow::Result<bool> {
+    let Some(record) = ctx.repo.wal_streamed(&ctx.stanza, name).await? else {
+        return Ok(false);
+    };
+    let seg_size = ctx.repo.stanza(&ctx.stanza).await?.wal_segment_size;
+    if record.size > seg_size {
+        bail!("{name}: the streamed partial segment holds {} bytes, more than a segment", record.size);
+    }
+    let sealer = ctx.repo.sealer();
+    let tmp: PathBuf = dir.join(format!(".{}.tmp", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    let mut file = fs::File::create(&tmp).with_context(|| format!("cannot create {tmp:?}"))?;
+    let mut hasher = sealer.id_hasher();
+    let written: anyhow::Result<()> = async {
+        let mut len = 0u64;
+        for r in &record.chunks {
+            let plain = ctx.repo.read_chunk(sealer, r).await?;
+            hasher.update(&plain);
+            len += plain.len() as u64;
+            file.write_all(&plain).with_context(|| format!("cannot write {tmp:?}"))?;
+        }
+        if len != record.size || hasher.finalize().as_bytes() != &record.hash {
+            bail!("{name}: the streamed partial segment does not match its recorded hash");
+        }
+        file.set_len(seg_size).with_context(|| format!("cannot write {tmp:?}"))?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, dest).with_context(|| format!("cannot write {dest:?}"))?;
+    eprintln!(
+        "archive-get: {name} is not archived whole; served its streamed part ({} of {} bytes), the end of the archive",
+        record.size, seg_size
+    );
     Ok(true)
 }

@@ -49,6 +49,8 @@ async fn check_on(ctx: &Context_, info: &strata_repo::StanzaInfo, client: &tokio
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     check_archive(ctx, info.wal_segment_size).await?;
+    let stanza_cfg = ctx.cfg.stanza(&ctx.stanza)?;
+    check_stream_slot(ctx, &stanza_cfg.pg_conn).await?;
     println!(
         "check: stanza '{}' ok: cluster matches, repository '{}' writable, WAL segment {segment} archived in {:.1} s",
         ctx.stanza,
@@ -89,5 +91,29 @@ async fn check_archive(ctx: &Context_, seg_size: u64) -> anyhow::Result<()> {
             archive.dropped_text(g)
         );
     }
+    Ok(())
+}
+
+/// The WAL streamer's replication slot, if there is one: a slot nobody streams from, or one that keeps
+/// more WAL than `wal_stream.slot_retained_max`, fills the primary's disk (see `strata_collector::stream`).
+async fn check_stream_slot(ctx: &Context_, pg_conn: &str) -> anyhow::Result<()> {
+    let slot = ctx.cfg.wal_stream.slot_name(&ctx.stanza);
+    let Some(state) = strata_collector::stream::slot_state(pg_conn, &slot).await? else { return Ok(()) };
+    let retained = crate::cmd::format_bytes(state.retained_bytes);
+    if !state.active {
+        bail!(
+            "replication slot {slot} has no WAL streamer connected and keeps {retained} of WAL on the primary (wal_status {}); start `strata --stanza {} wal-stream`, or drop the slot with SELECT pg_drop_replication_slot('{slot}')",
+            state.wal_status.as_deref().unwrap_or("unknown"),
+            ctx.stanza
+        );
+    }
+    let max = ctx.cfg.wal_stream.slot_retained_max;
+    if state.retained_bytes > max {
+        bail!(
+            "replication slot {slot} keeps {retained} of WAL on the primary, over wal_stream.slot_retained_max ({}); the WAL streamer is not keeping up",
+            crate::cmd::format_bytes(max)
+        );
+    }
+    println!("check: WAL streamer connected to slot {slot}, which keeps {retained} of WAL on the primary");
     Ok(())
 }

@@ -249,6 +249,18 @@ async fn expire(ctx: &Context_, opts: &ExpireOptions, retention: &Retention, own
             }
             referenced.extend(w.chunks.iter().map(|c| c.pack));
         }
+        // A streamed partial is the newest WAL there is: its packs stay while it does.
+        for name in ctx.repo.wal_streamed_names(&stanza).await? {
+            match ctx.repo.wal_streamed(&stanza, &name).await {
+                Ok(Some(w)) => referenced.extend(w.chunks.iter().map(|c| c.pack)),
+                Ok(None) => {}
+                Err(e) => unreadable.push(strata_repo::DamagedRecord {
+                    path: format!("stanza/{stanza}/wal-stream/{name}"),
+                    name,
+                    reason: e.to_string(),
+                }),
+            }
+        }
     }
     if running.is_empty() {
         remove_temporary(&ctx.repo, now, opts, own.is_some(), would).await?;

@@ -75,6 +75,21 @@ fn gap_json(archive: &WalArchive<'_>, g: &Gap) -> Value {
     })
 }
 
+/// Where `strata wal-stream` stands: the end of the newest partial segment it stored.
+struct Streamed {
+    segment: String,
+    end: Lsn,
+    bytes: u64,
+    stored_at: i64,
+}
+
+async fn streamed_position(ctx: &Context_, seg_size: u64) -> anyhow::Result<Option<Streamed>> {
+    let Some((record, stored_at)) = ctx.repo.wal_streamed_newest(&ctx.stanza).await? else { return Ok(None) };
+    let Some(segment) = strata_pg::wal::WalSegment::parse(&record.name, seg_size) else { return Ok(None) };
+    let end = Lsn(segment.start_lsn(seg_size).0 + record.size);
+    Ok(Some(Streamed { segment: record.name, end, bytes: record.size, stored_at }))
+}
+
 fn time_text(micros: i64) -> String {
     format_pg_time(micros).trim_end_matches("+00").to_string()
 }
@@ -97,6 +112,7 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
         windows.push(window(&mut archive, b).await?);
     }
     let missing_histories = archive.missing_histories();
+    let streamed = streamed_position(ctx, stanza.wal_segment_size).await?;
     let replication = replication(ctx).await;
     let repositories: Vec<Value> = ctx
         .cfg
@@ -176,6 +192,12 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                     "missing_history_files": missing_histories,
                     "damaged": damaged_wal.iter().map(|d| json!({ "name": d.name, "path": d.path, "reason": d.reason })).collect::<Vec<_>>(),
                 },
+                "wal_stream": streamed.as_ref().map(|s| json!({
+                    "segment": s.segment,
+                    "stored_lsn": s.end.to_string(),
+                    "segment_bytes": s.bytes,
+                    "stored_at": s.stored_at,
+                })),
                 "repositories": repositories,
                 "replication": replication.iter().map(Replication::to_json).collect::<Vec<_>>(),
                 "wal_verify": verified.get(WAL_SUBJECT).map(verify_json),
@@ -207,6 +229,15 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
             match (&first, &last) {
                 (Some(f), Some(l)) => println!("    wal archive: {f} ... {l} ({} segments)", segments.len()),
                 _ => println!("    wal archive: empty"),
+            }
+            if let Some(s) = &streamed {
+                println!(
+                    "    wal stream: stored up to {} (segment {}, {} of it), {} UTC",
+                    s.end,
+                    s.segment,
+                    format_bytes(s.bytes),
+                    format_time(s.stored_at)
+                );
             }
             for (_, g) in &gaps {
                 println!(

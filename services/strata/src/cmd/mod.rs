@@ -14,6 +14,7 @@ pub mod restore;
 pub mod restore_test;
 pub mod shipper;
 pub mod stanza;
+pub mod stream;
 pub mod target;
 pub mod verify;
 
