@@ -73,6 +73,41 @@ async fn wal_is_never_overwritten() {
 }
 
 #[tokio::test]
+async fn a_streamed_partial_only_grows_and_goes_once_its_segment_is_archived() {
+    let (_d, r) = repo();
+    let partial = |name: &str, size: u64| WalRecord {
+        version: strata_messages::WAL_RECORD_VERSION,
+        name: name.into(),
+        size,
+        hash: [size as u8; 32],
+        chunks: vec![],
+        summary: None,
+    };
+    let (one, two) = ("000000010000000000000001", "000000010000000000000002");
+    assert_eq!(r.put_wal_streamed("main", &partial(one, 100)).await.unwrap(), StreamedPut::Stored);
+    assert_eq!(r.put_wal_streamed("main", &partial(one, 300)).await.unwrap(), StreamedPut::Stored);
+    // A restarted streamer's shorter partial does not replace the longer one.
+    assert_eq!(r.put_wal_streamed("main", &partial(one, 200)).await.unwrap(), StreamedPut::KeptLonger);
+    assert_eq!(r.wal_streamed("main", one).await.unwrap().unwrap().size, 300);
+    // Partials live beside the archive, not in it.
+    assert!(r.wal_names("main").await.unwrap().is_empty());
+    assert_eq!(r.wal_streamed_newest("main").await.unwrap().unwrap().0.name, one);
+
+    // The next segment's partial removes the previous one only once that segment is archived whole.
+    assert_eq!(r.put_wal_streamed("main", &partial(two, 10)).await.unwrap(), StreamedPut::Stored);
+    assert_eq!(r.wal_streamed_names("main").await.unwrap(), vec![one.to_string(), two.to_string()]);
+    r.put_wal("main", &partial(one, 16 << 20)).await.unwrap();
+    assert_eq!(r.put_wal_streamed("main", &partial(one, 400)).await.unwrap(), StreamedPut::Archived);
+    assert_eq!(r.put_wal_streamed("main", &partial(two, 20)).await.unwrap(), StreamedPut::Stored);
+    assert_eq!(r.wal_streamed_names("main").await.unwrap(), vec![two.to_string()]);
+    assert_eq!(r.wal_streamed_newest("main").await.unwrap().unwrap().0.size, 20);
+
+    // A damaged partial is an error naming it, not a panic or a wrong segment.
+    std::fs::write(_d.path().join("stanza/main/wal-stream").join(two), b"garbage").unwrap();
+    assert!(matches!(r.wal_streamed("main", two).await, Err(RepoError::CorruptObject { .. })));
+}
+
+#[tokio::test]
 async fn commit_requires_the_packs_and_a_fresh_label() {
     let (_d, r) = repo();
     r.create_stanza(&stanza_info()).await.unwrap();
