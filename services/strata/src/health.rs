@@ -12,6 +12,7 @@
 //! | critical | the repository's filesystem is over `repo_full_critical_percent` (90%) full |
 //! | critical | the last restore test failed (until one passes) |
 //! | critical | the last verification found damage in a backup or the WAL archive |
+//! | critical | the WAL streamer's replication slot has no streamer connected, or keeps more WAL than `wal_stream.slot_retained_max` |
 //! | critical | the newest backup cannot be recovered: WAL from its start to its stop is missing from the archive |
 //! | warning | an older backup cannot be recovered, for the same reason |
 //! | critical | a backup's record cannot be read (corrupt or fails its checksum) |
@@ -93,6 +94,22 @@ pub struct Archiver {
     pub lag_bytes: u64,
     /// How long the oldest whole segment not yet archived has waited (0 when none is whole yet).
     pub lag_seconds: i64,
+    /// The cluster's current WAL position (bytes), against which `strata wal-stream`'s position is measured.
+    pub current_lsn: u64,
+    /// The WAL streamer's replication slot, when it exists.
+    pub stream_slot: Option<StreamSlot>,
+}
+
+/// The WAL streamer's replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamSlot {
+    pub name: String,
+    /// Whether a streamer is connected.
+    pub active: bool,
+    /// WAL from the slot's restart position to the current position: what the primary keeps for it.
+    pub retained_bytes: u64,
+    /// `wal_stream.slot_retained_max`: more than this is critical.
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -175,7 +192,7 @@ pub async fn evaluate(cfg: &Config, repo: &Repo, stanza: &str, pg_conn: Option<&
         );
     }
     let archiver = match pg_conn {
-        Some(conn) => archiver(conn, seg_size, now).await.map_err(|e| format!("{e:#}")),
+        Some(conn) => archiver(conn, seg_size, now, &cfg.wal_stream.slot_name(stanza), cfg.wal_stream.slot_retained_max).await.map_err(|e| format!("{e:#}")),
         None => Err("not asked".into()),
     };
     let space = space(repo).await.map_err(|e| format!("{e:#}"));
@@ -257,6 +274,24 @@ pub fn rules(a: &AlertsConfig, h: &Health, backups: &[BackupRecord], now: i64) -
                 "archive-lag",
                 format!("WAL archiving is {} behind ({} bytes not archived)", age(ar.lag_seconds), ar.lag_bytes),
             );
+        }
+        if let Some(slot) = &ar.stream_slot {
+            if !slot.active {
+                find(
+                    Level::Critical,
+                    "wal-stream-slot",
+                    format!(
+                        "replication slot {} has no WAL streamer connected and keeps {} bytes of WAL on the primary",
+                        slot.name, slot.retained_bytes
+                    ),
+                );
+            } else if slot.retained_bytes > slot.max_bytes {
+                find(
+                    Level::Critical,
+                    "wal-stream-slot",
+                    format!("replication slot {} keeps {} bytes of WAL on the primary, over wal_stream.slot_retained_max", slot.name, slot.retained_bytes),
+                );
+            }
         }
     }
     if let Ok(Space { fs_used_percent: Some(p), .. }) = &h.space {
@@ -342,7 +377,7 @@ pub fn age(secs: i64) -> String {
     }
 }
 
-async fn archiver(pg_conn: &str, seg_size: u64, now: i64) -> anyhow::Result<Archiver> {
+async fn archiver(pg_conn: &str, seg_size: u64, now: i64, slot: &str, slot_retained_max: u64) -> anyhow::Result<Archiver> {
     let (client, connection) =
         tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(pg_conn, tokio_postgres::NoTls))
             .await
@@ -353,11 +388,19 @@ async fn archiver(pg_conn: &str, seg_size: u64, now: i64) -> anyhow::Result<Arch
         .query_one(
             "SELECT archived_count, failed_count, last_archived_wal, extract(epoch from last_archived_time)::bigint,
                     last_failed_wal, extract(epoch from last_failed_time)::bigint,
-                    CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END::text
-             FROM pg_stat_archiver",
-            &[],
+                    CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END::text,
+                    s.active,
+                    pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END, s.restart_lsn)::bigint
+             FROM pg_stat_archiver LEFT JOIN pg_replication_slots s ON s.slot_name = $1",
+            &[&slot],
         )
         .await?;
+    let stream_slot = row.get::<_, Option<bool>>(7).map(|active| StreamSlot {
+        name: slot.to_string(),
+        active,
+        retained_bytes: row.get::<_, Option<i64>>(8).unwrap_or(0).max(0) as u64,
+        max_bytes: slot_retained_max,
+    });
     // Dropping the client sends Terminate; the connection task then ends on its own. Aborting it instead
     // cuts the socket under the server, which logs "connection to client lost".
     drop(client);
@@ -387,6 +430,8 @@ async fn archiver(pg_conn: &str, seg_size: u64, now: i64) -> anyhow::Result<Arch
         last_failed_time: row.get(5),
         lag_bytes,
         lag_seconds,
+        current_lsn: current,
+        stream_slot,
     })
 }
 
@@ -473,7 +518,26 @@ mod tests {
             last_failed_time: last_failed,
             lag_bytes: 0,
             lag_seconds,
+            current_lsn: 0,
+            stream_slot: None,
         }
+    }
+
+    #[test]
+    fn a_streaming_slot_without_a_streamer_or_holding_too_much_is_critical() {
+        let b = [backup(BackupType::Full, NOW - 60, 60)];
+        let mut h = health(&b);
+        let slot = |active, retained_bytes| StreamSlot { name: "strata_main".into(), active, retained_bytes, max_bytes: 1 << 30 };
+        let mut ar = archiver(Some(NOW - 5), None, 0);
+        ar.stream_slot = Some(slot(true, 1 << 20));
+        h.archiver = Ok(ar.clone());
+        assert!(rules_of(&h, &b).is_empty(), "a streamer keeping up");
+        ar.stream_slot = Some(slot(false, 1 << 20));
+        h.archiver = Ok(ar.clone());
+        assert_eq!(rules_of(&h, &b), vec![("wal-stream-slot", Level::Critical)]);
+        ar.stream_slot = Some(slot(true, 2 << 30));
+        h.archiver = Ok(ar);
+        assert_eq!(rules_of(&h, &b), vec![("wal-stream-slot", Level::Critical)]);
     }
 
     #[test]
