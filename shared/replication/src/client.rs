@@ -197,7 +197,12 @@ impl ReplicationClient {
         loop {
             match conn.read_message().await? {
                 BackendMessage::Authentication(request) => match request {
-                    AuthRequest::Ok => {}
+                    AuthRequest::Ok => {
+                        if scram.is_some() {
+                            // SCRAM is mutual: without SASLFinal the server never proved it knows the password.
+                            return Err(ReplicationError::Scram("the server skipped its final SCRAM message".into()));
+                        }
+                    }
                     AuthRequest::CleartextPassword => {
                         frontend::password_message(password("password")?, &mut conn.write_buf)?;
                         conn.flush().await?;

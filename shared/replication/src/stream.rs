@@ -5,7 +5,8 @@
 //! WAL (`w`) or a keepalive (`k`); the client sends standby status updates (`r`) in CopyData. When the
 //! requested timeline ends on this server (it was promoted away from), the server sends CopyDone; once the
 //! client answers with its own CopyDone, the server sends a one-row result set naming the next timeline and
-//! where it starts, CommandComplete, and ReadyForQuery. When START_REPLICATION asks for a historic timeline at
+//! where it starts, CommandComplete (twice: START_STREAMING, START_REPLICATION), and ReadyForQuery; a copy
+//! the client ends on the current timeline ends the same way without the result set. When START_REPLICATION asks for a historic timeline at
 //! exactly its switch point, the server skips the copy and sends that result set straight away.
 //!
 //! [`StreamMachine`] is that protocol as a pure state machine over decoded messages (fuzzed with the
@@ -115,6 +116,9 @@ impl StreamMachine {
                     }));
                 }
             }
+            // PostgreSQL sends CommandComplete twice, START_STREAMING then START_REPLICATION ("dupe, but
+            // necessary per libpqrcv_endstreaming", walsender.c).
+            (Phase::Ended, BackendMessage::CommandComplete { .. }) => {}
             (Phase::Ended, BackendMessage::ReadyForQuery) => self.phase = Phase::Ready,
             (phase, m) => return unexpected(phase, &m),
         }
@@ -257,6 +261,7 @@ pub(crate) mod tests {
             enc::row_description(&["next_tli", "next_tli_startpos"]),
             enc::data_row(&[Some(b"2"), Some(b"0/3000100")]),
             enc::command_complete("START_STREAMING"),
+            enc::command_complete("START_REPLICATION"),
             enc::ready(),
         ]
         .concat()
@@ -294,6 +299,7 @@ pub(crate) mod tests {
             enc::row_description(&["next_tli", "next_tli_startpos"]),
             enc::data_row(&[Some(b"3"), Some(b"0/5000000")]),
             enc::command_complete("START_STREAMING"),
+            enc::command_complete("START_REPLICATION"),
             enc::ready(),
         ]
         .concat();
