@@ -16,11 +16,19 @@ const WAIT: Duration = Duration::from_secs(120);
 
 fn cluster(dir: &TestDir) -> PgCluster {
     // archive_mode off: no archiver warnings about an empty archive_command; the slot keeps the WAL.
-    PgCluster::init(dir, PgOptions::new("").max_wal_senders(4).setting("archive_mode", "off"))
+    PgCluster::init(
+        dir,
+        PgOptions::new("")
+            .max_wal_senders(4)
+            .setting("archive_mode", "off"),
+    )
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -30,33 +38,64 @@ fn streams_the_segment_files_bytes_and_moves_the_slot() {
     pg.start();
     let rt = runtime();
 
-    let mut client = rt.block_on(ReplicationClient::connect(&pg.conn_string(), "strata_test")).unwrap();
+    let mut client = rt
+        .block_on(ReplicationClient::connect(&pg.conn_string(), "strata_test"))
+        .unwrap();
     let version = client.server_version_num().expect("a server version");
-    assert!((150000..160000).contains(&version), "server_version_num {version}");
+    assert!(
+        (150000..160000).contains(&version),
+        "server_version_num {version}"
+    );
 
     let id = rt.block_on(client.identify_system()).unwrap();
-    let system_id: u64 = pg.psql("SELECT system_identifier FROM pg_control_system()").parse().unwrap();
+    let system_id: u64 = pg
+        .psql("SELECT system_identifier FROM pg_control_system()")
+        .parse()
+        .unwrap();
     assert_eq!(id.system_id, system_id);
     assert_eq!(id.timeline, 1);
-    let flush: Lsn = pg.psql("SELECT pg_current_wal_flush_lsn()").parse().unwrap();
-    assert!(id.xlogpos.is_valid() && id.xlogpos <= flush, "xlogpos {} flush {flush}", id.xlogpos);
-    assert_eq!(rt.block_on(client.show("wal_segment_size")).unwrap(), "16MB");
+    let flush: Lsn = pg
+        .psql("SELECT pg_current_wal_flush_lsn()")
+        .parse()
+        .unwrap();
+    assert!(
+        id.xlogpos.is_valid() && id.xlogpos <= flush,
+        "xlogpos {} flush {flush}",
+        id.xlogpos
+    );
+    assert_eq!(
+        rt.block_on(client.show("wal_segment_size")).unwrap(),
+        "16MB"
+    );
     assert_eq!(
         pg.psql("SELECT application_name FROM pg_stat_replication"),
         "strata_test",
         "the walsender shows the application name"
     );
 
-    assert!(rt.block_on(client.create_physical_slot("strata_test")).unwrap(), "a new slot");
-    assert!(!rt.block_on(client.create_physical_slot("strata_test")).unwrap(), "the slot exists already");
-    let slot = rt.block_on(client.read_slot("strata_test")).unwrap().expect("the slot exists");
+    assert!(
+        rt.block_on(client.create_physical_slot("strata_test"))
+            .unwrap(),
+        "a new slot"
+    );
+    assert!(
+        !rt.block_on(client.create_physical_slot("strata_test"))
+            .unwrap(),
+        "the slot exists already"
+    );
+    let slot = rt
+        .block_on(client.read_slot("strata_test"))
+        .unwrap()
+        .expect("the slot exists");
     let restart = slot.restart_lsn.expect("RESERVE_WAL gives a restart_lsn");
     assert_eq!(slot.restart_tli, Some(1));
     let segment = WalSegment::containing(1, restart, SEG_SIZE);
     let seg_start = segment.start_lsn(SEG_SIZE);
     let seg_end = Lsn(seg_start.0 + SEG_SIZE);
 
-    let mut stream = rt.block_on(client.start_physical(Some("strata_test"), seg_start, 1)).unwrap();
+    let mut stream = rt
+        .block_on(client.start_physical(Some("strata_test"), seg_start, 1))
+        .unwrap();
     // WAL crossing into the next segment, then a switch: the first segment is complete on disk.
     pg.psql(
         "CREATE TABLE filler AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 150000) g;
@@ -71,16 +110,32 @@ fn streams_the_segment_files_bytes_and_moves_the_slot() {
                 .expect("WAL within the deadline")
                 .unwrap();
             match event {
-                StreamEvent::Data { start, server_end, data } => {
-                    assert_eq!(start.0, seg_start.0 + received.len() as u64, "contiguous WAL");
-                    assert!(server_end.0 >= start.0 + data.len() as u64, "{server_end} before the data's end");
+                StreamEvent::Data {
+                    start,
+                    server_end,
+                    data,
+                } => {
+                    assert_eq!(
+                        start.0,
+                        seg_start.0 + received.len() as u64,
+                        "contiguous WAL"
+                    );
+                    assert!(
+                        server_end.0 >= start.0 + data.len() as u64,
+                        "{server_end} before the data's end"
+                    );
                     received.extend_from_slice(&data);
                 }
-                StreamEvent::Keepalive { reply_requested, .. } => {
+                StreamEvent::Keepalive {
+                    reply_requested, ..
+                } => {
                     keepalives += 1;
                     if reply_requested {
                         let written = Lsn(seg_start.0 + received.len() as u64);
-                        stream.send_status(written, Lsn::INVALID, Lsn::INVALID, false).await.unwrap();
+                        stream
+                            .send_status(written, Lsn::INVALID, Lsn::INVALID, false)
+                            .await
+                            .unwrap();
                     }
                 }
                 StreamEvent::EndOfTimeline { .. } => panic!("the current timeline ended"),
@@ -91,10 +146,16 @@ fn streams_the_segment_files_bytes_and_moves_the_slot() {
     let file = fs::read(pg.data_dir().join("pg_wal").join(segment.name(SEG_SIZE))).unwrap();
     assert_eq!(file.len() as u64, SEG_SIZE);
     let first_difference = received.iter().zip(&file).position(|(a, b)| a != b);
-    assert_eq!(first_difference, None, "the streamed WAL differs from {} ({keepalives} keepalives)", segment.name(SEG_SIZE));
+    assert_eq!(
+        first_difference,
+        None,
+        "the streamed WAL differs from {} ({keepalives} keepalives)",
+        segment.name(SEG_SIZE)
+    );
 
     // Reporting the segment flushed moves the slot's restart_lsn to its end.
-    rt.block_on(stream.send_status(seg_end, seg_end, Lsn::INVALID, false)).unwrap();
+    rt.block_on(stream.send_status(seg_end, seg_end, Lsn::INVALID, false))
+        .unwrap();
     pg.wait_for_query(
         &format!("SELECT restart_lsn >= '{seg_end}'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'strata_test'"),
         "t",
@@ -103,8 +164,14 @@ fn streams_the_segment_files_bytes_and_moves_the_slot() {
 
     // Ending the stream gives back a connection that takes commands.
     let mut client = rt.block_on(stream.finish()).unwrap();
-    assert_eq!(rt.block_on(client.identify_system()).unwrap().system_id, system_id);
-    let slot = rt.block_on(client.read_slot("strata_test")).unwrap().unwrap();
+    assert_eq!(
+        rt.block_on(client.identify_system()).unwrap().system_id,
+        system_id
+    );
+    let slot = rt
+        .block_on(client.read_slot("strata_test"))
+        .unwrap()
+        .unwrap();
     assert!(slot.restart_lsn.unwrap() >= seg_end);
     rt.block_on(client.close());
     LogCheck::postgres()
@@ -119,17 +186,25 @@ fn a_missing_slot_reads_as_none_and_bad_names_never_reach_the_server() {
     let mut pg = cluster(&dir);
     pg.start();
     let rt = runtime();
-    let mut client = rt.block_on(ReplicationClient::connect(&pg.conn_string(), "")).unwrap();
+    let mut client = rt
+        .block_on(ReplicationClient::connect(&pg.conn_string(), ""))
+        .unwrap();
     assert_eq!(rt.block_on(client.read_slot("no_such_slot")).unwrap(), None);
     for bad in ["x; DROP_REPLICATION_SLOT y", "Upper", ""] {
         let e = rt.block_on(client.create_physical_slot(bad)).unwrap_err();
-        assert!(matches!(e, ReplicationError::InvalidIdentifier { .. }) && e.is_permanent(), "{bad}: {e}");
+        assert!(
+            matches!(e, ReplicationError::InvalidIdentifier { .. }) && e.is_permanent(),
+            "{bad}: {e}"
+        );
     }
     // A server error leaves the connection usable.
     let e = rt.block_on(client.timeline_history(7)).unwrap_err();
     assert!(e.sqlstate().is_some(), "{e}");
     assert_eq!(rt.block_on(client.read_slot("no_such_slot")).unwrap(), None);
-    assert_eq!(pg.psql("SELECT application_name FROM pg_stat_replication"), "strata");
+    assert_eq!(
+        pg.psql("SELECT application_name FROM pg_stat_replication"),
+        "strata"
+    );
     rt.block_on(client.close());
     LogCheck::postgres()
         .allow(r"could not open file .*00000007\.history")
@@ -175,35 +250,73 @@ fn passwords_over_tcp_scram_md5_and_cleartext() {
         }
         s
     };
-    let system_id: u64 = pg.psql("SELECT system_identifier FROM pg_control_system()").parse().unwrap();
+    let system_id: u64 = pg
+        .psql("SELECT system_identifier FROM pg_control_system()")
+        .parse()
+        .unwrap();
 
-    for (user, right) in [("strata_scram", "right scram secret"), ("strata_md5", "right md5 secret"), ("strata_clear", "right clear secret")] {
-        let e = rt.block_on(ReplicationClient::connect(&conninfo(user, Some("wrong")), "")).unwrap_err();
+    for (user, right) in [
+        ("strata_scram", "right scram secret"),
+        ("strata_md5", "right md5 secret"),
+        ("strata_clear", "right clear secret"),
+    ] {
+        let e = rt
+            .block_on(ReplicationClient::connect(
+                &conninfo(user, Some("wrong")),
+                "",
+            ))
+            .unwrap_err();
         assert_eq!(e.sqlstate(), Some("28P01"), "{user}: {e}");
         assert!(e.is_permanent(), "{user}: {e}");
-        assert!(e.to_string().contains("password authentication failed"), "{user}: {e}");
+        assert!(
+            e.to_string().contains("password authentication failed"),
+            "{user}: {e}"
+        );
 
-        let e = rt.block_on(ReplicationClient::connect(&conninfo(user, None), "")).unwrap_err();
-        assert!(matches!(e, ReplicationError::PasswordRequired { .. }) && e.is_permanent(), "{user}: {e}");
+        let e = rt
+            .block_on(ReplicationClient::connect(&conninfo(user, None), ""))
+            .unwrap_err();
+        assert!(
+            matches!(e, ReplicationError::PasswordRequired { .. }) && e.is_permanent(),
+            "{user}: {e}"
+        );
 
-        let mut client = rt.block_on(ReplicationClient::connect(&conninfo(user, Some(right)), "")).unwrap();
-        assert_eq!(rt.block_on(client.identify_system()).unwrap().system_id, system_id, "{user}");
+        let mut client = rt
+            .block_on(ReplicationClient::connect(&conninfo(user, Some(right)), ""))
+            .unwrap();
+        assert_eq!(
+            rt.block_on(client.identify_system()).unwrap().system_id,
+            system_id,
+            "{user}"
+        );
         rt.block_on(client.close());
     }
 
     let e = rt
-        .block_on(ReplicationClient::connect(&format!("{} sslmode=require", conninfo("strata_scram", None)), ""))
+        .block_on(ReplicationClient::connect(
+            &format!("{} sslmode=require", conninfo("strata_scram", None)),
+            "",
+        ))
         .unwrap_err();
-    assert!(matches!(e, ReplicationError::Config(_)) && e.to_string().contains("sslmode=require"), "{e}");
+    assert!(
+        matches!(e, ReplicationError::Config(_)) && e.to_string().contains("sslmode=require"),
+        "{e}"
+    );
 
     // Nothing listens on a port just released: a transient connect error, not a hang.
     let free = reserve_port();
     let free_port = free.get();
     drop(free);
     let e = rt
-        .block_on(ReplicationClient::connect(&format!("host=127.0.0.1 port={free_port} user=x"), ""))
+        .block_on(ReplicationClient::connect(
+            &format!("host=127.0.0.1 port={free_port} user=x"),
+            "",
+        ))
         .unwrap_err();
-    assert!(matches!(e, ReplicationError::Connect { .. }) && !e.is_permanent(), "{e}");
+    assert!(
+        matches!(e, ReplicationError::Connect { .. }) && !e.is_permanent(),
+        "{e}"
+    );
 
     LogCheck::postgres()
         .allow(r#"password authentication failed for user "strata_(scram|md5|clear)""#)

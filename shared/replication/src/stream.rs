@@ -72,13 +72,20 @@ impl StreamMachine {
 
     /// Whether the client owes the server a CopyDone before reading on.
     pub fn must_send_copy_done(&self) -> bool {
-        !self.client_done && (self.phase == Phase::ServerDone || (self.stopping && self.phase == Phase::Streaming))
+        !self.client_done
+            && (self.phase == Phase::ServerDone
+                || (self.stopping && self.phase == Phase::Streaming))
     }
 
     /// Takes the next message; returns the event it makes, if any.
-    pub fn on_message(&mut self, message: BackendMessage) -> Result<Option<StreamEvent>, ReplicationError> {
+    pub fn on_message(
+        &mut self,
+        message: BackendMessage,
+    ) -> Result<Option<StreamEvent>, ReplicationError> {
         let unexpected = |phase: Phase, m: &BackendMessage| {
-            Err(ReplicationError::protocol(format!("unexpected {m:?} in the WAL stream ({phase:?})")))
+            Err(ReplicationError::protocol(format!(
+                "unexpected {m:?} in the WAL stream ({phase:?})"
+            )))
         };
         match (self.phase, message) {
             (_, BackendMessage::NoticeResponse(m)) => log_notice(&m),
@@ -93,17 +100,31 @@ impl StreamMachine {
             }
             (Phase::Streaming, BackendMessage::CopyData(payload)) => {
                 let event = match parse_copy_payload(payload)? {
-                    CopyPayload::XLogData { start, server_end, data } => StreamEvent::Data { start, server_end, data },
-                    CopyPayload::Keepalive { server_end, reply_requested } => {
-                        StreamEvent::Keepalive { server_end, reply_requested }
-                    }
+                    CopyPayload::XLogData {
+                        start,
+                        server_end,
+                        data,
+                    } => StreamEvent::Data {
+                        start,
+                        server_end,
+                        data,
+                    },
+                    CopyPayload::Keepalive {
+                        server_end,
+                        reply_requested,
+                    } => StreamEvent::Keepalive {
+                        server_end,
+                        reply_requested,
+                    },
                 };
                 if !self.stopping {
                     return Ok(Some(event));
                 }
             }
             (Phase::Streaming, BackendMessage::CopyDone) => self.phase = Phase::ServerDone,
-            (Phase::ServerDone, BackendMessage::RowDescription { columns }) => self.check_columns(columns.len())?,
+            (Phase::ServerDone, BackendMessage::RowDescription { columns }) => {
+                self.check_columns(columns.len())?
+            }
             (Phase::ServerDone, BackendMessage::DataRow { values }) => {
                 (self.next_timeline, self.next_start) = end_of_timeline_row(&values)?;
             }
@@ -127,7 +148,9 @@ impl StreamMachine {
 
     fn check_columns(&self, n: usize) -> Result<(), ReplicationError> {
         if n != 2 {
-            return Err(ReplicationError::protocol(format!("end-of-timeline result set of {n} columns, expected 2")));
+            return Err(ReplicationError::protocol(format!(
+                "end-of-timeline result set of {n} columns, expected 2"
+            )));
         }
         Ok(())
     }
@@ -141,14 +164,20 @@ pub struct WalStream {
 
 impl fmt::Debug for WalStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WalStream").field("client", &self.client).field("phase", &self.machine.phase).finish()
+        f.debug_struct("WalStream")
+            .field("client", &self.client)
+            .field("phase", &self.machine.phase)
+            .finish()
     }
 }
 
 impl WalStream {
     /// Sends `command` (a START_REPLICATION) and waits for the server to enter CopyBoth mode (or to answer
     /// with the end-of-timeline result set at once).
-    pub(crate) async fn start(mut client: ReplicationClient, command: &str) -> Result<WalStream, ReplicationError> {
+    pub(crate) async fn start(
+        mut client: ReplicationClient,
+        command: &str,
+    ) -> Result<WalStream, ReplicationError> {
         frontend::query(command, &mut client.conn.write_buf)?;
         client.conn.flush().await?;
         let mut machine = StreamMachine::new();
@@ -164,7 +193,9 @@ impl WalStream {
     pub async fn next(&mut self) -> Result<StreamEvent, ReplicationError> {
         loop {
             if matches!(self.machine.phase, Phase::Ended | Phase::Ready) {
-                return Err(ReplicationError::protocol("the stream has ended; call finish() for the connection"));
+                return Err(ReplicationError::protocol(
+                    "the stream has ended; call finish() for the connection",
+                ));
             }
             if self.machine.must_send_copy_done() {
                 self.send_copy_done().await?;
@@ -193,10 +224,22 @@ impl WalStream {
         reply_requested: bool,
     ) -> Result<(), ReplicationError> {
         if self.machine.phase != Phase::Streaming || self.machine.client_done {
-            return Err(ReplicationError::protocol("a status update after the copy has ended"));
+            return Err(ReplicationError::protocol(
+                "a status update after the copy has ended",
+            ));
         }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
-        standby_status_update(written, flushed, applied, reply_requested, now, &mut self.client.conn.write_buf);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        standby_status_update(
+            written,
+            flushed,
+            applied,
+            reply_requested,
+            now,
+            &mut self.client.conn.write_buf,
+        );
         self.client.conn.flush().await
     }
 
@@ -215,7 +258,10 @@ impl WalStream {
             Ok::<(), ReplicationError>(())
         })
         .await
-        .map_err(|_| ReplicationError::Timeout { what: "ending the WAL stream", after: FINISH_TIMEOUT })??;
+        .map_err(|_| ReplicationError::Timeout {
+            what: "ending the WAL stream",
+            after: FINISH_TIMEOUT,
+        })??;
         Ok(self.client)
     }
 }
@@ -228,7 +274,10 @@ pub(crate) mod tests {
 
     /// Runs the machine over `bytes` (messages as the server sends them), answering CopyDone when owed, as
     /// `next` and `finish` do. Returns the events and the final phase.
-    pub(crate) fn run(bytes: &[u8], stop_after: Option<usize>) -> Result<(Vec<StreamEvent>, Phase), ReplicationError> {
+    pub(crate) fn run(
+        bytes: &[u8],
+        stop_after: Option<usize>,
+    ) -> Result<(Vec<StreamEvent>, Phase), ReplicationError> {
         let mut buf = BytesMut::from(bytes);
         let mut m = StreamMachine::new();
         let mut events = Vec::new();
@@ -278,9 +327,19 @@ pub(crate) mod tests {
                     server_end: Lsn(0x3000100),
                     data: Bytes::from_static(b"wal bytes")
                 },
-                StreamEvent::Keepalive { server_end: Lsn(0x3000100), reply_requested: true },
-                StreamEvent::Data { start: Lsn(0x3000009), server_end: Lsn(0x3000100), data: Bytes::from_static(b"more") },
-                StreamEvent::EndOfTimeline { next_timeline: Some(2), next_start: Some(Lsn(0x3000100)) },
+                StreamEvent::Keepalive {
+                    server_end: Lsn(0x3000100),
+                    reply_requested: true
+                },
+                StreamEvent::Data {
+                    start: Lsn(0x3000009),
+                    server_end: Lsn(0x3000100),
+                    data: Bytes::from_static(b"more")
+                },
+                StreamEvent::EndOfTimeline {
+                    next_timeline: Some(2),
+                    next_start: Some(Lsn(0x3000100))
+                },
             ]
         );
         assert_eq!(phase, Phase::Ready);
@@ -304,18 +363,38 @@ pub(crate) mod tests {
         ]
         .concat();
         let (events, phase) = run(&bytes, None).unwrap();
-        assert_eq!(events, vec![StreamEvent::EndOfTimeline { next_timeline: Some(3), next_start: Some(Lsn(0x5000000)) }]);
+        assert_eq!(
+            events,
+            vec![StreamEvent::EndOfTimeline {
+                next_timeline: Some(3),
+                next_start: Some(Lsn(0x5000000))
+            }]
+        );
         assert_eq!(phase, Phase::Ready);
     }
 
     #[test]
     fn an_error_ends_the_stream_and_stray_messages_are_refused() {
-        let bytes = [enc::message(b'W', &[0, 0, 0]), enc::error("ERROR", "58P01", "requested WAL segment has already been removed")].concat();
+        let bytes = [
+            enc::message(b'W', &[0, 0, 0]),
+            enc::error(
+                "ERROR",
+                "58P01",
+                "requested WAL segment has already been removed",
+            ),
+        ]
+        .concat();
         let e = run(&bytes, None).unwrap_err();
         assert!(e.is_permanent(), "{e}");
         let bytes = [enc::message(b'W', &[0, 0, 0]), enc::ready()].concat();
-        assert!(matches!(run(&bytes, None), Err(ReplicationError::Protocol(_))));
+        assert!(matches!(
+            run(&bytes, None),
+            Err(ReplicationError::Protocol(_))
+        ));
         let bytes = [enc::message(b'W', &[0, 0, 0]), enc::message(b'd', b"r")].concat();
-        assert!(matches!(run(&bytes, None), Err(ReplicationError::Protocol(_))));
+        assert!(matches!(
+            run(&bytes, None),
+            Err(ReplicationError::Protocol(_))
+        ));
     }
 }
