@@ -1,6 +1,7 @@
 //! strata-replication's client against a real PostgreSQL 15 walsender: the commands a WAL receiver needs,
 //! WAL bytes identical to the segment files in pg_wal, status updates that move a slot, and authentication
-//! (trust on the unix socket; scram-sha-256, md5 and cleartext password over TCP on 127.0.0.1).
+//! (trust on the unix socket; scram-sha-256, md5 and cleartext password over TCP on 127.0.0.1), and the end
+//! of a historic timeline on a promoted standby.
 
 use std::fs;
 use std::time::Duration;
@@ -323,4 +324,115 @@ fn passwords_over_tcp_scram_md5_and_cleartext() {
         .allow(r"Connection matched pg_hba.conf line")
         .allow(r"DETAIL:\s+Password does not match")
         .assert_clean(pg.log_file());
+}
+
+#[test]
+fn a_historic_timeline_ends_with_the_next_ones_start() {
+    let dir = TestDir::new("replication_protocol_timeline");
+    let mut primary = cluster(&dir);
+    primary.start();
+    primary.psql("CREATE TABLE before_promotion AS SELECT g FROM generate_series(1, 10000) g");
+
+    // A streaming standby of it, promoted to timeline 2.
+    let standby_data = dir.subdir("standby_copy").join("data");
+    let out = command_as_postgres(strata_integration::pg::pg_bin("pg_basebackup"))
+        .arg("-D")
+        .arg(&standby_data)
+        .arg("-h")
+        .arg(primary.socket_dir())
+        .args(["-p", &primary.port().to_string(), "-U", "postgres"])
+        .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_basebackup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut standby = PgCluster::for_data_dir(&dir, "standby", &standby_data);
+    standby.start();
+    assert_eq!(standby.psql("SELECT pg_promote()"), "t");
+    standby.wait_recovery_end(WAIT);
+    standby.psql(
+        "CREATE TABLE after_promotion AS SELECT g FROM generate_series(1, 10000) g;
+         SELECT pg_switch_wal();",
+    );
+
+    let rt = runtime();
+    let mut client = rt
+        .block_on(ReplicationClient::connect(&standby.conn_string(), ""))
+        .unwrap();
+    assert_eq!(rt.block_on(client.identify_system()).unwrap().timeline, 2);
+    let (name, content) = rt.block_on(client.timeline_history(2)).unwrap();
+    assert_eq!(name, "00000002.history");
+    let content = String::from_utf8(content).unwrap();
+    let switch: Lsn = content
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("1\t"))
+        .and_then(|rest| rest.split('\t').next())
+        .and_then(|lsn| lsn.parse().ok())
+        .unwrap_or_else(|| panic!("no switch point in {content:?}"));
+    let want_end = StreamEvent::EndOfTimeline {
+        next_timeline: Some(2),
+        next_start: Some(switch),
+    };
+
+    // Timeline 1 asked for at its switch point: the end at once, without a copy.
+    let mut stream = rt.block_on(client.start_physical(None, switch, 1)).unwrap();
+    assert_eq!(rt.block_on(stream.next()).unwrap(), want_end);
+    let client = rt.block_on(stream.finish()).unwrap();
+
+    // From the start of the switch point's segment: WAL up to the switch point, then the end.
+    let seg_start = Lsn(switch.0 - switch.0 % SEG_SIZE);
+    let mut stream = rt
+        .block_on(client.start_physical(None, seg_start, 1))
+        .unwrap();
+    let mut end = seg_start;
+    rt.block_on(async {
+        loop {
+            let event = tokio::time::timeout(WAIT, stream.next())
+                .await
+                .expect("WAL within the deadline")
+                .unwrap();
+            match event {
+                StreamEvent::Data { start, data, .. } => {
+                    assert_eq!(start, end, "contiguous WAL");
+                    end = Lsn(end.0 + data.len() as u64);
+                }
+                StreamEvent::Keepalive { .. } => {}
+                event => {
+                    assert_eq!(event, want_end);
+                    break;
+                }
+            }
+        }
+    });
+    assert_eq!(end, switch, "timeline 1's WAL ends at the switch point");
+
+    // The connection goes on to timeline 2 from the same segment start.
+    let client = rt.block_on(stream.finish()).unwrap();
+    let mut stream = rt
+        .block_on(client.start_physical(None, seg_start, 2))
+        .unwrap();
+    let first_data = rt.block_on(async {
+        loop {
+            match tokio::time::timeout(WAIT, stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                StreamEvent::Data { start, .. } => return start,
+                StreamEvent::Keepalive { .. } => {}
+                other => panic!("{other:?} on the current timeline"),
+            }
+        }
+    });
+    assert_eq!(first_data, seg_start);
+    rt.block_on(rt.block_on(stream.finish()).unwrap().close());
+
+    LogCheck::postgres()
+        .allow(r"terminating walreceiver process due to administrator command")
+        .assert_clean(standby.log_file());
+    LogCheck::postgres().assert_clean(primary.log_file());
 }
