@@ -43,15 +43,28 @@ const MAX_IDENTIFIER_LEN: usize = 63;
 /// Checks a name before it goes into a replication command: 1 to 63 characters of `[a-z0-9_]` (and `.` when
 /// `dots` is set, for setting names such as `pg_stat_statements.max`). Such a name needs no quoting and
 /// cannot end the command or start another.
-pub fn check_identifier(what: &'static str, name: &str, dots: bool) -> Result<(), ReplicationError> {
-    let bad = |why| Err(ReplicationError::InvalidIdentifier { what, name: name.to_string(), why });
+pub fn check_identifier(
+    what: &'static str,
+    name: &str,
+    dots: bool,
+) -> Result<(), ReplicationError> {
+    let bad = |why| {
+        Err(ReplicationError::InvalidIdentifier {
+            what,
+            name: name.to_string(),
+            why,
+        })
+    };
     if name.is_empty() {
         return bad("it is empty");
     }
     if name.len() > MAX_IDENTIFIER_LEN {
         return bad("it is longer than 63 characters");
     }
-    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || (dots && b == b'.')) {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || (dots && b == b'.'))
+    {
         return bad(if dots {
             "only lower-case letters, digits, '_' and '.' are allowed"
         } else {
@@ -79,7 +92,12 @@ const READ_CHUNK: usize = 64 * 1024;
 
 impl Connection {
     fn new(socket: Box<dyn Socket>) -> Connection {
-        Connection { socket, read_buf: BytesMut::with_capacity(READ_CHUNK), write_buf: BytesMut::new(), write_interrupted: false }
+        Connection {
+            socket,
+            read_buf: BytesMut::with_capacity(READ_CHUNK),
+            write_buf: BytesMut::new(),
+            write_interrupted: false,
+        }
     }
 
     /// The next message. Cancel safe: bytes read stay in the buffer for the next call.
@@ -149,10 +167,16 @@ impl ReplicationClient {
         let after = target.connect_timeout;
         tokio::time::timeout(after, Self::connect_within(&target, application_name))
             .await
-            .map_err(|_| ReplicationError::Timeout { what: "connecting and authenticating", after })?
+            .map_err(|_| ReplicationError::Timeout {
+                what: "connecting and authenticating",
+                after,
+            })?
     }
 
-    async fn connect_within(target: &ConnectTarget, application_name: &str) -> Result<Self, ReplicationError> {
+    async fn connect_within(
+        target: &ConnectTarget,
+        application_name: &str,
+    ) -> Result<Self, ReplicationError> {
         let mut last_error = None;
         let mut opened = None;
         for socket in &target.sockets {
@@ -161,7 +185,12 @@ impl ReplicationClient {
                     opened = Some((s, socket.to_string()));
                     break;
                 }
-                Err(e) => last_error = Some(ReplicationError::Connect { target: socket.to_string(), source: e }),
+                Err(e) => {
+                    last_error = Some(ReplicationError::Connect {
+                        target: socket.to_string(),
+                        source: e,
+                    })
+                }
             }
         }
         let Some((socket, shown)) = opened else {
@@ -172,7 +201,10 @@ impl ReplicationClient {
         let application_name = if !application_name.is_empty() {
             application_name
         } else {
-            target.application_name.as_deref().unwrap_or(DEFAULT_APPLICATION_NAME)
+            target
+                .application_name
+                .as_deref()
+                .unwrap_or(DEFAULT_APPLICATION_NAME)
         };
         let mut params: Vec<(&str, &str)> = vec![
             ("user", target.user.as_str()),
@@ -190,14 +222,24 @@ impl ReplicationClient {
         conn.flush().await?;
 
         let password = |method: &'static str| {
-            target.password.as_deref().ok_or(ReplicationError::PasswordRequired { method })
+            target
+                .password
+                .as_deref()
+                .ok_or(ReplicationError::PasswordRequired { method })
         };
         let mut scram: Option<ScramSha256> = None;
         let mut server_version = None;
         loop {
             match conn.read_message().await? {
                 BackendMessage::Authentication(request) => match request {
-                    AuthRequest::Ok => {}
+                    AuthRequest::Ok => {
+                        if scram.is_some() {
+                            // SCRAM is mutual: without SASLFinal the server never proved it knows the password.
+                            return Err(ReplicationError::Scram(
+                                "the server skipped its final SCRAM message".into(),
+                            ));
+                        }
+                    }
                     AuthRequest::CleartextPassword => {
                         frontend::password_message(password("password")?, &mut conn.write_buf)?;
                         conn.flush().await?;
@@ -214,26 +256,44 @@ impl ReplicationClient {
                     AuthRequest::Sasl { mechanisms } => {
                         if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
                             // SCRAM-SHA-256-PLUS alone would need TLS channel binding.
-                            return Err(ReplicationError::UnsupportedAuth(format!("SASL {}", mechanisms.join(", "))));
+                            return Err(ReplicationError::UnsupportedAuth(format!(
+                                "SASL {}",
+                                mechanisms.join(", ")
+                            )));
                         }
-                        let s = ScramSha256::new(password("scram-sha-256")?, ChannelBinding::unsupported());
-                        frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut conn.write_buf)?;
+                        let s = ScramSha256::new(
+                            password("scram-sha-256")?,
+                            ChannelBinding::unsupported(),
+                        );
+                        frontend::sasl_initial_response(
+                            SCRAM_SHA_256,
+                            s.message(),
+                            &mut conn.write_buf,
+                        )?;
                         conn.flush().await?;
                         scram = Some(s);
                     }
                     AuthRequest::SaslContinue(data) => {
-                        let s = scram.as_mut().ok_or_else(|| ReplicationError::protocol("SASL continue without SASL"))?;
-                        s.update(&data).map_err(|e| ReplicationError::Scram(e.to_string()))?;
+                        let s = scram.as_mut().ok_or_else(|| {
+                            ReplicationError::protocol("SASL continue without SASL")
+                        })?;
+                        s.update(&data)
+                            .map_err(|e| ReplicationError::Scram(e.to_string()))?;
                         frontend::sasl_response(s.message(), &mut conn.write_buf)?;
                         conn.flush().await?;
                     }
                     AuthRequest::SaslFinal(data) => {
-                        let mut s = scram.take().ok_or_else(|| ReplicationError::protocol("SASL final without SASL"))?;
+                        let mut s = scram
+                            .take()
+                            .ok_or_else(|| ReplicationError::protocol("SASL final without SASL"))?;
                         // Checks the server's signature: a server that does not know the password fails here.
-                        s.finish(&data).map_err(|e| ReplicationError::Scram(e.to_string()))?;
+                        s.finish(&data)
+                            .map_err(|e| ReplicationError::Scram(e.to_string()))?;
                     }
                     AuthRequest::Unsupported(code) => {
-                        return Err(ReplicationError::UnsupportedAuth(format!("request code {code}")));
+                        return Err(ReplicationError::UnsupportedAuth(format!(
+                            "request code {code}"
+                        )));
                     }
                 },
                 BackendMessage::ParameterStatus { name, value } => {
@@ -246,11 +306,17 @@ impl ReplicationClient {
                 BackendMessage::ErrorResponse(m) => return Err(m.into()),
                 BackendMessage::ReadyForQuery => break,
                 other => {
-                    return Err(ReplicationError::protocol(format!("unexpected {other:?} during startup")));
+                    return Err(ReplicationError::protocol(format!(
+                        "unexpected {other:?} during startup"
+                    )));
                 }
             }
         }
-        let mut client = ReplicationClient { conn, server_version_num: server_version, target: shown };
+        let mut client = ReplicationClient {
+            conn,
+            server_version_num: server_version,
+            target: shown,
+        };
         if client.server_version_num.is_none() {
             let text = client.show("server_version_num").await?;
             client.server_version_num = text.trim().parse().ok();
@@ -294,7 +360,12 @@ impl ReplicationClient {
     /// [`ReplicationClient::read_slot`]).
     pub async fn create_physical_slot(&mut self, name: &str) -> Result<bool, ReplicationError> {
         check_identifier("slot name", name, false)?;
-        match self.simple_query(&format!("CREATE_REPLICATION_SLOT {name} PHYSICAL RESERVE_WAL")).await {
+        match self
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {name} PHYSICAL RESERVE_WAL"
+            ))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if e.sqlstate() == Some("42710") => Ok(false),
             Err(e) => Err(e),
@@ -304,12 +375,23 @@ impl ReplicationClient {
     /// `READ_REPLICATION_SLOT name` (PostgreSQL 15 and later): `None` when no slot has that name.
     pub async fn read_slot(&mut self, name: &str) -> Result<Option<SlotInfo>, ReplicationError> {
         check_identifier("slot name", name, false)?;
-        response::read_slot(&self.simple_query(&format!("READ_REPLICATION_SLOT {name}")).await?)
+        response::read_slot(
+            &self
+                .simple_query(&format!("READ_REPLICATION_SLOT {name}"))
+                .await?,
+        )
     }
 
     /// `TIMELINE_HISTORY tli`: the history file's name (`00000002.history`) and content.
-    pub async fn timeline_history(&mut self, tli: TimelineId) -> Result<(String, Vec<u8>), ReplicationError> {
-        response::timeline_history(&self.simple_query(&format!("TIMELINE_HISTORY {tli}")).await?)
+    pub async fn timeline_history(
+        &mut self,
+        tli: TimelineId,
+    ) -> Result<(String, Vec<u8>), ReplicationError> {
+        response::timeline_history(
+            &self
+                .simple_query(&format!("TIMELINE_HISTORY {tli}"))
+                .await?,
+        )
     }
 
     /// `START_REPLICATION [SLOT name] PHYSICAL start TIMELINE timeline`, then the WAL stream. The server
@@ -328,7 +410,8 @@ impl ReplicationClient {
             }
             None => String::new(),
         };
-        let command = format!("START_REPLICATION {slot_clause}PHYSICAL {start} TIMELINE {timeline}");
+        let command =
+            format!("START_REPLICATION {slot_clause}PHYSICAL {start} TIMELINE {timeline}");
         WalStream::start(self, &command).await
     }
 
@@ -347,11 +430,39 @@ impl ReplicationClient {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_server_that_never_answers_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts and holds the socket, never sends a byte.
+        let holder = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(socket);
+        });
+        let conninfo = format!("host=127.0.0.1 port={port} user=u connect_timeout=1");
+        let e = ReplicationClient::connect(&conninfo, "").await.unwrap_err();
+        assert!(
+            matches!(e, ReplicationError::Timeout { .. }) && !e.is_permanent(),
+            "{e}"
+        );
+        holder.abort();
+    }
+
     #[test]
     fn identifiers() {
         assert!(check_identifier("slot name", "strata_main_1", false).is_ok());
         assert!(check_identifier("setting name", "pg_stat_statements.max", true).is_ok());
-        for bad in ["", "Strata", "a b", "a;DROP", "a'b", "x.y", "é", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "Strata",
+            "a b",
+            "a;DROP",
+            "a'b",
+            "x.y",
+            "é",
+            &"a".repeat(64),
+        ] {
             let e = check_identifier("slot name", bad, false).unwrap_err();
             assert!(e.is_permanent(), "{e}");
         }

@@ -23,7 +23,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub(crate) enum SocketTarget {
     /// The socket file `{dir}/.s.PGSQL.{port}`.
     Unix(PathBuf),
-    Tcp { host: String, port: u16 },
+    Tcp {
+        host: String,
+        port: u16,
+    },
 }
 
 impl std::fmt::Display for SocketTarget {
@@ -65,7 +68,8 @@ impl ConnectTarget {
         }
         if config.get_channel_binding() == ChannelBinding::Require {
             return Err(ReplicationError::Config(
-                "channel_binding=require needs TLS, which the replication client does not have".into(),
+                "channel_binding=require needs TLS, which the replication client does not have"
+                    .into(),
             ));
         }
         let user = config
@@ -80,7 +84,10 @@ impl ConnectTarget {
                 .get_hostaddrs()
                 .iter()
                 .enumerate()
-                .map(|(i, addr)| SocketTarget::Tcp { host: addr.to_string(), port: port(i) })
+                .map(|(i, addr)| SocketTarget::Tcp {
+                    host: addr.to_string(),
+                    port: port(i),
+                })
                 .collect()
         } else {
             config
@@ -88,8 +95,13 @@ impl ConnectTarget {
                 .iter()
                 .enumerate()
                 .map(|(i, host)| match host {
-                    Host::Tcp(name) => SocketTarget::Tcp { host: name.clone(), port: port(i) },
-                    Host::Unix(dir) => SocketTarget::Unix(dir.join(format!(".s.PGSQL.{}", port(i)))),
+                    Host::Tcp(name) => SocketTarget::Tcp {
+                        host: name.clone(),
+                        port: port(i),
+                    },
+                    Host::Unix(dir) => {
+                        SocketTarget::Unix(dir.join(format!(".s.PGSQL.{}", port(i))))
+                    }
                 })
                 .collect()
         };
@@ -105,7 +117,10 @@ impl ConnectTarget {
             dbname: config.get_dbname().map(str::to_string),
             application_name: config.get_application_name().map(str::to_string),
             options: config.get_options().map(str::to_string),
-            connect_timeout: config.get_connect_timeout().copied().unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            connect_timeout: config
+                .get_connect_timeout()
+                .copied()
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         })
     }
 }
@@ -117,18 +132,33 @@ mod tests {
     #[test]
     fn unix_sockets_and_tcp() {
         let t = ConnectTarget::parse("host=/tmp/x port=5433 user=postgres").unwrap();
-        assert_eq!(t.sockets, vec![SocketTarget::Unix("/tmp/x/.s.PGSQL.5433".into())]);
+        assert_eq!(
+            t.sockets,
+            vec![SocketTarget::Unix("/tmp/x/.s.PGSQL.5433".into())]
+        );
         assert_eq!(t.user, "postgres");
         assert_eq!(t.password, None);
         assert_eq!(t.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         let t = ConnectTarget::parse("host=127.0.0.1 port=5433 user=strata password=secret dbname=postgres connect_timeout=3")
             .unwrap();
-        assert_eq!(t.sockets, vec![SocketTarget::Tcp { host: "127.0.0.1".into(), port: 5433 }]);
+        assert_eq!(
+            t.sockets,
+            vec![SocketTarget::Tcp {
+                host: "127.0.0.1".into(),
+                port: 5433
+            }]
+        );
         assert_eq!(t.password.as_deref(), Some(&b"secret"[..]));
         assert_eq!(t.dbname.as_deref(), Some("postgres"));
         assert_eq!(t.connect_timeout, Duration::from_secs(3));
         let t = ConnectTarget::parse("host=localhost user=u").unwrap();
-        assert_eq!(t.sockets, vec![SocketTarget::Tcp { host: "localhost".into(), port: 5432 }]);
+        assert_eq!(
+            t.sockets,
+            vec![SocketTarget::Tcp {
+                host: "localhost".into(),
+                port: 5432
+            }]
+        );
     }
 
     #[test]
@@ -140,10 +170,17 @@ mod tests {
             "user=u",
             "host=127.0.0.1 user=u bogus=1",
         ] {
-            let e = ConnectTarget::parse(bad).err().unwrap_or_else(|| panic!("{bad} was accepted"));
-            assert!(matches!(e, ReplicationError::Config(_)) && e.is_permanent(), "{bad}: {e}");
+            let e = ConnectTarget::parse(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} was accepted"));
+            assert!(
+                matches!(e, ReplicationError::Config(_)) && e.is_permanent(),
+                "{bad}: {e}"
+            );
         }
-        let e = ConnectTarget::parse("host=127.0.0.1 user=u sslmode=require").err().unwrap();
+        let e = ConnectTarget::parse("host=127.0.0.1 user=u sslmode=require")
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("sslmode=require"), "{e}");
         assert!(ConnectTarget::parse("host=127.0.0.1 user=u sslmode=prefer").is_ok());
         assert!(ConnectTarget::parse("host=127.0.0.1 user=u sslmode=disable").is_ok());

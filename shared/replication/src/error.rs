@@ -82,7 +82,11 @@ pub enum ReplicationError {
 
     /// A name (slot, setting) that cannot go into a replication command as is.
     #[error("invalid {what} {name:?}: {why}")]
-    InvalidIdentifier { what: &'static str, name: String, why: &'static str },
+    InvalidIdentifier {
+        what: &'static str,
+        name: String,
+        why: &'static str,
+    },
 
     /// The server sent bytes that are not the protocol, or a message this state does not expect.
     #[error("replication protocol error: {0}")]
@@ -123,7 +127,9 @@ impl ReplicationError {
             | ReplicationError::InvalidIdentifier { .. } => true,
             ReplicationError::Server { code, .. } => {
                 PERMANENT_SQLSTATES.contains(&code.as_str())
-                    || PERMANENT_SQLSTATE_CLASSES.iter().any(|class| code.starts_with(class))
+                    || PERMANENT_SQLSTATE_CLASSES
+                        .iter()
+                        .any(|class| code.starts_with(class))
             }
             ReplicationError::Connect { .. }
             | ReplicationError::Timeout { .. }
@@ -163,7 +169,13 @@ mod tests {
     use super::*;
 
     fn server(code: &str) -> ReplicationError {
-        ServerMessage { severity: "FATAL".into(), code: code.into(), message: "m".into(), ..Default::default() }.into()
+        ServerMessage {
+            severity: "FATAL".into(),
+            code: code.into(),
+            message: "m".into(),
+            ..Default::default()
+        }
+        .into()
     }
 
     #[test]
@@ -190,6 +202,9 @@ mod tests {
             hint: Some("h".into()),
         }
         .into();
-        assert_eq!(e.to_string(), "server error 42710: replication slot \"s\" already exists (HINT: h)");
+        assert_eq!(
+            e.to_string(),
+            "server error 42710: replication slot \"s\" already exists (HINT: h)"
+        );
     }
 }

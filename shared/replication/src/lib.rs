@@ -65,10 +65,20 @@ pub struct SlotInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamEvent {
     /// WAL bytes starting at `start`; `server_end` is the server's current end of WAL.
-    Data { start: Lsn, server_end: Lsn, data: Bytes },
+    Data {
+        start: Lsn,
+        server_end: Lsn,
+        data: Bytes,
+    },
     /// Primary keepalive; `reply_requested` means send a status update now.
-    Keepalive { server_end: Lsn, reply_requested: bool },
+    Keepalive {
+        server_end: Lsn,
+        reply_requested: bool,
+    },
     /// The server ended streaming of this timeline (CopyDone then a result set naming the next
     /// timeline and its start position, when there is one).
-    EndOfTimeline { next_timeline: Option<TimelineId>, next_start: Option<Lsn> },
+    EndOfTimeline {
+        next_timeline: Option<TimelineId>,
+        next_start: Option<Lsn>,
+    },
 }

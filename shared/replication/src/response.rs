@@ -50,7 +50,9 @@ impl QueryCollector {
                         self.result.columns.len()
                     )));
                 }
-                self.bytes = self.bytes.saturating_add(values.iter().flatten().map(Bytes::len).sum::<usize>());
+                self.bytes = self
+                    .bytes
+                    .saturating_add(values.iter().flatten().map(Bytes::len).sum::<usize>());
                 if self.bytes > MAX_RESULT_LEN {
                     return Err(ReplicationError::protocol(format!(
                         "a query result over the {MAX_RESULT_LEN}-byte bound"
@@ -67,7 +69,9 @@ impl QueryCollector {
             | BackendMessage::BackendKeyData => {}
             BackendMessage::ReadyForQuery => return Ok(true),
             other => {
-                return Err(ReplicationError::protocol(format!("unexpected {other:?} in a query response")));
+                return Err(ReplicationError::protocol(format!(
+                    "unexpected {other:?} in a query response"
+                )));
             }
         }
         Ok(false)
@@ -92,11 +96,17 @@ pub(crate) fn log_notice(m: &ServerMessage) {
 }
 
 fn text<'a>(value: &'a Option<Bytes>, what: &str) -> Result<&'a str, ReplicationError> {
-    let bytes = value.as_ref().ok_or_else(|| ReplicationError::protocol(format!("{what} is NULL")))?;
-    std::str::from_utf8(bytes).map_err(|_| ReplicationError::protocol(format!("{what} is not UTF-8")))
+    let bytes = value
+        .as_ref()
+        .ok_or_else(|| ReplicationError::protocol(format!("{what} is NULL")))?;
+    std::str::from_utf8(bytes)
+        .map_err(|_| ReplicationError::protocol(format!("{what} is not UTF-8")))
 }
 
-fn optional_text<'a>(value: &'a Option<Bytes>, what: &str) -> Result<Option<&'a str>, ReplicationError> {
+fn optional_text<'a>(
+    value: &'a Option<Bytes>,
+    what: &str,
+) -> Result<Option<&'a str>, ReplicationError> {
     match value {
         None => Ok(None),
         Some(_) => text(value, what).map(Some),
@@ -104,7 +114,8 @@ fn optional_text<'a>(value: &'a Option<Bytes>, what: &str) -> Result<Option<&'a 
 }
 
 fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ReplicationError> {
-    s.parse().map_err(|_| ReplicationError::protocol(format!("{what} {s:?} is not valid")))
+    s.parse()
+        .map_err(|_| ReplicationError::protocol(format!("{what} {s:?} is not valid")))
 }
 
 /// The one row of a result with at least `min_columns` columns.
@@ -145,20 +156,36 @@ pub(crate) fn read_slot(result: &QueryResult) -> Result<Option<SlotInfo>, Replic
     if row[0].is_none() {
         return Ok(None);
     }
-    let restart_lsn = optional_text(&row[1], "restart_lsn")?.map(|s| parse(s, "restart_lsn")).transpose()?;
-    let restart_tli = optional_text(&row[2], "restart_tli")?.map(|s| parse(s, "restart_tli")).transpose()?;
-    Ok(Some(SlotInfo { restart_lsn, restart_tli }))
+    let restart_lsn = optional_text(&row[1], "restart_lsn")?
+        .map(|s| parse(s, "restart_lsn"))
+        .transpose()?;
+    let restart_tli = optional_text(&row[2], "restart_tli")?
+        .map(|s| parse(s, "restart_tli"))
+        .transpose()?;
+    Ok(Some(SlotInfo {
+        restart_lsn,
+        restart_tli,
+    }))
 }
 
 /// TIMELINE_HISTORY: filename, content (the file's bytes as they are).
-pub(crate) fn timeline_history(result: &QueryResult) -> Result<(String, Vec<u8>), ReplicationError> {
+pub(crate) fn timeline_history(
+    result: &QueryResult,
+) -> Result<(String, Vec<u8>), ReplicationError> {
     let row = single_row(result, 2, "TIMELINE_HISTORY")?;
     let name = text(&row[0], "the history file name")?;
     // The name goes into a path on the caller's side.
-    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.') {
-        return Err(ReplicationError::protocol(format!("history file name {name:?} is not a file name")));
+    if name.is_empty()
+        || name.len() > 64
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.')
+    {
+        return Err(ReplicationError::protocol(format!(
+            "history file name {name:?} is not a file name"
+        )));
     }
-    let content = row[1].as_ref().ok_or_else(|| ReplicationError::protocol("the history file content is NULL"))?;
+    let content = row[1]
+        .as_ref()
+        .ok_or_else(|| ReplicationError::protocol("the history file content is NULL"))?;
     Ok((name.to_string(), content.to_vec()))
 }
 
@@ -172,8 +199,12 @@ pub(crate) fn end_of_timeline_row(
             values.len()
         )));
     }
-    let tli = optional_text(&values[0], "next_tli")?.map(|s| parse(s, "next_tli")).transpose()?;
-    let start = optional_text(&values[1], "next_tli_startpos")?.map(|s| parse(s, "next_tli_startpos")).transpose()?;
+    let tli = optional_text(&values[0], "next_tli")?
+        .map(|s| parse(s, "next_tli"))
+        .transpose()?;
+    let start = optional_text(&values[1], "next_tli_startpos")?
+        .map(|s| parse(s, "next_tli_startpos"))
+        .transpose()?;
     Ok((tli, start))
 }
 
@@ -197,7 +228,12 @@ mod tests {
     pub(crate) fn identify_response() -> Vec<u8> {
         [
             enc::row_description(&["systemid", "timeline", "xlogpos", "dbname"]),
-            enc::data_row(&[Some(b"7312345678901234567"), Some(b"3"), Some(b"0/3000148"), None]),
+            enc::data_row(&[
+                Some(b"7312345678901234567"),
+                Some(b"3"),
+                Some(b"0/3000148"),
+                None,
+            ]),
             enc::command_complete("IDENTIFY_SYSTEM"),
             enc::ready(),
         ]
@@ -207,7 +243,14 @@ mod tests {
     #[test]
     fn identify_system_result() {
         let id = identify_system(&collect(&identify_response()).unwrap()).unwrap();
-        assert_eq!(id, SystemIdentity { system_id: 7312345678901234567, timeline: 3, xlogpos: Lsn(0x3000148) });
+        assert_eq!(
+            id,
+            SystemIdentity {
+                system_id: 7312345678901234567,
+                timeline: 3,
+                xlogpos: Lsn(0x3000148)
+            }
+        );
     }
 
     #[test]
@@ -229,13 +272,21 @@ mod tests {
         .concat();
         assert_eq!(
             read_slot(&collect(&bytes).unwrap()).unwrap(),
-            Some(SlotInfo { restart_lsn: Some(Lsn(0x1000000)), restart_tli: Some(1) })
+            Some(SlotInfo {
+                restart_lsn: Some(Lsn(0x1000000)),
+                restart_tli: Some(1)
+            })
         );
     }
 
     #[test]
     fn an_error_response_is_returned_after_ready_for_query() {
-        let bytes = [enc::notice("hello"), enc::error("ERROR", "42710", "exists"), enc::ready()].concat();
+        let bytes = [
+            enc::notice("hello"),
+            enc::error("ERROR", "42710", "exists"),
+            enc::ready(),
+        ]
+        .concat();
         match collect(&bytes) {
             Err(ReplicationError::Server { code, .. }) => assert_eq!(code, "42710"),
             other => panic!("{other:?}"),
@@ -244,20 +295,37 @@ mod tests {
 
     #[test]
     fn a_row_that_does_not_match_its_description_is_refused() {
-        let bytes = [enc::row_description(&["a"]), enc::data_row(&[None, None]), enc::ready()].concat();
-        assert!(matches!(collect(&bytes), Err(ReplicationError::Protocol(_))));
+        let bytes = [
+            enc::row_description(&["a"]),
+            enc::data_row(&[None, None]),
+            enc::ready(),
+        ]
+        .concat();
+        assert!(matches!(
+            collect(&bytes),
+            Err(ReplicationError::Protocol(_))
+        ));
         let bytes = [enc::data_row(&[None]), enc::ready()].concat();
-        assert!(matches!(collect(&bytes), Err(ReplicationError::Protocol(_))));
+        assert!(matches!(
+            collect(&bytes),
+            Err(ReplicationError::Protocol(_))
+        ));
     }
 
     #[test]
     fn a_history_file_name_must_be_a_plain_name() {
         let result = |name: &[u8]| QueryResult {
             columns: vec!["filename".into(), "content".into()],
-            rows: vec![vec![Some(Bytes::copy_from_slice(name)), Some(Bytes::from_static(b"1\t0/3000000\tno recovery target\n"))]],
+            rows: vec![vec![
+                Some(Bytes::copy_from_slice(name)),
+                Some(Bytes::from_static(b"1\t0/3000000\tno recovery target\n")),
+            ]],
             tag: None,
         };
-        assert_eq!(timeline_history(&result(b"00000002.history")).unwrap().0, "00000002.history");
+        assert_eq!(
+            timeline_history(&result(b"00000002.history")).unwrap().0,
+            "00000002.history"
+        );
         assert!(timeline_history(&result(b"../../etc/passwd")).is_err());
     }
 }

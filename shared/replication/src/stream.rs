@@ -5,7 +5,8 @@
 //! WAL (`w`) or a keepalive (`k`); the client sends standby status updates (`r`) in CopyData. When the
 //! requested timeline ends on this server (it was promoted away from), the server sends CopyDone; once the
 //! client answers with its own CopyDone, the server sends a one-row result set naming the next timeline and
-//! where it starts, CommandComplete, and ReadyForQuery. When START_REPLICATION asks for a historic timeline at
+//! where it starts, CommandComplete (twice: START_STREAMING, START_REPLICATION), and ReadyForQuery; a copy
+//! the client ends on the current timeline ends the same way without the result set. When START_REPLICATION asks for a historic timeline at
 //! exactly its switch point, the server skips the copy and sends that result set straight away.
 //!
 //! [`StreamMachine`] is that protocol as a pure state machine over decoded messages (fuzzed with the
@@ -71,13 +72,20 @@ impl StreamMachine {
 
     /// Whether the client owes the server a CopyDone before reading on.
     pub fn must_send_copy_done(&self) -> bool {
-        !self.client_done && (self.phase == Phase::ServerDone || (self.stopping && self.phase == Phase::Streaming))
+        !self.client_done
+            && (self.phase == Phase::ServerDone
+                || (self.stopping && self.phase == Phase::Streaming))
     }
 
     /// Takes the next message; returns the event it makes, if any.
-    pub fn on_message(&mut self, message: BackendMessage) -> Result<Option<StreamEvent>, ReplicationError> {
+    pub fn on_message(
+        &mut self,
+        message: BackendMessage,
+    ) -> Result<Option<StreamEvent>, ReplicationError> {
         let unexpected = |phase: Phase, m: &BackendMessage| {
-            Err(ReplicationError::protocol(format!("unexpected {m:?} in the WAL stream ({phase:?})")))
+            Err(ReplicationError::protocol(format!(
+                "unexpected {m:?} in the WAL stream ({phase:?})"
+            )))
         };
         match (self.phase, message) {
             (_, BackendMessage::NoticeResponse(m)) => log_notice(&m),
@@ -92,17 +100,31 @@ impl StreamMachine {
             }
             (Phase::Streaming, BackendMessage::CopyData(payload)) => {
                 let event = match parse_copy_payload(payload)? {
-                    CopyPayload::XLogData { start, server_end, data } => StreamEvent::Data { start, server_end, data },
-                    CopyPayload::Keepalive { server_end, reply_requested } => {
-                        StreamEvent::Keepalive { server_end, reply_requested }
-                    }
+                    CopyPayload::XLogData {
+                        start,
+                        server_end,
+                        data,
+                    } => StreamEvent::Data {
+                        start,
+                        server_end,
+                        data,
+                    },
+                    CopyPayload::Keepalive {
+                        server_end,
+                        reply_requested,
+                    } => StreamEvent::Keepalive {
+                        server_end,
+                        reply_requested,
+                    },
                 };
                 if !self.stopping {
                     return Ok(Some(event));
                 }
             }
             (Phase::Streaming, BackendMessage::CopyDone) => self.phase = Phase::ServerDone,
-            (Phase::ServerDone, BackendMessage::RowDescription { columns }) => self.check_columns(columns.len())?,
+            (Phase::ServerDone, BackendMessage::RowDescription { columns }) => {
+                self.check_columns(columns.len())?
+            }
             (Phase::ServerDone, BackendMessage::DataRow { values }) => {
                 (self.next_timeline, self.next_start) = end_of_timeline_row(&values)?;
             }
@@ -115,6 +137,9 @@ impl StreamMachine {
                     }));
                 }
             }
+            // PostgreSQL sends CommandComplete twice, START_STREAMING then START_REPLICATION ("dupe, but
+            // necessary per libpqrcv_endstreaming", walsender.c).
+            (Phase::Ended, BackendMessage::CommandComplete { .. }) => {}
             (Phase::Ended, BackendMessage::ReadyForQuery) => self.phase = Phase::Ready,
             (phase, m) => return unexpected(phase, &m),
         }
@@ -123,7 +148,9 @@ impl StreamMachine {
 
     fn check_columns(&self, n: usize) -> Result<(), ReplicationError> {
         if n != 2 {
-            return Err(ReplicationError::protocol(format!("end-of-timeline result set of {n} columns, expected 2")));
+            return Err(ReplicationError::protocol(format!(
+                "end-of-timeline result set of {n} columns, expected 2"
+            )));
         }
         Ok(())
     }
@@ -137,14 +164,20 @@ pub struct WalStream {
 
 impl fmt::Debug for WalStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WalStream").field("client", &self.client).field("phase", &self.machine.phase).finish()
+        f.debug_struct("WalStream")
+            .field("client", &self.client)
+            .field("phase", &self.machine.phase)
+            .finish()
     }
 }
 
 impl WalStream {
     /// Sends `command` (a START_REPLICATION) and waits for the server to enter CopyBoth mode (or to answer
     /// with the end-of-timeline result set at once).
-    pub(crate) async fn start(mut client: ReplicationClient, command: &str) -> Result<WalStream, ReplicationError> {
+    pub(crate) async fn start(
+        mut client: ReplicationClient,
+        command: &str,
+    ) -> Result<WalStream, ReplicationError> {
         frontend::query(command, &mut client.conn.write_buf)?;
         client.conn.flush().await?;
         let mut machine = StreamMachine::new();
@@ -160,7 +193,9 @@ impl WalStream {
     pub async fn next(&mut self) -> Result<StreamEvent, ReplicationError> {
         loop {
             if matches!(self.machine.phase, Phase::Ended | Phase::Ready) {
-                return Err(ReplicationError::protocol("the stream has ended; call finish() for the connection"));
+                return Err(ReplicationError::protocol(
+                    "the stream has ended; call finish() for the connection",
+                ));
             }
             if self.machine.must_send_copy_done() {
                 self.send_copy_done().await?;
@@ -189,10 +224,22 @@ impl WalStream {
         reply_requested: bool,
     ) -> Result<(), ReplicationError> {
         if self.machine.phase != Phase::Streaming || self.machine.client_done {
-            return Err(ReplicationError::protocol("a status update after the copy has ended"));
+            return Err(ReplicationError::protocol(
+                "a status update after the copy has ended",
+            ));
         }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
-        standby_status_update(written, flushed, applied, reply_requested, now, &mut self.client.conn.write_buf);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        standby_status_update(
+            written,
+            flushed,
+            applied,
+            reply_requested,
+            now,
+            &mut self.client.conn.write_buf,
+        );
         self.client.conn.flush().await
     }
 
@@ -211,7 +258,10 @@ impl WalStream {
             Ok::<(), ReplicationError>(())
         })
         .await
-        .map_err(|_| ReplicationError::Timeout { what: "ending the WAL stream", after: FINISH_TIMEOUT })??;
+        .map_err(|_| ReplicationError::Timeout {
+            what: "ending the WAL stream",
+            after: FINISH_TIMEOUT,
+        })??;
         Ok(self.client)
     }
 }
@@ -224,7 +274,10 @@ pub(crate) mod tests {
 
     /// Runs the machine over `bytes` (messages as the server sends them), answering CopyDone when owed, as
     /// `next` and `finish` do. Returns the events and the final phase.
-    pub(crate) fn run(bytes: &[u8], stop_after: Option<usize>) -> Result<(Vec<StreamEvent>, Phase), ReplicationError> {
+    pub(crate) fn run(
+        bytes: &[u8],
+        stop_after: Option<usize>,
+    ) -> Result<(Vec<StreamEvent>, Phase), ReplicationError> {
         let mut buf = BytesMut::from(bytes);
         let mut m = StreamMachine::new();
         let mut events = Vec::new();
@@ -257,6 +310,7 @@ pub(crate) mod tests {
             enc::row_description(&["next_tli", "next_tli_startpos"]),
             enc::data_row(&[Some(b"2"), Some(b"0/3000100")]),
             enc::command_complete("START_STREAMING"),
+            enc::command_complete("START_REPLICATION"),
             enc::ready(),
         ]
         .concat()
@@ -273,9 +327,19 @@ pub(crate) mod tests {
                     server_end: Lsn(0x3000100),
                     data: Bytes::from_static(b"wal bytes")
                 },
-                StreamEvent::Keepalive { server_end: Lsn(0x3000100), reply_requested: true },
-                StreamEvent::Data { start: Lsn(0x3000009), server_end: Lsn(0x3000100), data: Bytes::from_static(b"more") },
-                StreamEvent::EndOfTimeline { next_timeline: Some(2), next_start: Some(Lsn(0x3000100)) },
+                StreamEvent::Keepalive {
+                    server_end: Lsn(0x3000100),
+                    reply_requested: true
+                },
+                StreamEvent::Data {
+                    start: Lsn(0x3000009),
+                    server_end: Lsn(0x3000100),
+                    data: Bytes::from_static(b"more")
+                },
+                StreamEvent::EndOfTimeline {
+                    next_timeline: Some(2),
+                    next_start: Some(Lsn(0x3000100))
+                },
             ]
         );
         assert_eq!(phase, Phase::Ready);
@@ -294,22 +358,43 @@ pub(crate) mod tests {
             enc::row_description(&["next_tli", "next_tli_startpos"]),
             enc::data_row(&[Some(b"3"), Some(b"0/5000000")]),
             enc::command_complete("START_STREAMING"),
+            enc::command_complete("START_REPLICATION"),
             enc::ready(),
         ]
         .concat();
         let (events, phase) = run(&bytes, None).unwrap();
-        assert_eq!(events, vec![StreamEvent::EndOfTimeline { next_timeline: Some(3), next_start: Some(Lsn(0x5000000)) }]);
+        assert_eq!(
+            events,
+            vec![StreamEvent::EndOfTimeline {
+                next_timeline: Some(3),
+                next_start: Some(Lsn(0x5000000))
+            }]
+        );
         assert_eq!(phase, Phase::Ready);
     }
 
     #[test]
     fn an_error_ends_the_stream_and_stray_messages_are_refused() {
-        let bytes = [enc::message(b'W', &[0, 0, 0]), enc::error("ERROR", "58P01", "requested WAL segment has already been removed")].concat();
+        let bytes = [
+            enc::message(b'W', &[0, 0, 0]),
+            enc::error(
+                "ERROR",
+                "58P01",
+                "requested WAL segment has already been removed",
+            ),
+        ]
+        .concat();
         let e = run(&bytes, None).unwrap_err();
         assert!(e.is_permanent(), "{e}");
         let bytes = [enc::message(b'W', &[0, 0, 0]), enc::ready()].concat();
-        assert!(matches!(run(&bytes, None), Err(ReplicationError::Protocol(_))));
+        assert!(matches!(
+            run(&bytes, None),
+            Err(ReplicationError::Protocol(_))
+        ));
         let bytes = [enc::message(b'W', &[0, 0, 0]), enc::message(b'd', b"r")].concat();
-        assert!(matches!(run(&bytes, None), Err(ReplicationError::Protocol(_))));
+        assert!(matches!(
+            run(&bytes, None),
+            Err(ReplicationError::Protocol(_))
+        ));
     }
 }

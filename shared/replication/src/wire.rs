@@ -26,8 +26,12 @@ const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 pub(crate) enum AuthRequest {
     Ok,
     CleartextPassword,
-    Md5Password { salt: [u8; 4] },
-    Sasl { mechanisms: Vec<String> },
+    Md5Password {
+        salt: [u8; 4],
+    },
+    Sasl {
+        mechanisms: Vec<String>,
+    },
     SaslContinue(Bytes),
     SaslFinal(Bytes),
     /// Kerberos, GSS, SSPI...: the request code.
@@ -38,12 +42,21 @@ pub(crate) enum AuthRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum BackendMessage {
     Authentication(AuthRequest),
-    ParameterStatus { name: String, value: String },
+    ParameterStatus {
+        name: String,
+        value: String,
+    },
     BackendKeyData,
     ReadyForQuery,
-    RowDescription { columns: Vec<String> },
-    DataRow { values: Vec<Option<Bytes>> },
-    CommandComplete { tag: String },
+    RowDescription {
+        columns: Vec<String>,
+    },
+    DataRow {
+        values: Vec<Option<Bytes>>,
+    },
+    CommandComplete {
+        tag: String,
+    },
     EmptyQueryResponse,
     ErrorResponse(ServerMessage),
     NoticeResponse(ServerMessage),
@@ -62,9 +75,16 @@ pub(crate) enum BackendMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CopyPayload {
     /// 'w': WAL starting at `start`; `server_end` is the server's end of WAL when it sent this.
-    XLogData { start: Lsn, server_end: Lsn, data: Bytes },
+    XLogData {
+        start: Lsn,
+        server_end: Lsn,
+        data: Bytes,
+    },
     /// 'k': primary keepalive.
-    Keepalive { server_end: Lsn, reply_requested: bool },
+    Keepalive {
+        server_end: Lsn,
+        reply_requested: bool,
+    },
 }
 
 fn short(what: &str) -> ReplicationError {
@@ -111,7 +131,10 @@ impl Body {
     /// A NUL-terminated string (lossily UTF-8: error texts come in the server's encoding).
     fn cstr(&mut self) -> Result<String, ReplicationError> {
         let nul = self.bytes.iter().position(|&b| b == 0).ok_or_else(|| {
-            ReplicationError::protocol(format!("{} has a string without its terminating NUL", self.what))
+            ReplicationError::protocol(format!(
+                "{} has a string without its terminating NUL",
+                self.what
+            ))
         })?;
         let s = String::from_utf8_lossy(&self.bytes[..nul]).into_owned();
         self.bytes.advance(nul + 1);
@@ -128,14 +151,19 @@ impl Body {
 /// Takes the first complete message off `buf`: `Ok(None)` when `buf` holds only part of one (read more and
 /// call again). A message whose header declares a length under 4 or over [`MAX_MESSAGE_LEN`] is an error
 /// at once.
-pub(crate) fn decode_message(buf: &mut BytesMut) -> Result<Option<BackendMessage>, ReplicationError> {
+pub(crate) fn decode_message(
+    buf: &mut BytesMut,
+) -> Result<Option<BackendMessage>, ReplicationError> {
     if buf.len() < 5 {
         return Ok(None);
     }
     let tag = buf[0];
     let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
     if len < 4 {
-        return Err(ReplicationError::protocol(format!("message {:?} declares length {len}", tag as char)));
+        return Err(ReplicationError::protocol(format!(
+            "message {:?} declares length {len}",
+            tag as char
+        )));
     }
     let len = len as usize;
     if len > MAX_MESSAGE_LEN {
@@ -173,7 +201,9 @@ pub(crate) fn parse_body(tag: u8, bytes: Bytes) -> Result<BackendMessage, Replic
             3 => AuthRequest::CleartextPassword,
             5 => {
                 let salt = body.take(4)?;
-                AuthRequest::Md5Password { salt: [salt[0], salt[1], salt[2], salt[3]] }
+                AuthRequest::Md5Password {
+                    salt: [salt[0], salt[1], salt[2], salt[3]],
+                }
             }
             10 => {
                 let mut mechanisms = Vec::new();
@@ -190,13 +220,18 @@ pub(crate) fn parse_body(tag: u8, bytes: Bytes) -> Result<BackendMessage, Replic
             12 => AuthRequest::SaslFinal(body.rest()),
             other => AuthRequest::Unsupported(other),
         }),
-        b'S' => BackendMessage::ParameterStatus { name: body.cstr()?, value: body.cstr()? },
+        b'S' => BackendMessage::ParameterStatus {
+            name: body.cstr()?,
+            value: body.cstr()?,
+        },
         b'K' => BackendMessage::BackendKeyData,
         b'Z' => BackendMessage::ReadyForQuery,
         b'T' => {
             let count = body.i16()?;
             if count < 0 {
-                return Err(ReplicationError::protocol(format!("RowDescription with {count} columns")));
+                return Err(ReplicationError::protocol(format!(
+                    "RowDescription with {count} columns"
+                )));
             }
             let mut columns = Vec::with_capacity(count as usize);
             for _ in 0..count {
@@ -209,14 +244,20 @@ pub(crate) fn parse_body(tag: u8, bytes: Bytes) -> Result<BackendMessage, Replic
         b'D' => {
             let count = body.i16()?;
             if count < 0 {
-                return Err(ReplicationError::protocol(format!("DataRow with {count} values")));
+                return Err(ReplicationError::protocol(format!(
+                    "DataRow with {count} values"
+                )));
             }
             let mut values = Vec::with_capacity(count as usize);
             for _ in 0..count {
                 let len = body.i32()?;
                 values.push(match len {
                     -1 => None,
-                    n if n < 0 => return Err(ReplicationError::protocol(format!("DataRow value of length {n}"))),
+                    n if n < 0 => {
+                        return Err(ReplicationError::protocol(format!(
+                            "DataRow value of length {n}"
+                        )))
+                    }
                     n => Some(body.take(n as usize)?),
                 });
             }
@@ -270,7 +311,10 @@ fn server_message(body: &mut Body) -> Result<ServerMessage, ReplicationError> {
 
 /// Parses the replication message inside a CopyData of a physical stream.
 pub(crate) fn parse_copy_payload(payload: Bytes) -> Result<CopyPayload, ReplicationError> {
-    let mut body = Body { bytes: payload, what: "replication message" };
+    let mut body = Body {
+        bytes: payload,
+        what: "replication message",
+    };
     match body.u8()? {
         b'w' => {
             let start = Lsn(body.u64()?);
@@ -283,7 +327,11 @@ pub(crate) fn parse_copy_payload(payload: Bytes) -> Result<CopyPayload, Replicat
                     data.len()
                 )));
             }
-            Ok(CopyPayload::XLogData { start, server_end, data })
+            Ok(CopyPayload::XLogData {
+                start,
+                server_end,
+                data,
+            })
         }
         b'k' => {
             let server_end = Lsn(body.u64()?);
@@ -292,13 +340,18 @@ pub(crate) fn parse_copy_payload(payload: Bytes) -> Result<CopyPayload, Replicat
                 0 => false,
                 1 => true,
                 other => {
-                    return Err(ReplicationError::protocol(format!("keepalive with reply flag {other}")));
+                    return Err(ReplicationError::protocol(format!(
+                        "keepalive with reply flag {other}"
+                    )));
                 }
             };
             if !body.is_empty() {
                 return Err(ReplicationError::protocol("keepalive longer than 18 bytes"));
             }
-            Ok(CopyPayload::Keepalive { server_end, reply_requested })
+            Ok(CopyPayload::Keepalive {
+                server_end,
+                reply_requested,
+            })
         }
         other => Err(ReplicationError::protocol(format!(
             "unknown replication message {:?} in a physical stream",
@@ -317,9 +370,9 @@ pub(crate) fn standby_status_update(
     out: &mut BytesMut,
 ) {
     use bytes::BufMut;
-    let body_len = 1 + 8 * 4 + 1;
+    let body_len: i32 = 1 + 8 * 4 + 1;
     out.put_u8(b'd');
-    out.put_i32(4 + body_len as i32);
+    out.put_i32(4 + body_len);
     out.put_u8(b'r');
     out.put_u64(written.0);
     out.put_u64(flushed.0);
@@ -331,8 +384,14 @@ pub(crate) fn standby_status_update(
 /// The server version number of a `server_version` text: `15.4 (Debian 15.4-1.pgdg120+1)` is 150004,
 /// `16beta1` 160000, `9.6.3` 90603.
 pub(crate) fn parse_server_version(text: &str) -> Option<u32> {
-    let numeric: String = text.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
-    let mut parts = numeric.split('.').filter(|p| !p.is_empty()).map(|p| p.parse::<u32>().ok());
+    let numeric: String = text
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let mut parts = numeric
+        .split('.')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u32>().ok());
     let major = parts.next()??;
     let second = parts.next().flatten().unwrap_or(0);
     if major >= 10 {
@@ -396,7 +455,12 @@ pub(crate) mod tests {
 
     pub fn error(severity: &str, code: &str, text: &str) -> Vec<u8> {
         let mut body = Vec::new();
-        for (f, v) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', text)] {
+        for (f, v) in [
+            (b'S', severity),
+            (b'V', severity),
+            (b'C', code),
+            (b'M', text),
+        ] {
             body.push(f);
             cstr(&mut body, v);
         }
@@ -453,9 +517,15 @@ pub(crate) mod tests {
         assert_eq!(
             decode_all(&bytes),
             vec![
-                BackendMessage::RowDescription { columns: vec!["systemid".into(), "timeline".into()] },
-                BackendMessage::DataRow { values: vec![Some(Bytes::from_static(b"7312")), None] },
-                BackendMessage::CommandComplete { tag: "IDENTIFY_SYSTEM".into() },
+                BackendMessage::RowDescription {
+                    columns: vec!["systemid".into(), "timeline".into()]
+                },
+                BackendMessage::DataRow {
+                    values: vec![Some(Bytes::from_static(b"7312")), None]
+                },
+                BackendMessage::CommandComplete {
+                    tag: "IDENTIFY_SYSTEM".into()
+                },
                 BackendMessage::ReadyForQuery,
             ]
         );
@@ -472,7 +542,10 @@ pub(crate) mod tests {
         let mut buf = BytesMut::from(&full[..]);
         match decode_message(&mut buf).unwrap() {
             Some(BackendMessage::ErrorResponse(m)) => {
-                assert_eq!((m.severity.as_str(), m.code.as_str(), m.message.as_str()), ("ERROR", "42710", "exists"))
+                assert_eq!(
+                    (m.severity.as_str(), m.code.as_str(), m.message.as_str()),
+                    ("ERROR", "42710", "exists")
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -481,17 +554,32 @@ pub(crate) mod tests {
     #[test]
     fn an_oversized_or_undersized_length_is_refused_from_the_header() {
         let mut buf = BytesMut::from(&[b'd', 0x7F, 0xFF, 0xFF, 0xFF][..]);
-        assert!(matches!(decode_message(&mut buf), Err(ReplicationError::Protocol(_))));
+        assert!(matches!(
+            decode_message(&mut buf),
+            Err(ReplicationError::Protocol(_))
+        ));
         let mut buf = BytesMut::from(&[b'd', 0, 0, 0, 3][..]);
-        assert!(matches!(decode_message(&mut buf), Err(ReplicationError::Protocol(_))));
+        assert!(matches!(
+            decode_message(&mut buf),
+            Err(ReplicationError::Protocol(_))
+        ));
         let over = (MAX_MESSAGE_LEN as i32 + 1).to_be_bytes();
         let mut buf = BytesMut::from(&[b'd', over[0], over[1], over[2], over[3]][..]);
-        assert!(matches!(decode_message(&mut buf), Err(ReplicationError::Protocol(_))));
+        assert!(matches!(
+            decode_message(&mut buf),
+            Err(ReplicationError::Protocol(_))
+        ));
     }
 
     #[test]
     fn decodes_wal_and_keepalives() {
-        let msgs = decode_all(&[xlog_data(0x1_0000_0000, 0x1_0000_0100, b"abc"), keepalive(7, true)].concat());
+        let msgs = decode_all(
+            &[
+                xlog_data(0x1_0000_0000, 0x1_0000_0100, b"abc"),
+                keepalive(7, true),
+            ]
+            .concat(),
+        );
         let payloads: Vec<CopyPayload> = msgs
             .into_iter()
             .map(|m| match m {
@@ -507,7 +595,10 @@ pub(crate) mod tests {
                     server_end: Lsn(0x1_0000_0100),
                     data: Bytes::from_static(b"abc")
                 },
-                CopyPayload::Keepalive { server_end: Lsn(7), reply_requested: true },
+                CopyPayload::Keepalive {
+                    server_end: Lsn(7),
+                    reply_requested: true
+                },
             ]
         );
         assert!(parse_copy_payload(Bytes::from_static(b"x")).is_err());
@@ -522,7 +613,14 @@ pub(crate) mod tests {
         sasl.push(0);
         let md5 = [&5i32.to_be_bytes()[..], b"salt"].concat();
         assert_eq!(
-            decode_all(&[message(b'R', &sasl), message(b'R', &md5), message(b'R', &0i32.to_be_bytes())].concat()),
+            decode_all(
+                &[
+                    message(b'R', &sasl),
+                    message(b'R', &md5),
+                    message(b'R', &0i32.to_be_bytes())
+                ]
+                .concat()
+            ),
             vec![
                 BackendMessage::Authentication(AuthRequest::Sasl {
                     mechanisms: vec!["SCRAM-SHA-256-PLUS".into(), "SCRAM-SHA-256".into()]
@@ -536,7 +634,14 @@ pub(crate) mod tests {
     #[test]
     fn the_status_update_has_the_documented_layout() {
         let mut out = BytesMut::new();
-        standby_status_update(Lsn(1), Lsn(2), Lsn(3), true, PG_EPOCH_UNIX_MICROS + 5, &mut out);
+        standby_status_update(
+            Lsn(1),
+            Lsn(2),
+            Lsn(3),
+            true,
+            PG_EPOCH_UNIX_MICROS + 5,
+            &mut out,
+        );
         let mut want = vec![b'd', 0, 0, 0, 38, b'r'];
         for v in [1u64, 2, 3, 5] {
             want.extend_from_slice(&v.to_be_bytes());
@@ -547,7 +652,10 @@ pub(crate) mod tests {
 
     #[test]
     fn server_versions() {
-        assert_eq!(parse_server_version("15.4 (Debian 15.4-1.pgdg120+1)"), Some(150004));
+        assert_eq!(
+            parse_server_version("15.4 (Debian 15.4-1.pgdg120+1)"),
+            Some(150004)
+        );
         assert_eq!(parse_server_version("16beta1"), Some(160000));
         assert_eq!(parse_server_version("9.6.3"), Some(90603));
         assert_eq!(parse_server_version("x"), None);
