@@ -172,12 +172,27 @@ fn a_slot_left_by_a_dead_streamer_is_reported() {
     wait_until("the streamer's slot to be active", Duration::from_secs(60), || slot_active(&setup.pg).filter(|a| *a));
     let out = setup.strata_ok(&["check"]);
     assert!(out.contains(&format!("WAL streamer connected to slot {SLOT}")), "{out}");
+    // info: where the stream stands against the cluster, and the slot.
+    setup.pg.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n");
+    let written = lsn(&setup.pg.psql("SELECT pg_current_wal_lsn()"));
+    wait_until("the streamer to store what was written", Duration::from_secs(60), || {
+        streamed_lsn(&setup).filter(|l| *l >= written)
+    });
+    let info = setup.info();
+    assert_eq!(info[0]["wal_stream_slot"]["active"], true, "{info:#}");
+    assert!(info[0]["wal_stream"]["lag_bytes"].is_u64(), "{info:#}");
+    let text = setup.strata_ok(&["info"]);
+    assert!(text.contains(&format!("wal stream slot: {SLOT} in use")), "{text}");
 
     streamer.signal(libc::SIGKILL);
     wait_until("the slot to be inactive", Duration::from_secs(60), || slot_active(&setup.pg).filter(|a| !a));
     let line = setup.strata_fails(&["check"]);
     assert!(line.contains(&format!("replication slot {SLOT} has no WAL streamer connected")), "{line}");
     assert!(line.contains("pg_drop_replication_slot"), "{line}");
+    let info = setup.info();
+    assert_eq!(info[0]["wal_stream_slot"]["active"], false, "{info:#}");
+    let reasons = info[0]["status"]["reasons"].to_string();
+    assert!(reasons.contains("wal-stream-slot") && info[0]["status"]["status"] == "critical", "{info:#}");
 
     // Started again, it takes the slot back and check passes.
     let _streamer = Streamer::start(&setup, "wal-stream-2");

@@ -126,6 +126,20 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
     if let Some(Ok(h)) = health.iter_mut().find_map(|(name, h)| (name == ctx.repo.name()).then_some(h)) {
         add_damaged_wal(h, &damaged_wal);
     }
+    // Where the streamer stands against the cluster, when info reached it.
+    let archiver = health
+        .iter()
+        .find_map(|(name, h)| (name == ctx.repo.name()).then_some(h))
+        .and_then(|h| h.as_ref().ok())
+        .and_then(|h| h.archiver.as_ref().ok())
+        .cloned();
+    let stream_lag = streamed.as_ref().zip(archiver.as_ref()).map(|(s, a)| {
+        let bytes = a.current_lsn.saturating_sub(s.end.0);
+        // The newest partial is rewritten within flush_ms while WAL comes: its age is how far behind it is.
+        let secs = if bytes > 0 { (now() - s.stored_at).max(0) } else { 0 };
+        (bytes, secs)
+    });
+    let stream_slot = archiver.as_ref().and_then(|a| a.stream_slot.clone());
     let verified: std::collections::HashMap<String, VerifyResult> = health
         .iter()
         .find_map(|(name, h)| (name == ctx.repo.name()).then_some(h))
@@ -197,7 +211,10 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                     "stored_lsn": s.end.to_string(),
                     "segment_bytes": s.bytes,
                     "stored_at": s.stored_at,
+                    "lag_bytes": stream_lag.map(|l| l.0),
+                    "lag_seconds": stream_lag.map(|l| l.1),
                 })),
+                "wal_stream_slot": stream_slot,
                 "repositories": repositories,
                 "replication": replication.iter().map(Replication::to_json).collect::<Vec<_>>(),
                 "wal_verify": verified.get(WAL_SUBJECT).map(verify_json),
@@ -237,6 +254,17 @@ pub async fn run(ctx: &Context_, output: OutputFormat) -> anyhow::Result<()> {
                     s.segment,
                     format_bytes(s.bytes),
                     format_time(s.stored_at)
+                );
+                if let Some((bytes, secs)) = stream_lag {
+                    println!("    wal stream lag: {} behind the cluster ({})", format_bytes(bytes), age(secs));
+                }
+            }
+            if let Some(slot) = &stream_slot {
+                println!(
+                    "    wal stream slot: {} {}, keeps {} of WAL on the primary",
+                    slot.name,
+                    if slot.active { "in use" } else { "NOT IN USE (no streamer connected)" },
+                    format_bytes(slot.retained_bytes)
                 );
             }
             for (_, g) in &gaps {
