@@ -199,3 +199,38 @@ fn a_slot_left_by_a_dead_streamer_is_reported() {
     wait_until("the slot to be active again", Duration::from_secs(60), || slot_active(&setup.pg).filter(|a| *a));
     setup.strata_ok(&["check"]);
 }
+
+#[test]
+fn over_nats_the_stream_goes_through_the_fleets_sealers_and_uploaders_and_shows_in_metrics() {
+    let dir = TestDir::new("wal_stream_nats");
+    let nats = NatsServer::start(&dir);
+    let setup = Setup::new(&dir, &nats.url(), "", &[]);
+    let port = reserve_port();
+    setup.append_config(&format!("[wal_stream]\nflush_ms = 200\nstatus_interval_secs = 1\nmetrics_listen = \"127.0.0.1:{}\"", port.get()));
+    let _services = Services::start(&setup);
+    setup.strata_ok(&["stanza-create"]);
+    let _streamer = Streamer::start(&setup, "wal-stream");
+    wait_until("the streamer's slot to be active", Duration::from_secs(60), || slot_active(&setup.pg).filter(|a| *a));
+    setup.pg.psql("CREATE TABLE t AS SELECT generate_series(1, 100000) AS n");
+    let written = lsn(&setup.pg.psql("SELECT pg_current_wal_lsn()"));
+    wait_until("the streamer to store what was written", Duration::from_secs(60), || {
+        streamed_lsn(&setup).filter(|l| *l >= written)
+    });
+    // The stored position is reported once it is durable; the lag falls to nothing while the cluster idles.
+    let metric = |body: &str, name: &str| -> Option<f64> {
+        body.lines().find(|l| l.starts_with(name) && l.contains("stanza=\"main\"")).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    wait_until("the streamer's metrics to show the stored position", Duration::from_secs(60), || {
+        let body = scrape(port.get());
+        let stored = metric(&body, "strata_wal_stream_stored_lsn")?;
+        (stored >= written as f64 && metric(&body, "strata_wal_stream_lag_bytes")? == 0.0).then_some(())
+    });
+    let body = scrape(port.get());
+    for name in ["strata_wal_stream_received_lsn", "strata_wal_stream_server_lsn", "strata_wal_stream_lag_seconds", "strata_wal_stream_partials_total"] {
+        assert!(metric(&body, name).is_some(), "{name} missing:\n{body}");
+    }
+    // The slot is sampled every status interval.
+    wait_until("the slot's retained WAL in the metrics", Duration::from_secs(60), || {
+        metric(&scrape(port.get()), "strata_wal_stream_slot_active").filter(|v| *v == 1.0)
+    });
+}

@@ -45,6 +45,10 @@ struct Args {
     /// `wal_stream.flush_ms`.
     #[arg(long, default_value_t = 1000)]
     flush_ms: u64,
+    /// Kill the streamer (SIGKILL) at the moment the primary stops, as if its host died too: what it
+    /// received but had not stored is lost, so the loss is bounded by flush_ms instead of by what reached it.
+    #[arg(long)]
+    kill_streamer: bool,
     /// Where the key=value results go.
     #[arg(long, default_value = "stream-bench-out")]
     out: PathBuf,
@@ -71,6 +75,7 @@ fn main() -> Result<()> {
         ("stream_scale".into(), args.scale.to_string()),
         ("stream_clients".into(), args.clients.to_string()),
         ("stream_flush_ms".into(), args.flush_ms.to_string()),
+        ("stream_kill_streamer".into(), args.kill_streamer.to_string()),
     ];
     let mut all_ok = true;
     for run in 1..=args.runs {
@@ -193,16 +198,23 @@ fn crash_run(args: &Args, run: usize) -> Result<RunResult> {
     let wal_bytes: u64 = pg.psql(&format!("SELECT pg_wal_lsn_diff('{end_lsn}', '{start_lsn}')::bigint")).parse()?;
     let load = started.elapsed().as_secs_f64();
     let crash = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as i64;
+    if args.kill_streamer {
+        // SAFETY: SIGKILL to the streamer this run started, by pid.
+        unsafe { libc::kill(streamer.0.id() as i32, libc::SIGKILL) };
+        let _ = streamer.0.wait();
+    }
     pg.stop_immediate();
     let _ = bench.wait();
-    wait_for("the streamer to notice the crash", Duration::from_secs(60), || {
-        std::fs::read_to_string(&log).unwrap_or_default().contains("WAL streaming interrupted")
-    })?;
-    // SAFETY: SIGTERM to the streamer this run started, by pid.
-    unsafe { libc::kill(streamer.0.id() as i32, libc::SIGTERM) };
-    let status = streamer.0.wait()?;
-    if !status.success() {
-        bail!("wal-stream exited with {status}; see {}", streamer.1.display());
+    if !args.kill_streamer {
+        wait_for("the streamer to notice the crash", Duration::from_secs(60), || {
+            std::fs::read_to_string(&log).unwrap_or_default().contains("WAL streaming interrupted")
+        })?;
+        // SAFETY: SIGTERM to the streamer this run started, by pid.
+        unsafe { libc::kill(streamer.0.id() as i32, libc::SIGTERM) };
+        let status = streamer.0.wait()?;
+        if !status.success() {
+            bail!("wal-stream exited with {status}; see {}", streamer.1.display());
+        }
     }
 
     // Each client's acknowledged transactions, by completion time (pgbench's log: client, transaction,
