@@ -350,27 +350,7 @@ async fn fetch(ctx: &Context_, name: &str, dir: &Path, dest: &Path) -> anyhow::R
     let Some(record) = ctx.repo.wal(&ctx.stanza, name).await? else {
         return Ok(false);
     };
-    let sealer = ctx.repo.sealer();
-    let tmp: PathBuf = dir.join(format!(".{}.tmp", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-    let mut file = fs::File::create(&tmp).with_context(|| format!("cannot create {tmp:?}"))?;
-    let mut hasher = sealer.id_hasher();
-    let written: anyhow::Result<()> = async {
-        for r in &record.chunks {
-            let plain = ctx.repo.read_chunk(sealer, r).await?;
-            hasher.update(&plain);
-            file.write_all(&plain).with_context(|| format!("cannot write {tmp:?}"))?;
-        }
-        if hasher.finalize().as_bytes() != &record.hash {
-            bail!("{name}: the archived file does not match its recorded hash");
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    fs::rename(&tmp, dest).with_context(|| format!("cannot write {dest:?}"))?;
+    write_record(ctx, &record, None, dir, dest).await.map_err(|e| e.context(format!("{name}: the archived file")))?;
     Ok(true)
 }
 
@@ -385,6 +365,19 @@ async fn fetch_streamed(ctx: &Context_, name: &str, dir: &Path, dest: &Path) -> 
     if record.size > seg_size {
         bail!("{name}: the streamed partial segment holds {} bytes, more than a segment", record.size);
     }
+    write_record(ctx, &record, Some(seg_size), dir, dest)
+        .await
+        .map_err(|e| e.context(format!("{name}: the streamed partial segment")))?;
+    eprintln!(
+        "archive-get: {name} is not archived whole; served its streamed part ({} of {} bytes), the end of the archive",
+        record.size, seg_size
+    );
+    Ok(true)
+}
+
+/// Writes the file a WAL record describes to `dest` through a temporary file in `dir`, checked against
+/// the record's size and hash, and zero-padded to `pad_to` when given; nothing is left behind on failure.
+async fn write_record(ctx: &Context_, record: &strata_messages::WalRecord, pad_to: Option<u64>, dir: &Path, dest: &Path) -> anyhow::Result<()> {
     let sealer = ctx.repo.sealer();
     let tmp: PathBuf = dir.join(format!(".{}.tmp", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
     let mut file = fs::File::create(&tmp).with_context(|| format!("cannot create {tmp:?}"))?;
@@ -398,9 +391,11 @@ async fn fetch_streamed(ctx: &Context_, name: &str, dir: &Path, dest: &Path) -> 
             file.write_all(&plain).with_context(|| format!("cannot write {tmp:?}"))?;
         }
         if len != record.size || hasher.finalize().as_bytes() != &record.hash {
-            bail!("{name}: the streamed partial segment does not match its recorded hash");
+            bail!("does not match its recorded hash");
         }
-        file.set_len(seg_size).with_context(|| format!("cannot write {tmp:?}"))?;
+        if let Some(size) = pad_to {
+            file.set_len(size).with_context(|| format!("cannot write {tmp:?}"))?;
+        }
         Ok(())
     }
     .await;
@@ -408,10 +403,5 @@ async fn fetch_streamed(ctx: &Context_, name: &str, dir: &Path, dest: &Path) -> 
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    fs::rename(&tmp, dest).with_context(|| format!("cannot write {dest:?}"))?;
-    eprintln!(
-        "archive-get: {name} is not archived whole; served its streamed part ({} of {} bytes), the end of the archive",
-        record.size, seg_size
-    );
-    Ok(true)
+    fs::rename(&tmp, dest).with_context(|| format!("cannot write {dest:?}"))
 }
