@@ -221,7 +221,7 @@ async fn session(
             Ok(s) => s,
             Err(e) => return replication(e),
         };
-        let mut streamer = Streamer::new(bus.clone(), target.clone(), settings.clone(), metrics.clone(), timeline, seg_start);
+        let mut streamer = Streamer::new(bus.clone(), target.clone(), settings.clone(), metrics.clone(), timeline, seg_start, start);
         let (stream, next) = match streamer.follow(stream, cancel).await {
             Ok(x) => x,
             Err(e) => return e,
@@ -308,6 +308,7 @@ impl Streamer {
         metrics: StreamMetrics,
         timeline: TimelineId,
         seg_start: Lsn,
+        slot_start: Lsn,
     ) -> Streamer {
         let hasher = settings.push.sealer.id_hasher();
         Streamer {
@@ -325,9 +326,10 @@ impl Streamer {
             unstored_since: None,
             last_store_took: Duration::ZERO,
             segments: VecDeque::new(),
-            durable: seg_start,
+            // Everything before the slot's position was stored by an earlier session (or predates the slot).
+            durable: slot_start.max(seg_start),
             partial_done: None,
-            server_end: seg_start,
+            server_end: slot_start.max(seg_start),
             heard: VecDeque::new(),
         }
     }
