@@ -108,8 +108,8 @@ impl Drop for SealTicket {
 
 impl SealSlots {
     /// Puts `name` in the line now, before its file is read: the files read first would otherwise take
-    /// the slots before an older one that was still being read. Hold the ticket until the file's push
-    /// ends (a push that fails before sealing must drop it, or the files after it would wait for it).
+    /// the slots before an older one that was still being read. Drop the ticket once the file has its
+    /// slot (held longer, it keeps every later file waiting), or when its push fails before that.
     pub fn reserve(self: &Arc<Self>, name: &str) -> SealTicket {
         *self.state.lock().expect("seal slots").waiting.entry(name.to_string()).or_default() += 1;
         SealTicket { slots: self.clone(), name: name.to_string() }

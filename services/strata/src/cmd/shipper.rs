@@ -378,8 +378,7 @@ impl Pusher {
         let ticket = self.settings.seal_here.as_ref().map(|slots| slots.reserve(&name));
         let me = self.clone();
         tokio::spawn(async move {
-            let outcome = me.push(&name).await;
-            drop(ticket);
+            let outcome = me.push(&name, ticket).await;
             drop(permit);
             let status = match outcome {
                 Ok(o) => Status::Durable { already: o == CommitOutcome::AlreadyArchived, at: Instant::now() },
@@ -395,7 +394,9 @@ impl Pusher {
     }
 
     /// What `archive-push` would do for the file: check, push, copy to the other required repositories.
-    async fn push(&self, name: &str) -> anyhow::Result<CommitOutcome> {
+    /// `ticket`: its place in line for a sealing slot, given up once it has the slot (kept, it would hold
+    /// every later segment back until this one is durable).
+    async fn push(&self, name: &str, ticket: Option<strata_collector::wal::SealTicket>) -> anyhow::Result<CommitOutcome> {
         let path = self.shipper.pg_wal.join(name);
         // The slot first, then the file: the window lets sixteen segments be in flight, but only the
         // ones being compressed need their bytes in memory. Read earlier, each segment was a fresh
@@ -405,6 +406,7 @@ impl Pusher {
             Some(slots) => Some(slots.acquire(name).await),
             None => None,
         };
+        drop(ticket);
         let file = strata_collector::wal::read(&path, &self.target).await?;
         if let Some(history) = &file.history {
             super::archive::check_parent_known(&self.ctx, &file.name, history).await?;
