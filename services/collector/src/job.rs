@@ -203,6 +203,12 @@ impl Job {
     /// The upload message of a chunk sealed by the caller ([`Job::send_presealed`]): compresses `plain`
     /// straight into the message's buffer, which is blocking work (call it on a blocking thread).
     pub fn sealed_message(&self, id: ChunkId, plain: &[u8]) -> Vec<u8> {
+        self.sealed_message_for(id, plain, true)
+    }
+
+    /// [`Job::sealed_message`], saying whether the uploader should look for the chunk in the repository
+    /// first (`dedup`; WAL chunks are not looked for: WAL rarely repeats, and the index costs).
+    pub fn sealed_message_for(&self, id: ChunkId, plain: &[u8], dedup: bool) -> Vec<u8> {
         // The sealed bytes, then the header fields and rkyv's padding.
         let mut message = Vec::with_capacity(strata_seal::sealed_bound(plain.len()) + 512);
         let sealed_len = self.sealer.seal_into(plain, i32::from(self.compress_level), &mut message);
@@ -211,7 +217,7 @@ impl Job {
             job: self.id.clone(),
             stanza: self.stanza.clone(),
             id,
-            dedup: true,
+            dedup,
             raw_len: plain.len() as u32,
             sealed_len: sealed_len as u32,
         };

@@ -256,7 +256,7 @@ async fn push_history(
 ) -> Result<(), SessionEnd> {
     let (name, content) = client.timeline_history(tli).await.map_err(replication)?;
     let file = wal::from_bytes(name, content, target).map_err(SessionEnd::Fatal)?;
-    wal::push(bus.clone(), target, &settings.push, file).await.map_err(SessionEnd::Retry)?;
+    wal::push(bus.clone(), target, &settings.push, file, None).await.map_err(SessionEnd::Retry)?;
     Ok(())
 }
 
@@ -453,7 +453,7 @@ impl Streamer {
         self.unstored_since = None;
         let file = wal::from_bytes(name, data, &self.target).map_err(SessionEnd::Fatal)?;
         let (bus, target, settings) = (self.bus.clone(), self.target.clone(), self.settings.clone());
-        let task = tokio::spawn(async move { wal::push_seeded(bus, &target, &settings.push, file, seed).await });
+        let task = tokio::spawn(async move { wal::push_seeded(bus, &target, &settings.push, file, None, seed).await });
         self.segments.push_back((self.pos, task));
         Ok(())
     }

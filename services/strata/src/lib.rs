@@ -298,6 +298,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let stanza = cli.stanza.clone().context("--stanza is required (or STRATA_STANZA)")?;
     cfg.stanza(&stanza)?;
     let cli_repo = cli.repo.clone();
+    // archive-push in async mode asks the shipper before opening the repository: the archiver calls it
+    // once per segment, serially, and the answer is usually ready.
+    let mut asked_shipper = false;
+    if let (Command::ArchivePush { path }, None) = (&cli.command, &cli.repo) {
+        let asker = cmd::shipper::Asker { cfg: &cfg, config_path: &config_path, stanza: &stanza };
+        if cmd::archive::asks_shipper_first(&cfg) {
+            if cmd::archive::ask_shipper_first(&asker, path).await.context("archive-push")? {
+                return Ok(());
+            }
+            asked_shipper = true;
+        }
+    }
     let repo_cfg = match &cli.repo {
         None => cfg.primary_repo(),
         Some(name) => {
@@ -335,7 +347,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let backup = async { cmd::backup::run(&ctx, backup_type.to_type(), checksum_all).await.map(cmd::audit::BackupLabel) };
             audit_op(cfg, Op::Backup, stanza, repo, what, backup).await.map(drop)
         }
-        Command::ArchivePush { path } => cmd::archive::push(&ctx, &path).await.context("archive-push"),
+        Command::ArchivePush { path } => cmd::archive::push(&ctx, &path, asked_shipper).await.context("archive-push"),
         Command::ArchiveGet { wal_name, dest, prefetch } => {
             cmd::archive::get(&ctx, &wal_name, &dest, prefetch).await.map_err(|e| {
                 if e.is::<cmd::archive::NotArchived>() { e } else { e.context("archive-get") }

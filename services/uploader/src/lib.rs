@@ -20,6 +20,11 @@
 //! [`Repo::commit_backup`] checked every referenced pack exists; a WAL record is created with put-if-absent, so
 //! an archived WAL file is never replaced. A streamed partial segment goes beside the archive, replacing a
 //! shorter one (`strata_repo::wal_stream`). The outcome goes back to the job as an event.
+//!
+//! A commit ends its batch, but takes along what is queued behind it already: when the WAL shipper keeps
+//! many segments in flight, their commits arrive together, and the WAL records of one batch are written
+//! concurrently, so that their fsyncs overlap instead of costing one round trip to the disk each. (A job
+//! asks for its commit only once all its chunks are confirmed, so a commit never needs the batch's pack.)
 
 pub mod metrics;
 
@@ -41,7 +46,7 @@ pub use metrics::{CommitKind, CommitOutcome, UploaderError, UploaderMetrics};
 
 /// A worker writes what it holds once its input has been quiet this long: the job owner limits its chunks
 /// in flight and waits for confirmations, so holding a partial pack longer would only stall it.
-/// A commit is written at once (see [`classify`]).
+/// A commit is written at once, with what is queued already (see [`classify`]).
 pub const IDLE_FLUSH: Duration = Duration::from_millis(10);
 
 /// How an uploader process batches.
@@ -125,12 +130,16 @@ async fn worker(shared: Arc<Shared>, mut input: Box<dyn WorkStream>, cancel: Can
         let mut bytes = first.payload().len();
         let (mut plain, mut last) = classify(first.payload());
         let mut batch = vec![first];
-        while bytes < shared.settings.pack_size && plain < shared.settings.flush_plain_bytes && !last {
-            match input.next_within(IDLE_FLUSH).await {
+        while bytes < shared.settings.pack_size && plain < shared.settings.flush_plain_bytes {
+            // After a commit, only what is queued already: commits then share the batch (its WAL records
+            // are written together, see process_batch) and do not each end a batch of their own, while
+            // a commit alone is not kept waiting for more.
+            let wait = if last { Duration::ZERO } else { IDLE_FLUSH };
+            match input.next_within(wait).await {
                 Ok(Some(d)) => {
                     bytes += d.payload().len();
                     let (p, l) = classify(d.payload());
-                    (plain, last) = (plain + p, l);
+                    (plain, last) = (plain + p, last || l);
                     batch.push(d);
                 }
                 Ok(None) => break,
@@ -253,7 +262,17 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
         let event = JobEvent::Stored { chunks: reply.stored, written_bytes: reply.written_bytes };
         publish(shared, &job, &event).await;
     }
-    for i in commits {
+    // WAL records first, all at once: each is its own object, and their writes and fsyncs overlap
+    // (the file system commits them together) instead of costing a round each. Backup records and
+    // checkpoints follow one at a time, in the order they came (a checkpoint must not land after the
+    // record that supersedes it).
+    let (wal, others): (Vec<usize>, Vec<usize>) =
+        commits.into_iter().partition(|&i| matches!(decode_upload(batch[i].payload()), Ok((ArchivedUploadWork::CommitWal(_), _))));
+    let wal_events = futures::future::join_all(wal.iter().map(|&i| commit_wal(shared, batch[i].payload()))).await;
+    for (job, event) in wal_events {
+        publish(shared, &job, &event).await;
+    }
+    for i in others {
         let (work, _) = decode_upload(batch[i].payload()).expect("decoded above");
         let (job, event) = match work {
             ArchivedUploadWork::CommitBackup(c) => {
@@ -278,33 +297,7 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
                 };
                 (c.job.to_string(), event)
             }
-            ArchivedUploadWork::CommitWal(c) => {
-                let record = strata_messages::to_owned::<strata_messages::WalRecord>(&c.record);
-                strata_crashpoint::hit("uploader.before-wal-record");
-                let put = shared.repo.put_wal(c.stanza.as_str(), &record).await;
-                if put.is_ok() {
-                    // Archived, but archive-push not told: PostgreSQL will push the segment again.
-                    strata_crashpoint::hit("uploader.after-wal-record");
-                }
-                shared.metrics.commit(
-                    CommitKind::Wal,
-                    match &put {
-                        Ok(WalPut::Stored) => CommitOutcome::Stored,
-                        Ok(WalPut::AlreadyArchived) => CommitOutcome::AlreadyArchived,
-                        Err(_) => CommitOutcome::Refused,
-                    },
-                );
-                let event = match put {
-                    Ok(WalPut::Stored) => JobEvent::Committed,
-                    Ok(WalPut::AlreadyArchived) => JobEvent::AlreadyArchived,
-                    Err(e @ RepoError::WalConflict { .. }) => {
-                        error!(stanza = %c.stanza, wal = %record.name, "{e}");
-                        JobEvent::Rejected(e.to_string())
-                    }
-                    Err(e) => JobEvent::Rejected(e.to_string()),
-                };
-                (c.job.to_string(), event)
-            }
+            ArchivedUploadWork::CommitWal(_) => unreachable!("WAL records were written above"),
             ArchivedUploadWork::StreamedPartial(c) => {
                 let record = strata_messages::to_owned::<strata_messages::WalRecord>(&c.record);
                 let event = match shared.repo.put_wal_streamed(c.stanza.as_str(), &record).await {
@@ -350,6 +343,36 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
             warn!(error = %e, "uploader could not acknowledge a message");
         }
     }
+}
+
+/// Writes the WAL record a commit request carries (put-if-absent); the job to tell and what.
+async fn commit_wal(shared: &Shared, payload: &[u8]) -> (String, JobEvent) {
+    let Ok((ArchivedUploadWork::CommitWal(c), _)) = decode_upload(payload) else { unreachable!("a WAL commit, decoded above") };
+    let record = strata_messages::to_owned::<strata_messages::WalRecord>(&c.record);
+    strata_crashpoint::hit("uploader.before-wal-record");
+    let put = shared.repo.put_wal(c.stanza.as_str(), &record).await;
+    if put.is_ok() {
+        // Archived, but archive-push not told: PostgreSQL will push the segment again.
+        strata_crashpoint::hit("uploader.after-wal-record");
+    }
+    shared.metrics.commit(
+        CommitKind::Wal,
+        match &put {
+            Ok(WalPut::Stored) => CommitOutcome::Stored,
+            Ok(WalPut::AlreadyArchived) => CommitOutcome::AlreadyArchived,
+            Err(_) => CommitOutcome::Refused,
+        },
+    );
+    let event = match put {
+        Ok(WalPut::Stored) => JobEvent::Committed,
+        Ok(WalPut::AlreadyArchived) => JobEvent::AlreadyArchived,
+        Err(e @ RepoError::WalConflict { .. }) => {
+            error!(stanza = %c.stanza, wal = %record.name, "{e}");
+            JobEvent::Rejected(e.to_string())
+        }
+        Err(e) => JobEvent::Rejected(e.to_string()),
+    };
+    (c.job.to_string(), event)
 }
 
 async fn drop_checkpoints(shared: &Shared, stanza: &str) {

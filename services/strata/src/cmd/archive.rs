@@ -37,41 +37,73 @@ const LOCK: &str = ".lock";
 /// How long a call waits for a segment the prefetcher is fetching before fetching it itself.
 const SPOOL_WAIT: Duration = Duration::from_secs(60);
 
-pub async fn push(ctx: &Context_, path: &Path) -> anyhow::Result<()> {
+/// `archive-push`. `asked`: the shipper was asked already, before the repository was opened
+/// ([`ask_shipper_first`]), and gave no answer.
+pub async fn push(ctx: &Context_, path: &Path, asked: bool) -> anyhow::Result<()> {
     if let Some(max) = ctx.cfg.archive.push_queue_max {
         if drop_over_queue_max(ctx, path, max).await? {
             return Ok(());
         }
     }
-    if ctx.cfg.archive.asynchronous {
-        match super::shipper::ask(ctx, path).await? {
-            Some(super::shipper::Answer::Durable { .. }) => return Ok(()),
-            Some(super::shipper::Answer::Failed(reason)) => bail!("{reason}"),
-            // No shipper answered (it could not start, died, or exited idle at that moment): the segment
-            // is pushed here, as without the shipper.
-            None => eprintln!("warning: no WAL shipper answered; archiving {:?} without it", path.file_name().unwrap_or_default()),
+    if ctx.cfg.archive.asynchronous && !asked {
+        if shipper_answer(super::shipper::ask(&super::shipper::Asker::of(ctx), path).await?, path)? {
+            return Ok(());
         }
     }
     push_sync(ctx, path).await
 }
 
-/// Pushes one file from this process: the stages start, take the file, and stop.
-pub async fn push_sync(ctx: &Context_, path: &Path) -> anyhow::Result<()> {
-    let info = ctx.repo.stanza(&ctx.stanza).await?;
-    let target = WalPushTarget {
-        stanza: ctx.stanza.clone(),
-        system_id: info.system_id,
-        pg_major: info.pg_major,
-        wal_segment_size: info.wal_segment_size,
-    };
+/// Whether the shipper's answer settles the push (an error when it failed); `false` to push here.
+fn shipper_answer(answer: Option<super::shipper::Answer>, path: &Path) -> anyhow::Result<bool> {
+    match answer {
+        Some(super::shipper::Answer::Durable { .. }) => Ok(true),
+        Some(super::shipper::Answer::Failed(reason)) => bail!("{reason}"),
+        // No shipper answered (it could not start, died, or exited idle at that moment): the segment
+        // is pushed here, as without the shipper.
+        None => {
+            eprintln!("warning: no WAL shipper answered; archiving {:?} without it", path.file_name().unwrap_or_default());
+            Ok(false)
+        }
+    }
+}
+
+/// Whether `archive-push` asks the shipper before the repository is opened ([`ask_shipper_first`]): in
+/// async mode, unless `archive.push_queue_max` must look at the repository before anything.
+pub fn asks_shipper_first(cfg: &strata_config::Config) -> bool {
+    cfg.archive.asynchronous && cfg.archive.push_queue_max.is_none()
+}
+
+/// `archive-push` in async mode, before the repository is opened: whether the shipper's answer settles
+/// the push (an error when it failed); `false` when the caller must open the repository and push itself.
+pub async fn ask_shipper_first(asker: &super::shipper::Asker<'_>, path: &Path) -> anyhow::Result<bool> {
+    shipper_answer(super::shipper::ask(asker, path).await?, path)
+}
+
+/// The stanza a pushed WAL file is checked against (archive-push, the shipper, the streamer).
+pub(crate) fn wal_push_target(ctx: &Context_, info: &strata_repo::StanzaInfo) -> WalPushTarget {
+    WalPushTarget { stanza: ctx.stanza.clone(), system_id: info.system_id, pg_major: info.pg_major, wal_segment_size: info.wal_segment_size }
+}
+
+/// How WAL files are cut, compressed and bounded in flight (`[pipeline]`); `seal_here`: see
+/// [`WalPushSettings::seal_here`].
+pub(crate) fn wal_push_settings(ctx: &Context_, seal_here: Option<std::sync::Arc<strata_collector::wal::SealSlots>>) -> WalPushSettings {
     let p = &ctx.cfg.pipeline;
-    let settings = WalPushSettings {
+    WalPushSettings {
         chunk_size: p.chunk_size,
         compress_level: p.wal_compress_level,
         in_flight_bytes: p.in_flight_bytes,
         stall: Duration::from_secs(p.stall_timeout_secs),
         sealer: ctx.repo.sealer().clone(),
-    };
+        seal_here,
+    }
+}
+
+/// Pushes one file from this process: the stages start, take the file, and stop.
+pub async fn push_sync(ctx: &Context_, path: &Path) -> anyhow::Result<()> {
+    let info = ctx.repo.stanza(&ctx.stanza).await?;
+    let target = wal_push_target(ctx, &info);
+    // One file: its chunks are compressed in parallel by the sealer's workers.
+    let settings = wal_push_settings(ctx, None);
     let (bus, in_process) = strata_runtime::connect_bus(&ctx.cfg).await?;
     let stages = if in_process { Some(local::start(&ctx.cfg, &ctx.repo, bus.clone(), false).await?) } else { None };
     let pushed = async {
@@ -81,7 +113,7 @@ pub async fn push_sync(ctx: &Context_, path: &Path) -> anyhow::Result<()> {
             check_parent_known(ctx, &file.name, history).await?;
         }
         let name = file.name.clone();
-        anyhow::Ok((name, strata_collector::wal::push(bus, &target, &settings, file).await?))
+        anyhow::Ok((name, strata_collector::wal::push(bus, &target, &settings, file, None).await?))
     }
     .await;
     if let Some(stages) = stages {

@@ -12,6 +12,16 @@
 //! archiver's `archive-push` then only asks the shipper, over a Unix socket, whether its segment is
 //! durable, which it usually already is.
 //!
+//! # Throughput
+//! The archiver asks for segments one at a time, in name order, and a drain is as fast as the slower of
+//! two things: the shipper's pipeline and the archiver's round of `sh`, `strata archive-push` and the
+//! question. So `archive-push` asks before it opens the repository (a few ms a call instead of tens),
+//! and in single-host mode each segment is hashed (its chunks' ids and the file's hash in one pass) and
+//! compressed by one blocking thread of the shipper, at most `pipeline.sealer_workers` at once, oldest
+//! segment first ([`strata_collector::wal::SealSlots`]), then handed sealed to the uploaders, which write
+//! the WAL records that arrive together with overlapping fsyncs. What is left per segment is CPU
+//! (compression, then the two hashes), see loadtest/README.md, "The WAL benchmark".
+//!
 //! # Durability
 //! The rule does not change: `archive-push` exits 0 only once its segment is committed in the primary
 //! repository and copied to every required repository ([`crate::multi_repo`]). The shipper answers `ok`
@@ -61,8 +71,24 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 
 /// The spool directory for segments in `pg_wal`.
-pub fn spool_dir(ctx: &Context_, pg_wal: &Path) -> PathBuf {
-    ctx.cfg.archive.spool_path.clone().unwrap_or_else(|| pg_wal.join(SPOOL_DIR))
+pub fn spool_dir(cfg: &strata_config::Config, pg_wal: &Path) -> PathBuf {
+    cfg.archive.spool_path.clone().unwrap_or_else(|| pg_wal.join(SPOOL_DIR))
+}
+
+/// What [`ask`] needs to find (or start) the shipper: no repository. The archiver runs `archive-push` once
+/// per segment, one after the other, so what a call costs before it asks is paid for every segment;
+/// opening the repository (its key, a KMS round trip in an encrypted one) is left to the calls that push
+/// themselves.
+pub struct Asker<'a> {
+    pub cfg: &'a strata_config::Config,
+    pub config_path: &'a Path,
+    pub stanza: &'a str,
+}
+
+impl<'a> Asker<'a> {
+    pub fn of(ctx: &'a Context_) -> Self {
+        Asker { cfg: &ctx.cfg, config_path: &ctx.config_path, stanza: &ctx.stanza }
+    }
 }
 
 /// Creates the spool (mode 0700) or checks an existing one is a directory only its owner can enter.
@@ -100,13 +126,13 @@ pub enum Answer {
 
 /// `archive-push` in async mode: asks the shipper (starting one if none runs) for `path`'s segment.
 /// `Ok(None)` when no shipper could be asked or it gave no answer: the caller pushes the segment itself.
-pub async fn ask(ctx: &Context_, path: &Path) -> anyhow::Result<Option<Answer>> {
+pub async fn ask(ctx: &Asker<'_>, path: &Path) -> anyhow::Result<Option<Answer>> {
     let name = path.file_name().and_then(|n| n.to_str()).map(str::to_string).unwrap_or_default();
     // Before the name goes on the socket: one WAL file name, no newline.
     wal_file_kind(&name)?;
     let pg_wal = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let pg_wal = fs::canonicalize(pg_wal).with_context(|| format!("cannot find {pg_wal:?}"))?;
-    let spool = spool_dir(ctx, &pg_wal);
+    let spool = spool_dir(ctx.cfg, &pg_wal);
     prepare_spool(&spool)?;
     let socket = spool.join(SOCKET);
     let stream = match UnixStream::connect(&socket).await {
@@ -134,16 +160,16 @@ async fn request(stream: UnixStream, name: &str) -> std::io::Result<Option<Answe
 
 /// Starts a shipper unless one holds the lock, and connects to whichever shipper listens. `None` when none
 /// came up within [`START_WAIT`] or the one started exited.
-async fn start_and_connect(ctx: &Context_, spool: &Path, pg_wal: &Path) -> anyhow::Result<Option<UnixStream>> {
+async fn start_and_connect(ctx: &Asker<'_>, spool: &Path, pg_wal: &Path) -> anyhow::Result<Option<UnixStream>> {
     let mut child = None;
     if try_lock(spool)?.is_some() {
         let log = fs::OpenOptions::new().create(true).append(true).open(spool.join(LOG)).context("cannot open the shipper's log")?;
         let exe = std::env::current_exe().context("cannot find the strata executable")?;
         let mut cmd = std::process::Command::new(exe);
         cmd.arg("--config")
-            .arg(&ctx.config_path)
+            .arg(ctx.config_path)
             .arg("--stanza")
-            .arg(&ctx.stanza)
+            .arg(ctx.stanza)
             .arg("archive-shipper")
             .arg(pg_wal)
             .stdin(std::process::Stdio::null())
@@ -205,7 +231,7 @@ struct Shipper {
 /// The shipper process (`archive-shipper PG_WAL`, started by `archive-push`).
 pub async fn run(ctx: &Context_, pg_wal: &Path) -> anyhow::Result<()> {
     let ctx = Context_ { cfg: ctx.cfg.clone(), config_path: ctx.config_path.clone(), stanza: ctx.stanza.clone(), repo: ctx.repo.clone() };
-    let spool = spool_dir(&ctx, pg_wal);
+    let spool = spool_dir(&ctx.cfg, pg_wal);
     prepare_spool(&spool)?;
     let Some(_lock) = try_lock(&spool)? else { return Ok(()) };
     let socket = spool.join(SOCKET);
@@ -216,21 +242,13 @@ pub async fn run(ctx: &Context_, pg_wal: &Path) -> anyhow::Result<()> {
 
     let ctx = Arc::new(ctx);
     let info = ctx.repo.stanza(&ctx.stanza).await?;
-    let target = Arc::new(WalPushTarget {
-        stanza: ctx.stanza.clone(),
-        system_id: info.system_id,
-        pg_major: info.pg_major,
-        wal_segment_size: info.wal_segment_size,
-    });
-    let p = &ctx.cfg.pipeline;
-    let settings = Arc::new(WalPushSettings {
-        chunk_size: p.chunk_size,
-        compress_level: p.wal_compress_level,
-        in_flight_bytes: p.in_flight_bytes,
-        stall: Duration::from_secs(p.stall_timeout_secs),
-        sealer: ctx.repo.sealer().clone(),
-    });
+    let target = Arc::new(super::archive::wal_push_target(&ctx, &info));
     let (bus, in_process) = strata_runtime::connect_bus(&ctx.cfg).await?;
+    // Single host: each segment is hashed and compressed in one pass by the task that read it, at most
+    // `pipeline.sealer_workers` at once, and goes sealed to the uploaders (no hop through the sealer stage,
+    // no copy of each chunk). Over NATS the sealer hosts compress, as for backups.
+    let slots = in_process.then(|| Arc::new(strata_collector::wal::SealSlots::new(ctx.cfg.pipeline.sealer_workers)));
+    let settings = Arc::new(super::archive::wal_push_settings(&ctx, slots));
     let stages = if in_process { Some(crate::local::start(&ctx.cfg, &ctx.repo, bus.clone(), false).await?) } else { None };
 
     let window_kib = (ctx.cfg.archive.in_flight_bytes / 1024).max(1) as u32;
@@ -245,6 +263,8 @@ pub async fn run(ctx: &Context_, pg_wal: &Path) -> anyhow::Result<()> {
     let pusher = Pusher { ctx: ctx.clone(), bus, target, settings, shipper: shipper.clone() };
     let idle = Duration::from_secs(ctx.cfg.archive.idle_secs);
     let result = async {
+        // At once: the archive-push that started this shipper is waiting.
+        pusher.look_ahead()?;
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
@@ -342,9 +362,11 @@ impl Pusher {
     /// Marks `name` in flight and pushes it in a task.
     fn start(&self, name: String, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
         self.shipper.status.lock().expect("status").insert(name.clone(), Status::InFlight);
+        // In line for compression in name order, from now: the archiver waits for the oldest first.
+        let ticket = self.settings.seal_here.as_ref().map(|slots| slots.reserve(&name));
         let me = self.clone();
         tokio::spawn(async move {
-            let outcome = me.push(&name).await;
+            let outcome = me.push(&name, ticket).await;
             drop(permit);
             let status = match outcome {
                 Ok(o) => Status::Durable { already: o == CommitOutcome::AlreadyArchived, at: Instant::now() },
@@ -360,13 +382,24 @@ impl Pusher {
     }
 
     /// What `archive-push` would do for the file: check, push, copy to the other required repositories.
-    async fn push(&self, name: &str) -> anyhow::Result<CommitOutcome> {
+    /// `ticket`: its place in line for a sealing slot, given up once it has the slot (kept, it would hold
+    /// every later segment back until this one is durable).
+    async fn push(&self, name: &str, ticket: Option<strata_collector::wal::SealTicket>) -> anyhow::Result<CommitOutcome> {
         let path = self.shipper.pg_wal.join(name);
+        // The slot first, then the file: the window lets sixteen segments be in flight, but only the
+        // ones being compressed need their bytes in memory. Read earlier, each segment was a fresh
+        // allocation the kernel faulted in and zeroed (a sixth of the shipper's CPU); read in the slot,
+        // malloc recycles the few buffers in use.
+        let slot = match &self.settings.seal_here {
+            Some(slots) => Some(slots.acquire(name).await),
+            None => None,
+        };
+        drop(ticket);
         let file = strata_collector::wal::read(&path, &self.target).await?;
         if let Some(history) = &file.history {
             super::archive::check_parent_known(&self.ctx, &file.name, history).await?;
         }
-        let outcome = strata_collector::wal::push(self.bus.clone(), &self.target, &self.settings, file).await?;
+        let outcome = strata_collector::wal::push(self.bus.clone(), &self.target, &self.settings, file, slot).await?;
         crate::multi_repo::push_to_others(&self.ctx, name).await?;
         Ok(outcome)
     }

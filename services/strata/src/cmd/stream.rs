@@ -12,20 +12,13 @@ use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_collector::stream::{StreamMetrics, StreamSettings};
-use strata_collector::wal::{WalPushSettings, WalPushTarget};
 use strata_runtime::metrics::{listen_address, MetricsEndpoint};
 use tokio_util::sync::CancellationToken;
 
 pub async fn run(ctx: &Context_, metrics_listen: Option<&str>) -> anyhow::Result<()> {
     let stanza_cfg = ctx.cfg.stanza(&ctx.stanza)?;
     let info = ctx.repo.stanza(&ctx.stanza).await?;
-    let target = Arc::new(WalPushTarget {
-        stanza: ctx.stanza.clone(),
-        system_id: info.system_id,
-        pg_major: info.pg_major,
-        wal_segment_size: info.wal_segment_size,
-    });
-    let p = &ctx.cfg.pipeline;
+    let target = Arc::new(super::archive::wal_push_target(ctx, &info));
     let w = &ctx.cfg.wal_stream;
     let slot = w.slot_name(&ctx.stanza);
     let settings = Arc::new(StreamSettings {
@@ -34,13 +27,8 @@ pub async fn run(ctx: &Context_, metrics_listen: Option<&str>) -> anyhow::Result
         status_interval: Duration::from_secs(w.status_interval_secs),
         slot_retained_max: w.slot_retained_max,
         application_name: slot.clone(),
-        push: WalPushSettings {
-            chunk_size: p.chunk_size,
-            compress_level: p.wal_compress_level,
-            in_flight_bytes: p.in_flight_bytes,
-            stall: Duration::from_secs(p.stall_timeout_secs),
-            sealer: ctx.repo.sealer().clone(),
-        },
+        // Through the sealer stage (or the fleet's sealers): a partial is a piece or two at a time.
+        push: super::archive::wal_push_settings(ctx, None),
     });
     let registry = strata_metrics::Registry::new();
     let _endpoint = match listen_address(metrics_listen, w.metrics_listen.as_deref(), "wal_stream.metrics_listen") {
