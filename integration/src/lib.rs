@@ -14,7 +14,7 @@
 //!   [`ports`], below the ephemeral range and locked across processes; no global servers.
 //! - **Readiness, not sleeps.** Each start waits for a readiness signal with a deadline (`pg_ctl -w` and
 //!   `pg_isready`, the NATS `INFO` greeting, a log line) and fails fast, with the log's tail, when the
-//!   process dies instead.
+//!   process dies instead. Every wait goes through [`wait::wait_until`], the one deadline loop.
 //! - **Stopped through the handle, by pid.** SIGINT/SIGTERM first, harder signals after a deadline, on
 //!   Drop too; never by process name.
 //! - **Logs are checked.** [`LogCheck`] fails a test on ERROR/PANIC/FATAL lines it did not allow.
@@ -57,6 +57,7 @@ pub mod ports;
 mod process;
 pub mod s3;
 pub mod testdir;
+pub mod wait;
 pub mod webhook;
 
 pub use bins::{Service, StrataBins};
@@ -71,4 +72,5 @@ pub use os_user::command_as_postgres;
 pub use process::CommandError;
 pub use s3::S3Server;
 pub use testdir::TestDir;
+pub use wait::{poll, wait_until, wait_until_every};
 pub use webhook::WebhookReceiver;

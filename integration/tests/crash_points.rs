@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use strata_integration::*;
 
 /// Runs `strata args` with `point` armed; asserts the process died there.
@@ -77,9 +77,7 @@ fn assert_expire_cleans_up(setup: &Setup, after: &str) {
         .max();
     if let Some(newest) = newest {
         let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-        while now() <= newest {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until("the clock to pass the newest leftover's second", Duration::from_secs(5), || (now() > newest).then_some(()));
     }
     setup.strata_ok(&["expire", "--retention-full", "100", "--gc-grace-secs", "0"]);
     let left = leftovers(&setup.repo);
@@ -140,11 +138,7 @@ fn ready_segment(setup: &Setup) -> std::path::PathBuf {
     setup.pg.psql("CREATE TABLE IF NOT EXISTS crash_t (i int); INSERT INTO crash_t SELECT generate_series(1, 1000)");
     let name = setup.pg.psql("SELECT pg_walfile_name(pg_switch_wal())");
     let ready = setup.pg.data_dir().join("pg_wal/archive_status").join(format!("{name}.ready"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "{} did not appear", ready.display());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(&format!("{} to appear", ready.display()), Duration::from_secs(60), || ready.exists().then_some(()));
     setup.pg.data_dir().join("pg_wal").join(name)
 }
 
@@ -243,19 +237,12 @@ fn a_replicator_killed_before_a_record_leaves_no_record_without_its_data() {
     }
     // Then a replicator without crash points catches up, and the copy verifies.
     let mut replicator = setup.bins.spawn_service("strata-replicator", &setup.config, dir.path());
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let out = setup.strata(&["--repo", "b", "info", "--output", "json"]);
-        if out.status.success() {
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            if v[0]["backups"].as_array().is_some_and(|b| !b.is_empty()) {
-                break;
-            }
-        }
+    wait_until_every("the replicator to copy the backup to b", Duration::from_secs(300), Duration::from_millis(200), || {
         assert!(replicator.is_running(), "the replicator exited; see {}", replicator.log_file().display());
-        assert!(Instant::now() < deadline, "the replicator did not copy the backup to b");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        let out = setup.strata(&["--repo", "b", "info", "--output", "json"]);
+        let v: Option<serde_json::Value> = out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap());
+        v.is_some_and(|v| v[0]["backups"].as_array().is_some_and(|b| !b.is_empty())).then_some(())
+    });
     assert!(replicator.stop().success());
     setup.strata_ok(&["--repo", "b", "verify"]);
     setup.strata_ok(&["--repo", "b", "expire", "--retention-full", "100", "--gc-grace-secs", "0"]);

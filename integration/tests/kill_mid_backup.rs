@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use strata_integration::*;
 
 /// Slow compression keeps the backup running long enough to kill a stage in its middle; a short stall
@@ -42,17 +42,14 @@ fn kill_stage_mid_backup(which: &str) {
     // read is named by the checkpoint after the one that finds its chunks stored, and its small files'
     // bundles wait behind the in-flight window: after two, a loaded CI machine once had no file named),
     // then kill the stage.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while pack_bytes(&setup.repo) < packs_before + 1_500_000 {
-        assert!(Instant::now() < deadline, "the backup stored nothing within 120 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the backup to store 1.5 MB of packs", Duration::from_secs(120), || {
+        (pack_bytes(&setup.repo) >= packs_before + 1_500_000).then_some(())
+    });
     for _ in 0..3 {
         let last = checkpoint_bytes(&setup.repo);
-        while checkpoint_bytes(&setup.repo) == last {
-            assert!(Instant::now() < deadline, "the backup wrote no checkpoint within 120 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_every("the backup's next checkpoint", Duration::from_secs(120), Duration::from_millis(20), || {
+            (checkpoint_bytes(&setup.repo) != last).then_some(())
+        });
     }
     let stage = match which {
         "uploader" => &mut services.uploader,

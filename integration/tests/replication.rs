@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use strata_integration::*;
 
 fn posix_repo(name: &str, path: &Path) -> String {
@@ -28,19 +28,17 @@ fn replication_row(setup: &Setup, target: &str) -> serde_json::Value {
 
 /// Polls `info` until `target` has no lag; returns the last row.
 fn wait_caught_up(setup: &Setup, replicator: &mut Service, target: &str, timeout: Duration) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let row = replication_row(setup, target);
-        if row["lag_objects"] == 0 {
-            assert_eq!(row["lag_bytes"], 0, "{row}");
-            assert_eq!(row["lag_seconds"], 0, "{row}");
-            assert!(row["oldest_uncopied"].is_null(), "{row}");
-            return row;
-        }
+    let mut last = serde_json::Value::Null;
+    let caught_up = poll(timeout, Duration::from_millis(500), || {
         assert!(replicator.is_running(), "the replicator exited; see {}", replicator.log_file().display());
-        assert!(Instant::now() < deadline, "target {target} still behind after {timeout:?}: {row}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        last = replication_row(setup, target);
+        (last["lag_objects"] == 0).then(|| last.clone())
+    });
+    let row = caught_up.unwrap_or_else(|| panic!("target {target} still behind after {timeout:?}: {last}"));
+    assert_eq!(row["lag_bytes"], 0, "{row}");
+    assert_eq!(row["lag_seconds"], 0, "{row}");
+    assert!(row["oldest_uncopied"].is_null(), "{row}");
+    row
 }
 
 #[test]
@@ -78,15 +76,10 @@ fn a_backup_replicated_to_a_second_bucket_restores_after_the_first_is_deleted() 
     wait_caught_up(&setup, &mut replicator, "b", Duration::from_secs(300));
     // The replicator's own next scan sees the same: its gauges fall to zero.
     let port = metrics_port.get();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let metrics = loop {
+    let metrics = wait_until_every("the replicator's lag gauge to reach 0", Duration::from_secs(30), Duration::from_millis(500), || {
         let m = scrape(port);
-        if m.contains("strata_replication_lag_bytes{target=\"b\"} 0\n") {
-            break m;
-        }
-        assert!(Instant::now() < deadline, "lag gauge never reached 0:\n{m}");
-        std::thread::sleep(Duration::from_millis(500));
-    };
+        m.contains("strata_replication_lag_bytes{target=\"b\"} 0\n").then_some(m)
+    });
     assert!(metrics.contains("strata_replication_lag_seconds{target=\"b\"} 0\n"), "{metrics}");
     assert!(metrics.contains("# TYPE strata_replication_copied_bytes_total counter"), "{metrics}");
     assert!(metrics.contains("strata_replication_copied_objects_total{target=\"b\"} "), "{metrics}");
@@ -126,15 +119,10 @@ fn a_replicator_killed_mid_copy_resumes_and_the_target_ends_byte_identical() {
     // before its record is.
     let wal_packs = snapshot_names(&target.join("pack")).len();
     let mut replicator = setup.bins.spawn_service("strata-replicator", &setup.config, dir.path());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if snapshot_names(&target.join("pack")).len() > wal_packs {
-            break;
-        }
+    wait_until_every("a pack to reach the target", Duration::from_secs(120), Duration::from_millis(20), || {
         assert!(replicator.is_running(), "the replicator exited; see {}", replicator.log_file().display());
-        assert!(Instant::now() < deadline, "no pack reached the target within 120 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        (snapshot_names(&target.join("pack")).len() > wal_packs).then_some(())
+    });
     replicator.kill();
     assert!(records(&target).is_empty(), "the backup was already copied whole: the kill came too late to test a resume");
     let mid = replication_row(&setup, "b");
@@ -349,16 +337,17 @@ fn two_replicators_copy_into_s3_and_write_no_object_twice() {
     assert!(second.is_running(), "the second replicator exited; see {}", second.log_file().display());
     // Both processes' counters, once each has seen the target caught up in a scan of its own.
     let copied_objects = |port: u16| -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let m = scrape(port);
-            if m.contains("strata_replication_lag_objects{target=\"b\"} 0\n") {
-                let line = m.lines().find(|l| l.starts_with("strata_replication_copied_objects_total{target=\"b\"} "));
-                return line.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or(0.0) as u64;
-            }
-            assert!(Instant::now() < deadline, "replicator on port {port} never saw the target caught up:\n{m}");
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        let m = wait_until_every(
+            &format!("the replicator on port {port} to see the target caught up"),
+            Duration::from_secs(30),
+            Duration::from_millis(250),
+            || {
+                let m = scrape(port);
+                m.contains("strata_replication_lag_objects{target=\"b\"} 0\n").then_some(m)
+            },
+        );
+        let line = m.lines().find(|l| l.starts_with("strata_replication_copied_objects_total{target=\"b\"} "));
+        line.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or(0.0) as u64
     };
     let (copied_a, copied_b) = (copied_objects(port_a.get()), copied_objects(port_b.get()));
     assert!(first.stop().success() && second.stop().success(), "a replicator did not stop cleanly");

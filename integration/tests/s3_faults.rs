@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use strata_integration::*;
 
 const RETRY_WARNING: &str = "S3 request failed; retrying";
@@ -106,11 +106,9 @@ fn with_s3_unreachable_archive_push_fails_and_postgresql_keeps_the_segment() {
     let line = setup.strata_fails(&["archive-push", pg_wal.join(&segment).to_str().unwrap()]);
     assert!(line.contains("cannot reach S3"), "{line}");
     // PostgreSQL's archiver fails, and keeps the segment and its .ready file.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while failed_count(&setup.pg) == failed_before {
-        assert!(Instant::now() < deadline, "the archiver never failed while S3 was unreachable");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until_every("the archiver to fail while S3 is unreachable", Duration::from_secs(120), Duration::from_millis(200), || {
+        (failed_count(&setup.pg) != failed_before).then_some(())
+    });
     let ready = pg_wal.join("archive_status").join(format!("{segment}.ready"));
     assert!(pg_wal.join(&segment).exists(), "PostgreSQL removed {segment} although it was not archived");
     assert!(ready.exists(), "{} is missing while the segment is not archived", ready.display());

@@ -99,7 +99,9 @@ fn a_verified_put_is_confirmed_by_the_etag_without_a_read_back() {
             credentials: Some((strata_integration::s3::S3_ACCESS_KEY.into(), strata_integration::s3::S3_SECRET_KEY.into())),
             storage_class: None,
             checksums: false,
-            retry: Default::default(),
+            retry: strata_storage::s3::DEFAULT_RETRY,
+            attempt_timeout: strata_storage::s3::DEFAULT_ATTEMPT_TIMEOUT,
+            cancel: Default::default(),
         })
         .await
         .unwrap();

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use strata_integration::*;
 
 /// The value of one series (`name{labels}`) in a scrape.
@@ -13,15 +13,21 @@ fn value(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+/// Waits for a condition that costs a `strata info` run or a webhook look to test.
+fn wait_slow<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    wait_until_every(what, timeout, Duration::from_millis(500), f)
+}
+
+/// Rounds the verifier has finished, from its metrics.
+fn rounds(port: u16) -> f64 {
+    value(&scrape(port), "strata_verifier_rounds_total").unwrap_or(0.0)
+}
+
+/// Waits until the verifier has finished `n` more rounds: what proves that something (a second alert, a
+/// second restore test) did not happen in them.
+fn wait_rounds(port: u16, n: f64) {
+    let start = rounds(port);
+    wait_slow(&format!("{n} more verifier rounds"), Duration::from_secs(120), || (rounds(port) >= start + n).then_some(()));
 }
 
 #[test]
@@ -53,7 +59,7 @@ fn verifier_verifies_new_backups_exports_metrics_and_alerts_when_archiving_stops
     verifier.wait_for_log("verifier running", Duration::from_secs(30));
 
     // The new backup is verified without anyone asking, and info shows it.
-    let info = wait_until("the verifier verifies the new backup", Duration::from_secs(120), || {
+    let info = wait_slow("the verifier verifies the new backup", Duration::from_secs(120), || {
         let info = setup.info();
         (info[0]["backups"][0]["verify"]["ok"] == true && info[0]["wal_verify"]["ok"] == true).then_some(info)
     });
@@ -61,7 +67,7 @@ fn verifier_verifies_new_backups_exports_metrics_and_alerts_when_archiving_stops
 
     // Metrics agree with info.
     let port = port_of(&verifier);
-    let m = wait_until("the verifier's metrics show the backup", Duration::from_secs(30), || {
+    let m = wait_slow("the verifier's metrics show the backup", Duration::from_secs(30), || {
         let m = scrape(port);
         value(&m, "strata_verify_last_timestamp_seconds{stanza=\"main\",repo=\"local\"}").map(|_| m)
     });
@@ -93,10 +99,10 @@ fn verifier_verifies_new_backups_exports_metrics_and_alerts_when_archiving_stops
     // Archiving breaks: the critical alert reaches the webhook within a few rounds.
     setup.pg.psql("ALTER SYSTEM SET archive_command = 'false'");
     setup.pg.psql("SELECT pg_reload_conf()");
-    std::thread::sleep(Duration::from_secs(1));
+    setup.pg.wait_for_query("SHOW archive_command", "false", Duration::from_secs(30));
     setup.pg.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS i");
     setup.pg.psql("SELECT pg_switch_wal()");
-    let firing = wait_until("the critical alert at the webhook", Duration::from_secs(60), || {
+    let firing = wait_slow("the critical alert at the webhook", Duration::from_secs(60), || {
         hook.bodies().into_iter().find(|b| b["strata"]["status"] == "firing")
     });
     assert_eq!(firing["strata"]["tier"], "critical", "{firing:#}");
@@ -110,18 +116,18 @@ fn verifier_verifies_new_backups_exports_metrics_and_alerts_when_archiving_stops
     assert!(value(&m, "strata_archive_failed_total{stanza=\"main\"}").unwrap() >= 1.0, "{m}");
 
     // Several rounds later: still one message.
-    std::thread::sleep(Duration::from_secs(5));
+    wait_rounds(port, 4.0);
     assert_eq!(hook.bodies().len(), 1, "no duplicate: {:?}", hook.bodies());
 
     // Fixed: one resolved message, no second firing, status ok again.
     setup.pg.psql("ALTER SYSTEM RESET archive_command");
     setup.pg.psql("SELECT pg_reload_conf()");
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(120));
-    let resolved = wait_until("the resolved message", Duration::from_secs(60), || {
+    let resolved = wait_slow("the resolved message", Duration::from_secs(60), || {
         hook.bodies().into_iter().find(|b| b["strata"]["status"] == "resolved")
     });
     assert_eq!(resolved["strata"]["key"], firing["strata"]["key"], "{resolved:#}");
-    std::thread::sleep(Duration::from_secs(3));
+    wait_rounds(port, 3.0);
     let bodies = hook.bodies();
     assert_eq!(bodies.iter().filter(|b| b["strata"]["status"] == "firing").count(), 1, "{bodies:?}");
     assert_eq!(bodies.len(), 2, "{bodies:?}");
@@ -144,10 +150,12 @@ fn a_scheduled_restore_test_that_fails_raises_the_critical_alert() {
     let setup = Setup::new(&dir, "local", "", &[]);
     let hook = WebhookReceiver::start();
     let audit = dir.path().join("audit.log");
+    let port = reserve_port();
     setup.append_config(&format!(
-        "[verifier]\ninterval_secs = 1\n\n[alerts]\nwebhook_critical = \"{}\"\nrepo_full_warning_percent = 100\nrepo_full_critical_percent = 100\n\n\
+        "[verifier]\ninterval_secs = 1\nmetrics_listen = \"127.0.0.1:{}\"\n\n[alerts]\nwebhook_critical = \"{}\"\nrepo_full_warning_percent = 100\nrepo_full_critical_percent = 100\n\n\
          [audit]\npath = \"{}\"\n\n[restore_test]\ninterval_secs = 86400\ntimeout_secs = 300\namcheck = false\n\n\
          [[restore_test.query]]\nname = \"no such table\"\nsql = \"select count(*) from no_such_table\"\n",
+        port.get(),
         hook.url(),
         audit.display()
     ));
@@ -155,9 +163,11 @@ fn a_scheduled_restore_test_that_fails_raises_the_critical_alert() {
     setup.pg.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS i");
     setup.backup("full");
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
+    drop(port);
     let mut verifier = setup.bins.spawn_service("strata-verifier", &setup.config, dir.path());
     verifier.wait_for_log("verifier running", Duration::from_secs(30));
-    let firing = wait_until("the restore test's critical alert", Duration::from_secs(300), || {
+    let port = port_of(&verifier);
+    let firing = wait_slow("the restore test's critical alert", Duration::from_secs(300), || {
         hook.bodies().into_iter().find(|b| b["strata"]["status"] == "firing")
     });
     let text = firing["text"].as_str().unwrap();
@@ -168,7 +178,7 @@ fn a_scheduled_restore_test_that_fails_raises_the_critical_alert() {
     assert!(t["failure"].as_str().unwrap().contains("no such table"), "{info:#}");
     assert!(setup.strata_ok(&["info"]).contains("last restore test: FAILED"));
     // One scheduled test per interval, whatever the number of rounds; it is in the audit log.
-    std::thread::sleep(Duration::from_secs(3));
+    wait_rounds(port, 3.0);
     let out = setup.strata_ok(&["audit", "--op", "restore-test", "--output", "json"]);
     let entries: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(entries.len(), 1, "{out}");
@@ -193,7 +203,7 @@ fn a_backup_damaged_after_its_first_verification_is_found_by_the_next_one() {
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
     let mut verifier = setup.bins.spawn_service("strata-verifier", &setup.config, dir.path());
     verifier.wait_for_log("verifier running", Duration::from_secs(30));
-    let first = wait_until("the first verification", Duration::from_secs(120), || {
+    let first = wait_slow("the first verification", Duration::from_secs(120), || {
         let info = setup.info();
         (info[0]["backups"][0]["verify"]["ok"] == true).then(|| info[0]["backups"][0]["verify"]["time"].as_i64().unwrap())
     });
@@ -206,7 +216,7 @@ fn a_backup_damaged_after_its_first_verification_is_found_by_the_next_one() {
         bytes[middle] ^= 0x10;
         std::fs::write(&pack, &bytes).unwrap();
     }
-    let firing = wait_until("the critical alert of the second verification", Duration::from_secs(120), || {
+    let firing = wait_slow("the critical alert of the second verification", Duration::from_secs(120), || {
         hook.bodies().into_iter().find(|b| b["strata"]["status"] == "firing")
     });
     let text = firing["text"].as_str().unwrap();
@@ -217,7 +227,7 @@ fn a_backup_damaged_after_its_first_verification_is_found_by_the_next_one() {
     assert!(again["time"].as_i64().unwrap() >= first + 4, "verified again only once the first result was reverify_secs old: {info:#}");
     assert_eq!(info[0]["status"]["status"], "critical", "{info:#}");
     // The WAL files found intact the first time are read back again too, and their damage found.
-    wait_until("the WAL read back again", Duration::from_secs(60), || (setup.info()[0]["wal_verify"]["ok"] == false).then_some(()));
+    wait_slow("the WAL read back again", Duration::from_secs(60), || (setup.info()[0]["wal_verify"]["ok"] == false).then_some(()));
     assert!(verifier.stop().success(), "the verifier did not stop cleanly");
 }
 
@@ -234,7 +244,7 @@ fn backups_due_together_are_verified_in_one_pass_that_reads_shared_chunks_once()
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
     let mut verifier = setup.bins.spawn_service("strata-verifier", &setup.config, dir.path());
     verifier.wait_for_log("verifier running", Duration::from_secs(30));
-    let info = wait_until("both backups verified", Duration::from_secs(120), || {
+    let info = wait_slow("both backups verified", Duration::from_secs(120), || {
         let info = setup.info();
         let b = info[0]["backups"].as_array().unwrap();
         (b.len() == 2 && b.iter().all(|b| b["verify"]["ok"] == true)).then_some(info)

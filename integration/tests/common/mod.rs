@@ -342,14 +342,3 @@ pub fn secret_file(dir: &TestDir, name: &str, content: &str) -> PathBuf {
     path
 }
 
-/// Polls `probe` every 50 ms until it gives a value; panics after `timeout` naming `what`.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}

@@ -46,10 +46,9 @@ use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_bus::{Bus, Delivery, Queue};
+use strata_bus::{Bus, Delivery, GivenBack, Queue};
 use strata_config::{Config, RepoConfig};
 use strata_repo::Repo;
-use strata_storage::S3Storage;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -72,25 +71,9 @@ pub fn source_and_targets(cfg: &Config) -> anyhow::Result<(String, Vec<String>)>
     Ok((source, targets))
 }
 
-/// A repository opened for replication; with its S3 backend kept, for its retry count.
-#[derive(Clone)]
-pub struct Opened {
-    pub repo: Repo,
-    pub s3: Option<Arc<S3Storage>>,
-}
-
-/// Opens one of the config's repositories with its sealer, as `strata_uploader::open_repo` does, keeping
-/// a handle on an S3 backend so that its retries can be exported.
-pub async fn open(cfg: &Config, rc: &RepoConfig) -> anyhow::Result<Opened> {
-    match rc.kind {
-        strata_config::RepoType::Posix => Ok(Opened { repo: strata_uploader::open_repo(cfg, rc).await?, s3: None }),
-        strata_config::RepoType::S3 => {
-            let s3 = strata_runtime::open_s3(rc).await?;
-            let storage: Arc<dyn strata_storage::Storage> = s3.clone();
-            let sealer = strata_keys::sealer_for(cfg, storage.as_ref()).await.with_context(|| format!("repository '{}'", rc.name))?;
-            Ok(Opened { repo: Repo::new(rc.name.clone(), storage).with_sealer(sealer), s3: Some(s3) })
-        }
-    }
+/// The retry count that `strata_s3_retries_total{repo}` exports for an S3 repository; none for others.
+fn s3_stats(rc: &RepoConfig, repo: &Repo) -> Option<strata_storage::StorageStats> {
+    (rc.kind == strata_config::RepoType::S3).then(|| repo.storage().stats()).flatten()
 }
 
 /// One replication pair.
@@ -133,17 +116,18 @@ pub async fn run(cfg: Arc<Config>, bus: Option<Arc<dyn Bus>>, shutdown: impl Fut
         bail!("nothing to replicate: the config defines only the repository '{source_name}' (add a [[repo]] to copy to)");
     }
     let source_cfg = cfg.repo_named(&source_name).expect("validated by the config");
-    let source = open(&cfg, source_cfg).await?;
-    let mut opened = vec![(source_name.clone(), source.s3.clone())];
+    let source = strata_uploader::open_repo(&cfg, source_cfg).await?;
+    let mut opened = vec![(source_name.clone(), s3_stats(source_cfg, &source))];
     let mut targets = Vec::new();
     for name in &target_names {
-        let t = open(&cfg, cfg.repo_named(name).expect("validated by the config")).await?;
+        let rc = cfg.repo_named(name).expect("validated by the config");
+        let t = strata_uploader::open_repo(&cfg, rc).await?;
         // Healthcheck: a target we cannot write to is a configuration problem, said once at start.
-        t.repo.check_writable().await.with_context(|| format!("target repository '{name}'"))?;
-        opened.push((name.clone(), t.s3.clone()));
+        t.check_writable().await.with_context(|| format!("target repository '{name}'"))?;
+        opened.push((name.clone(), s3_stats(rc, &t)));
         targets.push(Arc::new(Target {
             name: name.clone(),
-            copier: Copier::new(source.repo.clone(), t.repo),
+            copier: Copier::new(source.clone(), t),
             scanner: Mutex::new(Scanner::default()),
         }));
     }
@@ -178,8 +162,8 @@ pub async fn run(cfg: Arc<Config>, bus: Option<Arc<dyn Bus>>, shutdown: impl Fut
                     None => local_pass(t, &metrics, workers).await,
                 }
             }
-            for (name, s3) in &opened {
-                if let Some(s3) = s3 {
+            for (name, stats) in &opened {
+                if let Some(s3) = stats {
                     metrics.s3_retries(name, s3.retries());
                 }
             }
@@ -396,8 +380,9 @@ async fn handle(delivery: Box<dyn Delivery>, targets: &[Arc<Target>], metrics: &
         if let Err(e) = delivery.ack().await {
             warn!(error = %e, "replication task done but its ack failed; it will be found complete when redelivered");
         }
-    } else {
-        let _ = delivery.nak(Duration::from_secs(5)).await;
+    } else if let GivenBack::GaveUp { deliveries } = strata_bus::give_back(delivery, false, Duration::from_secs(5)).await {
+        // The next pass finds the item still missing from the target and queues it again.
+        warn!(target = %t.name, deliveries, "replication task failed on every delivery; left to the next pass");
     }
 }
 

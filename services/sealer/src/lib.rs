@@ -15,7 +15,7 @@ pub mod metrics;
 use bytes::Bytes;
 use std::future::Future;
 use std::sync::Arc;
-use strata_bus::{Bus, Delivery, Queue};
+use strata_bus::{Bus, Delivery, GivenBack, Queue};
 use strata_messages::{encode_upload, SealedChunk, UploadWork, UPLOAD_WORK_VERSION};
 use strata_seal::Sealer;
 use tokio::sync::Semaphore;
@@ -132,8 +132,13 @@ async fn seal_one(
             }
             Err(e) => {
                 metrics.error(SealerError::Publish);
-                warn!(error = %e, "sealer could not hand a chunk to the uploaders; it will be retried");
-                let _ = delivery.nak(std::time::Duration::from_secs(1)).await;
+                match strata_bus::give_back(delivery, e.is_permanent(), std::time::Duration::from_secs(1)).await {
+                    GivenBack::Redelivered { after } => {
+                        warn!(error = %e, "sealer could not hand a chunk to the uploaders; retrying in {after:?}")
+                    }
+                    // Its job notices on its stall deadline and fails with its own line.
+                    gone => error!(error = %e, outcome = ?gone, "sealer dropped a chunk it cannot hand to the uploaders"),
+                }
             }
         },
         Err(reason) => {

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use std::sync::Arc;
+
 use strata_runtime::metrics::{listen_address, MetricsEndpoint};
 
 #[derive(Parser)]
@@ -29,15 +29,12 @@ async fn main() -> std::process::ExitCode {
         };
         let metrics = strata_uploader::UploaderMetrics::new(&registry);
         let primary = cfg.primary_repo();
-        let storage: Arc<dyn strata_storage::Storage> = match primary.kind {
-            strata_config::RepoType::S3 => {
-                // Kept as an S3Storage as well, for its retry count.
-                let s3 = strata_runtime::open_s3(primary).await.context("strata-uploader")?;
-                metrics.watch_s3(&primary.name, s3.clone());
-                s3
+        let storage = strata_runtime::open_storage(primary).await.context("strata-uploader")?;
+        if primary.kind == strata_config::RepoType::S3 {
+            if let Some(stats) = storage.stats() {
+                metrics.watch_s3(&primary.name, stats);
             }
-            strata_config::RepoType::Posix => strata_runtime::open_storage(primary).await.context("strata-uploader")?,
-        };
+        }
         let sealer = strata_runtime::service_sealer(&cfg).await.context("strata-uploader")?;
         let repo = strata_repo::Repo::new(primary.name.clone(), storage).with_sealer(sealer);
         // Waits for NATS; told to stop meanwhile, there is nothing to shut down.

@@ -8,7 +8,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use strata_metrics::{Counter, Registry};
-use strata_storage::S3Storage;
 
 /// What an uploader commits, as the `kind` label of `strata_uploader_commits_total`.
 #[derive(Debug, Clone, Copy)]
@@ -147,7 +146,7 @@ impl UploaderMetrics {
     }
 
     /// Exports the retry count of the S3 repository `repo` as `strata_s3_retries_total{repo}`.
-    pub fn watch_s3(&self, repo: &str, s3: Arc<S3Storage>) {
+    pub fn watch_s3(&self, repo: &str, s3: strata_storage::StorageStats) {
         let retries = self.registry.counter("strata_s3_retries_total", "Requests to an S3 repository that were retried.");
         let repo = repo.to_string();
         retries.inc_by(&[("repo", &repo)], 0);

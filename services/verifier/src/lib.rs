@@ -78,6 +78,7 @@ pub async fn run(
             if let Some(primary) = repos.first() {
                 restore_tests(&cfg, primary, &mut state).await;
             }
+            metrics.round_done();
             if once {
                 break;
             }

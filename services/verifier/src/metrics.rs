@@ -30,6 +30,7 @@ pub struct VerifierMetrics {
     verify_runs: Counter,
     stanza_status: Gauge,
     round_errors: Counter,
+    rounds: Counter,
     alerts_firing: Gauge,
     restore_test_last: Gauge,
     restore_test_success: Gauge,
@@ -61,6 +62,10 @@ impl VerifierMetrics {
             verify_runs: registry.counter("strata_verify_runs_total", "Verifications run by this verifier, by subject kind (backup, wal) and outcome."),
             stanza_status: registry.gauge("strata_stanza_status", "The stanza's status over its repositories: 0 ok, 1 warning, 2 critical."),
             round_errors: registry.counter("strata_verifier_errors_total", "Verification rounds or health evaluations that failed (retried next round)."),
+            rounds: registry.counter(
+                "strata_verifier_rounds_total",
+                "Rounds this verifier finished (health, verification, alerts, restore tests): what a test or an operator waits on to know a round has passed.",
+            ),
             alerts_firing: registry.gauge("strata_alerts_firing", "Alerts firing now, by tier."),
             restore_test_last: registry.gauge("strata_restore_test_last_timestamp_seconds", "When the newest restore test of the stanza started."),
             restore_test_success: registry.gauge("strata_restore_test_success", "Whether the newest restore test passed (1) or failed (0)."),
@@ -89,6 +94,10 @@ impl VerifierMetrics {
         let kind = if r.subject == WAL_SUBJECT { "wal" } else { "backup" };
         let outcome = if r.ok() { "ok" } else { "damaged" };
         self.verify_runs.inc(&[("stanza", stanza), ("repo", repo), ("subject", kind), ("outcome", outcome)]);
+    }
+
+    pub fn round_done(&self) {
+        self.rounds.inc(&[]);
     }
 
     pub fn round_error(&self, stanza: &str, repo: &str) {

@@ -126,14 +126,53 @@ pub trait Delivery: Send + Sync {
     }
     /// Removes the message from the queue. Returns once the bus has confirmed it.
     async fn ack(self: Box<Self>) -> Result<()>;
-    /// Gives the message back for redelivery (to any worker) after `delay`.
+    /// Gives the message back for redelivery (to any worker) after `delay`; after [`MAX_DELIVERIES`]
+    /// deliveries the bus drops it instead. Workers call [`give_back`] rather than this.
     async fn nak(self: Box<Self>, delay: Duration) -> Result<()>;
+    /// Drops the message for good: its processing failed in a way no redelivery can fix. The job that sent
+    /// it notices on its own deadline (work is never lost silently: the sender still holds what it sent).
+    async fn term(self: Box<Self>) -> Result<()>;
+    /// How often this message has been delivered, this delivery included.
+    fn deliveries(&self) -> u32 {
+        1
+    }
     /// Tells the bus the worker is still at it, so a long task is not redelivered to another worker
     /// meanwhile (NATS: an in-progress ack, which restarts the ack wait). The in-process bus never
     /// redelivers on its own, so there it does nothing.
     async fn keep_alive(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// Deliveries of one work message after which the bus stops redelivering it (NATS: the worker
+/// consumers' `max_deliver`): a message that keeps failing is not retried forever.
+pub const MAX_DELIVERIES: u32 = 10;
+
+/// Hands back a message whose processing failed. A `permanent` failure ends it ([`Delivery::term`]); a
+/// transient one is redelivered, after a pause of `first_pause` doubled with each earlier delivery, at most
+/// a minute; after [`MAX_DELIVERIES`] the bus drops it. Returns what happened, for the worker's log line.
+pub async fn give_back(delivery: Box<dyn Delivery>, permanent: bool, first_pause: Duration) -> GivenBack {
+    let deliveries = delivery.deliveries();
+    if permanent || deliveries >= MAX_DELIVERIES {
+        let _ = delivery.term().await;
+        return if permanent { GivenBack::Dropped } else { GivenBack::GaveUp { deliveries } };
+    }
+    let pause = first_pause.saturating_mul(1 << deliveries.saturating_sub(1).min(16)).min(MAX_REDELIVERY_PAUSE);
+    let _ = delivery.nak(pause).await;
+    GivenBack::Redelivered { after: pause }
+}
+
+const MAX_REDELIVERY_PAUSE: Duration = Duration::from_secs(60);
+
+/// What [`give_back`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GivenBack {
+    /// It will be delivered again after the pause.
+    Redelivered { after: Duration },
+    /// Its failure was permanent: it is gone.
+    Dropped,
+    /// It failed on each of its `deliveries`: it is gone.
+    GaveUp { deliveries: u32 },
 }
 
 /// A worker's handle on a work queue.

@@ -23,9 +23,12 @@ const LOCAL_MAX_PAYLOAD: usize = 8 * 1024 * 1024;
 /// Subjects kept before those nobody listens to are dropped from the map.
 const PRUNE_SUBJECTS_ABOVE: usize = 1024;
 
+/// A queued message and how often it was delivered before.
+type Queued = (Bytes, u32);
+
 struct WorkChannel {
-    tx: mpsc::Sender<Bytes>,
-    rx: Arc<AsyncMutex<mpsc::Receiver<Bytes>>>,
+    tx: mpsc::Sender<Queued>,
+    rx: Arc<AsyncMutex<mpsc::Receiver<Queued>>>,
 }
 
 /// An in-process [`Bus`]; clones share the same queues and subjects.
@@ -81,7 +84,9 @@ impl LocalBus {
 
 struct LocalDelivery {
     payload: Bytes,
-    requeue: mpsc::Sender<Bytes>,
+    /// Deliveries of this message so far, this one included.
+    deliveries: u32,
+    requeue: mpsc::Sender<Queued>,
 }
 
 #[async_trait]
@@ -89,28 +94,39 @@ impl Delivery for LocalDelivery {
     fn payload(&self) -> &Bytes {
         &self.payload
     }
+    fn deliveries(&self) -> u32 {
+        self.deliveries
+    }
     async fn ack(self: Box<Self>) -> Result<()> {
         Ok(())
     }
+    /// Requeued after `delay`, unless it was delivered [`crate::MAX_DELIVERIES`] times: then it is dropped,
+    /// as NATS's `max_deliver` does.
     async fn nak(self: Box<Self>, delay: Duration) -> Result<()> {
+        if self.deliveries >= crate::MAX_DELIVERIES {
+            return Ok(());
+        }
         let requeue = self.requeue.clone();
-        let payload = self.payload;
+        let queued = (self.payload, self.deliveries);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let _ = requeue.send(payload).await;
+            let _ = requeue.send(queued).await;
         });
+        Ok(())
+    }
+    async fn term(self: Box<Self>) -> Result<()> {
         Ok(())
     }
 }
 
 struct LocalWork {
-    rx: Arc<AsyncMutex<mpsc::Receiver<Bytes>>>,
-    requeue: mpsc::Sender<Bytes>,
+    rx: Arc<AsyncMutex<mpsc::Receiver<Queued>>>,
+    requeue: mpsc::Sender<Queued>,
 }
 
 impl LocalWork {
-    fn wrap(&self, payload: Bytes) -> Box<dyn Delivery> {
-        Box::new(LocalDelivery { payload, requeue: self.requeue.clone() })
+    fn wrap(&self, (payload, before): Queued) -> Box<dyn Delivery> {
+        Box::new(LocalDelivery { payload, deliveries: before + 1, requeue: self.requeue.clone() })
     }
 }
 
@@ -158,7 +174,7 @@ impl Bus for LocalBus {
         if payload.len() > LOCAL_MAX_PAYLOAD {
             return Err(BusError::TooLarge { size: payload.len(), limit: LOCAL_MAX_PAYLOAD });
         }
-        self.inner.queues[&queue].tx.send(payload).await.map_err(|_| BusError::Closed)
+        self.inner.queues[&queue].tx.send((payload, 0)).await.map_err(|_| BusError::Closed)
     }
 
     async fn work(&self, queue: Queue) -> Result<Box<dyn WorkStream>> {
@@ -268,5 +284,34 @@ mod tests {
         assert!(bus.inner.subjects.lock().unwrap().len() <= PRUNE_SUBJECTS_ABOVE + 1);
         bus.publish_event("kept", Bytes::from_static(b"still here")).await.unwrap();
         assert_eq!(kept.next().await.unwrap().as_ref(), b"still here");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_message_is_redelivered_with_growing_pauses_until_the_bus_gives_up() {
+        let bus = LocalBus::new();
+        bus.publish_work(Queue::Seal, Bytes::from_static(b"m")).await.unwrap();
+        let mut work = bus.work(Queue::Seal).await.unwrap();
+        let mut pauses = Vec::new();
+        let gave_up = loop {
+            let d = work.next_within(Duration::from_secs(3600)).await.unwrap().expect("redelivered");
+            match crate::give_back(d, false, Duration::from_secs(1)).await {
+                crate::GivenBack::Redelivered { after } => pauses.push(after.as_secs()),
+                other => break other,
+            }
+        };
+        assert_eq!(gave_up, crate::GivenBack::GaveUp { deliveries: crate::MAX_DELIVERIES });
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert!(work.next_within(Duration::from_secs(3600)).await.unwrap().is_none(), "dropped for good");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_failure_drops_the_message_at_once() {
+        let bus = LocalBus::new();
+        bus.publish_work(Queue::Seal, Bytes::from_static(b"m")).await.unwrap();
+        let mut work = bus.work(Queue::Seal).await.unwrap();
+        let d = work.next().await.unwrap().unwrap();
+        assert_eq!(d.deliveries(), 1);
+        assert_eq!(crate::give_back(d, true, Duration::from_secs(1)).await, crate::GivenBack::Dropped);
+        assert!(work.next_within(Duration::from_secs(3600)).await.unwrap().is_none());
     }
 }

@@ -558,6 +558,7 @@ async fn ensure_consumer(
         ack_policy: AckPolicy::Explicit,
         ack_wait: options.ack_wait,
         max_ack_pending: options.max_ack_pending,
+        max_deliver: i64::from(crate::MAX_DELIVERIES),
         ..Default::default()
     };
     let consumer = stream
@@ -579,10 +580,10 @@ async fn ensure_consumer(
             ),
         ));
     }
-    if have.ack_wait == wanted.ack_wait && have.max_ack_pending == wanted.max_ack_pending {
+    if have.ack_wait == wanted.ack_wait && have.max_ack_pending == wanted.max_ack_pending && have.max_deliver == wanted.max_deliver {
         return Ok(consumer);
     }
-    // Another deployment's settings (or an older version's): these two are editable in place.
+    // Another deployment's settings (or an older version's): these are editable in place.
     let updated = stream.update_consumer(wanted).await.map_err(|e| setup("update", &e))?;
     tracing::info!(
         stream = stream_name,
@@ -859,9 +860,19 @@ impl Delivery for NatsDelivery {
         self.confirm(AckKind::Ack).await
     }
 
-    /// Returns once the server confirmed the nak; the message is redelivered after `delay`.
+    /// Returns once the server confirmed the nak; the message is redelivered after `delay` (unless the
+    /// consumer's `max_deliver` is reached).
     async fn nak(self: Box<Self>, delay: Duration) -> Result<()> {
         self.confirm(AckKind::Nak((!delay.is_zero()).then_some(delay))).await
+    }
+
+    /// Returns once the server confirmed the term; the message is never redelivered.
+    async fn term(self: Box<Self>) -> Result<()> {
+        self.confirm(AckKind::Term).await
+    }
+
+    fn deliveries(&self) -> u32 {
+        self.message.info().map(|i| i.delivered.clamp(1, i64::from(u32::MAX)) as u32).unwrap_or(1)
     }
 
     /// Not confirmed: a lost one only means the task may be redelivered, which workers tolerate.
@@ -895,6 +906,10 @@ impl Delivery for TransientDelivery {
     }
 
     async fn nak(self: Box<Self>, _delay: Duration) -> Result<()> {
+        Ok(())
+    }
+
+    async fn term(self: Box<Self>) -> Result<()> {
         Ok(())
     }
 }

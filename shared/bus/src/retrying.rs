@@ -23,7 +23,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 
@@ -45,6 +46,7 @@ pub struct RetryingBus {
     /// Distinguishes this process's message ids from other processes'.
     id_prefix: String,
     next_id: AtomicU64,
+    cancel: CancellationToken,
 }
 
 impl RetryingBus {
@@ -60,7 +62,14 @@ impl RetryingBus {
             retries: Arc::default(),
             id_prefix: format!("strata-{}-{started:x}", std::process::id()),
             next_id: AtomicU64::new(0),
+            cancel: CancellationToken::new(),
         }
+    }
+
+    /// Ends retry pauses when `cancel` fires (a shutdown): the publish then fails with its last error.
+    pub fn with_cancel(mut self, cancel: CancellationToken) -> RetryingBus {
+        self.cancel = cancel;
+        self
     }
 
     /// How long a publish is retried.
@@ -77,37 +86,27 @@ impl RetryingBus {
         self.retrying(queue.subject(), || self.inner.publish_work_once(queue, id, payload.clone())).await
     }
 
-    /// Calls `attempt` until it succeeds, fails permanently, or `retry_for` has passed.
+    /// Calls `attempt` until it succeeds, fails permanently, `retry_for` has passed, or the bus's
+    /// cancellation token ([`RetryingBus::with_cancel`]) ends a pause; through `strata_retry`, the
+    /// workspace's one retry loop.
     async fn retrying<F, Fut>(&self, subject: &str, attempt: F) -> Result<()>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
-        let started = Instant::now();
-        let mut pause = FIRST_PAUSE;
-        let mut attempts = 1u32;
-        loop {
-            let error = match attempt().await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_permanent() => return Err(e),
-                Err(e) => e,
-            };
-            if started.elapsed() + pause > self.retry_for {
-                return Err(match error {
-                    BusError::PublishFailed { subject, reason } => BusError::PublishFailed {
-                        subject,
-                        reason: format!("{reason} ({attempts} attempts in {} s)", started.elapsed().as_secs()),
-                    },
-                    other => other,
-                });
-            }
-            tracing::warn!(subject, attempt = attempts, error = %error, "work publish failed; retrying");
+        let policy = strata_retry::RetryPolicy::for_duration(self.retry_for, FIRST_PAUSE, MAX_PAUSE);
+        let on_retry = |attempt: u32, error: &BusError, _pause: Duration| {
+            tracing::warn!(subject, attempt, error = %error, "work publish failed; retrying");
             self.retries.fetch_add(1, Ordering::Relaxed);
             PUBLISH_RETRIES.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MAX_PAUSE);
-            attempts += 1;
-        }
+        };
+        strata_retry::retry(&policy, &self.cancel, BusError::is_permanent, on_retry, attempt).await.map_err(|gave_up| {
+            let note = gave_up.attempts_note();
+            match gave_up.last {
+                BusError::PublishFailed { subject, reason } => BusError::PublishFailed { subject, reason: format!("{reason}{note}") },
+                other => other,
+            }
+        })
     }
 }
 
@@ -164,6 +163,7 @@ impl Bus for RetryingBus {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
     use super::*;
     use std::sync::Mutex;
 

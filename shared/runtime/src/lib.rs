@@ -6,8 +6,9 @@ pub mod metrics;
 
 use std::future::Future;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use strata_bus::{Bus, LocalBus, NatsBus};
 use strata_config::{BusConfig, Config};
 
@@ -82,6 +83,7 @@ pub fn shutdown_signal() -> impl Future<Output = ()> {
             _ = int.recv() => {}
         }
         tracing::info!("shutting down");
+        shutdown_token().cancel();
     }
 }
 
@@ -153,7 +155,7 @@ pub const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(25);
 
 /// A NATS bus whose work publishes are retried through a cluster server's loss.
 fn retrying(bus: NatsBus) -> Arc<dyn Bus> {
-    Arc::new(strata_bus::RetryingBus::new(Arc::new(bus), PUBLISH_RETRY_FOR))
+    Arc::new(strata_bus::RetryingBus::new(Arc::new(bus), PUBLISH_RETRY_FOR).with_cancel(shutdown_token().clone()))
 }
 
 /// The bus options a config asks for ([`strata_config::NatsConfig`]). Secret files are named here and read
@@ -183,20 +185,32 @@ pub fn nats_options(cfg: &Config) -> strata_bus::nats::NatsOptions {
     }
 }
 
-/// Opens a repository's storage backend, without its key.
-pub async fn open_storage(cfg: &strata_config::RepoConfig) -> anyhow::Result<Arc<dyn strata_storage::Storage>> {
-    use anyhow::Context;
-    let storage: Arc<dyn strata_storage::Storage> = match cfg.kind {
-        strata_config::RepoType::Posix => Arc::new(
-            strata_storage::PosixStorage::open(&cfg.path).with_context(|| format!("repository '{}'", cfg.name))?,
-        ),
-        strata_config::RepoType::S3 => open_s3(cfg).await?,
-    };
-    Ok(storage)
+/// Ended when this process is told to stop ([`shutdown_signal`]): what ends the pauses of the storage
+/// stacks' retries ([`open_storage`]), so a shutdown does not wait out a backoff.
+pub fn shutdown_token() -> &'static CancellationToken {
+    static TOKEN: OnceLock<CancellationToken> = OnceLock::new();
+    TOKEN.get_or_init(CancellationToken::new)
 }
 
-/// Opens an S3 repository's backend (the concrete type, for callers that export its retry count).
-pub async fn open_s3(cfg: &strata_config::RepoConfig) -> anyhow::Result<Arc<strata_storage::S3Storage>> {
+/// Opens a repository's storage, without its key: the backend, with retries where the backend does not
+/// retry itself ([`strata_storage::RetryingStorage`] over POSIX; S3 retries request by request inside),
+/// under a meter ([`strata_storage::MeteredStorage`]: `stats()` on the result gives the counts for
+/// metrics). Every repository of every service is opened here, so they all behave alike.
+pub async fn open_storage(cfg: &strata_config::RepoConfig) -> anyhow::Result<Arc<dyn strata_storage::Storage>> {
+    use anyhow::Context;
+    let backend: Arc<dyn strata_storage::Storage> = match cfg.kind {
+        strata_config::RepoType::Posix => Arc::new(strata_storage::RetryingStorage::new(
+            Arc::new(strata_storage::PosixStorage::open(&cfg.path).with_context(|| format!("repository '{}'", cfg.name))?),
+            strata_storage::retrying::POSIX_RETRY,
+            shutdown_token().clone(),
+        )),
+        strata_config::RepoType::S3 => open_s3(cfg).await?,
+    };
+    Ok(Arc::new(strata_storage::MeteredStorage::new(backend)))
+}
+
+/// Opens an S3 repository's backend alone (retrying inside, unmetered); [`open_storage`] stacks it.
+async fn open_s3(cfg: &strata_config::RepoConfig) -> anyhow::Result<Arc<strata_storage::S3Storage>> {
     use anyhow::Context;
     let custom = cfg.endpoint.is_some();
     let settings = strata_storage::S3Settings {
@@ -208,7 +222,9 @@ pub async fn open_s3(cfg: &strata_config::RepoConfig) -> anyhow::Result<Arc<stra
         credentials: cfg.access_key_id.clone().zip(cfg.secret_access_key.clone()),
         storage_class: cfg.storage_class.clone(),
         checksums: cfg.checksums.unwrap_or(!custom),
-        retry: Default::default(),
+        retry: strata_storage::s3::DEFAULT_RETRY,
+        attempt_timeout: strata_storage::s3::DEFAULT_ATTEMPT_TIMEOUT,
+        cancel: shutdown_token().clone(),
     };
     Ok(Arc::new(strata_storage::S3Storage::open(settings).await.with_context(|| format!("repository '{}'", cfg.name))?))
 }

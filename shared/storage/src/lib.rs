@@ -7,14 +7,19 @@
 //!
 //! Errors say what failed ([`StorageError`]) and whether retrying can help ([`StorageError::is_permanent`]).
 
+pub mod metered;
 pub mod posix;
+pub mod retrying;
 pub mod s3;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use posix::PosixStorage;
-pub use s3::{RetryPolicy, S3Settings, S3Storage};
+pub use metered::{MeteredStorage, Op, StorageStats};
+pub use retrying::RetryingStorage;
+pub use s3::{S3Settings, S3Storage};
+pub use strata_retry::RetryPolicy;
 
 /// What a backend can do, as data (pgBackRest's `StorageFeature` idea).
 #[derive(Debug, Clone, Copy)]
@@ -47,11 +52,38 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// Whether no retry can help: everything but an I/O failure, and I/O failures that say the request
+    /// itself is wrong (a path through a file, a read-only file system) rather than that the medium failed
+    /// for now (EIO, a timeout, a full disk someone may clear, a dropped connection).
     pub fn is_permanent(&self) -> bool {
-        !matches!(self, StorageError::Io { .. })
+        use std::io::ErrorKind::*;
+        match self {
+            StorageError::Io { source, .. } => matches!(
+                source.kind(),
+                InvalidInput | Unsupported | NotADirectory | IsADirectory | ReadOnlyFilesystem | InvalidFilename | FileTooLarge
+            ),
+            _ => true,
+        }
     }
     pub fn is_not_found(&self) -> bool {
         matches!(self, StorageError::NotFound { .. })
+    }
+
+    /// The same error with `note` (" (3 attempts in 1.2 s)") at the end of its message; unchanged when the
+    /// note is empty. The kind, and so [`StorageError::is_permanent`], stays.
+    pub fn with_note(self, note: &str) -> StorageError {
+        if note.is_empty() {
+            return self;
+        }
+        match self {
+            StorageError::NotFound { path } => StorageError::NotFound { path: format!("{path}{note}") },
+            StorageError::AlreadyExists { path } => StorageError::AlreadyExists { path: format!("{path}{note}") },
+            StorageError::PermissionDenied { path } => StorageError::PermissionDenied { path: format!("{path}{note}") },
+            StorageError::Io { path, source } => {
+                StorageError::Io { path, source: std::io::Error::new(source.kind(), format!("{source}{note}")) }
+            }
+            StorageError::Corrupt { path, reason } => StorageError::Corrupt { path, reason: format!("{reason}{note}") },
+        }
     }
 }
 
@@ -59,6 +91,14 @@ pub type Result<T> = std::result::Result<T, StorageError>;
 
 #[async_trait]
 pub trait Storage: Send + Sync {
+    /// Requests retried since this storage was opened, by this layer and those below it (for metrics).
+    fn retries(&self) -> u64 {
+        0
+    }
+    /// The request counts of the [`MeteredStorage`] in this stack, if there is one (for metrics).
+    fn stats(&self) -> Option<StorageStats> {
+        None
+    }
     /// Where this storage is, for messages ("posix:/var/lib/strata/repo").
     fn describe(&self) -> String;
     fn features(&self) -> Features;

@@ -5,9 +5,10 @@
 //! makes them visible. `put_new` is a conditional write (`If-None-Match: *`), the WAL archive's
 //! never-overwrite rule; S3 answers 412 when the name is taken.
 //!
-//! Transient failures (5xx, 429/SlowDown, timeouts, dropped connections) are retried here, with backoff,
-//! a bounded number of times ([`RetryPolicy`]), and counted ([`S3Storage::retries`]); the SDK's own retries
-//! are off, so there is one retry loop to reason about. Newer SDKs add CRC checksum headers to every
+//! Transient failures (5xx, 429/SlowDown, timeouts, dropped connections) are retried here, request by
+//! request (so a multipart upload resends one part, not the object), through the workspace's one retry loop
+//! (`strata_retry`, bounded by [`S3Settings::retry`], ended by [`S3Settings::cancel`]), and counted
+//! ([`Storage::retries`]); the SDK's own retries are off, so there is one retry loop to reason about. Newer SDKs add CRC checksum headers to every
 //! upload, which some S3-compatible servers reject: `checksums = false` (the default for a custom
 //! endpoint) sends them only where the API requires them.
 
@@ -22,6 +23,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use strata_retry::RetryPolicy;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 /// Objects larger than this are uploaded in parts.
@@ -48,33 +51,25 @@ pub struct S3Settings {
     pub storage_class: Option<String>,
     /// Send the SDK's CRC checksum headers on every upload (some S3-compatible servers reject them).
     pub checksums: bool,
+    /// How each request is retried ([`DEFAULT_RETRY`]).
     pub retry: RetryPolicy,
+    /// Time allowed for one attempt of one request ([`DEFAULT_ATTEMPT_TIMEOUT`]).
+    pub attempt_timeout: Duration,
+    /// Ends a retry's pause (a shutdown); the request then fails with its last error.
+    pub cancel: CancellationToken,
 }
 
 /// How often and how patiently a failed request is retried.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included.
-    pub attempts: u32,
-    /// Wait before the second attempt; doubled each time, up to `max_backoff`.
-    pub first_backoff: Duration,
-    pub max_backoff: Duration,
-    /// Time allowed for one attempt of one request.
-    pub attempt_timeout: Duration,
-}
+pub const DEFAULT_RETRY: RetryPolicy = RetryPolicy {
+    attempts: 5,
+    first_pause: Duration::from_millis(200),
+    max_pause: Duration::from_secs(5),
+    give_up_after: None,
+};
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 5,
-            first_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(5),
-            // A stalled attempt (a connection that answers nothing) is cut after a minute and retried,
-            // as pgBackRest's io-timeout does; a 64 MiB pack needs only ~1 MB/s to fit.
-            attempt_timeout: Duration::from_secs(60),
-        }
-    }
-}
+/// Time allowed for one attempt of one request: a stalled attempt (a connection that answers nothing) is
+/// cut after a minute and retried, as pgBackRest's io-timeout does; a 64 MiB pack needs only ~1 MB/s to fit.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct S3Storage {
@@ -87,6 +82,19 @@ pub struct S3Storage {
 enum Attempt {
     Transient(StorageError),
     Permanent(StorageError),
+}
+
+impl Attempt {
+    fn error(&self) -> &StorageError {
+        match self {
+            Attempt::Transient(e) | Attempt::Permanent(e) => e,
+        }
+    }
+    fn into_error(self) -> StorageError {
+        match self {
+            Attempt::Transient(e) | Attempt::Permanent(e) => e,
+        }
+    }
 }
 
 impl S3Storage {
@@ -114,11 +122,6 @@ impl S3Storage {
         Ok(S3Storage { client, settings: Arc::new(settings), retries: Arc::new(AtomicU64::new(0)) })
     }
 
-    /// Requests retried since this storage was opened (for metrics).
-    pub fn retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
-    }
-
     fn key(&self, path: &str) -> String {
         match self.settings.prefix.trim_matches('/') {
             "" => path.to_string(),
@@ -130,36 +133,39 @@ impl S3Storage {
         self.settings.storage_class.as_deref().map(StorageClass::from)
     }
 
-    /// Runs `op` until it succeeds, fails permanently, or has used every attempt the policy allows.
+    /// Runs `op` until it succeeds, fails permanently, or has used every attempt the policy allows; each
+    /// attempt is cut after [`S3Settings::attempt_timeout`].
     async fn retrying<T, F, Fut>(&self, path: &str, what: &str, mut op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<T, Attempt>>,
     {
-        let policy = self.settings.retry;
-        let mut backoff = policy.first_backoff;
-        let mut attempt = 1;
-        loop {
-            let outcome = match tokio::time::timeout(policy.attempt_timeout, op()).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(Attempt::Transient(StorageError::Io {
-                    path: path.to_string(),
-                    source: std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out")),
-                })),
-            };
-            match outcome {
-                Ok(v) => return Ok(v),
-                Err(Attempt::Permanent(e)) => return Err(e),
-                Err(Attempt::Transient(e)) if attempt >= policy.attempts => return Err(e),
-                Err(Attempt::Transient(e)) => {
-                    self.retries.fetch_add(1, Ordering::Relaxed);
-                    warn!(path, what, attempt, error = %e, "S3 request failed; retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(policy.max_backoff);
-                    attempt += 1;
+        let timeout = self.settings.attempt_timeout;
+        let outcome = strata_retry::retry(
+            &self.settings.retry,
+            &self.settings.cancel,
+            |a: &Attempt| matches!(a, Attempt::Permanent(_)),
+            |attempt, a, pause| {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                warn!(path, what, attempt, error = %a.error(), "S3 request failed; retrying in {pause:?}");
+            },
+            || {
+                let attempt = op();
+                async move {
+                    tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| {
+                        Err(Attempt::Transient(StorageError::Io {
+                            path: path.to_string(),
+                            source: std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out")),
+                        }))
+                    })
                 }
-            }
-        }
+            },
+        )
+        .await;
+        outcome.map_err(|gave_up| {
+            let note = gave_up.attempts_note();
+            gave_up.last.into_error().with_note(&note)
+        })
     }
 
     /// The object (or the byte `range` of it, an HTTP Range value), read whole.
@@ -340,6 +346,10 @@ where
 
 #[async_trait]
 impl Storage for S3Storage {
+    fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
     fn describe(&self) -> String {
         let endpoint = self.settings.endpoint.as_deref().map(|e| format!(" at {e}")).unwrap_or_default();
         format!("s3://{}/{}{endpoint}", self.settings.bucket, self.settings.prefix.trim_matches('/'))
