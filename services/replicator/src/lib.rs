@@ -79,11 +79,11 @@ pub struct Opened {
     pub s3: Option<Arc<S3Storage>>,
 }
 
-/// Opens one of the config's repositories with its sealer, as `strata_uploader::open_repo` does, keeping
+/// Opens one of the config's repositories with its sealer, as `strata_runtime::open_repo` does, keeping
 /// a handle on an S3 backend so that its retries can be exported.
 pub async fn open(cfg: &Config, rc: &RepoConfig) -> anyhow::Result<Opened> {
     match rc.kind {
-        strata_config::RepoType::Posix => Ok(Opened { repo: strata_uploader::open_repo(cfg, rc).await?, s3: None }),
+        strata_config::RepoType::Posix => Ok(Opened { repo: strata_runtime::open_repo(cfg, rc).await?, s3: None }),
         strata_config::RepoType::S3 => {
             let s3 = strata_runtime::open_s3(rc).await?;
             let storage: Arc<dyn strata_storage::Storage> = s3.clone();

@@ -332,7 +332,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             rc
         }
     };
-    let repo = strata_uploader::open_repo(&cfg, repo_cfg).await?;
+    let repo = strata_runtime::open_repo(&cfg, repo_cfg).await?;
     let ctx = Context_ { cfg: Arc::new(cfg), config_path, stanza, repo };
     let cfg: &Config = &ctx.cfg;
     // The audited commands' entries name the stanza and the repository they worked on.

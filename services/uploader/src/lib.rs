@@ -458,13 +458,3 @@ async fn publish(shared: &Shared, job: &str, event: &JobEvent) {
         warn!(job, error = %e, "uploader could not send a job event");
     }
 }
-
-/// Opens the repository a `[[repo]]` entry describes.
-/// Opens one of the config's repositories, with the sealer its key gives (see `strata_keys::sealer_for`).
-pub async fn open_repo(config: &strata_config::Config, cfg: &strata_config::RepoConfig) -> anyhow::Result<Repo> {
-    use anyhow::Context;
-    let storage = strata_runtime::open_storage(cfg).await?;
-    let sealer = strata_keys::sealer_for(config, storage.as_ref()).await.with_context(|| format!("repository '{}'", cfg.name))?;
-    Ok(Repo::new(cfg.name.clone(), storage).with_sealer(sealer))
-}
-

@@ -55,7 +55,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut repos = Vec::new();
     for rc in &cfg.repo {
-        repos.push(strata_uploader::open_repo(&cfg, rc).await.with_context(|| format!("repository '{}'", rc.name))?);
+        repos.push(strata_runtime::open_repo(&cfg, rc).await.with_context(|| format!("repository '{}'", rc.name))?);
     }
     let metrics = metrics::VerifierMetrics::new(strata_metrics::Registry::new());
     let stop = CancellationToken::new();

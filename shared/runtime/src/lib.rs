@@ -195,6 +195,15 @@ pub async fn open_storage(cfg: &strata_config::RepoConfig) -> anyhow::Result<Arc
     Ok(storage)
 }
 
+/// Opens the repository a `[[repo]]` entry describes.
+/// Opens one of the config's repositories, with the sealer its key gives (see `strata_keys::sealer_for`).
+pub async fn open_repo(config: &strata_config::Config, cfg: &strata_config::RepoConfig) -> anyhow::Result<strata_repo::Repo> {
+    use anyhow::Context;
+    let storage = open_storage(cfg).await?;
+    let sealer = strata_keys::sealer_for(config, storage.as_ref()).await.with_context(|| format!("repository '{}'", cfg.name))?;
+    Ok(strata_repo::Repo::new(cfg.name.clone(), storage).with_sealer(sealer))
+}
+
 /// Opens an S3 repository's backend (the concrete type, for callers that export its retry count).
 pub async fn open_s3(cfg: &strata_config::RepoConfig) -> anyhow::Result<Arc<strata_storage::S3Storage>> {
     use anyhow::Context;

@@ -104,7 +104,7 @@ pub async fn run_all(ctx: &Context_, opts: &ExpireOptions, only_this: bool, auto
             ctx.repo.clone()
         } else {
             let rc = ctx.cfg.repo_named(&name).expect("names come from the config");
-            strata_uploader::open_repo(&ctx.cfg, rc).await.with_context(|| format!("repository '{name}'"))?
+            strata_runtime::open_repo(&ctx.cfg, rc).await.with_context(|| format!("repository '{name}'"))?
         };
         if several {
             let rc = ctx.cfg.repo_named(&name).expect("names come from the config");

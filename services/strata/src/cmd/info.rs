@@ -403,7 +403,7 @@ async fn replication(ctx: &Context_) -> Vec<Replication> {
     let now = crate::cmd::now();
     let source_repo = match ctx.cfg.repo_named(&source) {
         Some(_) if source == ctx.repo.name() => Ok(ctx.repo.clone()),
-        Some(rc) => strata_uploader::open_repo(&ctx.cfg, rc).await.map_err(|e| format!("{e:#}")),
+        Some(rc) => strata_runtime::open_repo(&ctx.cfg, rc).await.map_err(|e| format!("{e:#}")),
         None => Err(format!("no repository '{source}'")),
     };
     let mut out = Vec::new();
@@ -413,7 +413,7 @@ async fn replication(ctx: &Context_) -> Vec<Replication> {
             Err(e) => Err(e.clone()),
             Ok(src) => match ctx.cfg.repo_named(&target) {
                 None => Err(format!("no repository '{target}'")),
-                Some(rc) => match strata_uploader::open_repo(&ctx.cfg, rc).await {
+                Some(rc) => match strata_runtime::open_repo(&ctx.cfg, rc).await {
                     Err(e) => Err(format!("{e:#}")),
                     Ok(t) => strata_replicator::lag(src, &t).await.map_err(|e| e.to_string()),
                 },
@@ -432,7 +432,7 @@ async fn health_of_repositories(ctx: &Context_) -> Vec<(String, Result<Health, S
         let repo = if rc.name == ctx.repo.name() {
             Ok(ctx.repo.clone())
         } else {
-            strata_uploader::open_repo(&ctx.cfg, rc).await.map_err(|e| format!("{e:#}"))
+            strata_runtime::open_repo(&ctx.cfg, rc).await.map_err(|e| format!("{e:#}"))
         };
         let h = match repo {
             Ok(r) => crate::health::evaluate(&ctx.cfg, &r, &ctx.stanza, pg_conn.as_deref(), now()).await.map_err(|e| format!("{e:#}")),

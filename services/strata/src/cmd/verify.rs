@@ -631,7 +631,7 @@ pub async fn run(ctx: &Context_, set: Option<&str>, output: OutputFormat, all_re
     let mut repos = vec![ctx.repo.clone()];
     if all_repos {
         for rc in ctx.cfg.repo.iter().filter(|r| r.name != ctx.repo.name()) {
-            repos.push(strata_uploader::open_repo(&ctx.cfg, rc).await?);
+            repos.push(strata_runtime::open_repo(&ctx.cfg, rc).await?);
         }
     }
     let started = Instant::now();
