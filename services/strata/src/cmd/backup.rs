@@ -190,7 +190,7 @@ impl BackupLock {
     /// Who holds the lock: its running marker in the repository (label, host, pid, start) when it has
     /// written one yet, else its session as PostgreSQL shows it.
     async fn holder(ctx: &Context_, client: &tokio_postgres::Client, key: i32) -> String {
-        let me = strata_audit::host_name();
+        let me = strata_stamp::host_name();
         let gone = |m: &RunningMarker| m.host == me && !std::path::Path::new(&format!("/proc/{}", m.pid)).exists();
         if let Ok(markers) = ctx.repo.running().await {
             let newest = markers

@@ -379,7 +379,7 @@ async fn remove_dead_markers(
     dry_run: bool,
     would: &str,
 ) -> anyhow::Result<HashSet<(String, String)>> {
-    let host = strata_audit::host_name();
+    let host = strata_stamp::host_name();
     let mut out = HashSet::new();
     for m in markers {
         let age = now - m.modified;
@@ -443,7 +443,7 @@ struct ExpireMarker {
 impl ExpireMarker {
     async fn write(repo: &Repo, stanza: &str) -> anyhow::Result<Self> {
         let name = format!("expire-{}-{}", crate::cmd::now(), std::process::id());
-        let marker = RunningMarker { kind: RunningKind::Expire, label: name.clone(), start_time: crate::cmd::now(), host: strata_audit::host_name().to_string(), pid: std::process::id() };
+        let marker = RunningMarker { kind: RunningKind::Expire, label: name.clone(), start_time: crate::cmd::now(), host: strata_stamp::host_name().to_string(), pid: std::process::id() };
         repo.put_running(stanza, &marker).await.context("cannot write expire's marker")?;
         Ok(ExpireMarker { name })
     }
@@ -462,7 +462,7 @@ impl RunningBackup {
     /// Writes the marker; returns once it is durable, so that it precedes every pack of the backup.
     pub async fn begin(ctx: &Context_, label: &str) -> anyhow::Result<Self> {
         let marker =
-            RunningMarker { kind: RunningKind::Backup, label: label.to_string(), start_time: crate::cmd::now(), host: strata_audit::host_name().to_string(), pid: std::process::id() };
+            RunningMarker { kind: RunningKind::Backup, label: label.to_string(), start_time: crate::cmd::now(), host: strata_stamp::host_name().to_string(), pid: std::process::id() };
         ctx.repo.put_running(&ctx.stanza, &marker).await.context("cannot record in the repository that a backup is running")?;
         let stop = CancellationToken::new();
         let (repo, stanza, token) = (ctx.repo.clone(), ctx.stanza.clone(), stop.clone());

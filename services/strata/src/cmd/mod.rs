@@ -46,7 +46,7 @@ pub fn strata_executable() -> std::io::Result<std::path::PathBuf> {
 
 /// `user@host` of this process, for results and logs that say who did something.
 pub fn who() -> String {
-    strata_audit::who()
+    strata_stamp::who()
 }
 
 pub fn format_bytes(b: u64) -> String {
