@@ -3,7 +3,7 @@
 //!
 //! The pipeline writes to the primary repository only (the first `[[repo]]`); then the WAL record and
 //! the packs it needs are copied from there to each other repository with the replicator's code
-//! ([`strata_replicator::Copier`]), so the bytes are the same everywhere and the replicator later finds
+//! ([`strata_replicate::Copier`]), so the bytes are the same everywhere and the replicator later finds
 //! nothing to do for them. archive-push succeeds when every repository with `archive_required = true`
 //! (the default; the primary always) has the file; a repository that is not required and fails gets a
 //! warning, and the replicator fills it in later. As in the primary, a WAL file is never replaced with
@@ -13,7 +13,7 @@ use crate::Context_;
 use anyhow::{bail, Context};
 use strata_config::RepoConfig;
 use strata_repo::{Repo, StanzaInfo};
-use strata_replicator::Copier;
+use strata_replicate::Copier;
 
 /// The primary repository: `ctx.repo` unless `--repo` chose another.
 async fn primary(ctx: &Context_) -> anyhow::Result<Repo> {

@@ -23,8 +23,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use strata_collector::job::CommitOutcome;
-use strata_collector::wal::{WalPushSettings, WalPushTarget};
+use strata_collect::job::CommitOutcome;
+use strata_collect::wal::{WalPushSettings, WalPushTarget};
 use strata_pg::timeline::TimelineHistory;
 use strata_pg::wal::{classify_wal_file, history_file_name, wal_file_kind, WalFileKind};
 use strata_pg::WalSegment;
@@ -86,7 +86,7 @@ pub(crate) fn wal_push_target(ctx: &Context_, info: &strata_repo::StanzaInfo) ->
 
 /// How WAL files are cut, compressed and bounded in flight (`[pipeline]`); `seal_here`: see
 /// [`WalPushSettings::seal_here`].
-pub(crate) fn wal_push_settings(ctx: &Context_, seal_here: Option<std::sync::Arc<strata_collector::wal::SealSlots>>) -> WalPushSettings {
+pub(crate) fn wal_push_settings(ctx: &Context_, seal_here: Option<std::sync::Arc<strata_collect::wal::SealSlots>>) -> WalPushSettings {
     let p = &ctx.cfg.pipeline;
     WalPushSettings {
         chunk_size: p.chunk_size,
@@ -108,12 +108,12 @@ pub async fn push_sync(ctx: &Context_, path: &Path) -> anyhow::Result<()> {
     let stages = if in_process { Some(local::start(&ctx.cfg, &ctx.repo, bus.clone(), false).await?) } else { None };
     let pushed = async {
         // Every check comes before the first chunk is sent: a refused file leaves nothing stored.
-        let file = strata_collector::wal::read(path, &target).await?;
+        let file = strata_collect::wal::read(path, &target).await?;
         if let Some(history) = &file.history {
             check_parent_known(ctx, &file.name, history).await?;
         }
         let name = file.name.clone();
-        anyhow::Ok((name, strata_collector::wal::push(bus, &target, &settings, file, None).await?))
+        anyhow::Ok((name, strata_collect::wal::push(bus, &target, &settings, file, None).await?))
     }
     .await;
     if let Some(stages) = stages {

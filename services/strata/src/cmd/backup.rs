@@ -108,7 +108,7 @@ async fn run_locked(
             return Err(e);
         }
     };
-    let outcome = strata_collector::request_backup(
+    let outcome = strata_collect::request_backup(
         bus.clone(),
         &req,
         in_process.then(|| (ctx.cfg.clone(), ctx.repo.sealer().clone())),
@@ -157,7 +157,7 @@ const LOCK_CLASS: i32 = 0x5354_5241;
 
 /// The session holding the stanza's backup lock (module docs).
 struct BackupLock {
-    session: strata_collector::cluster::Session,
+    session: strata_collect::cluster::Session,
 }
 
 impl BackupLock {
@@ -170,7 +170,7 @@ impl BackupLock {
     /// Takes the lock, or fails at once naming the backup that holds it.
     async fn take(ctx: &Context_) -> anyhow::Result<BackupLock> {
         let stanza = ctx.cfg.stanza(&ctx.stanza)?;
-        let session = strata_collector::cluster::connect(&stanza.pg_conn).await?;
+        let session = strata_collect::cluster::connect(&stanza.pg_conn).await?;
         let key = Self::key(&ctx.stanza);
         let taken = session.client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_CLASS, &key]).await;
         match taken.map(|row| row.get::<_, bool>(0)) {

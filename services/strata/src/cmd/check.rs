@@ -95,10 +95,10 @@ async fn check_archive(ctx: &Context_, seg_size: u64) -> anyhow::Result<()> {
 }
 
 /// The WAL streamer's replication slot, if there is one: a slot nobody streams from, or one that keeps
-/// more WAL than `wal_stream.slot_retained_max`, fills the primary's disk (see `strata_collector::stream`).
+/// more WAL than `wal_stream.slot_retained_max`, fills the primary's disk (see `strata_collect::stream`).
 async fn check_stream_slot(ctx: &Context_, pg_conn: &str) -> anyhow::Result<()> {
     let slot = ctx.cfg.wal_stream.slot_name(&ctx.stanza);
-    let Some(state) = strata_collector::stream::slot_state(pg_conn, &slot).await? else { return Ok(()) };
+    let Some(state) = strata_collect::stream::slot_state(pg_conn, &slot).await? else { return Ok(()) };
     let retained = crate::cmd::format_bytes(state.retained_bytes);
     if !state.active {
         bail!(

@@ -360,7 +360,7 @@ struct Replication {
     source: String,
     target: String,
     tier: Option<String>,
-    lag: Result<strata_replicator::Lag, String>,
+    lag: Result<strata_replicate::Lag, String>,
     now: i64,
 }
 
@@ -399,7 +399,7 @@ impl Replication {
 /// The lag of every replication target, computed now. A repository that cannot be read is reported in
 /// its row rather than failing `info`.
 async fn replication(ctx: &Context_) -> Vec<Replication> {
-    let Ok((source, targets)) = strata_replicator::source_and_targets(&ctx.cfg) else { return Vec::new() };
+    let Ok((source, targets)) = strata_replicate::source_and_targets(&ctx.cfg) else { return Vec::new() };
     let now = crate::cmd::now();
     let source_repo = match ctx.cfg.repo_named(&source) {
         Some(_) if source == ctx.repo.name() => Ok(ctx.repo.clone()),
@@ -415,7 +415,7 @@ async fn replication(ctx: &Context_) -> Vec<Replication> {
                 None => Err(format!("no repository '{target}'")),
                 Some(rc) => match strata_runtime::open_repo(&ctx.cfg, rc).await {
                     Err(e) => Err(format!("{e:#}")),
-                    Ok(t) => strata_replicator::lag(src, &t).await.map_err(|e| e.to_string()),
+                    Ok(t) => strata_replicate::lag(src, &t).await.map_err(|e| e.to_string()),
                 },
             },
         };

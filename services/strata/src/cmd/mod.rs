@@ -18,7 +18,7 @@ pub mod stream;
 pub mod target;
 pub mod verify;
 
-pub use strata_collector::cluster::{check_data_directory, connect, read_facts as cluster_facts};
+pub use strata_collect::cluster::{check_data_directory, connect, read_facts as cluster_facts};
 
 pub fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)

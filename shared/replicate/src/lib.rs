@@ -1,5 +1,7 @@
-//! The replicator: keeps other repositories (another region, a colder tier) holding every committed
-//! backup and every archived WAL file of a source repository.
+//! strata-replicate, the replicator's work: keeps other repositories (another region, a colder tier) holding
+//! every committed backup and every archived WAL file of a source repository. The `strata-replicator`
+//! service (services/replicator) is a thin binary around [`run`]; the `strata` command copies with the same
+//! [`Copier`] when it writes to several repositories, and `info` reports [`lag`].
 //!
 //! # What it copies, and in what order
 //! Objects as they are stored, byte for byte: packs, records, the key file and stanza descriptions (all

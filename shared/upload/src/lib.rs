@@ -1,4 +1,6 @@
-//! The uploader: writes sealed chunks into pack files in the repository, and commits backups and WAL files.
+//! strata-upload, the uploader stage: writes sealed chunks into pack files in the repository, and commits
+//! backups and WAL files. The `strata-uploader` service (services/uploader) is a thin binary around [`run`];
+//! the `strata` command runs the same code in single-host mode.
 //!
 //! # Batching and acknowledgement
 //! A worker takes chunks from the `Upload` work queue until it holds `pipeline.pack_size` sealed bytes, or
