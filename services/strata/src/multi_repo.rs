@@ -9,7 +9,7 @@
 //! warning, and the replicator fills it in later. As in the primary, a WAL file is never replaced with
 //! other content in any repository.
 
-use crate::Context_;
+use strata_command::Context_;
 use anyhow::{bail, Context};
 use strata_config::RepoConfig;
 use strata_repo::{Repo, StanzaInfo};

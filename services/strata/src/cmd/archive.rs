@@ -15,7 +15,8 @@
 //! removed; a recovery that stops at a target earlier leaves up to N segments there, in `pg_wal`, which no
 //! backup copies and the next delta restore removes.
 
-use crate::{local, Context_};
+use crate::local;
+use strata_command::Context_;
 use anyhow::{bail, Context};
 use std::fs;
 use std::io::Write;
@@ -158,13 +159,13 @@ async fn drop_over_queue_max(ctx: &Context_, path: &Path, max: u64) -> anyhow::R
         // Archived already (a shipper pushed it ahead): nothing is lost by saying so.
         return Ok(true);
     }
-    let record = strata_repo::wal_dropped::WalDropped { name: name.to_string(), dropped_at: super::now(), queue_bytes: queued, queue_max: max };
+    let record = strata_repo::wal_dropped::WalDropped { name: name.to_string(), dropped_at: strata_command::now(), queue_bytes: queued, queue_max: max };
     // Recorded first: if the record cannot be written, the segment is not dropped (PostgreSQL retries).
     ctx.repo.put_wal_dropped(&ctx.stanza, &record).await.context("cannot record the dropped segment; not dropping it")?;
     let summary = format!(
         "WAL segment {name} DROPPED, not archived: {} of WAL waiting to be archived is over archive.push_queue_max ({})",
-        super::format_bytes(queued),
-        super::format_bytes(max)
+        strata_command::format_bytes(queued),
+        strata_command::format_bytes(max)
     );
     eprintln!("error: {summary}");
     let alert = strata_alerts::Alert {

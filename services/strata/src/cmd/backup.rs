@@ -10,8 +10,9 @@
 //! under per-label names (two backups starting in the same second share one), and a dead one is only
 //! recognised minutes later. They do name the holder (host, pid, start, label) in the refusal.
 
-use crate::cmd::format_bytes;
-use crate::{local, progress, Context_};
+use strata_command::format_bytes;
+use crate::local;
+use strata_command::{progress, Context_};
 use anyhow::bail;
 use std::time::{Duration, Instant};
 use strata_messages::{BackupRequest, BackupType, FORMAT_VERSION};

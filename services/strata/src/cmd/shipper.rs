@@ -37,7 +37,7 @@
 //! shipper starts one in its own session, detached; the shipper exits after `archive.idle_secs` with
 //! nothing to do.
 
-use crate::Context_;
+use strata_command::Context_;
 use anyhow::{bail, Context};
 use std::collections::HashMap;
 use std::fs;

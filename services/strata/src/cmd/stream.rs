@@ -7,7 +7,7 @@
 //! stores into the primary repository; the archive_command stays the safety net (pushing a segment both
 //! ways is harmless) and copies to the other required repositories.
 
-use crate::Context_;
+use strata_command::Context_;
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;

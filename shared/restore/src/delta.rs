@@ -23,7 +23,7 @@
 //! version's, is refused before anything in it is touched, never turned into a copy of the backup.
 
 use super::restore::{chown, finish_file, join_workers};
-use crate::Context_;
+use strata_command::Context_;
 use anyhow::{anyhow, bail, Context};
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
