@@ -27,7 +27,7 @@ async fn main() -> std::process::ExitCode {
             Some((addr, setting)) => Some(MetricsEndpoint::start(&addr, &setting, registry.clone()).await.context("strata-collector")?),
             None => None,
         };
-        let metrics = strata_collector::CollectorMetrics::new(&registry, cfg.stanza.keys().map(String::as_str));
+        let metrics = strata_collect::CollectorMetrics::new(&registry, cfg.stanza.keys().map(String::as_str));
         // Waits for NATS; told to stop meanwhile, there is nothing to shut down.
         let shutdown = strata_runtime::shutdown_signal();
         tokio::pin!(shutdown);
@@ -38,7 +38,7 @@ async fn main() -> std::process::ExitCode {
             e.watch_queues(bus.clone());
         }
         let sealer = strata_runtime::service_sealer(&cfg).await.context("strata-collector")?;
-        strata_collector::run(cfg, bus, sealer, metrics, shutdown).await.context("strata-collector")
+        strata_collect::run(cfg, bus, sealer, metrics, shutdown).await.context("strata-collector")
     })
     .await
 }

@@ -28,7 +28,7 @@ async fn main() -> std::process::ExitCode {
                 None => return Ok(()),
             },
         };
-        strata_replicator::run(Arc::new(cfg), bus, shutdown).await.context("strata-replicator")
+        strata_replicate::run(Arc::new(cfg), bus, shutdown).await.context("strata-replicator")
     })
     .await
 }

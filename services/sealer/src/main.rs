@@ -25,7 +25,7 @@ async fn main() -> std::process::ExitCode {
             Some((addr, setting)) => Some(MetricsEndpoint::start(&addr, &setting, registry.clone()).await.context("strata-sealer")?),
             None => None,
         };
-        let metrics = strata_sealer::SealerMetrics::new(&registry);
+        let metrics = strata_seal_worker::SealerMetrics::new(&registry);
         // Waits for NATS; told to stop meanwhile, there is nothing to shut down.
         let shutdown = strata_runtime::shutdown_signal();
         tokio::pin!(shutdown);
@@ -36,7 +36,7 @@ async fn main() -> std::process::ExitCode {
             e.watch_queues(bus.clone());
         }
         let sealer = strata_runtime::service_sealer(&cfg).await.context("strata-sealer")?;
-        strata_sealer::run(bus, cfg.pipeline.sealer_workers, sealer, metrics, shutdown).await
+        strata_seal_worker::run(bus, cfg.pipeline.sealer_workers, sealer, metrics, shutdown).await
     })
     .await
 }

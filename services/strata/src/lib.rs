@@ -4,22 +4,24 @@
 //! the pipeline runs the stages it needs as tasks of this process ([`local`]); with a NATS bus it talks to
 //! the collector, sealer and uploader services. Read-only commands (info, restore, archive-get) read the
 //! repository directly.
+//!
+//! This crate parses arguments, wraps audited operations and prints; the work is in shared crates: the
+//! pipeline stages (`strata-collect`, `strata-seal-worker`, `strata-upload`, `strata-replicate`), restore
+//! (`strata-restore`), verification, restore tests and health (`strata-verify`, which the verifier service
+//! uses too), and the command's context and audit hook (`strata-command`).
 
 pub mod cmd;
-pub mod health;
 pub mod local;
 pub mod multi_repo;
-mod progress;
-pub mod wal_archive;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use cmd::audit::audit_op;
+use strata_command::audit::audit_op;
+use strata_command::{Context_, OutputFormat, RecoveryType};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
 use strata_config::Config;
-use strata_repo::Repo;
 use strata_audit::Op;
 
 #[derive(Parser, Debug)]
@@ -95,7 +97,7 @@ pub enum Command {
         target: Option<String>,
         /// What the server does at the target (default promote).
         #[arg(long, value_enum)]
-        target_action: Option<cmd::target::TargetAction>,
+        target_action: Option<strata_restore::target::TargetAction>,
         /// current, latest (PostgreSQL's default) or a timeline number.
         #[arg(long)]
         target_timeline: Option<String>,
@@ -107,7 +109,7 @@ pub enum Command {
         #[arg(long)]
         delta: bool,
         /// Segments the restore_command fetches ahead of recovery (0: one at a time, as asked).
-        #[arg(long, default_value_t = cmd::restore::DEFAULT_WAL_PREFETCH)]
+        #[arg(long, default_value_t = strata_restore::restore::DEFAULT_WAL_PREFETCH)]
         wal_prefetch: usize,
     },
     /// Proves a backup restores: restores it into a scratch directory, starts PostgreSQL on it (never
@@ -222,52 +224,6 @@ impl BackupTypeArg {
     }
 }
 
-/// Where recovery stops.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecoveryType {
-    /// Replay every WAL file in the archive, then promote.
-    Default,
-    /// Stop at the end of the backup (its consistency point).
-    Immediate,
-    /// Stop at a time (--target).
-    Time,
-    /// Stop at an LSN (--target).
-    Lsn,
-    /// Stop at the end of a transaction (--target).
-    Xid,
-    /// Stop at a restore point (--target, made with pg_create_restore_point).
-    Name,
-    /// Start as a replica of the stanza's cluster (standby.signal and primary_conninfo).
-    Standby,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OutputFormat {
-    Text,
-    Json,
-}
-
-/// What every command starts from: the config, the chosen stanza and the primary repository.
-pub struct Context_ {
-    pub cfg: Arc<Config>,
-    pub config_path: PathBuf,
-    pub stanza: String,
-    pub repo: Repo,
-}
-
-impl Context_ {
-    /// `--repo NAME` when the command reads another repository than the primary, for the commands it
-    /// starts (restore_command, the prefetcher) to read the same one.
-    pub fn repo_option(&self) -> Option<String> {
-        (self.repo.name() != self.cfg.primary_repo().name).then(|| format!("--repo={}", self.repo.name()))
-    }
-}
-
-/// A word for a shell command line (PostgreSQL runs restore_command through the shell).
-pub fn shell_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', "'\\''"))
-}
-
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // Before the config: keys are made on a machine that may have none yet.
     if let Command::NatsKeygen { file } = &cli.command {
@@ -276,7 +232,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let cfg = Config::load(&cli.config, std::env::vars())?;
     let config_path = std::fs::canonicalize(&cli.config).unwrap_or(cli.config.clone());
-    cmd::audit::note_config(&cfg, &config_path);
+    strata_command::audit::note_config(&cfg, &config_path);
     // The audit log is read without a stanza or a repository, so that it can be read when they are broken.
     if let Command::Audit { since, op, outcome, output } = &cli.command {
         return cmd::audit::show(&cfg, cli.stanza.as_deref(), since.as_deref(), *op, *outcome, *output);
@@ -287,7 +243,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             "new_kms_key_id": new_kms_key_id,
             "new_passphrase_file": new_passphrase_file,
             "new_passphrase_env": new_passphrase_env,
-            "args": cmd::audit::args(),
+            "args": strata_command::audit::args(),
         });
         let rekey = async {
             let new = cmd::rekey::NewKey::from_args(new_kms_key_id, new_passphrase_file, new_passphrase_env)?;
@@ -332,19 +288,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             rc
         }
     };
-    let repo = strata_uploader::open_repo(&cfg, repo_cfg).await?;
+    let repo = strata_runtime::open_repo(&cfg, repo_cfg).await?;
     let ctx = Context_ { cfg: Arc::new(cfg), config_path, stanza, repo };
     let cfg: &Config = &ctx.cfg;
     // The audited commands' entries name the stanza and the repository they worked on.
     let (stanza, repo) = (Some(ctx.stanza.as_str()), Some(ctx.repo.name()));
     match cli.command {
         Command::StanzaCreate => {
-            let what = json!({ "args": cmd::audit::args() });
+            let what = json!({ "args": strata_command::audit::args() });
             audit_op(cfg, Op::StanzaCreate, stanza, repo, what, cmd::stanza::create(&ctx)).await
         }
         Command::Backup { backup_type, checksum_all } => {
-            let what = json!({ "type": backup_type.to_type().as_str(), "checksum_all": checksum_all, "args": cmd::audit::args() });
-            let backup = async { cmd::backup::run(&ctx, backup_type.to_type(), checksum_all).await.map(cmd::audit::BackupLabel) };
+            let what = json!({ "type": backup_type.to_type().as_str(), "checksum_all": checksum_all, "args": strata_command::audit::args() });
+            let backup = async { cmd::backup::run(&ctx, backup_type.to_type(), checksum_all).await.map(strata_command::audit::BackupLabel) };
             audit_op(cfg, Op::Backup, stanza, repo, what, backup).await.map(drop)
         }
         Command::ArchivePush { path } => cmd::archive::push(&ctx, &path, asked_shipper).await.context("archive-push"),
@@ -368,11 +324,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             delta,
             wal_prefetch,
         } => {
-            let opts = cmd::restore::RestoreOptions {
+            let opts = strata_restore::restore::RestoreOptions {
                 pg_data: &pg_data,
                 set: set.as_deref(),
                 tablespace_map: &tablespace_map,
-                recovery: cmd::target::RecoveryArgs {
+                recovery: strata_restore::target::RecoveryArgs {
                     kind: recovery,
                     target: target.as_deref(),
                     action: target_action,
@@ -388,26 +344,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "type": format!("{recovery:?}").to_lowercase(),
                 "target": target,
                 "delta": delta,
-                "args": cmd::audit::args(),
+                "args": strata_command::audit::args(),
             });
-            audit_op(cfg, Op::Restore, stanza, repo, what, async { cmd::restore::run(&ctx, &opts).await.context("restore") }).await
+            audit_op(cfg, Op::Restore, stanza, repo, what, async { strata_restore::restore::run(&ctx, &opts).await.context("restore") }).await
         }
         Command::RestoreTest { set, recovery, target, output } => {
-            let what = json!({ "set": set, "type": format!("{recovery:?}").to_lowercase(), "target": target, "args": cmd::audit::args() });
-            let opts = cmd::restore_test::RestoreTestOptions { set, recovery, target, ..Default::default() };
-            audit_op(cfg, Op::RestoreTest, stanza, repo, what, cmd::restore_test::run(&ctx, &opts, output)).await.map(drop)
+            let what = json!({ "set": set, "type": format!("{recovery:?}").to_lowercase(), "target": target, "args": strata_command::audit::args() });
+            let opts = strata_verify::restore_test::RestoreTestOptions { set, recovery, target, ..Default::default() };
+            audit_op(cfg, Op::RestoreTest, stanza, repo, what, strata_verify::restore_test::run(&ctx, &opts, output)).await.map(drop)
         }
         Command::Info { output } => cmd::info::run(&ctx, output).await,
         Command::Check => cmd::check::run(&ctx).await.context("check"),
         Command::Verify { set, output } => {
-            let what = json!({ "set": set, "args": cmd::audit::args() });
+            let what = json!({ "set": set, "args": strata_command::audit::args() });
             let repo = if cli_repo.is_some() { repo } else { None };
-            let verify = cmd::verify::run(&ctx, set.as_deref(), output, cli_repo.is_none());
+            let verify = strata_verify::verify::run(&ctx, set.as_deref(), output, cli_repo.is_none());
             audit_op(cfg, Op::Verify, stanza, repo, what, verify).await.map(drop)
         }
         Command::Expire { retention_full, dry_run, gc_grace_secs } => {
             let opts = cmd::expire::ExpireOptions { retention_full, dry_run, gc_grace_secs };
-            let what = json!({ "retention_full": retention_full, "dry_run": dry_run, "args": cmd::audit::args() });
+            let what = json!({ "retention_full": retention_full, "dry_run": dry_run, "args": strata_command::audit::args() });
             // Without --repo, expire works on every repository in turn.
             let repo = if cli_repo.is_some() { repo } else { None };
             let expire = async { cmd::expire::run_all(&ctx, &opts, cli_repo.is_some(), false).await.context("expire") };
@@ -415,7 +371,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Annotate { set, pin, unpin, note } => {
             let pinned = if pin { Some(true) } else if unpin { Some(false) } else { None };
-            let what = json!({ "set": set, "pin": pinned, "note": note, "args": cmd::audit::args() });
+            let what = json!({ "set": set, "pin": pinned, "note": note, "args": strata_command::audit::args() });
             let annotate = async { cmd::annotate::run(&ctx, &set, pinned, note.as_deref()).await.context("annotate") };
             audit_op(cfg, Op::Annotate, stanza, repo, what, annotate).await
         }

@@ -24,23 +24,23 @@ pub async fn start(cfg: &Arc<Config>, repo: &strata_repo::Repo, bus: Arc<dyn Bus
     let p = &cfg.pipeline;
     let mut tasks = Vec::new();
     // The stages count as they would in a fleet (atomics on the hot path); nobody scrapes a command.
-    tasks.push(tokio::spawn(strata_sealer::run(
+    tasks.push(tokio::spawn(strata_seal_worker::run(
         bus.clone(),
         p.sealer_workers,
         sealer.clone(),
-        strata_sealer::SealerMetrics::unexported(),
+        strata_seal_worker::SealerMetrics::unexported(),
         cancel.clone().cancelled_owned(),
     )));
-    tasks.push(tokio::spawn(strata_uploader::run(
+    tasks.push(tokio::spawn(strata_upload::run(
         repo,
         bus.clone(),
-        strata_uploader::UploaderSettings::from_config(p),
-        strata_uploader::UploaderMetrics::unexported(),
+        strata_upload::UploaderSettings::from_config(p),
+        strata_upload::UploaderMetrics::unexported(),
         cancel.clone().cancelled_owned(),
     )));
     if collector {
-        let metrics = strata_collector::CollectorMetrics::unexported();
-        tasks.push(tokio::spawn(strata_collector::run(cfg.clone(), bus, sealer, metrics, cancel.clone().cancelled_owned())));
+        let metrics = strata_collect::CollectorMetrics::unexported();
+        tasks.push(tokio::spawn(strata_collect::run(cfg.clone(), bus, sealer, metrics, cancel.clone().cancelled_owned())));
     }
     Ok(LocalStages { cancel, tasks })
 }

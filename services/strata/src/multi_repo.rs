@@ -3,17 +3,17 @@
 //!
 //! The pipeline writes to the primary repository only (the first `[[repo]]`); then the WAL record and
 //! the packs it needs are copied from there to each other repository with the replicator's code
-//! ([`strata_replicator::Copier`]), so the bytes are the same everywhere and the replicator later finds
+//! ([`strata_replicate::Copier`]), so the bytes are the same everywhere and the replicator later finds
 //! nothing to do for them. archive-push succeeds when every repository with `archive_required = true`
 //! (the default; the primary always) has the file; a repository that is not required and fails gets a
 //! warning, and the replicator fills it in later. As in the primary, a WAL file is never replaced with
 //! other content in any repository.
 
-use crate::Context_;
+use strata_command::Context_;
 use anyhow::{bail, Context};
 use strata_config::RepoConfig;
 use strata_repo::{Repo, StanzaInfo};
-use strata_replicator::Copier;
+use strata_replicate::Copier;
 
 /// The primary repository: `ctx.repo` unless `--repo` chose another.
 async fn primary(ctx: &Context_) -> anyhow::Result<Repo> {
@@ -21,7 +21,7 @@ async fn primary(ctx: &Context_) -> anyhow::Result<Repo> {
     if ctx.repo.name() == primary.name {
         return Ok(ctx.repo.clone());
     }
-    strata_uploader::open_repo(&ctx.cfg, primary).await
+    strata_runtime::open_repo(&ctx.cfg, primary).await
 }
 
 fn others(ctx: &Context_, except: &str) -> Vec<RepoConfig> {
@@ -40,7 +40,7 @@ pub async fn push_to_others(ctx: &Context_, wal_name: &str) -> anyhow::Result<()
         let source = source.clone();
         async move {
             let copied: anyhow::Result<()> = async {
-                let target = strata_uploader::open_repo(&ctx.cfg, rc).await?;
+                let target = strata_runtime::open_repo(&ctx.cfg, rc).await?;
                 Copier::new(source, target).copy_wal(&ctx.stanza, wal_name).await?;
                 Ok(())
             }
@@ -78,7 +78,7 @@ pub async fn create_stanza_in_others(ctx: &Context_, info: &StanzaInfo) -> anyho
             let storage = strata_runtime::open_storage(&rc).await?;
             storage.check_writable().await?;
             strata_keys::init_repository(&ctx.cfg, storage.as_ref(), key_file.as_deref()).await?;
-            let repo = strata_uploader::open_repo(&ctx.cfg, &rc).await?;
+            let repo = strata_runtime::open_repo(&ctx.cfg, &rc).await?;
             Ok(repo.create_stanza(info).await?)
         }
         .await;

@@ -27,7 +27,7 @@ async fn main() -> std::process::ExitCode {
             Some((addr, setting)) => Some(MetricsEndpoint::start(&addr, &setting, registry.clone()).await.context("strata-uploader")?),
             None => None,
         };
-        let metrics = strata_uploader::UploaderMetrics::new(&registry);
+        let metrics = strata_upload::UploaderMetrics::new(&registry);
         let primary = cfg.primary_repo();
         let storage = strata_runtime::open_storage(primary).await.context("strata-uploader")?;
         if primary.kind == strata_config::RepoType::S3 {
@@ -46,8 +46,8 @@ async fn main() -> std::process::ExitCode {
         if let Some(e) = &endpoint {
             e.watch_queues(bus.clone());
         }
-        let settings = strata_uploader::UploaderSettings::from_config(&cfg.pipeline);
-        strata_uploader::run(repo, bus, settings, metrics, shutdown)
+        let settings = strata_upload::UploaderSettings::from_config(&cfg.pipeline);
+        strata_upload::run(repo, bus, settings, metrics, shutdown)
             .await
             .context("strata-uploader")
     })

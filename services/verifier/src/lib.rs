@@ -2,12 +2,12 @@
 //!
 //! Every `verifier.interval_secs` it takes one look at each stanza in each repository:
 //! - **New backups** (committed, never verified in that repository) are verified: every chunk read back,
-//!   decrypted, decompressed and hashed, relation pages checked (`strata::cmd::verify`).
+//!   decrypted, decompressed and hashed, relation pages checked (`strata_verify::verify`).
 //! - **The WAL archive** is checked for gaps from the oldest backup on, and every WAL file not yet found
 //!   intact by this process is read back against its hash. Files found intact are remembered, so a round
 //!   costs the new WAL only; a restarted verifier reads the archive once again.
 //! - **Restore tests** run on `restore_test.interval_secs`.
-//! - **Health** (`strata::health`, the same evaluation `info` shows) becomes metrics and alerts.
+//! - **Health** (`strata_verify::health`, the same evaluation `info` shows) becomes metrics and alerts.
 //!
 //! Verifiers scale out without a coordinator: a backup's verification and a scheduled restore test are
 //! claimed in the repository with a put-if-absent object ([`strata_repo::Repo::claim`]), so two verifiers
@@ -21,8 +21,8 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use strata::cmd::verify::{verify_repo, Scope};
-use strata::health::{Finding, Health, Level};
+use strata_verify::verify::{verify_repo, Scope};
+use strata_verify::health::{Finding, Health, Level};
 use strata_alerts::{Alert, Notifier, Tier};
 use strata_config::Config;
 use strata_repo::Repo;
@@ -55,7 +55,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut repos = Vec::new();
     for rc in &cfg.repo {
-        repos.push(strata_uploader::open_repo(&cfg, rc).await.with_context(|| format!("repository '{}'", rc.name))?);
+        repos.push(strata_runtime::open_repo(&cfg, rc).await.with_context(|| format!("repository '{}'", rc.name))?);
     }
     let metrics = metrics::VerifierMetrics::new(strata_metrics::Registry::new());
     let stop = CancellationToken::new();
@@ -110,7 +110,7 @@ pub async fn run(
 }
 
 async fn round(cfg: &Config, repos: &[Repo], state: &mut State, metrics: &metrics::VerifierMetrics) {
-    let holder = strata::cmd::who();
+    let holder = strata_command::who();
     let mut alerts = Vec::new();
     for stanza in cfg.stanza.keys() {
         for repo in repos {
@@ -119,10 +119,10 @@ async fn round(cfg: &Config, repos: &[Repo], state: &mut State, metrics: &metric
                 metrics.round_error(stanza, repo.name());
             }
         }
-        let mut worst = strata::health::Level::Ok;
+        let mut worst = strata_verify::health::Level::Ok;
         for repo in repos {
             let pg_conn = cfg.stanza(stanza).ok().map(|s| s.pg_conn.as_str());
-            match strata::health::evaluate(cfg, repo, stanza, pg_conn, strata::cmd::now()).await {
+            match strata_verify::health::evaluate(cfg, repo, stanza, pg_conn, strata_command::now()).await {
                 Ok(h) => {
                     worst = worst.max(h.status);
                     metrics.health(&h);
@@ -136,7 +136,7 @@ async fn round(cfg: &Config, repos: &[Repo], state: &mut State, metrics: &metric
         }
         metrics.stanza_status(stanza, worst);
     }
-    state.notifier.update(alerts, strata::cmd::now()).await;
+    state.notifier.update(alerts, strata_command::now()).await;
     let firing = state.notifier.firing();
     for tier in Tier::ALL {
         metrics.alerts_firing(tier.as_str(), firing.iter().filter(|a| a.tier == tier).count());
@@ -169,7 +169,7 @@ async fn verify_round(cfg: &Config, repo: &Repo, stanza: &str, holder: &str, sta
         return Ok(());
     }
     let none = HashSet::new();
-    let now = strata::cmd::now();
+    let now = strata_command::now();
     if cfg.verifier.verify_new_backups {
         let last: HashMap<String, i64> = repo.verify_results(stanza).await?.into_iter().map(|r| (r.subject, r.time)).collect();
         // Every due backup this verifier could claim, verified in one pass: an incremental shares most of
@@ -235,7 +235,7 @@ async fn restore_tests(cfg: &Arc<Config>, primary: &Repo, state: &mut State) {
         return;
     }
     for stanza in cfg.stanza.keys() {
-        let now = strata::cmd::now();
+        let now = strata_command::now();
         let due = match primary.latest_restore_test(stanza).await {
             Ok(Some(t)) => now - t.start_time >= interval,
             Ok(None) => true,
@@ -248,7 +248,7 @@ async fn restore_tests(cfg: &Arc<Config>, primary: &Repo, state: &mut State) {
             continue;
         }
         let slot = format!("restore-test-{}", now / interval);
-        match primary.claim(stanza, &slot, &strata::cmd::who(), CLAIM_STALE_SECS).await {
+        match primary.claim(stanza, &slot, &strata_command::who(), CLAIM_STALE_SECS).await {
             Ok(true) => {}
             Ok(false) => continue,
             Err(e) => {
@@ -256,18 +256,18 @@ async fn restore_tests(cfg: &Arc<Config>, primary: &Repo, state: &mut State) {
                 continue;
             }
         }
-        let ctx = strata::Context_ { cfg: cfg.clone(), config_path: state.config_path.clone(), stanza: stanza.clone(), repo: primary.clone() };
-        let opts = strata::cmd::restore_test::RestoreTestOptions { cancel: state.cancel.clone(), ..Default::default() };
+        let ctx = strata_command::Context_ { cfg: cfg.clone(), config_path: state.config_path.clone(), stanza: stanza.clone(), repo: primary.clone() };
+        let opts = strata_verify::restore_test::RestoreTestOptions { cancel: state.cancel.clone(), ..Default::default() };
         info!(stanza = %stanza, "scheduled restore test starting");
         let what = serde_json::json!({ "scheduled": true, "by": "strata-verifier" });
         let test = async {
-            let r = strata::cmd::restore_test::run_test(&ctx, &opts).await?;
+            let r = strata_verify::restore_test::run_test(&ctx, &opts).await?;
             match &r.failure {
-                None => Ok(strata::cmd::restore_test::Passed(r)),
+                None => Ok(strata_verify::restore_test::Passed(r)),
                 Some(why) => Err(anyhow::anyhow!("restore test failed: {why}")),
             }
         };
-        match strata::cmd::audit::audit_op(cfg, strata_audit::Op::RestoreTest, Some(stanza), Some(primary.name()), what, test).await {
+        match strata_command::audit::audit_op(cfg, strata_audit::Op::RestoreTest, Some(stanza), Some(primary.name()), what, test).await {
             Ok(p) => info!(stanza = %stanza, label = %p.0.label, total_ms = p.0.total_ms, "scheduled restore test passed"),
             // Stored with the result: the next round's health evaluation raises the critical alert.
             Err(e) => error!(stanza = %stanza, error = %format!("{e:#}"), "scheduled restore test failed"),

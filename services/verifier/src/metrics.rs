@@ -1,8 +1,8 @@
-//! The verifier's metrics: the stanzas' health as `info` computes it (`strata::health`), and the outcome
+//! The verifier's metrics: the stanzas' health as `info` computes it (`strata_verify::health`), and the outcome
 //! of verifications. Names follow Prometheus conventions and are the ones `deploy/prometheus` and
 //! `deploy/grafana` use.
 
-use strata::health::{Health, Level};
+use strata_verify::health::{Health, Level};
 use strata_metrics::{Counter, Gauge, Registry};
 use strata_repo::verify_results::{VerifyResult, WAL_SUBJECT};
 

@@ -44,7 +44,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use strata_audit::format_time;
+use strata_stamp::format_time;
 use strata_config::AlertsConfig;
 
 /// How long a webhook has to answer a POST.
@@ -235,7 +235,7 @@ impl Notifier {
             state,
             saved,
             client,
-            host: strata_audit::host_name().to_string(),
+            host: strata_stamp::host_name().to_string(),
         })
     }
 

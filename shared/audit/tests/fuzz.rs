@@ -4,7 +4,8 @@
 //! Cases per target: `PROPTEST_CASES` (see `strata-fuzzkit`).
 
 use std::time::{Duration, SystemTime};
-use strata_audit::{format_time, note_config, parse_since, read, AuditEntry, Filter, Op, Outcome};
+use strata_stamp::format_time;
+use strata_audit::{note_config, parse_since, read, AuditEntry, Filter, Op, Outcome};
 use strata_fuzzkit::proptest::prelude::*;
 use strata_fuzzkit::{bytes, check, fuzz, mutated_any};
 

@@ -192,6 +192,14 @@ pub fn shutdown_token() -> &'static CancellationToken {
     TOKEN.get_or_init(CancellationToken::new)
 }
 
+/// Opens one of the config's repositories, with the sealer its key gives (see `strata_keys::sealer_for`).
+pub async fn open_repo(config: &strata_config::Config, cfg: &strata_config::RepoConfig) -> anyhow::Result<strata_repo::Repo> {
+    use anyhow::Context;
+    let storage = open_storage(cfg).await?;
+    let sealer = strata_keys::sealer_for(config, storage.as_ref()).await.with_context(|| format!("repository '{}'", cfg.name))?;
+    Ok(strata_repo::Repo::new(cfg.name.clone(), storage).with_sealer(sealer))
+}
+
 /// Opens a repository's storage, without its key: the backend, with retries where the backend does not
 /// retry itself ([`strata_storage::RetryingStorage`] over POSIX; S3 retries request by request inside),
 /// under a meter ([`strata_storage::MeteredStorage`]: `stats()` on the result gives the counts for

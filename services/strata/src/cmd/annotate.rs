@@ -5,7 +5,7 @@
 //! retention settings say, together with every backup it depends on, so a pin is written only for a
 //! backup that exists, and it is the whole annotation that is replaced: the last writer wins.
 
-use crate::Context_;
+use strata_command::Context_;
 
 pub async fn run(ctx: &Context_, label: &str, pinned: Option<bool>, note: Option<&str>) -> anyhow::Result<()> {
     ctx.repo.stanza(&ctx.stanza).await?;
@@ -16,8 +16,8 @@ pub async fn run(ctx: &Context_, label: &str, pinned: Option<bool>, note: Option
     if let Some(n) = note {
         annotation.note = (!n.is_empty()).then(|| n.to_string());
     }
-    annotation.changed_by = crate::cmd::who();
-    annotation.changed_at = crate::cmd::now();
+    annotation.changed_by = strata_command::who();
+    annotation.changed_at = strata_command::now();
     ctx.repo.put_annotation(&ctx.stanza, label, &annotation).await?;
     println!(
         "backup {label}: {}{}",

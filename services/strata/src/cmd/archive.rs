@@ -15,7 +15,8 @@
 //! removed; a recovery that stops at a target earlier leaves up to N segments there, in `pg_wal`, which no
 //! backup copies and the next delta restore removes.
 
-use crate::{local, Context_};
+use crate::local;
+use strata_command::Context_;
 use anyhow::{bail, Context};
 use std::fs;
 use std::io::Write;
@@ -23,8 +24,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use strata_collector::job::CommitOutcome;
-use strata_collector::wal::{WalPushSettings, WalPushTarget};
+use strata_collect::job::CommitOutcome;
+use strata_collect::wal::{WalPushSettings, WalPushTarget};
 use strata_pg::timeline::TimelineHistory;
 use strata_pg::wal::{classify_wal_file, history_file_name, wal_file_kind, WalFileKind};
 use strata_pg::WalSegment;
@@ -86,7 +87,7 @@ pub(crate) fn wal_push_target(ctx: &Context_, info: &strata_repo::StanzaInfo) ->
 
 /// How WAL files are cut, compressed and bounded in flight (`[pipeline]`); `seal_here`: see
 /// [`WalPushSettings::seal_here`].
-pub(crate) fn wal_push_settings(ctx: &Context_, seal_here: Option<std::sync::Arc<strata_collector::wal::SealSlots>>) -> WalPushSettings {
+pub(crate) fn wal_push_settings(ctx: &Context_, seal_here: Option<std::sync::Arc<strata_collect::wal::SealSlots>>) -> WalPushSettings {
     let p = &ctx.cfg.pipeline;
     WalPushSettings {
         chunk_size: p.chunk_size,
@@ -108,12 +109,12 @@ pub async fn push_sync(ctx: &Context_, path: &Path) -> anyhow::Result<()> {
     let stages = if in_process { Some(local::start(&ctx.cfg, &ctx.repo, bus.clone(), false).await?) } else { None };
     let pushed = async {
         // Every check comes before the first chunk is sent: a refused file leaves nothing stored.
-        let file = strata_collector::wal::read(path, &target).await?;
+        let file = strata_collect::wal::read(path, &target).await?;
         if let Some(history) = &file.history {
             check_parent_known(ctx, &file.name, history).await?;
         }
         let name = file.name.clone();
-        anyhow::Ok((name, strata_collector::wal::push(bus, &target, &settings, file, None).await?))
+        anyhow::Ok((name, strata_collect::wal::push(bus, &target, &settings, file, None).await?))
     }
     .await;
     if let Some(stages) = stages {
@@ -158,13 +159,13 @@ async fn drop_over_queue_max(ctx: &Context_, path: &Path, max: u64) -> anyhow::R
         // Archived already (a shipper pushed it ahead): nothing is lost by saying so.
         return Ok(true);
     }
-    let record = strata_repo::wal_dropped::WalDropped { name: name.to_string(), dropped_at: super::now(), queue_bytes: queued, queue_max: max };
+    let record = strata_repo::wal_dropped::WalDropped { name: name.to_string(), dropped_at: strata_command::now(), queue_bytes: queued, queue_max: max };
     // Recorded first: if the record cannot be written, the segment is not dropped (PostgreSQL retries).
     ctx.repo.put_wal_dropped(&ctx.stanza, &record).await.context("cannot record the dropped segment; not dropping it")?;
     let summary = format!(
         "WAL segment {name} DROPPED, not archived: {} of WAL waiting to be archived is over archive.push_queue_max ({})",
-        super::format_bytes(queued),
-        super::format_bytes(max)
+        strata_command::format_bytes(queued),
+        strata_command::format_bytes(max)
     );
     eprintln!("error: {summary}");
     let alert = strata_alerts::Alert {

@@ -10,8 +10,9 @@
 //! under per-label names (two backups starting in the same second share one), and a dead one is only
 //! recognised minutes later. They do name the holder (host, pid, start, label) in the refusal.
 
-use crate::cmd::format_bytes;
-use crate::{local, progress, Context_};
+use strata_command::format_bytes;
+use crate::local;
+use strata_command::{progress, Context_};
 use anyhow::bail;
 use std::time::{Duration, Instant};
 use strata_messages::{BackupRequest, BackupType, FORMAT_VERSION};
@@ -108,7 +109,7 @@ async fn run_locked(
             return Err(e);
         }
     };
-    let outcome = strata_collector::request_backup(
+    let outcome = strata_collect::request_backup(
         bus.clone(),
         &req,
         in_process.then(|| (ctx.cfg.clone(), ctx.repo.sealer().clone())),
@@ -157,7 +158,7 @@ const LOCK_CLASS: i32 = 0x5354_5241;
 
 /// The session holding the stanza's backup lock (module docs).
 struct BackupLock {
-    session: strata_collector::cluster::Session,
+    session: strata_collect::cluster::Session,
 }
 
 impl BackupLock {
@@ -170,7 +171,7 @@ impl BackupLock {
     /// Takes the lock, or fails at once naming the backup that holds it.
     async fn take(ctx: &Context_) -> anyhow::Result<BackupLock> {
         let stanza = ctx.cfg.stanza(&ctx.stanza)?;
-        let session = strata_collector::cluster::connect(&stanza.pg_conn).await?;
+        let session = strata_collect::cluster::connect(&stanza.pg_conn).await?;
         let key = Self::key(&ctx.stanza);
         let taken = session.client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_CLASS, &key]).await;
         match taken.map(|row| row.get::<_, bool>(0)) {
@@ -190,7 +191,7 @@ impl BackupLock {
     /// Who holds the lock: its running marker in the repository (label, host, pid, start) when it has
     /// written one yet, else its session as PostgreSQL shows it.
     async fn holder(ctx: &Context_, client: &tokio_postgres::Client, key: i32) -> String {
-        let me = strata_audit::host_name();
+        let me = strata_stamp::host_name();
         let gone = |m: &RunningMarker| m.host == me && !std::path::Path::new(&format!("/proc/{}", m.pid)).exists();
         if let Ok(markers) = ctx.repo.running().await {
             let newest = markers

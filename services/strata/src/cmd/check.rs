@@ -5,8 +5,8 @@
 //! means no backup before it can be recovered past it, so it fails the check like a broken archive path.
 
 use crate::cmd::{cluster_facts, connect};
-use crate::wal_archive::{describe_range, WalArchive};
-use crate::Context_;
+use strata_restore::wal_archive::{describe_range, WalArchive};
+use strata_command::Context_;
 use anyhow::bail;
 use std::time::{Duration, Instant};
 
@@ -95,11 +95,11 @@ async fn check_archive(ctx: &Context_, seg_size: u64) -> anyhow::Result<()> {
 }
 
 /// The WAL streamer's replication slot, if there is one: a slot nobody streams from, or one that keeps
-/// more WAL than `wal_stream.slot_retained_max`, fills the primary's disk (see `strata_collector::stream`).
+/// more WAL than `wal_stream.slot_retained_max`, fills the primary's disk (see `strata_collect::stream`).
 async fn check_stream_slot(ctx: &Context_, pg_conn: &str) -> anyhow::Result<()> {
     let slot = ctx.cfg.wal_stream.slot_name(&ctx.stanza);
-    let Some(state) = strata_collector::stream::slot_state(pg_conn, &slot).await? else { return Ok(()) };
-    let retained = crate::cmd::format_bytes(state.retained_bytes);
+    let Some(state) = strata_collect::stream::slot_state(pg_conn, &slot).await? else { return Ok(()) };
+    let retained = strata_command::format_bytes(state.retained_bytes);
     if !state.active {
         bail!(
             "replication slot {slot} has no WAL streamer connected and keeps {retained} of WAL on the primary (wal_status {}); start `strata --stanza {} wal-stream`, or drop the slot with SELECT pg_drop_replication_slot('{slot}')",
@@ -111,7 +111,7 @@ async fn check_stream_slot(ctx: &Context_, pg_conn: &str) -> anyhow::Result<()> 
     if state.retained_bytes > max {
         bail!(
             "replication slot {slot} keeps {retained} of WAL on the primary, over wal_stream.slot_retained_max ({}); the WAL streamer is not keeping up",
-            crate::cmd::format_bytes(max)
+            strata_command::format_bytes(max)
         );
     }
     println!("check: WAL streamer connected to slot {slot}, which keeps {retained} of WAL on the primary");

@@ -64,8 +64,8 @@
 //! listed as objects) older than `--gc-grace-secs` and than expire's own marker, so that a write in
 //! progress, whose file time keeps moving, is left alone. Temporary files stay while a backup runs.
 
-use crate::cmd::format_bytes;
-use crate::Context_;
+use strata_command::format_bytes;
+use strata_command::Context_;
 use anyhow::{bail, Context};
 use std::collections::{HashMap, HashSet};
 use strata_messages::{hex, BackupRecord, BackupType, PackId};
@@ -104,7 +104,7 @@ pub async fn run_all(ctx: &Context_, opts: &ExpireOptions, only_this: bool, auto
             ctx.repo.clone()
         } else {
             let rc = ctx.cfg.repo_named(&name).expect("names come from the config");
-            strata_uploader::open_repo(&ctx.cfg, rc).await.with_context(|| format!("repository '{name}'"))?
+            strata_runtime::open_repo(&ctx.cfg, rc).await.with_context(|| format!("repository '{name}'"))?
         };
         if several {
             let rc = ctx.cfg.repo_named(&name).expect("names come from the config");
@@ -166,7 +166,7 @@ async fn expire(ctx: &Context_, opts: &ExpireOptions, retention: &Retention, own
         Some(own) => markers.iter().find(|m| m.stanza == ctx.stanza && m.marker.label == own.name).map(|m| m.modified).with_context(|| {
             format!("expire's marker {}.running is not listed by the repository right after it was written", own.name)
         })?,
-        None => crate::cmd::now(),
+        None => strata_command::now(),
     };
     let dead = remove_dead_markers(ctx, &markers, now, stale_secs, own, opts.dry_run, would).await?;
     let running = fresh_backups(&markers, now, stale_secs, Some(&dead));
@@ -177,7 +177,7 @@ async fn expire(ctx: &Context_, opts: &ExpireOptions, retention: &Retention, own
     let (_, damaged_wal) = ctx.repo.wal_records_checked(&ctx.stanza).await?;
     let annotations: HashMap<String, strata_repo::annotations::Annotation> = ctx.repo.annotations(&ctx.stanza).await?.into_iter().collect();
     let pinned: HashSet<&str> = annotations.iter().filter(|(_, a)| a.pinned).map(|(l, _)| l.as_str()).collect();
-    let plan = plan(&backups, retention, &pinned, crate::cmd::now());
+    let plan = plan(&backups, retention, &pinned, strata_command::now());
 
     // WAL: what precedes the oldest kept backup's first segment, less the extra days (module docs).
     let kept: Vec<&BackupRecord> = plan.iter().filter(|p| p.expire.is_none()).map(|p| p.backup).collect();
@@ -379,7 +379,7 @@ async fn remove_dead_markers(
     dry_run: bool,
     would: &str,
 ) -> anyhow::Result<HashSet<(String, String)>> {
-    let host = strata_audit::host_name();
+    let host = strata_stamp::host_name();
     let mut out = HashSet::new();
     for m in markers {
         let age = now - m.modified;
@@ -397,7 +397,7 @@ async fn remove_dead_markers(
         };
         let why = match m.marker.host == host {
             true => "that process is gone".to_string(),
-            false => format!("not refreshed for {}", crate::health::age(age)),
+            false => format!("not refreshed for {}", strata_verify::health::age(age)),
         };
         println!(
             "{would}remove the marker of {kind} {} of stanza '{}' ({} pid {}): {why}, so it is no longer running",
@@ -427,7 +427,7 @@ async fn remove_temporary(repo: &Repo, now: i64, opts: &ExpireOptions, after_own
         if (after_own && t.modified >= now) || age < opts.gc_grace_secs as i64 {
             continue;
         }
-        println!("{would}remove temporary file {} ({}, written {} ago)", t.path, format_bytes(t.size), crate::health::age(age));
+        println!("{would}remove temporary file {} ({}, written {} ago)", t.path, format_bytes(t.size), strata_verify::health::age(age));
         if !opts.dry_run {
             repo.delete_temporary(&t.path).await?;
         }
@@ -442,8 +442,8 @@ struct ExpireMarker {
 
 impl ExpireMarker {
     async fn write(repo: &Repo, stanza: &str) -> anyhow::Result<Self> {
-        let name = format!("expire-{}-{}", crate::cmd::now(), std::process::id());
-        let marker = RunningMarker { kind: RunningKind::Expire, label: name.clone(), start_time: crate::cmd::now(), host: strata_audit::host_name().to_string(), pid: std::process::id() };
+        let name = format!("expire-{}-{}", strata_command::now(), std::process::id());
+        let marker = RunningMarker { kind: RunningKind::Expire, label: name.clone(), start_time: strata_command::now(), host: strata_stamp::host_name().to_string(), pid: std::process::id() };
         repo.put_running(stanza, &marker).await.context("cannot write expire's marker")?;
         Ok(ExpireMarker { name })
     }
@@ -462,7 +462,7 @@ impl RunningBackup {
     /// Writes the marker; returns once it is durable, so that it precedes every pack of the backup.
     pub async fn begin(ctx: &Context_, label: &str) -> anyhow::Result<Self> {
         let marker =
-            RunningMarker { kind: RunningKind::Backup, label: label.to_string(), start_time: crate::cmd::now(), host: strata_audit::host_name().to_string(), pid: std::process::id() };
+            RunningMarker { kind: RunningKind::Backup, label: label.to_string(), start_time: strata_command::now(), host: strata_stamp::host_name().to_string(), pid: std::process::id() };
         ctx.repo.put_running(&ctx.stanza, &marker).await.context("cannot record in the repository that a backup is running")?;
         let stop = CancellationToken::new();
         let (repo, stanza, token) = (ctx.repo.clone(), ctx.stanza.clone(), stop.clone());

@@ -11,12 +11,12 @@
 //! makes the status critical; everything else is shown as usual. Finding damaged WAL records means
 //! reading every WAL record: small objects, read 16 at a time.
 
-use crate::cmd::target::format_pg_time;
-use crate::cmd::{format_bytes, format_time, now};
-use crate::health::{age, Finding, Health, Level};
+use strata_restore::target::format_pg_time;
+use strata_command::{format_bytes, format_time, now};
+use strata_verify::health::{age, Finding, Health, Level};
 use strata_repo::verify_results::{VerifyResult, WAL_SUBJECT};
-use crate::wal_archive::{describe_range, Gap, TargetTimeline, WalArchive};
-use crate::{Context_, OutputFormat};
+use strata_restore::wal_archive::{describe_range, Gap, TargetTimeline, WalArchive};
+use strata_command::{Context_, OutputFormat};
 use serde_json::{json, Value};
 use strata_messages::BackupRecord;
 use strata_pg::wal::{classify_wal_file, WalFileKind};
@@ -360,7 +360,7 @@ struct Replication {
     source: String,
     target: String,
     tier: Option<String>,
-    lag: Result<strata_replicator::Lag, String>,
+    lag: Result<strata_replicate::Lag, String>,
     now: i64,
 }
 
@@ -399,11 +399,11 @@ impl Replication {
 /// The lag of every replication target, computed now. A repository that cannot be read is reported in
 /// its row rather than failing `info`.
 async fn replication(ctx: &Context_) -> Vec<Replication> {
-    let Ok((source, targets)) = strata_replicator::source_and_targets(&ctx.cfg) else { return Vec::new() };
-    let now = crate::cmd::now();
+    let Ok((source, targets)) = strata_replicate::source_and_targets(&ctx.cfg) else { return Vec::new() };
+    let now = strata_command::now();
     let source_repo = match ctx.cfg.repo_named(&source) {
         Some(_) if source == ctx.repo.name() => Ok(ctx.repo.clone()),
-        Some(rc) => strata_uploader::open_repo(&ctx.cfg, rc).await.map_err(|e| format!("{e:#}")),
+        Some(rc) => strata_runtime::open_repo(&ctx.cfg, rc).await.map_err(|e| format!("{e:#}")),
         None => Err(format!("no repository '{source}'")),
     };
     let mut out = Vec::new();
@@ -413,9 +413,9 @@ async fn replication(ctx: &Context_) -> Vec<Replication> {
             Err(e) => Err(e.clone()),
             Ok(src) => match ctx.cfg.repo_named(&target) {
                 None => Err(format!("no repository '{target}'")),
-                Some(rc) => match strata_uploader::open_repo(&ctx.cfg, rc).await {
+                Some(rc) => match strata_runtime::open_repo(&ctx.cfg, rc).await {
                     Err(e) => Err(format!("{e:#}")),
-                    Ok(t) => strata_replicator::lag(src, &t).await.map_err(|e| e.to_string()),
+                    Ok(t) => strata_replicate::lag(src, &t).await.map_err(|e| e.to_string()),
                 },
             },
         };
@@ -432,10 +432,10 @@ async fn health_of_repositories(ctx: &Context_) -> Vec<(String, Result<Health, S
         let repo = if rc.name == ctx.repo.name() {
             Ok(ctx.repo.clone())
         } else {
-            strata_uploader::open_repo(&ctx.cfg, rc).await.map_err(|e| format!("{e:#}"))
+            strata_runtime::open_repo(&ctx.cfg, rc).await.map_err(|e| format!("{e:#}"))
         };
         let h = match repo {
-            Ok(r) => crate::health::evaluate(&ctx.cfg, &r, &ctx.stanza, pg_conn.as_deref(), now()).await.map_err(|e| format!("{e:#}")),
+            Ok(r) => strata_verify::health::evaluate(&ctx.cfg, &r, &ctx.stanza, pg_conn.as_deref(), now()).await.map_err(|e| format!("{e:#}")),
             Err(e) => Err(e),
         };
         out.push((rc.name.clone(), h));

@@ -5,76 +5,12 @@ pub mod archive;
 pub mod audit;
 pub mod backup;
 pub mod check;
-pub mod delta;
 pub mod expire;
 pub mod info;
 pub mod nats_keygen;
 pub mod rekey;
-pub mod restore;
-pub mod restore_test;
 pub mod shipper;
 pub mod stanza;
 pub mod stream;
-pub mod target;
-pub mod verify;
 
-pub use strata_collector::cluster::{check_data_directory, connect, read_facts as cluster_facts};
-
-pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
-/// `2026-11-24 08:30:00` (UTC) for a Unix time; any value prints (a damaged record's time included).
-pub fn format_time(t: i64) -> String {
-    let (y, m, d, hh, mm, ss) = strata_repo::utc_civil(t);
-    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02}")
-}
-
-/// The `strata` command, for the commands a restore writes (restore_command) or starts: this process when
-/// it is `strata`, else (the verifier runs restore tests through this library) the `strata` beside it.
-pub fn strata_executable() -> std::io::Result<std::path::PathBuf> {
-    let exe = std::env::current_exe()?;
-    if exe.file_name().is_some_and(|n| n == "strata") {
-        return Ok(exe);
-    }
-    let beside = exe.with_file_name("strata");
-    if beside.is_file() {
-        return Ok(beside);
-    }
-    Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("no strata executable beside {}", exe.display())))
-}
-
-/// `user@host` of this process, for results and logs that say who did something.
-pub fn who() -> String {
-    strata_audit::who()
-}
-
-pub fn format_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn any_time_prints() {
-        assert_eq!(super::format_time(0), "1970-01-01 00:00:00");
-        assert_eq!(super::format_time(1_796_231_605), "2026-12-02 17:13:25");
-        // A year past 9999 made `info` panic ("a Display implementation returned an error").
-        assert_eq!(super::format_time(253_402_300_800), "10000-01-01 00:00:00");
-        for t in [i64::MAX, i64::MIN, -1] {
-            assert!(!super::format_time(t).is_empty());
-        }
-        assert!(super::target::format_pg_time(i64::MAX).ends_with("+00"));
-    }
-}
+pub use strata_collect::cluster::{check_data_directory, connect, read_facts as cluster_facts};

@@ -18,7 +18,7 @@
 //! question. So `archive-push` asks before it opens the repository (a few ms a call instead of tens),
 //! and in single-host mode each segment is hashed (its chunks' ids and the file's hash in one pass) and
 //! compressed by one blocking thread of the shipper, at most `pipeline.sealer_workers` at once, oldest
-//! segment first ([`strata_collector::wal::SealSlots`]), then handed sealed to the uploaders, which write
+//! segment first ([`strata_collect::wal::SealSlots`]), then handed sealed to the uploaders, which write
 //! the WAL records that arrive together with overlapping fsyncs. What is left per segment is CPU
 //! (compression, then the two hashes), see loadtest/README.md, "The WAL benchmark".
 //!
@@ -37,7 +37,7 @@
 //! shipper starts one in its own session, detached; the shipper exits after `archive.idle_secs` with
 //! nothing to do.
 
-use crate::Context_;
+use strata_command::Context_;
 use anyhow::{bail, Context};
 use std::collections::HashMap;
 use std::fs;
@@ -47,8 +47,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use strata_bus::Bus;
-use strata_collector::job::CommitOutcome;
-use strata_collector::wal::{WalPushSettings, WalPushTarget};
+use strata_collect::job::CommitOutcome;
+use strata_collect::wal::{WalPushSettings, WalPushTarget};
 use strata_pg::wal::{wal_file_kind, WalFileKind};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -247,7 +247,7 @@ pub async fn run(ctx: &Context_, pg_wal: &Path) -> anyhow::Result<()> {
     // Single host: each segment is hashed and compressed in one pass by the task that read it, at most
     // `pipeline.sealer_workers` at once, and goes sealed to the uploaders (no hop through the sealer stage,
     // no copy of each chunk). Over NATS the sealer hosts compress, as for backups.
-    let slots = in_process.then(|| Arc::new(strata_collector::wal::SealSlots::new(ctx.cfg.pipeline.sealer_workers)));
+    let slots = in_process.then(|| Arc::new(strata_collect::wal::SealSlots::new(ctx.cfg.pipeline.sealer_workers)));
     let settings = Arc::new(super::archive::wal_push_settings(&ctx, slots));
     let stages = if in_process { Some(crate::local::start(&ctx.cfg, &ctx.repo, bus.clone(), false).await?) } else { None };
 
@@ -384,7 +384,7 @@ impl Pusher {
     /// What `archive-push` would do for the file: check, push, copy to the other required repositories.
     /// `ticket`: its place in line for a sealing slot, given up once it has the slot (kept, it would hold
     /// every later segment back until this one is durable).
-    async fn push(&self, name: &str, ticket: Option<strata_collector::wal::SealTicket>) -> anyhow::Result<CommitOutcome> {
+    async fn push(&self, name: &str, ticket: Option<strata_collect::wal::SealTicket>) -> anyhow::Result<CommitOutcome> {
         let path = self.shipper.pg_wal.join(name);
         // The slot first, then the file: the window lets sixteen segments be in flight, but only the
         // ones being compressed need their bytes in memory. Read earlier, each segment was a fresh
@@ -395,11 +395,11 @@ impl Pusher {
             None => None,
         };
         drop(ticket);
-        let file = strata_collector::wal::read(&path, &self.target).await?;
+        let file = strata_collect::wal::read(&path, &self.target).await?;
         if let Some(history) = &file.history {
             super::archive::check_parent_known(&self.ctx, &file.name, history).await?;
         }
-        let outcome = strata_collector::wal::push(self.bus.clone(), &self.target, &self.settings, file, slot).await?;
+        let outcome = strata_collect::wal::push(self.bus.clone(), &self.target, &self.settings, file, slot).await?;
         crate::multi_repo::push_to_others(&self.ctx, name).await?;
         Ok(outcome)
     }

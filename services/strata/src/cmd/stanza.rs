@@ -1,8 +1,9 @@
 //! `stanza-create`: records which cluster the stanza backs up, so every later backup and WAL file can be
 //! checked against it.
 
-use crate::cmd::{check_data_directory, cluster_facts, connect, now};
-use crate::Context_;
+use crate::cmd::{check_data_directory, cluster_facts, connect};
+use strata_command::now;
+use strata_command::Context_;
 use strata_repo::StanzaInfo;
 
 pub async fn create(ctx: &Context_) -> anyhow::Result<()> {

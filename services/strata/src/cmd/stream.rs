@@ -1,5 +1,5 @@
 //! `wal-stream`: streams the stanza's WAL from a replication slot into the repository until stopped
-//! (SIGTERM or SIGINT), for an RPO of about `wal_stream.flush_ms` (see `strata_collector::stream`).
+//! (SIGTERM or SIGINT), for an RPO of about `wal_stream.flush_ms` (see `strata_collect::stream`).
 //!
 //! It runs on the database host, or any host that reaches the primary with a replication connection. In
 //! single-host mode the sealer and uploader run in this process; with a NATS bus the segments go to the
@@ -7,11 +7,11 @@
 //! stores into the primary repository; the archive_command stays the safety net (pushing a segment both
 //! ways is harmless) and copies to the other required repositories.
 
-use crate::Context_;
+use strata_command::Context_;
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_collector::stream::{StreamMetrics, StreamSettings};
+use strata_collect::stream::{StreamMetrics, StreamSettings};
 use strata_runtime::metrics::{listen_address, MetricsEndpoint};
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +46,7 @@ pub async fn run(ctx: &Context_, metrics_listen: Option<&str>) -> anyhow::Result
         on_signal.cancel();
     });
     eprintln!("wal-stream: stanza '{}' from slot {slot} into repository '{}'", ctx.stanza, ctx.repo.name());
-    let result = strata_collector::stream::run(bus, target, settings, stanza_cfg.pg_conn.clone(), metrics, cancel).await;
+    let result = strata_collect::stream::run(bus, target, settings, stanza_cfg.pg_conn.clone(), metrics, cancel).await;
     if let Some(stages) = stages {
         stages.stop().await.context("stopping the pipeline")?;
     }

@@ -23,8 +23,8 @@
 //! The cluster is asked only when it can be reached (a short connection timeout): from a host without
 //! access, the archiver's facts are simply unknown, and say so.
 
-use crate::cmd::format_time;
-use crate::wal_archive::{describe_range, WalArchive};
+use strata_command::format_time;
+use strata_restore::wal_archive::{describe_range, WalArchive};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;

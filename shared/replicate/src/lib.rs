@@ -1,5 +1,7 @@
-//! The replicator: keeps other repositories (another region, a colder tier) holding every committed
-//! backup and every archived WAL file of a source repository.
+//! strata-replicate, the replicator's work: keeps other repositories (another region, a colder tier) holding
+//! every committed backup and every archived WAL file of a source repository. The `strata-replicator`
+//! service (services/replicator) is a thin binary around [`run`]; the `strata` command copies with the same
+//! [`Copier`] when it writes to several repositories, and `info` reports [`lag`].
 //!
 //! # What it copies, and in what order
 //! Objects as they are stored, byte for byte: packs, records, the key file and stanza descriptions (all
@@ -116,12 +118,12 @@ pub async fn run(cfg: Arc<Config>, bus: Option<Arc<dyn Bus>>, shutdown: impl Fut
         bail!("nothing to replicate: the config defines only the repository '{source_name}' (add a [[repo]] to copy to)");
     }
     let source_cfg = cfg.repo_named(&source_name).expect("validated by the config");
-    let source = strata_uploader::open_repo(&cfg, source_cfg).await?;
+    let source = strata_runtime::open_repo(&cfg, source_cfg).await?;
     let mut opened = vec![(source_name.clone(), s3_stats(source_cfg, &source))];
     let mut targets = Vec::new();
     for name in &target_names {
         let rc = cfg.repo_named(name).expect("validated by the config");
-        let t = strata_uploader::open_repo(&cfg, rc).await?;
+        let t = strata_runtime::open_repo(&cfg, rc).await?;
         // Healthcheck: a target we cannot write to is a configuration problem, said once at start.
         t.check_writable().await.with_context(|| format!("target repository '{name}'"))?;
         opened.push((name.clone(), s3_stats(rc, &t)));

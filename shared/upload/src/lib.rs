@@ -1,4 +1,6 @@
-//! The uploader: writes sealed chunks into pack files in the repository, and commits backups and WAL files.
+//! strata-upload, the uploader stage: writes sealed chunks into pack files in the repository, and commits
+//! backups and WAL files. The `strata-uploader` service (services/uploader) is a thin binary around [`run`];
+//! the `strata` command runs the same code in single-host mode.
 //!
 //! # Batching and acknowledgement
 //! A worker takes chunks from the `Upload` work queue until it holds `pipeline.pack_size` sealed bytes, or
@@ -458,13 +460,3 @@ async fn publish(shared: &Shared, job: &str, event: &JobEvent) {
         warn!(job, error = %e, "uploader could not send a job event");
     }
 }
-
-/// Opens the repository a `[[repo]]` entry describes.
-/// Opens one of the config's repositories, with the sealer its key gives (see `strata_keys::sealer_for`).
-pub async fn open_repo(config: &strata_config::Config, cfg: &strata_config::RepoConfig) -> anyhow::Result<Repo> {
-    use anyhow::Context;
-    let storage = strata_runtime::open_storage(cfg).await?;
-    let sealer = strata_keys::sealer_for(config, storage.as_ref()).await.with_context(|| format!("repository '{}'", cfg.name))?;
-    Ok(Repo::new(cfg.name.clone(), storage).with_sealer(sealer))
-}
-

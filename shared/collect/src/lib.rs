@@ -1,4 +1,6 @@
-//! The collector: runs on the database host, reads the data directory and WAL, and feeds the pipeline.
+//! strata-collect, the collector stage: runs on the database host, reads the data directory and WAL, and feeds
+//! the pipeline. The `strata-collector` service (services/collector) is a thin binary around [`run`]; the
+//! `strata` command runs the same code in single-host mode and for archive-push and wal-stream.
 //!
 //! As a service ([`run`]) it serves backup requests for the stanzas in its config: one queue group per
 //! stanza, so among several collectors of a stanza one takes each request, and one backup per stanza at a

@@ -2,7 +2,7 @@
 //! the requested target.
 //!
 //! Nothing is written until everything that can be checked has been: the options, the backup (the newest
-//! that can reach the target, see [`super::target`]), that the archive holds the WAL recovery will read,
+//! that can reach the target, see [`crate::target`]), that the archive holds the WAL recovery will read,
 //! and that the target directory is empty (or, with `--delta`, a stopped data directory). Files are then
 //! rebuilt by a pool of workers that read, check (every chunk against its content address) and write
 //! chunks; each file gets its mode, owner (when run as root) and mtime, and is fsynced, as are the
@@ -13,10 +13,10 @@
 //! settings a previous restore left in postgresql.auto.conf (the backup may be of a restored cluster) are
 //! commented out, so that only this restore's apply.
 
-use crate::cmd::format_bytes;
-use crate::cmd::target::{self, Recovery, RecoveryArgs, Target};
+use strata_command::format_bytes;
+use crate::target::{self, Recovery, RecoveryArgs, Target};
 use crate::wal_archive::WalArchive;
-use crate::{progress, Context_};
+use strata_command::{progress, Context_};
 use anyhow::{anyhow, bail, Context};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -533,14 +533,14 @@ fn write_recovery_files(
         Err(e) => return Err(anyhow!("cannot remove {}: {e}", root.join(other).display())),
     }
     write(signal, "")?;
-    let exe = crate::cmd::strata_executable().context("cannot find the strata executable for restore_command")?;
+    let exe = strata_command::strata_executable().context("cannot find the strata executable for restore_command")?;
     let prefetch = if settings.prefetch > 0 { format!(" --prefetch {}", settings.prefetch) } else { String::new() };
     let command = format!(
         "{} --config {} --stanza {}{} archive-get{prefetch} %f \"%p\"",
         exe.display(),
         ctx.config_path.display(),
         ctx.stanza,
-        ctx.repo_option().map(|a| format!(" {}", crate::shell_quote(&a))).unwrap_or_default()
+        ctx.repo_option().map(|a| format!(" {}", strata_command::shell_quote(&a))).unwrap_or_default()
     );
     let auto = root.join("postgresql.auto.conf");
     let existing = fs::read_to_string(&auto).unwrap_or_default();
@@ -550,8 +550,8 @@ fn write_recovery_files(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::target::TargetAction;
-    use crate::RecoveryType;
+    use crate::target::TargetAction;
+    use strata_command::RecoveryType;
 
     #[tokio::test]
     async fn a_failed_worker_stops_the_others_and_a_panicked_one_is_an_error() {

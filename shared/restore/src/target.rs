@@ -14,7 +14,7 @@
 //! that second was over.
 
 use crate::wal_archive::{describe_range, Gap, Located, Search, TargetTimeline, WalArchive, Want};
-use crate::RecoveryType;
+use strata_command::RecoveryType;
 use anyhow::{anyhow, bail};
 use strata_messages::BackupRecord;
 use strata_pg::timeline::TimelineHistory;
@@ -298,7 +298,7 @@ fn local_to_unix(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<i64
 
 /// `2026-11-24 15:16:59.123456+00`: what PostgreSQL reads unambiguously.
 pub fn format_pg_time(micros: i64) -> String {
-    let base = crate::cmd::format_time(micros.div_euclid(1_000_000));
+    let base = strata_command::format_time(micros.div_euclid(1_000_000));
     format!("{base}.{:06}+00", micros.rem_euclid(1_000_000))
 }
 
@@ -452,7 +452,7 @@ async fn evaluate(
                 return Ok(Err(Refusal::Skip(format!(
                     "the target {} UTC is before the end of backup {label} ({} UTC)",
                     format_pg_time(*t).trim_end_matches("+00"),
-                    crate::cmd::format_time(s.stop_time)
+                    strata_command::format_time(s.stop_time)
                 ))));
             }
             let want = Want::TimeAfter { time: *t, exclusive: recovery.exclusive };

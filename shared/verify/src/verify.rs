@@ -15,9 +15,9 @@
 //! backup, which file, which chunk and pack, which segment, in which repository), and the results are
 //! stored beside the backups ([`strata_repo::verify_results`]) for `info`, metrics and alerts.
 
-use crate::cmd::{format_bytes, now, who};
-use crate::wal_archive::{describe_range, WalArchive};
-use crate::{Context_, OutputFormat};
+use strata_command::{format_bytes, now, who};
+use strata_restore::wal_archive::{describe_range, WalArchive};
+use strata_command::{Context_, OutputFormat};
 use anyhow::Context;
 use futures::StreamExt;
 use serde_json::json;
@@ -570,7 +570,7 @@ fn needs_segment(archive: &WalArchive<'_>, b: &BackupRecord, name: &str) -> bool
     }
 }
 
-fn after_text(archive: &WalArchive<'_>, gap: &crate::wal_archive::Gap) -> String {
+fn after_text(archive: &WalArchive<'_>, gap: &strata_restore::wal_archive::Gap) -> String {
     gap.after.map(|a| format!(" (WAL resumes at {})", archive.name(a))).unwrap_or_default()
 }
 
@@ -620,7 +620,7 @@ pub struct Verified {
     pub stored_bytes: u64,
 }
 
-impl crate::cmd::audit::AuditDetails for Verified {
+impl strata_command::audit::AuditDetails for Verified {
     fn audit_details(&self) -> Option<serde_json::Value> {
         Some(json!({ "repositories": self.repositories, "backups": self.backups, "wal_files": self.wal_files, "stored_bytes": self.stored_bytes, "problems": 0 }))
     }
@@ -631,7 +631,7 @@ pub async fn run(ctx: &Context_, set: Option<&str>, output: OutputFormat, all_re
     let mut repos = vec![ctx.repo.clone()];
     if all_repos {
         for rc in ctx.cfg.repo.iter().filter(|r| r.name != ctx.repo.name()) {
-            repos.push(strata_uploader::open_repo(&ctx.cfg, rc).await?);
+            repos.push(strata_runtime::open_repo(&ctx.cfg, rc).await?);
         }
     }
     let started = Instant::now();

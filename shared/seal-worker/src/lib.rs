@@ -1,4 +1,6 @@
-//! The sealer: compresses, then (in an encrypted repository) encrypts chunks.
+//! strata-seal-worker, the sealer stage: compresses, then (in an encrypted repository) encrypts chunks, with
+//! the primitives of `strata-seal`. The `strata-sealer` service (services/sealer) is a thin binary around
+//! [`run`]; the `strata` command runs the same code in single-host mode.
 //!
 //! Consumes [`strata_messages::PlainChunk`]s from the `Seal` queue and publishes [`SealedChunk`]s on the
 //! `Upload` queue. Chunks travel as transient messages ([`Bus::publish_transient`]): a sealer killed at any

@@ -49,11 +49,11 @@
 //! Query values are read as text in a session with `TimeZone = UTC` and `DateStyle = ISO`. A timestamp
 //! without a zone is taken as UTC; a date as its midnight UTC; a number as Unix seconds.
 
-use crate::cmd::restore::{self, RestoreOptions};
-use crate::cmd::target::{self, Recovery, RecoveryArgs, Target};
-use crate::cmd::{format_bytes, format_time};
-use crate::wal_archive::{TargetTimeline, WalArchive};
-use crate::{Context_, OutputFormat, RecoveryType};
+use strata_restore::restore::{self, RestoreOptions};
+use strata_restore::target::{self, Recovery, RecoveryArgs, Target};
+use strata_command::{format_bytes, format_time};
+use strata_restore::wal_archive::{TargetTimeline, WalArchive};
+use strata_command::{Context_, OutputFormat, RecoveryType};
 use anyhow::{anyhow, bail, Context};
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
@@ -129,7 +129,7 @@ pub async fn run_test(ctx: &Context_, opts: &RestoreTestOptions) -> anyhow::Resu
             label: opts.set.clone().unwrap_or_default(),
             target_type: type_name(opts.recovery).to_string(),
             target: opts.target.clone(),
-            start_time: crate::cmd::now(),
+            start_time: strata_command::now(),
             restore_ms: None,
             restore_files: 0,
             restore_bytes: 0,
@@ -203,7 +203,7 @@ pub async fn run(ctx: &Context_, opts: &RestoreTestOptions, output: OutputFormat
 /// A restore test that passed, as the audit log records it.
 pub struct Passed(pub RestoreTestResult);
 
-impl crate::cmd::audit::AuditDetails for Passed {
+impl strata_command::audit::AuditDetails for Passed {
     fn audit_details(&self) -> Option<serde_json::Value> {
         let r = &self.0;
         Some(serde_json::json!({
@@ -466,7 +466,7 @@ fn lookup_user(name: Option<&str>, uid: u32) -> Option<OsUser> {
 fn make_scratch(work_dir: Option<&Path>, stanza: &str, user: &OsUser) -> anyhow::Result<Scratch> {
     let parent = work_dir.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    let stamp = format_time(crate::cmd::now()).replace([' ', ':', '-'], "");
+    let stamp = format_time(strata_command::now()).replace([' ', ':', '-'], "");
     let root = (0..100)
         .map(|n| parent.join(format!("strata-restore-test-{stanza}-{stamp}-{}-{n}", std::process::id())))
         .find(|p| std::fs::create_dir(p).is_ok())
@@ -583,7 +583,7 @@ fn command_as(program: PathBuf, user: Option<&OsUser>) -> tokio::process::Comman
 /// pg_ctl's complaint.
 async fn start_server(bin: &Option<PathBuf>, s: &Scratch, user: &OsUser, major: u32, deadline: Instant) -> Result<(), String> {
     let options: Vec<String> =
-        server_settings(s, major).into_iter().map(|(k, v)| format!("-c {}", crate::shell_quote(&format!("{k}={v}")))).collect();
+        server_settings(s, major).into_iter().map(|(k, v)| format!("-c {}", strata_command::shell_quote(&format!("{k}={v}")))).collect();
     let wait = deadline.saturating_duration_since(Instant::now()).as_secs().max(1);
     let mut cmd = command_as(program(bin, "pg_ctl"), Some(user));
     cmd.arg("start").arg("-D").arg(&s.data).arg("-l").arg(&s.log).arg("-w").arg("-t").arg(wait.to_string());

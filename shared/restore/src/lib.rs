@@ -1,0 +1,17 @@
+//! strata-restore: getting a cluster back from a repository, shared by the `strata` command (`restore`,
+//! `info`, `check`) and the restore tests (`strata-verify`): the WAL archive as recovery will read it
+//! ([`wal_archive`]), recovery targets and the backup that serves them ([`target`]), and the full
+//! ([`restore`]) and delta ([`delta`]) restore of a data directory.
+
+pub mod delta;
+pub mod restore;
+pub mod target;
+pub mod wal_archive;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn any_time_prints() {
+        assert!(super::target::format_pg_time(i64::MAX).ends_with("+00"));
+    }
+}
