@@ -123,6 +123,9 @@ fn stored_records(f: &Fixture) -> Vec<Vec<u8>> {
     }
     let old = WalRecordV2 { version: 2, name: WAL.into(), size: 16 << 20, hash: [9; 32], chunks: vec![chunk_ref(1)] };
     out.push(encode(&old));
+    // The unframed forms builds before the format header wrote, still read.
+    out.push(encode_unframed(&old));
+    out.push(encode_unframed(&record(10, vec![chunk_ref(4)])));
     out
 }
 
