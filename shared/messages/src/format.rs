@@ -27,62 +27,49 @@ pub const MAGIC: [u8; 4] = [0xAB, b'S', b'T', b'R'];
 /// Length of the frame's header; the archive starts at this offset.
 pub const HEADER_LEN: usize = 8;
 
-/// Which format a frame holds. The byte values are part of the format: never reuse or renumber one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Kind {
+/// Declares [`Kind`]: each variant's byte and the name errors call it by.
+macro_rules! kinds {
+    ($($(#[$doc:meta])* $kind:ident = $byte:literal, $name:literal;)*) => {
+        /// Which format a frame holds. The byte values are part of the format: never reuse or renumber one.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u8)]
+        pub enum Kind {
+            $($(#[$doc])* $kind = $byte,)*
+        }
+
+        impl Kind {
+            pub const ALL: &'static [Kind] = &[$(Kind::$kind),*];
+
+            /// What errors call it.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Kind::$kind => $name,)*
+                }
+            }
+        }
+    };
+}
+
+kinds! {
     // Wire messages between stages (NATS, or direct connections).
-    PlainChunk = 1,
-    UploadWork = 2,
-    JobEvent = 3,
-    BackupRequest = 4,
-    FetchRequest = 5,
-    FetchedChunk = 6,
-    BackupStatus = 7,
+    PlainChunk = 1, "plain chunk";
+    UploadWork = 2, "upload work";
+    JobEvent = 3, "job event";
+    BackupRequest = 4, "backup request";
+    FetchRequest = 5, "fetch request";
+    FetchedChunk = 6, "fetched chunk";
+    BackupStatus = 7, "backup status";
     // Stored in the repository.
-    BackupRecord = 16,
-    WalRecord = 17,
-    BackupCheckpoint = 18,
-    ManifestHead = 19,
-    FileList = 20,
+    BackupRecord = 16, "backup record";
+    WalRecord = 17, "wal record";
+    BackupCheckpoint = 18, "backup checkpoint";
+    ManifestHead = 19, "manifest head";
+    FileList = 20, "manifest file list";
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
-        Kind::PlainChunk,
-        Kind::UploadWork,
-        Kind::JobEvent,
-        Kind::BackupRequest,
-        Kind::FetchRequest,
-        Kind::FetchedChunk,
-        Kind::BackupStatus,
-        Kind::BackupRecord,
-        Kind::WalRecord,
-        Kind::BackupCheckpoint,
-        Kind::ManifestHead,
-        Kind::FileList,
-    ];
-
-    /// What errors call it.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Kind::PlainChunk => "plain chunk",
-            Kind::UploadWork => "upload work",
-            Kind::JobEvent => "job event",
-            Kind::BackupRequest => "backup request",
-            Kind::FetchRequest => "fetch request",
-            Kind::FetchedChunk => "fetched chunk",
-            Kind::BackupStatus => "backup status",
-            Kind::BackupRecord => "backup record",
-            Kind::WalRecord => "wal record",
-            Kind::BackupCheckpoint => "backup checkpoint",
-            Kind::ManifestHead => "manifest head",
-            Kind::FileList => "manifest file list",
-        }
-    }
-
     pub fn from_byte(b: u8) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| *k as u8 == b)
+        Kind::ALL.iter().copied().find(|k| *k as u8 == b)
     }
 }
 
@@ -130,7 +117,7 @@ mod tests {
 
     #[test]
     fn kinds_are_distinct_and_round_trip() {
-        for k in Kind::ALL {
+        for &k in Kind::ALL {
             assert_eq!(Kind::from_byte(k as u8), Some(k));
         }
         let mut bytes: Vec<u8> = Kind::ALL.iter().map(|k| *k as u8).collect();
