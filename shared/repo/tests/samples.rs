@@ -3,7 +3,10 @@
 //! records, each in the current form and in the forms older builds wrote (a record checked but unframed,
 //! a WAL record of layout 2 with neither checksum nor header). See `shared/messages` for the format rule.
 //!
-//! The repository is never rewritten: `STRATA_WRITE_SAMPLES=1 cargo test -p strata-repo --test samples`
+//! `testdata/repo-encrypted` is the same written with a data key ([`DATA_KEY`]): records sealed
+//! (`STRSEAL1`), chunk ids keyed.
+//!
+//! The repositories are never rewritten: `STRATA_WRITE_SAMPLES=1 cargo test -p strata-repo --test samples`
 //! writes it only when it is missing, and a format change adds objects beside the old ones.
 
 use bytes::Bytes;
@@ -11,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use strata_messages::*;
 use strata_repo::{wal_record_path, PackBuilder, Repo, StanzaInfo, FORMAT_MARKER_PATH};
-use strata_seal::Sealer;
+use strata_seal::{ChunkCipher, Sealer};
 use strata_storage::{PosixStorage, Storage};
 
 const STANZA: &str = "main";
@@ -24,8 +27,19 @@ const LEGACY_SEGMENT: &str = "000000010000000000000002";
 /// A WAL record of layout 2, unframed and unchecked, as the oldest builds wrote it.
 const OLDEST_HISTORY: &str = "00000002.history";
 
-fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/repo")
+/// The data key of `testdata/repo-encrypted` (a sample's, known to all).
+const DATA_KEY: [u8; 32] = [0x5A; 32];
+
+fn dir(encrypted: bool) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(if encrypted { "testdata/repo-encrypted" } else { "testdata/repo" })
+}
+
+fn sealer(encrypted: bool) -> Sealer {
+    if encrypted {
+        Sealer::encrypted(ChunkCipher::new(&DATA_KEY))
+    } else {
+        Sealer::default()
+    }
 }
 
 fn stanza_info() -> StanzaInfo {
@@ -64,19 +78,33 @@ fn wal_summary() -> WalSummary {
     WalSummary { last_start: 0x3FFFF00, xact_ends: 1, xids: WalSummary::xid_runs(vec![700]), ..Default::default() }
 }
 
-/// The checked form of an object: `STRSUM01`, the body's BLAKE3 hash, the body.
-fn checked(body: &[u8]) -> Bytes {
-    let mut out = b"STRSUM01".to_vec();
-    out.extend_from_slice(blake3::hash(body).as_bytes());
-    out.extend_from_slice(body);
+/// A record as stored: `STRSUM01`, the body's BLAKE3 hash and the body; or, encrypted, `STRSEAL1` and
+/// the sealed body.
+fn stored_record(sealer: &Sealer, body: &[u8]) -> Bytes {
+    let mut out = Vec::new();
+    if sealer.is_encrypted() {
+        out.extend_from_slice(b"STRSEAL1");
+        out.extend_from_slice(&sealer.seal_object(body));
+    } else {
+        out.extend_from_slice(b"STRSUM01");
+        out.extend_from_slice(blake3::hash(body).as_bytes());
+        out.extend_from_slice(body);
+    }
     Bytes::from(out)
 }
 
-async fn write_sample(path: &Path) {
+/// The body of a stored record.
+fn record_body(sealer: &Sealer, stored: &[u8]) -> Vec<u8> {
+    match stored.strip_prefix(b"STRSEAL1") {
+        Some(sealed) => sealer.unseal_object(sealed).unwrap(),
+        None => stored.strip_prefix(b"STRSUM01").expect("a checked record")[32..].to_vec(),
+    }
+}
+
+async fn write_sample(path: &Path, sealer: Sealer) {
     std::fs::create_dir_all(path).unwrap();
     let storage: Arc<dyn Storage> = Arc::new(PosixStorage::open(path).unwrap());
-    let repo = Repo::new("sample", storage.clone());
-    let sealer = Sealer::default();
+    let repo = Repo::new("sample", storage.clone()).with_sealer(sealer.clone());
     assert!(repo.create_stanza(&stanza_info()).await.unwrap());
 
     // Pack 1: the file's bytes and the file list; pack 2: the manifest head.
@@ -130,10 +158,13 @@ async fn write_sample(path: &Path) {
 
     // The forms older builds wrote.
     let legacy = encode_unframed(&record(LEGACY_LABEL, BackupType::Incr));
-    storage.put(&format!("stanza/{STANZA}/backup/{LEGACY_LABEL}.record"), checked(&legacy)).await.unwrap();
-    storage.put(&wal_record_path(STANZA, LEGACY_SEGMENT), checked(&encode_unframed(&wal(LEGACY_SEGMENT)))).await.unwrap();
-    let oldest = WalRecordV2 { version: 2, name: OLDEST_HISTORY.into(), size: 3, hash: data_id, chunks: vec![refs[0]] };
-    storage.put(&wal_record_path(STANZA, OLDEST_HISTORY), Bytes::from(encode_unframed(&oldest))).await.unwrap();
+    storage.put(&format!("stanza/{STANZA}/backup/{LEGACY_LABEL}.record"), stored_record(&sealer, &legacy)).await.unwrap();
+    let legacy = encode_unframed(&wal(LEGACY_SEGMENT));
+    storage.put(&wal_record_path(STANZA, LEGACY_SEGMENT), stored_record(&sealer, &legacy)).await.unwrap();
+    // Unchecked records predate encryption: an encrypted repository never had them.
+    let oldest = encode_unframed(&WalRecordV2 { version: 2, name: OLDEST_HISTORY.into(), size: 3, hash: data_id, chunks: vec![refs[0]] });
+    let oldest = if sealer.is_encrypted() { stored_record(&sealer, &oldest) } else { Bytes::from(oldest) };
+    storage.put(&wal_record_path(STANZA, OLDEST_HISTORY), oldest).await.unwrap();
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -151,16 +182,25 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[tokio::test]
 async fn the_sample_repository_reads() {
-    if !dir().exists() && std::env::var_os("STRATA_WRITE_SAMPLES").is_some() {
-        write_sample(&dir()).await;
+    read_sample(false).await;
+}
+
+#[tokio::test]
+async fn the_encrypted_sample_repository_reads() {
+    read_sample(true).await;
+}
+
+async fn read_sample(encrypted: bool) {
+    let (dir, sealer) = (dir(encrypted), sealer(encrypted));
+    if !dir.exists() && std::env::var_os("STRATA_WRITE_SAMPLES").is_some() {
+        write_sample(&dir, sealer.clone()).await;
     }
-    assert!(dir().exists(), "{} is missing; see this file's docs", dir().display());
+    assert!(dir.exists(), "{} is missing; see this file's docs", dir.display());
     // Read a copy: nothing may change the checked-in repository.
     let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&dir(), tmp.path());
+    copy_dir(&dir, tmp.path());
     let storage: Arc<dyn Storage> = Arc::new(PosixStorage::open(tmp.path()).unwrap());
-    let repo = Repo::new("sample", storage.clone());
-    let sealer = Sealer::default();
+    let repo = Repo::new("sample", storage.clone()).with_sealer(sealer.clone());
 
     let marker: serde_json::Value = serde_json::from_slice(&storage.get(FORMAT_MARKER_PATH).await.unwrap()).unwrap();
     assert_eq!(marker, serde_json::json!({ "format": 1 }));
@@ -202,9 +242,10 @@ async fn the_sample_repository_reads() {
     }
     assert_eq!(repo.wal_contents(&sealer, STANZA, OLDEST_HISTORY).await.unwrap(), Some(data()));
 
-    // What this build writes is framed, and checked.
+    // What this build writes is framed, and checked or sealed.
+    let magic = if encrypted { b"STRSEAL1" } else { b"STRSUM01" };
     let stored = storage.get(&wal_record_path(STANZA, SEGMENT)).await.unwrap();
-    assert!(stored.starts_with(b"STRSUM01") && stored[40..].starts_with(&format::MAGIC));
+    assert!(stored.starts_with(magic) && record_body(&sealer, &stored).starts_with(&format::MAGIC));
     let stored = storage.get(&wal_record_path(STANZA, LEGACY_SEGMENT)).await.unwrap();
-    assert!(stored.starts_with(b"STRSUM01") && !stored[40..].starts_with(&format::MAGIC));
+    assert!(stored.starts_with(magic) && !record_body(&sealer, &stored).starts_with(&format::MAGIC));
 }
