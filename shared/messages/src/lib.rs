@@ -573,6 +573,21 @@ mod tests {
         }
     }
 
+    /// rkyv finds an archive's root at its end and every pointer is relative, so code that holds a
+    /// validated buffer and reads it again unchecked (the collector's loaded manifest) finds the same
+    /// root in a framed buffer as in the archive alone.
+    #[test]
+    fn unchecked_access_finds_the_root_behind_the_header() {
+        let list = manifest::FileList { version: FORMAT_VERSION, files: Vec::new() };
+        let framed = encode(&list);
+        decode::<manifest::FileList>(&framed).unwrap();
+        // SAFETY: validated just above.
+        let a = unsafe { rkyv::access_unchecked::<manifest::ArchivedFileList>(&framed) };
+        assert_eq!(a.version.to_native(), FORMAT_VERSION);
+        let b = unsafe { rkyv::access_unchecked::<manifest::ArchivedFileList>(&framed[format::HEADER_LEN..]) };
+        assert!(std::ptr::eq(a, b));
+    }
+
     #[test]
     fn upload_work_carries_sealed_bytes_before_it() {
         let chunk = |sealed_len| {
