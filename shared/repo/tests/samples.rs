@@ -1,6 +1,7 @@
 //! A checked-in repository (`testdata/repo`), read back object by object: the repository marker, a
 //! stanza, a pack (chunks, index, footer), a committed backup with its manifest, a checkpoint, and WAL
-//! records, each in the current form and in the forms older builds wrote (a record checked but unframed,
+//! records, each in the current form and in the forms older builds wrote, and the JSON objects (annotation,
+//! running marker, verify and restore-test results, dropped-WAL record) (a record checked but unframed,
 //! a WAL record of layout 2 with neither checksum nor header). See `shared/messages` for the format rule.
 //!
 //! `testdata/repo-encrypted` is the same written with a data key ([`DATA_KEY`]): records sealed
@@ -17,11 +18,11 @@ use strata_repo::{wal_record_path, PackBuilder, Repo, StanzaInfo, FORMAT_MARKER_
 use strata_seal::{ChunkCipher, Sealer};
 use strata_storage::{PosixStorage, Storage};
 
-const STANZA: &str = "main";
-const LABEL: &str = "20261124-081500F";
+mod fixtures;
+use fixtures::{annotation, dropped, restore_test, running, verify_result, LABEL, STANZA, WAL as SEGMENT};
+
 /// A backup whose record is in the unframed form of older builds (checked).
 const LEGACY_LABEL: &str = "20261124-081500F_20261125-010000I";
-const SEGMENT: &str = "000000010000000000000003";
 /// A WAL record in the unframed form, with a checksum.
 const LEGACY_SEGMENT: &str = "000000010000000000000002";
 /// A WAL record of layout 2, unframed and unchecked, as the oldest builds wrote it.
@@ -167,6 +168,17 @@ async fn write_sample(path: &Path, sealer: Sealer) {
     storage.put(&wal_record_path(STANZA, OLDEST_HISTORY), oldest).await.unwrap();
 }
 
+/// The JSON objects beside the records, as this build writes them.
+async fn write_json_objects(path: &Path, sealer: Sealer) {
+    let storage: Arc<dyn Storage> = Arc::new(PosixStorage::open(path).unwrap());
+    let repo = Repo::new("sample", storage).with_sealer(sealer);
+    repo.put_annotation(STANZA, LABEL, &annotation("sample")).await.unwrap();
+    repo.put_running(STANZA, &running("db1")).await.unwrap();
+    repo.put_verify_result(STANZA, &verify_result("sample")).await.unwrap();
+    repo.put_restore_test(STANZA, &restore_test("sample")).await.unwrap();
+    repo.put_wal_dropped(STANZA, &dropped()).await.unwrap();
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -195,7 +207,11 @@ async fn read_sample(encrypted: bool) {
     if !dir.exists() && std::env::var_os("STRATA_WRITE_SAMPLES").is_some() {
         write_sample(&dir, sealer.clone()).await;
     }
-    assert!(dir.exists(), "{} is missing; see this file's docs", dir.display());
+    let json_objects = dir.join(format!("stanza/{STANZA}/backup/{LABEL}.annotation"));
+    if !json_objects.exists() && std::env::var_os("STRATA_WRITE_SAMPLES").is_some() {
+        write_json_objects(&dir, sealer.clone()).await;
+    }
+    assert!(dir.exists() && json_objects.exists(), "{} is missing; see this file's docs", dir.display());
     // Read a copy: nothing may change the checked-in repository.
     let tmp = tempfile::tempdir().unwrap();
     copy_dir(&dir, tmp.path());
@@ -241,6 +257,13 @@ async fn read_sample(encrypted: bool) {
         assert_eq!((w.version, w.size), (WAL_RECORD_VERSION, 3));
     }
     assert_eq!(repo.wal_contents(&sealer, STANZA, OLDEST_HISTORY).await.unwrap(), Some(data()));
+
+    assert_eq!(repo.annotation(STANZA, LABEL).await.unwrap(), Some(annotation("sample")));
+    let running_markers = repo.running().await.unwrap();
+    assert_eq!(running_markers.iter().map(|r| &r.marker).collect::<Vec<_>>(), [&running("db1")]);
+    assert_eq!(repo.verify_result(STANZA, LABEL).await.unwrap(), Some(verify_result("sample")));
+    assert_eq!(repo.restore_tests(STANZA).await.unwrap(), [restore_test("sample")]);
+    assert_eq!(repo.wal_dropped(STANZA).await.unwrap(), [dropped()]);
 
     // What this build writes is framed, and checked or sealed.
     let magic = if encrypted { b"STRSEAL1" } else { b"STRSUM01" };
