@@ -193,6 +193,18 @@ fn fuzz_messages_random_bytes() {
     fuzz("messages/random", 512, bytes(600), |b| every_decoder(&b));
 }
 
+/// Random archives behind a valid format header of any kind and version: the header gets past the magic
+/// check, so the decoders meet random bytes where they expect an archive.
+#[test]
+fn fuzz_messages_random_behind_a_header() {
+    let strategy = (0..format::Kind::ALL.len(), 0u16..5, bytes(400));
+    fuzz("messages/random-behind-header", 256, strategy, |(kind, version, archive)| {
+        let mut b = format::Header::bytes(format::Kind::ALL[kind], version).to_vec();
+        b.extend_from_slice(&archive);
+        every_decoder(&b)
+    });
+}
+
 #[test]
 fn fuzz_messages_mutated() {
     fuzz("messages/mutated", 512, mutated_any(valid_encodings()), |b| every_decoder(&b));
