@@ -54,30 +54,6 @@ fn chunk_ref(n: u8) -> ChunkRef {
     ChunkRef { id: [n; 32], pack: [n; 16], offset: 0, sealed_len: 100, raw_len: 8192 }
 }
 
-fn summary() -> BackupSummary {
-    BackupSummary {
-        label: LABEL.into(),
-        backup_type: BackupType::Full,
-        start_time: 1_796_000_000,
-        stop_time: 1_796_000_100,
-        start_lsn: 0x1000028,
-        stop_lsn: 0x2000000,
-        timeline: 1,
-        wal_start: "000000010000000000000001".into(),
-        wal_stop: "000000010000000000000002".into(),
-        pg_version_num: 150004,
-        system_id: 42,
-        wal_segment_size: 16 << 20,
-        reference: String::new(),
-        database_bytes: 1 << 30,
-        read_bytes: 1 << 30,
-        stored_bytes: 1 << 28,
-        sent_bytes: 1 << 30,
-        file_count: 900,
-        checksum_failures: 0,
-    }
-}
-
 fn record(manifest_len: u64, manifest_chunks: Vec<ChunkRef>) -> BackupRecord {
     BackupRecord { version: FORMAT_VERSION, summary: summary(), manifest_len, manifest_chunks }
 }

@@ -55,23 +55,13 @@ fn summary(label: &str, backup_type: BackupType) -> BackupSummary {
     BackupSummary {
         label: label.into(),
         backup_type,
-        start_time: 1_796_000_000,
-        stop_time: 1_796_000_100,
-        start_lsn: 0x1000028,
-        stop_lsn: 0x2000000,
-        timeline: 1,
-        wal_start: "000000010000000000000001".into(),
-        wal_stop: "000000010000000000000002".into(),
-        pg_version_num: 150004,
         system_id: stanza_info().system_id,
-        wal_segment_size: 16 << 20,
-        reference: String::new(),
         database_bytes: 3,
         read_bytes: 3,
         stored_bytes: 100,
         sent_bytes: 3,
         file_count: 1,
-        checksum_failures: 0,
+        ..fixtures::summary()
     }
 }
 
