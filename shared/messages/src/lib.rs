@@ -4,15 +4,33 @@
 //! NATS hands payloads over at arbitrary offsets of its read buffer: with alignment 1, [`decode`] validates a
 //! payload in place and a chunk's bytes are borrowed straight from the received buffer, never copied.
 //!
-//! Every top-level type starts with a `version` field set to [`FORMAT_VERSION`]; [`decode`] refuses any other
-//! value with a typed error, so a fleet running mixed versions fails loudly instead of misreading data. A
-//! future format change adds a migration from the previous version here.
+//! # Formats
+//! Every archive is written behind a fixed 8-byte header ([`format`]): a magic, the kind of format and its
+//! version. The rule for every persisted or wire format:
+//!
+//! - the header selects the decoder; a version newer than this build reads is a typed error ("wal record
+//!   has format version 4, this build reads up to 3"), bytes of another kind or no Strata format at all say
+//!   so ("not a Strata backup record"), and never read as "malformed";
+//! - older versions are read through an explicit migration chain: each older layout keeps its struct
+//!   (`WalRecordV2`) and a `From` into the next version, and the type's reader picks the step by version
+//!   ([`decode_wal_record`]); writing always writes the current version, framed ([`encode`]);
+//! - bytes without the magic are the unframed form builds before the header wrote; they are read as the
+//!   first step of the chain (their version is the archive's own `version` field, and for WAL records which
+//!   layout validates), so existing repositories and queued messages stay readable;
+//! - `testdata/` holds a sample of every current format and of the legacy unframed ones, and
+//!   `tests/samples.rs` reads each: a layout change that breaks reading stored data fails there. A new
+//!   version adds its samples next to the old ones, which stay.
+//!
+//! The `version` field inside the archives stays (removing it would change the layout): it holds the same
+//! version as the header, and [`decode`] refuses a frame whose two versions disagree.
 //!
 //! Subject names are built only by the functions in [`subjects`], never with `format!` at call sites.
 
+pub mod format;
 pub mod manifest;
 pub mod subjects;
 
+use format::{Framed, Header, Kind};
 use rkyv::{Archive, Deserialize, Serialize};
 
 pub use manifest::{
@@ -20,7 +38,7 @@ pub use manifest::{
     RestorePoint, WalRecord, WalRecordV2, WalSummary, XidRun, ZERO_CHUNK,
 };
 
-/// The version of every message and record format defined here, but [`WalRecord`].
+/// The version of every message and record format defined here, but [`WalRecord`] and [`UploadWork`].
 pub const FORMAT_VERSION: u16 = 2;
 
 /// The version of [`WalRecord`]: 3 added the segment summary. Records of version 2 are still read
@@ -81,7 +99,7 @@ pub struct PlainChunk {
 
 /// Bytes a plain chunk message adds to its data at most (beyond the job and stanza names): reserve this
 /// much spare capacity in a chunk's buffer and [`encode_plain_chunk`] does not reallocate it.
-pub const PLAIN_CHUNK_OVERHEAD: usize = 128;
+pub const PLAIN_CHUNK_OVERHEAD: usize = 128 + format::HEADER_LEN;
 
 /// Builds a [`PlainChunk`] message in `data`'s own buffer (see there). `header.data_len` is set here.
 pub fn encode_plain_chunk(mut header: PlainChunk, data: Vec<u8>) -> Vec<u8> {
@@ -121,7 +139,7 @@ pub fn decode_upload(bytes: &[u8]) -> Result<(&ArchivedUploadWork, &[u8]), Decod
     Ok((work, data))
 }
 
-/// `data`, then `archived`, then `archived`'s length as 4 little-endian bytes, in `data`'s buffer.
+/// `data`, then `archived` (framed: see [`format`]), then `archived`'s length as 4 little-endian bytes, in `data`'s buffer.
 ///
 /// A buffer sized for the worst case (a chunk sealed into room for its incompressible size) but filled to
 /// less than half is given back: messages wait in the pipeline for a while, and holding a megabyte per
@@ -265,45 +283,120 @@ pub enum BackupStatus {
     Failed(String),
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("malformed {what} message: {reason}")]
+    /// Neither framed nor the unframed form of an older build.
+    #[error("not a Strata {what} (no format header, and not the unframed form of older builds: {reason})")]
+    NotStrata { what: &'static str, reason: String },
+    /// Framed, but as another kind of format.
+    #[error("not a Strata {what}: it is a Strata {found}")]
+    OtherKind { what: &'static str, found: &'static str },
+    #[error("not a Strata {what}: its format header names kind {kind}, unknown to this build")]
+    UnknownKind { what: &'static str, kind: u8 },
+    #[error("{what} has format version {found}, this build reads up to {newest}")]
+    TooNew { what: &'static str, found: u16, newest: u16 },
+    #[error("{what} has format version {found}, this build reads versions {oldest} to {newest}")]
+    TooOld { what: &'static str, found: u16, oldest: u16, newest: u16 },
+    /// The header is right but the archive behind it does not validate (damaged, truncated).
+    #[error("malformed {what}: {reason}")]
     Malformed { what: &'static str, reason: String },
-    #[error("{what} has format version {found}, this build reads version {expected}")]
-    Version { what: &'static str, found: u16, expected: u16 },
 }
 
-/// Serializes a message or record.
+type Serializer<'a> = rkyv::api::high::HighSerializer<Vec<u8>, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>;
+
+/// Serializes a message or record in its current format: the header ([`format`]), then the archive.
 pub fn encode<T>(value: &T) -> Vec<u8>
 where
-    T: for<'a> Serialize<rkyv::api::high::HighSerializer<Vec<u8>, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>>,
+    T: Versioned + for<'a> Serialize<Serializer<'a>>,
+{
+    let out = Header::bytes(T::KIND, T::VERSION).to_vec();
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(value, out).expect("serializing into a Vec cannot fail")
+}
+
+/// The archive alone, without the header: the unframed form builds before the header wrote. Only tests
+/// and the legacy samples (`testdata/`) use it; nothing writes it any more.
+#[doc(hidden)]
+pub fn encode_unframed<T>(value: &T) -> Vec<u8>
+where
+    T: for<'a> Serialize<Serializer<'a>>,
 {
     rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(value, Vec::new()).expect("serializing into a Vec cannot fail")
 }
 
-/// Types whose archived form carries a format version to check.
+/// Types written as a framed archive, with the kind and version of their format.
 pub trait Versioned: Archive {
-    const WHAT: &'static str;
-    /// The version this build writes and reads.
+    const KIND: Kind;
+    const WHAT: &'static str = Self::KIND.name();
+    /// The version this build writes (and reads in place with [`decode`]).
     const VERSION: u16 = FORMAT_VERSION;
+    /// The oldest version the type's reader still reads (through its migration chain).
+    const OLDEST: u16 = Self::VERSION;
+    /// The `version` field inside the archive, for types that have one: the only version the unframed
+    /// form carries.
     fn archived_version(archived: &Self::Archived) -> Option<u16>;
 }
 
-/// Validates `bytes` in place and checks the format version; borrows, never copies.
+/// The error for a version outside what `T`'s decoder reads.
+fn version_error<T: Versioned>(found: u16) -> DecodeError {
+    if found > T::VERSION {
+        DecodeError::TooNew { what: T::WHAT, found, newest: T::VERSION }
+    } else {
+        DecodeError::TooOld { what: T::WHAT, found, oldest: T::OLDEST, newest: T::VERSION }
+    }
+}
+
+/// The frame's version when `bytes` is framed as a `T` (any version), `None` when unframed.
+pub fn framed_version<T: Versioned>(bytes: &[u8]) -> Result<Option<u16>, DecodeError> {
+    match format::split(bytes).map_err(|reason| DecodeError::Malformed { what: T::WHAT, reason: reason.into() })? {
+        Framed::Unframed(_) => Ok(None),
+        Framed::Framed { header, .. } if header.kind == T::KIND as u8 => Ok(Some(header.version)),
+        Framed::Framed { header, .. } => Err(match Kind::from_byte(header.kind) {
+            Some(other) => DecodeError::OtherKind { what: T::WHAT, found: other.name() },
+            None => DecodeError::UnknownKind { what: T::WHAT, kind: header.kind },
+        }),
+    }
+}
+
+/// Validates `bytes` in place as the current version of `T`, framed or (older builds) unframed; borrows,
+/// never copies. Older versions are read by the type's migration chain ([`decode_wal_record`]).
 pub fn decode<T>(bytes: &[u8]) -> Result<&T::Archived, DecodeError>
 where
     T: Versioned,
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::BoxedError>>
         + rkyv::Portable,
 {
-    let archived = rkyv::access::<T::Archived, rkyv::rancor::BoxedError>(bytes)
-        .map_err(|e| DecodeError::Malformed { what: T::WHAT, reason: without_addresses(&e.to_string(), bytes) })?;
-    if let Some(found) = T::archived_version(archived) {
-        if found != T::VERSION {
-            return Err(DecodeError::Version { what: T::WHAT, found, expected: T::VERSION });
+    // Offsets in errors count from the start of `bytes`, header included.
+    fn access<'a, T: Archive>(archive: &'a [u8], whole: &[u8]) -> Result<&'a T::Archived, String>
+    where
+        T::Archived: for<'b> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'b, rkyv::rancor::BoxedError>>
+            + rkyv::Portable,
+    {
+        rkyv::access::<T::Archived, rkyv::rancor::BoxedError>(archive).map_err(|e| without_addresses(&e.to_string(), whole))
+    }
+    match framed_version::<T>(bytes)? {
+        Some(version) => {
+            if version != T::VERSION {
+                return Err(version_error::<T>(version));
+            }
+            let archived =
+                access::<T>(&bytes[format::HEADER_LEN..], bytes).map_err(|reason| DecodeError::Malformed { what: T::WHAT, reason })?;
+            match T::archived_version(archived) {
+                Some(inner) if inner != version => Err(DecodeError::Malformed {
+                    what: T::WHAT,
+                    reason: format!("its header says format version {version}, its archive {inner}"),
+                }),
+                _ => Ok(archived),
+            }
+        }
+        // The unframed form of older builds: the first step of every migration chain.
+        None => {
+            let archived = access::<T>(bytes, bytes).map_err(|reason| DecodeError::NotStrata { what: T::WHAT, reason })?;
+            match T::archived_version(archived) {
+                Some(found) if found != T::VERSION => Err(version_error::<T>(found)),
+                _ => Ok(archived),
+            }
         }
     }
-    Ok(archived)
 }
 
 /// Turns an archived value back into an owned one.
@@ -316,12 +409,12 @@ where
 }
 
 macro_rules! versioned {
-    ($t:ty, $what:literal) => {
-        versioned!($t, $what, FORMAT_VERSION);
+    ($t:ty, $kind:expr) => {
+        versioned!($t, $kind, FORMAT_VERSION);
     };
-    ($t:ty, $what:literal, $version:expr) => {
+    ($t:ty, $kind:expr, $version:expr) => {
         impl Versioned for $t {
-            const WHAT: &'static str = $what;
+            const KIND: Kind = $kind;
             const VERSION: u16 = $version;
             fn archived_version(a: &Self::Archived) -> Option<u16> {
                 Some(a.version.to_native())
@@ -329,31 +422,50 @@ macro_rules! versioned {
         }
     };
 }
-versioned!(PlainChunk, "plain chunk");
-versioned!(BackupRequest, "backup request");
-versioned!(FetchRequest, "fetch request");
-versioned!(manifest::ManifestHead, "manifest head");
-versioned!(manifest::FileList, "manifest file list");
-versioned!(manifest::BackupCheckpoint, "backup checkpoint");
-versioned!(manifest::BackupRecord, "backup record");
-versioned!(manifest::WalRecord, "wal record", WAL_RECORD_VERSION);
-versioned!(manifest::WalRecordV2, "wal record", 2);
+versioned!(PlainChunk, Kind::PlainChunk);
+versioned!(BackupRequest, Kind::BackupRequest);
+versioned!(FetchRequest, Kind::FetchRequest);
+versioned!(manifest::ManifestHead, Kind::ManifestHead);
+versioned!(manifest::FileList, Kind::FileList);
+versioned!(manifest::BackupCheckpoint, Kind::BackupCheckpoint);
+versioned!(manifest::BackupRecord, Kind::BackupRecord);
+versioned!(manifest::WalRecordV2, Kind::WalRecord, 2);
 
-/// Reads a stored WAL record of this layout or of the previous one (migrated, without a summary).
+impl Versioned for WalRecord {
+    const KIND: Kind = Kind::WalRecord;
+    const VERSION: u16 = WAL_RECORD_VERSION;
+    const OLDEST: u16 = 2;
+    fn archived_version(a: &Self::Archived) -> Option<u16> {
+        Some(a.version.to_native())
+    }
+}
+
+/// Reads a stored WAL record of any version this build knows, migrated to the current one.
+///
+/// The chain: the version comes from the header, or for the unframed form of older builds from which
+/// layout validates (the current one first, so a damaged current record reports its own error; a version-2
+/// record does not validate as the longer layout). Version 2 is read as [`WalRecordV2`] and converted
+/// (`From`, without a summary); version 3 is the current layout.
 pub fn decode_wal_record(bytes: &[u8]) -> Result<WalRecord, DecodeError> {
-    match decode::<WalRecord>(bytes) {
-        Ok(a) => Ok(to_owned::<WalRecord>(a)),
-        // A version-2 record does not validate as the longer layout; only then is the old one tried, so a
-        // damaged current record still reports its own error.
-        Err(current) => match decode::<WalRecordV2>(bytes) {
-            Ok(old) => Ok(to_owned::<WalRecordV2>(old).into()),
-            Err(_) => Err(current),
+    let version = match framed_version::<WalRecord>(bytes)? {
+        Some(version) => version,
+        None => match decode::<WalRecord>(bytes) {
+            Ok(_) => WAL_RECORD_VERSION,
+            Err(current) => match decode::<WalRecordV2>(bytes) {
+                Ok(_) => 2,
+                Err(_) => return Err(current),
+            },
         },
+    };
+    match version {
+        WAL_RECORD_VERSION => Ok(to_owned::<WalRecord>(decode::<WalRecord>(bytes)?)),
+        2 => Ok(to_owned::<WalRecordV2>(decode::<WalRecordV2>(bytes)?).into()),
+        found => Err(version_error::<WalRecord>(found)),
     }
 }
 
 impl Versioned for UploadWork {
-    const WHAT: &'static str = "upload work";
+    const KIND: Kind = Kind::UploadWork;
     const VERSION: u16 = UPLOAD_WORK_VERSION;
     fn archived_version(a: &Self::Archived) -> Option<u16> {
         Some(match a {
@@ -366,19 +478,19 @@ impl Versioned for UploadWork {
     }
 }
 impl Versioned for JobEvent {
-    const WHAT: &'static str = "job event";
+    const KIND: Kind = Kind::JobEvent;
     fn archived_version(_: &Self::Archived) -> Option<u16> {
         None
     }
 }
 impl Versioned for FetchedChunk {
-    const WHAT: &'static str = "fetched chunk";
+    const KIND: Kind = Kind::FetchedChunk;
     fn archived_version(_: &Self::Archived) -> Option<u16> {
         None
     }
 }
 impl Versioned for BackupStatus {
-    const WHAT: &'static str = "backup status";
+    const KIND: Kind = Kind::BackupStatus;
     fn archived_version(_: &Self::Archived) -> Option<u16> {
         None
     }
@@ -430,14 +542,50 @@ mod tests {
 
     #[test]
     fn wrong_version_and_garbage_are_refused() {
+        // A newer version in the header, and in the unframed form's own field.
+        let mut archived = encode(&header(FORMAT_VERSION + 1));
+        archived[6..8].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        let e = decode::<PlainChunk>(&archived).err().unwrap();
+        assert_eq!(e, DecodeError::TooNew { what: "plain chunk", found: 3, newest: 2 });
+        assert_eq!(e.to_string(), "plain chunk has format version 3, this build reads up to 2");
+        let unframed = encode_unframed(&header(FORMAT_VERSION + 1));
+        assert!(matches!(decode::<PlainChunk>(&unframed), Err(DecodeError::TooNew { found: 3, .. })));
+        let unframed = encode_unframed(&header(1));
+        assert_eq!(decode::<PlainChunk>(&unframed).err().unwrap().to_string(), "plain chunk has format version 1, this build reads versions 2 to 2");
+        // Header and archive disagreeing is damage.
+        assert!(matches!(decode::<PlainChunk>(&encode(&header(1))), Err(DecodeError::Malformed { .. })));
+        // Another kind, an unknown kind, nothing of Strata's.
+        let request = FetchRequest { version: FORMAT_VERSION, reply: "r".into(), chunks: vec![] };
+        let e = decode::<PlainChunk>(&encode(&request)).err().unwrap();
+        assert_eq!(e.to_string(), "not a Strata plain chunk: it is a Strata fetch request");
+        let mut unknown = encode(&request);
+        unknown[4] = 200;
+        assert!(matches!(decode::<FetchRequest>(&unknown), Err(DecodeError::UnknownKind { kind: 200, .. })));
+        let e = decode::<BackupRecord>(b"{\"format\": 1}").err().unwrap().to_string();
+        assert!(e.starts_with("not a Strata backup record (no format header"), "{e}");
         let bytes = encode_plain_chunk(header(FORMAT_VERSION + 1), vec![1, 2, 3]);
-        assert!(matches!(decode_plain_chunk(&bytes), Err(DecodeError::Version { .. })));
+        assert!(matches!(decode_plain_chunk(&bytes), Err(DecodeError::Malformed { .. })));
         let bytes = encode_plain_chunk(header(FORMAT_VERSION), vec![1, 2, 3]);
         assert!(decode_plain_chunk(&bytes).is_ok());
         for cut in [0, 2, 5, bytes.len() / 2, bytes.len() - 1] {
             assert!(decode_plain_chunk(&bytes[..cut]).is_err(), "cut at {cut}");
             assert!(decode_plain_chunk(&bytes[cut..]).is_err() || cut == 0, "cut at {cut}");
         }
+    }
+
+    /// rkyv finds an archive's root at its end and every pointer is relative, so code that holds a
+    /// validated buffer and reads it again unchecked (the collector's loaded manifest) finds the same
+    /// root in a framed buffer as in the archive alone.
+    #[test]
+    fn unchecked_access_finds_the_root_behind_the_header() {
+        let list = manifest::FileList { version: FORMAT_VERSION, files: Vec::new() };
+        let framed = encode(&list);
+        decode::<manifest::FileList>(&framed).unwrap();
+        // SAFETY: validated just above.
+        let a = unsafe { rkyv::access_unchecked::<manifest::ArchivedFileList>(&framed) };
+        assert_eq!(a.version.to_native(), FORMAT_VERSION);
+        let b = unsafe { rkyv::access_unchecked::<manifest::ArchivedFileList>(&framed[format::HEADER_LEN..]) };
+        assert!(std::ptr::eq(a, b));
     }
 
     #[test]

@@ -6,166 +6,15 @@ use strata_fuzzkit::proptest::prelude::*;
 use strata_fuzzkit::{bytes, check, fuzz, mutated, mutated_any};
 use strata_messages::*;
 
-fn chunk_ref(n: u8) -> ChunkRef {
-    ChunkRef { id: [n; 32], pack: [n.wrapping_add(1); 16], offset: 4096 * n as u64, sealed_len: 100 + n as u32, raw_len: 8192 }
-}
-
-fn summary(label: &str, start_time: i64, stop_time: i64) -> BackupSummary {
-    BackupSummary {
-        label: label.into(),
-        backup_type: BackupType::Incr,
-        start_time,
-        stop_time,
-        start_lsn: 0x1000028,
-        stop_lsn: 0x2000000,
-        timeline: 1,
-        wal_start: "000000010000000000000001".into(),
-        wal_stop: "000000010000000000000002".into(),
-        pg_version_num: 150004,
-        system_id: 7_300_000_000_000_000_042,
-        wal_segment_size: 16 << 20,
-        reference: "20261124-081500F".into(),
-        database_bytes: 1 << 30,
-        read_bytes: 1 << 20,
-        stored_bytes: 1 << 19,
-        sent_bytes: 1 << 20,
-        file_count: 1000,
-        checksum_failures: 0,
-    }
-}
-
-fn backup_record(label: &str, start_time: i64, stop_time: i64) -> BackupRecord {
-    BackupRecord {
-        version: FORMAT_VERSION,
-        summary: summary(label, start_time, stop_time),
-        manifest_len: 300,
-        manifest_chunks: vec![chunk_ref(1), chunk_ref(2)],
-    }
-}
-
-fn wal_summary() -> WalSummary {
-    WalSummary {
-        last_start: 0x3FFFF00,
-        xact_ends: 3,
-        first_time: 1_796_000_000_000_000,
-        last_time: 1_796_000_001_000_000,
-        xids: WalSummary::xid_runs(vec![700, 701, 702, 900]),
-        restore_points: vec![RestorePoint { name: "before upgrade".into(), time: 1_796_000_000_500_000, lsn: 0x3000100 }],
-        head: vec![1, 2, 3],
-        tail: vec![0x40; 40],
-        tail_lsn: 0x3FFFFE8,
-        switched: false,
-    }
-}
-
-fn wal_record(summary: Option<WalSummary>) -> WalRecord {
-    WalRecord {
-        version: WAL_RECORD_VERSION,
-        name: "000000010000000000000003".into(),
-        size: 16 << 20,
-        hash: [9; 32],
-        chunks: (0..4).map(chunk_ref).collect(),
-        summary,
-    }
-}
-
-fn checkpoint() -> BackupCheckpoint {
-    BackupCheckpoint {
-        version: FORMAT_VERSION,
-        label: "20261124-081500F_20261125-010000I".into(),
-        attempt_start: 1_796_000_000,
-        head_len: 1234,
-        head_chunks: vec![chunk_ref(3), ChunkRef::UNKNOWN],
-    }
-}
-
-fn manifest_head() -> ManifestHead {
-    ManifestHead {
-        version: FORMAT_VERSION,
-        summary: summary("20261124-081500F", 1_796_000_000, 1_796_000_100),
-        data_checksums: true,
-        references: vec!["20261120-010000F".into()],
-        backup_label: "START WAL LOCATION: 0/1000028 (file 000000010000000000000001)\n".into(),
-        tablespace_map: "16384 /srv/ts1\n".into(),
-        tablespaces: vec![manifest::Tablespace { oid: 16384, location: "/srv/ts1".into() }],
-        checksum_failures: vec![manifest::ChecksumFailure { path: "base/5/16390".into(), block: 3 }],
-        chunks: vec![chunk_ref(4), ChunkRef::UNKNOWN, chunk_ref(5)],
-        file_lists: vec![chunk_ref(6)],
-    }
-}
-
-fn file_list() -> FileList {
-    let file = |path: &str, kind| FileEntry {
-        path: path.into(),
-        kind,
-        mode: 0o600,
-        uid: 26,
-        gid: 26,
-        mtime: 1_796_000_000,
-        size: 16384,
-        link_target: if kind == FileKind::Symlink { "/srv/ts1".into() } else { String::new() },
-        pieces: vec![Piece { chunk: 0, offset: 0, len: 8192 }, Piece { chunk: ZERO_CHUNK, offset: 0, len: 8192 }],
-        page_hashes: vec![0x1234_5678_9abc_def0, 0],
-    };
-    FileList {
-        version: FORMAT_VERSION,
-        files: vec![
-            file("base/5/16390", FileKind::File),
-            file("base/5", FileKind::Directory),
-            file("pg_tblspc/16384", FileKind::Symlink),
-        ],
-    }
-}
-
-fn backup_request() -> BackupRequest {
-    BackupRequest {
-        version: FORMAT_VERSION,
-        label: "20261125-010000I".into(),
-        stanza: "main".into(),
-        backup_type: BackupType::Incr,
-        expect_system_id: 42,
-        expect_pg_major: 15,
-        compress_level: 3,
-        reference: Some(backup_record("20261124-081500F", 1, 2)),
-        checksum_all: false,
-        resume: Some(checkpoint()),
-    }
-}
-
-fn fetch_request() -> FetchRequest {
-    FetchRequest { version: FORMAT_VERSION, reply: subjects::fetch_reply("job-1", 3), chunks: vec![chunk_ref(7), chunk_ref(8)] }
-}
+mod fixtures;
+use fixtures::*;
 
 fn plain_chunk(data: Vec<u8>) -> Vec<u8> {
-    let header = PlainChunk {
-        version: FORMAT_VERSION,
-        job: "job-1".into(),
-        stanza: "main".into(),
-        id: [5; 32],
-        dedup: true,
-        compress_level: 1,
-        data_len: 0,
-    };
-    encode_plain_chunk(header, data)
+    encode_plain_chunk(plain_chunk_header(), data)
 }
 
 fn upload_works() -> Vec<Vec<u8>> {
-    let chunk = UploadWork::Chunk(SealedChunk {
-        version: UPLOAD_WORK_VERSION,
-        job: "job-1".into(),
-        stanza: "main".into(),
-        id: [5; 32],
-        dedup: false,
-        raw_len: 8192,
-        sealed_len: 20,
-    });
-    let commit = UploadWork::CommitBackup(CommitBackup {
-        version: UPLOAD_WORK_VERSION,
-        job: "job-1".into(),
-        stanza: "main".into(),
-        packs: vec![[1; 16], [2; 16]],
-        record: backup_record("20261124-081500F", 1, 2),
-    });
+    let (chunk, commit) = (sealed_chunk(), commit_backup());
     let wal = UploadWork::CommitWal(CommitWal {
         version: UPLOAD_WORK_VERSION,
         job: "push-1".into(),
@@ -215,7 +64,7 @@ fn valid_encodings() -> Vec<Vec<u8>> {
         encode(&checkpoint()),
         encode(&wal_record(Some(wal_summary()))),
         encode(&wal_record(None)),
-        encode(&WalRecordV2 { version: 2, name: "00000002.history".into(), size: 42, hash: [1; 32], chunks: vec![chunk_ref(1)] }),
+        encode(&wal_record_v2()),
         encode(&manifest_head()),
         encode(&file_list()),
         encode(&backup_request()),
@@ -225,7 +74,25 @@ fn valid_encodings() -> Vec<Vec<u8>> {
     ];
     all.extend(upload_works());
     all.extend(events());
+    all.extend(unframed_encodings());
     all
+}
+
+/// The unframed form builds before the format header wrote, still read (the first step of every chain).
+fn unframed_encodings() -> Vec<Vec<u8>> {
+    vec![
+        encode_unframed(&backup_record("20261124-081500F", 1_796_000_000, 1_796_000_100)),
+        encode_unframed(&checkpoint()),
+        encode_unframed(&wal_record(Some(wal_summary()))),
+        encode_unframed(&wal_record_v2()),
+        encode_unframed(&manifest_head()),
+        encode_unframed(&file_list()),
+        encode_unframed(&backup_request()),
+        encode_unframed(&fetch_request()),
+        encode_unframed(&JobEvent::Stored { chunks: vec![chunk_ref(1)], written_bytes: 1 }),
+        unframed_message(vec![0x42; 100], &encode_unframed(&PlainChunk { data_len: 100, ..plain_chunk_header() })),
+        unframed_message(vec![0xAB; 20], &encode_unframed(&sealed_chunk())),
+    ]
 }
 
 /// An archived value's size is bounded by its input: every element of its vectors and every byte of its
@@ -324,6 +191,18 @@ fn every_decoder(b: &[u8]) -> Result<(), TestCaseError> {
 #[test]
 fn fuzz_messages_random_bytes() {
     fuzz("messages/random", 512, bytes(600), |b| every_decoder(&b));
+}
+
+/// Random archives behind a valid format header of any kind and version: the header gets past the magic
+/// check, so the decoders meet random bytes where they expect an archive.
+#[test]
+fn fuzz_messages_random_behind_a_header() {
+    let strategy = (0..format::Kind::ALL.len(), 0u16..5, bytes(400));
+    fuzz("messages/random-behind-header", 256, strategy, |(kind, version, archive)| {
+        let mut b = format::Header::bytes(format::Kind::ALL[kind], version).to_vec();
+        b.extend_from_slice(&archive);
+        every_decoder(&b)
+    });
 }
 
 #[test]

@@ -29,7 +29,8 @@
 //! STRSUM01 | BLAKE3 of the body (32 bytes) | body  otherwise (and annotations everywhere)
 //! ```
 //!
-//! The body is the rkyv archive (records) or JSON (results, annotations). An object without either magic
+//! The body is the rkyv archive (records, framed by its format header: see `strata_messages::format`)
+//! or JSON (results, annotations). An object without either magic
 //! is the unchecked form older builds wrote, still read in an unencrypted repository (rkyv archives and
 //! JSON never start with these bytes). A mismatch is [`RepoError::CorruptObject`]. `stanza.json` is
 //! written in the checked form too ([`decode_stanza_info`] reads both), so a flipped digit of its segment
@@ -115,7 +116,8 @@ pub struct Repo {
 }
 
 /// Records (backup, checkpoint, WAL) of an encrypted repository start with this, then a sealed envelope.
-/// Plain records are rkyv archives, which never start with these bytes (they end with their root).
+/// Plain records are rkyv archives, which never start with these bytes: framed ones start with the format
+/// header's magic (0xAB 'STR'), and the unframed ones of older builds end with their root.
 const SEALED_RECORD_MAGIC: &[u8; 8] = b"STRSEAL1";
 
 /// Unencrypted records start with this, then the BLAKE3 hash of the body, then the body (module docs).

@@ -11,16 +11,12 @@ use std::sync::Arc;
 use strata_fuzzkit::proptest::prelude::*;
 use strata_fuzzkit::{bytes, check, fuzz, mutated, mutated_any};
 use strata_messages::*;
-use strata_repo::annotations::{Annotation, RunningKind, RunningMarker};
-use strata_repo::restore_tests::{AmcheckOutcome, QueryOutcome, RestoreTestResult, RESTORE_TEST_FORMAT};
-use strata_repo::verify_results::{Problem, VerifyResult};
 use strata_repo::{pack, ChunkIndex, PackBuilder, Repo, StanzaInfo};
 use strata_seal::{ChunkCipher, Sealer};
 use strata_storage::{PosixStorage, Storage};
 
-const STANZA: &str = "main";
-const LABEL: &str = "20261124-081500F";
-const WAL: &str = "000000010000000000000003";
+mod fixtures;
+use fixtures::*;
 
 /// A plain and an encrypted view of one POSIX repository, and a runtime to drive them.
 struct Fixture {
@@ -56,30 +52,6 @@ impl Fixture {
 
 fn chunk_ref(n: u8) -> ChunkRef {
     ChunkRef { id: [n; 32], pack: [n; 16], offset: 0, sealed_len: 100, raw_len: 8192 }
-}
-
-fn summary() -> BackupSummary {
-    BackupSummary {
-        label: LABEL.into(),
-        backup_type: BackupType::Full,
-        start_time: 1_796_000_000,
-        stop_time: 1_796_000_100,
-        start_lsn: 0x1000028,
-        stop_lsn: 0x2000000,
-        timeline: 1,
-        wal_start: "000000010000000000000001".into(),
-        wal_stop: "000000010000000000000002".into(),
-        pg_version_num: 150004,
-        system_id: 42,
-        wal_segment_size: 16 << 20,
-        reference: String::new(),
-        database_bytes: 1 << 30,
-        read_bytes: 1 << 30,
-        stored_bytes: 1 << 28,
-        sent_bytes: 1 << 30,
-        file_count: 900,
-        checksum_failures: 0,
-    }
 }
 
 fn record(manifest_len: u64, manifest_chunks: Vec<ChunkRef>) -> BackupRecord {
@@ -123,6 +95,9 @@ fn stored_records(f: &Fixture) -> Vec<Vec<u8>> {
     }
     let old = WalRecordV2 { version: 2, name: WAL.into(), size: 16 << 20, hash: [9; 32], chunks: vec![chunk_ref(1)] };
     out.push(encode(&old));
+    // The unframed forms builds before the format header wrote, still read.
+    out.push(encode_unframed(&old));
+    out.push(encode_unframed(&record(10, vec![chunk_ref(4)])));
     out
 }
 
@@ -176,70 +151,6 @@ fn fuzz_repo_records_mutated() {
     fuzz("repo/records-mutated", 256, mutated_any(valid), |b| read_records(&f, &b));
 }
 
-fn problem(text: &str) -> Problem {
-    Problem {
-        backup: Some(LABEL.into()),
-        file: Some(format!("base/5/{text}")),
-        more_files: 3,
-        segment: Some(WAL.into()),
-        chunk: Some(text.into()),
-        pack: Some("00112233445566778899aabbccddeeff".into()),
-        what: format!("chunk does not match its hash: {text}"),
-    }
-}
-
-fn verify_result(text: &str) -> VerifyResult {
-    VerifyResult {
-        subject: LABEL.into(),
-        time: 1_796_000_000,
-        duration_secs: 1.5,
-        chunks: 10,
-        stored_bytes: 1 << 20,
-        plain_bytes: 1 << 22,
-        pages_checked: 512,
-        wal_files: 0,
-        problem_count: 1,
-        problems: vec![problem(text)],
-        by: "postgres@db1".into(),
-    }
-}
-
-fn restore_test(text: &str) -> RestoreTestResult {
-    RestoreTestResult {
-        format: RESTORE_TEST_FORMAT,
-        stanza: STANZA.into(),
-        repo: "fuzz".into(),
-        label: LABEL.into(),
-        target_type: "time".into(),
-        target: Some(text.into()),
-        start_time: 1_796_000_000,
-        restore_ms: Some(1200),
-        restore_files: 900,
-        restore_bytes: 1 << 30,
-        replay_ms: None,
-        total_ms: 5000,
-        peak_memory_bytes: Some(150 << 20),
-        memory_measure: Some("pss".into()),
-        reference_time: Some(1_795_999_990),
-        reference_source: Some("last transaction archived".into()),
-        postmaster_pid: Some(4242),
-        work_dir: "/tmp/strata-restore-test".into(),
-        amcheck: Some(AmcheckOutcome { passed: false, duration_ms: 50, output: text.into() }),
-        queries: vec![QueryOutcome { name: "rows".into(), database: "postgres".into(), value: Some(text.into()), passed: false, reason: None }],
-        passed: false,
-        failure: Some(text.into()),
-        cleanup_error: None,
-    }
-}
-
-fn annotation(text: &str) -> Annotation {
-    Annotation { pinned: true, note: Some(text.into()), changed_by: "postgres@db1".into(), changed_at: 1_796_000_000 }
-}
-
-fn running(text: &str) -> RunningMarker {
-    RunningMarker { kind: RunningKind::Backup, label: "20261125-010000I".into(), start_time: 1_796_000_000, host: text.into(), pid: 4242 }
-}
-
 const VERIFY_PATH: &str = "stanza/main/verify/20261124-081500F.json";
 const RESTORE_TEST_PATH: &str = "stanza/main/restore-test/20261202T171325Z-20261124-081500F.json";
 const ANNOTATION_PATH: &str = "stanza/main/backup/20261124-081500F.annotation";
@@ -291,8 +202,7 @@ fn stored_json(f: &Fixture, text: &str) -> Vec<Vec<u8>> {
             t.start_time = 1_796_231_605;
             repo.put_restore_test(STANZA, &t).await.unwrap();
             repo.put_running(STANZA, &running(text)).await.unwrap();
-            let dropped = strata_repo::wal_dropped::WalDropped { name: WAL.into(), dropped_at: 1_796_000_000, queue_bytes: 1 << 30, queue_max: 1 << 29 };
-            repo.put_wal_dropped(STANZA, &dropped).await.unwrap();
+            repo.put_wal_dropped(STANZA, &dropped()).await.unwrap();
         });
         f.put(ANNOTATION_PATH, &serde_json::to_vec_pretty(&annotation(text)).unwrap());
         for path in [VERIFY_PATH, RESTORE_TEST_PATH, ANNOTATION_PATH, RUNNING_PATH, STANZA_PATH, DROPPED_PATH] {
