@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use crate::logcheck::wait_for_line;
+use crate::logcheck::{wait_for_line, LogCheck, LogCheckOnDrop};
 use crate::os_user::{command_as_postgres, postgres_user};
 use crate::process::{child_pid, kill_child, run, stop_child};
 
@@ -152,6 +152,7 @@ pub struct Service {
     name: String,
     child: Child,
     log_file: PathBuf,
+    log_check: LogCheckOnDrop,
 }
 
 impl Service {
@@ -189,7 +190,20 @@ impl Service {
             name: bin_name.to_string(),
             child,
             log_file,
+            log_check: LogCheckOnDrop::new(LogCheck::new()),
         }
+    }
+
+    /// Allows log lines matching `pattern` (a regex) in the check this handle runs when dropped.
+    pub fn allow_log(&mut self, pattern: &str) -> &mut Service {
+        self.log_check.allow(pattern);
+        self
+    }
+
+    /// Leaves this service's log unchecked when dropped; `why` is for the reader of the test.
+    pub fn skip_log_check(&mut self, why: &str) -> &mut Service {
+        self.log_check.skip(why);
+        self
     }
 
     /// The binary's name.
@@ -262,5 +276,6 @@ impl Drop for Service {
                 );
             }
         }
+        self.log_check.run(&self.name, &self.log_file);
     }
 }

@@ -17,7 +17,9 @@
 //!   process dies instead. Every wait goes through [`wait::wait_until`], the one deadline loop.
 //! - **Stopped through the handle, by pid.** SIGINT/SIGTERM first, harder signals after a deadline, on
 //!   Drop too; never by process name.
-//! - **Logs are checked.** [`LogCheck`] fails a test on ERROR/PANIC/FATAL lines it did not allow.
+//! - **Logs are checked.** Every handle of a process the harness starts (service, PostgreSQL, nats-server)
+//!   checks its log when dropped ([`LogCheckOnDrop`]) for ERROR/PANIC/FATAL lines the test did not allow:
+//!   reported today, failing the test with `STRATA_TEST_LOGCHECK=strict`; explicit [`LogCheck`] asserts fail.
 //!
 //! # A typical test
 //! ```no_run
@@ -63,7 +65,7 @@ pub mod webhook;
 pub use bins::{Service, StrataBins};
 pub use config::{write_config, write_config_with};
 pub use faultproxy::{FaultCounts, FaultProxy};
-pub use logcheck::{assert_no_errors, wait_for_line, LogCheck};
+pub use logcheck::{assert_no_errors, wait_for_line, LogCheck, LogCheckOnDrop};
 pub use nats::{NatsCluster, NatsOptions, NatsServer};
 pub use nats_secure::SecureNats;
 pub use pg::{PgBench, PgCluster, PgOptions};

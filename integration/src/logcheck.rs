@@ -96,6 +96,62 @@ impl LogCheck {
     }
 }
 
+/// The check a process handle ([`crate::Service`], [`crate::PgCluster`], [`crate::NatsServer`]) runs on
+/// its log when it is dropped at the end of a test, so every test checks the logs of what it started
+/// without asking. A test that provokes errors on purpose says which ([`LogCheckOnDrop::allow`]), or, for a
+/// process whose log is all failure by design, why it is not checked ([`LogCheckOnDrop::skip`]).
+///
+/// For now unexpected lines are printed (`LOGCHECK:` on the test's stderr, shown with `--nocapture`);
+/// `STRATA_TEST_LOGCHECK=strict` fails the test instead. Strict becomes the default once the suite's
+/// expected error lines are all allowed where they are provoked.
+#[derive(Debug, Clone)]
+pub struct LogCheckOnDrop {
+    check: Option<LogCheck>,
+}
+
+impl LogCheckOnDrop {
+    pub fn new(check: LogCheck) -> LogCheckOnDrop {
+        LogCheckOnDrop { check: Some(check) }
+    }
+
+    /// Allows lines matching `pattern` (a regex) in this process's log.
+    pub fn allow(&mut self, pattern: &str) {
+        if let Some(check) = self.check.take() {
+            self.check = Some(check.allow(pattern));
+        }
+    }
+
+    /// Leaves this process's log unchecked; `why` is for the reader of the test.
+    pub fn skip(&mut self, why: &str) {
+        let _ = why;
+        self.check = None;
+    }
+
+    /// Runs the check on `log` unless the thread is already panicking (the test failed anyway) or the log
+    /// was never written.
+    pub fn run(&self, what: &str, log: &Path) {
+        let Some(check) = &self.check else { return };
+        if std::thread::panicking() || !log.exists() {
+            return;
+        }
+        let lines = check.unexpected_lines(log);
+        if lines.is_empty() {
+            return;
+        }
+        let message = format!(
+            "{what}'s log {} has {} unexpected error line(s) (a test that expects them allows them on the handle):\n{}",
+            log.display(),
+            lines.len(),
+            lines.join("\n")
+        );
+        if std::env::var("STRATA_TEST_LOGCHECK").as_deref() == Ok("strict") {
+            panic!("{message}");
+        } else {
+            eprintln!("LOGCHECK: {message}");
+        }
+    }
+}
+
 /// Panics if the log at `path` has error lines that match none of `allowed` (regexes).
 pub fn assert_no_errors(path: &Path, allowed: &[&str]) {
     allowed

@@ -35,6 +35,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::logcheck::{LogCheck, LogCheckOnDrop};
 use crate::ports::{reserve_port, Port};
 use crate::process::{kill_child, log_tail, stop_child, POLL_INTERVAL};
 use crate::testdir::TestDir;
@@ -116,6 +117,8 @@ pub struct NatsServer {
     child: Option<Child>,
     /// Environment of the server process (variables its config refers to).
     env: Vec<(String, String)>,
+    /// Run on the server log when the handle is dropped (see [`LogCheckOnDrop`]).
+    log_check: LogCheckOnDrop,
     _test_dir: TestDir,
 }
 
@@ -219,8 +222,21 @@ impl NatsServer {
             monitor_port,
             child: None,
             env: env.to_vec(),
+            log_check: LogCheckOnDrop::new(LogCheck::new()),
             _test_dir: dir.clone(),
         }
+    }
+
+    /// Allows server log lines matching `pattern` (a regex) in the check this handle runs when dropped.
+    pub fn allow_log(&mut self, pattern: &str) -> &mut NatsServer {
+        self.log_check.allow(pattern);
+        self
+    }
+
+    /// Leaves this server's log unchecked when dropped; `why` is for the reader of the test.
+    pub fn skip_log_check(&mut self, why: &str) -> &mut NatsServer {
+        self.log_check.skip(why);
+        self
     }
 
     /// `nats://<listen address>:<port>` (`nats://127.0.0.1:<port>` unless [`NatsOptions::listen_ip`] said otherwise).
@@ -374,6 +390,7 @@ impl Drop for NatsServer {
         if let Some(mut child) = self.child.take() {
             stop_child(&mut child, libc::SIGTERM, NATS_STOP_GRACE);
         }
+        self.log_check.run(&format!("nats-server {}", self.name), &self.log_file);
     }
 }
 

@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::logcheck::{LogCheck, LogCheckOnDrop};
 use crate::os_user::{chown_tree_to_postgres, command_as_postgres};
 use crate::ports::{reserve_port, Port};
 use crate::process::{
@@ -148,6 +149,8 @@ pub struct PgCluster {
     /// Pid recorded after the last successful start, for when postmaster.pid is already gone.
     pid: Option<i32>,
     bench_runs: AtomicUsize,
+    /// Run on the server log when the handle is dropped (see [`LogCheckOnDrop`]).
+    log_check: LogCheckOnDrop,
     _test_dir: TestDir,
 }
 
@@ -266,8 +269,21 @@ impl PgCluster {
             start_timeout,
             pid: None,
             bench_runs: AtomicUsize::new(0),
+            log_check: LogCheckOnDrop::new(LogCheck::postgres()),
             _test_dir: dir.clone(),
         }
+    }
+
+    /// Allows server log lines matching `pattern` (a regex) in the check this handle runs when dropped.
+    pub fn allow_log(&mut self, pattern: &str) -> &mut PgCluster {
+        self.log_check.allow(pattern);
+        self
+    }
+
+    /// Leaves this server's log unchecked when dropped; `why` is for the reader of the test.
+    pub fn skip_log_check(&mut self, why: &str) -> &mut PgCluster {
+        self.log_check.skip(why);
+        self
     }
 
     /// Adds a `-c name=value` option for the next starts (overriding the config files). Use it on a
@@ -738,6 +754,7 @@ impl Drop for PgCluster {
         if self.is_running() {
             self.stop();
         }
+        self.log_check.run(&format!("PostgreSQL cluster {}", self.name), &self.log_file);
     }
 }
 
