@@ -3,27 +3,27 @@
 //! judging is pure and is where the test's verdicts come from: it is unit-tested without a server.
 
 use super::scratch::Scratch;
-use super::server::{command_as, pg_error, program};
+use super::failure::{PgError, QueryFailure, RestoreTestFailure};
+use super::server::{command_as, program};
 use std::path::PathBuf;
 use std::time::Instant;
-use strata_command::format_time;
 use strata_config::ValidationQuery;
 use strata_repo::restore_tests::AmcheckOutcome;
 use strata_restore::target;
 
 /// The first column of the first row the query returns, as text (`None`: NULL); an error for a failed
 /// query or no row.
-pub(super) async fn first_value(client: &tokio_postgres::Client, sql: &str) -> Result<Option<String>, String> {
-    let messages = client.simple_query(sql).await.map_err(|e| format!("failed: {}", pg_error(&e)))?;
+pub(super) async fn first_value(client: &tokio_postgres::Client, sql: &str) -> Result<Option<String>, QueryFailure> {
+    let messages = client.simple_query(sql).await.map_err(|e| QueryFailure::Failed(PgError(e)))?;
     for m in messages {
         if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
             return match row.try_get(0) {
                 Ok(v) => Ok(v.map(str::to_string)),
-                Err(_) => Err("returned a row without columns".into()),
+                Err(_) => Err(QueryFailure::NoColumns),
             };
         }
     }
-    Err("returned no rows".into())
+    Err(QueryFailure::NoRows)
 }
 
 /// `pg_amcheck --all --install-missing` (the server is thrown away, so installing amcheck is harmless).
@@ -47,42 +47,50 @@ pub(super) async fn amcheck(bin: &Option<PathBuf>, s: &Scratch, superuser: &str)
     AmcheckOutcome { passed, duration_ms: t.elapsed().as_millis() as u64, output }
 }
 
+/// The failure a pg_amcheck run that did not pass stands for: its last line of output says why.
+pub(super) fn amcheck_failure(outcome: &AmcheckOutcome) -> Option<RestoreTestFailure> {
+    if outcome.passed {
+        return None;
+    }
+    Some(match outcome.output.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(last) => RestoreTestFailure::AmcheckFound { last_line: last.to_string() },
+        None => RestoreTestFailure::AmcheckFailed,
+    })
+}
+
 /// Whether a query's value meets every expectation of `q`; the reason when it does not. `reference` is
 /// the recovery's reference time (Unix seconds) for `max_age_secs`.
-pub(super) fn check_value(q: &ValidationQuery, value: Option<&str>, reference: i64) -> Result<(), String> {
+pub(super) fn check_value(q: &ValidationQuery, value: Option<&str>, reference: i64) -> Result<(), QueryFailure> {
     let Some(v) = value else {
-        return Err("returned NULL".into());
+        return Err(QueryFailure::Null);
     };
     let shown = v.trim();
     if q.min.is_some() || q.max.is_some() {
         let n: f64 = match shown.parse::<f64>() {
             Ok(n) if !n.is_nan() => n,
-            _ => return Err(format!("returned '{shown}', which is not a number")),
+            _ => return Err(QueryFailure::NotANumber { value: shown.to_string() }),
         };
         if let Some(min) = q.min {
             if n < min {
-                return Err(format!("returned {shown}, expected ≥ {min}"));
+                return Err(QueryFailure::BelowMin { value: shown.to_string(), min });
             }
         }
         if let Some(max) = q.max {
             if n > max {
-                return Err(format!("returned {shown}, expected ≤ {max}"));
+                return Err(QueryFailure::AboveMax { value: shown.to_string(), max });
             }
         }
     }
     if let Some(want) = &q.equals {
         if v != want {
-            return Err(format!("returned '{v}', expected '{want}'"));
+            return Err(QueryFailure::NotEqual { value: v.to_string(), expected: want.clone() });
         }
     }
     if let Some(max_age) = q.max_age_secs {
-        let t = parse_timestamp(shown).ok_or_else(|| format!("returned '{shown}', which is not a timestamp"))?;
+        let t = parse_timestamp(shown).ok_or_else(|| QueryFailure::NotATimestamp { value: shown.to_string() })?;
         let age = reference - t;
         if age > max_age as i64 {
-            return Err(format!(
-                "returned {shown}, {age} s before the reference time {} UTC, expected at most {max_age} s",
-                format_time(reference)
-            ));
+            return Err(QueryFailure::Stale { value: shown.to_string(), age_secs: age, reference, max_age_secs: max_age });
         }
     }
     Ok(())
@@ -131,52 +139,57 @@ mod tests {
     /// 2026-12-02 17:00:00 UTC.
     const REF: i64 = 1_796_230_800;
 
+    /// `check_value` with its failure as the text stored in the result.
+    fn verdict(q: &ValidationQuery, value: Option<&str>, reference: i64) -> Result<(), String> {
+        check_value(q, value, reference).map_err(|e| e.to_string())
+    }
+
     #[test]
     fn numbers_are_compared_with_min_and_max() {
         let q = query(Some(500000.0), Some(600000.0), None, None);
-        assert_eq!(check_value(&q, Some("500000"), REF), Ok(()));
-        assert_eq!(check_value(&q, Some(" 600000 "), REF), Ok(()));
-        assert_eq!(check_value(&q, Some("499999"), REF), Err("returned 499999, expected ≥ 500000".into()));
-        assert_eq!(check_value(&q, Some("600000.5"), REF), Err("returned 600000.5, expected ≤ 600000".into()));
-        assert_eq!(check_value(&q, Some("5.5e5"), REF), Ok(()));
-        assert_eq!(check_value(&q, Some("NaN"), REF), Err("returned 'NaN', which is not a number".into()));
-        assert_eq!(check_value(&q, Some("many"), REF), Err("returned 'many', which is not a number".into()));
-        assert_eq!(check_value(&q, None, REF), Err("returned NULL".into()));
+        assert_eq!(verdict(&q, Some("500000"), REF), Ok(()));
+        assert_eq!(verdict(&q, Some(" 600000 "), REF), Ok(()));
+        assert_eq!(verdict(&q, Some("499999"), REF), Err("returned 499999, expected ≥ 500000".into()));
+        assert_eq!(verdict(&q, Some("600000.5"), REF), Err("returned 600000.5, expected ≤ 600000".into()));
+        assert_eq!(verdict(&q, Some("5.5e5"), REF), Ok(()));
+        assert_eq!(verdict(&q, Some("NaN"), REF), Err("returned 'NaN', which is not a number".into()));
+        assert_eq!(verdict(&q, Some("many"), REF), Err("returned 'many', which is not a number".into()));
+        assert_eq!(verdict(&q, None, REF), Err("returned NULL".into()));
         // Only a minimum: anything above passes.
-        assert_eq!(check_value(&query(Some(1.0), None, None, None), Some("1e12"), REF), Ok(()));
+        assert_eq!(verdict(&query(Some(1.0), None, None, None), Some("1e12"), REF), Ok(()));
     }
 
     #[test]
     fn text_is_compared_exactly() {
         let q = query(None, None, Some("on"), None);
-        assert_eq!(check_value(&q, Some("on"), REF), Ok(()));
-        assert_eq!(check_value(&q, Some("off"), REF), Err("returned 'off', expected 'on'".into()));
-        assert_eq!(check_value(&q, Some("on "), REF), Err("returned 'on ', expected 'on'".into()));
+        assert_eq!(verdict(&q, Some("on"), REF), Ok(()));
+        assert_eq!(verdict(&q, Some("off"), REF), Err("returned 'off', expected 'on'".into()));
+        assert_eq!(verdict(&q, Some("on "), REF), Err("returned 'on ', expected 'on'".into()));
         // No expectation at all: any value but NULL passes.
-        assert_eq!(check_value(&query(None, None, None, None), Some("anything"), REF), Ok(()));
+        assert_eq!(verdict(&query(None, None, None, None), Some("anything"), REF), Ok(()));
     }
 
     #[test]
     fn timestamps_are_compared_with_the_reference_time() {
         let q = query(None, None, None, Some(3600));
-        assert_eq!(check_value(&q, Some("2026-12-02 16:00:00+00"), REF), Ok(()));
-        assert_eq!(check_value(&q, Some("2026-12-02 16:30:00.123456+00"), REF), Ok(()));
+        assert_eq!(verdict(&q, Some("2026-12-02 16:00:00+00"), REF), Ok(()));
+        assert_eq!(verdict(&q, Some("2026-12-02 16:30:00.123456+00"), REF), Ok(()));
         // Newer than the reference (a clock ahead): fresh.
-        assert_eq!(check_value(&q, Some("2026-12-02 18:00:00+00"), REF), Ok(()));
+        assert_eq!(verdict(&q, Some("2026-12-02 18:00:00+00"), REF), Ok(()));
         assert_eq!(
-            check_value(&q, Some("2026-12-02 15:59:59+00"), REF),
+            verdict(&q, Some("2026-12-02 15:59:59+00"), REF),
             Err("returned 2026-12-02 15:59:59+00, 3601 s before the reference time 2026-12-02 17:00:00 UTC, expected at most 3600 s".into())
         );
         // Another zone, no zone (UTC), a date, Unix seconds.
-        assert_eq!(check_value(&q, Some("2026-12-02 17:30:00+01:30"), REF), Ok(()));
-        assert!(check_value(&q, Some("2026-12-02 17:30:00+03"), REF).is_err());
-        assert_eq!(check_value(&q, Some("2026-12-02 16:00:00"), REF), Ok(()));
-        assert!(check_value(&q, Some("2026-11-29 17:00:00"), REF).is_err());
-        assert_eq!(check_value(&query(None, None, None, Some(86400)), Some("2026-12-02"), REF), Ok(()));
-        assert_eq!(check_value(&q, Some(&(REF - 10).to_string()), REF), Ok(()));
-        assert!(check_value(&q, Some(&(REF - 3601).to_string()), REF).is_err());
-        assert_eq!(check_value(&q, Some("infinity"), REF), Err("returned 'infinity', which is not a timestamp".into()));
-        assert_eq!(check_value(&q, Some("yesterday-ish"), REF), Err("returned 'yesterday-ish', which is not a timestamp".into()));
+        assert_eq!(verdict(&q, Some("2026-12-02 17:30:00+01:30"), REF), Ok(()));
+        assert!(verdict(&q, Some("2026-12-02 17:30:00+03"), REF).is_err());
+        assert_eq!(verdict(&q, Some("2026-12-02 16:00:00"), REF), Ok(()));
+        assert!(verdict(&q, Some("2026-11-29 17:00:00"), REF).is_err());
+        assert_eq!(verdict(&query(None, None, None, Some(86400)), Some("2026-12-02"), REF), Ok(()));
+        assert_eq!(verdict(&q, Some(&(REF - 10).to_string()), REF), Ok(()));
+        assert!(verdict(&q, Some(&(REF - 3601).to_string()), REF).is_err());
+        assert_eq!(verdict(&q, Some("infinity"), REF), Err("returned 'infinity', which is not a timestamp".into()));
+        assert_eq!(verdict(&q, Some("yesterday-ish"), REF), Err("returned 'yesterday-ish', which is not a timestamp".into()));
     }
 
     #[test]

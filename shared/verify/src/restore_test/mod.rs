@@ -50,13 +50,16 @@
 //! without a zone is taken as UTC; a date as its midnight UTC; a number as Unix seconds.
 
 mod checks;
+mod failure;
 mod memory;
 mod process;
 mod render;
 mod scratch;
 mod server;
 
-use checks::{amcheck, check_value, first_value};
+pub use failure::{PgError, QueryFailure, RestoreTestFailure, StartError};
+
+use checks::{amcheck, amcheck_failure, check_value, first_value};
 use memory::Watcher;
 use process::{end_stragglers, stop_server};
 pub use render::render_text;
@@ -67,6 +70,7 @@ use server::{connect, log_tail, pg_bin_dir, replayed_time, start_server, wait_re
 use anyhow::{bail, Context};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_command::{Context_, OutputFormat, RecoveryType};
 use strata_config::ValidationQuery;
@@ -102,10 +106,10 @@ impl Default for RestoreTestOptions {
 
 /// Runs one restore test of `ctx`'s stanza and stores its result in `ctx.repo`.
 ///
-/// Returns the result whether the test passed or failed (see [`RestoreTestResult::passed`] and
-/// `failure`). `Err` only for options that make no sense (a bad target, an unknown backup), before
-/// anything is done, and when the result cannot be stored.
-pub async fn run_test(ctx: &Context_, opts: &RestoreTestOptions) -> anyhow::Result<RestoreTestResult> {
+/// Returns the result whether the test passed or failed (see [`Tested`]). `Err` only for options that
+/// make no sense (a bad target, an unknown backup), before anything is done, and when the result cannot
+/// be stored.
+pub async fn run_test(ctx: &Context_, opts: &RestoreTestOptions) -> anyhow::Result<Tested> {
     if opts.recovery == RecoveryType::Standby {
         bail!("restore-test --type standby: a restore test recovers to a target and promotes; use default, immediate, time, lsn, xid or name");
     }
@@ -162,25 +166,21 @@ pub async fn run_test(ctx: &Context_, opts: &RestoreTestOptions) -> anyhow::Resu
         tokio::select! {
             r = &mut steps => Some(r),
             _ = tokio::time::sleep_until(deadline.into()) => None,
-            _ = opts.cancel.cancelled() => Some(Err("interrupted".to_string())),
+            _ = opts.cancel.cancelled() => Some(Err(RestoreTestFailure::Cancelled)),
         }
     };
-    let outcome = outcome.unwrap_or_else(|| Err(format!("timed out after {} s (while {})", limit.as_secs(), run.phase)));
+    let outcome = outcome.unwrap_or(Err(RestoreTestFailure::TimedOut { limit, phase: run.phase }));
     cleanup(&mut run).await;
     let r = &mut run.result;
     r.total_ms = started.elapsed().as_millis() as u64;
-    match outcome {
-        Ok(()) => r.passed = true,
-        Err(reason) => {
-            r.passed = false;
-            r.failure = Some(one_line(&reason));
-        }
-    }
+    let failure = outcome.err();
+    r.passed = failure.is_none();
+    r.failure = failure.as_ref().map(|f| one_line(&f.to_string()));
     tracing::info!(passed = r.passed, failure = r.failure.as_deref().unwrap_or(""), "restore test finished");
     ctx.repo.put_restore_test(&ctx.stanza, &run.result).await.with_context(|| {
         format!("the restore test {} but its result could not be stored", if run.result.passed { "passed" } else { "failed" })
     })?;
-    Ok(run.result)
+    Ok(Tested { result: run.result, failure })
 }
 
 /// `strata restore-test`: runs the test, prints it, and fails (exit 1) when the test failed.
@@ -192,15 +192,39 @@ pub async fn run(ctx: &Context_, opts: &RestoreTestOptions, output: OutputFormat
     });
     let result = run_test(ctx, opts).await;
     signals.abort();
-    let result = result?;
+    let tested = result?;
     match output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&result)?),
-        OutputFormat::Text => print!("{}", render_text(&result)),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&tested.result)?),
+        OutputFormat::Text => print!("{}", render_text(&tested.result)),
     }
-    match &result.failure {
-        None => Ok(Passed(result)),
-        Some(reason) => bail!("restore test failed: {reason}"),
+    Ok(tested.passed()?)
+}
+
+/// A restore test that ran (and whose result is stored), passed or not.
+#[derive(Debug)]
+pub struct Tested {
+    pub result: RestoreTestResult,
+    /// Why it failed; its text, on one line, is `result.failure`.
+    pub failure: Option<RestoreTestFailure>,
+}
+
+impl Tested {
+    /// The test as the audit log records it: [`Passed`], or the failure as the operation's error.
+    pub fn passed(self) -> Result<Passed, Failed> {
+        match self.failure {
+            None => Ok(Passed(self.result)),
+            Some(failure) => Err(Failed { result: Box::new(self.result), failure }),
+        }
     }
+}
+
+/// A restore test that failed, as the operation's error (`strata restore-test` exits 1 with it; the
+/// verifier's scheduled test logs and audits it).
+#[derive(Debug, thiserror::Error)]
+#[error("restore test failed: {}", .result.failure.as_deref().unwrap_or_default())]
+pub struct Failed {
+    pub result: Box<RestoreTestResult>,
+    pub failure: RestoreTestFailure,
 }
 
 /// A restore test that passed, as the audit log records it.
@@ -252,14 +276,14 @@ async fn steps(
     recovery: &Recovery,
     deadline: Instant,
     run: &mut Run,
-) -> Result<(), String> {
+) -> Result<(), RestoreTestFailure> {
     let cfg = &ctx.cfg.restore_test;
-    let stanza = ctx.repo.stanza(&ctx.stanza).await.map_err(|e| format!("cannot restore: {e}"))?;
+    let stanza = ctx.repo.stanza(&ctx.stanza).await.map_err(RestoreTestFailure::Stanza)?;
     let bin = pg_bin_dir(cfg.pg_bin_dir.as_deref(), stanza.pg_major);
-    let user = server_user(&cfg.os_user).map_err(|e| format!("cannot restore: {e:#}"))?;
+    let user = server_user(&cfg.os_user).map_err(RestoreTestFailure::Scratch)?;
 
     run.phase = "restoring";
-    let scratch = make_scratch(cfg.work_dir.as_deref(), &ctx.stanza, &user).map_err(|e| format!("cannot restore: {e:#}"))?;
+    let scratch = make_scratch(cfg.work_dir.as_deref(), &ctx.stanza, &user).map_err(RestoreTestFailure::Scratch)?;
     run.result.work_dir = scratch.root.display().to_string();
     let (data, root) = (scratch.data.clone(), scratch.root.clone());
     run.scratch = Some(scratch);
@@ -275,7 +299,7 @@ async fn steps(
     };
     let restored = restore::restore(ctx, &restore_opts, Some(&root.join("tblspc")))
         .await
-        .map_err(|e| format!("cannot restore: {e:#}"))?;
+        .map_err(RestoreTestFailure::Restore)?;
     run.result.restore_ms = Some(t.elapsed().as_millis() as u64);
     run.result.label = restored.record.summary.label.clone();
     run.result.restore_files = restored.files as u64;
@@ -289,7 +313,7 @@ async fn steps(
         Target::Default => match last_archived_time(ctx, &restored, stanza.wal_segment_size).await {
             Ok(Some(t)) => Some((t, "the last transaction end archived (WAL summaries)")),
             Ok(None) => Some((run.result.start_time, "the test's start time (the archive names no transaction end after the backup)")),
-            Err(e) => return Err(format!("cannot read the WAL archive for the reference time: {e:#}")),
+            Err(e) => return Err(RestoreTestFailure::ReferenceTime(e)),
         },
         Target::Time(micros) => Some((micros.div_euclid(1_000_000), "the recovery target time")),
         Target::Immediate => Some((stop_time, "the backup's end")),
@@ -302,14 +326,14 @@ async fn steps(
 
     run.phase = "starting the server";
     let scratch = run.scratch.as_ref().expect("made above");
-    prepare_server_files(scratch, &user).map_err(|e| format!("cannot start the restored server: {e:#}"))?;
+    prepare_server_files(scratch, &user).map_err(RestoreTestFailure::ServerFiles)?;
     run.watch = Some(Watcher::start(scratch.data.clone()));
     let t = Instant::now();
     let started = start_server(&bin, scratch, &user, stanza.pg_major, deadline).await;
     let pid = run.watch.as_ref().and_then(|w| w.find_postmaster());
     run.result.postmaster_pid = pid.map(|p| p.pid as u32);
-    if let Err(e) = started {
-        return Err(format!("cannot start the restored server: {e}; server log: {}", log_tail(&scratch.log)));
+    if let Err(cause) = started {
+        return Err(RestoreTestFailure::ServerDidNotStart { cause, log: log_tail(&scratch.log) });
     }
     run.phase = "replaying WAL";
     let session = wait_recovery_end(scratch, &user, run.watch.as_ref().expect("started above")).await?;
@@ -331,41 +355,39 @@ async fn steps(
     if cfg.amcheck {
         run.phase = "running pg_amcheck";
         let outcome = amcheck(&bin, scratch, &session.superuser).await;
-        if !outcome.passed {
-            failures.push(match outcome.output.lines().rev().find(|l| !l.trim().is_empty()) {
-                Some(last) => format!("amcheck found corruption or could not check: {last}"),
-                None => "amcheck failed".to_string(),
-            });
-        }
+        failures.extend(amcheck_failure(&outcome));
         run.result.amcheck = Some(outcome);
     }
     run.phase = "running the validation queries";
     let queries: Vec<&ValidationQuery> =
         cfg.query.iter().filter(|q| q.stanza.as_deref().is_none_or(|s| s == ctx.stanza)).collect();
-    let mut clients: HashMap<String, Result<tokio_postgres::Client, String>> = HashMap::new();
+    let mut clients: HashMap<String, Result<tokio_postgres::Client, Arc<PgError>>> = HashMap::new();
     for q in queries {
         if !clients.contains_key(&q.database) {
-            let c = connect(scratch, &session.superuser, &q.database).await.map_err(|e| format!("cannot connect to database {}: {e}", q.database));
+            let c = connect(scratch, &session.superuser, &q.database).await.map_err(Arc::new);
             clients.insert(q.database.clone(), c);
         }
         let value = match clients.get(&q.database).expect("inserted above") {
-            Err(e) => Err(e.clone()),
+            Err(cause) => Err(QueryFailure::CannotConnect { database: q.database.clone(), cause: cause.clone() }),
             Ok(client) => first_value(client, &q.sql).await,
         };
-        let verdict = match &value {
-            Err(e) => Err(e.clone()),
-            Ok(v) => check_value(q, v.as_deref(), reference),
+        let (value, verdict) = match value {
+            Err(failure) => (None, Err(failure)),
+            Ok(v) => {
+                let verdict = check_value(q, v.as_deref(), reference);
+                (v, verdict)
+            }
         };
-        if let Err(why) = &verdict {
-            failures.push(format!("query '{}' {why}", q.name));
-        }
         run.result.queries.push(QueryOutcome {
             name: q.name.clone(),
             database: q.database.clone(),
-            value: value.ok().flatten(),
+            value,
             passed: verdict.is_ok(),
-            reason: verdict.err(),
+            reason: verdict.as_ref().err().map(ToString::to_string),
         });
+        if let Err(failure) = verdict {
+            failures.push(RestoreTestFailure::Query { name: q.name.clone(), failure });
+        }
     }
     match failures.into_iter().next() {
         None => Ok(()),

@@ -2,6 +2,7 @@
 //! recovery to end, and connections to it. Separate because this is everything that must know how a
 //! PostgreSQL server is started and spoken to; the orchestration only sees "started" or "did not".
 
+use super::failure::{PgError, RestoreTestFailure, StartError};
 use super::memory::Watcher;
 use super::scratch::{OsUser, Scratch};
 use super::SAMPLE_INTERVAL;
@@ -84,18 +85,18 @@ pub(super) fn command_as(program: PathBuf, user: Option<&OsUser>) -> tokio::proc
 
 /// `pg_ctl start -w`: returns once the server accepts connections (in hot standby, or recovered), or
 /// pg_ctl's complaint.
-pub(super) async fn start_server(bin: &Option<PathBuf>, s: &Scratch, user: &OsUser, major: u32, deadline: Instant) -> Result<(), String> {
+pub(super) async fn start_server(bin: &Option<PathBuf>, s: &Scratch, user: &OsUser, major: u32, deadline: Instant) -> Result<(), StartError> {
     let options: Vec<String> =
         server_settings(s, major).into_iter().map(|(k, v)| format!("-c {}", strata_command::shell_quote(&format!("{k}={v}")))).collect();
     let wait = deadline.saturating_duration_since(Instant::now()).as_secs().max(1);
     let mut cmd = command_as(program(bin, "pg_ctl"), Some(user));
     cmd.arg("start").arg("-D").arg(&s.data).arg("-l").arg(&s.log).arg("-w").arg("-t").arg(wait.to_string());
     cmd.arg("-o").arg(options.join(" "));
-    let out = cmd.output().await.map_err(|e| format!("cannot run {}: {e}", program(bin, "pg_ctl").display()))?;
+    let out = cmd.output().await.map_err(|cause| StartError::CannotRun { program: program(bin, "pg_ctl"), cause })?;
     if !out.status.success() {
         let said = String::from_utf8_lossy(&out.stderr);
         let said = said.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
-        return Err(format!("pg_ctl start failed ({}): {said}", out.status));
+        return Err(StartError::Refused { status: out.status, said });
     }
     Ok(())
 }
@@ -108,17 +109,17 @@ pub(super) struct Session {
 
 /// Waits until recovery has ended (the server promoted) and returns a session; fails when the server
 /// stops on the way.
-pub(super) async fn wait_recovery_end(s: &Scratch, user: &OsUser, watch: &Watcher) -> Result<Session, String> {
+pub(super) async fn wait_recovery_end(s: &Scratch, user: &OsUser, watch: &Watcher) -> Result<Session, RestoreTestFailure> {
     let mut last_error = String::new();
     let mut session: Option<Session> = None;
     loop {
         if !watch.find_postmaster().is_some_and(|p| p.alive()) {
-            return Err(format!("the restored server stopped during recovery; server log: {}", log_tail(&s.log)));
+            return Err(RestoreTestFailure::StoppedDuringRecovery { log: log_tail(&s.log) });
         }
         if session.is_none() {
             match connect_superuser(s, user).await {
                 Ok(c) => session = Some(c),
-                Err(e) => last_error = e,
+                Err(e) => last_error = e.to_string(),
             }
         }
         if let Some(c) = &session {
@@ -136,9 +137,21 @@ pub(super) async fn wait_recovery_end(s: &Scratch, user: &OsUser, watch: &Watche
     }
 }
 
+/// Why no session as the bootstrap superuser could be had (yet: recovery may not let anyone in).
+#[derive(Debug, thiserror::Error)]
+enum SuperuserError {
+    /// Each role tried, as "<role>: <error>".
+    #[error("{}", .0.join("; "))]
+    NoRoleLetIn(Vec<String>),
+    #[error("{0}")]
+    Lookup(tokio_postgres::Error),
+    #[error("{0}")]
+    Connect(PgError),
+}
+
 /// Connects as some role trust lets in (the server's OS user's name, then `postgres`), then finds the
 /// bootstrap superuser (oid 10) and connects as it.
-async fn connect_superuser(s: &Scratch, user: &OsUser) -> Result<Session, String> {
+async fn connect_superuser(s: &Scratch, user: &OsUser) -> Result<Session, SuperuserError> {
     let mut tried = Vec::new();
     for role in [user.name.as_str(), "postgres"] {
         if tried.iter().any(|t: &String| t == role) {
@@ -149,40 +162,33 @@ async fn connect_superuser(s: &Scratch, user: &OsUser) -> Result<Session, String
                 let superuser: String = c
                     .query_one("select rolname::text from pg_roles where oid = 10", &[])
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(SuperuserError::Lookup)?
                     .get(0);
                 if superuser == role {
                     return Ok(Session { client: c, superuser });
                 }
-                let client = connect(s, &superuser, "postgres").await?;
+                let client = connect(s, &superuser, "postgres").await.map_err(SuperuserError::Connect)?;
                 return Ok(Session { client, superuser });
             }
             Err(e) => tried.push(format!("{role}: {e}")),
         }
     }
-    Err(tried.join("; "))
+    Err(SuperuserError::NoRoleLetIn(tried))
 }
 
-pub(super) async fn connect(s: &Scratch, role: &str, db: &str) -> Result<tokio_postgres::Client, String> {
+pub(super) async fn connect(s: &Scratch, role: &str, db: &str) -> Result<tokio_postgres::Client, PgError> {
     let mut c = tokio_postgres::Config::new();
     c.host_path(&s.sock).port(s.port).user(role).dbname(db).application_name("strata restore-test");
     c.connect_timeout(Duration::from_secs(10));
-    let (client, connection) = c.connect(tokio_postgres::NoTls).await.map_err(|e| pg_error(&e))?;
+    let (client, connection) = c.connect(tokio_postgres::NoTls).await.map_err(PgError)?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
     client
         .batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'")
         .await
-        .map_err(|e| pg_error(&e))?;
+        .map_err(PgError)?;
     Ok(client)
-}
-
-pub(super) fn pg_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => e.to_string(),
-    }
 }
 
 /// `pg_last_xact_replay_timestamp()` in Unix seconds.
@@ -193,7 +199,6 @@ pub(super) async fn replayed_time(client: &tokio_postgres::Client) -> Option<i64
         .ok()?;
     row.get::<_, Option<f64>>(0).map(|t| t.floor() as i64)
 }
-
 
 /// The last lines of the server log, on one line.
 pub(super) fn log_tail(path: &Path) -> String {
