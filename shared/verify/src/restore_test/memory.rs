@@ -4,25 +4,24 @@
 
 use super::process::{descendants, Proc};
 use super::SAMPLE_INTERVAL;
+use procfs::process::{Process, SmapsRollup};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// PSS of a process from smaps_rollup, in bytes.
 fn pss(pid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let line = text.lines().find(|l| l.starts_with("Pss:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    rollup_pss(&Process::new(pid).ok()?.smaps_rollup().ok()?)
+}
+
+/// The `Pss:` line of a smaps_rollup (procfs gives it in bytes).
+fn rollup_pss(rollup: &SmapsRollup) -> Option<u64> {
+    rollup.memory_map_rollup.0.first()?.extension.map.get("Pss").copied()
 }
 
 /// RSS of a process from statm, in bytes.
 fn rss(pid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-    Some(pages * page)
+    Some(Process::new(pid).ok()?.statm().ok()?.resident * procfs::page_size())
 }
 
 /// What the sampler has seen.
@@ -140,5 +139,21 @@ mod tests {
     fn this_process_has_memory() {
         let me = std::process::id() as i32;
         assert!(pss(me).or(rss(me)).unwrap() > 0);
+    }
+
+    /// PSS is the rollup's `Pss:` line, not `Pss_Anon:` or `Pss_Dirty:`, in bytes.
+    #[test]
+    fn pss_is_read_from_the_rollup() {
+        let text = "\
+00400000-7ffc5a1f4000 ---p 00000000 00:00 0                              [rollup]
+Rss:               22132 kB
+Pss:                9437 kB
+Pss_Dirty:          5000 kB
+Pss_Anon:           4000 kB
+Shared_Clean:      13000 kB
+Private_Dirty:      5000 kB
+";
+        let rollup = <SmapsRollup as procfs::FromRead>::from_read(text.as_bytes()).expect("a smaps_rollup");
+        assert_eq!(rollup_pss(&rollup), Some(9437 * 1024));
     }
 }

@@ -18,8 +18,10 @@ pub(super) fn end_stragglers(root: &Path) -> Option<String> {
     let needle = format!("{}/", root.display());
     let find = || -> Vec<Proc> {
         let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        for p in procfs::process::all_processes().into_iter().flatten().flatten() {
+            let pid = p.pid();
+            // Read as bytes, not with `Process::cmdline`, which skips a process whose arguments are not
+            // all UTF-8: such a process may still name the directory.
             let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
             if String::from_utf8_lossy(&cmdline).contains(&needle) {
                 out.extend(Proc::of(pid).filter(|p| p.alive()));
@@ -78,12 +80,8 @@ pub(super) struct Proc {
 
 /// The fields of `/proc/<pid>/stat` this module needs: state, parent, start time.
 fn proc_stat(pid: i32) -> Option<(char, i32, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may contain anything; the fields follow the last ')'.
-    let rest = &text[text.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] is field 3 (state), f[1] field 4 (ppid), f[19] field 22 (starttime).
-    Some((f.first()?.chars().next()?, f.get(1)?.parse().ok()?, f.get(19)?.parse().ok()?))
+    let stat = procfs::process::Process::new(pid).ok()?.stat().ok()?;
+    Some((stat.state, stat.ppid, stat.starttime))
 }
 
 impl Proc {
@@ -125,11 +123,10 @@ impl Proc {
 /// The descendants of `root` among the host's processes.
 pub(super) fn descendants(root: i32) -> Vec<Proc> {
     let mut children: HashMap<i32, Vec<Proc>> = HashMap::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        if let Some((state, ppid, start)) = proc_stat(pid) {
-            if state != 'Z' {
-                children.entry(ppid).or_default().push(Proc { pid, start });
+    for p in procfs::process::all_processes().into_iter().flatten().flatten() {
+        if let Ok(stat) = p.stat() {
+            if stat.state != 'Z' {
+                children.entry(stat.ppid).or_default().push(Proc { pid: stat.pid, start: stat.starttime });
             }
         }
     }
