@@ -260,13 +260,7 @@ async fn restore_tests(cfg: &Arc<Config>, primary: &Repo, state: &mut State) {
         let opts = strata_verify::restore_test::RestoreTestOptions { cancel: state.cancel.clone(), ..Default::default() };
         info!(stanza = %stanza, "scheduled restore test starting");
         let what = serde_json::json!({ "scheduled": true, "by": "strata-verifier" });
-        let test = async {
-            let r = strata_verify::restore_test::run_test(&ctx, &opts).await?;
-            match &r.failure {
-                None => Ok(strata_verify::restore_test::Passed(r)),
-                Some(why) => Err(anyhow::anyhow!("restore test failed: {why}")),
-            }
-        };
+        let test = async { anyhow::Ok(strata_verify::restore_test::run_test(&ctx, &opts).await?.passed()?) };
         match strata_command::audit::audit_op(cfg, strata_audit::Op::RestoreTest, Some(stanza), Some(primary.name()), what, test).await {
             Ok(p) => info!(stanza = %stanza, label = %p.0.label, total_ms = p.0.total_ms, "scheduled restore test passed"),
             // Stored with the result: the next round's health evaluation raises the critical alert.
