@@ -43,6 +43,8 @@ pub enum InvalidConfig {
     RepoFullWarningAboveCritical,
     #[error("alerts webhook '{0}' must be an http:// or https:// URL")]
     WebhookNotHttp(String),
+    #[error("{key} = '{}': its first line must be an http:// or https:// URL", path.display())]
+    WebhookFileNotHttp { key: String, path: PathBuf },
     #[error("stanza name '{0}' may only hold letters, digits, '-' and '_'")]
     StanzaName(String),
     #[error("pipeline.chunk_size = {0} must be a multiple of 8192 up to 4 MiB")]

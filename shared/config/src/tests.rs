@@ -353,7 +353,8 @@ fn a_secret_file_open_to_others_missing_or_empty_or_given_twice_is_refused_in_on
     one_line_naming(&err, "encryption", "give both kms_access_key_id and kms_secret_access_key, or neither");
     // A webhook from a file is checked like one written inline.
     let err = error_with_section("alerts", &format!("webhook_info_file = {good:?}"));
-    one_line_naming(&err, "alerts webhook", "must be an http:// or https:// URL");
+    one_line_naming(&err, &format!("alerts.webhook_info_file = '{}'", good.display()), "its first line must be an http:// or https:// URL");
+    assert!(!err.contains("secret"), "the URL, a secret, in an error: {err}");
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! repositories, encryption, ... the ranges last), so the same file always gives the same line.
 
 use crate::raw::{RawAlerts, RawConfig, RawEncryption, RawRepo, RawRepoType};
-use crate::secrets::{inline_or_file, owner_only_file, readable_file};
+use crate::secrets::{inline_or_file, key_path, owner_only_file, readable_file};
 use crate::sections::NatsConfig;
 use crate::typed::*;
 use crate::InvalidConfig;
@@ -333,11 +333,16 @@ impl RawAlerts {
         if self.repo_full_warning_percent > self.repo_full_critical_percent {
             return Err(InvalidConfig::RepoFullWarningAboveCritical);
         }
-        let webhook = |key, inline, file| -> Result<Option<String>, InvalidConfig> {
+        let webhook = |key: &'static str, inline, file: Option<std::path::PathBuf>| -> Result<Option<String>, InvalidConfig> {
+            let from_file = file.clone().map(|path| (key_path("alerts", &format!("{key}_file")), path));
             let url = inline_or_file("alerts", key, inline, file)?.map(|s| s.expose().to_string());
             if let Some(url) = &url {
                 if !url.starts_with("http://") && !url.starts_with("https://") {
-                    return Err(InvalidConfig::WebhookNotHttp(url.clone()));
+                    // A URL read from a file is a secret: the error names the file, not the URL.
+                    return Err(match from_file {
+                        Some((key, path)) => InvalidConfig::WebhookFileNotHttp { key, path },
+                        None => InvalidConfig::WebhookNotHttp(url.clone()),
+                    });
                 }
             }
             Ok(url)
