@@ -81,7 +81,8 @@ fn the_shipped_example_config_loads_with_every_documented_key() {
         file_with_mode(path.parent().unwrap(), path.file_name().unwrap().to_str().unwrap(), content, 0o600);
     }
     assert!(named.iter().any(|p| p.ends_with("s3-secret-key")) && named.iter().any(|p| p.ends_with("webhook-info")), "{named:?}");
-    let c = Config::load(&write(&text).path().to_path_buf(), vec![]).unwrap();
+    let file = write(&text);
+    let c = Config::load(file.path(), vec![]).unwrap();
     let names: Vec<&str> = c.repo.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["local", "s3-primary", "offsite"]);
     let RepoKind::S3(s3) = &c.repo[1].kind else { panic!("{:?}", c.repo[1].kind) };
