@@ -9,7 +9,7 @@ use common::*;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use strata_config::{Config, EncryptionConfig, EncryptionType};
+use strata_config::{Config, EncryptionConfig, EncryptionType, Secret, StaticCredentials};
 use strata_integration::*;
 use strata_keys::{KeyFile, KeyProvider, KmsKeyProvider, RekeyOutcome, KEY_FILE};
 use strata_storage::{PosixStorage, Storage};
@@ -24,8 +24,10 @@ fn kms_config_at(endpoint: &str, key_id: &str) -> EncryptionConfig {
         kms_key_id: Some(key_id.into()),
         kms_region: Some("us-east-1".into()),
         kms_endpoint: Some(endpoint.into()),
-        kms_access_key_id: Some(s3::S3_ACCESS_KEY.into()),
-        kms_secret_access_key: Some(s3::S3_SECRET_KEY.into()),
+        kms_credentials: Some(StaticCredentials {
+            access_key_id: Secret::new(s3::S3_ACCESS_KEY),
+            secret_access_key: Secret::new(s3::S3_SECRET_KEY),
+        }),
         ..Default::default()
     }
 }

@@ -79,6 +79,35 @@ fn an_unreachable_server_or_missing_bucket_is_one_error_line() {
     assert!(line.contains("cannot reach S3"), "{line}");
 }
 
+/// S3 credentials from files (issue 15, item 5): read at load and used, and refused in one line once group
+/// or others may read the file.
+#[test]
+fn s3_credentials_from_an_owner_only_file_reach_the_server() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TestDir::new("s3_secret_file");
+    let s3 = S3Server::start(&dir);
+    s3.create_bucket("strata-test");
+    let setup = Setup::new(&dir, "local", "", &[]);
+    setup.use_s3(&s3, "strata-test", "");
+    // Owned by whoever runs strata (the postgres user, for archive-push), as the test directory is.
+    let secrets = dir.subdir("secrets");
+    let secret_file = secrets.join("s3-secret-key");
+    std::fs::write(&secret_file, format!("{}\n", strata_integration::s3::S3_SECRET_KEY)).unwrap();
+    let owner = std::fs::metadata(&secrets).unwrap();
+    std::os::unix::fs::chown(&secret_file, Some(owner.uid()), Some(owner.gid())).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let inline = format!("secret_access_key = \"{}\"", strata_integration::s3::S3_SECRET_KEY);
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    assert!(text.contains(&inline), "{text}");
+    std::fs::write(&setup.config, text.replace(&inline, &format!("secret_access_key_file = {secret_file:?}"))).unwrap();
+    setup.strata_ok(&["stanza-create"]);
+    setup.strata_ok(&["info"]);
+
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let line = setup.strata_fails(&["info"]);
+    assert!(line.contains("secret_access_key_file") && line.contains("is open to group or others (mode 0644)"), "{line}");
+}
+
 /// The replicator's verified write to S3 (issue 13, item 5): in one request and in parts (sent several at
 /// once), the ETag moto answers confirms the bytes, so nothing is read back; and the multipart object is
 /// whole.

@@ -20,7 +20,7 @@ async fn main() -> std::process::ExitCode {
         let shutdown = strata_runtime::shutdown_signal();
         tokio::pin!(shutdown);
         // With NATS the work is shared between replicator processes; locally this process does it all.
-        let bus = match cfg.bus() {
+        let bus = match cfg.bus {
             strata_config::BusConfig::Local => None,
             // Waits for NATS; told to stop meanwhile, there is nothing to shut down.
             strata_config::BusConfig::Nats(_) => match strata_runtime::connect_service_bus(&cfg, shutdown.as_mut()).await.context("strata-replicator")? {

@@ -30,7 +30,7 @@ async fn main() -> std::process::ExitCode {
         let metrics = strata_upload::UploaderMetrics::new(&registry);
         let primary = cfg.primary_repo();
         let storage = strata_runtime::open_storage(primary).await.context("strata-uploader")?;
-        if primary.kind == strata_config::RepoType::S3 {
+        if matches!(primary.kind, strata_config::RepoKind::S3(_)) {
             if let Some(stats) = storage.stats() {
                 metrics.watch_s3(&primary.name, stats);
             }

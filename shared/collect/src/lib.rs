@@ -47,10 +47,10 @@ impl BackupSettings {
             in_flight_bytes: p.in_flight_bytes,
             stall: Duration::from_secs(p.stall_timeout_secs),
             archive_timeout: Duration::from_secs(p.archive_timeout_secs),
-            print_waits: matches!(cfg.bus(), strata_config::BusConfig::Local),
+            print_waits: matches!(cfg.bus, strata_config::BusConfig::Local),
             // In one process the sealer stage runs on the same cores; handing each chunk to it only adds
             // thread switches, which cost more than the compression on these machines.
-            seal_in_reader: matches!(cfg.bus(), strata_config::BusConfig::Local),
+            seal_in_reader: matches!(cfg.bus, strata_config::BusConfig::Local),
             sealer,
             sent,
         }

@@ -27,7 +27,7 @@ fn load(file: &Path, text: &[u8], env: Vec<(String, String)>) -> Result<(), Test
     std::fs::write(file, text).unwrap();
     match Config::load(file, env) {
         Ok(cfg) => {
-            let _ = (cfg.bus_config(), cfg.bus(), cfg.primary_repo(), cfg.repo_named("local"));
+            let _ = (&cfg.bus, cfg.primary_repo(), cfg.repo_named("local"));
             for name in cfg.stanza.keys() {
                 check!(cfg.stanza(name).is_ok(), "stanza {name} listed but not found");
             }

@@ -58,7 +58,7 @@ impl KmsKeyProvider {
             key_id,
             region: cfg.kms_region.clone().unwrap_or_else(|| DEFAULT_REGION.into()),
             endpoint: cfg.kms_endpoint.clone(),
-            credentials: cfg.kms_access_key_id.clone().zip(cfg.kms_secret_access_key.clone()),
+            credentials: cfg.kms_credentials.as_ref().map(strata_config::StaticCredentials::to_pair),
             client: tokio::sync::OnceCell::new(),
         })
     }

@@ -75,7 +75,7 @@ pub fn source_and_targets(cfg: &Config) -> anyhow::Result<(String, Vec<String>)>
 
 /// The retry count that `strata_s3_retries_total{repo}` exports for an S3 repository; none for others.
 fn s3_stats(rc: &RepoConfig, repo: &Repo) -> Option<strata_storage::StorageStats> {
-    (rc.kind == strata_config::RepoType::S3).then(|| repo.storage().stats()).flatten()
+    matches!(rc.kind, strata_config::RepoKind::S3(_)).then(|| repo.storage().stats()).flatten()
 }
 
 /// One replication pair.

@@ -106,7 +106,7 @@ pub async fn connect_service_bus(
     cfg: &Config,
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> anyhow::Result<Option<Arc<dyn Bus>>> {
-    let url = match cfg.bus() {
+    let url = match &cfg.bus {
         BusConfig::Nats(url) => url,
         BusConfig::Local => anyhow::bail!(
             "bus = \"local\" runs every stage inside the strata command; a standalone service needs bus = \"nats://...\""
@@ -118,7 +118,7 @@ pub async fn connect_service_bus(
         tries += 1;
         let error = tokio::select! {
             _ = shutdown.as_mut() => return Ok(None),
-            connected = NatsBus::connect_with(&url, nats_options(cfg)) => match connected {
+            connected = NatsBus::connect_with(url, nats_options(cfg)) => match connected {
                 Ok(bus) => {
                     if tries > 1 {
                         tracing::info!(url = %url, tries, "reached NATS");
@@ -141,8 +141,8 @@ pub async fn connect_service_bus(
 /// The bus for a command: NATS when configured, else a fresh in-process bus (the caller then runs the
 /// stages it needs on it).
 pub async fn connect_bus(cfg: &Config) -> anyhow::Result<(Arc<dyn Bus>, bool)> {
-    match cfg.bus() {
-        BusConfig::Nats(url) => Ok((retrying(NatsBus::connect_with(&url, nats_options(cfg)).await?), false)),
+    match &cfg.bus {
+        BusConfig::Nats(url) => Ok((retrying(NatsBus::connect_with(url, nats_options(cfg)).await?), false)),
         BusConfig::Local => Ok((Arc::new(LocalBus::new()), true)),
     }
 }
@@ -206,35 +206,34 @@ pub async fn open_repo(config: &strata_config::Config, cfg: &strata_config::Repo
 /// metrics). Every repository of every service is opened here, so they all behave alike.
 pub async fn open_storage(cfg: &strata_config::RepoConfig) -> anyhow::Result<Arc<dyn strata_storage::Storage>> {
     use anyhow::Context;
-    let backend: Arc<dyn strata_storage::Storage> = match cfg.kind {
-        strata_config::RepoType::Posix => Arc::new(strata_storage::RetryingStorage::new(
-            Arc::new(strata_storage::PosixStorage::open(&cfg.path).with_context(|| format!("repository '{}'", cfg.name))?),
+    let backend: Arc<dyn strata_storage::Storage> = match &cfg.kind {
+        strata_config::RepoKind::Posix { path } => Arc::new(strata_storage::RetryingStorage::new(
+            Arc::new(strata_storage::PosixStorage::open(path).with_context(|| format!("repository '{}'", cfg.name))?),
             strata_storage::retrying::POSIX_RETRY,
             shutdown_token().clone(),
         )),
-        strata_config::RepoType::S3 => open_s3(cfg).await?,
+        strata_config::RepoKind::S3(s3) => open_s3(&cfg.name, s3).await?,
     };
     Ok(Arc::new(strata_storage::MeteredStorage::new(backend)))
 }
 
 /// Opens an S3 repository's backend alone (retrying inside, unmetered); [`open_storage`] stacks it.
-async fn open_s3(cfg: &strata_config::RepoConfig) -> anyhow::Result<Arc<strata_storage::S3Storage>> {
+async fn open_s3(name: &str, cfg: &strata_config::S3Repo) -> anyhow::Result<Arc<strata_storage::S3Storage>> {
     use anyhow::Context;
-    let custom = cfg.endpoint.is_some();
     let settings = strata_storage::S3Settings {
         bucket: cfg.bucket.clone(),
         prefix: cfg.prefix.clone(),
-        region: cfg.region.clone().unwrap_or_else(|| "us-east-1".into()),
+        region: cfg.region.clone(),
         endpoint: cfg.endpoint.clone(),
-        path_style: cfg.path_style.unwrap_or(custom),
-        credentials: cfg.access_key_id.clone().zip(cfg.secret_access_key.clone()),
+        path_style: cfg.path_style,
+        credentials: cfg.credentials.as_ref().map(strata_config::StaticCredentials::to_pair),
         storage_class: cfg.storage_class.clone(),
-        checksums: cfg.checksums.unwrap_or(!custom),
+        checksums: cfg.checksums,
         retry: strata_storage::s3::DEFAULT_RETRY,
         attempt_timeout: strata_storage::s3::DEFAULT_ATTEMPT_TIMEOUT,
         cancel: shutdown_token().clone(),
     };
-    Ok(Arc::new(strata_storage::S3Storage::open(settings).await.with_context(|| format!("repository '{}'", cfg.name))?))
+    Ok(Arc::new(strata_storage::S3Storage::open(settings).await.with_context(|| format!("repository '{name}'"))?))
 }
 
 /// The sealer a long-running service (collector, sealer, uploader) works with: the primary repository's
