@@ -296,14 +296,46 @@ async fn evaluate(
             gap_text(archive, &gap)
         ))));
     }
+    let (describe, through) = match route(archive, &history, b, recovery, start, stop_seg).await? {
+        Ok(route) => route,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    // archive-get fails on a segment whose record or pack is damaged, and PostgreSQL takes that for the
+    // archive's end: the records recovery relies on must read back, not only be listed.
+    if let Some((seg, why)) = archive.first_unreadable(&history, start, through).await? {
+        let consequence = match seg.segno <= stop_seg {
+            true => "the backup cannot become consistent".to_string(),
+            false => format!("recovery would stop before it, short of {}", target_text(recovery)),
+        };
+        return Ok(Err(Refusal::Unreachable(format!(
+            "backup {label}: archived WAL {} cannot be restored ({why}), so {consequence}",
+            archive.name(seg)
+        ))));
+    }
+    Ok(Ok((history, describe)))
+}
+
+/// What recovery from backup `b` to the target will do, and the last segment it reads; a refusal when the
+/// archive cannot take it there. `start`, `stop_seg`: the backup's first and last segments, which the
+/// archive was checked to hold.
+async fn route(
+    archive: &mut WalArchive<'_>,
+    history: &TimelineHistory,
+    b: &BackupRecord,
+    recovery: &Recovery,
+    start: u64,
+    stop_seg: u64,
+) -> anyhow::Result<Result<(String, u64), Refusal>> {
+    let s = &b.summary;
+    let label = &s.label;
+    let stop = Lsn(s.stop_lsn);
     let action = match recovery.action {
         TargetAction::Pause => "pauses there (read-only)",
         TargetAction::Promote => "promotes",
         TargetAction::Shutdown => "shuts down",
     };
     let tl_note = if history.timeline() != s.timeline { format!(" on timeline {}", history.timeline()) } else { String::new() };
-    // What recovery will do, and the last segment it reads.
-    let (describe, through) = match &recovery.target {
+    Ok(Ok(match &recovery.target {
         Target::Default => {
             if let Some(gap) = archive.gap_after(&history, start) {
                 let stop_at = gap.before.map(|b| archive.name(b)).unwrap_or_else(|| s.wal_stop.clone());
@@ -375,20 +407,7 @@ async fn evaluate(
                 Err(r) => return Ok(Err(r)),
             }
         }
-    };
-    // archive-get fails on a segment whose record or pack is damaged, and PostgreSQL takes that for the
-    // archive's end: the records recovery relies on must read back, not only be listed.
-    if let Some((seg, why)) = archive.first_unreadable(&history, start, through).await? {
-        let consequence = match seg.segno <= stop_seg {
-            true => "the backup cannot become consistent".to_string(),
-            false => format!("recovery would stop before it, short of {}", target_text(recovery)),
-        };
-        return Ok(Err(Refusal::Unreachable(format!(
-            "backup {label}: archived WAL {} cannot be restored ({why}), so {consequence}",
-            archive.name(seg)
-        ))));
-    }
-    Ok(Ok((history, describe)))
+    }))
 }
 
 /// Where recovery was asked to go, for a refusal.
