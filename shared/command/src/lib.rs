@@ -63,11 +63,8 @@ pub fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-/// `2026-11-24 08:30:00` (UTC) for a Unix time; any value prints (a damaged record's time included).
-pub fn format_time(t: i64) -> String {
-    let (y, m, d, hh, mm, ss) = strata_repo::utc_civil(t);
-    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02}")
-}
+/// How every command prints a time (UTC), the same as audit lines and alerts.
+pub use strata_stamp::format_time;
 
 /// The `strata` command, for the commands a restore writes (restore_command) or starts: this process when
 /// it is `strata`, else (the verifier runs restore tests through this library) the `strata` beside it.
@@ -100,19 +97,5 @@ pub fn format_bytes(b: u64) -> String {
         format!("{b} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn any_time_prints() {
-        assert_eq!(super::format_time(0), "1970-01-01 00:00:00");
-        assert_eq!(super::format_time(1_796_231_605), "2026-12-02 17:13:25");
-        // A year past 9999 made `info` panic ("a Display implementation returned an error").
-        assert_eq!(super::format_time(253_402_300_800), "10000-01-01 00:00:00");
-        for t in [i64::MAX, i64::MIN, -1] {
-            assert!(!super::format_time(t).is_empty());
-        }
     }
 }

@@ -571,23 +571,6 @@ impl Repo {
     }
 }
 
-/// The UTC calendar date and time of a Unix time: (year, month, day, hour, minute, second). Total over
-/// every `i64` (Howard Hinnant's civil-from-days algorithm), so a time read from a damaged object can
-/// always be printed; `SystemTime` formatting refuses years past 9999.
-pub fn utc_civil(t: i64) -> (i64, i64, i64, i64, i64, i64) {
-    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, secs / 3600, secs / 60 % 60, secs % 60)
-}
-
 /// A buffer with room for `len` bytes when that much can be had: the length comes from a stored record,
 /// and a damaged one must be an error when its chunks are read, not an aborted allocation.
 fn reserved(len: u64) -> Vec<u8> {

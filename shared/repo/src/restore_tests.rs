@@ -91,16 +91,10 @@ fn restore_test_dir(stanza: &str) -> String {
     format!("{}/restore-test", stanza_dir(stanza))
 }
 
-/// `20261202T171325Z` for a Unix time (UTC).
-fn compact_utc(t: i64) -> String {
-    let (y, m, d, hh, mm, ss) = super::utc_civil(t);
-    format!("{y:04}{m:02}{d:02}T{hh:02}{mm:02}{ss:02}Z")
-}
-
 /// Where a result is stored.
 pub fn restore_test_path(stanza: &str, result: &RestoreTestResult) -> String {
     let label = if result.label.is_empty() { "none" } else { &result.label };
-    format!("{}/{}-{label}.json", restore_test_dir(stanza), compact_utc(result.start_time))
+    format!("{}/{}-{label}.json", restore_test_dir(stanza), strata_stamp::format_time_compact(result.start_time))
 }
 
 impl Repo {
@@ -203,9 +197,9 @@ mod tests {
 
     #[test]
     fn names_sort_by_utc_start_time() {
-        assert_eq!(compact_utc(0), "19700101T000000Z");
-        assert_eq!(compact_utc(1_796_231_605), "20261202T171325Z");
-        assert_eq!(compact_utc(951_825_600), "20000229T120000Z");
+        assert_eq!(strata_stamp::format_time_compact(0), "19700101T000000Z");
+        assert_eq!(strata_stamp::format_time_compact(1_796_231_605), "20261202T171325Z");
+        assert_eq!(strata_stamp::format_time_compact(951_825_600), "20000229T120000Z");
         assert_eq!(
             restore_test_path("main", &result(1_796_231_605, "", false)),
             "stanza/main/restore-test/20261202T171325Z-none.json"

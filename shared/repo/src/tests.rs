@@ -275,16 +275,6 @@ async fn small_json_objects_carry_a_checksum_and_older_ones_are_read() {
     assert_eq!(r.verify_result("main", "L1").await.unwrap(), Some(v));
 }
 
-#[test]
-fn every_time_has_a_calendar_date() {
-    assert_eq!(utc_civil(0), (1970, 1, 1, 0, 0, 0));
-    assert_eq!(utc_civil(951_825_600), (2000, 2, 29, 12, 0, 0));
-    assert_eq!(utc_civil(-1), (1969, 12, 31, 23, 59, 59));
-    assert_eq!(utc_civil(253_402_300_800).0, 10_000);
-    utc_civil(i64::MAX);
-    utc_civil(i64::MIN);
-}
-
 #[tokio::test]
 async fn stanza_json_carries_a_checksum_and_the_plain_form_is_read() {
     let (d, r) = repo();

@@ -22,12 +22,13 @@
 //! must be the stanza's cluster ([`check_cluster`]): another cluster's directory, or another major
 //! version's, is refused before anything in it is touched, never turned into a copy of the backup.
 
-use super::restore::{chown, finish_file, join_workers};
+use crate::tree::{set_file_metadata, TablespaceDirs, TreeWriter};
+use crate::workers::join_workers;
 use strata_command::Context_;
 use anyhow::{anyhow, bail, Context};
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{symlink, FileExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -54,8 +55,6 @@ pub struct Report {
     pub written: u64,
     /// Files written to, created or resized.
     pub rewritten: usize,
-    /// Files and directories removed.
-    pub removed: usize,
 }
 
 /// Whether `dir` holds a data directory a delta restore may rewrite; `false` when it is missing or empty
@@ -140,59 +139,76 @@ struct Counters {
     written: AtomicU64,
 }
 
-pub async fn run(
-    ctx: &Context_,
-    pg_data: &Path,
-    manifest: &Manifest,
-    tablespace_dirs: &HashMap<String, PathBuf>,
-    sealer: &Sealer,
-) -> anyhow::Result<Report> {
-    let root = fs::canonicalize(pg_data)?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let as_root = unsafe { libc::geteuid() } == 0;
-    let mut report = Report::default();
+/// Removes what the backup does not have, or has as another kind of entry, from the data directory at
+/// `root` and the tablespace directories; how many files and directories were removed.
+pub(crate) fn remove_extra_entries(root: &Path, manifest: &Manifest, tablespace_dirs: &TablespaceDirs) -> anyhow::Result<usize> {
     let entries: HashMap<&str, &FileEntry> = manifest.files.iter().map(|e| (e.path.as_str(), e)).collect();
-
-    // Remove what the backup does not have, or has as another kind of entry.
-    let mut trees = vec![(root.clone(), String::new())];
+    let mut trees = vec![(root.to_path_buf(), String::new())];
     for (link, dir) in tablespace_dirs {
         if dir.is_dir() {
             trees.push((dir.clone(), format!("{link}/")));
         }
     }
+    let mut removed = 0;
     for (dir, prefix) in &trees {
-        remove_extra(dir, prefix, &entries, tablespace_dirs, &mut report.removed)?;
+        remove_extra(dir, prefix, &entries, tablespace_dirs, &mut removed)?;
     }
+    Ok(removed)
+}
 
-    // Directories and links, parents first.
-    let mut dirs = vec![root.clone()];
-    let mut tree: Vec<&FileEntry> = manifest.files.iter().filter(|e| e.kind != FileKind::File).collect();
-    tree.sort_by(|a, b| a.path.cmp(&b.path));
-    for e in tree {
-        let path = root.join(&e.path);
-        match e.kind {
-            FileKind::Directory => {
-                fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(e.mode))?;
-                dirs.push(path.clone());
-            }
-            FileKind::Symlink => {
-                let target = tablespace_dirs.get(&e.path).cloned().unwrap_or_else(|| PathBuf::from(&e.link_target));
-                fs::create_dir_all(&target).with_context(|| format!("cannot create tablespace directory {}", target.display()))?;
-                chown(&target, e, as_root)?;
-                dirs.push(target.clone());
-                if fs::read_link(&path).ok().as_ref() != Some(&target) {
-                    symlink(&target, &path).with_context(|| format!("cannot create link {}", path.display()))?;
-                }
-            }
-            FileKind::File => continue,
-        }
-        chown(&path, e, as_root)?;
-    }
-
-    // Files: create the missing, give every file its size, cut the comparing into units.
+/// Brings every file of the backup up to date under the tree's root, whose directories and links are
+/// already written.
+pub(crate) async fn write_files(ctx: &Context_, tree: &TreeWriter, manifest: &Manifest, sealer: &Sealer) -> anyhow::Result<Report> {
+    let (root, as_root) = (tree.root().to_path_buf(), tree.as_root());
+    let mut report = Report::default();
     let files: Vec<FileEntry> = manifest.files.iter().filter(|e| e.kind == FileKind::File).cloned().collect();
     let buffer = buffer_size(manifest);
+    let (units, states) = size_and_cut(&root, &files, buffer)?;
+    report.files = files.len();
+    report.total = files.iter().map(|f| f.size).sum();
+
+    let files = Arc::new(files);
+    let states = Arc::new(states);
+    let units = Arc::new(units);
+    let chunks = Arc::new(manifest.head.chunks.clone());
+    let counters = Arc::new(Counters { read: AtomicU64::new(0), fetched: AtomicU64::new(0), written: AtomicU64::new(0) });
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..WORKERS {
+        let (files, states, units, chunks, counters, next) =
+            (files.clone(), states.clone(), units.clone(), chunks.clone(), counters.clone(), next.clone());
+        let (repo, root, sealer) = (ctx.repo.clone(), root.clone(), sealer.clone());
+        workers.spawn(async move {
+            let mut fetcher = Fetcher { repo, sealer, chunks, cached: Vec::new(), counters: counters.clone() };
+            loop {
+                let Some(unit) = units.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                let (e, st) = (&files[unit.file], &states[unit.file]);
+                let path = root.join(&e.path);
+                let f = OpenOptions::new().read(true).write(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+                let wrote = rewrite_unit(&f, &path, e, st, unit, buffer, &mut fetcher, &counters).await?;
+                if wrote {
+                    st.changed.store(true, Ordering::Relaxed);
+                }
+                if st.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    // A file whose content is unchanged may differ only in its metadata: nothing to sync.
+                    let changed = st.changed.load(Ordering::Relaxed);
+                    tokio::task::block_in_place(|| set_file_metadata(&f, &path, e, as_root, changed))?;
+                }
+            }
+        });
+    }
+    join_workers(workers).await?;
+    report.read = counters.read.load(Ordering::Relaxed);
+    report.fetched = counters.fetched.load(Ordering::Relaxed);
+    report.written = counters.written.load(Ordering::Relaxed);
+    report.rewritten = states.iter().filter(|s| s.changed.load(Ordering::Relaxed)).count();
+    Ok(report)
+}
+
+/// Creates the missing files, gives every file its size, and cuts the comparing into units.
+fn size_and_cut(root: &Path, files: &[FileEntry], buffer: u64) -> anyhow::Result<(Vec<Unit>, Vec<FileState>)> {
     let mut units = Vec::new();
     let mut states = Vec::with_capacity(files.len());
     for (i, e) in files.iter().enumerate() {
@@ -238,58 +254,7 @@ pub async fn run(
             changed: AtomicBool::new(resized),
         });
     }
-    report.files = files.len();
-    report.total = files.iter().map(|f| f.size).sum();
-
-    let files = Arc::new(files);
-    let states = Arc::new(states);
-    let units = Arc::new(units);
-    let chunks = Arc::new(manifest.head.chunks.clone());
-    let counters = Arc::new(Counters { read: AtomicU64::new(0), fetched: AtomicU64::new(0), written: AtomicU64::new(0) });
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..WORKERS {
-        let (files, states, units, chunks, counters, next) =
-            (files.clone(), states.clone(), units.clone(), chunks.clone(), counters.clone(), next.clone());
-        let (repo, root, sealer) = (ctx.repo.clone(), root.clone(), sealer.clone());
-        workers.spawn(async move {
-            let mut fetcher = Fetcher { repo, sealer, chunks, cached: Vec::new(), counters: counters.clone() };
-            loop {
-                let Some(unit) = units.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                    return Ok::<(), anyhow::Error>(());
-                };
-                let (e, st) = (&files[unit.file], &states[unit.file]);
-                let path = root.join(&e.path);
-                let f = OpenOptions::new().read(true).write(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-                let wrote = rewrite_unit(&f, &path, e, st, unit, buffer, &mut fetcher, &counters).await?;
-                if wrote {
-                    st.changed.store(true, Ordering::Relaxed);
-                }
-                if st.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    let changed = st.changed.load(Ordering::Relaxed);
-                    tokio::task::block_in_place(|| -> anyhow::Result<()> {
-                        if changed {
-                            finish_file(f, &path, e, as_root)
-                        } else {
-                            // Unchanged content: only the metadata may differ, and nothing needs syncing.
-                            f.set_permissions(fs::Permissions::from_mode(e.mode))?;
-                            f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.mtime.max(0) as u64))?;
-                            chown(&path, e, as_root)
-                        }
-                    })?;
-                }
-            }
-        });
-    }
-    join_workers(workers).await?;
-    report.read = counters.read.load(Ordering::Relaxed);
-    report.fetched = counters.fetched.load(Ordering::Relaxed);
-    report.written = counters.written.load(Ordering::Relaxed);
-    report.rewritten = states.iter().filter(|s| s.changed.load(Ordering::Relaxed)).count();
-    for d in &dirs {
-        File::open(d).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", d.display()))?;
-    }
-    Ok(report)
+    Ok((units, states))
 }
 
 /// The collector's read buffer size, as the manifest shows it (see the module docs).

@@ -7,12 +7,11 @@
 //! before the consistent point), and the archive must hold every segment recovery reads on the way (see
 //! [`crate::wal_archive`]).
 //!
-//! Time targets: a value without a zone is the local time of the machine running strata (as the DBA reads
-//! it off a clock); the setting is written for PostgreSQL in UTC with an explicit offset, so the server's
-//! `timezone` cannot change its meaning. A backup ends before a time target when its stop time, kept in
+//! Time targets are read by [`crate::target_time`]. A backup ends before a time target when its stop time, kept in
 //! whole seconds, is at least a second before it: every transaction before the backup's end was before
 //! that second was over.
 
+pub use crate::target_time::{format_pg_time, parse_time};
 use crate::wal_archive::{describe_range, Gap, Located, Search, TargetTimeline, WalArchive, Want};
 use strata_command::RecoveryType;
 use anyhow::{anyhow, bail};
@@ -197,111 +196,6 @@ fn parse_timeline(v: &str) -> anyhow::Result<TargetTimeline> {
     }
 }
 
-/// Parses `YYYY-MM-DD HH:MM[:SS[.ffffff]]` (or with `T`), optionally followed by `Z`, `UTC` or an offset
-/// `+HH`, `+HH:MM`, `+HHMM`; without one, the local time zone. Returns microseconds since the Unix epoch.
-pub fn parse_time(s: &str) -> anyhow::Result<i64> {
-    let s = s.trim();
-    let bad = || anyhow!("expected a time like 2026-11-24 15:16:59, optionally with .ffffff and a zone (+00, +01:00, Z)");
-    let digits = |t: &str, n: usize| -> Option<i64> {
-        (t.len() == n && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse().ok()).flatten()
-    };
-    let (date, rest) = s.split_at_checked(10).ok_or_else(bad)?;
-    let mut d = date.split('-');
-    let (y, mo, day) = (
-        d.next().and_then(|t| digits(t, 4)).ok_or_else(bad)?,
-        d.next().and_then(|t| digits(t, 2)).ok_or_else(bad)?,
-        d.next().and_then(|t| digits(t, 2)).ok_or_else(bad)?,
-    );
-    let rest = rest.strip_prefix([' ', 'T']).ok_or_else(bad)?;
-    // The clock part runs up to the zone.
-    let clock_end = rest.find(|c: char| !(c.is_ascii_digit() || c == ':' || c == '.')).unwrap_or(rest.len());
-    let (clock, zone) = rest.split_at(clock_end);
-    let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
-    let mut t = hms.split(':');
-    let h = t.next().and_then(|v| digits(v, 2)).ok_or_else(bad)?;
-    let mi = t.next().and_then(|v| digits(v, 2)).ok_or_else(bad)?;
-    let sec = match t.next() {
-        Some(v) => digits(v, 2).ok_or_else(bad)?,
-        None => 0,
-    };
-    if t.next().is_some() || frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    let micros: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<6}").parse().map_err(|_| bad())? };
-    if !(1..=12).contains(&mo) || day < 1 || day > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 59 {
-        bail!("{date} {clock} is not a valid date and time");
-    }
-    let zone = zone.trim();
-    let offset_secs = match zone {
-        "" => None,
-        "Z" | "z" | "UTC" | "utc" | "GMT" => Some(0),
-        z => {
-            let sign = match z.as_bytes()[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => bail!("unknown time zone '{z}': give an offset such as +00 or -05:00"),
-            };
-            let body = z[1..].replace(':', "");
-            let (zh, zm) = match body.len() {
-                2 => (digits(&body, 2), Some(0)),
-                4 => (digits(&body[..2], 2), digits(&body[2..], 2)),
-                _ => (None, None),
-            };
-            match (zh, zm) {
-                (Some(zh), Some(zm)) if zh <= 15 && zm < 60 => Some(sign * (zh * 3600 + zm * 60)),
-                _ => bail!("time zone offset '{z}': expected +HH, +HH:MM or +HHMM"),
-            }
-        }
-    };
-    let local = days_from_civil(y, mo, day) * 86400 + h * 3600 + mi * 60 + sec;
-    let unix = match offset_secs {
-        Some(off) => local - off,
-        None => local_to_unix(y, mo, day, h, mi, sec).ok_or_else(|| anyhow!("{date} {clock} does not exist in the local time zone"))?,
-    };
-    Ok(unix * 1_000_000 + micros)
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
-/// A wall-clock time in the local zone (TZ, /etc/localtime) as Unix seconds, through the C library.
-fn local_to_unix(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<i64> {
-    // SAFETY: tm is plain data; mktime reads and normalizes it and touches nothing else we own.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    tm.tm_year = (y - 1900) as i32;
-    tm.tm_mon = (mo - 1) as i32;
-    tm.tm_mday = d as i32;
-    tm.tm_hour = h as i32;
-    tm.tm_min = mi as i32;
-    tm.tm_sec = s as i32;
-    tm.tm_isdst = -1;
-    let t = unsafe { libc::mktime(&mut tm) };
-    // mktime moves a time that does not exist (skipped by a DST change) to one that does.
-    (t != -1 && tm.tm_hour as i64 == h && tm.tm_min as i64 == mi).then_some(t)
-}
-
-/// `2026-11-24 15:16:59.123456+00`: what PostgreSQL reads unambiguously.
-pub fn format_pg_time(micros: i64) -> String {
-    let base = strata_command::format_time(micros.div_euclid(1_000_000));
-    format!("{base}.{:06}+00", micros.rem_euclid(1_000_000))
-}
-
 /// The backup a restore uses and what recovery will do with it.
 pub struct Plan {
     pub record: BackupRecord,
@@ -402,14 +296,46 @@ async fn evaluate(
             gap_text(archive, &gap)
         ))));
     }
+    let (describe, through) = match route(archive, &history, b, recovery, start, stop_seg).await? {
+        Ok(route) => route,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    // archive-get fails on a segment whose record or pack is damaged, and PostgreSQL takes that for the
+    // archive's end: the records recovery relies on must read back, not only be listed.
+    if let Some((seg, why)) = archive.first_unreadable(&history, start, through).await? {
+        let consequence = match seg.segno <= stop_seg {
+            true => "the backup cannot become consistent".to_string(),
+            false => format!("recovery would stop before it, short of {}", target_text(recovery)),
+        };
+        return Ok(Err(Refusal::Unreachable(format!(
+            "backup {label}: archived WAL {} cannot be restored ({why}), so {consequence}",
+            archive.name(seg)
+        ))));
+    }
+    Ok(Ok((history, describe)))
+}
+
+/// What recovery from backup `b` to the target will do, and the last segment it reads; a refusal when the
+/// archive cannot take it there. `start`, `stop_seg`: the backup's first and last segments, which the
+/// archive was checked to hold.
+async fn route(
+    archive: &mut WalArchive<'_>,
+    history: &TimelineHistory,
+    b: &BackupRecord,
+    recovery: &Recovery,
+    start: u64,
+    stop_seg: u64,
+) -> anyhow::Result<Result<(String, u64), Refusal>> {
+    let s = &b.summary;
+    let label = &s.label;
+    let stop = Lsn(s.stop_lsn);
     let action = match recovery.action {
         TargetAction::Pause => "pauses there (read-only)",
         TargetAction::Promote => "promotes",
         TargetAction::Shutdown => "shuts down",
     };
     let tl_note = if history.timeline() != s.timeline { format!(" on timeline {}", history.timeline()) } else { String::new() };
-    // What recovery will do, and the last segment it reads.
-    let (describe, through) = match &recovery.target {
+    Ok(Ok(match &recovery.target {
         Target::Default => {
             if let Some(gap) = archive.gap_after(&history, start) {
                 let stop_at = gap.before.map(|b| archive.name(b)).unwrap_or_else(|| s.wal_stop.clone());
@@ -452,7 +378,7 @@ async fn evaluate(
                 return Ok(Err(Refusal::Skip(format!(
                     "the target {} UTC is before the end of backup {label} ({} UTC)",
                     format_pg_time(*t).trim_end_matches("+00"),
-                    strata_command::format_time(s.stop_time)
+                    strata_stamp::format_time(s.stop_time)
                 ))));
             }
             let want = Want::TimeAfter { time: *t, exclusive: recovery.exclusive };
@@ -481,20 +407,7 @@ async fn evaluate(
                 Err(r) => return Ok(Err(r)),
             }
         }
-    };
-    // archive-get fails on a segment whose record or pack is damaged, and PostgreSQL takes that for the
-    // archive's end: the records recovery relies on must read back, not only be listed.
-    if let Some((seg, why)) = archive.first_unreadable(&history, start, through).await? {
-        let consequence = match seg.segno <= stop_seg {
-            true => "the backup cannot become consistent".to_string(),
-            false => format!("recovery would stop before it, short of {}", target_text(recovery)),
-        };
-        return Ok(Err(Refusal::Unreachable(format!(
-            "backup {label}: archived WAL {} cannot be restored ({why}), so {consequence}",
-            archive.name(seg)
-        ))));
-    }
-    Ok(Ok((history, describe)))
+    }))
 }
 
 /// Where recovery was asked to go, for a refusal.
@@ -559,40 +472,6 @@ async fn located(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_with_zones() {
-        let t = parse_time("2026-11-24 15:16:59+00").unwrap();
-        assert_eq!(t, 1_795_533_419_000_000);
-        assert_eq!(format_pg_time(t), "2026-11-24 15:16:59.000000+00");
-        assert_eq!(parse_time("2026-11-24T15:16:59Z").unwrap(), t);
-        assert_eq!(parse_time("2026-11-24 16:16:59+01:00").unwrap(), t);
-        assert_eq!(parse_time("2026-11-24 10:16:59 -0500").unwrap(), t);
-        assert_eq!(parse_time("2026-11-24 15:16:59.5 UTC").unwrap(), t + 500_000);
-        assert_eq!(parse_time("2026-11-24 15:16:59.123456+00").unwrap(), t + 123_456);
-        assert_eq!(parse_time("2026-11-24 15:16+00").unwrap(), t - 59_000_000);
-        assert_eq!(format_pg_time(t + 7), "2026-11-24 15:16:59.000007+00");
-        assert_eq!(parse_time("2024-02-29 00:00:00+00").unwrap(), 1_709_164_800_000_000);
-    }
-
-    #[test]
-    fn bad_times() {
-        for bad in [
-            "",
-            "yesterday",
-            "2026-11-24",
-            "2026-13-01 00:00:00",
-            "2026-02-30 00:00:00",
-            "2026-11-24 24:00:00",
-            "2026-11-24 15:16:59.1234567",
-            "2026-11-24 15:16:59 Europe/Paris",
-            "2026-11-24 15:16:59+25",
-            "2026-11-24 15:16:59+1",
-            "2026-11-24 15:16:59:00",
-        ] {
-            assert!(parse_time(bad).is_err(), "{bad:?}");
-        }
-    }
 
     fn args(kind: RecoveryType, target: Option<&str>) -> RecoveryArgs<'_> {
         RecoveryArgs { kind, target, action: None, timeline: None, exclusive: false }

@@ -1,17 +1,32 @@
 //! What stamps a record with who made it, where and when: the effective user and the host's name, looked
-//! up once, and a UTC time as audit lines and alerts print it. Kept apart so that the audit log and the
-//! alerts (which both stamp what they write) need not depend on each other.
+//! up once, and a UTC time as every command, audit line and alert prints it. Kept apart so that the audit
+//! log and the alerts (which both stamp what they write) need not depend on each other, and low enough that
+//! the repository's own names (restore test results) use the same time format.
 
+use jiff::civil::DateTime;
+use jiff::SignedDuration;
 use std::sync::OnceLock;
-use std::time::{Duration, UNIX_EPOCH};
 
-/// `2026-12-02 17:30:00` (UTC) for a Unix time.
-/// Times before 1970 or after 9999 (which RFC 3339 cannot spell; a damaged record or state file can hold
-/// any time) are shown as the nearest one it can.
+/// The last second of 9999, the last time RFC 3339 (and jiff's calendar) can spell.
+const LAST_SECOND_OF_9999: i64 = 253_402_300_799;
+
+/// The UTC date and time of a Unix time: before 1970 or after 9999 (a damaged record or state file can
+/// hold any time) the nearest one in that range, so that any value prints. (A civil time, not a
+/// `jiff::Timestamp`, whose range stops a day short of 10000 to leave room for any offset.)
+fn clamped(t: i64) -> DateTime {
+    DateTime::constant(1970, 1, 1, 0, 0, 0, 0)
+        .checked_add(SignedDuration::from_secs(t.clamp(0, LAST_SECOND_OF_9999)))
+        .expect("1970 to 9999 is within jiff's calendar")
+}
+
+/// `2026-12-02 17:30:00` (UTC) for a Unix time; see [`clamped`] for times before 1970 or after 9999.
 pub fn format_time(t: i64) -> String {
-    const LAST_SECOND_OF_9999: i64 = 253_402_300_799;
-    let st = UNIX_EPOCH + Duration::from_secs(t.clamp(0, LAST_SECOND_OF_9999) as u64);
-    humantime::format_rfc3339_seconds(st).to_string().replace('T', " ").trim_end_matches('Z').to_string()
+    clamped(t).strftime("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// `20261202T173000Z` (UTC) for a Unix time, for names that sort by time; see [`clamped`].
+pub fn format_time_compact(t: i64) -> String {
+    clamped(t).strftime("%Y%m%dT%H%M%SZ").to_string()
 }
 
 /// The effective user's name (its uid when it has none) and the host's name, looked up once.
@@ -54,4 +69,24 @@ fn lookup_host_name() -> String {
     }
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_time_prints() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(1_796_231_605), "2026-12-02 17:13:25");
+        assert_eq!(format_time(951_825_600), "2000-02-29 12:00:00");
+        assert_eq!(format_time(1_709_164_800), "2024-02-29 00:00:00");
+        assert_eq!(format_time_compact(1_796_231_605), "20261202T171325Z");
+        // Outside what can be spelled: the nearest time that can.
+        assert_eq!(format_time(253_402_300_800), "9999-12-31 23:59:59");
+        assert_eq!(format_time(i64::MAX), "9999-12-31 23:59:59");
+        assert_eq!(format_time(-1), "1970-01-01 00:00:00");
+        assert_eq!(format_time(i64::MIN), "1970-01-01 00:00:00");
+        assert_eq!(format_time_compact(i64::MIN), "19700101T000000Z");
+    }
 }
