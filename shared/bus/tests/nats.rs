@@ -5,6 +5,10 @@
 //! stops it by pid when the test ends. The binary comes from `$STRATA_NATS_SERVER`, else
 //! /opt/strata-tools/bin/nats-server (installed by scripts/install-deps.sh); without one the tests fail, they
 //! never skip.
+//!
+//! Longer than the 600 lines other files keep to: it is a list of independent tests, one per promise of the
+//! bus (delivery, redelivery, limits, security), sharing one small server fixture at the top; split, the
+//! fixture would be repeated or made into a crate of its own for nothing.
 
 use bytes::Bytes;
 use std::collections::BTreeSet;
