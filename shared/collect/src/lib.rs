@@ -33,7 +33,7 @@ use strata_config::Config;
 use strata_messages::{decode, subjects, BackupRequest, BackupStatus};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn, Instrument};
+use tracing::{error, info, warn};
 
 pub use backup::BackupSettings;
 pub use metrics::{CollectorError, CollectorMetrics};
@@ -162,25 +162,11 @@ impl Drop for RunningMarker {
     }
 }
 
-/// The span a backup's work runs in, and that everything it logs carries: which stanza, which backup.
-pub fn backup_span(req: &BackupRequest) -> tracing::Span {
-    tracing::info_span!("backup", stanza = %req.stanza, backup = %req.label)
-}
-
 /// Runs one backup and reports its outcome on its status subject (and in `metrics`). `cancel` stops it
-/// ([`backup::run`]); it is then reported failed.
+/// ([`backup::run`]); it is then reported failed. Everything the backup logs, from any of its tasks,
+/// carries its span's stanza and label.
+#[tracing::instrument(name = "backup", skip_all, fields(stanza = %req.stanza, backup = %req.label))]
 pub async fn serve_backup(
-    cfg: &Config,
-    bus: Arc<dyn Bus>,
-    sealer: strata_seal::Sealer,
-    metrics: &CollectorMetrics,
-    req: &BackupRequest,
-    cancel: &CancellationToken,
-) {
-    serve_backup_in_span(cfg, bus, sealer, metrics, req, cancel).instrument(backup_span(req)).await
-}
-
-async fn serve_backup_in_span(
     cfg: &Config,
     bus: Arc<dyn Bus>,
     sealer: strata_seal::Sealer,

@@ -476,19 +476,9 @@ mod tests {
         let writer = lines.clone();
         let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
         let _default = tracing::subscriber::set_default(subscriber);
-        let req = strata_messages::BackupRequest {
-            version: 1,
-            label: "20261207-101500F".into(),
-            stanza: "main".into(),
-            backup_type: strata_messages::BackupType::Full,
-            expect_system_id: 1,
-            expect_pg_major: 15,
-            compress_level: 1,
-            reference: None,
-            checksum_all: false,
-            resume: None,
-        };
-        let (result, ctx) = read_all(dir.path(), CancellationToken::new()).instrument(crate::backup_span(&req)).await;
+        // The span serve_backup puts a backup's work in.
+        let span = tracing::info_span!("backup", stanza = "main", backup = "20261207-101500F");
+        let (result, ctx) = read_all(dir.path(), CancellationToken::new()).instrument(span).await;
         result.unwrap();
 
         let failures: Vec<(String, u32)> = ctx.failures.lock().unwrap().iter().map(|b| (b.path.clone(), b.block)).collect();
