@@ -477,7 +477,7 @@ mod tests {
         let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
         let _default = tracing::subscriber::set_default(subscriber);
         // The span serve_backup puts a backup's work in.
-        let span = tracing::info_span!("backup", stanza = "main", backup = "20261207-101500F");
+        let span = tracing::info_span!("backup", stanza = %"main", backup = %"20261207-101500F");
         let (result, ctx) = read_all(dir.path(), CancellationToken::new()).instrument(span).await;
         result.unwrap();
 
