@@ -1,5 +1,6 @@
 //! Killing a stage in the middle of a backup commits nothing, shows nothing in `info`, and the next backup
-//! succeeds once the stage is back.
+//! succeeds once the stage is back. Stopping the collector (SIGTERM) cancels its backup, which commits
+//! nothing either.
 
 mod common;
 
@@ -110,4 +111,42 @@ fn killing_the_uploader_mid_backup_commits_nothing() {
 #[test]
 fn killing_the_sealer_mid_backup_commits_nothing() {
     kill_stage_mid_backup("sealer");
+}
+
+/// SIGTERM to the collector mid-backup: the backup is cancelled and reported failed, nothing is committed,
+/// and the collector exits 0 without waiting for its stop grace.
+#[test]
+fn stopping_the_collector_mid_backup_cancels_the_backup() {
+    let dir = TestDir::new("stop_collector");
+    let nats = NatsServer::start(&dir);
+    let mut services;
+    let setup = Setup::new(&dir, &nats.url(), PIPELINE, &[]);
+    services = Services::start(&setup);
+    setup.strata_ok(&["stanza-create"]);
+    setup.pg.pgbench_init(5);
+    setup.pg.switch_wal_and_wait_archived(Duration::from_secs(120));
+    let packs_before = pack_bytes(&setup.repo);
+
+    let mut backup = setup.bins.strata_cmd(&setup.config, STANZA);
+    let backup = backup.arg("backup").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_until("the backup to store some packs", Duration::from_secs(120), || {
+        (pack_bytes(&setup.repo) >= packs_before + 500_000).then_some(())
+    });
+    let stopping = std::time::Instant::now();
+    let status = services.collector.stop();
+    let took = stopping.elapsed();
+    assert!(status.success(), "the collector exited with {status} when stopped mid-backup");
+    assert!(took < Duration::from_secs(15), "the collector took {took:?} to stop");
+
+    let out = backup.wait_with_output().unwrap();
+    let line = expect_one_error_line(&out, &["backup"]);
+    assert!(line.contains("cancelled"), "{line}");
+    assert!(records(&setup.repo).is_empty(), "a cancelled backup left a record");
+    assert!(setup.backup_labels().is_empty(), "info shows a cancelled backup");
+    // The collector's lines about the backup name its stanza.
+    let log = std::fs::read_to_string(services.collector.log_file()).unwrap();
+    let cancelling = log.lines().find(|l| l.contains("cancelling the backup")).unwrap_or_else(|| panic!("no cancel line:\n{log}"));
+    assert!(cancelling.contains(&format!("stanza={STANZA}")), "{cancelling}");
+    let failed = log.lines().find(|l| l.contains("backup failed")).unwrap_or_else(|| panic!("no failure line:\n{log}"));
+    assert!(failed.contains(&format!("stanza={STANZA}")) && failed.contains("cancelled"), "{failed}");
 }

@@ -27,7 +27,7 @@ use strata_alerts::{Alert, Notifier, Tier};
 use strata_config::Config;
 use strata_repo::Repo;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 /// A claim older than this belongs to a verifier that died: long enough for the biggest verification.
 const CLAIM_STALE_SECS: i64 = 6 * 3600;
@@ -163,6 +163,7 @@ fn alert_of(h: &Health, f: &Finding) -> Alert {
 
 /// Verifies the backups of `stanza` in `repo` that have no result yet or one older than
 /// `verifier.reverify_secs`, then the WAL not yet found intact.
+#[tracing::instrument(name = "verify_round", skip_all, fields(stanza = %stanza, repo = %repo.name()))]
 async fn verify_round(cfg: &Config, repo: &Repo, stanza: &str, holder: &str, state: &mut State, metrics: &metrics::VerifierMetrics) -> anyhow::Result<()> {
     if repo.stanza(stanza).await.is_err() {
         // No stanza-create yet in this repository: nothing to verify.
@@ -261,7 +262,8 @@ async fn restore_tests(cfg: &Arc<Config>, primary: &Repo, state: &mut State) {
         info!(stanza = %stanza, "scheduled restore test starting");
         let what = serde_json::json!({ "scheduled": true, "by": "strata-verifier" });
         let test = async { anyhow::Ok(strata_verify::restore_test::run_test(&ctx, &opts).await?.passed()?) };
-        match strata_command::audit::audit_op(cfg, strata_audit::Op::RestoreTest, Some(stanza), Some(primary.name()), what, test).await {
+        let span = tracing::info_span!("restore_test", stanza = %stanza, repo = %primary.name());
+        match strata_command::audit::audit_op(cfg, strata_audit::Op::RestoreTest, Some(stanza), Some(primary.name()), what, test).instrument(span).await {
             Ok(p) => info!(stanza = %stanza, label = %p.0.label, total_ms = p.0.total_ms, "scheduled restore test passed"),
             // Stored with the result: the next round's health evaluation raises the critical alert.
             Err(e) => error!(stanza = %stanza, error = %format!("{e:#}"), "scheduled restore test failed"),

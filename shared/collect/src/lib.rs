@@ -24,13 +24,15 @@ pub mod stream;
 pub mod wal;
 
 use bytes::Bytes;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use strata_bus::Bus;
 use strata_config::Config;
 use strata_messages::{decode, subjects, BackupRequest, BackupStatus};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 pub use backup::BackupSettings;
@@ -69,12 +71,16 @@ pub async fn run(
     if cfg.stanza.is_empty() {
         anyhow::bail!("no [stanza.<name>] is configured; the collector has nothing to back up");
     }
-    let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let running = RunningBackups::default();
+    // Backups are tracked so that shutdown can cancel them and wait for them to clean up.
+    let backups = TaskTracker::new();
+    let cancel = CancellationToken::new();
     let mut listeners = Vec::new();
     for name in cfg.stanza.keys() {
         let mut requests = bus.subscribe(&subjects::backup_requests(name), Some(subjects::COLLECTOR_GROUP)).await?;
         let (cfg, bus, running, name, sealer, metrics) =
             (cfg.clone(), bus.clone(), running.clone(), name.clone(), sealer.clone(), metrics.clone());
+        let (backups, cancel) = (backups.clone(), cancel.clone());
         listeners.push(tokio::spawn(async move {
             while let Some(payload) = requests.next().await {
                 let req = match decode::<BackupRequest>(&payload) {
@@ -88,17 +94,16 @@ pub async fn run(
                 if req.stanza != name {
                     continue;
                 }
-                if !running.lock().expect("running set").insert(name.clone()) {
+                let Some(marker) = running.mark(&name, &req.label) else {
                     metrics.error(CollectorError::Request);
                     let msg = format!("a backup of stanza '{name}' is already running");
                     backup::status(&*bus, &req.label, BackupStatus::Failed(msg)).await;
                     continue;
-                }
-                let (cfg, bus, running, name, sealer, metrics) =
-                    (cfg.clone(), bus.clone(), running.clone(), name.clone(), sealer.clone(), metrics.clone());
-                tokio::spawn(async move {
-                    serve_backup(&cfg, bus, sealer, &metrics, &req).await;
-                    running.lock().expect("running set").remove(&name);
+                };
+                let (cfg, bus, sealer, metrics, cancel) = (cfg.clone(), bus.clone(), sealer.clone(), metrics.clone(), cancel.clone());
+                backups.spawn(async move {
+                    let _marker = marker;
+                    serve_backup(&cfg, bus, sealer, &metrics, &req, &cancel).await;
                 });
             }
         }));
@@ -108,22 +113,78 @@ pub async fn run(
     for l in listeners {
         l.abort();
     }
+    for (stanza, label) in running.list() {
+        warn!(%stanza, backup = %label, "cancelling the backup: the collector is shutting down");
+    }
+    cancel.cancel();
+    backups.close();
+    if tokio::time::timeout(SHUTDOWN_WAIT, backups.wait()).await.is_err() {
+        // Their tasks end with the runtime; each session's end takes the server out of backup mode.
+        let left = running.list();
+        warn!(backups = ?left, wait_s = SHUTDOWN_WAIT.as_secs(), "backups did not finish cleaning up in time");
+    }
     Ok(())
 }
 
-/// Runs one backup and reports its outcome on its status subject (and in `metrics`).
-pub async fn serve_backup(cfg: &Config, bus: Arc<dyn Bus>, sealer: strata_seal::Sealer, metrics: &CollectorMetrics, req: &BackupRequest) {
+/// How long shutdown waits for cancelled backups to clean up (stop their checkpoints, report, leave the
+/// session); well inside the 30 s a service manager usually allows before it kills.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
+/// The stanzas with a backup running on this collector (one at a time each), with that backup's label.
+#[derive(Clone, Default)]
+struct RunningBackups(Arc<Mutex<HashMap<String, String>>>);
+
+impl RunningBackups {
+    /// Marks `stanza` as backing up `label`; `None` if it already is. The marker is removed when dropped,
+    /// however the backup's task ends.
+    fn mark(&self, stanza: &str, label: &str) -> Option<RunningMarker> {
+        let mut set = self.0.lock().expect("running backups");
+        if set.contains_key(stanza) {
+            return None;
+        }
+        set.insert(stanza.to_string(), label.to_string());
+        Some(RunningMarker { running: self.clone(), stanza: stanza.to_string() })
+    }
+
+    fn list(&self) -> Vec<(String, String)> {
+        self.0.lock().expect("running backups").iter().map(|(s, l)| (s.clone(), l.clone())).collect()
+    }
+}
+
+struct RunningMarker {
+    running: RunningBackups,
+    stanza: String,
+}
+
+impl Drop for RunningMarker {
+    fn drop(&mut self) {
+        self.running.0.lock().expect("running backups").remove(&self.stanza);
+    }
+}
+
+/// Runs one backup and reports its outcome on its status subject (and in `metrics`). `cancel` stops it
+/// ([`backup::run`]); it is then reported failed. Everything the backup logs, from any of its tasks,
+/// carries its span's stanza and label.
+#[tracing::instrument(name = "backup", skip_all, fields(stanza = %req.stanza, backup = %req.label))]
+pub async fn serve_backup(
+    cfg: &Config,
+    bus: Arc<dyn Bus>,
+    sealer: strata_seal::Sealer,
+    metrics: &CollectorMetrics,
+    req: &BackupRequest,
+    cancel: &CancellationToken,
+) {
     let stanza = cfg.stanza.get(&req.stanza).expect("listener only exists for configured stanzas");
     let settings = BackupSettings::from_config(cfg, i32::from(req.compress_level), sealer, metrics.sent());
-    info!(stanza = %req.stanza, label = %req.label, "backup requested");
+    info!("backup requested");
     let started = Instant::now();
     metrics.backup_started(&req.stanza);
-    let outcome = backup::run(bus.clone(), &stanza.pg_data, &stanza.pg_conn, req, &settings).await;
+    let outcome = backup::run(bus.clone(), &stanza.pg_data, &stanza.pg_conn, req, &settings, cancel).await;
     metrics.backup_ended(&req.stanza, req.backup_type, started.elapsed(), outcome.as_ref().ok());
     let status = match outcome {
         Ok(summary) => BackupStatus::Done(summary),
         Err(e) => {
-            error!(stanza = %req.stanza, label = %req.label, error = format!("{e:#}"), "backup failed");
+            error!(error = format!("{e:#}"), "backup failed");
             BackupStatus::Failed(format!("{e:#}"))
         }
     };
@@ -148,7 +209,8 @@ pub async fn request_backup(
         Some((cfg, sealer)) => {
             let (bus, req) = (bus.clone(), req.clone());
             // Nobody scrapes a single-host backup; its stages count all the same.
-            tokio::spawn(async move { serve_backup(&cfg, bus, sealer, &CollectorMetrics::unexported(), &req).await });
+            let cancel = CancellationToken::new();
+            tokio::spawn(async move { serve_backup(&cfg, bus, sealer, &CollectorMetrics::unexported(), &req, &cancel).await });
         }
         None => {
             bus.publish_event(&subjects::backup_requests(&req.stanza), Bytes::from(strata_messages::encode(req))).await?;

@@ -36,7 +36,7 @@ use strata_pg::{Lsn, TimelineId};
 use strata_replication::{ReplicationClient, ReplicationError, StreamEvent, WalStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 /// Complete segments being pushed at once; the stream waits for the oldest beyond this.
 const SEGMENTS_IN_FLIGHT: usize = 4;
@@ -116,6 +116,7 @@ impl From<anyhow::Error> for SessionEnd {
 }
 
 /// Streams until `cancel` fires, reconnecting after errors worth retrying; fails on the others.
+#[tracing::instrument(name = "wal_stream", skip_all, fields(stanza = %target.stanza, slot = %settings.slot))]
 pub async fn run(
     bus: Arc<dyn Bus>,
     target: Arc<WalPushTarget>,
@@ -453,7 +454,8 @@ impl Streamer {
         self.unstored_since = None;
         let file = wal::from_bytes(name, data, &self.target).map_err(SessionEnd::Fatal)?;
         let (bus, target, settings) = (self.bus.clone(), self.target.clone(), self.settings.clone());
-        let task = tokio::spawn(async move { wal::push_seeded(bus, &target, &settings.push, file, None, seed).await });
+        let task =
+            tokio::spawn(async move { wal::push_seeded(bus, &target, &settings.push, file, None, seed).await }.in_current_span());
         self.segments.push_back((self.pos, task));
         Ok(())
     }
@@ -536,7 +538,8 @@ impl Streamer {
         self.partial_stored = end;
         self.unstored_since = None;
         let started = Instant::now();
-        let task = tokio::spawn(async move { push_partial(bus, &target, &settings.push, record_head, known, tail).await });
+        let span = tracing::info_span!("wal_partial", segment = %record_head.0);
+        let task = tokio::spawn(async move { push_partial(bus, &target, &settings.push, record_head, known, tail).await }.instrument(span));
         self.partial = Some(PartialPush { segno: seg_start.0 / seg_size, end, started, task });
     }
 

@@ -203,6 +203,7 @@ pub async fn push(
 
 /// [`push`] of a file some of whose chunks are stored already (`seed`: a streamed segment's pieces that its
 /// partials stored), which are then not sent again.
+#[tracing::instrument(name = "wal_push", skip_all, fields(stanza = %target.stanza, segment = %file.name))]
 pub async fn push_seeded(
     bus: Arc<dyn Bus>,
     target: &WalPushTarget,

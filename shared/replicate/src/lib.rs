@@ -186,6 +186,7 @@ pub async fn run(cfg: Arc<Config>, bus: Option<Arc<dyn Bus>>, shutdown: impl Fut
 }
 
 /// Scans a target and reports its lag; `None` when the scan failed (logged and counted).
+#[tracing::instrument(name = "replication_scan", skip_all, fields(repo = %t.name))]
 async fn scan(t: &Target, metrics: &metrics::ReplicationMetrics) -> Option<Plan> {
     let planned = t.scanner.lock().await.plan(&t.copier.source, &t.copier.target).await;
     match planned {
@@ -233,6 +234,7 @@ async fn local_pass(t: &Target, metrics: &metrics::ReplicationMetrics, workers: 
 }
 
 /// Copies one item; whether it succeeded (a failure is logged and counted).
+#[tracing::instrument(name = "replicate", skip_all, fields(repo = %t.name, item = %item.key()))]
 async fn copy_item(t: &Target, item: Item, metrics: &metrics::ReplicationMetrics) -> bool {
     let result = match &item {
         Item::Wal { stanza, name } => t.copier.copy_wal(stanza, name).await,
@@ -256,6 +258,7 @@ async fn copy_item(t: &Target, item: Item, metrics: &metrics::ReplicationMetrics
 
 /// Copies one pack of a pack task (after the stanza's prerequisites, as an item's copy does); whether it
 /// succeeded (a failure is logged and counted).
+#[tracing::instrument(name = "replicate_pack", skip_all, fields(repo = %t.name, pack = %task.path))]
 async fn copy_one_pack(t: &Target, task: &PackTask, metrics: &metrics::ReplicationMetrics) -> bool {
     let Some(id) = strata_repo::pack::parse_pack_path(&task.path) else {
         warn!(path = %task.path, "dropping a replication task whose pack path is malformed");

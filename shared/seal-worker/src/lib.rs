@@ -126,20 +126,23 @@ async fn seal_one(
         Ok((out, plain, sealed)) => match bus.publish_transient(Queue::Upload, Bytes::from(out)).await {
             Ok(()) => {
                 metrics.sealed(plain, sealed);
+                // Kept for the line below (a reference count, not a copy): the ack consumes the delivery.
+                let input = delivery.payload().clone();
                 if let Err(e) = delivery.ack().await {
                     metrics.error(SealerError::Ack);
                     // The chunk will be sealed again; the uploader stores it once.
-                    warn!(error = %e, "sealer could not acknowledge a chunk");
+                    warn!(job = %job_of(&input), error = %e, "sealer could not acknowledge a chunk");
                 }
             }
             Err(e) => {
                 metrics.error(SealerError::Publish);
+                let job = job_of(delivery.payload());
                 match strata_bus::give_back(delivery, e.is_permanent(), std::time::Duration::from_secs(1)).await {
                     GivenBack::Redelivered { after } => {
-                        warn!(error = %e, "sealer could not hand a chunk to the uploaders; retrying in {after:?}")
+                        warn!(job = %job, error = %e, "sealer could not hand a chunk to the uploaders; retrying in {after:?}")
                     }
                     // Its job notices on its stall deadline and fails with its own line.
-                    gone => error!(error = %e, outcome = ?gone, "sealer dropped a chunk it cannot hand to the uploaders"),
+                    gone => error!(job = %job, error = %e, outcome = ?gone, "sealer dropped a chunk it cannot hand to the uploaders"),
                 }
             }
         },
@@ -149,5 +152,15 @@ async fn seal_one(
             error!(%reason, "sealer dropped a malformed chunk message");
             let _ = delivery.ack().await;
         }
+    }
+}
+
+/// The job a delivered chunk belongs to, for the lines that report trouble with it. Read again from the
+/// message only then: a span or a copy of the name per chunk would cost on every chunk to serve the few
+/// that fail.
+fn job_of(message: &[u8]) -> String {
+    match strata_messages::decode_plain_chunk(message) {
+        Ok((chunk, _)) => chunk.job.to_string(),
+        Err(_) => String::from("?"),
     }
 }

@@ -42,7 +42,7 @@ use strata_messages::{
 use strata_repo::{ChunkIndex, PackBuilder, Repo, RepoError, WalPut};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 pub use metrics::{CommitKind, CommitOutcome, UploaderError, UploaderMetrics};
 
@@ -101,9 +101,9 @@ pub async fn run(
     let mut tasks = Vec::new();
     for _ in 0..workers {
         let input = shared.bus.work(Queue::Upload).await?;
-        tasks.push(tokio::spawn(worker(shared.clone(), input, cancel.clone())));
+        tasks.push(tokio::spawn(worker(shared.clone(), input, cancel.clone()).instrument(repo_span(&shared))));
     }
-    tasks.push(tokio::spawn(serve_fetches(shared.clone(), fetches, cancel.clone())));
+    tasks.push(tokio::spawn(serve_fetches(shared.clone(), fetches, cancel.clone()).instrument(repo_span(&shared))));
     info!(workers, repo = shared.repo.name(), "uploader running");
     shutdown.await;
     cancel.cancel();
@@ -111,6 +111,11 @@ pub async fn run(
         let _ = t.await;
     }
     Ok(())
+}
+
+/// The span of the uploader's work: every line it logs names the repository it writes to.
+fn repo_span(shared: &Shared) -> tracing::Span {
+    tracing::info_span!("uploader", repo = %shared.repo.name())
 }
 
 async fn worker(shared: Arc<Shared>, mut input: Box<dyn WorkStream>, cancel: CancellationToken) {
