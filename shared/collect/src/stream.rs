@@ -1,6 +1,10 @@
 //! WAL streaming (`strata wal-stream`): WAL read from a replication slot over the physical replication
 //! protocol, as pg_receivewal and Barman do, and stored through the same pipeline as `archive-push`.
 //!
+//! (Over the 600 lines other files keep to: one loop over one segment held in memory, whose steps, storing
+//! partials, archiving whole segments, reporting the durable prefix to the slot, share that state; the
+//! protocol itself is in `strata-replication`.)
+//!
 //! # Why
 //! `archive_command` sees a segment only once PostgreSQL has filled it (or `archive_timeout` forced a
 //! switch, which wastes a segment each time). A primary lost between switches loses every commit since
