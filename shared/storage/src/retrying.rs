@@ -238,14 +238,18 @@ mod tests {
             }
             self.objects.lock().unwrap().get(path).cloned().ok_or(StorageError::NotFound { path: path.into() })
         }
-        async fn get_range(&self, _: &str, _: u64, _: u64) -> Result<Bytes> {
-            unimplemented!()
+        async fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes> {
+            let whole = self.get(path).await?;
+            let start = (offset as usize).min(whole.len());
+            Ok(whole.slice(start..(start + len as usize).min(whole.len())))
         }
-        async fn size(&self, _: &str) -> Result<Option<u64>> {
-            unimplemented!()
+        async fn size(&self, path: &str) -> Result<Option<u64>> {
+            Ok(self.objects.lock().unwrap().get(path).map(|b| b.len() as u64))
         }
-        async fn list(&self, _: &str) -> Result<Vec<ObjectInfo>> {
-            unimplemented!()
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+            let objects = self.objects.lock().unwrap();
+            let under = objects.iter().filter(|(p, _)| p.starts_with(prefix));
+            Ok(under.map(|(p, b)| ObjectInfo { path: p.clone(), size: b.len() as u64, modified: 0 }).collect())
         }
         async fn delete(&self, path: &str) -> Result<()> {
             if let Some(e) = self.next_failure() {
