@@ -15,6 +15,7 @@
 //! wait, see [`model::install_signal_handlers`]). `strata-scale-model --cleanup` removes what a run that
 //! was killed with SIGKILL left.
 
+pub mod bench;
 pub mod cgroup;
 pub mod cleanup;
 pub mod dataset;

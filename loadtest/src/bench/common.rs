@@ -1,0 +1,1074 @@
+//! What every benchmark of `strata-bench` shares: its work directory, the Strata binaries it measures,
+//! the PostgreSQL cluster it keeps between runs, pgBackRest as the peer, the Strata fleet in NATS mode,
+//! and the measuring itself (wall time and the child's own rusage).
+//!
+//! # Why a measurement is a `Result`
+//! The bash scripts these benchmarks replace could report a failed command as a time (`timed false`
+//! gave 0.001 s and rc 0). Here [`measure`] returns an error when the command exits non-zero, with the
+//! tail of its log, and the benchmark stops: a number is only ever the time of a command that worked.
+//!
+//! # Why the cluster outlives the run
+//! Loading pgbench scale 100 takes longer than measuring it, so the cluster lives in `<root>/pgdata`
+//! with a marker naming its dataset, and `--reuse` keeps it. Everything else a run starts (the server
+//! process, nats-server, the services) is a harness handle, stopped by pid on Drop, also on an error;
+//! SIGINT and SIGTERM become an error at the next wait ([`install_signal_handlers`]).
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use strata_integration::command_as_postgres as as_postgres;
+use strata_integration::pg::{conf_quote, pg_bin};
+use strata_integration::{poll, write_config_with, NatsServer, PgCluster, Service, StrataBins, TestDir};
+
+use crate::dataset::Dataset;
+
+/// The stanza every benchmark backs up.
+pub const STANZA: &str = "bench";
+
+/// The Strata binaries a benchmark copies and runs.
+pub const STRATA_BINARIES: [&str; 4] = ["strata", "strata-collector", "strata-sealer", "strata-uploader"];
+
+/// Prints `[HH:MM:SS] strata-bench: msg` (UTC) on stderr.
+pub fn log(msg: impl Display) {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) % 86_400;
+    eprintln!("[{:02}:{:02}:{:02}] strata-bench: {msg}", secs / 3600, secs / 60 % 60, secs % 60);
+}
+
+/// A run's id: the UTC time it started, `20261207T211500Z`.
+pub fn run_id() -> String {
+    let out = Command::new("date").args(["-u", "+%Y%m%dT%H%M%SZ"]).output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => format!("{}", SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)),
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ signals
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Turns SIGINT and SIGTERM into an error at the next [`measure`] or [`check_interrupted`], so the run
+/// unwinds through its handles (PostgreSQL, nats-server and the services stopped by pid).
+pub fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+/// An error if SIGINT or SIGTERM arrived.
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------ workspace
+
+/// A benchmark's work directory: `<root>` (mode 0755, owned by postgres) with `logs/` and `tmp/`, plus a
+/// harness test directory for what lives only as long as the run (sockets, server logs, nats-server).
+pub struct Workspace {
+    root: PathBuf,
+    test_dir: TestDir,
+}
+
+impl Workspace {
+    /// Creates `root`, `root/logs` and `root/tmp` (kept between runs).
+    pub fn create(root: &Path) -> Result<Workspace> {
+        for dir in [root.to_path_buf(), root.join("logs"), root.join("tmp")] {
+            fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("cannot chmod {}", dir.display()))?;
+            chown_postgres(&dir)?;
+        }
+        Ok(Workspace { root: root.to_path_buf(), test_dir: TestDir::new("bench") })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/<name>`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// `<root>/logs`: the measured commands' output.
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    /// `<root>/logs/<name>`.
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.logs().join(name)
+    }
+
+    /// `<root>/tmp`.
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// The run's harness directory (removed when the last handle in it is gone).
+    pub fn test_dir(&self) -> &TestDir {
+        &self.test_dir
+    }
+
+    /// Creates `<root>/<name>` owned by postgres (mode 0700 or 0755), emptying it if it exists.
+    pub fn fresh_dir(&self, name: &str, mode: u32) -> Result<PathBuf> {
+        let dir = self.path(name);
+        if dir.exists() {
+            wipe_dir(&dir)?;
+        } else {
+            fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode))?;
+        chown_postgres(&dir)?;
+        Ok(dir)
+    }
+}
+
+/// Gives `path` (not recursive) to the postgres user.
+pub fn chown_postgres(path: &Path) -> Result<()> {
+    let status = Command::new("chown")
+        .arg("postgres:postgres")
+        .arg(path)
+        .status()
+        .context("cannot run chown")?;
+    if !status.success() {
+        bail!("chown postgres {} failed", path.display());
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------ binaries
+
+/// Copies the Strata binaries from `strata_bin` (default `$CARGO_TARGET_DIR/release`, else the
+/// workspace's `target/release`) into `<root>/bin`: a copy postgres can execute and that a rebuild
+/// cannot change under the run.
+pub fn install_binaries(strata_bin: Option<&Path>, ws: &Workspace) -> Result<StrataBins> {
+    let from = match strata_bin {
+        Some(dir) => dir.to_path_buf(),
+        None => match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(t) => PathBuf::from(t).join("release"),
+            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"),
+        },
+    };
+    let bin = ws.path("bin");
+    fs::create_dir_all(&bin)?;
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
+    for name in STRATA_BINARIES {
+        let src = from.join(name);
+        if !src.is_file() {
+            bail!(
+                "{} is missing: build with `cargo build --release --bins` or set STRATA_BIN to the directory of the binaries",
+                src.display()
+            );
+        }
+        let tmp = bin.join(format!("{name}.new"));
+        fs::copy(&src, &tmp).with_context(|| format!("cannot copy {}", src.display()))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
+        fs::rename(&tmp, bin.join(name))?;
+    }
+    Ok(StrataBins::from_dir(&bin))
+}
+
+/// `strata --version`, or "strata ?".
+pub fn strata_version(bins: &StrataBins) -> String {
+    Command::new(bins.path("strata"))
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "strata ?".into())
+}
+
+// ------------------------------------------------------------------------------------------------ measuring
+
+/// What one measured command took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Measured {
+    /// Wall time, seconds.
+    pub secs: f64,
+    /// The child's peak resident set, KiB (its own, not its children's).
+    pub max_rss_kb: u64,
+    /// User CPU, seconds.
+    pub user_s: f64,
+    /// System CPU, seconds.
+    pub sys_s: f64,
+}
+
+/// Runs `cmd` with its output appended to `log`; its wall time and rusage, or an error naming `what`
+/// with the log's tail when it fails or the run is interrupted (the child is then killed).
+pub fn measure(cmd: &mut Command, what: &str, log: &Path) -> Result<Measured> {
+    check_interrupted()?;
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let err = out.try_clone()?;
+    let start = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
+    let pid = child.id() as libc::pid_t;
+    // The child is reaped with wait4 below (for its rusage), never through `child`.
+    std::mem::forget(child);
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data; wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: pid is our own child; status and usage point to live locals.
+        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if rc == pid {
+            break;
+        }
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            bail!("{what}: wait4: {e}");
+        }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            // SAFETY: signalling and reaping our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            bail!("{what}: interrupted");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        let how = if libc::WIFEXITED(status) {
+            format!("exit code {}", libc::WEXITSTATUS(status))
+        } else {
+            format!("signal {}", libc::WTERMSIG(status))
+        };
+        bail!("{what} failed ({how}); log {}:\n{}", log.display(), tail(log, 20));
+    }
+    Ok(Measured {
+        secs,
+        max_rss_kb: usage.ru_maxrss.max(0) as u64,
+        user_s: tv(usage.ru_utime),
+        sys_s: tv(usage.ru_stime),
+    })
+}
+
+/// [`measure`], seconds only.
+pub fn timed(cmd: &mut Command, what: &str, log: &Path) -> Result<f64> {
+    measure(cmd, what, log).map(|m| m.secs)
+}
+
+/// Runs `cmd` (output appended to `log`) and fails when it fails; for the steps around the measurements.
+pub fn run_logged(cmd: &mut Command, what: &str, log: &Path) -> Result<()> {
+    measure(cmd, what, log).map(|_| ())
+}
+
+/// Runs `cmd` and returns its stdout; fails with its stderr when it fails.
+pub fn output_of(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("{what}: cannot start"))?;
+    if !out.status.success() {
+        bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The last `lines` lines of a file.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// sync(2), then `pause_secs`: what precedes every measurement, so that the page cache's dirty pages
+/// of the previous step are not written during this one.
+pub fn settle(pause_secs: f64) {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    if pause_secs > 0.0 {
+        std::thread::sleep(Duration::from_secs_f64(pause_secs));
+    }
+}
+
+/// Apparent size of everything under `path` (files, directories and links), like `du -sb`; 0 if absent.
+pub fn du_bytes(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else { return 0 };
+    let mut sum = meta.len();
+    if meta.is_dir() {
+        if let Ok(entries) = fs::read_dir(path) {
+            for e in entries.flatten() {
+                sum += du_bytes(&e.path());
+            }
+        }
+    }
+    sum
+}
+
+/// Empties `dir` and keeps it.
+pub fn wipe_dir(dir: &Path) -> Result<()> {
+    for e in fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let p = e?.path();
+        let meta = fs::symlink_metadata(&p)?;
+        if meta.is_dir() {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        }
+        .with_context(|| format!("cannot remove {}", p.display()))?;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------ figures
+
+/// The median (the mean of the middle two for an even count), or None for no values.
+pub fn median(values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+/// `a / b` when both exist and `b` is positive.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// A target a figure is held to.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// At most this.
+    AtMost(f64),
+    /// At least this.
+    AtLeast(f64),
+    /// Between the two, inclusive.
+    Within(f64, f64),
+}
+
+impl Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::AtMost(x) => write!(f, "<= {x}"),
+            Target::AtLeast(x) => write!(f, ">= {x}"),
+            Target::Within(lo, hi) => write!(f, "{lo}..{hi}"),
+        }
+    }
+}
+
+/// PASS or FAIL against `target`; "-" when there is no value.
+pub fn verdict(value: Option<f64>, target: Target) -> &'static str {
+    let Some(v) = value else { return "-" };
+    let ok = match target {
+        Target::AtMost(x) => v <= x,
+        Target::AtLeast(x) => v >= x,
+        Target::Within(lo, hi) => (lo..=hi).contains(&v),
+    };
+    if ok {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
+
+/// Ordered `key=value` lines: what a benchmark hands to `all` and writes next to its summary. A key set
+/// twice keeps its first place and takes the new value.
+#[derive(Debug, Clone, Default)]
+pub struct Kv {
+    lines: Vec<(String, String)>,
+}
+
+impl Kv {
+    /// No lines.
+    pub fn new() -> Kv {
+        Kv::default()
+    }
+
+    /// Sets `key` to `value`.
+    pub fn set(&mut self, key: &str, value: impl Display) {
+        let value = value.to_string();
+        match self.lines.iter_mut().find(|(k, _)| k == key) {
+            Some(line) => line.1 = value,
+            None => self.lines.push((key.to_string(), value)),
+        }
+    }
+
+    /// Sets `key` to `value` formatted with `decimals`, or to nothing when there is no value.
+    pub fn set_f64(&mut self, key: &str, value: Option<f64>, decimals: usize) {
+        match value {
+            Some(v) => self.set(key, format!("{v:.decimals$}")),
+            None => self.set(key, ""),
+        }
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.lines.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// The value of `key` as a number (None when absent, empty or not a number).
+    pub fn get_f64(&self, key: &str) -> Option<f64> {
+        self.get(key).and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Adds (or overwrites) every line of `other`.
+    pub fn extend(&mut self, other: &Kv) {
+        for (k, v) in &other.lines {
+            self.set(k, v);
+        }
+    }
+
+    /// The lines, one `key=value` each.
+    pub fn render(&self) -> String {
+        self.lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+    }
+
+    /// Writes [`Kv::render`] to `path`.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        fs::write(path, self.render()).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Reads a file of `key=value` lines (other lines are skipped).
+    pub fn read(path: &Path) -> Result<Kv> {
+        let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut kv = Kv::new();
+        for line in text.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                kv.set(k, v);
+            }
+        }
+        Ok(kv)
+    }
+}
+
+/// A TSV file of measurements, one row each, kept across runs (`results.tsv` of the scripts).
+pub struct Results {
+    path: PathBuf,
+}
+
+impl Results {
+    /// Opens `path`, writing `header` first when the file is new.
+    pub fn open(path: &Path, header: &[&str]) -> Result<Results> {
+        if !path.exists() {
+            fs::write(path, format!("{}\n", header.join("\t")))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(Results { path: path.to_path_buf() })
+    }
+
+    /// Appends one row.
+    pub fn row(&self, fields: &[String]) -> Result<()> {
+        let mut f = fs::OpenOptions::new().append(true).open(&self.path)?;
+        writeln!(f, "{}", fields.join("\t")).with_context(|| format!("cannot append to {}", self.path.display()))
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ cluster
+
+/// The PostgreSQL cluster a benchmark measures, in `<root>/pgdata`, kept between runs (see the module docs).
+pub struct BenchCluster {
+    pg: PgCluster,
+    data_dir: PathBuf,
+    settings: Vec<(String, String)>,
+}
+
+impl BenchCluster {
+    /// Opens the cluster holding `dataset` (with `reuse`, when the marker says it does), or creates and
+    /// loads a new one. `settings` go into `loadtest.conf` besides the archiving ones. Returns it running.
+    pub fn open(ws: &Workspace, dataset: Dataset, reuse: bool, settings: &[(&str, String)]) -> Result<BenchCluster> {
+        let marker = ws.path("dataset");
+        let id = format!("{} db=postgres", dataset.describe());
+        let data_dir = ws.path("pgdata");
+        let mut settings: Vec<(String, String)> = settings.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        settings.push(("wal_level".into(), "replica".into()));
+        settings.push(("archive_mode".into(), "on".into()));
+        settings.push(("max_wal_senders".into(), "10".into()));
+        settings.push(("log_checkpoints".into(), "on".into()));
+        let reusable = data_dir.join("PG_VERSION").is_file()
+            && fs::read_to_string(&marker).map(|m| m.trim() == id).unwrap_or(false);
+        if reuse && reusable {
+            log(format!("--reuse: the {} cluster in {}", dataset.describe(), data_dir.display()));
+            let mut cluster = BenchCluster::handle(ws, data_dir, settings, "/bin/true")?;
+            cluster.pg.start();
+            return Ok(cluster);
+        }
+        if reuse {
+            log(format!("--reuse, but no {} cluster in {}: creating one", dataset.describe(), data_dir.display()));
+        }
+        let _ = fs::remove_file(&marker);
+        if data_dir.exists() {
+            fs::remove_dir_all(&data_dir).with_context(|| format!("cannot remove {}", data_dir.display()))?;
+        }
+        log(format!("initdb -k {}", data_dir.display()));
+        let mut initdb = as_postgres(pg_bin("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data_dir)
+            .args(["-k", "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"]);
+        run_logged(&mut initdb, "initdb", &ws.log("initdb.log"))?;
+        let conf = data_dir.join("postgresql.conf");
+        let mut f = fs::OpenOptions::new().append(true).open(&conf)?;
+        writeln!(f, "\ninclude_if_exists = 'loadtest.conf'")?;
+        // While loading, WAL is thrown away: the load's WAL is not what is measured.
+        let mut cluster = BenchCluster::handle(ws, data_dir, settings, "/bin/true")?;
+        cluster.pg.start();
+        let t0 = Instant::now();
+        log(format!("loading {}", dataset.describe()));
+        dataset.load(&cluster.pg)?;
+        cluster.pg.psql("CHECKPOINT");
+        log(format!("loaded in {:.1} s", t0.elapsed().as_secs_f64()));
+        fs::write(&marker, format!("{id}\n"))?;
+        Ok(cluster)
+    }
+
+    fn handle(ws: &Workspace, data_dir: PathBuf, settings: Vec<(String, String)>, archive: &str) -> Result<BenchCluster> {
+        let cluster = BenchCluster {
+            pg: PgCluster::for_data_dir(ws.test_dir(), "pg", &data_dir),
+            data_dir,
+            settings,
+        };
+        cluster.write_conf(archive)?;
+        Ok(cluster)
+    }
+
+    fn write_conf(&self, archive_command: &str) -> Result<()> {
+        let mut text = String::from("# Written by strata-bench at every run; included from postgresql.conf.\n");
+        for (k, v) in &self.settings {
+            text.push_str(&format!("{k} = {}\n", conf_quote(v)));
+        }
+        text.push_str(&format!("archive_command = {}\n", conf_quote(archive_command)));
+        let path = self.data_dir.join("loadtest.conf");
+        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        chown_postgres(&path)
+    }
+
+    /// The server handle (start, stop, psql, port, socket).
+    pub fn pg(&self) -> &PgCluster {
+        &self.pg
+    }
+
+    /// The server handle, mutable (start, stop).
+    pub fn pg_mut(&mut self) -> &mut PgCluster {
+        &mut self.pg
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// `host=<socket> port=<port> user=postgres dbname=postgres`.
+    pub fn conn_string(&self) -> String {
+        self.pg.conn_string()
+    }
+
+    /// Sets `archive_command` (rewrites loadtest.conf and reloads), and checks that the server took it.
+    pub fn set_archive_command(&mut self, command: &str) -> Result<()> {
+        self.write_conf(command)?;
+        if self.pg.is_running() {
+            self.pg.psql("SELECT pg_reload_conf()");
+            let want = command.to_string();
+            poll(Duration::from_secs(30), Duration::from_millis(50), || {
+                (self.pg.psql("SHOW archive_command") == want).then_some(())
+            })
+            .ok_or_else(|| anyhow!("archive_command was not applied after a reload"))?;
+        }
+        Ok(())
+    }
+
+    /// Sum of `pg_database_size` over all databases.
+    pub fn db_bytes(&self) -> u64 {
+        self.pg.psql("SELECT sum(pg_database_size(oid))::bigint FROM pg_database").parse().unwrap_or(0)
+    }
+
+    /// Waits until no WAL waits for archive_command (no `.ready` file), so no push runs during the next
+    /// measurement; false after `timeout`.
+    pub fn wait_archive_idle(&self, timeout: Duration) -> bool {
+        let status = self.data_dir.join("pg_wal/archive_status");
+        poll(timeout, Duration::from_millis(100), || {
+            let busy = fs::read_dir(&status)
+                .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".ready")))
+                .unwrap_or(false);
+            (!busy).then_some(())
+        })
+        .is_some()
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ pgBackRest
+
+/// How pgBackRest compresses and how many processes it uses.
+#[derive(Debug, Clone)]
+pub struct PgbrOptions {
+    /// `compress-type` (zst).
+    pub compress_type: String,
+    /// `compress-level` (1).
+    pub compress_level: u32,
+    /// `process-max` (2).
+    pub process_max: u32,
+}
+
+/// pgBackRest, configured for the bench cluster, with its repository in `<dir>/repo`.
+pub struct Pgbackrest {
+    conf: PathBuf,
+    repo: PathBuf,
+}
+
+impl Pgbackrest {
+    /// Writes `<dir>/pgbackrest.conf` (as bench-full.sh did) and its log, lock and spool directories.
+    pub fn configure(dir: &Path, cluster: &BenchCluster, opts: &PgbrOptions) -> Result<Pgbackrest> {
+        for sub in ["", "log", "lock", "spool", "repo"] {
+            let d = dir.join(sub);
+            fs::create_dir_all(&d)?;
+            chown_postgres(&d)?;
+        }
+        let pg = cluster.pg();
+        let conf = dir.join("pgbackrest.conf");
+        let text = format!(
+            "[global]\nrepo1-path={repo}\nrepo1-retention-full=99\nlog-path={d}/log\nlock-path={d}/lock\n\
+             spool-path={d}/spool\nlog-level-console=warn\nlog-level-file=info\nstart-fast=y\n\
+             compress-type={ct}\ncompress-level={cl}\nprocess-max={pm}\ndelta=n\n\n[{STANZA}]\npg1-path={data}\n\
+             pg1-port={port}\npg1-socket-path={sock}\npg1-user=postgres\n",
+            repo = dir.join("repo").display(),
+            d = dir.display(),
+            ct = opts.compress_type,
+            cl = opts.compress_level,
+            pm = opts.process_max,
+            data = cluster.data_dir().display(),
+            port = pg.port(),
+            sock = pg.socket_dir().display(),
+        );
+        fs::write(&conf, text)?;
+        fs::set_permissions(&conf, fs::Permissions::from_mode(0o644))?;
+        Ok(Pgbackrest { conf, repo: dir.join("repo") })
+    }
+
+    /// `pgbackrest --config=… --stanza=bench` as postgres; add the subcommand and its options.
+    pub fn command(&self) -> Command {
+        let mut cmd = as_postgres("pgbackrest");
+        cmd.arg(format!("--config={}", self.conf.display())).arg(format!("--stanza={STANZA}"));
+        cmd
+    }
+
+    /// The config file.
+    pub fn conf(&self) -> &Path {
+        &self.conf
+    }
+
+    /// The repository directory.
+    pub fn repo(&self) -> &Path {
+        &self.repo
+    }
+
+    /// Empties the repository.
+    pub fn wipe_repo(&self) -> Result<()> {
+        wipe_dir(&self.repo)
+    }
+
+    /// `pgbackrest stanza-create`.
+    pub fn stanza_create(&self, log: &Path) -> Result<()> {
+        run_logged(self.command().arg("stanza-create"), "pgbackrest stanza-create", log)
+    }
+
+    /// `pgbackrest version`.
+    pub fn version() -> String {
+        output_of(Command::new("pgbackrest").arg("version"), "pgbackrest version")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "pgBackRest ?".into())
+    }
+}
+
+/// Writes the archive_command both tools' backups need: `strata archive-push`, then `pgbackrest
+/// archive-push`, both must succeed (each push's durations go to `logs/archive-push.log`). The name holds
+/// "pgbackrest" (pgbackrest check refuses an archive_command without it) and "archive-push" (strata check).
+/// Returns `"<path> %p"`.
+pub fn archive_both_command(ws: &Workspace, bins: &StrataBins, strata_config: &Path, pgbr: &Pgbackrest) -> Result<String> {
+    let path = ws.path("bin/archive-push-strata-pgbackrest.sh");
+    let script = format!(
+        "#!/bin/sh\n# archive_command of the benchmarks (written by strata-bench): strata, then pgbackrest; both must succeed.\n\
+         p=$1\nt0=$(date +%s.%N)\n\
+         {strata} --config {cfg} --stanza {STANZA} archive-push \"$p\" || {{ echo \"archive-push-strata-pgbackrest: strata archive-push $p failed\" >&2; exit 1; }}\n\
+         t1=$(date +%s.%N)\n\
+         pgbackrest --config={brconf} --stanza={STANZA} archive-push \"$p\" || {{ echo \"archive-push-strata-pgbackrest: pgbackrest archive-push $p failed\" >&2; exit 1; }}\n\
+         t2=$(date +%s.%N)\n\
+         awk -v f=\"${{p##*/}}\" -v a=\"$t0\" -v b=\"$t1\" -v c=\"$t2\" 'BEGIN {{ printf \"%s strata_s=%.3f pgbackrest_s=%.3f\\n\", f, b - a, c - b }}' >>{log}\n",
+        strata = bins.path("strata").display(),
+        cfg = strata_config.display(),
+        brconf = pgbr.conf().display(),
+        log = ws.log("archive-push.log").display(),
+    );
+    fs::write(&path, script)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    let log = ws.log("archive-push.log");
+    fs::OpenOptions::new().create(true).append(true).open(&log)?;
+    chown_postgres(&log)?;
+    Ok(format!("{} %p", path.display()))
+}
+
+// ------------------------------------------------------------------------------------------------ Strata
+
+/// The `[pipeline]` keys a benchmark sets, with Strata's defaults.
+const PIPELINE_DEFAULTS: [(&str, u64); 9] = [
+    ("chunk_size", 1_048_576),
+    ("compress_level", 1),
+    ("wal_compress_level", 3),
+    ("read_workers", 2),
+    ("sealer_workers", 2),
+    ("uploader_workers", 2),
+    ("pack_size", 67_108_864),
+    ("in_flight_bytes", 67_108_864),
+    ("stall_timeout_secs", 120),
+];
+
+/// The pipeline settings of a run: the defaults, then `STRATA_PIPELINE__<KEY>` from the environment,
+/// then the `--pipeline "key=value key=value"` knob. The same values go into the config and into every
+/// Strata process's environment, so both always say the same.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    values: BTreeMap<&'static str, u64>,
+    overrides: Vec<String>,
+}
+
+impl Pipeline {
+    /// Reads the environment and `knob`.
+    pub fn from_env(knob: &str) -> Result<Pipeline> {
+        let mut values: BTreeMap<&'static str, u64> = PIPELINE_DEFAULTS.into_iter().collect();
+        let mut overrides = Vec::new();
+        let keys: Vec<&str> = PIPELINE_DEFAULTS.iter().map(|(k, _)| *k).collect();
+        let mut set = |key: &str, value: &str, from: &str| -> Result<()> {
+            let k = keys
+                .iter()
+                .find(|k| **k == key)
+                .ok_or_else(|| anyhow!("{from}: '{key}' is not among: {}", keys.join(" ")))?;
+            let v: u64 = value.parse().map_err(|_| anyhow!("{from}: {key} must be a number, not '{value}'"))?;
+            values.insert(k, v);
+            overrides.push(format!("{key}={v}"));
+            Ok(())
+        };
+        for (k, _) in PIPELINE_DEFAULTS {
+            if let Ok(v) = std::env::var(format!("STRATA_PIPELINE__{}", k.to_uppercase())) {
+                if !v.is_empty() {
+                    set(k, &v, "STRATA_PIPELINE__*")?;
+                }
+            }
+        }
+        for item in knob.split([' ', ',']).filter(|s| !s.is_empty()) {
+            let (k, v) = item
+                .split_once('=')
+                .ok_or_else(|| anyhow!("--pipeline: '{item}' is not key=value"))?;
+            let k = k.to_lowercase();
+            set(k.trim_start_matches("strata_pipeline__"), v, "--pipeline")?;
+        }
+        Ok(Pipeline { values, overrides })
+    }
+
+    /// The `[pipeline]` table.
+    pub fn toml(&self) -> String {
+        let mut t = String::from("[pipeline]\n");
+        for (k, v) in &self.values {
+            t.push_str(&format!("{k} = {v}\n"));
+        }
+        t
+    }
+
+    /// "defaults" or the overrides, `key=value` separated by spaces.
+    pub fn describe(&self) -> String {
+        if self.overrides.is_empty() {
+            "defaults".into()
+        } else {
+            self.overrides.join(" ")
+        }
+    }
+
+    /// Puts `STRATA_PIPELINE__<KEY>` for every key into `cmd`'s environment.
+    pub fn apply_env(&self, cmd: &mut Command) {
+        for (k, v) in &self.values {
+            cmd.env(format!("STRATA_PIPELINE__{}", k.to_uppercase()), v.to_string());
+        }
+    }
+
+    /// The same as (name, value) pairs, for `Service::spawn_with_env`.
+    pub fn env_pairs(&self) -> Vec<(String, String)> {
+        self.values
+            .iter()
+            .map(|(k, v)| (format!("STRATA_PIPELINE__{}", k.to_uppercase()), v.to_string()))
+            .collect()
+    }
+}
+
+/// Where the stages of a backup run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusMode {
+    /// Every stage inside the `strata` command.
+    Local,
+    /// A local nats-server and one strata-collector, -sealer and -uploader.
+    Nats,
+}
+
+impl BusMode {
+    /// "local", or a `nats://` URL (its host and port are ignored: the run starts its own server).
+    pub fn parse(knob: &str) -> Result<BusMode> {
+        match knob {
+            "local" | "" => Ok(BusMode::Local),
+            k if k.starts_with("nats://") => Ok(BusMode::Nats),
+            k => bail!("STRATA_BUS must be 'local' or a nats:// URL, not '{k}'"),
+        }
+    }
+
+    /// "local" or "nats".
+    pub fn name(self) -> &'static str {
+        match self {
+            BusMode::Local => "local",
+            BusMode::Nats => "nats",
+        }
+    }
+}
+
+/// The NATS side of a run: nats-server and the three services (nothing in local mode).
+pub struct Fleet {
+    nats: Option<NatsServer>,
+    services: Vec<Service>,
+    bins: StrataBins,
+    config: PathBuf,
+    logs: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+/// The services a NATS-mode backup needs, in start order.
+pub const FLEET_SERVICES: [&str; 3] = ["strata-collector", "strata-sealer", "strata-uploader"];
+
+impl Fleet {
+    /// Starts nats-server (NATS mode). The services start with [`Fleet::start_services`] once the
+    /// config that names [`Fleet::url`] is written.
+    pub fn start_bus(ws: &Workspace, bins: &StrataBins, mode: BusMode, pipeline: &Pipeline) -> Result<Fleet> {
+        let nats = match mode {
+            BusMode::Local => None,
+            BusMode::Nats => {
+                let server = NatsServer::start(ws.test_dir());
+                log(format!("nats-server on {}", server.url()));
+                Some(server)
+            }
+        };
+        Ok(Fleet {
+            nats,
+            services: Vec::new(),
+            bins: bins.clone(),
+            config: PathBuf::new(),
+            logs: ws.logs(),
+            env: pipeline.env_pairs(),
+        })
+    }
+
+    /// "local", or the nats-server's URL.
+    pub fn url(&self) -> String {
+        self.nats.as_ref().map(|n| n.url()).unwrap_or_else(|| "local".into())
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> BusMode {
+        if self.nats.is_some() {
+            BusMode::Nats
+        } else {
+            BusMode::Local
+        }
+    }
+
+    /// NATS mode: (re)starts the three services with `config`, each up once it logs "running". The
+    /// uploader keeps the repository's chunk index in memory, so a wiped repository needs a restart
+    /// (which also resets the services' peak RSS).
+    pub fn start_services(&mut self, config: &Path) -> Result<()> {
+        if self.nats.is_none() {
+            return Ok(());
+        }
+        self.stop_services();
+        self.config = config.to_path_buf();
+        for name in FLEET_SERVICES {
+            let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let mut service = Service::spawn_with_env(&self.bins, name, config, &self.logs, &env);
+            service.skip_log_check("a benchmark: its logs are kept in <bench dir>/logs");
+            let log_file = service.log_file().to_path_buf();
+            let up = poll(Duration::from_secs(30), Duration::from_millis(100), || {
+                if !service.is_running() {
+                    return Some(false);
+                }
+                tail(&log_file, 5).contains("running").then_some(true)
+            });
+            match up {
+                Some(true) => {}
+                Some(false) => bail!("{name} exited at start; log {}:\n{}", log_file.display(), tail(&log_file, 20)),
+                None => bail!("{name} did not report running within 30 s (log {})", log_file.display()),
+            }
+            self.services.push(service);
+        }
+        log(format!(
+            "services: {}",
+            self.services.iter().map(|s| format!("{}={}", s.name(), s.pid())).collect::<Vec<_>>().join(" ")
+        ));
+        Ok(())
+    }
+
+    /// Stops the services (last started first).
+    pub fn stop_services(&mut self) {
+        while let Some(mut s) = self.services.pop() {
+            s.stop();
+        }
+    }
+
+    /// The services' pids with their names.
+    pub fn services(&self) -> Vec<(String, u32)> {
+        self.services.iter().map(|s| (s.name().to_string(), s.pid())).collect()
+    }
+
+    /// nats-server's pid.
+    pub fn nats_pid(&mut self) -> Option<u32> {
+        self.nats.as_mut().and_then(|n| n.pid())
+    }
+
+    /// Resets the peak RSS of the services and nats-server (clear_refs 5).
+    pub fn reset_hwm(&mut self) {
+        let mut pids: Vec<u32> = self.services.iter().map(|s| s.pid()).collect();
+        pids.extend(self.nats_pid());
+        for p in pids {
+            proc_reset_hwm(p);
+        }
+    }
+
+    /// The sum of the services' peak RSS, KiB.
+    pub fn hwm_kb(&self) -> u64 {
+        self.services.iter().map(|s| proc_hwm_kb(s.pid())).sum()
+    }
+}
+
+/// A process's peak RSS (`VmHWM`), KiB; 0 if it is gone.
+pub fn proc_hwm_kb(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resets a process's peak RSS to its current RSS (`echo 5 > /proc/<pid>/clear_refs`).
+pub fn proc_reset_hwm(pid: u32) {
+    let _ = fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// A process's CPU time (utime + stime), clock ticks; 0 if it is gone.
+pub fn proc_cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    let Some(after) = stat.rfind(") ").map(|i| &stat[i + 2..]) else { return 0 };
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+/// Writes `<root>/strata.toml`: bus `url`, the stanza on `cluster`, `repos` ((name, body) pairs, the first
+/// the primary) and `extra` tables (`[pipeline]`, ...). Returns its path.
+pub fn write_strata_config(ws: &Workspace, url: &str, cluster: &BenchCluster, repos: &[(&str, &str)], extra: &str) -> PathBuf {
+    let path = write_config_with(ws.root(), url, STANZA, cluster.data_dir(), &cluster.conn_string(), repos, extra);
+    let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o644));
+    path
+}
+
+/// A posix repository body for [`write_strata_config`].
+pub fn posix_repo(path: &Path) -> String {
+    format!("type = \"posix\"\npath = {}\n", strata_integration::config::toml_string(&path.display().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_command_is_an_error_not_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("x.log");
+        let err = timed(&mut Command::new("false"), "false", &log).unwrap_err();
+        assert!(err.to_string().contains("false failed (exit code 1)"), "{err}");
+        assert!(timed(&mut Command::new("true"), "true", &log).unwrap() >= 0.0);
+    }
+
+    #[test]
+    fn measure_reports_the_childs_own_peak_rss() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("x.log");
+        // 64 MiB held by tail, which the child waits for: counted, as /usr/bin/time -v counts it.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "head -c 67108864 /dev/zero | tail -c 67108864 >/dev/null"]);
+        let big = measure(&mut cmd, "tail", &log).unwrap();
+        assert!(big.max_rss_kb >= 60 * 1024, "{big:?}");
+        let small = measure(&mut Command::new("true"), "true", &log).unwrap();
+        assert!(small.max_rss_kb > 0 && small.max_rss_kb < 60 * 1024, "{small:?}");
+    }
+
+    #[test]
+    fn medians_ratios_and_verdicts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        assert_eq!(ratio(Some(1.0), Some(4.0)), Some(0.25));
+        assert_eq!(ratio(Some(1.0), Some(0.0)), None);
+        assert_eq!(verdict(Some(0.4), Target::AtMost(0.5)), "PASS");
+        assert_eq!(verdict(Some(0.6), Target::AtMost(0.5)), "FAIL");
+        assert_eq!(verdict(Some(1.2), Target::Within(0.9, 1.1)), "FAIL");
+        assert_eq!(verdict(None, Target::AtLeast(1.0)), "-");
+    }
+
+    #[test]
+    fn kv_keeps_order_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut kv = Kv::new();
+        kv.set("b", 1);
+        kv.set("a", "x=y");
+        kv.set("b", 2);
+        kv.set_f64("c", Some(1.23456), 3);
+        assert_eq!(kv.render(), "b=2\na=x=y\nc=1.235\n");
+        let p = dir.path().join("k.kv");
+        kv.write(&p).unwrap();
+        let back = Kv::read(&p).unwrap();
+        assert_eq!(back.get("a"), Some("x=y"));
+        assert_eq!(back.get_f64("c"), Some(1.235));
+    }
+
+    #[test]
+    fn pipeline_knob_overrides_and_refuses_unknown_keys() {
+        let p = Pipeline::from_env("sealer_workers=3,chunk_size=2097152").unwrap();
+        assert!(p.toml().contains("sealer_workers = 3\n"));
+        assert!(p.describe().contains("chunk_size=2097152"));
+        assert!(Pipeline::from_env("nope=1").is_err());
+        assert!(Pipeline::from_env("read_workers=x").is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! `strata-bench`: Strata beside its peers (pgBackRest, pg_basebackup) on one machine, in one run, so that
+//! the figures are ratios measured under the same noise. Each module is one benchmark with its own
+//! `Args` (every knob a flag and the environment variable the bash scripts read) and a `run` that prints
+//! its table, writes its TSV and summary files in the bench directory, and returns its key=value lines;
+//! [`all`] runs `full` and `incr` for each dataset and bus and prints one combined table.
+//!
+//! They start PostgreSQL, nats-server, the S3 server and the Strata services through `strata-integration`
+//! (the harness of the end-to-end tests), so a benchmark and a test start a server the same way, and a
+//! failed command fails the benchmark instead of becoming a number ([`common::measure`]).
+
+pub mod all;
+pub mod common;
+pub mod full;
+pub mod incr;
+pub mod limits;
+pub mod many_files;
+pub mod repos;
+pub mod verify;
