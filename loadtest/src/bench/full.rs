@@ -1,14 +1,554 @@
-//! Placeholder of the skeleton branch: replaced by the port of the bash script.
+//! `strata-bench full` (bench-full.sh): a full backup and a restore of one database with Strata and with
+//! pgBackRest in one run, alternating the tools, plus pg_basebackup's fastest compressed mode (backup
+//! only); prints medians, ratios and the issue's targets with PASS/FAIL.
+//!
+//! Same measurement as the script: the cluster's archive_command pushes every segment to both
+//! repositories; each rep wipes and stanza-creates each repository before its timed backup, then
+//! restores both backups into empty directories; every measurement follows `sync` and a pause, runs as
+//! postgres, and is timed with the child's own rusage (what `/usr/bin/time -v` reported). Rows go to
+//! `results.tsv`, the table to `summary-<run_id>.txt` and stderr, the key=value lines to
+//! `summary-<run_id>.kv` (and, through strata-bench's `--kv-out`, KV_OUT), the settings to `run-<run_id>.info`, top samples of every
+//! backup to `logs/top-*.log` ([`sampler`]).
+//!
+//! Unlike the script, a failed measurement ends the run (its row is still written, with rc 1 and no
+//! times): a number is only ever the time of a command that worked. `PGPORT` is gone: the harness
+//! reserves the port (the server listens on its own socket directory, as before).
 
-use anyhow::{bail, Result};
+mod report;
+mod sampler;
+mod steps;
 
-use super::common::Kv;
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
-/// The benchmark's knobs.
+use strata_integration::pg::pg_bin;
+
+use super::common::{
+    self, du_bytes, install_binaries, log, output_of, posix_repo, strata_version,
+    write_strata_config, BenchCluster, BusMode, Fleet, Kv, Pgbackrest, PgbrOptions, Pipeline,
+    Results, Workspace,
+};
+use super::limits;
+use crate::dataset::Dataset;
+use steps::Bench;
+
+/// What the cluster holds.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatasetKind {
+    /// `pgbench -i -s SCALE`.
+    Pgbench,
+    /// `oltp.sql`, about OLTP_MB MB.
+    Oltp,
+}
+
+/// How pg_basebackup gets its WAL (`-X`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgbbWal {
+    Stream,
+    Fetch,
+}
+
+impl PgbbWal {
+    fn as_str(self) -> &'static str {
+        match self {
+            PgbbWal::Stream => "stream",
+            PgbbWal::Fetch => "fetch",
+        }
+    }
+}
+
+/// bench-full.sh's knobs: each a flag and the environment variable the script read, with its default.
 #[derive(clap::Args, Debug, Clone)]
-pub struct Args {}
+pub struct Args {
+    /// What the cluster holds.
+    #[arg(long, env = "DATASET", value_enum, default_value = "pgbench")]
+    pub dataset: DatasetKind,
+    /// Work directory (default /tmp/strata-loadtest; oltp: /tmp/strata-loadtest-oltp).
+    #[arg(long, env = "BENCH_DIR")]
+    pub bench_dir: Option<PathBuf>,
+    /// pgbench scale (100 is about 1.6 GB).
+    #[arg(long, env = "SCALE", default_value_t = 100)]
+    pub scale: u32,
+    /// DATASET=oltp: database size to generate, MB (10^6 bytes), at least 20.
+    #[arg(long, env = "OLTP_MB", default_value_t = 1500)]
+    pub oltp_mb: u32,
+    /// Measurements per tool and operation (at least 1).
+    #[arg(long, env = "REPS", default_value_t = 3)]
+    pub reps: u32,
+    /// Keep the cluster in the work directory when it holds the same dataset.
+    #[arg(long, env = "REUSE", default_value = "0", num_args = 0..=1, default_missing_value = "1",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub reuse: bool,
+    /// Directory of strata, strata-collector, strata-sealer and strata-uploader (default: the
+    /// workspace's release build, $CARGO_TARGET_DIR/release).
+    #[arg(long, env = "STRATA_BIN")]
+    pub strata_bin: Option<PathBuf>,
+    /// "local" (every stage in the strata command) or a nats:// URL (its host and port are ignored: a
+    /// nats-server on a free loopback port plus one collector, sealer and uploader).
+    #[arg(long, env = "STRATA_BUS", default_value = "local")]
+    pub strata_bus: String,
+    /// Pipeline overrides, "key=value key=value" (STRATA_PIPELINE__<KEY> variables count too).
+    #[arg(long, env = "STRATA_PIPELINE", default_value = "")]
+    pub strata_pipeline: String,
+    /// pgBackRest compress-type.
+    #[arg(long, env = "PGBR_COMPRESS", default_value = "zst")]
+    pub pgbr_compress: String,
+    /// pgBackRest compress-level.
+    #[arg(long, env = "PGBR_LEVEL", default_value_t = 1)]
+    pub pgbr_level: u32,
+    /// pgBackRest process-max, for backup and restore.
+    #[arg(long, env = "PROCESS_MAX", default_value_t = 2)]
+    pub process_max: u32,
+    /// Measure pg_basebackup too.
+    #[arg(long, env = "PGBB", default_value = "1", num_args = 0..=1, default_missing_value = "1",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub pgbb: bool,
+    /// pg_basebackup --compress.
+    #[arg(
+        long,
+        env = "PGBB_COMPRESS",
+        default_value = "server-zstd:level=1,workers=2"
+    )]
+    pub pgbb_compress: String,
+    /// pg_basebackup -X.
+    #[arg(long, env = "PGBB_WAL", value_enum, default_value = "stream")]
+    pub pgbb_wal: PgbbWal,
+    /// Measure the machine's limits (disk, zstd on one core) first and add them to the summary.
+    #[arg(long, env = "LIMITS", default_value = "0", num_args = 0..=1, default_missing_value = "1",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub limits: bool,
+    /// Seconds of pause after `sync` before each measurement.
+    #[arg(long, env = "PAUSE", default_value_t = 3.0)]
+    pub pause: f64,
+    /// Seconds between top samples (0.5 s each) during every backup; 0 = off.
+    #[arg(long, env = "TOP_INTERVAL", default_value_t = 1)]
+    pub top_interval: u32,
+    /// PostgreSQL shared_buffers.
+    #[arg(long, env = "SHARED_BUFFERS", default_value = "512MB")]
+    pub shared_buffers: String,
+    /// Leave the last rep's repositories in place at exit.
+    #[arg(long, env = "KEEP_REPOS", default_value = "1", num_args = 0..=1, default_missing_value = "1",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub keep_repos: bool,
+}
 
-/// Runs the benchmark.
-pub fn run(_args: &Args) -> Result<Kv> {
-    bail!("not ported yet")
+impl Args {
+    fn dataset(&self) -> Result<Dataset> {
+        Ok(match self.dataset {
+            DatasetKind::Pgbench => Dataset::Pgbench { scale: self.scale },
+            DatasetKind::Oltp if self.oltp_mb < 20 => {
+                bail!(
+                    "OLTP_MB must be a number of MB, at least 20, not '{}'",
+                    self.oltp_mb
+                )
+            }
+            DatasetKind::Oltp => Dataset::Oltp { mb: self.oltp_mb },
+        })
+    }
+
+    fn dataset_name(&self) -> &'static str {
+        match self.dataset {
+            DatasetKind::Pgbench => "pgbench",
+            DatasetKind::Oltp => "oltp",
+        }
+    }
+
+    /// For humans: "pgbench scale 100", "oltp 1500 MB".
+    fn dataset_desc(&self) -> String {
+        match self.dataset {
+            DatasetKind::Pgbench => format!("pgbench scale {}", self.scale),
+            DatasetKind::Oltp => format!("oltp {} MB", self.oltp_mb),
+        }
+    }
+
+    fn bench_dir(&self) -> PathBuf {
+        self.bench_dir.clone().unwrap_or_else(|| {
+            PathBuf::from(match self.dataset {
+                DatasetKind::Pgbench => "/tmp/strata-loadtest",
+                DatasetKind::Oltp => "/tmp/strata-loadtest-oltp",
+            })
+        })
+    }
+
+    /// Where the measured binaries come from (install_binaries' default), for run-<id>.info.
+    fn strata_bin_dir(&self) -> PathBuf {
+        match (&self.strata_bin, std::env::var_os("CARGO_TARGET_DIR")) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(t)) => PathBuf::from(t).join("release"),
+            (None, None) => repo_root().join("target/release"),
+        }
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Removes what only lives during the run (restore targets, pg_basebackup's output) and, without
+/// KEEP_REPOS, both repositories; declared first in [`run`], so it runs after every server is stopped.
+struct ExitCleanup {
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for ExitCleanup {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Runs the benchmark: see the module docs.
+pub fn run(args: &Args) -> Result<Kv> {
+    if args.reps < 1 {
+        bail!("REPS must be at least 1");
+    }
+    if !args.pause.is_finite() || args.pause < 0.0 {
+        bail!("PAUSE must be a number of seconds, not '{}'", args.pause);
+    }
+    let dataset = args.dataset()?;
+    let mode = BusMode::parse(&args.strata_bus)?;
+    let pipeline = Pipeline::from_env(&args.strata_pipeline)?;
+    let run_id = common::run_id();
+    let root = args.bench_dir();
+    let ws = Workspace::create(&root)?;
+    let srepo = ws.path("strata-repo");
+    let pgbr_dir = ws.path("pgbackrest");
+    let mut cleanup = ExitCleanup {
+        dirs: vec![ws.path("restore"), ws.path("basebackup")],
+    };
+    if !args.keep_repos {
+        cleanup.dirs.extend([srepo.clone(), pgbr_dir.join("repo")]);
+    }
+
+    let bins = install_binaries(args.strata_bin.as_deref(), &ws)?;
+    let version = strata_version(&bins);
+    let pgbr_version = Pgbackrest::version();
+    log(format!(
+        "{version} (from {}), {pgbr_version}, bus {}, pipeline: {}",
+        args.strata_bin_dir().display(),
+        args.strata_bus,
+        pipeline.describe()
+    ));
+
+    // Every Strata process (the CLI, the services, and the archive_command PostgreSQL runs) inherits this
+    // environment: the effective pipeline as STRATA_PIPELINE__<KEY>, and STRATA_BUS with the real URL, so
+    // the binaries' own overrides agree with the config. STRATA_PIPELINE itself would be read as the key
+    // `pipeline` (a string, not a table). Set while this process has no other thread, before the bus and
+    // the server start.
+    for var in ["STRATA_PIPELINE", "STRATA_CONFIG", "STRATA_STANZA"] {
+        std::env::remove_var(var);
+    }
+    for (k, v) in pipeline.env_pairs() {
+        std::env::set_var(k, v);
+    }
+    let mut fleet = Fleet::start_bus(&ws, &bins, mode, &pipeline)?;
+    let bus_url = fleet.url();
+    std::env::set_var("STRATA_BUS", &bus_url);
+
+    let settings = [
+        ("shared_buffers", args.shared_buffers.clone()),
+        ("max_wal_size", "4GB".to_string()),
+        ("min_wal_size", "256MB".to_string()),
+        ("checkpoint_timeout", "15min".to_string()),
+        ("log_line_prefix", "%m [%p] ".to_string()),
+    ];
+    let mut cluster = BenchCluster::open(&ws, dataset, args.reuse, &settings)?;
+
+    // Repositories of an earlier run may belong to another cluster (after a new initdb): both start empty.
+    ws.fresh_dir("strata-repo", 0o755)?;
+    let config = write_strata_config(
+        &ws,
+        &bus_url,
+        &cluster,
+        &[("local", &posix_repo(&srepo))],
+        &pipeline.toml(),
+    );
+    let pgbr = Pgbackrest::configure(
+        &pgbr_dir,
+        &cluster,
+        &PgbrOptions {
+            compress_type: args.pgbr_compress.clone(),
+            compress_level: args.pgbr_level,
+            process_max: args.process_max,
+        },
+    )?;
+    pgbr.wipe_repo()?;
+    let archive = common::archive_both_command(&ws, &bins, &config, &pgbr)?;
+    cluster.set_archive_command(&archive)?;
+
+    fleet.start_services(&config)?;
+    let mut bench = Bench::new(
+        args,
+        &ws,
+        run_id.clone(),
+        bins,
+        config,
+        pipeline,
+        pgbr,
+        cluster,
+        fleet,
+        srepo,
+    )?;
+    bench.prepare()?;
+
+    let payload = bench.cluster.db_bytes();
+    log(format!(
+        "run {run_id}: {}, payload {payload} bytes (sum of pg_database_size), {} reps, bus {bus_url}",
+        args.dataset_desc(),
+        args.reps
+    ));
+    write_info(args, &bench, &run_id, payload, &version, &pgbr_version)?;
+    let limits = if args.limits {
+        Some(run_limits(args, &bench, &run_id)?)
+    } else {
+        None
+    };
+
+    for rep in 1..=args.reps {
+        log(format!("---- rep {rep}/{}", args.reps));
+        bench.strata_backup(rep)?;
+        bench.pgbr_backup(rep)?;
+        if args.pgbb {
+            bench.pgbb_backup(rep)?;
+        }
+        bench.restore_one("strata", rep, payload)?;
+        bench.restore_one("pgbackrest", rep, payload)?;
+    }
+
+    let kv = write_report(args, &bench, &run_id, payload, limits.as_ref())?;
+    drop(bench);
+    drop(cleanup);
+    Ok(kv)
+}
+
+/// `run-<run_id>.info`: dataset, payload, binaries (build time, commit, uncommitted changes), settings.
+fn write_info(
+    args: &Args,
+    b: &Bench,
+    run_id: &str,
+    payload: u64,
+    version: &str,
+    pgbr_version: &str,
+) -> Result<()> {
+    let bin_dir = args.strata_bin_dir();
+    let built = fs::metadata(bin_dir.join("strata"))
+        .and_then(|m| m.modified())
+        .map(steps::utc_timestamp)
+        .unwrap_or_else(|_| "?".into());
+    let git = |a: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(repo_root())
+            .args(a)
+            .output()
+            .ok()
+    };
+    let mut source = git(&["rev-parse", "--short", "HEAD"])
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "?".into());
+    if git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|o| !o.stdout.is_empty())
+    {
+        source.push_str(" (uncommitted changes)");
+    }
+    let mut info = Kv::new();
+    info.set("run_id", run_id);
+    info.set("dataset", args.dataset()?.describe());
+    info.set("scale", args.scale);
+    info.set("payload_bytes", payload);
+    info.set("data_dir_bytes", du_bytes(b.cluster.data_dir()));
+    info.set(
+        "strata",
+        format!("{version} ({}, built {built})", bin_dir.display()),
+    );
+    info.set("source", source);
+    info.set(
+        "pgbackrest",
+        format!(
+            "{pgbr_version} compress={}:{} process-max={}",
+            args.pgbr_compress, args.pgbr_level, args.process_max
+        ),
+    );
+    if args.pgbb {
+        let v = output_of(
+            Command::new(pg_bin("pg_basebackup")).arg("--version"),
+            "pg_basebackup --version",
+        )?;
+        info.set(
+            "pg_basebackup",
+            format!(
+                "{} -Ft -X {} --checkpoint=fast --compress={}",
+                v.trim(),
+                args.pgbb_wal.as_str(),
+                args.pgbb_compress
+            ),
+        );
+    }
+    let pipe: String = b
+        .pipeline
+        .toml()
+        .lines()
+        .filter_map(|l| l.split_once(" = "))
+        .map(|(k, v)| format!("{k}={v} "))
+        .collect();
+    info.set("bus", format!("{} pipeline: {pipe}", b.bus_url));
+    let mem_kb = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1).map(String::from))
+        })
+        .unwrap_or_default();
+    info.set("cpus", format!("{} mem_kb={mem_kb}", cpus()));
+    info.write(&b.ws.path(&format!("run-{run_id}.info")))
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// LIMITS=1: the machine's limits (limits.rs) with the dataset's largest table's first heap segment as
+/// the zstd sample; written to `limits-<run_id>.txt` with `heap_table`.
+fn run_limits(args: &Args, b: &Bench, run_id: &str) -> Result<Kv> {
+    let row = b.cluster.pg().psql(
+        "SELECT relname || ' ' || pg_relation_filepath(oid) FROM pg_class \
+         WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace \
+         ORDER BY pg_relation_size(oid) DESC LIMIT 1",
+    );
+    let (table, rel) = row
+        .split_once(' ')
+        .context("no table in the database for limits")?;
+    let heap = b.cluster.data_dir().join(rel);
+    let file = b.ws.path(&format!("limits-{run_id}.txt"));
+    let dir = b.ws.path("limits");
+    log(format!(
+        "limits: disk in {}, zstd -1 on {table} ({})",
+        dir.display(),
+        heap.display()
+    ));
+    #[derive(clap::Parser)]
+    struct LimitsCli {
+        #[command(flatten)]
+        args: limits::Args,
+    }
+    let argv = [
+        "limits".to_string(),
+        "--limits-dir".into(),
+        dir.display().to_string(),
+        "--limits-out".into(),
+        file.display().to_string(),
+        format!("{}={}", args.dataset_name(), heap.display()),
+    ];
+    let cli = <LimitsCli as clap::Parser>::try_parse_from(argv).context("limits: arguments")?;
+    let mut kv = limits::run(&cli.args).context("limits failed")?;
+    kv.set("heap_table", table);
+    kv.write(&file)?;
+    let _ = fs::remove_dir(&dir);
+    Ok(kv)
+}
+
+/// The summary (table, ratios, targets, limits) into `summary-<run_id>.txt` and on stderr, the key=value
+/// lines into `summary-<run_id>.kv` (returned: strata-bench writes them to `--kv-out`).
+fn write_report(
+    args: &Args,
+    b: &Bench,
+    run_id: &str,
+    payload: u64,
+    limits: Option<&Kv>,
+) -> Result<Kv> {
+    let mode = b.fleet.mode().name();
+    let mut kv = Kv::new();
+    kv.set("run_id", run_id);
+    kv.set("script", "strata-bench full");
+    kv.set("dataset", args.dataset_name());
+    kv.set("dataset_desc", args.dataset_desc());
+    kv.set("bus", mode);
+    kv.set("payload_bytes", payload);
+    kv.set("reps", args.reps);
+    kv.set(
+        "pgbr",
+        format!(
+            "{}:{} process-max={}",
+            args.pgbr_compress, args.pgbr_level, args.process_max
+        ),
+    );
+    kv.set(
+        "pgbb",
+        format!(
+            "-Ft -X {} --compress={}",
+            args.pgbb_wal.as_str(),
+            args.pgbb_compress
+        ),
+    );
+    kv.set("pipeline", b.pipeline.describe());
+    let mut body = report::summarize(&b.rows, mode, &mut kv);
+    if let Some(lim) = limits.filter(|l| !l.render().is_empty()) {
+        for line in lim.render().lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                kv.set(&format!("limit_{k}"), v);
+            }
+        }
+        body.push_str(&report::limits_section(
+            lim,
+            args.dataset_name(),
+            payload,
+            cpus(),
+        ));
+    }
+    let summary = b.ws.path(&format!("summary-{run_id}.txt"));
+    let kv_path = b.ws.path(&format!("summary-{run_id}.kv"));
+    let pgbb = if args.pgbb {
+        format!(
+            "; pg_basebackup -Ft -X {} --compress={}",
+            args.pgbb_wal.as_str(),
+            args.pgbb_compress
+        )
+    } else {
+        String::new()
+    };
+    let text = format!(
+        "\n== run {run_id}: {}, payload {payload} bytes ({:.0} MB), {} reps, bus {}, pipeline {}; pgBackRest {}:{} process-max {}{pgbb}\n{body}\nrows: {} (run_id {run_id}); key=value: {}; logs: {}\n",
+        args.dataset_desc(),
+        payload as f64 / 1e6,
+        args.reps,
+        b.bus_url,
+        b.pipeline.describe(),
+        args.pgbr_compress,
+        args.pgbr_level,
+        args.process_max,
+        b.results_path.display(),
+        kv_path.display(),
+        b.ws.logs().display(),
+    );
+    eprint!("{text}");
+    fs::write(&summary, &text).with_context(|| format!("cannot write {}", summary.display()))?;
+    kv.write(&kv_path)?;
+    Ok(kv)
+}
+
+/// How long a backup step waits for the archiver before it goes on with a warning (the script's 120 s).
+const ARCHIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// results.tsv with the script's columns; a file with other columns is moved aside first.
+fn open_results(ws: &Workspace, run_id: &str) -> Result<(Results, PathBuf)> {
+    let path = ws.path("results.tsv");
+    let header = report::HEADER.join("\t");
+    if let Ok(text) = fs::read_to_string(&path) {
+        if text.lines().next() != Some(header.as_str()) {
+            let old = ws.path(&format!("results.tsv.old-{run_id}"));
+            fs::rename(&path, &old)?;
+            log(format!(
+                "results.tsv had other columns: moved to {}",
+                old.display()
+            ));
+        }
+    }
+    Ok((Results::open(&path, report::HEADER)?, path))
 }
