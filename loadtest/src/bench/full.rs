@@ -433,6 +433,8 @@ fn run_limits(args: &Args, b: &Bench, run_id: &str) -> Result<Kv> {
         dir.display(),
         heap.display()
     ));
+    // limits' own knobs (DISK_MB, SAMPLE_MB, LIMITS_REPS) come from the environment, as the script's did;
+    // parsed rather than built, so this compiles against any `limits::Args` with these flags.
     #[derive(clap::Parser)]
     struct LimitsCli {
         #[command(flatten)]
@@ -444,6 +446,7 @@ fn run_limits(args: &Args, b: &Bench, run_id: &str) -> Result<Kv> {
         dir.display().to_string(),
         "--limits-out".into(),
         file.display().to_string(),
+        "--".into(),
         format!("{}={}", args.dataset_name(), heap.display()),
     ];
     let cli = <LimitsCli as clap::Parser>::try_parse_from(argv).context("limits: arguments")?;

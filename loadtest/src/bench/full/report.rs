@@ -78,7 +78,7 @@ impl Row {
             time(self.wall_s, 3),
             time(self.user_s, 2),
             time(self.sys_s, 2),
-            format!("{:.2}", self.vm_busy_s),
+            time(self.vm_busy_s, 2),
             self.cmd_maxrss_kb.to_string(),
             self.services_rss_kb.to_string(),
             self.peak_rss_kb().to_string(),
