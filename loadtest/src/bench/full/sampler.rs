@@ -284,3 +284,46 @@ pub fn top_summary(log_text: &str, whose: Whose, n: usize) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: &str = "=== ours 10,11
+=== process
+top - 21:31:26 up 11:10,  0 user,  load average: 3.87, 5.21, 5.03
+  PID USER      PR  NI    VIRT    RES    SHR S  %CPU  %MEM     TIME+ COMMAND
+   10 postgres  20   0   65344  16356  11448 S  80.0   0.1   0:00.20 pgbackrest
+   11 postgres  20   0   65344  16356  11448 S  20.0   0.1   0:00.20 postgres: archiver
+   99 root      20   0    7076   5620   4824 S  30.0   0.0   0:01.19 rustc
+=== thread
+  PID USER      PR  NI    VIRT    RES    SHR S  %CPU  %MEM     TIME+ COMMAND
+   10 postgres  20   0   65344  16356  11448 S  99.0   0.1   0:00.20 pgbackrest
+=== ours 10
+=== process
+  PID USER      PR  NI    VIRT    RES    SHR S  %CPU  %MEM     TIME+ COMMAND
+   10 postgres  20   0   65344  16356  11448 S  40.0   0.1   0:00.20 pgbackrest
+   11 postgres  20   0   65344  16356  11448 S   0.4   0.1   0:00.20 postgres: archiver
+";
+
+    #[test]
+    fn averages_per_command_over_the_samples_as_the_scripts_awk() {
+        // pgbackrest (80 + 40) / 2, the archiver 20 / 2 (pid 11 is not ours in the second sample: others);
+        // threads are not counted.
+        assert_eq!(
+            top_summary(LOG, Whose::Ours, 6),
+            "60% pgbackrest, 10% postgres: archiver"
+        );
+        assert_eq!(top_summary(LOG, Whose::Others, 4), "15% rustc");
+        assert_eq!(top_summary(LOG, Whose::Ours, 1), "60% pgbackrest");
+        assert_eq!(top_summary("", Whose::Ours, 6), "");
+    }
+
+    #[test]
+    fn our_pids_start_with_the_roots_and_stop_at_twenty() {
+        let me = std::process::id();
+        let pids = our_pids(&[me]);
+        assert_eq!(pids.first(), Some(&me));
+        assert!(pids.len() <= TOP_MAX_PIDS);
+    }
+}
