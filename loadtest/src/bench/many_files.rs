@@ -31,6 +31,8 @@
 //!   the run's bus, before the services and the measured PostgreSQL start: the script's `export -n`.
 
 mod cluster;
+mod rows;
+mod said;
 
 use anyhow::{bail, Result};
 use serde_json::Value;
@@ -41,21 +43,42 @@ use std::process::Command;
 use strata_integration::write_config_with;
 
 use super::common::{
-    as_postgres, chown_postgres, du_bytes, install_binaries, log, measure, posix_repo, run_id, run_logged, settle,
-    strata_version, BusMode, Fleet, Kv, Measured, Pipeline, Results, Workspace,
+    as_postgres, chown_postgres, du_bytes, install_binaries, log, measure, posix_repo, run_id,
+    run_logged, settle, strata_version, BusMode, Fleet, Kv, Measured, Pipeline, Workspace,
 };
 use cluster::{disk_bytes, nfiles, ManyCluster, DB};
+use rows::{ArchivePushes, Recorder};
+use said::{committed_label, info_summary, said};
+
+/// GNU time, which the archive_command runs `strata archive-push` under (PostgreSQL runs it, not us).
+const GNU_TIME: &str = "/usr/bin/time";
 
 /// The stanza of this benchmark (the script's).
 const STANZA: &str = "many";
 
 /// The columns of `results.tsv`.
-const HEADER: [&str; 11] =
-    ["run_id", "ts", "mode", "op", "process", "rc", "wall_s", "peak_rss_kb", "peak_rss_mib", "under_limit", "note"];
+const HEADER: [&str; 11] = [
+    "run_id",
+    "ts",
+    "mode",
+    "op",
+    "process",
+    "rc",
+    "wall_s",
+    "peak_rss_kb",
+    "peak_rss_mib",
+    "under_limit",
+    "note",
+];
 
 /// The `STRATA_*` variables that stay in the environment: pipeline overrides pass through to the
 /// binaries (as in the script), the rest are the harness's.
-const KEPT_ENV: [&str; 4] = ["STRATA_PIPELINE__", "STRATA_PG_BIN_DIR", "STRATA_NATS_SERVER", "STRATA_TEST_"];
+const KEPT_ENV: [&str; 4] = [
+    "STRATA_PIPELINE__",
+    "STRATA_PG_BIN_DIR",
+    "STRATA_NATS_SERVER",
+    "STRATA_TEST_",
+];
 
 /// The benchmark's knobs (the script's environment variables).
 #[derive(clap::Args, Debug, Clone)]
@@ -100,6 +123,9 @@ pub fn run(args: &Args) -> Result<Kv> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("run as root (PostgreSQL and Strata run as postgres)");
     }
+    if !Path::new(GNU_TIME).is_file() {
+        bail!("{GNU_TIME} is missing (Debian package 'time'): the archive_command runs under it");
+    }
     let mode = BusMode::parse(&args.bus)?;
     let update_tables = args.update_tables.min(args.ntables);
     let run_id = run_id();
@@ -111,7 +137,11 @@ pub fn run(args: &Args) -> Result<Kv> {
     let version = strata_version(&bins);
     let from = source_dir(args);
     let built = utc(&["-r", &from.join("strata").display().to_string(), "+%FT%TZ"]);
-    log(format!("{version} (from {}, built {built}), bus {}, {pipe_env}", from.display(), args.bus));
+    log(format!(
+        "{version} (from {}, built {built}), bus {}, {pipe_env}",
+        from.display(),
+        args.bus
+    ));
 
     // Declared before the cluster, so that on every exit PostgreSQL stops first, then the services, then
     // nats-server (the script's cleanup order); `Services` stops the services before the Fleet's fields
@@ -149,7 +179,7 @@ pub fn run(args: &Args) -> Result<Kv> {
     fs::write(&ap_log, "")?;
     chown_postgres(&ap_log)?;
     let archive_command = format!(
-        "/usr/bin/time -a -o {} -f '%M kB %e s rc=%x' {} --config {} --stanza {STANZA} archive-push %p",
+        "{GNU_TIME} -a -o {} -f '%M kB %e s rc=%x' {} --config {} --stanza {STANZA} archive-push %p",
         ap_log.display(),
         bins.path("strata").display(),
         config.display()
@@ -157,22 +187,35 @@ pub fn run(args: &Args) -> Result<Kv> {
     cluster.start(&archive_command)?;
     let strata = |sub: &[&str]| {
         let mut cmd = as_postgres(bins.path("strata"));
-        cmd.arg("--config").arg(&config).args(["--stanza", STANZA]).args(sub);
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["--stanza", STANZA])
+            .args(sub);
         pipeline.apply_env(&mut cmd);
         cmd
     };
     let m = mode.name();
     let stanza_log = fresh_log(&ws, &format!("stanza-create-{m}.log"));
-    run_logged(&mut strata(&["stanza-create"]), "strata stanza-create", &stanza_log)?;
+    run_logged(
+        &mut strata(&["stanza-create"]),
+        "strata stanza-create",
+        &stanza_log,
+    )?;
 
     let data_dir = cluster.data_dir().to_path_buf();
-    let db_oid = cluster.sql("postgres", &format!("SELECT oid FROM pg_database WHERE datname = '{DB}'"))?;
+    let db_oid = cluster.sql(
+        "postgres",
+        &format!("SELECT oid FROM pg_database WHERE datname = '{DB}'"),
+    )?;
     let base_files = nfiles(&data_dir.join("base"));
     let db_files = nfiles(&data_dir.join("base").join(&db_oid));
     let pgdata_files = nfiles(&data_dir);
     let pgdata_bytes = du_bytes(&data_dir);
     let pgdata_disk = disk_bytes(&data_dir);
-    let nrel = cluster.sql(DB, "SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relname LIKE 't\\_%'")?;
+    let nrel = cluster.sql(
+        DB,
+        "SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relname LIKE 't\\_%'",
+    )?;
     let cluster_line = format!(
         "{nrel} tables in database {DB}; base/ {base_files} files; data directory {pgdata_files} files, \
          {pgdata_bytes} bytes (du -sb), {pgdata_disk} on disk"
@@ -183,7 +226,12 @@ pub fn run(args: &Args) -> Result<Kv> {
     ));
 
     let mut rec = Recorder::open(&ws, &run_id, m, args.rss_limit_mib)?;
-    let step = |name: &str, what: &str, sub: &[&str], fleet: &mut Services, reset_hwm: bool| -> Result<(Measured, PathBuf)> {
+    let step = |name: &str,
+                what: &str,
+                sub: &[&str],
+                fleet: &mut Services,
+                reset_hwm: bool|
+     -> Result<(Measured, PathBuf)> {
         cluster.wait_archive_idle();
         settle(args.pause);
         if reset_hwm {
@@ -195,11 +243,19 @@ pub fn run(args: &Args) -> Result<Kv> {
     let bus_note = format!("bus={url}");
 
     // 1. full. VmHWM is not reset before it: the services' full rows cover their start, stanza-create and the full.
-    log(format!("full backup ({} tables, {base_files} files under base/)", args.ntables));
+    log(format!(
+        "full backup ({} tables, {base_files} files under base/)",
+        args.ntables
+    ));
     let (full, full_log) = step("full", "strata backup", &["backup"], fleet, false)?;
     let full_said = said(&full_log);
     let full_label = committed_label(&full_log, 'F');
-    rec.command("full", "strata backup", &full, &format!("{bus_note}; said: {full_said}"))?;
+    rec.command(
+        "full",
+        "strata backup",
+        &full,
+        &format!("{bus_note}; said: {full_said}"),
+    )?;
     rec.services("full", fleet)?;
 
     // 2. a few changed tables, then the incremental
@@ -211,53 +267,91 @@ pub fn run(args: &Args) -> Result<Kv> {
             END LOOP; END $$"
         ),
     )?;
-    log(format!("updated {update_tables} tables (t_1..t_{update_tables}); incremental backup"));
+    log(format!(
+        "updated {update_tables} tables (t_1..t_{update_tables}); incremental backup"
+    ));
     let what = "strata backup --type incr";
     let (incr, incr_log) = step("incr", what, &["backup", "--type", "incr"], fleet, true)?;
     let incr_said = said(&incr_log);
     let incr_label = committed_label(&incr_log, 'I');
-    rec.command("incr", what, &incr, &format!("{bus_note}; said: {incr_said}"))?;
+    rec.command(
+        "incr",
+        what,
+        &incr,
+        &format!("{bus_note}; said: {incr_said}"),
+    )?;
     rec.services("incr", fleet)?;
 
     // 3. info, its JSON on stdout into its own file: `sh -c 'exec ...'` becomes strata, so the rusage is strata's.
     let info_json = ws.log(&format!("{m}-info.json"));
     let info = strata(&["info", "--output", "json"]);
     let mut sh = as_postgres("/bin/sh");
-    sh.args(["-c", "out=$1; err=$2; shift 2; exec \"$@\" >\"$out\" 2>\"$err\"", "sh"])
-        .arg(&info_json)
-        .arg(ws.log(&format!("{m}-info.err")))
-        .arg(info.get_program())
-        .args(info.get_args())
-        .envs(info.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
-    let info_m = measure(&mut sh, "strata info --output json", &ws.log(&format!("{m}-info.log")))?;
-    rec.command("info", "strata info --output json", &info_m, &format!("json: {}", info_json.display()))?;
+    sh.args([
+        "-c",
+        "out=$1; err=$2; shift 2; exec \"$@\" >\"$out\" 2>\"$err\"",
+        "sh",
+    ])
+    .arg(&info_json)
+    .arg(ws.log(&format!("{m}-info.err")))
+    .arg(info.get_program())
+    .args(info.get_args())
+    .envs(info.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
+    let info_m = measure(
+        &mut sh,
+        "strata info --output json",
+        &ws.log(&format!("{m}-info.log")),
+    )?;
+    rec.command(
+        "info",
+        "strata info --output json",
+        &info_m,
+        &format!("json: {}", info_json.display()),
+    )?;
     let info_summary = fs::read_to_string(&info_json)
         .ok()
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
         .map(|v| info_summary(&v))
         .unwrap_or_default();
     if !info_summary.is_empty() {
-        log(format!("info: label type reference database read sent stored files:\n{info_summary}"));
+        log(format!(
+            "info: label type reference database read sent stored files:\n{info_summary}"
+        ));
     }
 
     // 4. restore of the incremental (every failure has stopped the run, so there is one unless its line is missing)
     match incr_label.as_ref().or(full_label.as_ref()) {
         Some(set) => {
             if incr_label.is_none() {
-                log(format!("no incremental label in {}: restoring the full backup {set} instead", incr_log.display()));
+                log(format!(
+                    "no incremental label in {}: restoring the full backup {set} instead",
+                    incr_log.display()
+                ));
             }
             let target = ws.fresh_dir("restored", 0o700)?;
             let target_s = target.display().to_string();
             let what = format!("strata restore --set {set}");
-            let (restore, restore_log) =
-                step("restore", &what, &["restore", "--pg-data", &target_s, "--set", set], fleet, true)?;
-            let (r_files, r_base, r_bytes) = (nfiles(&target), nfiles(&target.join("base")), du_bytes(&target));
-            let ok = target.join("PG_VERSION").is_file() && target.join("global/pg_control").is_file() && target.join("base").is_dir();
+            let (restore, restore_log) = step(
+                "restore",
+                &what,
+                &["restore", "--pg-data", &target_s, "--set", set],
+                fleet,
+                true,
+            )?;
+            let (r_files, r_base, r_bytes) = (
+                nfiles(&target),
+                nfiles(&target.join("base")),
+                du_bytes(&target),
+            );
+            let ok = target.join("PG_VERSION").is_file()
+                && target.join("global/pg_control").is_file()
+                && target.join("base").is_dir();
             if !ok {
                 bail!("{what} exited 0 but {} is no data directory (PG_VERSION, global/pg_control, base/)", target.display());
             }
-            let note =
-                format!("files={r_files} base_files={r_base} bytes={r_bytes} data_dir_ok=yes said: {}", said(&restore_log));
+            let note = format!(
+                "files={r_files} base_files={r_base} bytes={r_bytes} data_dir_ok=yes said: {}",
+                said(&restore_log)
+            );
             rec.command("restore", &what, &restore, &note)?;
             rec.services("restore", fleet)?;
             log(format!("restored {r_files} files ({r_base} under base/), {r_bytes} bytes, data dir ok: yes"));
@@ -272,10 +366,22 @@ pub fn run(args: &Args) -> Result<Kv> {
     cluster.wait_archive_idle();
     let pushes = ArchivePushes::read(&ap_log);
     if pushes.failed > 0 {
-        bail!("{} of {} archive-push runs failed (rc in {})", pushes.failed, pushes.count, ap_log.display());
+        bail!(
+            "{} of {} archive-push runs failed (rc in {})",
+            pushes.failed,
+            pushes.count,
+            ap_log.display()
+        );
     }
     let note = format!("pushes={} failed=0 log={}", pushes.count, ap_log.display());
-    rec.row("wal", &format!("strata archive-push (max of {})", pushes.count), "0", "-", pushes.max_kb, &note)?;
+    rec.row(
+        "wal",
+        &format!("strata archive-push (max of {})", pushes.count),
+        "0",
+        "-",
+        pushes.max_kb,
+        &note,
+    )?;
     // Just before stopping them: VmHWM since the reset before the restore. A service's lifetime peak is the
     // largest of its rows: VmHWM was only reset before the incremental and before the restore.
     rec.services("before-stop", fleet)?;
@@ -287,10 +393,20 @@ pub fn run(args: &Args) -> Result<Kv> {
         from.display()
     );
     summary.push_str(&rec.table());
-    summary.push_str(&format!("repository: {} bytes (du -sb {}, WAL included)\n", du_bytes(&repo), repo.display()));
-    summary.push_str(&format!("full:    {}\nincr:    {}\n", or_dash(&full_said), or_dash(&incr_said)));
+    summary.push_str(&format!(
+        "repository: {} bytes (du -sb {}, WAL included)\n",
+        du_bytes(&repo),
+        repo.display()
+    ));
+    summary.push_str(&format!(
+        "full:    {}\nincr:    {}\n",
+        or_dash(&full_said),
+        or_dash(&incr_said)
+    ));
     if !info_summary.is_empty() {
-        summary.push_str(&format!("info (label type reference database read sent stored files):\n{info_summary}\n"));
+        summary.push_str(&format!(
+            "info (label type reference database read sent stored files):\n{info_summary}\n"
+        ));
     }
     summary.push_str(&format!(
         "rows: {} (run_id {run_id}); logs: {}\n",
@@ -331,139 +447,11 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// One row of the table: op, process, rc, wall, peak RSS in KiB, under the limit.
-struct Row {
-    op: String,
-    process: String,
-    rc: String,
-    wall: String,
-    kb: u64,
-    ok: &'static str,
-}
-
-/// The rows of this run: appended to `results.tsv` as they come, and the summary's table.
-struct Recorder {
-    results: Results,
-    run_id: String,
-    mode: String,
-    limit_mib: u64,
-    rows: Vec<Row>,
-}
-
-impl Recorder {
-    /// Opens `results.tsv`; one with another header is moved aside (`results.tsv.old-<run_id>`), as the script.
-    fn open(ws: &Workspace, run_id: &str, mode: &str, limit_mib: u64) -> Result<Recorder> {
-        let path = ws.path("results.tsv");
-        if let Ok(text) = fs::read_to_string(&path) {
-            if text.lines().next() != Some(HEADER.join("\t").as_str()) {
-                fs::rename(&path, ws.path(&format!("results.tsv.old-{run_id}")))?;
-            }
-        }
-        Ok(Recorder {
-            results: Results::open(&path, &HEADER)?,
-            run_id: run_id.into(),
-            mode: mode.into(),
-            limit_mib,
-            rows: Vec::new(),
-        })
-    }
-
-    fn row(&mut self, op: &str, process: &str, rc: &str, wall: &str, kb: u64, note: &str) -> Result<()> {
-        let ok = if kb == 0 {
-            "?"
-        } else if kb < self.limit_mib * 1024 {
-            "yes"
-        } else {
-            "NO"
-        };
-        let fields = [&self.run_id, &utc(&["+%FT%TZ"]), &self.mode, op, process, rc, wall, &kb.to_string(), &mib(kb), ok, note];
-        self.results.row(&fields.map(|f| f.to_string()))?;
-        log(format!("  {op} {process}: rc={rc} wall={wall}s peak_rss={} MiB (under {} MiB: {ok})", mib(kb), self.limit_mib));
-        self.rows.push(Row { op: op.into(), process: process.into(), rc: rc.into(), wall: wall.into(), kb, ok });
-        Ok(())
-    }
-
-    /// A measured strata command (it succeeded: a failure has stopped the run).
-    fn command(&mut self, op: &str, process: &str, m: &Measured, note: &str) -> Result<()> {
-        self.row(op, process, "0", &format!("{:.2}", m.secs), m.max_rss_kb, note)
-    }
-
-    /// NATS mode: each service's and nats-server's VmHWM since the last reset.
-    fn services(&mut self, op: &str, fleet: &mut Services) -> Result<()> {
-        let Some(nats_pid) = fleet.0.nats_pid() else { return Ok(()) };
-        for (name, pid) in fleet.0.services() {
-            self.row(op, &name, "-", "-", super::common::proc_hwm_kb(pid), &format!("VmHWM pid {pid}"))?;
-        }
-        self.row(op, "nats-server", "-", "-", super::common::proc_hwm_kb(nats_pid), &format!("VmHWM pid {nats_pid}"))
-    }
-
-    /// The summary's table, the largest peak and the verdict.
-    fn table(&self) -> String {
-        let line = |a: &str, b: &str, c: &str, d: &str, e: &str, f: &str| format!("{a:<11} {b:<42} {c:<10} {d:>9} {e:>13} {f}\n");
-        let mut t = line("op", "process", "rc", "wall_s", "peak_RSS_MiB", &format!("under {}MiB", self.limit_mib));
-        for r in &self.rows {
-            t.push_str(&line(&r.op, &r.process, &r.rc, &r.wall, &mib(r.kb), r.ok));
-        }
-        let max_kb = self.rows.iter().map(|r| r.kb).max().unwrap_or(0);
-        let all_ok = if self.rows.iter().all(|r| r.ok == "yes") { "yes" } else { "no" };
-        t.push_str(&format!(
-            "largest peak RSS: {} MiB; every process under {} MiB: {all_ok}\n",
-            mib(max_kb),
-            self.limit_mib
-        ));
-        t
-    }
-
-    /// `<op>.<process>.rss_kb` for each row (process up to its first space), `largest_rss_kb`, `under_limit`.
-    fn kv(&self) -> Kv {
-        let mut kv = Kv::new();
-        for r in &self.rows {
-            let process = r.process.split(' ').take(2).collect::<Vec<_>>().join("_");
-            kv.set(&format!("{}.{process}.rss_kb", r.op), r.kb);
-        }
-        kv.set("largest_rss_kb", self.rows.iter().map(|r| r.kb).max().unwrap_or(0));
-        kv.set("rss_limit_mib", self.limit_mib);
-        kv.set("under_limit", if self.rows.iter().all(|r| r.ok == "yes") { "yes" } else { "no" });
-        kv
-    }
-}
-
-/// What `logs/archive-push-time.log` says: GNU time's `%M kB %e s rc=%x` line per push.
-struct ArchivePushes {
-    count: usize,
-    max_kb: u64,
-    failed: usize,
-}
-
-impl ArchivePushes {
-    fn read(path: &Path) -> ArchivePushes {
-        let text = fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().filter(|l| l.contains(" kB ")).collect();
-        let max_kb = lines
-            .iter()
-            .filter_map(|l| {
-                let mut w = l.split_whitespace();
-                let kb = w.next()?.parse::<u64>().ok()?;
-                (w.next() == Some("kB")).then_some(kb)
-            })
-            .max()
-            .unwrap_or(0);
-        let failed = text.lines().filter(|l| l.split("rc=").nth(1).is_some_and(|rc| !rc.starts_with('0'))).count();
-        ArchivePushes { count: lines.len(), max_kb, failed }
-    }
-}
-
 /// A log file of this run, emptied (the script's `>`).
 fn fresh_log(ws: &Workspace, name: &str) -> PathBuf {
     let path = ws.log(name);
     let _ = fs::remove_file(&path);
     path
-}
-
-/// The last non-blank line a command printed.
-fn said(log: &Path) -> String {
-    let text = fs::read_to_string(log).unwrap_or_default();
-    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string()
 }
 
 fn or_dash(s: &str) -> &str {
@@ -472,19 +460,6 @@ fn or_dash(s: &str) -> &str {
     } else {
         s
     }
-}
-
-/// The first `backup <YYYYMMDD-HHMMSS><kind> committed` label in a log.
-fn committed_label(log: &Path, kind: char) -> Option<String> {
-    let text = fs::read_to_string(log).ok()?;
-    text.match_indices("backup ").find_map(|(i, _)| {
-        let rest = &text[i + "backup ".len()..];
-        let label = rest.get(..16)?;
-        let b = label.as_bytes();
-        let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
-        let ok = digits(0..8) && b[8] == b'-' && digits(9..15) && b[15] == kind as u8;
-        (ok && rest[16..].starts_with(" committed")).then(|| label.to_string())
-    })
 }
 
 /// `kb` KiB in MiB with one decimal.
@@ -537,81 +512,4 @@ fn strata_environment(bus_url: &str) {
         }
     }
     std::env::set_var("STRATA_BUS", bus_url);
-}
-
-/// `jq`'s summary of the script: every object with a label and a type, one per label (sorted), as
-/// `label type reference database read sent stored files` (tab-separated).
-fn info_summary(json: &Value) -> String {
-    fn walk<'a>(v: &'a Value, out: &mut Vec<&'a serde_json::Map<String, Value>>) {
-        match v {
-            Value::Object(o) => {
-                if o.contains_key("label") && (o.contains_key("backup_type") || o.contains_key("type")) {
-                    out.push(o);
-                }
-                o.values().for_each(|c| walk(c, out));
-            }
-            Value::Array(a) => a.iter().for_each(|c| walk(c, out)),
-            _ => {}
-        }
-    }
-    // jq's `a // b`: a unless it is null or false; tostring and @tsv print strings raw, the rest as JSON.
-    let text = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        v => v.to_string(),
-    };
-    let pick = |o: &serde_json::Map<String, Value>, keys: &[&str], default: &str| {
-        keys.iter()
-            .filter_map(|k| o.get(*k))
-            .find(|v| !matches!(v, Value::Null | Value::Bool(false)))
-            .map(text)
-            .unwrap_or_else(|| default.to_string())
-    };
-    let mut found = Vec::new();
-    walk(json, &mut found);
-    found.sort_by_key(|o| text(&o["label"]));
-    found.dedup_by_key(|o| text(&o["label"]));
-    found
-        .iter()
-        .map(|o| {
-            [
-                text(&o["label"]),
-                pick(o, &["backup_type", "type"], ""),
-                pick(o, &["reference"], "-"),
-                pick(o, &["database_bytes", "size"], "?"),
-                pick(o, &["read_bytes"], "?"),
-                pick(o, &["sent_bytes"], "?"),
-                pick(o, &["stored_bytes", "repo_size"], "?"),
-                pick(o, &["files", "file_count"], "?"),
-            ]
-            .join("\t")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_archive_pushes_and_info() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("full.log");
-        fs::write(&log, "x\nbackup 20261207-211500F committed: 3 files\nbackup 20261207-211600I committed\n\n").unwrap();
-        assert_eq!(committed_label(&log, 'F').as_deref(), Some("20261207-211500F"));
-        assert_eq!(committed_label(&log, 'I').as_deref(), Some("20261207-211600I"));
-        assert_eq!(said(&log), "backup 20261207-211600I committed");
-        let ap = dir.path().join("ap.log");
-        fs::write(&ap, "12000 kB 0.05 s rc=0\n33000 kB 0.10 s rc=0\n9000 kB 0.01 s rc=1\n").unwrap();
-        let p = ArchivePushes::read(&ap);
-        assert_eq!((p.count, p.max_kb, p.failed), (3, 33000, 1));
-        let json: Value = serde_json::from_str(
-            r#"{"backups":[{"label":"B","type":"incr","reference":"A","size":5,"files":2},
-                {"label":"A","backup_type":"full","reference":null,"database_bytes":9,"read_bytes":9}]}"#,
-        )
-        .unwrap();
-        assert_eq!(info_summary(&json), "A\tfull\t-\t9\t9\t?\t?\t?\nB\tincr\tA\t5\t?\t?\t?\t2");
-        assert_eq!(mib(262_144), "256.0");
-    }
 }

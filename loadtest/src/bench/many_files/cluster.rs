@@ -51,35 +51,53 @@ impl ManyCluster {
         let data_dir = ws.path("pgdata");
         let marker = ws.path("ntables");
         let reusable = data_dir.join("PG_VERSION").is_file()
-            && fs::read_to_string(&marker).map(|m| m.trim() == ntables.to_string()).unwrap_or(false);
+            && fs::read_to_string(&marker)
+                .map(|m| m.trim() == ntables.to_string())
+                .unwrap_or(false);
         if reuse && reusable {
-            log(format!("--reuse: reusing the {ntables}-table cluster in {}", data_dir.display()));
+            log(format!(
+                "--reuse: reusing the {ntables}-table cluster in {}",
+                data_dir.display()
+            ));
             return ManyCluster::handle(ws, data_dir);
         }
         if reuse {
-            log(format!("--reuse but no {ntables}-table cluster in {}: creating one", data_dir.display()));
+            log(format!(
+                "--reuse but no {ntables}-table cluster in {}: creating one",
+                data_dir.display()
+            ));
         }
         let _ = fs::remove_file(&marker);
         if data_dir.exists() {
-            fs::remove_dir_all(&data_dir).with_context(|| format!("cannot remove {}", data_dir.display()))?;
+            fs::remove_dir_all(&data_dir)
+                .with_context(|| format!("cannot remove {}", data_dir.display()))?;
         }
         log(format!("initdb -k {}", data_dir.display()));
         let initdb_log = ws.log("initdb.log");
         let _ = fs::remove_file(&initdb_log);
         let mut initdb = as_postgres(pg_bin("initdb"));
-        initdb
-            .arg("-D")
-            .arg(&data_dir)
-            .args(["-k", "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"]);
+        initdb.arg("-D").arg(&data_dir).args([
+            "-k",
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]);
         run_logged(&mut initdb, "initdb", &initdb_log)?;
-        let mut conf = fs::OpenOptions::new().append(true).open(data_dir.join("postgresql.conf"))?;
+        let mut conf = fs::OpenOptions::new()
+            .append(true)
+            .open(data_dir.join("postgresql.conf"))?;
         writeln!(conf, "\ninclude_if_exists = 'manyfiles.conf'")?;
 
         // While loading, WAL is thrown away: no repository exists yet, and the load's WAL is not measured.
         let mut cluster = ManyCluster::handle(ws, data_dir)?;
         cluster.start("/bin/true")?;
         cluster.sql("postgres", &format!("CREATE DATABASE {DB}"))?;
-        log(format!("creating {ntables} tables (id int, v text) of one row each, {batch} per transaction"));
+        log(format!(
+            "creating {ntables} tables (id int, v text) of one row each, {batch} per transaction"
+        ));
         let t0 = Instant::now();
         let mut lo = 1u32;
         while lo <= ntables {
@@ -90,9 +108,14 @@ impl ManyCluster {
                     EXECUTE format('INSERT INTO t_%s VALUES (%s, ''row %s'')', i, i, i);
                 END LOOP; END $$"
             );
-            cluster.sql(DB, &sql).with_context(|| format!("creating tables {lo}..{hi} failed"))?;
-            if (hi / batch) % 10 == 0 || hi == ntables {
-                log(format!("  {hi}/{ntables} tables ({} s)", t0.elapsed().as_secs()));
+            cluster
+                .sql(DB, &sql)
+                .with_context(|| format!("creating tables {lo}..{hi} failed"))?;
+            if (hi / batch).is_multiple_of(10) || hi == ntables {
+                log(format!(
+                    "  {hi}/{ntables} tables ({} s)",
+                    t0.elapsed().as_secs()
+                ));
             }
             lo = hi + 1;
         }
@@ -111,11 +134,16 @@ impl ManyCluster {
     /// Writes `manyfiles.conf` with `archive_command`, starts the server and checks that it took the
     /// command (`SHOW archive_command`).
     pub fn start(&mut self, archive_command: &str) -> Result<()> {
-        let mut text = String::from("# Written by strata-bench many-files at every run; included from postgresql.conf.\n");
+        let mut text = String::from(
+            "# Written by strata-bench many-files at every run; included from postgresql.conf.\n",
+        );
         for (k, v) in SETTINGS {
             text.push_str(&format!("{k} = {}\n", conf_quote(v)));
         }
-        text.push_str(&format!("archive_command = {}\n", conf_quote(archive_command)));
+        text.push_str(&format!(
+            "archive_command = {}\n",
+            conf_quote(archive_command)
+        ));
         let path = self.data_dir.join("manyfiles.conf");
         fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         chown_postgres(&path)?;
@@ -139,7 +167,9 @@ impl ManyCluster {
 
     /// Runs `sql` in database `db` (psql as postgres, tuples only); its output, or the failure.
     pub fn sql(&self, db: &str, sql: &str) -> Result<String> {
-        self.pg.try_psql_db(db, sql).map_err(|e| anyhow!("psql in database {db} failed: {e}"))
+        self.pg
+            .try_psql_db(db, sql)
+            .map_err(|e| anyhow!("psql in database {db} failed: {e}"))
     }
 
     /// The data directory.
@@ -158,7 +188,10 @@ impl ManyCluster {
         let status = self.data_dir.join("pg_wal/archive_status");
         let idle = poll(Duration::from_secs(120), Duration::from_millis(100), || {
             let busy = fs::read_dir(&status)
-                .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".ready")))
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.file_name().to_string_lossy().ends_with(".ready"))
+                })
                 .unwrap_or(false);
             (!busy).then_some(())
         });
@@ -173,7 +206,9 @@ impl ManyCluster {
 
 /// Regular files under `path` (`find -type f | wc -l`: links are not followed); 0 if absent.
 pub fn nfiles(path: &Path) -> u64 {
-    let Ok(entries) = fs::read_dir(path) else { return 0 };
+    let Ok(entries) = fs::read_dir(path) else {
+        return 0;
+    };
     entries
         .flatten()
         .map(|e| match e.file_type() {
@@ -191,6 +226,11 @@ pub fn disk_bytes(path: &Path) -> u64 {
         .arg(path)
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().next().and_then(|v| v.parse().ok()))
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(0)
 }
