@@ -90,7 +90,7 @@ impl Drop for Scratch {
 }
 
 fn progress(msg: &str) {
-    log(&format!("limits: {msg}"));
+    log(format!("limits: {msg}"));
 }
 
 fn emit(kv: &mut Kv, key: &str, value: impl std::fmt::Display) {
@@ -330,7 +330,7 @@ fn zstd_bench(file: &Path) -> Result<(String, String, String)> {
 }
 
 fn parse_zstd_bench(text: &str) -> Option<(String, String, String)> {
-    let line = text.split(['\r', '\n']).filter(|l| l.contains("->")).last()?;
+    let line = text.split(['\r', '\n']).rfind(|l| l.contains("->"))?;
     let fields: Vec<&str> = line.split_whitespace().collect();
     let ratio = fields.iter().find(|f| f.starts_with("(x"))?.replace(['(', 'x', ')', ','], "");
     let mbs: Vec<&str> = fields.windows(2).filter(|w| w[1].starts_with("MB/s")).map(|w| w[0]).collect();

@@ -81,16 +81,20 @@ pub fn run(args: &Args) -> Result<Kv> {
     let s3 = S3Server::start(ws.test_dir());
     s3.create_bucket(BUCKET);
     let kms_key = s3.kms_create_key();
-    log(&format!("moto on {}, KMS key {kms_key}", s3.endpoint()));
+    log(format!("moto on {}, KMS key {kms_key}", s3.endpoint()));
 
     let settings = [("shared_buffers", "512MB".to_string()), ("max_wal_size", "4GB".to_string())];
     // The script kept a cluster holding the same dataset without being asked (it had no REUSE knob).
     let mut cluster = BenchCluster::open(&ws, dataset, true, &settings)?;
+    // No variant yet: until the first one is written, pushes fail and PostgreSQL keeps the WAL for it.
     let current = ws.path("current-config");
+    if current.exists() {
+        fs::remove_file(&current).with_context(|| format!("cannot remove {}", current.display()))?;
+    }
     let wrapper = write_archive_wrapper(&ws, &bins, &current)?;
     cluster.set_archive_command(&format!("{} %p", wrapper.display()))?;
     let db_bytes = cluster.db_bytes();
-    log(&format!("database: {} MB", db_bytes / 1_000_000));
+    log(format!("database: {} MB", db_bytes / 1_000_000));
 
     let run_id = common::run_id();
     let results_path = ws.path("results-repos.tsv");
@@ -128,14 +132,14 @@ pub fn run(args: &Args) -> Result<Kv> {
                 Ok(())
             };
             row("backup", secs)?;
-            log(&format!("{variant} rep {rep}: backup {secs:.3} s, stored {} MB", stored / 1_000_000));
+            log(format!("{variant} rep {rep}: backup {secs:.3} s, stored {} MB", stored / 1_000_000));
             ws.fresh_dir("restore", 0o700)?;
             settle(args.pause);
             let mut restore_cmd = strata(&["restore", "--pg-data"]);
             restore_cmd.arg(&restore);
             let secs = timed(&mut restore_cmd, &format!("strata restore ({variant}, rep {rep})"), &strata_log)?;
             row("restore", secs)?;
-            log(&format!("{variant} rep {rep}: restore {secs:.3} s"));
+            log(format!("{variant} rep {rep}: restore {secs:.3} s"));
             fs::remove_dir_all(&restore).with_context(|| format!("cannot remove {}", restore.display()))?;
         }
     }

@@ -78,14 +78,14 @@ pub fn run(args: &Args) -> Result<Kv> {
     run_logged(&mut strata(&["stanza-create"]), "strata stanza-create", &setup_log)?;
     pgbr.stanza_create(&setup_log)?;
     let db_bytes = cluster.db_bytes();
-    log(&format!("database: {} MB; full backups", db_bytes / 1_000_000));
+    log(format!("database: {} MB; full backups", db_bytes / 1_000_000));
     run_logged(&mut strata(&["backup", "--type", "full"]), "strata backup", &setup_log)?;
     run_logged(pgbr.command().args(["backup", "--type=full"]), "pgbackrest backup", &setup_log)?;
     cluster.pg().psql("SELECT pg_switch_wal()");
     std::thread::sleep(std::time::Duration::from_secs(2));
     let strata_repo_bytes = du_bytes(&strata_repo);
     let pgbr_repo_bytes = du_bytes(pgbr.repo());
-    log(&format!(
+    log(format!(
         "repositories: strata {} MB, pgbackrest {} MB",
         strata_repo_bytes / 1_000_000,
         pgbr_repo_bytes / 1_000_000
@@ -101,19 +101,19 @@ pub fn run(args: &Args) -> Result<Kv> {
         let secs = timed(pgbr.command().arg("verify"), &format!("pgbackrest verify (rep {rep})"), &last_out)?;
         results.row(&[run_id.clone(), "pgbackrest".into(), rep.to_string(), format!("{secs:.3}"), db_bytes.to_string(), pgbr_repo_bytes.to_string()])?;
         pgbr_secs.push(secs);
-        log(&format!("rep {rep}: pgbackrest verify {secs:.3} s"));
+        log(format!("rep {rep}: pgbackrest verify {secs:.3} s"));
         settle(args.pause);
         let _ = fs::remove_file(&last_out); // its last line is strata verify's verdict
         let secs = timed(&mut strata(&["verify"]), &format!("strata verify (rep {rep})"), &last_out)?;
         results.row(&[run_id.clone(), "strata".into(), rep.to_string(), format!("{secs:.3}"), db_bytes.to_string(), strata_repo_bytes.to_string()])?;
         strata_secs.push(secs);
         let verdict = fs::read_to_string(&last_out).unwrap_or_default().lines().last().unwrap_or("").to_string();
-        log(&format!("rep {rep}: strata verify {secs:.3} s ({verdict})"));
+        log(format!("rep {rep}: strata verify {secs:.3} s ({verdict})"));
     }
 
     let db_mb = db_bytes as f64 / 1e6;
     let (p, s) = (median(&pgbr_secs).unwrap_or(f64::NAN), median(&strata_secs).unwrap_or(f64::NAN));
-    print!("database {db_mb:.0} MB, run {run_id}, medians of {} reps\n", args.reps);
+    println!("database {db_mb:.0} MB, run {run_id}, medians of {} reps", args.reps);
     for (tool, secs, repo) in [("pgbackrest", p, pgbr_repo_bytes), ("strata", s, strata_repo_bytes)] {
         println!("{tool:<11} verify {secs:6.2} s  ({:5.0} MB/s of database, repository {:.0} MB)", db_mb / secs, repo as f64 / 1e6);
     }
