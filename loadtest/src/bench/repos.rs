@@ -100,7 +100,6 @@ pub fn run(args: &Args) -> Result<Kv> {
     let results_path = ws.path("results-repos.tsv");
     let results =
         Results::open(&results_path, &["run", "dataset", "variant", "rep", "op", "seconds", "db_bytes", "stored_bytes"])?;
-    let restore = ws.path("restore");
     let strata_log = ws.logs().join("strata-repos.log");
     let mut rows = Vec::new();
     for rep in 1..=args.reps {
@@ -133,7 +132,7 @@ pub fn run(args: &Args) -> Result<Kv> {
             };
             row("backup", secs)?;
             log(format!("{variant} rep {rep}: backup {secs:.3} s, stored {} MB", stored / 1_000_000));
-            ws.fresh_dir("restore", 0o700)?;
+            let restore = ws.fresh_dir("restore", 0o700)?;
             settle(args.pause);
             let mut restore_cmd = strata(&["restore", "--pg-data"]);
             restore_cmd.arg(&restore);
