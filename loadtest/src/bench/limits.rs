@@ -19,8 +19,10 @@
 //!
 //! MB = 10^6 bytes. The same commands as the script (`dd`, `zstd`), so the figures compare with the
 //! script's. [`run`] returns the keys as `limits.sh` printed them (unprefixed); `strata-bench limits`
-//! prints them on stdout, and `full` (`LIMITS=1`) builds its [`Args`] with [`Args::for_samples`] and
-//! prefixes them with `limit_` in its summary, as `bench-full.sh` did with `sed 's/^/limit_/'`.
+//! prints them on stdout (and into `LIMITS_OUT`). `full` (`LIMITS=1`) builds its [`Args`] with
+//! [`Args::for_samples`] (`<bench dir>/limits`, `<dataset>=<heap file>`, `limits_out` its
+//! `limits-<run>.txt`), reads the unprefixed keys for its summary's lines, and adds [`prefixed`]`(.., "limit_")`
+//! to its key=value lines, as `bench-full.sh` did with `sed 's/^/limit_/'`.
 //! Progress goes to stderr. A failed command fails the run; a figure is never made up from a failure.
 
 use std::fs;
@@ -160,6 +162,18 @@ pub fn run(args: &Args) -> Result<Kv> {
         kv.write(out).with_context(|| format!("cannot write {}", out.display()))?;
     }
     Ok(kv)
+}
+
+/// `kv` with `prefix` before every key: `prefixed(&limits, "limit_")` gives the `limit_*` lines that
+/// `bench-full.sh` appended to its summary's key=value file (`sed 's/^/limit_/'`).
+pub fn prefixed(kv: &Kv, prefix: &str) -> Kv {
+    let mut out = Kv::new();
+    for line in kv.render().lines() {
+        if let Some((k, v)) = line.split_once('=') {
+            out.set(&format!("{prefix}{k}"), v);
+        }
+    }
+    out
 }
 
 fn which(program: &str) -> Result<()> {
@@ -372,6 +386,22 @@ mod tests {
     fn medians_like_the_script() {
         assert_eq!(median_text(&[800.0, 818.0, 900.0]), "818");
         assert_eq!(median_text(&[800.0, 817.0]), "808.5");
+    }
+
+    #[test]
+    fn prefixes_keys_for_full() {
+        let mut kv = Kv::new();
+        kv.set("disk_read_direct_mb_s", 900);
+        kv.set("zstd1_pgbench_file", "/a=b");
+        assert_eq!(prefixed(&kv, "limit_").render(), "limit_disk_read_direct_mb_s=900\nlimit_zstd1_pgbench_file=/a=b\n");
+    }
+
+    #[test]
+    fn args_for_full() {
+        let args = Args::for_samples(Path::new("/tmp/x/limits"), &["pgbench=/tmp/x/pgdata/base/5/16384".to_string()]).unwrap();
+        assert_eq!(args.limits_dir, Path::new("/tmp/x/limits"));
+        assert_eq!(args.samples, ["pgbench=/tmp/x/pgdata/base/5/16384"]);
+        assert!(!args.print);
     }
 
     #[test]
