@@ -100,7 +100,9 @@ pub fn run(args: &Args) -> Result<Kv> {
     let results_path = ws.path("results-repos.tsv");
     let results =
         Results::open(&results_path, &["run", "dataset", "variant", "rep", "op", "seconds", "db_bytes", "stored_bytes"])?;
-    let strata_log = ws.logs().join("strata-repos.log");
+    // The Strata commands' output, this run's only (a failure's error shows its tail).
+    let strata_log = ws.log("strata-repos.log");
+    fs::write(&strata_log, "").with_context(|| format!("cannot write {}", strata_log.display()))?;
     let mut rows = Vec::new();
     for rep in 1..=args.reps {
         for &variant in &variants {

@@ -20,7 +20,7 @@
 use std::fs;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use crate::dataset::Dataset;
 
 use super::common::{
@@ -69,7 +69,9 @@ pub fn run(args: &Args) -> Result<Kv> {
     let archive = common::archive_both_command(&ws, &bins, &cfg, &pgbr)?;
     cluster.set_archive_command(&archive)?;
     cluster.pg().psql("SELECT pg_switch_wal()");
-    let setup_log = ws.logs().join("setup.log");
+    // The setup commands' output, this run's only (a failure's error shows its tail).
+    let setup_log = ws.log("setup.log");
+    fs::write(&setup_log, "").with_context(|| format!("cannot write {}", setup_log.display()))?;
     let strata = |sub: &[&str]| {
         let mut cmd = bins.strata_cmd(&cfg, STANZA);
         cmd.args(sub);
@@ -94,7 +96,7 @@ pub fn run(args: &Args) -> Result<Kv> {
     let run_id = common::run_id();
     let results =
         Results::open(&ws.path("results-verify.tsv"), &["run", "tool", "rep", "seconds", "db_bytes", "repo_bytes"])?;
-    let last_out = ws.logs().join("last.out");
+    let last_out = ws.log("last.out");
     let (mut pgbr_secs, mut strata_secs) = (Vec::new(), Vec::new());
     for rep in 1..=args.reps {
         settle(args.pause);
