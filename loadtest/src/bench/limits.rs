@@ -327,8 +327,8 @@ fn largest_relation_file(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(best.map(|(_, p)| p))
 }
 
-/// `zstd -b1 -e1 -i3 -T1 FILE`: (ratio, compression MB/s, decompression MB/s) as zstd prints them, from the
-/// last progress line with "->": "... : IN -> OUT (xR), C MB/s, D MB/s".
+/// `zstd -b1 -e1 -i3 -T1 FILE`: (ratio, compression MB/s, decompression MB/s) as zstd prints them
+/// ("... : IN -> OUT (xR), C MB/s, D MB/s").
 fn zstd_bench(file: &Path) -> Result<(String, String, String)> {
     let out = Command::new("zstd")
         .args(["-b1", "-e1", "-i3", "-T1"])
@@ -343,12 +343,15 @@ fn zstd_bench(file: &Path) -> Result<(String, String, String)> {
     parse_zstd_bench(&text).with_context(|| format!("zstd -b1: no result line in {text:?}"))
 }
 
+/// The result of `zstd -b`'s output: the last line with "->" and both speeds. zstd (without a terminal) may print a compression-only progress line
+/// after its result line, where the script took that line and printed an empty `_dec_mb_s`.
 fn parse_zstd_bench(text: &str) -> Option<(String, String, String)> {
-    let line = text.split(['\r', '\n']).rfind(|l| l.contains("->"))?;
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    let ratio = fields.iter().find(|f| f.starts_with("(x"))?.replace(['(', 'x', ')', ','], "");
-    let mbs: Vec<&str> = fields.windows(2).filter(|w| w[1].starts_with("MB/s")).map(|w| w[0]).collect();
-    Some((ratio, mbs.first()?.to_string(), mbs.get(1)?.to_string()))
+    text.split(['\r', '\n']).filter(|l| l.contains("->")).rev().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let ratio = fields.iter().find(|f| f.starts_with("(x"))?.replace(['(', 'x', ')', ','], "");
+        let mbs: Vec<&str> = fields.windows(2).filter(|w| w[1].starts_with("MB/s")).map(|w| w[0]).collect();
+        Some((ratio, mbs.first()?.to_string(), mbs.get(1)?.to_string()))
+    })
 }
 
 /// Bytes `zstd -1 -T1 -c FILE` writes (the script's `| wc -c`).
@@ -380,6 +383,9 @@ mod tests {
         assert_eq!(format!("{:.0}", parse_dd(dd).unwrap()), "818");
         let z = " 1#zs :   5000000 ->   5000127 (x1.000), 6225.2 MB/s \r 1#zs :   5000000 ->   5000127 (x1.000), 6225.2 MB/s, 39631.0 MB/s\n";
         assert_eq!(parse_zstd_bench(z).unwrap(), ("1.000".into(), "6225.2".into(), "39631.0".into()));
+        let late_progress = " =-zs :  16777216 ->    417284 (x40.21), 2008.2 MB/s, 3745.9 MB/s\n =-zs :  16777216 ->    417284 (x40.21), 2008.2 MB/s \r 1#\n";
+        assert_eq!(parse_zstd_bench(late_progress).unwrap(), ("40.21".into(), "2008.2".into(), "3745.9".into()));
+        assert_eq!(parse_zstd_bench(" =-zs : 1 -> 1 (x1.0), 5.0 MB/s \n"), None);
     }
 
     #[test]
