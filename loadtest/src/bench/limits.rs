@@ -343,8 +343,9 @@ fn zstd_bench(file: &Path) -> Result<(String, String, String)> {
     parse_zstd_bench(&text).with_context(|| format!("zstd -b1: no result line in {text:?}"))
 }
 
-/// The result of `zstd -b`'s output: the last line with "->" and both speeds. zstd (without a terminal) may print a compression-only progress line
-/// after its result line, where the script took that line and printed an empty `_dec_mb_s`.
+/// The result in `zstd -b`'s output: the last line with "->" and both speeds. zstd (without a terminal)
+/// may print a compression-only progress line after its result line, where the script took that line
+/// and printed an empty `_dec_mb_s`.
 fn parse_zstd_bench(text: &str) -> Option<(String, String, String)> {
     text.split(['\r', '\n']).filter(|l| l.contains("->")).rev().find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
