@@ -15,19 +15,23 @@
 //! and the ratios that matter (encrypted / plain on each kind; S3 / posix) are printed as the script's
 //! table. The script's `timed` reported a failed backup or restore as a time; here a failed command fails
 //! the run. Unlike the script, the load's WAL is not archived (common's cluster loads with `/bin/true` as
-//! `archive_command`), so the first variant's first backup no longer pushes the load's backlog.
+//! `archive_command`), so the first variant's first backup no longer pushes the load's backlog; and the
+//! data is in database `postgres` (common's cluster), not `bench`, so the database is one empty database
+//! (about 7.5 MB) smaller than the script's.
+//!
+//! Knobs: the script's, minus `PGPORT` (the harness reserves the port), `PGBIN` and `MOTO` (the harness's
+//! `STRATA_PG_BIN_DIR` and `STRATA_MOTO_SERVER`). Private here, as nothing else needs them yet: the
+//! `DATASET`/`SCALE`/`OLTP_MB` parsing and lib.sh's dataset description (the TSV's `dataset` column).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use strata_integration::S3Server;
-use crate::dataset::Dataset;
-
-use strata_integration::StrataBins;
+use strata_integration::{S3Server, StrataBins};
 
 use super::common::{self, log, median, output_of, run_logged, settle, timed, BenchCluster, Kv, Results, Workspace, STANZA};
+use crate::dataset::Dataset;
 
 const BUCKET: &str = "strata-bench";
 const VARIANTS: [&str; 4] = ["posix", "posix-kms", "s3", "s3-kms"];
