@@ -16,6 +16,11 @@
 //!
 //! Each measurement is one row of `<bench dir>/results-verify.tsv` (the script's columns); then the
 //! medians and the ratio are printed as the script's table. A failed command fails the run.
+//!
+//! Differences from the script: pgBackRest's config is common's (bench-full.sh's: the same compression and
+//! process-max; `repo1-retention-full=99` instead of 2 and the default `archive-check`, which change
+//! nothing for one full backup); the data is in database `postgres`, not `bench` (one empty database
+//! less); `PGPORT` and `PGBIN` are gone (the harness reserves the port; `STRATA_PG_BIN_DIR`).
 
 use std::fs;
 use std::path::PathBuf;
