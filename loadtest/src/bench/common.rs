@@ -712,7 +712,10 @@ impl Pgbackrest {
 /// "pgbackrest" (pgbackrest check refuses an archive_command without it) and "archive-push" (strata check).
 /// Returns `"<path> %p"`.
 pub fn archive_both_command(ws: &Workspace, bins: &StrataBins, strata_config: &Path, pgbr: &Pgbackrest) -> Result<String> {
-    let path = ws.path("bin/archive-push-strata-pgbackrest.sh");
+    let dir = ws.path("bin");
+    fs::create_dir_all(&dir)?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+    let path = dir.join("archive-push-strata-pgbackrest.sh");
     let script = format!(
         "#!/bin/sh\n# archive_command of the benchmarks (written by strata-bench): strata, then pgbackrest; both must succeed.\n\
          p=$1\nt0=$(date +%s.%N)\n\
