@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use strata_loadtest::bench::{self, common};
 
 #[derive(Parser, Debug)]
-#[command(name = "strata-bench", version, about = "Strata beside pgBackRest and pg_basebackup, in one run")]
+#[command(
+    name = "strata-bench",
+    version,
+    about = "Strata beside pgBackRest and pg_basebackup, in one run"
+)]
 struct Cli {
     /// Also write the benchmark's key=value lines to this file.
     #[arg(long, global = true, env = "KV_OUT")]

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use super::common::{install_binaries, log, run_id, strata_version, Kv, Workspace, STRATA_BINARIES};
+use super::common::{
+    install_binaries, log, run_id, strata_version, Kv, Workspace, STRATA_BINARIES,
+};
 
 /// The knobs of the whole comparison.
 #[derive(clap::Args, Debug, Clone)]
@@ -119,13 +121,21 @@ pub fn run(args: &Args) -> Result<Kv> {
             let mut parts = Vec::new();
             for bench in ["full", "incr"] {
                 for bus in &buses {
-                    parts.push(Part { bench, dataset: ds.clone(), bus: bus.clone() });
+                    parts.push(Part {
+                        bench,
+                        dataset: ds.clone(),
+                        bus: bus.clone(),
+                    });
                 }
             }
             for part in parts {
                 let is_full = part.bench == "full";
                 let reps = if is_full { args.reps } else { args.incr_reps };
-                let dir = if part.dataset == "pgbench" { &args.bench_dir_pgbench } else { &args.bench_dir_oltp };
+                let dir = if part.dataset == "pgbench" {
+                    &args.bench_dir_pgbench
+                } else {
+                    &args.bench_dir_oltp
+                };
                 match run_part(&part, &out, dir, reps, reuse, limits && is_full) {
                     Ok(()) => {}
                     Err(e) => {
@@ -150,10 +160,21 @@ pub fn run(args: &Args) -> Result<Kv> {
 }
 
 /// Runs one child benchmark; an error when it fails (its log names why).
-fn run_part(part: &Part, out: &Path, dir: &Path, reps: u32, reuse: bool, limits: bool) -> Result<()> {
+fn run_part(
+    part: &Part,
+    out: &Path,
+    dir: &Path,
+    reps: u32,
+    reuse: bool,
+    limits: bool,
+) -> Result<()> {
     let name = part.name();
     let log_path = out.join(format!("{name}.log"));
-    let bus_url = if part.bus == "nats" { "nats://" } else { "local" };
+    let bus_url = if part.bus == "nats" {
+        "nats://"
+    } else {
+        "local"
+    };
     log(format!(
         "{name}: DATASET={} STRATA_BUS={bus_url} REPS={reps} REUSE={} LIMITS={} BENCH_DIR={} (log {})",
         part.dataset,
@@ -185,9 +206,15 @@ fn run_part(part: &Part, out: &Path, dir: &Path, reps: u32, reuse: bool, limits:
             .find(|l| l.contains("error") || l.contains("FAILED"))
             .or_else(|| text.lines().last())
             .unwrap_or("");
-        bail!("{status} after {:.0} s: {first}", t0.elapsed().as_secs_f64());
+        bail!(
+            "{status} after {:.0} s: {first}",
+            t0.elapsed().as_secs_f64()
+        );
     }
-    log(format!("{name} done in {:.0} s", t0.elapsed().as_secs_f64()));
+    log(format!(
+        "{name} done in {:.0} s",
+        t0.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 
@@ -216,14 +243,25 @@ fn vr(kv: Option<&Kv>, key: &str) -> String {
 }
 
 /// The combined table (bench-all.sh's summary.txt) and the verdicts as key=value lines.
-fn summary(out: &Path, datasets: &[String], buses: &[String], failed: &[String]) -> Result<(String, Kv)> {
+fn summary(
+    out: &Path,
+    datasets: &[String],
+    buses: &[String],
+    failed: &[String],
+) -> Result<(String, Kv)> {
     let read = |name: String| Kv::read(&out.join(format!("{name}.kv"))).ok();
     let mut s = String::new();
     let mut verdicts = Kv::new();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mem_gb = fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map(|kb| kb / 1e6)
         .unwrap_or(0.0);
     let strata = out.join("bin").join(STRATA_BINARIES[0]);
@@ -233,16 +271,31 @@ fn summary(out: &Path, datasets: &[String], buses: &[String], failed: &[String])
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let source = Command::new("git")
-        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--short", "HEAD"])
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ])
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "?".into());
-    let run = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let run = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     writeln!(s, "== strata-bench all {run}: {cores} cores, {mem_gb:.0} GB RAM; Strata {version} (source {source})")?;
-    let first_full = datasets.iter().flat_map(|d| buses.iter().map(move |b| (d, b))).find_map(|(d, b)| read(format!("bench-full-{d}-{b}")));
-    let first_incr = datasets.iter().flat_map(|d| buses.iter().map(move |b| (d, b))).find_map(|(d, b)| read(format!("bench-incr-{d}-{b}")));
+    let first_full = datasets
+        .iter()
+        .flat_map(|d| buses.iter().map(move |b| (d, b)))
+        .find_map(|(d, b)| read(format!("bench-full-{d}-{b}")));
+    let first_incr = datasets
+        .iter()
+        .flat_map(|d| buses.iter().map(move |b| (d, b)))
+        .find_map(|(d, b)| read(format!("bench-incr-{d}-{b}")));
     if let Some(f) = &first_full {
         writeln!(
             s,
@@ -267,7 +320,11 @@ fn summary(out: &Path, datasets: &[String], buses: &[String], failed: &[String])
         for bus in buses {
             let name = format!("bench-full-{ds}-{bus}");
             let Some(f) = read(name.clone()) else {
-                writeln!(s, "{ds:<8} {bus:<6}  (no result: see {})", out.join(format!("{name}.log")).display())?;
+                writeln!(
+                    s,
+                    "{ds:<8} {bus:<6}  (no result: see {})",
+                    out.join(format!("{name}.log")).display()
+                )?;
                 continue;
             };
             let f = Some(&f);
@@ -300,13 +357,26 @@ fn summary(out: &Path, datasets: &[String], buses: &[String], failed: &[String])
     writeln!(
         s,
         "{:<8} {:<6} {:>6} {:>9} | {:>8} {:>8} {:>7} | {:>12} {:>12} {:>14}",
-        "dataset", "bus", "churn_s", "xacts", "strata", "pgbackrest", "S/pgbr", "S_stored_MB", "pgbr_stored_MB", "S/pgbr<=.333"
+        "dataset",
+        "bus",
+        "churn_s",
+        "xacts",
+        "strata",
+        "pgbackrest",
+        "S/pgbr",
+        "S_stored_MB",
+        "pgbr_stored_MB",
+        "S/pgbr<=.333"
     )?;
     for ds in datasets {
         for bus in buses {
             let name = format!("bench-incr-{ds}-{bus}");
             let Some(f) = read(name.clone()) else {
-                writeln!(s, "{ds:<8} {bus:<6}  (no result: see {})", out.join(format!("{name}.log")).display())?;
+                writeln!(
+                    s,
+                    "{ds:<8} {bus:<6}  (no result: see {})",
+                    out.join(format!("{name}.log")).display()
+                )?;
                 continue;
             };
             let f = Some(&f);
@@ -328,12 +398,18 @@ fn summary(out: &Path, datasets: &[String], buses: &[String], failed: &[String])
         }
     }
     writeln!(s)?;
-    writeln!(s, "Machine limits (strata-bench limits, in each dataset's first full; MB = 10^6 bytes):")?;
+    writeln!(
+        s,
+        "Machine limits (strata-bench limits, in each dataset's first full; MB = 10^6 bytes):"
+    )?;
     for ds in datasets {
         let with_limits = buses
             .iter()
             .filter_map(|b| read(format!("bench-full-{ds}-{b}")))
-            .find(|k| k.get("limit_disk_read_direct_mb_s").is_some_and(|v| !v.is_empty()));
+            .find(|k| {
+                k.get("limit_disk_read_direct_mb_s")
+                    .is_some_and(|v| !v.is_empty())
+            });
         let Some(f) = with_limits else {
             writeln!(s, "  {ds}: not measured")?;
             continue;
@@ -341,7 +417,10 @@ fn summary(out: &Path, datasets: &[String], buses: &[String], failed: &[String])
         let z = f.get_f64(&format!("limit_zstd1_{ds}_mb_s"));
         let payload = f.get_f64("payload_bytes");
         let rate = match (z, payload) {
-            (Some(z), Some(p)) if z > 0.0 => format!("compressing the database at that rate: {:.2} s on {cores} cores", p / 1e6 / z / cores as f64),
+            (Some(z), Some(p)) if z > 0.0 => format!(
+                "compressing the database at that rate: {:.2} s on {cores} cores",
+                p / 1e6 / z / cores as f64
+            ),
             _ => String::new(),
         };
         writeln!(
@@ -361,7 +440,12 @@ fn summary(out: &Path, datasets: &[String], buses: &[String], failed: &[String])
         let f = read(format!("bench-full-{ds}-local"));
         let i = read(format!("bench-incr-{ds}-local"));
         let mut line = String::new();
-        for k in ["ratio_backup_pgbr", "ratio_backup_pgbb", "ratio_restore_pgbr", "ratio_repo"] {
+        for k in [
+            "ratio_backup_pgbr",
+            "ratio_backup_pgbb",
+            "ratio_restore_pgbr",
+            "ratio_repo",
+        ] {
             let v = vr(f.as_ref(), &format!("{k}_verdict"));
             verdicts.set(&format!("{ds}_{k}_verdict"), &v);
             write!(line, " {k}={v}")?;
@@ -373,9 +457,18 @@ fn summary(out: &Path, datasets: &[String], buses: &[String], failed: &[String])
     }
     if !failed.is_empty() {
         writeln!(s)?;
-        writeln!(s, "FAILED: {} (logs in {})", failed.join(" "), out.display())?;
+        writeln!(
+            s,
+            "FAILED: {} (logs in {})",
+            failed.join(" "),
+            out.display()
+        )?;
     }
     writeln!(s)?;
-    writeln!(s, "per-benchmark summaries and logs: {0}/*.log, key=value: {0}/*.kv", out.display())?;
+    writeln!(
+        s,
+        "per-benchmark summaries and logs: {0}/*.log, key=value: {0}/*.kv",
+        out.display()
+    )?;
     Ok((s, verdicts))
 }

@@ -27,9 +27,9 @@ use std::time::Duration;
 use strata_integration::pg::pg_bin;
 
 use super::common::{
-    self, du_bytes, install_binaries, log, output_of, posix_repo, strata_version,
-    write_strata_config, BenchCluster, BusMode, Fleet, Kv, Pgbackrest, PgbrOptions, Pipeline,
-    Results, Workspace,
+    self, du_bytes, install_binaries, log, output_of, posix_repo, strata_environment,
+    strata_version, write_strata_config, BenchCluster, BusMode, Fleet, Kv, Pgbackrest, PgbrOptions,
+    Pipeline, Results, Workspace,
 };
 use super::limits;
 use crate::dataset::Dataset;
@@ -234,20 +234,9 @@ pub fn run(args: &Args) -> Result<Kv> {
         pipeline.describe()
     ));
 
-    // Every Strata process (the CLI, the services, and the archive_command PostgreSQL runs) inherits this
-    // environment: the effective pipeline as STRATA_PIPELINE__<KEY>, and STRATA_BUS with the real URL, so
-    // the binaries' own overrides agree with the config. STRATA_PIPELINE itself would be read as the key
-    // `pipeline` (a string, not a table). Set while this process has no other thread, before the bus and
-    // the server start.
-    for var in ["STRATA_PIPELINE", "STRATA_CONFIG", "STRATA_STANZA"] {
-        std::env::remove_var(var);
-    }
-    for (k, v) in pipeline.env_pairs() {
-        std::env::set_var(k, v);
-    }
     let mut fleet = Fleet::start_bus(&ws, &bins, mode, &pipeline)?;
     let bus_url = fleet.url();
-    std::env::set_var("STRATA_BUS", &bus_url);
+    strata_environment(&bus_url, &pipeline);
 
     let settings = [
         ("shared_buffers", args.shared_buffers.clone()),
@@ -433,24 +422,13 @@ fn run_limits(args: &Args, b: &Bench, run_id: &str) -> Result<Kv> {
         dir.display(),
         heap.display()
     ));
-    // limits' own knobs (DISK_MB, SAMPLE_MB, LIMITS_REPS) come from the environment, as the script's did;
-    // parsed rather than built, so this compiles against any `limits::Args` with these flags.
-    #[derive(clap::Parser)]
-    struct LimitsCli {
-        #[command(flatten)]
-        args: limits::Args,
-    }
-    let argv = [
-        "limits".to_string(),
-        "--limits-dir".into(),
-        dir.display().to_string(),
-        "--limits-out".into(),
-        file.display().to_string(),
-        "--".into(),
-        format!("{}={}", args.dataset_name(), heap.display()),
-    ];
-    let cli = <LimitsCli as clap::Parser>::try_parse_from(argv).context("limits: arguments")?;
-    let mut kv = limits::run(&cli.args).context("limits failed")?;
+    // limits' own knobs (DISK_MB, SAMPLE_MB, LIMITS_REPS) come from the environment, as the script's did.
+    let mut limits_args = limits::Args::for_samples(
+        &dir,
+        &[format!("{}={}", args.dataset_name(), heap.display())],
+    )?;
+    limits_args.limits_out = Some(file.clone());
+    let mut kv = limits::run(&limits_args).context("limits failed")?;
     kv.set("heap_table", table);
     kv.write(&file)?;
     let _ = fs::remove_dir(&dir);
@@ -493,11 +471,7 @@ fn write_report(
     kv.set("pipeline", b.pipeline.describe());
     let mut body = report::summarize(&b.rows, mode, &mut kv);
     if let Some(lim) = limits.filter(|l| !l.render().is_empty()) {
-        for line in lim.render().lines() {
-            if let Some((k, v)) = line.split_once('=') {
-                kv.set(&format!("limit_{k}"), v);
-            }
-        }
+        kv.extend(&limits::prefixed(lim, "limit_"));
         body.push_str(&report::limits_section(
             lim,
             args.dataset_name(),

@@ -72,9 +72,16 @@ impl Args {
     /// (`NAME=FILE`), every other knob from its env variable or default, as the script got them from
     /// `bench-full.sh`'s environment; nothing printed on stdout.
     pub fn for_samples(limits_dir: &Path, samples: &[String]) -> Result<Args> {
-        let mut argv = vec!["limits".to_string(), "--limits-dir".to_string(), limits_dir.display().to_string(), "--".to_string()];
+        let mut argv = vec![
+            "limits".to_string(),
+            "--limits-dir".to_string(),
+            limits_dir.display().to_string(),
+            "--".to_string(),
+        ];
         argv.extend(samples.iter().cloned());
-        let mut args = Standalone::try_parse_from(argv).context("limits: invalid knobs")?.args;
+        let mut args = Standalone::try_parse_from(argv)
+            .context("limits: invalid knobs")?
+            .args;
         args.print = false;
         Ok(args)
     }
@@ -104,7 +111,8 @@ fn emit(kv: &mut Kv, key: &str, value: impl std::fmt::Display) {
 pub fn run(args: &Args) -> Result<Kv> {
     which("zstd").context("zstd is not installed (Debian package zstd)")?;
     which("dd").context("dd is missing")?;
-    fs::create_dir_all(&args.limits_dir).with_context(|| format!("cannot create {}", args.limits_dir.display()))?;
+    fs::create_dir_all(&args.limits_dir)
+        .with_context(|| format!("cannot create {}", args.limits_dir.display()))?;
     let pid = std::process::id();
     let testf = args.limits_dir.join(format!("disk-test.{pid}"));
     let samplef = args.limits_dir.join(format!("zstd-sample.{pid}"));
@@ -112,20 +120,38 @@ pub fn run(args: &Args) -> Result<Kv> {
     let mut kv = Kv::default();
 
     // ------------------------------------------------------------------------------------------- disk
-    progress(&format!("disk: {} MiB test file in {} ({})", args.disk_mb, args.limits_dir.display(), df_summary(&args.limits_dir)));
+    progress(&format!(
+        "disk: {} MiB test file in {} ({})",
+        args.disk_mb,
+        args.limits_dir.display(),
+        df_summary(&args.limits_dir)
+    ));
     let count = format!("count={}", args.disk_mb);
     let of = format!("of={}", testf.display());
     let iff = format!("if={}", testf.display());
-    let w = repeat(args.limits_reps, || dd_mb_s(&["if=/dev/zero", &of, "bs=1M", &count, "oflag=direct", "conv=fsync"]))?;
+    let w = repeat(args.limits_reps, || {
+        dd_mb_s(&[
+            "if=/dev/zero",
+            &of,
+            "bs=1M",
+            &count,
+            "oflag=direct",
+            "conv=fsync",
+        ])
+    })?;
     emit(&mut kv, "disk_write_direct_mb_s", median_text(&w));
     // Random bytes, so that nothing below the filesystem can shortcut the reads (zeros may be stored sparsely).
     write_random(&testf, args.disk_mb * 1_048_576)?;
     // SAFETY: sync(2) has no preconditions.
     unsafe { libc::sync() };
-    let rd = repeat(args.limits_reps, || dd_mb_s(&[&iff, "of=/dev/null", "bs=1M", "iflag=direct"]))?;
+    let rd = repeat(args.limits_reps, || {
+        dd_mb_s(&[&iff, "of=/dev/null", "bs=1M", "iflag=direct"])
+    })?;
     emit(&mut kv, "disk_read_direct_mb_s", median_text(&rd));
     read_all(&testf)?; // into the page cache
-    let rc = repeat(args.limits_reps, || dd_mb_s(&[&iff, "of=/dev/null", "bs=1M"]))?;
+    let rc = repeat(args.limits_reps, || {
+        dd_mb_s(&[&iff, "of=/dev/null", "bs=1M"])
+    })?;
     emit(&mut kv, "cached_read_mb_s", median_text(&rc));
     fs::remove_file(&testf).with_context(|| format!("cannot remove {}", testf.display()))?;
 
@@ -134,12 +160,15 @@ pub fn run(args: &Args) -> Result<Kv> {
     for arg in &args.samples {
         let (name, mut path) = sample_name_path(arg);
         if path.is_dir() {
-            path = largest_relation_file(&path)?.with_context(|| format!("no relation file under {}/base", path.display()))?;
+            path = largest_relation_file(&path)?
+                .with_context(|| format!("no relation file under {}/base", path.display()))?;
         }
         if !path.is_file() {
             bail!("sample {arg}: {} is not a file", path.display());
         }
-        let size = fs::metadata(&path).with_context(|| format!("stat {}", path.display()))?.len();
+        let size = fs::metadata(&path)
+            .with_context(|| format!("stat {}", path.display()))?
+            .len();
         emit(&mut kv, &format!("zstd1_{name}_file"), path.display());
         emit(&mut kv, &format!("zstd1_{name}_file_bytes"), size);
         copy_head(&path, &samplef, args.sample_mb * 1_048_576)?;
@@ -151,15 +180,24 @@ pub fn run(args: &Args) -> Result<Kv> {
         let t0 = Instant::now();
         let csize = zstd_cli_bytes(&path)?;
         let secs = t0.elapsed().as_secs_f64();
-        emit(&mut kv, &format!("zstd1_{name}_cli_mb_s"), format!("{:.0}", size as f64 / 1e6 / secs));
-        emit(&mut kv, &format!("zstd1_{name}_file_ratio"), format!("{:.2}", size as f64 / csize.max(1) as f64));
+        emit(
+            &mut kv,
+            &format!("zstd1_{name}_cli_mb_s"),
+            format!("{:.0}", size as f64 / 1e6 / secs),
+        );
+        emit(
+            &mut kv,
+            &format!("zstd1_{name}_file_ratio"),
+            format!("{:.2}", size as f64 / csize.max(1) as f64),
+        );
     }
 
     if args.print {
         print!("{}", kv.render());
     }
     if let Some(out) = &args.limits_out {
-        kv.write(out).with_context(|| format!("cannot write {}", out.display()))?;
+        kv.write(out)
+            .with_context(|| format!("cannot write {}", out.display()))?;
     }
     Ok(kv)
 }
@@ -212,26 +250,49 @@ fn dd_mb_s(operands: &[&str]) -> Result<f64> {
         .context("cannot run dd")?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        bail!("dd {} failed ({}): {}", operands.join(" "), out.status, stderr.trim());
+        bail!(
+            "dd {} failed ({}): {}",
+            operands.join(" "),
+            out.status,
+            stderr.trim()
+        );
     }
-    let mb_s = parse_dd(&stderr).with_context(|| format!("dd {}: no \"bytes ... copied\" line in {stderr:?}", operands.join(" ")))?;
+    let mb_s = parse_dd(&stderr).with_context(|| {
+        format!(
+            "dd {}: no \"bytes ... copied\" line in {stderr:?}",
+            operands.join(" ")
+        )
+    })?;
     Ok(format!("{mb_s:.0}").parse()?)
 }
 
 fn parse_dd(stderr: &str) -> Option<f64> {
-    let line = stderr.lines().find(|l| l.contains("bytes") && l.contains("copied"))?;
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("bytes") && l.contains("copied"))?;
     let fields: Vec<&str> = line.split_whitespace().collect();
     let bytes: f64 = fields.first()?.parse().ok()?;
     let i = fields.iter().rposition(|f| *f == "s" || *f == "s,")?;
-    let secs: f64 = fields.get(i.checked_sub(1)?)?.replace(',', "").parse().ok()?;
+    let secs: f64 = fields
+        .get(i.checked_sub(1)?)?
+        .replace(',', "")
+        .parse()
+        .ok()?;
     (secs > 0.0).then(|| bytes / 1e6 / secs)
 }
 
 /// "DEVICE, AVAIL free" from `df -h DIR`, as the script's progress line; "?" when df says nothing usable.
 fn df_summary(dir: &Path) -> String {
     let out = Command::new("df").arg("-h").arg(dir).output();
-    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    let fields: Vec<&str> = text.lines().nth(1).unwrap_or("").split_whitespace().collect();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let fields: Vec<&str> = text
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     match (fields.first(), fields.get(3)) {
         (Some(dev), Some(avail)) => format!("{dev}, {avail} free"),
         _ => "?".to_string(),
@@ -240,9 +301,13 @@ fn df_summary(dir: &Path) -> String {
 
 /// `head -c BYTES /dev/urandom > FILE`.
 fn write_random(file: &Path, bytes: u64) -> Result<()> {
-    let mut src = fs::File::open("/dev/urandom").context("cannot open /dev/urandom")?.take(bytes);
-    let mut dst = fs::File::create(file).with_context(|| format!("cannot create {}", file.display()))?;
-    let n = std::io::copy(&mut src, &mut dst).with_context(|| format!("cannot write {}", file.display()))?;
+    let mut src = fs::File::open("/dev/urandom")
+        .context("cannot open /dev/urandom")?
+        .take(bytes);
+    let mut dst =
+        fs::File::create(file).with_context(|| format!("cannot create {}", file.display()))?;
+    let n = std::io::copy(&mut src, &mut dst)
+        .with_context(|| format!("cannot write {}", file.display()))?;
     if n != bytes {
         bail!("{}: wrote {n} of {bytes} bytes", file.display());
     }
@@ -252,28 +317,40 @@ fn write_random(file: &Path, bytes: u64) -> Result<()> {
 
 /// `head -c BYTES SRC > DST`.
 fn copy_head(src: &Path, dst: &Path, bytes: u64) -> Result<()> {
-    let mut input = fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?.take(bytes);
-    let mut output = fs::File::create(dst).with_context(|| format!("cannot create {}", dst.display()))?;
-    std::io::copy(&mut input, &mut output).with_context(|| format!("cannot copy {} into {}", src.display(), dst.display()))?;
+    let mut input = fs::File::open(src)
+        .with_context(|| format!("cannot open {}", src.display()))?
+        .take(bytes);
+    let mut output =
+        fs::File::create(dst).with_context(|| format!("cannot create {}", dst.display()))?;
+    std::io::copy(&mut input, &mut output)
+        .with_context(|| format!("cannot copy {} into {}", src.display(), dst.display()))?;
     Ok(())
 }
 
 /// `cat FILE > /dev/null`: reads it whole (into the page cache).
 fn read_all(file: &Path) -> Result<()> {
     let mut f = fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-    std::io::copy(&mut f, &mut std::io::sink()).with_context(|| format!("cannot read {}", file.display()))?;
+    std::io::copy(&mut f, &mut std::io::sink())
+        .with_context(|| format!("cannot read {}", file.display()))?;
     Ok(())
 }
 
 /// "v1.5.4" from `zstd --version`.
 fn zstd_version() -> Result<String> {
-    let out = Command::new("zstd").arg("--version").output().context("cannot run zstd --version")?;
+    let out = Command::new("zstd")
+        .arg("--version")
+        .output()
+        .context("cannot run zstd --version")?;
     if !out.status.success() {
         bail!("zstd --version failed ({})", out.status);
     }
     let text = String::from_utf8_lossy(&out.stdout);
     text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
-        .find(|w| w.len() > 1 && w.starts_with('v') && w[1..].chars().all(|c| c.is_ascii_digit() || c == '.'))
+        .find(|w| {
+            w.len() > 1
+                && w.starts_with('v')
+                && w[1..].chars().all(|c| c.is_ascii_digit() || c == '.')
+        })
         .map(str::to_string)
         .with_context(|| format!("no version in {text:?}"))
 }
@@ -281,7 +358,11 @@ fn zstd_version() -> Result<String> {
 /// NAME and PATH of a sample argument: `NAME=PATH`; a file (its name); a data directory (its own name, or
 /// its parent's when it is called `pgdata`). NAME keeps letters, digits and `_` (others become `_`).
 fn sample_name_path(arg: &str) -> (String, PathBuf) {
-    let base = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let base = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     let (name, path) = match arg.split_once('=') {
         Some((name, path)) => (name.to_string(), PathBuf::from(path)),
         None => {
@@ -294,7 +375,16 @@ fn sample_name_path(arg: &str) -> (String, PathBuf) {
             (name, path)
         }
     };
-    let name = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    let name = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     (name, path)
 }
 
@@ -303,7 +393,10 @@ fn sample_name_path(arg: &str) -> (String, PathBuf) {
 fn largest_relation_file(dir: &Path) -> Result<Option<PathBuf>> {
     fn is_relation(name: &str) -> bool {
         let (rel, seg) = name.split_once('.').unwrap_or((name, "1"));
-        !rel.is_empty() && !seg.is_empty() && rel.bytes().all(|b| b.is_ascii_digit()) && seg.bytes().all(|b| b.is_ascii_digit())
+        !rel.is_empty()
+            && !seg.is_empty()
+            && rel.bytes().all(|b| b.is_ascii_digit())
+            && seg.bytes().all(|b| b.is_ascii_digit())
     }
     fn walk(dir: &Path, best: &mut Option<(u64, PathBuf)>) -> std::io::Result<()> {
         for entry in fs::read_dir(dir)? {
@@ -336,9 +429,18 @@ fn zstd_bench(file: &Path) -> Result<(String, String, String)> {
         .stdin(Stdio::null())
         .output()
         .context("cannot run zstd -b1")?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     if !out.status.success() {
-        bail!("zstd -b1 -e1 -i3 -T1 {} failed ({}): {}", file.display(), out.status, text.trim());
+        bail!(
+            "zstd -b1 -e1 -i3 -T1 {} failed ({}): {}",
+            file.display(),
+            out.status,
+            text.trim()
+        );
     }
     parse_zstd_bench(&text).with_context(|| format!("zstd -b1: no result line in {text:?}"))
 }
@@ -347,12 +449,22 @@ fn zstd_bench(file: &Path) -> Result<(String, String, String)> {
 /// may print a compression-only progress line after its result line, where the script took that line
 /// and printed an empty `_dec_mb_s`.
 fn parse_zstd_bench(text: &str) -> Option<(String, String, String)> {
-    text.split(['\r', '\n']).filter(|l| l.contains("->")).rev().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let ratio = fields.iter().find(|f| f.starts_with("(x"))?.replace(['(', 'x', ')', ','], "");
-        let mbs: Vec<&str> = fields.windows(2).filter(|w| w[1].starts_with("MB/s")).map(|w| w[0]).collect();
-        Some((ratio, mbs.first()?.to_string(), mbs.get(1)?.to_string()))
-    })
+    text.split(['\r', '\n'])
+        .filter(|l| l.contains("->"))
+        .rev()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let ratio = fields
+                .iter()
+                .find(|f| f.starts_with("(x"))?
+                .replace(['(', 'x', ')', ','], "");
+            let mbs: Vec<&str> = fields
+                .windows(2)
+                .filter(|w| w[1].starts_with("MB/s"))
+                .map(|w| w[0])
+                .collect();
+            Some((ratio, mbs.first()?.to_string(), mbs.get(1)?.to_string()))
+        })
 }
 
 /// Bytes `zstd -1 -T1 -c FILE` writes (the script's `| wc -c`).
@@ -383,9 +495,15 @@ mod tests {
         let dd = "20+0 records in\n20+0 records out\n20971520 bytes (21 MB, 20 MiB) copied, 0.0256495 s, 818 MB/s\n";
         assert_eq!(format!("{:.0}", parse_dd(dd).unwrap()), "818");
         let z = " 1#zs :   5000000 ->   5000127 (x1.000), 6225.2 MB/s \r 1#zs :   5000000 ->   5000127 (x1.000), 6225.2 MB/s, 39631.0 MB/s\n";
-        assert_eq!(parse_zstd_bench(z).unwrap(), ("1.000".into(), "6225.2".into(), "39631.0".into()));
+        assert_eq!(
+            parse_zstd_bench(z).unwrap(),
+            ("1.000".into(), "6225.2".into(), "39631.0".into())
+        );
         let late_progress = " =-zs :  16777216 ->    417284 (x40.21), 2008.2 MB/s, 3745.9 MB/s\n =-zs :  16777216 ->    417284 (x40.21), 2008.2 MB/s \r 1#\n";
-        assert_eq!(parse_zstd_bench(late_progress).unwrap(), ("40.21".into(), "2008.2".into(), "3745.9".into()));
+        assert_eq!(
+            parse_zstd_bench(late_progress).unwrap(),
+            ("40.21".into(), "2008.2".into(), "3745.9".into())
+        );
         assert_eq!(parse_zstd_bench(" =-zs : 1 -> 1 (x1.0), 5.0 MB/s \n"), None);
     }
 
@@ -400,12 +518,19 @@ mod tests {
         let mut kv = Kv::new();
         kv.set("disk_read_direct_mb_s", 900);
         kv.set("zstd1_pgbench_file", "/a=b");
-        assert_eq!(prefixed(&kv, "limit_").render(), "limit_disk_read_direct_mb_s=900\nlimit_zstd1_pgbench_file=/a=b\n");
+        assert_eq!(
+            prefixed(&kv, "limit_").render(),
+            "limit_disk_read_direct_mb_s=900\nlimit_zstd1_pgbench_file=/a=b\n"
+        );
     }
 
     #[test]
     fn args_for_full() {
-        let args = Args::for_samples(Path::new("/tmp/x/limits"), &["pgbench=/tmp/x/pgdata/base/5/16384".to_string()]).unwrap();
+        let args = Args::for_samples(
+            Path::new("/tmp/x/limits"),
+            &["pgbench=/tmp/x/pgdata/base/5/16384".to_string()],
+        )
+        .unwrap();
         assert_eq!(args.limits_dir, Path::new("/tmp/x/limits"));
         assert_eq!(args.samples, ["pgbench=/tmp/x/pgdata/base/5/16384"]);
         assert!(!args.print);

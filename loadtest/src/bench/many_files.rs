@@ -44,7 +44,8 @@ use strata_integration::write_config_with;
 
 use super::common::{
     as_postgres, chown_postgres, du_bytes, install_binaries, log, measure, posix_repo, run_id,
-    run_logged, settle, strata_version, BusMode, Fleet, Kv, Measured, Pipeline, Workspace,
+    run_logged, settle, strata_environment, strata_version, BusMode, Fleet, Kv, Measured, Pipeline,
+    Workspace,
 };
 use cluster::{disk_bytes, nfiles, ManyCluster, DB};
 use rows::{ArchivePushes, Recorder};
@@ -69,15 +70,6 @@ const HEADER: [&str; 11] = [
     "peak_rss_mib",
     "under_limit",
     "note",
-];
-
-/// The `STRATA_*` variables that stay in the environment: pipeline overrides pass through to the
-/// binaries (as in the script), the rest are the harness's.
-const KEPT_ENV: [&str; 4] = [
-    "STRATA_PIPELINE__",
-    "STRATA_PG_BIN_DIR",
-    "STRATA_NATS_SERVER",
-    "STRATA_TEST_",
 ];
 
 /// The benchmark's knobs (the script's environment variables).
@@ -172,7 +164,7 @@ pub fn run(args: &Args) -> Result<Kv> {
         &[("local", &posix_repo(&repo))],
         "",
     );
-    strata_environment(&url);
+    strata_environment(&url, &pipeline);
     fleet.0.start_services(&config)?;
 
     let ap_log = ws.log("archive-push-time.log");
@@ -500,16 +492,4 @@ fn pipeline_env() -> String {
     } else {
         vars.concat()
     }
-}
-
-/// The environment the binaries see: no `STRATA_*` override but the pipeline's (and the harness's own
-/// variables), and `STRATA_BUS` saying what the config says. Set before the services and the measured
-/// PostgreSQL start; this program runs no other thread then.
-fn strata_environment(bus_url: &str) {
-    for (k, _) in std::env::vars() {
-        if k.starts_with("STRATA_") && !KEPT_ENV.iter().any(|p| k.starts_with(p)) {
-            std::env::remove_var(&k);
-        }
-    }
-    std::env::set_var("STRATA_BUS", bus_url);
 }

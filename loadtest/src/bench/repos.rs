@@ -30,7 +30,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use strata_integration::{S3Server, StrataBins};
 
-use super::common::{self, log, median, output_of, run_logged, settle, timed, BenchCluster, Kv, Results, Workspace, STANZA};
+use super::common::{
+    self, log, median, output_of, run_logged, settle, timed, BenchCluster, Kv, Results, Workspace,
+    STANZA,
+};
 use crate::dataset::Dataset;
 
 const BUCKET: &str = "strata-bench";
@@ -74,7 +77,10 @@ struct Row {
 pub fn run(args: &Args) -> Result<Kv> {
     let variants: Vec<&str> = args.variants.split_whitespace().collect();
     if let Some(bad) = variants.iter().find(|v| !VARIANTS.contains(v)) {
-        bail!("VARIANTS: unknown variant {bad:?} (known: {})", VARIANTS.join(" "));
+        bail!(
+            "VARIANTS: unknown variant {bad:?} (known: {})",
+            VARIANTS.join(" ")
+        );
     }
     let dataset = parse_dataset(&args.dataset, args.scale, args.oltp_mb)?;
     let desc = dataset_desc(&dataset);
@@ -87,13 +93,17 @@ pub fn run(args: &Args) -> Result<Kv> {
     let kms_key = s3.kms_create_key();
     log(format!("moto on {}, KMS key {kms_key}", s3.endpoint()));
 
-    let settings = [("shared_buffers", "512MB".to_string()), ("max_wal_size", "4GB".to_string())];
+    let settings = [
+        ("shared_buffers", "512MB".to_string()),
+        ("max_wal_size", "4GB".to_string()),
+    ];
     // The script kept a cluster holding the same dataset without being asked (it had no REUSE knob).
     let mut cluster = BenchCluster::open(&ws, dataset, true, &settings)?;
     // No variant yet: until the first one is written, pushes fail and PostgreSQL keeps the WAL for it.
     let current = ws.path("current-config");
     if current.exists() {
-        fs::remove_file(&current).with_context(|| format!("cannot remove {}", current.display()))?;
+        fs::remove_file(&current)
+            .with_context(|| format!("cannot remove {}", current.display()))?;
     }
     let wrapper = write_archive_wrapper(&ws, &bins, &current)?;
     cluster.set_archive_command(&format!("{} %p", wrapper.display()))?;
@@ -102,8 +112,19 @@ pub fn run(args: &Args) -> Result<Kv> {
 
     let run_id = common::run_id();
     let results_path = ws.path("results-repos.tsv");
-    let results =
-        Results::open(&results_path, &["run", "dataset", "variant", "rep", "op", "seconds", "db_bytes", "stored_bytes"])?;
+    let results = Results::open(
+        &results_path,
+        &[
+            "run",
+            "dataset",
+            "variant",
+            "rep",
+            "op",
+            "seconds",
+            "db_bytes",
+            "stored_bytes",
+        ],
+    )?;
     // The Strata commands' output, this run's only (a failure's error shows its tail).
     let strata_log = ws.log("strata-repos.log");
     fs::write(&strata_log, "").with_context(|| format!("cannot write {}", strata_log.display()))?;
@@ -117,11 +138,22 @@ pub fn run(args: &Args) -> Result<Kv> {
                 cmd.args(sub);
                 cmd
             };
-            run_logged(&mut strata(&["stanza-create"]), &format!("strata stanza-create ({variant})"), &strata_log)?;
+            run_logged(
+                &mut strata(&["stanza-create"]),
+                &format!("strata stanza-create ({variant})"),
+                &strata_log,
+            )?;
             cluster.pg().psql("SELECT pg_switch_wal()"); // the next segments go to this variant's repository
             settle(args.pause);
-            let secs = timed(&mut strata(&["backup", "--type", "full"]), &format!("strata backup ({variant}, rep {rep})"), &strata_log)?;
-            let stored = stored_bytes(&output_of(&mut strata(&["info", "--output", "json"]), "strata info")?)?;
+            let secs = timed(
+                &mut strata(&["backup", "--type", "full"]),
+                &format!("strata backup ({variant}, rep {rep})"),
+                &strata_log,
+            )?;
+            let stored = stored_bytes(&output_of(
+                &mut strata(&["info", "--output", "json"]),
+                "strata info",
+            )?)?;
             let mut row = |op: &'static str, secs: f64| -> Result<()> {
                 results.row(&[
                     run_id.clone(),
@@ -133,19 +165,31 @@ pub fn run(args: &Args) -> Result<Kv> {
                     db_bytes.to_string(),
                     stored.to_string(),
                 ])?;
-                rows.push(Row { variant: variant.to_string(), op, secs });
+                rows.push(Row {
+                    variant: variant.to_string(),
+                    op,
+                    secs,
+                });
                 Ok(())
             };
             row("backup", secs)?;
-            log(format!("{variant} rep {rep}: backup {secs:.3} s, stored {} MB", stored / 1_000_000));
+            log(format!(
+                "{variant} rep {rep}: backup {secs:.3} s, stored {} MB",
+                stored / 1_000_000
+            ));
             let restore = ws.fresh_dir("restore", 0o700)?;
             settle(args.pause);
             let mut restore_cmd = strata(&["restore", "--pg-data"]);
             restore_cmd.arg(&restore);
-            let secs = timed(&mut restore_cmd, &format!("strata restore ({variant}, rep {rep})"), &strata_log)?;
+            let secs = timed(
+                &mut restore_cmd,
+                &format!("strata restore ({variant}, rep {rep})"),
+                &strata_log,
+            )?;
             row("restore", secs)?;
             log(format!("{variant} rep {rep}: restore {secs:.3} s"));
-            fs::remove_dir_all(&restore).with_context(|| format!("cannot remove {}", restore.display()))?;
+            fs::remove_dir_all(&restore)
+                .with_context(|| format!("cannot remove {}", restore.display()))?;
         }
     }
 
@@ -202,12 +246,17 @@ fn write_variant_config(
     } else {
         s3.repo_config(BUCKET, &format!("{run_id}-{variant}-{rep}"))
     };
-    let extra = if variant.ends_with("-kms") { format!("\n[encryption]\n{}", s3.kms_encryption_config(kms_key)) } else { String::new() };
+    let extra = if variant.ends_with("-kms") {
+        format!("\n[encryption]\n{}", s3.kms_encryption_config(kms_key))
+    } else {
+        String::new()
+    };
     // write_strata_config writes <bench dir>/strata.toml; each variant keeps its own file, renamed into place
     // so that an archive-push reading it never sees it half written.
     let written = common::write_strata_config(ws, "local", cluster, &[(variant, &body)], &extra);
     let cfg = ws.path(&format!("strata-{variant}.toml"));
-    fs::rename(&written, &cfg).with_context(|| format!("cannot rename {} to {}", written.display(), cfg.display()))?;
+    fs::rename(&written, &cfg)
+        .with_context(|| format!("cannot rename {} to {}", written.display(), cfg.display()))?;
     Ok(cfg)
 }
 
@@ -216,12 +265,14 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
 /// `stored_bytes` of the stanza's newest backup, from `strata info --output json`.
 fn stored_bytes(info_json: &str) -> Result<u64> {
-    let info: serde_json::Value = serde_json::from_str(info_json).context("strata info --output json: not JSON")?;
+    let info: serde_json::Value =
+        serde_json::from_str(info_json).context("strata info --output json: not JSON")?;
     info[0]["backups"]
         .as_array()
         .and_then(|b| b.last())
@@ -238,7 +289,15 @@ fn summary(rows: &[Row], desc: &str, db_bytes: u64, run_id: &str, reps: u32) -> 
             order.push(&r.variant);
         }
     }
-    let med = |v: &str, op: &str| median(&rows.iter().filter(|r| r.variant == v && r.op == op).map(|r| r.secs).collect::<Vec<_>>());
+    let med = |v: &str, op: &str| {
+        median(
+            &rows
+                .iter()
+                .filter(|r| r.variant == v && r.op == op)
+                .map(|r| r.secs)
+                .collect::<Vec<_>>(),
+        )
+    };
     let db_mb = db_bytes as f64 / 1e6;
     let mut kv = Kv::new();
     kv.set("run_id", run_id);
@@ -247,10 +306,20 @@ fn summary(rows: &[Row], desc: &str, db_bytes: u64, run_id: &str, reps: u32) -> 
     kv.set("db_bytes", db_bytes);
     kv.set("reps", reps);
     let mut out = format!("dataset: {desc}, {db_mb:.0} MB, medians of {reps} reps, run {run_id}\n");
-    out += &format!("{:<10} {:>9} {:>7} {:>10} {:>7}\n", "variant", "backup s", "MB/s", "restore s", "MB/s");
+    out += &format!(
+        "{:<10} {:>9} {:>7} {:>10} {:>7}\n",
+        "variant", "backup s", "MB/s", "restore s", "MB/s"
+    );
     for v in &order {
-        let (b, r) = (med(v, "backup").unwrap_or(f64::NAN), med(v, "restore").unwrap_or(f64::NAN));
-        out += &format!("{v:<10} {b:>9.2} {:>7.0} {r:>10.2} {:>7.0}\n", db_mb / b, db_mb / r);
+        let (b, r) = (
+            med(v, "backup").unwrap_or(f64::NAN),
+            med(v, "restore").unwrap_or(f64::NAN),
+        );
+        out += &format!(
+            "{v:<10} {b:>9.2} {:>7.0} {r:>10.2} {:>7.0}\n",
+            db_mb / b,
+            db_mb / r
+        );
         kv.set(&format!("{v}_backup_s"), format!("{b:.3}"));
         kv.set(&format!("{v}_restore_s"), format!("{r:.3}"));
     }
@@ -258,12 +327,16 @@ fn summary(rows: &[Row], desc: &str, db_bytes: u64, run_id: &str, reps: u32) -> 
     for kind in ["posix", "s3"] {
         let kms = format!("{kind}-kms");
         if let (Some(b), Some(r)) = (ratio(&kms, kind, "backup"), ratio(&kms, kind, "restore")) {
-            out += &format!("encrypted / plain on {kind}: backup {b:.2}x, restore {r:.2}x the time\n");
+            out +=
+                &format!("encrypted / plain on {kind}: backup {b:.2}x, restore {r:.2}x the time\n");
             kv.set(&format!("ratio_{kind}_kms_backup"), format!("{b:.3}"));
             kv.set(&format!("ratio_{kind}_kms_restore"), format!("{r:.3}"));
         }
     }
-    if let (Some(b), Some(r)) = (ratio("s3", "posix", "backup"), ratio("s3", "posix", "restore")) {
+    if let (Some(b), Some(r)) = (
+        ratio("s3", "posix", "backup"),
+        ratio("s3", "posix", "restore"),
+    ) {
         out += &format!("s3 / posix: backup {b:.2}x, restore {r:.2}x the time\n");
         kv.set("ratio_s3_posix_backup", format!("{b:.3}"));
         kv.set("ratio_s3_posix_restore", format!("{r:.3}"));

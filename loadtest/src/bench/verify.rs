@@ -25,12 +25,12 @@
 use std::fs;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
 use crate::dataset::Dataset;
+use anyhow::{Context, Result};
 
 use super::common::{
-    self, du_bytes, log, median, run_logged, settle, timed, BenchCluster, Kv, Pgbackrest, PgbrOptions, Results, Workspace,
-    STANZA,
+    self, du_bytes, log, median, run_logged, settle, timed, BenchCluster, Kv, Pgbackrest,
+    PgbrOptions, Results, Workspace, STANZA,
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -58,14 +58,28 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<Kv> {
     let ws = Workspace::create(&args.bench_dir)?;
     let bins = common::install_binaries(args.strata_bin.as_deref(), &ws)?;
-    let settings = [("shared_buffers", "512MB".to_string()), ("max_wal_size", "4GB".to_string())];
+    let settings = [
+        ("shared_buffers", "512MB".to_string()),
+        ("max_wal_size", "4GB".to_string()),
+    ];
     // The script kept a cluster holding the same dataset without being asked (it had no REUSE knob).
-    let mut cluster = BenchCluster::open(&ws, Dataset::Pgbench { scale: args.scale }, true, &settings)?;
+    let mut cluster =
+        BenchCluster::open(&ws, Dataset::Pgbench { scale: args.scale }, true, &settings)?;
 
     // Both repositories start empty.
     let strata_repo = ws.fresh_dir("repo-strata", 0o755)?;
-    let cfg = common::write_strata_config(&ws, "local", &cluster, &[("local", &common::posix_repo(&strata_repo))], "");
-    let pgbr_opts = PgbrOptions { compress_type: "zst".into(), compress_level: 1, process_max: args.process_max };
+    let cfg = common::write_strata_config(
+        &ws,
+        "local",
+        &cluster,
+        &[("local", &common::posix_repo(&strata_repo))],
+        "",
+    );
+    let pgbr_opts = PgbrOptions {
+        compress_type: "zst".into(),
+        compress_level: 1,
+        process_max: args.process_max,
+    };
     let pgbr = Pgbackrest::configure(&ws.path("pgbackrest"), &cluster, &pgbr_opts)?;
     pgbr.wipe_repo()?;
 
@@ -82,12 +96,27 @@ pub fn run(args: &Args) -> Result<Kv> {
         cmd.args(sub);
         cmd
     };
-    run_logged(&mut strata(&["stanza-create"]), "strata stanza-create", &setup_log)?;
+    run_logged(
+        &mut strata(&["stanza-create"]),
+        "strata stanza-create",
+        &setup_log,
+    )?;
     pgbr.stanza_create(&setup_log)?;
     let db_bytes = cluster.db_bytes();
-    log(format!("database: {} MB; full backups", db_bytes / 1_000_000));
-    run_logged(&mut strata(&["backup", "--type", "full"]), "strata backup", &setup_log)?;
-    run_logged(pgbr.command().args(["backup", "--type=full"]), "pgbackrest backup", &setup_log)?;
+    log(format!(
+        "database: {} MB; full backups",
+        db_bytes / 1_000_000
+    ));
+    run_logged(
+        &mut strata(&["backup", "--type", "full"]),
+        "strata backup",
+        &setup_log,
+    )?;
+    run_logged(
+        pgbr.command().args(["backup", "--type=full"]),
+        "pgbackrest backup",
+        &setup_log,
+    )?;
     cluster.pg().psql("SELECT pg_switch_wal()");
     std::thread::sleep(std::time::Duration::from_secs(2));
     let strata_repo_bytes = du_bytes(&strata_repo);
@@ -99,30 +128,72 @@ pub fn run(args: &Args) -> Result<Kv> {
     ));
 
     let run_id = common::run_id();
-    let results =
-        Results::open(&ws.path("results-verify.tsv"), &["run", "tool", "rep", "seconds", "db_bytes", "repo_bytes"])?;
+    let results = Results::open(
+        &ws.path("results-verify.tsv"),
+        &["run", "tool", "rep", "seconds", "db_bytes", "repo_bytes"],
+    )?;
     let last_out = ws.log("last.out");
     let (mut pgbr_secs, mut strata_secs) = (Vec::new(), Vec::new());
     for rep in 1..=args.reps {
         settle(args.pause);
-        let secs = timed(pgbr.command().arg("verify"), &format!("pgbackrest verify (rep {rep})"), &last_out)?;
-        results.row(&[run_id.clone(), "pgbackrest".into(), rep.to_string(), format!("{secs:.3}"), db_bytes.to_string(), pgbr_repo_bytes.to_string()])?;
+        let secs = timed(
+            pgbr.command().arg("verify"),
+            &format!("pgbackrest verify (rep {rep})"),
+            &last_out,
+        )?;
+        results.row(&[
+            run_id.clone(),
+            "pgbackrest".into(),
+            rep.to_string(),
+            format!("{secs:.3}"),
+            db_bytes.to_string(),
+            pgbr_repo_bytes.to_string(),
+        ])?;
         pgbr_secs.push(secs);
         log(format!("rep {rep}: pgbackrest verify {secs:.3} s"));
         settle(args.pause);
         let _ = fs::remove_file(&last_out); // its last line is strata verify's verdict
-        let secs = timed(&mut strata(&["verify"]), &format!("strata verify (rep {rep})"), &last_out)?;
-        results.row(&[run_id.clone(), "strata".into(), rep.to_string(), format!("{secs:.3}"), db_bytes.to_string(), strata_repo_bytes.to_string()])?;
+        let secs = timed(
+            &mut strata(&["verify"]),
+            &format!("strata verify (rep {rep})"),
+            &last_out,
+        )?;
+        results.row(&[
+            run_id.clone(),
+            "strata".into(),
+            rep.to_string(),
+            format!("{secs:.3}"),
+            db_bytes.to_string(),
+            strata_repo_bytes.to_string(),
+        ])?;
         strata_secs.push(secs);
-        let verdict = fs::read_to_string(&last_out).unwrap_or_default().lines().last().unwrap_or("").to_string();
+        let verdict = fs::read_to_string(&last_out)
+            .unwrap_or_default()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string();
         log(format!("rep {rep}: strata verify {secs:.3} s ({verdict})"));
     }
 
     let db_mb = db_bytes as f64 / 1e6;
-    let (p, s) = (median(&pgbr_secs).unwrap_or(f64::NAN), median(&strata_secs).unwrap_or(f64::NAN));
-    println!("database {db_mb:.0} MB, run {run_id}, medians of {} reps", args.reps);
-    for (tool, secs, repo) in [("pgbackrest", p, pgbr_repo_bytes), ("strata", s, strata_repo_bytes)] {
-        println!("{tool:<11} verify {secs:6.2} s  ({:5.0} MB/s of database, repository {:.0} MB)", db_mb / secs, repo as f64 / 1e6);
+    let (p, s) = (
+        median(&pgbr_secs).unwrap_or(f64::NAN),
+        median(&strata_secs).unwrap_or(f64::NAN),
+    );
+    println!(
+        "database {db_mb:.0} MB, run {run_id}, medians of {} reps",
+        args.reps
+    );
+    for (tool, secs, repo) in [
+        ("pgbackrest", p, pgbr_repo_bytes),
+        ("strata", s, strata_repo_bytes),
+    ] {
+        println!(
+            "{tool:<11} verify {secs:6.2} s  ({:5.0} MB/s of database, repository {:.0} MB)",
+            db_mb / secs,
+            repo as f64 / 1e6
+        );
     }
     println!("strata / pgbackrest: {:.2}x the time", s / p);
 
