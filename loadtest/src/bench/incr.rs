@@ -30,14 +30,14 @@
 //! stopped by pid on Drop; the measured commands and pgbench are children [`measure`] waits for (and
 //! kills on SIGINT/SIGTERM), so an error or Ctrl-C unwinds through all of them.
 
-
 mod facts;
 mod report;
 mod steps;
 
 use super::common::{
-    self, archive_both_command, du_bytes, install_binaries, log, output_of, posix_repo, strata_version,
-    write_strata_config, BenchCluster, BusMode, Fleet, Kv, Pgbackrest, PgbrOptions, Pipeline, Results, Workspace,
+    self, archive_both_command, du_bytes, install_binaries, log, output_of, posix_repo,
+    strata_version, write_strata_config, BenchCluster, BusMode, Fleet, Kv, Pgbackrest, PgbrOptions,
+    Pipeline, Results, Workspace,
 };
 use crate::dataset::Dataset;
 use anyhow::{bail, Context, Result};
@@ -117,7 +117,10 @@ impl Args {
         Ok(match self.dataset {
             DatasetKind::Pgbench => Dataset::Pgbench { scale: self.scale },
             DatasetKind::Oltp if self.oltp_mb < 20 => {
-                bail!("OLTP_MB must be a number of MB, at least 20, not '{}'", self.oltp_mb)
+                bail!(
+                    "OLTP_MB must be a number of MB, at least 20, not '{}'",
+                    self.oltp_mb
+                )
             }
             DatasetKind::Oltp => Dataset::Oltp { mb: self.oltp_mb },
         })
@@ -202,11 +205,18 @@ pub fn run(args: &Args) -> Result<Kv> {
     let srepo = ws.path("strata-repo");
     let pgbr_dir = ws.path("pgbackrest");
     let _cleanup = ExitCleanup {
-        dirs: if args.keep_repos { Vec::new() } else { vec![srepo.clone(), pgbr_dir.join("repo")] },
+        dirs: if args.keep_repos {
+            Vec::new()
+        } else {
+            vec![srepo.clone(), pgbr_dir.join("repo")]
+        },
     };
 
     let bins = install_binaries(args.strata_bin.as_deref(), &ws)?;
-    let help = output_of(Command::new(bins.path("strata")).args(["backup", "--help"]), "strata backup --help")?;
+    let help = output_of(
+        Command::new(bins.path("strata")).args(["backup", "--help"]),
+        "strata backup --help",
+    )?;
     if !help.contains("incr") {
         bail!(
             "{}/strata (built {}) has no incremental backups (backup --type incr): use a newer build",
@@ -248,7 +258,13 @@ pub fn run(args: &Args) -> Result<Kv> {
     let mut cluster = BenchCluster::open(&ws, dataset, args.reuse, &settings)?;
 
     ws.fresh_dir("strata-repo", 0o755)?;
-    let config = write_strata_config(&ws, &bus_url, &cluster, &[("local", &posix_repo(&srepo))], &pipeline.toml());
+    let config = write_strata_config(
+        &ws,
+        &bus_url,
+        &cluster,
+        &[("local", &posix_repo(&srepo))],
+        &pipeline.toml(),
+    );
     let pgbr = Pgbackrest::configure(
         &pgbr_dir,
         &cluster,
@@ -272,13 +288,27 @@ pub fn run(args: &Args) -> Result<Kv> {
     let payload = bench.cluster.db_bytes();
     dataset.prepare_churn(ws.root())?;
     let churn_args = bench.churn_args(dataset)?;
-    let churn_desc = format!("pgbench -T {} -c 2 -j 2 {}", args.churn_secs, churn_args.join(" "));
+    let churn_desc = format!(
+        "pgbench -T {} -c 2 -j 2 {}",
+        args.churn_secs,
+        churn_args.join(" ")
+    );
     log(format!(
         "run {run_id}: {}, payload {payload} bytes, {} reps, bus {bus_url}, {churn_desc} between full and incr",
         args.dataset_desc(),
         args.reps
     ));
-    write_info(args, &bench, &run_id, payload, &version, &pgbr_version, &churn_args, &bus_url, &pipeline)?;
+    write_info(
+        args,
+        &bench,
+        &run_id,
+        payload,
+        &version,
+        &pgbr_version,
+        &churn_args,
+        &bus_url,
+        &pipeline,
+    )?;
 
     let bus = mode.name();
     let dataset_col = dataset.describe().replace(' ', ":");
@@ -289,7 +319,12 @@ pub fn run(args: &Args) -> Result<Kv> {
         log(format!("---- rep {rep}/{}", args.reps));
         let (rep_rows, churn) = bench.rep(rep, dataset)?;
         for row in &rep_rows {
-            let mut fields = vec![run_id.clone(), utc_timestamp(), dataset_col.clone(), bus.to_string()];
+            let mut fields = vec![
+                run_id.clone(),
+                utc_timestamp(),
+                dataset_col.clone(),
+                bus.to_string(),
+            ];
             fields.extend(report::tsv_fields(row, &churn));
             results.row(&fields)?;
         }
@@ -310,11 +345,21 @@ pub fn run(args: &Args) -> Result<Kv> {
     kv.set("reps", args.reps);
     kv.set("churn_secs", args.churn_secs);
     kv.set("main_table", args.main_table());
-    kv.set("pgbr", format!("{}:{} process-max={}", args.pgbr_compress, args.pgbr_level, args.process_max));
+    kv.set(
+        "pgbr",
+        format!(
+            "{}:{} process-max={}",
+            args.pgbr_compress, args.pgbr_level, args.process_max
+        ),
+    );
     kv.set("pipeline", pipeline.describe());
     let table = report::summary(&rows, &churns, bus, &mut kv);
     kv.write(&kv_path)?;
-    let churn_what = if churn_args.is_empty() { "(built-in TPC-B)".to_string() } else { churn_args.join(" ") };
+    let churn_what = if churn_args.is_empty() {
+        "(built-in TPC-B)".to_string()
+    } else {
+        churn_args.join(" ")
+    };
     let text = format!(
         "\n== run {run_id}: {}, payload {payload} bytes ({:.0} MB), {} reps, bus {bus_url}, pgbench -T {} -c 2 -j 2 {churn_what} \
          between full and incr; Strata pipeline {}; pgBackRest {}:{} process-max {}\n   \
@@ -333,20 +378,26 @@ pub fn run(args: &Args) -> Result<Kv> {
         ws.logs().display(),
     );
     eprint!("{text}");
-    fs::write(&summary_path, &text).with_context(|| format!("cannot write {}", summary_path.display()))?;
+    fs::write(&summary_path, &text)
+        .with_context(|| format!("cannot write {}", summary_path.display()))?;
     drop(bench);
     Ok(kv)
 }
 
 /// A results-incr.tsv written with other columns is moved to `results-incr.tsv.old-<run_id>`.
 fn set_aside_other_columns(path: &Path, run_id: &str) -> Result<()> {
-    let Ok(text) = fs::read_to_string(path) else { return Ok(()) };
+    let Ok(text) = fs::read_to_string(path) else {
+        return Ok(());
+    };
     if text.lines().next() == Some(report::HEADER.join("\t").as_str()) {
         return Ok(());
     }
     let old = path.with_file_name(format!("results-incr.tsv.old-{run_id}"));
     fs::rename(path, &old).with_context(|| format!("cannot move {} aside", path.display()))?;
-    log(format!("results-incr.tsv had other columns: moved to {}", old.display()));
+    log(format!(
+        "results-incr.tsv had other columns: moved to {}",
+        old.display()
+    ));
     Ok(())
 }
 
@@ -363,22 +414,47 @@ fn write_info(
     bus_url: &str,
     pipeline: &Pipeline,
 ) -> Result<()> {
-    let git = |a: &[&str]| Command::new("git").arg("-C").arg(repo_root()).args(a).output().ok();
+    let git = |a: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(repo_root())
+            .args(a)
+            .output()
+            .ok()
+    };
     let mut source = git(&["rev-parse", "--short", "HEAD"])
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "?".into());
-    if git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|o| !o.stdout.is_empty()) {
+    if git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|o| !o.stdout.is_empty())
+    {
         source.push_str(" (uncommitted changes)");
     }
     let mem_kb = fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal")).and_then(|l| l.split_whitespace().nth(1)).map(str::to_string))
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .map(str::to_string)
+        })
         .unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let bin_dir = args.strata_bin_dir();
-    let churn = if churn_args.is_empty() { "(TPC-B)".to_string() } else { churn_args.join(" ") };
-    let pipe = pipeline.toml().lines().skip(1).map(|l| l.replace(" = ", "=")).collect::<Vec<_>>().join(" ");
+    let churn = if churn_args.is_empty() {
+        "(TPC-B)".to_string()
+    } else {
+        churn_args.join(" ")
+    };
+    let pipe = pipeline
+        .toml()
+        .lines()
+        .skip(1)
+        .map(|l| l.replace(" = ", "="))
+        .collect::<Vec<_>>()
+        .join(" ");
     let text = format!(
         "run_id={run_id}\nscript=strata-bench incr\ndataset={}\nscale={} churn_secs={} churn_args={churn}\n\
          payload_bytes={payload}\ndata_dir_bytes={}\nstrata={version} ({}, built {})\nsource={source}\n\
@@ -399,7 +475,10 @@ fn write_info(
 
 /// A file's modification time, UTC (`2026-12-07T21:15:00Z`), or "?".
 fn built(path: &Path) -> String {
-    fs::metadata(path).and_then(|m| m.modified()).map(utc_of).unwrap_or_else(|_| "?".into())
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map(utc_of)
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// Now, UTC, as `date -u +%FT%TZ` prints it.
@@ -408,7 +487,10 @@ fn utc_timestamp() -> String {
 }
 
 fn utc_of(t: std::time::SystemTime) -> String {
-    let secs = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as libc::time_t).unwrap_or(0);
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as libc::time_t)
+        .unwrap_or(0);
     // SAFETY: tm is plain data; gmtime_r fills it from a valid time_t.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: both pointers are to live locals.

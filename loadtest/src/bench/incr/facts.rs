@@ -33,14 +33,22 @@ fn text(v: Option<&Value>) -> String {
 /// sent_bytes, read_bytes, database_bytes.
 pub(super) fn strata_newest(json: &str) -> Result<Newest> {
     let v: Value = serde_json::from_str(json).context("strata info: not JSON")?;
-    let Some(b) = v.pointer("/0/backups").and_then(Value::as_array).and_then(|a| a.last()) else {
+    let Some(b) = v
+        .pointer("/0/backups")
+        .and_then(Value::as_array)
+        .and_then(|a| a.last())
+    else {
         bail!("strata info lists no backup");
     };
     let reference = text(b.get("reference"));
     Ok(Newest {
         label: text(b.get("label")),
         kind: text(b.get("type")),
-        reference: if reference.is_empty() { "-".into() } else { reference },
+        reference: if reference.is_empty() {
+            "-".into()
+        } else {
+            reference
+        },
         stored: text(b.get("stored_bytes")),
         copied: text(b.get("sent_bytes")),
         read: text(b.get("read_bytes")),
@@ -53,7 +61,11 @@ pub(super) fn strata_newest(json: &str) -> Result<Newest> {
 /// info.repository.delta, info.delta, info.size, info.repository.size.
 pub(super) fn pgbackrest_newest(json: &str) -> Result<Newest> {
     let v: Value = serde_json::from_str(json).context("pgbackrest info: not JSON")?;
-    let Some(b) = v.pointer("/0/backup").and_then(Value::as_array).and_then(|a| a.last()) else {
+    let Some(b) = v
+        .pointer("/0/backup")
+        .and_then(Value::as_array)
+        .and_then(|a| a.last())
+    else {
         bail!("pgbackrest info lists no backup");
     };
     let prior = text(b.get("prior"));
@@ -76,9 +88,12 @@ pub(super) fn pgbench_figures(log: &str) -> (Option<u64>, Option<String>) {
         let n = rest.trim_start_matches(|c: char| c == ':' || c.is_whitespace());
         n.split('/').next()?.trim().parse().ok()
     });
-    let tps = log
-        .lines()
-        .find_map(|l| l.strip_prefix("tps = ")?.split_whitespace().next().map(str::to_string));
+    let tps = log.lines().find_map(|l| {
+        l.strip_prefix("tps = ")?
+            .split_whitespace()
+            .next()
+            .map(str::to_string)
+    });
     (xacts, tps)
 }
 
@@ -125,7 +140,11 @@ pub(super) fn vm_busy_secs() -> f64 {
     let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
         return 0.0;
     };
-    let f: Vec<f64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0.0)).collect();
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
     let ticks: f64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -141,12 +160,34 @@ mod tests {
         let s = r#"[{"stanza":"bench","backups":[{"label":"a","type":"full"},
             {"label":"b","type":"incr","reference":"a","stored_bytes":12,"sent_bytes":34,"read_bytes":56,"database_bytes":78}]}]"#;
         let n = strata_newest(s).unwrap();
-        assert_eq!((n.label.as_str(), n.kind.as_str(), n.reference.as_str()), ("b", "incr", "a"));
-        assert_eq!((n.stored.as_str(), n.copied.as_str(), n.read.as_str(), n.database.as_str()), ("12", "34", "56", "78"));
+        assert_eq!(
+            (n.label.as_str(), n.kind.as_str(), n.reference.as_str()),
+            ("b", "incr", "a")
+        );
+        assert_eq!(
+            (
+                n.stored.as_str(),
+                n.copied.as_str(),
+                n.read.as_str(),
+                n.database.as_str()
+            ),
+            ("12", "34", "56", "78")
+        );
         let p = r#"[{"backup":[{"label":"F","type":"full","info":{"delta":5,"size":6,"repository":{"delta":3,"size":4}}}]}]"#;
         let n = pgbackrest_newest(p).unwrap();
-        assert_eq!((n.label.as_str(), n.kind.as_str(), n.reference.as_str()), ("F", "full", "-"));
-        assert_eq!((n.stored.as_str(), n.copied.as_str(), n.database.as_str(), n.repo_size.as_str()), ("3", "5", "6", "4"));
+        assert_eq!(
+            (n.label.as_str(), n.kind.as_str(), n.reference.as_str()),
+            ("F", "full", "-")
+        );
+        assert_eq!(
+            (
+                n.stored.as_str(),
+                n.copied.as_str(),
+                n.database.as_str(),
+                n.repo_size.as_str()
+            ),
+            ("3", "5", "6", "4")
+        );
         assert!(strata_newest(r#"[{"backups":[]}]"#).is_err());
     }
 
@@ -154,7 +195,10 @@ mod tests {
     fn pgbench_output() {
         let log = "transaction type: <builtin: TPC-B (sort of)>\nnumber of transactions actually processed: 1234\nlatency average = 1.6 ms\ntps = 411.9 (without initial connection time)\n";
         assert_eq!(pgbench_figures(log), (Some(1234), Some("411.9".into())));
-        assert_eq!(pgbench_figures("number of transactions actually processed: 10/20\n").0, Some(10));
+        assert_eq!(
+            pgbench_figures("number of transactions actually processed: 10/20\n").0,
+            Some(10)
+        );
         assert_eq!(parse_changed_pages("10|2|30|4").unwrap(), [10, 2, 30, 4]);
         assert!(parse_changed_pages("10|2").is_err());
     }

@@ -151,7 +151,10 @@ pub(super) fn summary(rows: &[Row], churns: &[Churn], mode: &str, kv: &mut Kv) -
         let i = match groups.iter().position(|g| g.key == (row.tool, row.op)) {
             Some(i) => i,
             None => {
-                groups.push(Group { key: (row.tool, row.op), ..Group::default() });
+                groups.push(Group {
+                    key: (row.tool, row.op),
+                    ..Group::default()
+                });
                 groups.len() - 1
             }
         };
@@ -215,26 +218,40 @@ pub(super) fn summary(rows: &[Row], churns: &[Churn], mode: &str, kv: &mut Kv) -
     let _ = writeln!(
         out,
         "target (the issue states it for single-host mode; this run: bus {mode}){}",
-        if mode == "local" { "" } else { ": stored bytes do not depend on the bus" }
+        if mode == "local" {
+            ""
+        } else {
+            ": stored bytes do not depend on the bus"
+        }
     );
     let what = "incr stored bytes strata / pgbackrest";
     match (s, b) {
         (Some(s), Some(b)) if med(&b.stored) > 0.0 => {
             let v = med(&s.stored) / med(&b.stored);
             let verdict = verdict(Some(v), Target::AtMost(INCR_STORED_TARGET));
-            let _ = writeln!(out, "  {what:<50} {v:>7.3}  target <= {INCR_STORED_TARGET}  {verdict}");
+            let _ = writeln!(
+                out,
+                "  {what:<50} {v:>7.3}  target <= {INCR_STORED_TARGET}  {verdict}"
+            );
             kv.set("ratio_incr_stored", format!("{v:.3}"));
             kv.set("ratio_incr_stored_verdict", verdict);
         }
         _ => {
-            let _ = writeln!(out, "  {what:<50} {:>7}  target <= {INCR_STORED_TARGET}  -", "-");
+            let _ = writeln!(
+                out,
+                "  {what:<50} {:>7}  target <= {INCR_STORED_TARGET}  -",
+                "-"
+            );
             kv.set("ratio_incr_stored", "");
             kv.set("ratio_incr_stored_verdict", "-");
         }
     }
     if let (Some(s), Some(b)) = (s, b) {
         if med(&b.wall) > 0.0 {
-            kv.set("ratio_incr_time", format!("{:.3}", med(&s.wall) / med(&b.wall)));
+            kv.set(
+                "ratio_incr_time",
+                format!("{:.3}", med(&s.wall) / med(&b.wall)),
+            );
         }
     }
     let Some(k) = s.or(b).filter(|g| !g.main_bytes.is_empty()) else {
@@ -266,19 +283,28 @@ pub(super) fn summary(rows: &[Row], churns: &[Churn], mode: &str, kv: &mut Kv) -
     }
     if let Some(s) = s {
         let ms = med(&s.stored);
-        let _ = writeln!(out, "strata     incr stored bytes     / {mt} size: {:.4} ({ms:.0} / {a:.0})", ms / a);
+        let _ = writeln!(
+            out,
+            "strata     incr stored bytes     / {mt} size: {:.4} ({ms:.0} / {a:.0})",
+            ms / a
+        );
     }
     if let Some(b) = b {
         let ms = med(&b.stored);
-        let _ = writeln!(out, "pgbackrest incr repository.delta / {mt} size: {:.4} ({ms:.0} / {a:.0})", ms / a);
+        let _ = writeln!(
+            out,
+            "pgbackrest incr repository.delta / {mt} size: {:.4} ({ms:.0} / {a:.0})",
+            ms / a
+        );
     }
     for &r in &reps {
         let c = churn(r);
         let per_tool = |tool: &str| {
             rows.iter()
-                .filter(|x| x.rep == r && x.op == "incr" && x.tool == tool)
-                .next_back()
-                .map_or("-".to_string(), |x| format!("{:.4}", num(&x.stored) / c.main_bytes as f64))
+                .rfind(|x| x.rep == r && x.op == "incr" && x.tool == tool)
+                .map_or("-".to_string(), |x| {
+                    format!("{:.4}", num(&x.stored) / c.main_bytes as f64)
+                })
         };
         let (changed, pages) = match c.pages {
             Some(p) => (p[1].to_string(), p[0].to_string()),
@@ -300,7 +326,17 @@ mod tests {
     use super::*;
 
     fn row(tool: &'static str, op: &'static str, rep: u32, wall: f64, stored: &str) -> Row {
-        Row { tool, op, rep, position: 1, wall_s: wall, maxrss_kb: 2048, added_bytes: 100, stored: stored.into(), ..Row::default() }
+        Row {
+            tool,
+            op,
+            rep,
+            position: 1,
+            wall_s: wall,
+            maxrss_kb: 2048,
+            added_bytes: 100,
+            stored: stored.into(),
+            ..Row::default()
+        }
     }
 
     #[test]
@@ -320,11 +356,18 @@ mod tests {
         ];
         let mut kv = Kv::default();
         let text = summary(&rows, &churns, "local", &mut kv);
-        assert!(text.starts_with("tool       op    n  median_s     added_repo_B         stored_B peak_RSS_MiB\n"));
-        assert!(text.contains("strata     full  1      2.00              100              500          2.0\n"));
+        assert!(text.starts_with(
+            "tool       op    n  median_s     added_repo_B         stored_B peak_RSS_MiB\n"
+        ));
+        assert!(text.contains(
+            "strata     full  1      2.00              100              500          2.0\n"
+        ));
         assert!(text.contains("strata/pgbackrest incr  time 0.50   added repo bytes 1.000   stored bytes 0.250   peak RSS 1.00\n"));
-        assert!(text.contains("  incr stored bytes strata / pgbackrest                0.250  target <= 0.333  PASS\n"));
-        assert!(text.contains("pgbench_accounts 5 of 10 (50.0%), bench database 8 of 20 (40.0%, 0.1 MiB)"));
+        assert!(text.contains(
+            "  incr stored bytes strata / pgbackrest                0.250  target <= 0.333  PASS\n"
+        ));
+        assert!(text
+            .contains("pgbench_accounts 5 of 10 (50.0%), bench database 8 of 20 (40.0%, 0.1 MiB)"));
         assert!(text.contains("  rep 1: 42 transactions, pgbench_accounts pages changed 5 of 10; incr stored / pgbench_accounts size: strata 0.1000, pgbackrest 0.4000\n"));
         assert_eq!(kv.get("ratio_incr_stored"), Some("0.250"));
         assert_eq!(kv.get("ratio_incr_stored_verdict"), Some("PASS"));
@@ -336,7 +379,13 @@ mod tests {
 
     #[test]
     fn full_rows_leave_the_churn_columns_empty() {
-        let churn = Churn { main_table: "orders".into(), main_bytes: 7, secs: 3, xacts: 1, pages: None };
+        let churn = Churn {
+            main_table: "orders".into(),
+            main_bytes: 7,
+            secs: 3,
+            xacts: 1,
+            pages: None,
+        };
         let full = tsv_fields(&row("strata", "full", 1, 1.0, "5"), &churn);
         let incr = tsv_fields(&row("strata", "incr", 1, 1.0, "5"), &churn);
         assert_eq!(full.len() + 4, HEADER.len());

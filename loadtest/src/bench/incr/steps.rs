@@ -6,8 +6,8 @@ use super::facts::{self, Newest};
 use super::report::{Churn, Row};
 use super::Args;
 use crate::bench::common::{
-    du_bytes, log, measure, output_of, proc_hwm_kb, run_logged, settle, timed, wipe_dir, BenchCluster,
-    Fleet, Pgbackrest, Workspace, STANZA,
+    du_bytes, log, measure, output_of, proc_hwm_kb, run_logged, settle, timed, wipe_dir,
+    BenchCluster, Fleet, Pgbackrest, Workspace, STANZA,
 };
 use crate::dataset::Dataset;
 use anyhow::{anyhow, bail, Context, Result};
@@ -47,7 +47,17 @@ impl<'a> Bench<'a> {
         pgbr: Pgbackrest,
         srepo: PathBuf,
     ) -> Bench<'a> {
-        Bench { args, ws, bins, config, cluster, fleet, pgbr, srepo, pageinspect: false }
+        Bench {
+            args,
+            ws,
+            bins,
+            config,
+            cluster,
+            fleet,
+            pgbr,
+            srepo,
+            pageinspect: false,
+        }
     }
 
     fn strata(&self) -> Command {
@@ -62,7 +72,10 @@ impl<'a> Bench<'a> {
     }
 
     fn sql(&self, sql: &str) -> Result<String> {
-        self.cluster.pg().try_psql_db("postgres", sql).map_err(|e| anyhow!("psql: {e}"))
+        self.cluster
+            .pg()
+            .try_psql_db("postgres", sql)
+            .map_err(|e| anyhow!("psql: {e}"))
     }
 
     fn wait_archive_idle(&self) {
@@ -76,16 +89,29 @@ impl<'a> Bench<'a> {
 
     fn stanza_create(&self, tag: &str) -> Result<()> {
         let log = self.fresh_log(&format!("strata-stanza-create-{tag}.log"));
-        run_logged(self.strata().arg("stanza-create"), "strata stanza-create", &log)?;
-        self.pgbr.stanza_create(&self.fresh_log(&format!("pgbackrest-stanza-create-{tag}.log")))
+        run_logged(
+            self.strata().arg("stanza-create"),
+            "strata stanza-create",
+            &log,
+        )?;
+        self.pgbr
+            .stanza_create(&self.fresh_log(&format!("pgbackrest-stanza-create-{tag}.log")))
     }
 
     /// Before the reps: both stanzas (before the first WAL push), both checks, and pageinspect (created
     /// before any backup, so that its catalog rows are not a change an incremental sees).
     pub fn prepare(&mut self) -> Result<()> {
         self.stanza_create("0")?;
-        run_logged(self.strata().arg("check"), "strata check", &self.fresh_log("strata-check.log"))?;
-        run_logged(self.pgbr.command().arg("check"), "pgbackrest check", &self.fresh_log("pgbackrest-check.log"))?;
+        run_logged(
+            self.strata().arg("check"),
+            "strata check",
+            &self.fresh_log("strata-check.log"),
+        )?;
+        run_logged(
+            self.pgbr.command().arg("check"),
+            "pgbackrest check",
+            &self.fresh_log("pgbackrest-check.log"),
+        )?;
         match self.sql("CREATE EXTENSION IF NOT EXISTS pageinspect") {
             Ok(_) => self.pageinspect = true,
             Err(e) => log(format!(
@@ -100,17 +126,36 @@ impl<'a> Bench<'a> {
     /// dataset's churn command has them now.
     pub fn churn_args(&self, dataset: Dataset) -> Result<Vec<String>> {
         let log = self.ws.tmp().join("churn-args.log");
-        let cmd = dataset.churn_command(self.cluster.pg(), self.ws.root(), self.args.churn_secs, 2, &log)?;
-        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
-        let from = args.iter().position(|a| a == "-j").map_or(args.len(), |i| i + 2);
+        let cmd = dataset.churn_command(
+            self.cluster.pg(),
+            self.ws.root(),
+            self.args.churn_secs,
+            2,
+            &log,
+        )?;
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let from = args
+            .iter()
+            .position(|a| a == "-j")
+            .map_or(args.len(), |i| i + 2);
         let to = args.iter().position(|a| a == "-h").unwrap_or(args.len());
-        Ok(args.get(from..to).map(<[String]>::to_vec).unwrap_or_default())
+        Ok(args
+            .get(from..to)
+            .map(<[String]>::to_vec)
+            .unwrap_or_default())
     }
 
     /// One rep: its rows (in the order they were measured) and what its churn did.
     pub fn rep(&mut self, rep: u32, dataset: Dataset) -> Result<(Vec<Row>, Churn)> {
         // The tool that goes first alternates, so neither always backs up right after the CHECKPOINT.
-        let order = if rep % 2 == 1 { ["strata", "pgbackrest"] } else { ["pgbackrest", "strata"] };
+        let order = if rep % 2 == 1 {
+            ["strata", "pgbackrest"]
+        } else {
+            ["pgbackrest", "strata"]
+        };
 
         // Fresh repositories for both tools. NATS mode: the uploader caches the chunk index; fresh services
         // for a fresh repository.
@@ -135,15 +180,27 @@ impl<'a> Bench<'a> {
             .parse()
             .context("pg_relation_size")?;
         let log_path = self.fresh_log(&format!("pgbench-churn-{rep}.log"));
-        let mut cmd = dataset.churn_command(self.cluster.pg(), self.ws.root(), self.args.churn_secs, 2, &log_path)?;
+        let mut cmd = dataset.churn_command(
+            self.cluster.pg(),
+            self.ws.root(),
+            self.args.churn_secs,
+            2,
+            &log_path,
+        )?;
         log(format!(
             "pgbench -n -T {} -c 2 -j 2 {} postgres (from LSN {lsn0})",
             self.args.churn_secs,
             self.churn_args(dataset)?.join(" ")
         ));
         timed(&mut cmd, "pgbench (churn)", &log_path)?;
-        let (xacts, tps) = facts::pgbench_figures(&fs::read_to_string(&log_path).unwrap_or_default());
-        let xacts = xacts.ok_or_else(|| anyhow!("pgbench printed no transaction count; log {}", log_path.display()))?;
+        let (xacts, tps) =
+            facts::pgbench_figures(&fs::read_to_string(&log_path).unwrap_or_default());
+        let xacts = xacts.ok_or_else(|| {
+            anyhow!(
+                "pgbench printed no transaction count; log {}",
+                log_path.display()
+            )
+        })?;
         self.sql("CHECKPOINT")?;
         log(format!(
             "pgbench: {xacts} transactions ({} tps); {main_table} is {main_bytes} bytes; CHECKPOINT done",
@@ -156,7 +213,9 @@ impl<'a> Bench<'a> {
 
         let pages = if self.pageinspect {
             let t0 = Instant::now();
-            let p = facts::parse_changed_pages(&self.sql(&facts::changed_pages_sql(&lsn0, main_table))?)?;
+            let p = facts::parse_changed_pages(
+                &self.sql(&facts::changed_pages_sql(&lsn0, main_table))?,
+            )?;
             log(format!(
                 "changed since LSN {lsn0}: {main_table} {} of {} pages, bench database {} of {} pages (counted in {:.1} s)",
                 p[1],
@@ -169,7 +228,13 @@ impl<'a> Bench<'a> {
         } else {
             None
         };
-        let churn = Churn { main_table: main_table.to_string(), main_bytes, secs: self.args.churn_secs, xacts, pages };
+        let churn = Churn {
+            main_table: main_table.to_string(),
+            main_bytes,
+            secs: self.args.churn_secs,
+            xacts,
+            pages,
+        };
         Ok((rows, churn))
     }
 
@@ -177,12 +242,22 @@ impl<'a> Bench<'a> {
     /// command and again once the archiver is idle after it, so "added" is the backup plus the WAL segment
     /// (or two) its stop switched to. Fails when the command fails or the newest backup in the repository
     /// is not of type `op` (e.g. Strata falling back to a full).
-    fn backup(&mut self, tool: &'static str, op: &'static str, rep: u32, position: u32) -> Result<Row> {
+    fn backup(
+        &mut self,
+        tool: &'static str,
+        op: &'static str,
+        rep: u32,
+        position: u32,
+    ) -> Result<Row> {
         let name = format!("{tool}-{op}-{rep}");
         let log_path = self.fresh_log(&format!("{name}.log"));
         self.wait_archive_idle();
         let strata = tool == "strata";
-        let repo = if strata { self.srepo.clone() } else { self.pgbr.repo().to_path_buf() };
+        let repo = if strata {
+            self.srepo.clone()
+        } else {
+            self.pgbr.repo().to_path_buf()
+        };
         let before = du_bytes(&repo);
         let mut cmd = if strata {
             self.fleet.reset_hwm();
@@ -196,7 +271,11 @@ impl<'a> Bench<'a> {
         };
         settle(self.args.pause);
         let busy0 = facts::vm_busy_secs();
-        let m = measure(&mut cmd, &format!("{tool} backup --type {op} (rep {rep})"), &log_path)?;
+        let m = measure(
+            &mut cmd,
+            &format!("{tool} backup --type {op} (rep {rep})"),
+            &log_path,
+        )?;
         let busy = facts::vm_busy_secs() - busy0;
         let services_kb = self.fleet.hwm_kb();
         self.wait_archive_idle();
@@ -217,11 +296,15 @@ impl<'a> Bench<'a> {
                 note = format!("cmd_maxrss_kb={maxrss_kb} services_hwm_kb={services_kb} nats_server_hwm_kb={nats_kb} {note}");
                 maxrss_kb += services_kb;
             }
-            let n = facts::strata_newest(&self.info_json(&name, self.strata().args(["info", "--output", "json"]))?)?;
+            let n = facts::strata_newest(
+                &self.info_json(&name, self.strata().args(["info", "--output", "json"]))?,
+            )?;
             let note = format!("type={} reference={} {note}", n.kind, n.reference);
             (n, note)
         } else {
-            let n = facts::pgbackrest_newest(&self.info_json(&name, self.pgbr.command().args(["info", "--output=json"]))?)?;
+            let n = facts::pgbackrest_newest(
+                &self.info_json(&name, self.pgbr.command().args(["info", "--output=json"]))?,
+            )?;
             let set_du = du_bytes(&self.pgbr.repo().join("backup").join(STANZA).join(&n.label));
             let note = format!(
                 "type={} reference={} info.size={} info.delta={} repository.size={} repository.delta={} backup_set_du={set_du}",
@@ -242,7 +325,14 @@ impl<'a> Bench<'a> {
                 log_path.display()
             );
         }
-        let Newest { label, stored, copied, read, database, .. } = newest;
+        let Newest {
+            label,
+            stored,
+            copied,
+            read,
+            database,
+            ..
+        } = newest;
         Ok(Row {
             tool,
             op,
