@@ -286,8 +286,7 @@ pub fn run(args: &Args) -> Result<Kv> {
     bench.prepare()?;
 
     let payload = bench.cluster.db_bytes();
-    dataset.prepare_churn(ws.root())?;
-    let churn_args = bench.churn_args(dataset)?;
+    let churn_args = bench.fix_churn(dataset)?;
     let churn_desc = format!(
         "pgbench -T {} -c 2 -j 2 {}",
         args.churn_secs,
@@ -317,7 +316,7 @@ pub fn run(args: &Args) -> Result<Kv> {
     for rep in 1..=args.reps {
         common::check_interrupted()?;
         log(format!("---- rep {rep}/{}", args.reps));
-        let (rep_rows, churn) = bench.rep(rep, dataset)?;
+        let (rep_rows, churn) = bench.rep(rep)?;
         for row in &rep_rows {
             let mut fields = vec![
                 run_id.clone(),

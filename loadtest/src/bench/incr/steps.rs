@@ -6,11 +6,12 @@ use super::facts::{self, Newest};
 use super::report::{Churn, Row};
 use super::Args;
 use crate::bench::common::{
-    du_bytes, log, measure, output_of, proc_hwm_kb, run_logged, settle, timed, wipe_dir,
-    BenchCluster, Fleet, Pgbackrest, Workspace, STANZA,
+    as_postgres, du_bytes, log, measure, output_of, proc_hwm_kb, run_logged, settle, timed,
+    wipe_dir, BenchCluster, Fleet, Pgbackrest, Workspace, STANZA,
 };
 use crate::dataset::Dataset;
 use anyhow::{anyhow, bail, Context, Result};
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,6 +34,8 @@ pub(super) struct Bench<'a> {
     srepo: PathBuf,
     /// pageinspect could be created: the changed pages are counted.
     pageinspect: bool,
+    /// The churn's program and arguments ([`Bench::fix_churn`]).
+    churn: Option<(OsString, Vec<OsString>)>,
 }
 
 impl<'a> Bench<'a> {
@@ -57,6 +60,7 @@ impl<'a> Bench<'a> {
             pgbr,
             srepo,
             pageinspect: false,
+            churn: None,
         }
     }
 
@@ -122,10 +126,12 @@ impl<'a> Bench<'a> {
         Ok(())
     }
 
-    /// The churn's pgbench arguments besides -n -T -c -j and the connection (empty for TPC-B), as the
-    /// dataset's churn command has them now.
-    pub fn churn_args(&self, dataset: Dataset) -> Result<Vec<String>> {
-        let log = self.ws.tmp().join("churn-args.log");
+    /// Fixes the churn for the whole run, as bench-incr.sh did (its `-D ncust=... -D norders=...` are the
+    /// counts before the first rep, not before each): the dataset's churn command, built once, is replayed
+    /// in every rep. Returns its pgbench arguments besides -n -T -c -j and the connection (none for TPC-B).
+    pub fn fix_churn(&mut self, dataset: Dataset) -> Result<Vec<String>> {
+        dataset.prepare_churn(self.ws.root())?;
+        let log = self.ws.tmp().join("churn.log");
         let cmd = dataset.churn_command(
             self.cluster.pg(),
             self.ws.root(),
@@ -142,6 +148,10 @@ impl<'a> Bench<'a> {
             .position(|a| a == "-j")
             .map_or(args.len(), |i| i + 2);
         let to = args.iter().position(|a| a == "-h").unwrap_or(args.len());
+        self.churn = Some((
+            cmd.get_program().to_os_string(),
+            cmd.get_args().map(OsStr::to_os_string).collect(),
+        ));
         Ok(args
             .get(from..to)
             .map(<[String]>::to_vec)
@@ -149,7 +159,7 @@ impl<'a> Bench<'a> {
     }
 
     /// One rep: its rows (in the order they were measured) and what its churn did.
-    pub fn rep(&mut self, rep: u32, dataset: Dataset) -> Result<(Vec<Row>, Churn)> {
+    pub fn rep(&mut self, rep: u32) -> Result<(Vec<Row>, Churn)> {
         // The tool that goes first alternates, so neither always backs up right after the CHECKPOINT.
         let order = if rep % 2 == 1 {
             ["strata", "pgbackrest"]
@@ -180,17 +190,19 @@ impl<'a> Bench<'a> {
             .parse()
             .context("pg_relation_size")?;
         let log_path = self.fresh_log(&format!("pgbench-churn-{rep}.log"));
-        let mut cmd = dataset.churn_command(
-            self.cluster.pg(),
-            self.ws.root(),
-            self.args.churn_secs,
-            2,
-            &log_path,
-        )?;
+        let (program, churn_args) = self
+            .churn
+            .as_ref()
+            .ok_or_else(|| anyhow!("the churn is not fixed"))?;
+        let mut cmd = as_postgres(program);
+        cmd.args(churn_args);
         log(format!(
-            "pgbench -n -T {} -c 2 -j 2 {} postgres (from LSN {lsn0})",
-            self.args.churn_secs,
-            self.churn_args(dataset)?.join(" ")
+            "pgbench {} (from LSN {lsn0})",
+            churn_args
+                .iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
         ));
         timed(&mut cmd, "pgbench (churn)", &log_path)?;
         let (xacts, tps) =
