@@ -10,25 +10,30 @@
 //! [`Dataset::churn_command`]) that both incrementals cover; `CHECKPOINT`; a **timed incremental** with each
 //! tool; then, untimed, counts with pageinspect the pages whose LSN is past the recorded LSN. The tool that
 //! goes first alternates (odd reps: Strata first). Each timed command runs as `postgres` after `sync` and
-//! `PAUSE` seconds ([`settle`]); its repository is measured (`du -sb`) before the command and again once the
+//! `PAUSE` seconds ([`common::settle`]); its repository is measured (`du -sb`) before the command and again once the
 //! archiver is idle after it. Stored bytes: Strata's `stored_bytes` (`strata info --output json`),
 //! pgBackRest's `info.repository.delta` (`pgbackrest info --output=json`).
 //!
 //! # Outputs
 //! Rows append to `$BENCH_DIR/results-incr.tsv` (same columns); the summary goes to stderr and to
 //! `summary-incr-<run_id>.txt`, its key=value lines to `summary-incr-<run_id>.kv` (and `KV_OUT`), the
-//! settings to `run-incr-<run_id>.info`. [`report`] computes the table; [`facts`] reads the tools' JSON,
+//! settings to `run-incr-<run_id>.info`. `report` computes the table; `facts` reads the tools' JSON,
 //! pgbench's output and /proc/stat.
 //!
 //! # Differences from the script
 //! A failed command, or a newest backup of the wrong type, fails the run at once with one error line
 //! (the script recorded rc != 0 rows and failed at the end): no row is ever written for a failure, so
 //! `rc` is always 0. The dataset lives in database `postgres` (common.rs's cluster), not `bench`.
-//! CPU and peak RSS come from the child's rusage (common.rs's [`measure`]) instead of `/usr/bin/time -v`.
+//! CPU and peak RSS come from the child's rusage (common.rs's [`common::measure`]) instead of `/usr/bin/time -v`.
 //! The PostgreSQL port is the harness's (a reserved free port), so there is no `PGPORT`; `KV_OUT` is
 //! `strata-bench --kv-out` (same variable). PostgreSQL, nats-server and the services are harness handles,
-//! stopped by pid on Drop; the measured commands and pgbench are children [`measure`] waits for (and
+//! stopped by pid on Drop; the measured commands and pgbench are children [`common::measure`] waits for (and
 //! kills on SIGINT/SIGTERM), so an error or Ctrl-C unwinds through all of them.
+//!
+//! # What is private here and why
+//! Only what common.rs does not have: the VM's busy CPU time (`vm_busy_cpu_s`, `facts`), the UTC
+//! timestamp of each row (`ts`; full.rs has its own copy too) and the `DatasetKind` flag (full.rs has the
+//! same): candidates for common.rs, which this branch does not edit.
 
 mod facts;
 mod report;
@@ -88,7 +93,7 @@ pub struct Args {
     /// nats-server on a free loopback port plus one collector, sealer and uploader).
     #[arg(long, env = "STRATA_BUS", default_value = "local")]
     pub strata_bus: String,
-    /// Pipeline overrides, "key=value key=value" (STRATA_PIPELINE__<KEY> variables count too).
+    /// Pipeline overrides, "key=value key=value" (`STRATA_PIPELINE__<KEY>` variables count too).
     #[arg(long, env = "STRATA_PIPELINE", default_value = "")]
     pub strata_pipeline: String,
     /// pgBackRest compress-type.
