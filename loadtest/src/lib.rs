@@ -12,7 +12,7 @@
 //! # Cleanup
 //! Every process is stopped through its handle (by pid) and every namespace, link and cgroup is removed
 //! by a Drop guard, also on an error, a panic, SIGINT or SIGTERM (which turn into an error at the next
-//! wait, see [`model::install_signal_handlers`]). `strata-scale-model --cleanup` removes what a run that
+//! wait, see [`signals`]). `strata-scale-model --cleanup` removes what a run that
 //! was killed with SIGKILL left.
 
 pub mod bench;
@@ -24,6 +24,7 @@ pub mod model;
 pub mod net;
 pub mod report;
 pub mod sample;
+pub mod signals;
 pub mod wan;
 
 /// Why namespaces cannot be made here (not root, no `ip`, `ip netns add` refused), or None when they can:

@@ -31,7 +31,6 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use strata_integration::config::toml_string;
@@ -57,30 +56,7 @@ pub const METRICS_PORTS: [(&str, u16); 4] = [
     ("replicator", 9187),
 ];
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Turns SIGINT and SIGTERM into an error at the model's next wait, so everything unwinds through the
-/// Drop guards (processes stopped by pid, then cgroups, namespaces and links removed).
-pub fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
-        }
-    }
-}
-
-/// An error if SIGINT or SIGTERM arrived.
-pub fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
+pub use crate::signals::{check_interrupted, install_signal_handlers};
 
 /// What the tool measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -778,7 +754,7 @@ fn wait_child(
         if let Some(status) = child.try_wait()? {
             return Ok(status);
         }
-        let stop = if INTERRUPTED.load(Ordering::SeqCst) {
+        let stop = if crate::signals::interrupted() {
             Some(format!("{what}: interrupted"))
         } else if Instant::now() > deadline {
             Some(format!("{what}: still running after {timeout:?}"))

@@ -21,7 +21,6 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use strata_integration::command_as_postgres as as_postgres;
@@ -77,30 +76,7 @@ pub fn run_id() -> String {
 
 // ------------------------------------------------------------------------------------------------ signals
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Turns SIGINT and SIGTERM into an error at the next [`measure`] or [`check_interrupted`], so the run
-/// unwinds through its handles (PostgreSQL, nats-server and the services stopped by pid).
-pub fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
-        }
-    }
-}
-
-/// An error if SIGINT or SIGTERM arrived.
-pub fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
+pub use crate::signals::{check_interrupted, install_signal_handlers};
 
 // ------------------------------------------------------------------------------------------------ workspace
 
@@ -277,7 +253,7 @@ pub fn measure(cmd: &mut Command, what: &str, log: &Path) -> Result<Measured> {
             }
             bail!("{what}: wait4: {e}");
         }
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if crate::signals::interrupted() {
             // SAFETY: signalling and reaping our own child.
             unsafe {
                 libc::kill(pid, libc::SIGTERM);
