@@ -19,6 +19,7 @@ use std::time::Instant;
 use super::common::{
     install_binaries, log, run_id, strata_version, Kv, Workspace, STRATA_BINARIES,
 };
+use super::run_info;
 
 /// The knobs of the whole comparison.
 #[derive(clap::Args, Debug, Clone)]
@@ -252,17 +253,9 @@ fn summary(
     let read = |name: String| Kv::read(&out.join(format!("{name}.kv"))).ok();
     let mut s = String::new();
     let mut verdicts = Kv::new();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let mem_gb = fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1e6)
+    let cores = run_info::cpus().unwrap_or(1);
+    let mem_gb = run_info::mem_total_kb()
+        .map(|kb| kb as f64 / 1e6)
         .unwrap_or(0.0);
     let strata = out.join("bin").join(STRATA_BINARIES[0]);
     let version = Command::new(&strata)

@@ -165,13 +165,7 @@ pub fn chown_postgres(path: &Path) -> Result<()> {
 /// workspace's `target/release`) into `<root>/bin`: a copy postgres can execute and that a rebuild
 /// cannot change under the run.
 pub fn install_binaries(strata_bin: Option<&Path>, ws: &Workspace) -> Result<StrataBins> {
-    let from = match strata_bin {
-        Some(dir) => dir.to_path_buf(),
-        None => match std::env::var_os("CARGO_TARGET_DIR") {
-            Some(t) => PathBuf::from(t).join("release"),
-            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"),
-        },
-    };
+    let from = super::run_info::strata_source_dir(strata_bin);
     let bin = ws.path("bin");
     fs::create_dir_all(&bin)?;
     fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
@@ -189,6 +183,22 @@ pub fn install_binaries(strata_bin: Option<&Path>, ws: &Workspace) -> Result<Str
         fs::rename(&tmp, bin.join(name))?;
     }
     Ok(StrataBins::from_dir(&bin))
+}
+
+/// Removes its directories when dropped, on an error too: what lives only during a run (restore
+/// targets, repositories without KEEP_REPOS). Declare it before the servers, so that it runs after
+/// they are stopped.
+#[derive(Default)]
+pub struct RemoveOnDrop {
+    pub dirs: Vec<PathBuf>,
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
 }
 
 /// `strata --version`, or "strata ?".

@@ -20,7 +20,7 @@ mod steps;
 
 use anyhow::{bail, Context, Result};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -29,9 +29,10 @@ use strata_integration::pg::pg_bin;
 use super::common::{
     self, du_bytes, install_binaries, log, output_of, posix_repo, strata_environment,
     strata_version, write_strata_config, BenchCluster, BusMode, Fleet, Kv, Pgbackrest, PgbrOptions,
-    Pipeline, Results, Workspace,
+    Pipeline, RemoveOnDrop, Results, Workspace,
 };
 use super::limits;
+use super::run_info::{self, mem_total_kb, modified_utc, source_commit, strata_source_dir};
 use crate::dataset::Dataset;
 use steps::Bench;
 
@@ -173,31 +174,9 @@ impl Args {
         })
     }
 
-    /// Where the measured binaries come from (install_binaries' default), for run-<id>.info.
+    /// Where the measured binaries come from, for run-<id>.info.
     fn strata_bin_dir(&self) -> PathBuf {
-        match (&self.strata_bin, std::env::var_os("CARGO_TARGET_DIR")) {
-            (Some(dir), _) => dir.clone(),
-            (None, Some(t)) => PathBuf::from(t).join("release"),
-            (None, None) => repo_root().join("target/release"),
-        }
-    }
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Removes what only lives during the run (restore targets, pg_basebackup's output) and, without
-/// KEEP_REPOS, both repositories; declared first in [`run`], so it runs after every server is stopped.
-struct ExitCleanup {
-    dirs: Vec<PathBuf>,
-}
-
-impl Drop for ExitCleanup {
-    fn drop(&mut self) {
-        for d in &self.dirs {
-            let _ = fs::remove_dir_all(d);
-        }
+        strata_source_dir(self.strata_bin.as_deref())
     }
 }
 
@@ -217,7 +196,9 @@ pub fn run(args: &Args) -> Result<Kv> {
     let ws = Workspace::create(&root)?;
     let srepo = ws.path("strata-repo");
     let pgbr_dir = ws.path("pgbackrest");
-    let mut cleanup = ExitCleanup {
+    // What only lives during the run (restore targets, pg_basebackup's output) and, without KEEP_REPOS,
+    // both repositories; declared before the servers, so it runs after every server is stopped.
+    let mut cleanup = RemoveOnDrop {
         dirs: vec![ws.path("restore"), ws.path("basebackup")],
     };
     if !args.keep_repos {
@@ -324,26 +305,8 @@ fn write_info(
     pgbr_version: &str,
 ) -> Result<()> {
     let bin_dir = args.strata_bin_dir();
-    let built = fs::metadata(bin_dir.join("strata"))
-        .and_then(|m| m.modified())
-        .map(steps::utc_timestamp)
-        .unwrap_or_else(|_| "?".into());
-    let git = |a: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(repo_root())
-            .args(a)
-            .output()
-            .ok()
-    };
-    let mut source = git(&["rev-parse", "--short", "HEAD"])
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "?".into());
-    if git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|o| !o.stdout.is_empty())
-    {
-        source.push_str(" (uncommitted changes)");
-    }
+    let built = modified_utc(&bin_dir.join("strata"));
+    let source = source_commit();
     let mut info = Kv::new();
     info.set("run_id", run_id);
     info.set("dataset", args.dataset()?.describe());
@@ -385,22 +348,13 @@ fn write_info(
         .map(|(k, v)| format!("{k}={v} "))
         .collect();
     info.set("bus", format!("{} pipeline: {pipe}", b.bus_url));
-    let mem_kb = fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal"))
-                .and_then(|l| l.split_whitespace().nth(1).map(String::from))
-        })
-        .unwrap_or_default();
+    let mem_kb = mem_total_kb().map(|kb| kb.to_string()).unwrap_or_default();
     info.set("cpus", format!("{} mem_kb={mem_kb}", cpus()));
     info.write(&b.ws.path(&format!("run-{run_id}.info")))
 }
 
 fn cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    run_info::cpus().unwrap_or(1)
 }
 
 /// LIMITS=1: the machine's limits (limits.rs) with the dataset's largest table's first heap segment as

@@ -31,9 +31,9 @@
 //! kills on SIGINT/SIGTERM), so an error or Ctrl-C unwinds through all of them.
 //!
 //! # What is private here and why
-//! Only what common.rs does not have: the VM's busy CPU time (`vm_busy_cpu_s`, `facts`), the UTC
-//! timestamp of each row (`ts`; full.rs has its own copy too) and the `DatasetKind` flag (full.rs has the
-//! same): candidates for common.rs, which this branch does not edit.
+//! Only what is incr's own: its knobs, its rep (`steps`), its table (`report`) and what it reads from the
+//! tools' JSON and pgbench's output (`facts`); what it shares with the other benchmarks is in common.rs
+//! and run_info.rs.
 
 mod facts;
 mod report;
@@ -42,7 +42,10 @@ mod steps;
 use super::common::{
     self, archive_both_command, du_bytes, install_binaries, log, output_of, posix_repo,
     strata_version, write_strata_config, BenchCluster, BusMode, Fleet, Kv, Pgbackrest, PgbrOptions,
-    Pipeline, Results, Workspace,
+    Pipeline, RemoveOnDrop, Results, Workspace,
+};
+use super::run_info::{
+    cpus, mem_total_kb, modified_utc, source_commit, strata_source_dir, utc_now,
 };
 use crate::dataset::Dataset;
 use anyhow::{bail, Context, Result};
@@ -163,31 +166,9 @@ impl Args {
         })
     }
 
-    /// Where the measured binaries come from (install_binaries' default), for run-incr-<id>.info.
+    /// Where the measured binaries come from, for run-incr-<id>.info.
     fn strata_bin_dir(&self) -> PathBuf {
-        match (&self.strata_bin, std::env::var_os("CARGO_TARGET_DIR")) {
-            (Some(dir), _) => dir.clone(),
-            (None, Some(t)) => PathBuf::from(t).join("release"),
-            (None, None) => repo_root().join("target/release"),
-        }
-    }
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Without KEEP_REPOS, removes both repositories; declared first in [`run`], so it runs after every
-/// server and service is stopped (also on an error).
-struct ExitCleanup {
-    dirs: Vec<PathBuf>,
-}
-
-impl Drop for ExitCleanup {
-    fn drop(&mut self) {
-        for d in &self.dirs {
-            let _ = fs::remove_dir_all(d);
-        }
+        strata_source_dir(self.strata_bin.as_deref())
     }
 }
 
@@ -209,7 +190,9 @@ pub fn run(args: &Args) -> Result<Kv> {
     let ws = Workspace::create(&args.bench_dir())?;
     let srepo = ws.path("strata-repo");
     let pgbr_dir = ws.path("pgbackrest");
-    let _cleanup = ExitCleanup {
+    // Without KEEP_REPOS, both repositories go; declared before the servers, so it runs after every
+    // server and service is stopped (also on an error).
+    let _cleanup = RemoveOnDrop {
         dirs: if args.keep_repos {
             Vec::new()
         } else {
@@ -226,7 +209,7 @@ pub fn run(args: &Args) -> Result<Kv> {
         bail!(
             "{}/strata (built {}) has no incremental backups (backup --type incr): use a newer build",
             args.strata_bin_dir().display(),
-            built(&args.strata_bin_dir().join("strata"))
+            modified_utc(&args.strata_bin_dir().join("strata"))
         );
     }
     let version = strata_version(&bins);
@@ -234,7 +217,7 @@ pub fn run(args: &Args) -> Result<Kv> {
     log(format!(
         "{version} (from {}, built {}), {pgbr_version}, pipeline: {}",
         args.strata_bin_dir().display(),
-        built(&args.strata_bin_dir().join("strata")),
+        modified_utc(&args.strata_bin_dir().join("strata")),
         pipeline.describe()
     ));
 
@@ -325,7 +308,7 @@ pub fn run(args: &Args) -> Result<Kv> {
         for row in &rep_rows {
             let mut fields = vec![
                 run_id.clone(),
-                utc_timestamp(),
+                utc_now(),
                 dataset_col.clone(),
                 bus.to_string(),
             ];
@@ -418,34 +401,9 @@ fn write_info(
     bus_url: &str,
     pipeline: &Pipeline,
 ) -> Result<()> {
-    let git = |a: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(repo_root())
-            .args(a)
-            .output()
-            .ok()
-    };
-    let mut source = git(&["rev-parse", "--short", "HEAD"])
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "?".into());
-    if git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|o| !o.stdout.is_empty())
-    {
-        source.push_str(" (uncommitted changes)");
-    }
-    let mem_kb = fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let source = source_commit();
+    let mem_kb = mem_total_kb().map(|kb| kb.to_string()).unwrap_or_default();
+    let cpus = cpus().unwrap_or(0);
     let bin_dir = args.strata_bin_dir();
     let churn = if churn_args.is_empty() {
         "(TPC-B)".to_string()
@@ -468,46 +426,11 @@ fn write_info(
         args.churn_secs,
         du_bytes(b.cluster.data_dir()),
         bin_dir.display(),
-        built(&bin_dir.join("strata")),
+        modified_utc(&bin_dir.join("strata")),
         args.pgbr_compress,
         args.pgbr_level,
         args.process_max,
     );
     let path = b.ws.path(&format!("run-incr-{run_id}.info"));
     fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// A file's modification time, UTC (`2026-12-07T21:15:00Z`), or "?".
-fn built(path: &Path) -> String {
-    fs::metadata(path)
-        .and_then(|m| m.modified())
-        .map(utc_of)
-        .unwrap_or_else(|_| "?".into())
-}
-
-/// Now, UTC, as `date -u +%FT%TZ` prints it.
-fn utc_timestamp() -> String {
-    utc_of(std::time::SystemTime::now())
-}
-
-fn utc_of(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as libc::time_t)
-        .unwrap_or(0);
-    // SAFETY: tm is plain data; gmtime_r fills it from a valid time_t.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: both pointers are to live locals.
-    if unsafe { libc::gmtime_r(&secs, &mut tm) }.is_null() {
-        return "?".into();
-    }
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
 }

@@ -38,15 +38,15 @@ use anyhow::{bail, Result};
 use serde_json::Value;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use strata_integration::write_config_with;
 
 use super::common::{
     as_postgres, chown_postgres, du_bytes, install_binaries, log, measure, posix_repo, run_id,
     run_logged, settle, strata_environment, strata_version, BusMode, Fleet, Kv, Measured, Pipeline,
-    Workspace,
+    RemoveOnDrop, Workspace,
 };
+use super::run_info::{modified_utc, strata_source_dir};
 use cluster::{disk_bytes, nfiles, ManyCluster, DB};
 use rows::{ArchivePushes, Recorder};
 use said::{committed_label, info_summary, said};
@@ -127,8 +127,8 @@ pub fn run(args: &Args) -> Result<Kv> {
     let ws = Workspace::create(&args.bench_dir)?;
     let bins = install_binaries(args.strata_bin.as_deref(), &ws)?;
     let version = strata_version(&bins);
-    let from = source_dir(args);
-    let built = utc(&["-r", &from.join("strata").display().to_string(), "+%FT%TZ"]);
+    let from = strata_source_dir(args.strata_bin.as_deref());
+    let built = modified_utc(&from.join("strata"));
     log(format!(
         "{version} (from {}, built {built}), bus {}, {pipe_env}",
         from.display(),
@@ -136,9 +136,8 @@ pub fn run(args: &Args) -> Result<Kv> {
     ));
 
     // Declared before the cluster, so that on every exit PostgreSQL stops first, then the services, then
-    // nats-server (the script's cleanup order); `Services` stops the services before the Fleet's fields
-    // (nats-server first) are dropped.
-    let mut fleet: Option<Services> = None;
+    // nats-server (the script's cleanup order: the Fleet drops its services before its nats-server).
+    let mut fleet: Option<Fleet> = None;
     let mut cluster = ManyCluster::open(&ws, args.ntables, args.batch, args.reuse)?;
 
     // Wiped at every run: each mode starts from an empty repository, and a new initdb makes the old one foreign.
@@ -151,10 +150,15 @@ pub fn run(args: &Args) -> Result<Kv> {
     }
     fs::create_dir_all(&repo)?;
     chown_postgres(&repo)?;
-    let _restored_guard = RemoveOnDrop((!args.keep_restore).then(|| restored.clone()));
+    let _restored_guard = RemoveOnDrop {
+        dirs: (!args.keep_restore)
+            .then(|| restored.clone())
+            .into_iter()
+            .collect(),
+    };
 
-    let fleet = fleet.insert(Services(Fleet::start_bus(&ws, &bins, mode, &pipeline)?));
-    let url = fleet.0.url();
+    let fleet = fleet.insert(Fleet::start_bus(&ws, &bins, mode, &pipeline)?);
+    let url = fleet.url();
     let config = write_config_with(
         ws.root(),
         &url,
@@ -165,7 +169,7 @@ pub fn run(args: &Args) -> Result<Kv> {
         "",
     );
     strata_environment(&url, &pipeline);
-    fleet.0.start_services(&config)?;
+    fleet.start_services(&config)?;
 
     let ap_log = ws.log("archive-push-time.log");
     fs::write(&ap_log, "")?;
@@ -221,13 +225,13 @@ pub fn run(args: &Args) -> Result<Kv> {
     let step = |name: &str,
                 what: &str,
                 sub: &[&str],
-                fleet: &mut Services,
+                fleet: &mut Fleet,
                 reset_hwm: bool|
      -> Result<(Measured, PathBuf)> {
         cluster.wait_archive_idle();
         settle(args.pause);
         if reset_hwm {
-            fleet.0.reset_hwm();
+            fleet.reset_hwm();
         }
         let log = fresh_log(&ws, &format!("{m}-{name}.log"));
         Ok((measure(&mut strata(sub), what, &log)?, log))
@@ -419,26 +423,6 @@ pub fn run(args: &Args) -> Result<Kv> {
     Ok(kv)
 }
 
-/// The fleet, its services stopped before its nats-server (whose handle is its first field) is dropped.
-struct Services(Fleet);
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        self.0.stop_services();
-    }
-}
-
-/// Removes a directory when dropped (the restore target, unless KEEP_RESTORE), on errors too.
-struct RemoveOnDrop(Option<PathBuf>);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.0 {
-            let _ = fs::remove_dir_all(dir);
-        }
-    }
-}
-
 /// A log file of this run, emptied (the script's `>`).
 fn fresh_log(ws: &Workspace, name: &str) -> PathBuf {
     let path = ws.log(name);
@@ -457,27 +441,6 @@ fn or_dash(s: &str) -> &str {
 /// `kb` KiB in MiB with one decimal.
 fn mib(kb: u64) -> String {
     format!("{:.1}", kb as f64 / 1024.0)
-}
-
-/// `date -u <args>`, or "?".
-fn utc(args: &[&str]) -> String {
-    Command::new("date")
-        .arg("-u")
-        .args(args)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "?".into())
-}
-
-/// Where the binaries were copied from (what `install_binaries` reads).
-fn source_dir(args: &Args) -> PathBuf {
-    match (&args.strata_bin, std::env::var_os("CARGO_TARGET_DIR")) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(t)) => PathBuf::from(t).join("release"),
-        (None, None) => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"),
-    }
 }
 
 /// The `STRATA_PIPELINE__*` variables as the script logged them (`K=V K=V `), or "pipeline defaults".

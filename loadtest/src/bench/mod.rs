@@ -15,4 +15,5 @@ pub mod incr;
 pub mod limits;
 pub mod many_files;
 pub mod repos;
+pub mod run_info;
 pub mod verify;

@@ -5,7 +5,6 @@ use anyhow::{anyhow, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::SystemTime;
 
 use strata_integration::pg::pg_bin;
 use strata_integration::StrataBins;
@@ -17,6 +16,7 @@ use crate::bench::common::{
     as_postgres, du_bytes, log, measure, proc_cpu_ticks, proc_hwm_kb, run_logged, settle, wipe_dir,
     BenchCluster, Fleet, Measured, Pgbackrest, Pipeline, Results, Workspace, STANZA,
 };
+use crate::bench::run_info::{clk_tck, utc_now, vm_busy_ticks};
 
 /// The run's state. Field order is drop order: the server stops before the bus and the services.
 pub struct Bench<'a> {
@@ -60,8 +60,7 @@ impl<'a> Bench<'a> {
     ) -> Result<Bench<'a>> {
         let (results, results_path) = open_results(ws, &run_id)?;
         let bus_url = fleet.url();
-        // SAFETY: sysconf has no preconditions.
-        let clk_tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let clk_tck = clk_tck();
         Ok(Bench {
             args,
             ws,
@@ -130,7 +129,7 @@ impl<'a> Bench<'a> {
     fn timed(&mut self, name: &str, mut cmd: Command, sample: bool) -> Result<Timing> {
         let log_file = self.fresh_log(&format!("{name}.log"));
         settle(self.args.pause);
-        let b0 = cpu_busy_ticks();
+        let b0 = vm_busy_ticks();
         let sampler = if sample {
             let mut roots: Vec<u32> = self.fleet.services().into_iter().map(|(_, p)| p).collect();
             roots.extend(self.fleet.nats_pid());
@@ -147,7 +146,7 @@ impl<'a> Bench<'a> {
         if let Some(s) = sampler {
             s.stop();
         }
-        let vm_busy_s = cpu_busy_ticks().saturating_sub(b0) as f64 / self.clk_tck;
+        let vm_busy_s = vm_busy_ticks().saturating_sub(b0) as f64 / self.clk_tck;
         Ok(Timing {
             m: result?,
             vm_busy_s,
@@ -156,7 +155,7 @@ impl<'a> Bench<'a> {
 
     /// Appends `row` to results.tsv and logs it.
     fn record(&mut self, row: Row) -> Result<()> {
-        let fields = row.fields(&self.run_id, &utc_timestamp(SystemTime::now()));
+        let fields = row.fields(&self.run_id, &utc_now());
         self.results.row(&fields)?;
         log(format!(
             "{} {} #{}: rc={} {}s {}MB/s cpu={}+{}s vm_busy={}s rss={}kB repo={} {}",
@@ -513,45 +512,6 @@ fn list_files(dir: &Path, base: &Path) -> Vec<(String, u64)> {
     out
 }
 
-/// CPU ticks the whole machine spent busy (user, nice, system, irq, softirq of /proc/stat's "cpu" line).
-fn cpu_busy_ticks() -> u64 {
-    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0;
-    };
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    [0, 1, 2, 5, 6]
-        .iter()
-        .map(|&i| f.get(i).copied().unwrap_or(0))
-        .sum()
-}
-
-/// `date -u +%FT%TZ` of a time.
-pub fn utc_timestamp(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as libc::time_t)
-        .unwrap_or(0);
-    // SAFETY: tm is plain data; gmtime_r fills it from a valid time_t.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    if unsafe { libc::gmtime_r(&secs, &mut tm) }.is_null() {
-        return "?".into();
-    }
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,13 +521,5 @@ mod tests {
         let log = "reading\nfull backup 20261207-211500F of 1.2 GB committed: 3 files\n";
         assert_eq!(committed_label(log).as_deref(), Some("20261207-211500F"));
         assert_eq!(committed_label("full backup failed\n"), None);
-    }
-
-    #[test]
-    fn timestamps_are_utc() {
-        assert_eq!(
-            utc_timestamp(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(86_400 + 3661)),
-            "1970-01-02T01:01:01Z"
-        );
     }
 }

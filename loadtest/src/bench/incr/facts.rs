@@ -133,24 +133,6 @@ pub(super) fn parse_changed_pages(out: &str) -> Result<[u64; 4]> {
     }
 }
 
-/// CPU seconds the whole VM has spent busy (user, nice, system, irq, softirq of /proc/stat's `cpu` line):
-/// the difference around a measurement is the row's `vm_busy_cpu_s`.
-pub(super) fn vm_busy_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0.0;
-    };
-    let f: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    let ticks: f64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    ticks / if hz > 0 { hz as f64 } else { 100.0 }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

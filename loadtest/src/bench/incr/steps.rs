@@ -9,6 +9,7 @@ use crate::bench::common::{
     as_postgres, du_bytes, log, measure, output_of, proc_hwm_kb, run_logged, settle, timed,
     wipe_dir, BenchCluster, Fleet, Pgbackrest, Workspace, STANZA,
 };
+use crate::bench::run_info::{clk_tck, vm_busy_ticks};
 use crate::dataset::Dataset;
 use anyhow::{anyhow, bail, Context, Result};
 use std::ffi::{OsStr, OsString};
@@ -282,13 +283,13 @@ impl<'a> Bench<'a> {
             c
         };
         settle(self.args.pause);
-        let busy0 = facts::vm_busy_secs();
+        let busy0 = vm_busy_ticks();
         let m = measure(
             &mut cmd,
             &format!("{tool} backup --type {op} (rep {rep})"),
             &log_path,
         )?;
-        let busy = facts::vm_busy_secs() - busy0;
+        let busy = vm_busy_ticks().saturating_sub(busy0) as f64 / clk_tck();
         let services_kb = self.fleet.hwm_kb();
         self.wait_archive_idle();
         let after = du_bytes(&repo);

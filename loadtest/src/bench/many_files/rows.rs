@@ -5,8 +5,9 @@ use anyhow::Result;
 use std::fs;
 use std::path::Path;
 
-use super::super::common::{log, proc_hwm_kb, Kv, Measured, Results, Workspace};
-use super::{mib, utc, Services, HEADER};
+use super::super::common::{log, proc_hwm_kb, Fleet, Kv, Measured, Results, Workspace};
+use super::{mib, HEADER};
+use crate::bench::run_info::utc_now;
 
 /// One row of the table: op, process, rc, wall, peak RSS in KiB, under the limit.
 struct Row {
@@ -68,7 +69,7 @@ impl Recorder {
         };
         let fields = [
             &self.run_id,
-            &utc(&["+%FT%TZ"]),
+            &utc_now(),
             &self.mode,
             op,
             process,
@@ -115,11 +116,11 @@ impl Recorder {
     }
 
     /// NATS mode: each service's and nats-server's VmHWM since the last reset.
-    pub(super) fn services(&mut self, op: &str, fleet: &mut Services) -> Result<()> {
-        let Some(nats_pid) = fleet.0.nats_pid() else {
+    pub(super) fn services(&mut self, op: &str, fleet: &mut Fleet) -> Result<()> {
+        let Some(nats_pid) = fleet.nats_pid() else {
             return Ok(());
         };
-        for (name, pid) in fleet.0.services() {
+        for (name, pid) in fleet.services() {
             self.row(
                 op,
                 &name,
