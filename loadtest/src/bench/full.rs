@@ -31,19 +31,10 @@ use super::common::{
     strata_version, write_strata_config, BenchCluster, BusMode, Fleet, Kv, Pgbackrest, PgbrOptions,
     Pipeline, RemoveOnDrop, Results, Workspace,
 };
+use super::dataset_args::DatasetArgs;
 use super::limits;
 use super::run_info::{self, mem_total_kb, modified_utc, source_commit, strata_source_dir};
-use crate::dataset::Dataset;
 use steps::Bench;
-
-/// What the cluster holds.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DatasetKind {
-    /// `pgbench -i -s SCALE`.
-    Pgbench,
-    /// `oltp.sql`, about OLTP_MB MB.
-    Oltp,
-}
 
 /// How pg_basebackup gets its WAL (`-X`).
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,18 +55,12 @@ impl PgbbWal {
 /// bench-full.sh's knobs: each a flag and the environment variable the script read, with its default.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// What the cluster holds.
-    #[arg(long, env = "DATASET", value_enum, default_value = "pgbench")]
-    pub dataset: DatasetKind,
+    /// DATASET, SCALE, OLTP_MB.
+    #[command(flatten)]
+    pub data: DatasetArgs,
     /// Work directory (default /tmp/strata-loadtest; oltp: /tmp/strata-loadtest-oltp).
     #[arg(long, env = "BENCH_DIR")]
     pub bench_dir: Option<PathBuf>,
-    /// pgbench scale (100 is about 1.6 GB).
-    #[arg(long, env = "SCALE", default_value_t = 100)]
-    pub scale: u32,
-    /// DATASET=oltp: database size to generate, MB (10^6 bytes), at least 20.
-    #[arg(long, env = "OLTP_MB", default_value_t = 1500)]
-    pub oltp_mb: u32,
     /// Measurements per tool and operation (at least 1).
     #[arg(long, env = "REPS", default_value_t = 3)]
     pub reps: u32,
@@ -137,41 +122,10 @@ pub struct Args {
 }
 
 impl Args {
-    fn dataset(&self) -> Result<Dataset> {
-        Ok(match self.dataset {
-            DatasetKind::Pgbench => Dataset::Pgbench { scale: self.scale },
-            DatasetKind::Oltp if self.oltp_mb < 20 => {
-                bail!(
-                    "OLTP_MB must be a number of MB, at least 20, not '{}'",
-                    self.oltp_mb
-                )
-            }
-            DatasetKind::Oltp => Dataset::Oltp { mb: self.oltp_mb },
-        })
-    }
-
-    fn dataset_name(&self) -> &'static str {
-        match self.dataset {
-            DatasetKind::Pgbench => "pgbench",
-            DatasetKind::Oltp => "oltp",
-        }
-    }
-
-    /// For humans: "pgbench scale 100", "oltp 1500 MB".
-    fn dataset_desc(&self) -> String {
-        match self.dataset {
-            DatasetKind::Pgbench => format!("pgbench scale {}", self.scale),
-            DatasetKind::Oltp => format!("oltp {} MB", self.oltp_mb),
-        }
-    }
-
     fn bench_dir(&self) -> PathBuf {
-        self.bench_dir.clone().unwrap_or_else(|| {
-            PathBuf::from(match self.dataset {
-                DatasetKind::Pgbench => "/tmp/strata-loadtest",
-                DatasetKind::Oltp => "/tmp/strata-loadtest-oltp",
-            })
-        })
+        self.bench_dir
+            .clone()
+            .unwrap_or_else(|| self.data.default_bench_dir())
     }
 
     /// Where the measured binaries come from, for run-<id>.info.
@@ -188,7 +142,7 @@ pub fn run(args: &Args) -> Result<Kv> {
     if !args.pause.is_finite() || args.pause < 0.0 {
         bail!("PAUSE must be a number of seconds, not '{}'", args.pause);
     }
-    let dataset = args.dataset()?;
+    let dataset = args.data.dataset()?;
     let mode = BusMode::parse(&args.strata_bus)?;
     let pipeline = Pipeline::from_env(&args.strata_pipeline)?;
     let run_id = common::run_id();
@@ -268,7 +222,7 @@ pub fn run(args: &Args) -> Result<Kv> {
     let payload = bench.cluster.db_bytes();
     log(format!(
         "run {run_id}: {}, payload {payload} bytes (sum of pg_database_size), {} reps, bus {bus_url}",
-        args.dataset_desc(),
+        args.data.desc(),
         args.reps
     ));
     write_info(args, &bench, &run_id, payload, &version, &pgbr_version)?;
@@ -309,8 +263,8 @@ fn write_info(
     let source = source_commit();
     let mut info = Kv::new();
     info.set("run_id", run_id);
-    info.set("dataset", args.dataset()?.describe());
-    info.set("scale", args.scale);
+    info.set("dataset", args.data.dataset()?.describe());
+    info.set("scale", args.data.scale);
     info.set("payload_bytes", payload);
     info.set("data_dir_bytes", du_bytes(b.cluster.data_dir()));
     info.set(
@@ -377,10 +331,8 @@ fn run_limits(args: &Args, b: &Bench, run_id: &str) -> Result<Kv> {
         heap.display()
     ));
     // limits' own knobs (DISK_MB, SAMPLE_MB, LIMITS_REPS) come from the environment, as the script's did.
-    let mut limits_args = limits::Args::for_samples(
-        &dir,
-        &[format!("{}={}", args.dataset_name(), heap.display())],
-    )?;
+    let mut limits_args =
+        limits::Args::for_samples(&dir, &[format!("{}={}", args.data.name(), heap.display())])?;
     limits_args.limits_out = Some(file.clone());
     let mut kv = limits::run(&limits_args).context("limits failed")?;
     kv.set("heap_table", table);
@@ -402,8 +354,8 @@ fn write_report(
     let mut kv = Kv::new();
     kv.set("run_id", run_id);
     kv.set("script", "strata-bench full");
-    kv.set("dataset", args.dataset_name());
-    kv.set("dataset_desc", args.dataset_desc());
+    kv.set("dataset", args.data.name());
+    kv.set("dataset_desc", args.data.desc());
     kv.set("bus", mode);
     kv.set("payload_bytes", payload);
     kv.set("reps", args.reps);
@@ -428,7 +380,7 @@ fn write_report(
         kv.extend(&limits::prefixed(lim, "limit_"));
         body.push_str(&report::limits_section(
             lim,
-            args.dataset_name(),
+            args.data.name(),
             payload,
             cpus(),
         ));
@@ -446,7 +398,7 @@ fn write_report(
     };
     let text = format!(
         "\n== run {run_id}: {}, payload {payload} bytes ({:.0} MB), {} reps, bus {}, pipeline {}; pgBackRest {}:{} process-max {}{pgbb}\n{body}\nrows: {} (run_id {run_id}); key=value: {}; logs: {}\n",
-        args.dataset_desc(),
+        args.data.desc(),
         payload as f64 / 1e6,
         args.reps,
         b.bus_url,

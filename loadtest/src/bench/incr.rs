@@ -7,7 +7,7 @@
 //! waits for the archiver; (NATS mode: stops the services) wipes both repositories, restarts the services,
 //! stanza-create with both; a **timed full backup** with each tool; records `pg_current_wal_lsn()` and the
 //! main table's size; **one** churn (`pgbench -n -T CHURN_SECS -c 2 -j 2`, the dataset's script, see
-//! [`Dataset::churn_command`]) that both incrementals cover; `CHECKPOINT`; a **timed incremental** with each
+//! [`crate::dataset::Dataset::churn_command`]) that both incrementals cover; `CHECKPOINT`; a **timed incremental** with each
 //! tool; then, untimed, counts with pageinspect the pages whose LSN is past the recorded LSN. The tool that
 //! goes first alternates (odd reps: Strata first). Each timed command runs as `postgres` after `sync` and
 //! `PAUSE` seconds ([`common::settle`]); its repository is measured (`du -sb`) before the command and again once the
@@ -44,40 +44,25 @@ use super::common::{
     strata_version, write_strata_config, BenchCluster, BusMode, Fleet, Kv, Pgbackrest, PgbrOptions,
     Pipeline, RemoveOnDrop, Results, Workspace,
 };
+use super::dataset_args::DatasetArgs;
 use super::run_info::{
     cpus, mem_total_kb, modified_utc, source_commit, strata_source_dir, utc_now,
 };
-use crate::dataset::Dataset;
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use steps::Bench;
 
-/// What the cluster holds.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DatasetKind {
-    /// `pgbench -i -s SCALE`; the churn is pgbench's built-in TPC-B.
-    Pgbench,
-    /// `oltp.sql`, about OLTP_MB MB; the churn is `oltp-churn.sql`.
-    Oltp,
-}
-
 /// bench-incr.sh's knobs: each a flag and the environment variable the script read, with its default.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// What the cluster holds.
-    #[arg(long, env = "DATASET", value_enum, default_value = "pgbench")]
-    pub dataset: DatasetKind,
+    /// DATASET, SCALE, OLTP_MB.
+    #[command(flatten)]
+    pub data: DatasetArgs,
     /// Work directory, shared with `full` (default /tmp/strata-loadtest; oltp: /tmp/strata-loadtest-oltp).
     #[arg(long, env = "BENCH_DIR")]
     pub bench_dir: Option<PathBuf>,
-    /// pgbench scale (100 is about 1.6 GB).
-    #[arg(long, env = "SCALE", default_value_t = 100)]
-    pub scale: u32,
-    /// DATASET=oltp: database size to generate, MB (10^6 bytes), at least 20.
-    #[arg(long, env = "OLTP_MB", default_value_t = 1500)]
-    pub oltp_mb: u32,
     /// Reps; each is a full and an incremental backup with each tool (at least 1).
     #[arg(long, env = "REPS", default_value_t = 2)]
     pub reps: u32,
@@ -121,49 +106,10 @@ pub struct Args {
 }
 
 impl Args {
-    fn dataset(&self) -> Result<Dataset> {
-        Ok(match self.dataset {
-            DatasetKind::Pgbench => Dataset::Pgbench { scale: self.scale },
-            DatasetKind::Oltp if self.oltp_mb < 20 => {
-                bail!(
-                    "OLTP_MB must be a number of MB, at least 20, not '{}'",
-                    self.oltp_mb
-                )
-            }
-            DatasetKind::Oltp => Dataset::Oltp { mb: self.oltp_mb },
-        })
-    }
-
-    fn dataset_name(&self) -> &'static str {
-        match self.dataset {
-            DatasetKind::Pgbench => "pgbench",
-            DatasetKind::Oltp => "oltp",
-        }
-    }
-
-    /// For humans: "pgbench scale 100", "oltp 1500 MB".
-    fn dataset_desc(&self) -> String {
-        match self.dataset {
-            DatasetKind::Pgbench => format!("pgbench scale {}", self.scale),
-            DatasetKind::Oltp => format!("oltp {} MB", self.oltp_mb),
-        }
-    }
-
-    /// The table the churn changes most: its size and changed pages are reported.
-    fn main_table(&self) -> &'static str {
-        match self.dataset {
-            DatasetKind::Pgbench => "pgbench_accounts",
-            DatasetKind::Oltp => "orders",
-        }
-    }
-
     fn bench_dir(&self) -> PathBuf {
-        self.bench_dir.clone().unwrap_or_else(|| {
-            PathBuf::from(match self.dataset {
-                DatasetKind::Pgbench => "/tmp/strata-loadtest",
-                DatasetKind::Oltp => "/tmp/strata-loadtest-oltp",
-            })
-        })
+        self.bench_dir
+            .clone()
+            .unwrap_or_else(|| self.data.default_bench_dir())
     }
 
     /// Where the measured binaries come from, for run-incr-<id>.info.
@@ -183,7 +129,7 @@ pub fn run(args: &Args) -> Result<Kv> {
     if args.pause.is_nan() || args.pause < 0.0 {
         bail!("PAUSE must be a number of seconds, not '{}'", args.pause);
     }
-    let dataset = args.dataset()?;
+    let dataset = args.data.dataset()?;
     let mode = BusMode::parse(&args.strata_bus)?;
     let pipeline = Pipeline::from_env(&args.strata_pipeline)?;
     let run_id = common::run_id();
@@ -282,7 +228,7 @@ pub fn run(args: &Args) -> Result<Kv> {
     );
     log(format!(
         "run {run_id}: {}, payload {payload} bytes, {} reps, bus {bus_url}, {churn_desc} between full and incr",
-        args.dataset_desc(),
+        args.data.desc(),
         args.reps
     ));
     write_info(
@@ -325,13 +271,13 @@ pub fn run(args: &Args) -> Result<Kv> {
     let mut kv = Kv::new();
     kv.set("run_id", &run_id);
     kv.set("script", "strata-bench incr");
-    kv.set("dataset", args.dataset_name());
-    kv.set("dataset_desc", args.dataset_desc());
+    kv.set("dataset", args.data.name());
+    kv.set("dataset_desc", args.data.desc());
     kv.set("bus", bus);
     kv.set("payload_bytes", payload);
     kv.set("reps", args.reps);
     kv.set("churn_secs", args.churn_secs);
-    kv.set("main_table", args.main_table());
+    kv.set("main_table", args.data.main_table());
     kv.set(
         "pgbr",
         format!(
@@ -352,7 +298,7 @@ pub fn run(args: &Args) -> Result<Kv> {
          between full and incr; Strata pipeline {}; pgBackRest {}:{} process-max {}\n   \
          stored = Strata's stored_bytes / pgBackRest's repository.delta; added = repository du -sb after - before (WAL included)\n\
          {table}\nrows: {} (run_id {run_id}); key=value: {}; logs: {}\n",
-        args.dataset_desc(),
+        args.data.desc(),
         payload as f64 / 1e6,
         args.reps,
         args.churn_secs,
@@ -421,8 +367,8 @@ fn write_info(
         "run_id={run_id}\nscript=strata-bench incr\ndataset={}\nscale={} churn_secs={} churn_args={churn}\n\
          payload_bytes={payload}\ndata_dir_bytes={}\nstrata={version} ({}, built {})\nsource={source}\n\
          pgbackrest={pgbr_version} compress={}:{} process-max={}\nbus={bus_url} pipeline: {pipe}\ncpus={cpus} mem_kb={mem_kb}\n",
-        args.dataset()?.describe(),
-        args.scale,
+        args.data.dataset()?.describe(),
+        args.data.scale,
         args.churn_secs,
         du_bytes(b.cluster.data_dir()),
         bin_dir.display(),

@@ -10,6 +10,7 @@
 
 pub mod all;
 pub mod common;
+pub mod dataset_args;
 pub mod full;
 pub mod incr;
 pub mod limits;

@@ -20,8 +20,8 @@
 //! (about 7.5 MB) smaller than the script's.
 //!
 //! Knobs: the script's, minus `PGPORT` (the harness reserves the port), `PGBIN` and `MOTO` (the harness's
-//! `STRATA_PG_BIN_DIR` and `STRATA_MOTO_SERVER`). Private here, as nothing else needs them yet: the
-//! `DATASET`/`SCALE`/`OLTP_MB` parsing and lib.sh's dataset description (the TSV's `dataset` column).
+//! `STRATA_PG_BIN_DIR` and `STRATA_MOTO_SERVER`). `DATASET`/`SCALE`/`OLTP_MB` are
+//! `full`'s and `incr`'s ([`super::dataset_args`]).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -34,22 +34,16 @@ use super::common::{
     self, log, median, output_of, run_logged, settle, timed, BenchCluster, Kv, Results, Workspace,
     STANZA,
 };
-use crate::dataset::Dataset;
+use super::dataset_args::DatasetArgs;
 
 const BUCKET: &str = "strata-bench";
 const VARIANTS: [&str; 4] = ["posix", "posix-kms", "s3", "s3-kms"];
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// pgbench or oltp.
-    #[arg(long, env = "DATASET", default_value = "pgbench")]
-    pub dataset: String,
-    /// pgbench -i -s scale (DATASET=pgbench).
-    #[arg(long, env = "SCALE", default_value_t = 100)]
-    pub scale: u32,
-    /// Database size to generate, MB (DATASET=oltp).
-    #[arg(long, env = "OLTP_MB", default_value_t = 1500)]
-    pub oltp_mb: u32,
+    /// DATASET, SCALE, OLTP_MB.
+    #[command(flatten)]
+    pub data: DatasetArgs,
     /// Measurements per variant and operation.
     #[arg(long, env = "REPS", default_value_t = 3)]
     pub reps: u32,
@@ -82,8 +76,8 @@ pub fn run(args: &Args) -> Result<Kv> {
             VARIANTS.join(" ")
         );
     }
-    let dataset = parse_dataset(&args.dataset, args.scale, args.oltp_mb)?;
-    let desc = dataset_desc(&dataset);
+    let dataset = args.data.dataset()?;
+    let desc = args.data.desc();
     let ws = Workspace::create(&args.bench_dir)?;
     let bins = common::install_binaries(args.strata_bin.as_deref(), &ws)?;
 
@@ -196,24 +190,6 @@ pub fn run(args: &Args) -> Result<Kv> {
     let (table, kv) = summary(&rows, &desc, db_bytes, &run_id, args.reps);
     print!("{table}");
     Ok(kv)
-}
-
-/// The dataset of the `DATASET`, `SCALE` and `OLTP_MB` knobs (lib.sh's rules).
-fn parse_dataset(name: &str, scale: u32, oltp_mb: u32) -> Result<Dataset> {
-    match name {
-        "pgbench" => Ok(Dataset::Pgbench { scale }),
-        "oltp" if oltp_mb >= 20 => Ok(Dataset::Oltp { mb: oltp_mb }),
-        "oltp" => bail!("OLTP_MB must be a number of MB, at least 20, not '{oltp_mb}'"),
-        other => bail!("DATASET must be pgbench or oltp, not '{other}'"),
-    }
-}
-
-/// lib.sh's DATASET_DESC ("pgbench scale 100", "oltp 1500 MB"), the results' `dataset` column.
-fn dataset_desc(dataset: &Dataset) -> String {
-    match dataset {
-        Dataset::Pgbench { scale } => format!("pgbench scale {scale}"),
-        Dataset::Oltp { mb } => format!("oltp {mb} MB"),
-    }
 }
 
 /// `<bin>/archive-push.sh`: `strata archive-push` with the config named in `current` (the variant being

@@ -184,7 +184,7 @@ impl<'a> Bench<'a> {
 
         // The churn: one pgbench run that both incrementals cover.
         self.wait_archive_idle();
-        let main_table = self.args.main_table();
+        let main_table = self.args.data.main_table();
         let lsn0 = self.sql("SELECT pg_current_wal_lsn()")?;
         let main_bytes: u64 = self
             .sql(&format!("SELECT pg_relation_size('{main_table}')"))?
