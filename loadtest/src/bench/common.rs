@@ -122,6 +122,14 @@ impl Workspace {
         self.logs().join(name)
     }
 
+    /// `<root>/logs/<name>`, emptied (the scripts' `>log`): [`measure`] appends, and some steps read
+    /// their log back, so each run's must hold only its own output.
+    pub fn fresh_log(&self, name: &str) -> PathBuf {
+        let path = self.log(name);
+        let _ = fs::remove_file(&path);
+        path
+    }
+
     /// `<root>/tmp`.
     pub fn tmp(&self) -> PathBuf {
         self.root.join("tmp")

@@ -20,20 +20,18 @@ mod steps;
 
 use anyhow::{bail, Context, Result};
 use std::fs;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use strata_integration::pg::pg_bin;
 
 use super::common::{
-    self, du_bytes, install_binaries, log, output_of, posix_repo, strata_environment,
-    strata_version, write_strata_config, BenchCluster, BusMode, Fleet, Kv, Pgbackrest, PgbrOptions,
-    Pipeline, RemoveOnDrop, Results, Workspace,
+    self, du_bytes, install_binaries, log, output_of, strata_environment, strata_version, BusMode,
+    Fleet, Kv, Pgbackrest, Pipeline, RemoveOnDrop, Workspace,
 };
-use super::dataset_args::DatasetArgs;
 use super::limits;
-use super::run_info::{self, mem_total_kb, modified_utc, source_commit, strata_source_dir};
+use super::paired_setup::{open_cluster_and_repos, PairedArgs, PairedSetup, PGBR_DIR, STRATA_REPO};
+use super::run_info::{self, mem_total_kb, modified_utc, source_commit};
 use steps::Bench;
 
 /// How pg_basebackup gets its WAL (`-X`).
@@ -55,39 +53,12 @@ impl PgbbWal {
 /// bench-full.sh's knobs: each a flag and the environment variable the script read, with its default.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// DATASET, SCALE, OLTP_MB.
+    /// The knobs `full` and `incr` share.
     #[command(flatten)]
-    pub data: DatasetArgs,
-    /// Work directory (default /tmp/strata-loadtest; oltp: /tmp/strata-loadtest-oltp).
-    #[arg(long, env = "BENCH_DIR")]
-    pub bench_dir: Option<PathBuf>,
+    pub paired: PairedArgs,
     /// Measurements per tool and operation (at least 1).
     #[arg(long, env = "REPS", default_value_t = 3)]
     pub reps: u32,
-    /// Keep the cluster in the work directory when it holds the same dataset.
-    #[arg(long, env = "REUSE", default_value = "0", num_args = 0..=1, default_missing_value = "1",
-          value_parser = clap::builder::BoolishValueParser::new())]
-    pub reuse: bool,
-    /// Directory of strata, strata-collector, strata-sealer and strata-uploader (default: the
-    /// workspace's release build, $CARGO_TARGET_DIR/release).
-    #[arg(long, env = "STRATA_BIN")]
-    pub strata_bin: Option<PathBuf>,
-    /// "local" (every stage in the strata command) or a nats:// URL (its host and port are ignored: a
-    /// nats-server on a free loopback port plus one collector, sealer and uploader).
-    #[arg(long, env = "STRATA_BUS", default_value = "local")]
-    pub strata_bus: String,
-    /// Pipeline overrides, "key=value key=value" (STRATA_PIPELINE__<KEY> variables count too).
-    #[arg(long, env = "STRATA_PIPELINE", default_value = "")]
-    pub strata_pipeline: String,
-    /// pgBackRest compress-type.
-    #[arg(long, env = "PGBR_COMPRESS", default_value = "zst")]
-    pub pgbr_compress: String,
-    /// pgBackRest compress-level.
-    #[arg(long, env = "PGBR_LEVEL", default_value_t = 1)]
-    pub pgbr_level: u32,
-    /// pgBackRest process-max, for backup and restore.
-    #[arg(long, env = "PROCESS_MAX", default_value_t = 2)]
-    pub process_max: u32,
     /// Measure pg_basebackup too.
     #[arg(long, env = "PGBB", default_value = "1", num_args = 0..=1, default_missing_value = "1",
           value_parser = clap::builder::BoolishValueParser::new())]
@@ -106,32 +77,9 @@ pub struct Args {
     #[arg(long, env = "LIMITS", default_value = "0", num_args = 0..=1, default_missing_value = "1",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub limits: bool,
-    /// Seconds of pause after `sync` before each measurement.
-    #[arg(long, env = "PAUSE", default_value_t = 3.0)]
-    pub pause: f64,
     /// Seconds between top samples (0.5 s each) during every backup; 0 = off.
     #[arg(long, env = "TOP_INTERVAL", default_value_t = 1)]
     pub top_interval: u32,
-    /// PostgreSQL shared_buffers.
-    #[arg(long, env = "SHARED_BUFFERS", default_value = "512MB")]
-    pub shared_buffers: String,
-    /// Leave the last rep's repositories in place at exit.
-    #[arg(long, env = "KEEP_REPOS", default_value = "1", num_args = 0..=1, default_missing_value = "1",
-          value_parser = clap::builder::BoolishValueParser::new())]
-    pub keep_repos: bool,
-}
-
-impl Args {
-    fn bench_dir(&self) -> PathBuf {
-        self.bench_dir
-            .clone()
-            .unwrap_or_else(|| self.data.default_bench_dir())
-    }
-
-    /// Where the measured binaries come from, for run-<id>.info.
-    fn strata_bin_dir(&self) -> PathBuf {
-        strata_source_dir(self.strata_bin.as_deref())
-    }
 }
 
 /// Runs the benchmark: see the module docs.
@@ -139,33 +87,36 @@ pub fn run(args: &Args) -> Result<Kv> {
     if args.reps < 1 {
         bail!("REPS must be at least 1");
     }
-    if !args.pause.is_finite() || args.pause < 0.0 {
-        bail!("PAUSE must be a number of seconds, not '{}'", args.pause);
+    if !args.paired.pause.is_finite() || args.paired.pause < 0.0 {
+        bail!(
+            "PAUSE must be a number of seconds, not '{}'",
+            args.paired.pause
+        );
     }
-    let dataset = args.data.dataset()?;
-    let mode = BusMode::parse(&args.strata_bus)?;
-    let pipeline = Pipeline::from_env(&args.strata_pipeline)?;
+    let dataset = args.paired.data.dataset()?;
+    let mode = BusMode::parse(&args.paired.strata_bus)?;
+    let pipeline = Pipeline::from_env(&args.paired.strata_pipeline)?;
     let run_id = common::run_id();
-    let root = args.bench_dir();
+    let root = args.paired.bench_dir();
     let ws = Workspace::create(&root)?;
-    let srepo = ws.path("strata-repo");
-    let pgbr_dir = ws.path("pgbackrest");
+    let srepo = ws.path(STRATA_REPO);
+    let pgbr_dir = ws.path(PGBR_DIR);
     // What only lives during the run (restore targets, pg_basebackup's output) and, without KEEP_REPOS,
     // both repositories; declared before the servers, so it runs after every server is stopped.
     let mut cleanup = RemoveOnDrop {
         dirs: vec![ws.path("restore"), ws.path("basebackup")],
     };
-    if !args.keep_repos {
+    if !args.paired.keep_repos {
         cleanup.dirs.extend([srepo.clone(), pgbr_dir.join("repo")]);
     }
 
-    let bins = install_binaries(args.strata_bin.as_deref(), &ws)?;
+    let bins = install_binaries(args.paired.strata_bin.as_deref(), &ws)?;
     let version = strata_version(&bins);
     let pgbr_version = Pgbackrest::version();
     log(format!(
         "{version} (from {}), {pgbr_version}, bus {}, pipeline: {}",
-        args.strata_bin_dir().display(),
-        args.strata_bus,
+        args.paired.strata_bin_dir().display(),
+        args.paired.strata_bus,
         pipeline.describe()
     ));
 
@@ -173,36 +124,11 @@ pub fn run(args: &Args) -> Result<Kv> {
     let bus_url = fleet.url();
     strata_environment(&bus_url, &pipeline);
 
-    let settings = [
-        ("shared_buffers", args.shared_buffers.clone()),
-        ("max_wal_size", "4GB".to_string()),
-        ("min_wal_size", "256MB".to_string()),
-        ("checkpoint_timeout", "15min".to_string()),
-        ("log_line_prefix", "%m [%p] ".to_string()),
-    ];
-    let mut cluster = BenchCluster::open(&ws, dataset, args.reuse, &settings)?;
-
-    // Repositories of an earlier run may belong to another cluster (after a new initdb): both start empty.
-    ws.fresh_dir("strata-repo", 0o755)?;
-    let config = write_strata_config(
-        &ws,
-        &bus_url,
-        &cluster,
-        &[("local", &posix_repo(&srepo))],
-        &pipeline.toml(),
-    );
-    let pgbr = Pgbackrest::configure(
-        &pgbr_dir,
-        &cluster,
-        &PgbrOptions {
-            compress_type: args.pgbr_compress.clone(),
-            compress_level: args.pgbr_level,
-            process_max: args.process_max,
-        },
-    )?;
-    pgbr.wipe_repo()?;
-    let archive = common::archive_both_command(&ws, &bins, &config, &pgbr)?;
-    cluster.set_archive_command(&archive)?;
+    let PairedSetup {
+        cluster,
+        config,
+        pgbr,
+    } = open_cluster_and_repos(&args.paired, &ws, &bins, dataset, &bus_url, &pipeline)?;
 
     fleet.start_services(&config)?;
     let mut bench = Bench::new(
@@ -222,7 +148,7 @@ pub fn run(args: &Args) -> Result<Kv> {
     let payload = bench.cluster.db_bytes();
     log(format!(
         "run {run_id}: {}, payload {payload} bytes (sum of pg_database_size), {} reps, bus {bus_url}",
-        args.data.desc(),
+        args.paired.data.desc(),
         args.reps
     ));
     write_info(args, &bench, &run_id, payload, &version, &pgbr_version)?;
@@ -258,13 +184,13 @@ fn write_info(
     version: &str,
     pgbr_version: &str,
 ) -> Result<()> {
-    let bin_dir = args.strata_bin_dir();
+    let bin_dir = args.paired.strata_bin_dir();
     let built = modified_utc(&bin_dir.join("strata"));
     let source = source_commit();
     let mut info = Kv::new();
     info.set("run_id", run_id);
-    info.set("dataset", args.data.dataset()?.describe());
-    info.set("scale", args.data.scale);
+    info.set("dataset", args.paired.data.dataset()?.describe());
+    info.set("scale", args.paired.data.scale);
     info.set("payload_bytes", payload);
     info.set("data_dir_bytes", du_bytes(b.cluster.data_dir()));
     info.set(
@@ -274,10 +200,7 @@ fn write_info(
     info.set("source", source);
     info.set(
         "pgbackrest",
-        format!(
-            "{pgbr_version} compress={}:{} process-max={}",
-            args.pgbr_compress, args.pgbr_level, args.process_max
-        ),
+        format!("{pgbr_version} compress={}", args.paired.pgbr_desc()),
     );
     if args.pgbb {
         let v = output_of(
@@ -331,8 +254,10 @@ fn run_limits(args: &Args, b: &Bench, run_id: &str) -> Result<Kv> {
         heap.display()
     ));
     // limits' own knobs (DISK_MB, SAMPLE_MB, LIMITS_REPS) come from the environment, as the script's did.
-    let mut limits_args =
-        limits::Args::for_samples(&dir, &[format!("{}={}", args.data.name(), heap.display())])?;
+    let mut limits_args = limits::Args::for_samples(
+        &dir,
+        &[format!("{}={}", args.paired.data.name(), heap.display())],
+    )?;
     limits_args.limits_out = Some(file.clone());
     let mut kv = limits::run(&limits_args).context("limits failed")?;
     kv.set("heap_table", table);
@@ -354,18 +279,12 @@ fn write_report(
     let mut kv = Kv::new();
     kv.set("run_id", run_id);
     kv.set("script", "strata-bench full");
-    kv.set("dataset", args.data.name());
-    kv.set("dataset_desc", args.data.desc());
+    kv.set("dataset", args.paired.data.name());
+    kv.set("dataset_desc", args.paired.data.desc());
     kv.set("bus", mode);
     kv.set("payload_bytes", payload);
     kv.set("reps", args.reps);
-    kv.set(
-        "pgbr",
-        format!(
-            "{}:{} process-max={}",
-            args.pgbr_compress, args.pgbr_level, args.process_max
-        ),
-    );
+    kv.set("pgbr", args.paired.pgbr_desc());
     kv.set(
         "pgbb",
         format!(
@@ -380,7 +299,7 @@ fn write_report(
         kv.extend(&limits::prefixed(lim, "limit_"));
         body.push_str(&report::limits_section(
             lim,
-            args.data.name(),
+            args.paired.data.name(),
             payload,
             cpus(),
         ));
@@ -398,14 +317,14 @@ fn write_report(
     };
     let text = format!(
         "\n== run {run_id}: {}, payload {payload} bytes ({:.0} MB), {} reps, bus {}, pipeline {}; pgBackRest {}:{} process-max {}{pgbb}\n{body}\nrows: {} (run_id {run_id}); key=value: {}; logs: {}\n",
-        args.data.desc(),
+        args.paired.data.desc(),
         payload as f64 / 1e6,
         args.reps,
         b.bus_url,
         b.pipeline.describe(),
-        args.pgbr_compress,
-        args.pgbr_level,
-        args.process_max,
+        args.paired.pgbr_compress,
+        args.paired.pgbr_level,
+        args.paired.process_max,
         b.results_path.display(),
         kv_path.display(),
         b.ws.logs().display(),
@@ -418,20 +337,3 @@ fn write_report(
 
 /// How long a backup step waits for the archiver before it goes on with a warning (the script's 120 s).
 const ARCHIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// results.tsv with the script's columns; a file with other columns is moved aside first.
-fn open_results(ws: &Workspace, run_id: &str) -> Result<(Results, PathBuf)> {
-    let path = ws.path("results.tsv");
-    let header = report::HEADER.join("\t");
-    if let Ok(text) = fs::read_to_string(&path) {
-        if text.lines().next() != Some(header.as_str()) {
-            let old = ws.path(&format!("results.tsv.old-{run_id}"));
-            fs::rename(&path, &old)?;
-            log(format!(
-                "results.tsv had other columns: moved to {}",
-                old.display()
-            ));
-        }
-    }
-    Ok((Results::open(&path, report::HEADER)?, path))
-}

@@ -2,8 +2,9 @@
 //! pgBackRest, on one database, in one run (loadtest/README.md, "Incremental backups").
 //!
 //! # What it measures
-//! On bench-full's `$BENCH_DIR` layout and cluster (common.rs: [`BenchCluster`], `REUSE=1` keeps a loaded
-//! one), with `archive_command` pushing every segment to both tools ([`archive_both_command`]), each rep:
+//! On bench-full's `$BENCH_DIR` layout and cluster ([`common::BenchCluster`], `REUSE=1` keeps a loaded
+//! one), with `archive_command` pushing every segment to both tools ([`common::archive_both_command`];
+//! [`super::paired_setup`] sets up both, as for `full`), each rep:
 //! waits for the archiver; (NATS mode: stops the services) wipes both repositories, restarts the services,
 //! stanza-create with both; a **timed full backup** with each tool; records `pg_current_wal_lsn()` and the
 //! main table's size; **one** churn (`pgbench -n -T CHURN_SECS -c 2 -j 2`, the dataset's script, see
@@ -40,82 +41,30 @@ mod report;
 mod steps;
 
 use super::common::{
-    self, archive_both_command, du_bytes, install_binaries, log, output_of, posix_repo,
-    strata_version, write_strata_config, BenchCluster, BusMode, Fleet, Kv, Pgbackrest, PgbrOptions,
-    Pipeline, RemoveOnDrop, Results, Workspace,
+    self, du_bytes, install_binaries, log, output_of, strata_environment, strata_version, BusMode,
+    Fleet, Kv, Pgbackrest, Pipeline, RemoveOnDrop, Workspace,
 };
-use super::dataset_args::DatasetArgs;
-use super::run_info::{
-    cpus, mem_total_kb, modified_utc, source_commit, strata_source_dir, utc_now,
+use super::paired_setup::{
+    open_cluster_and_repos, open_results, PairedArgs, PairedSetup, PGBR_DIR, STRATA_REPO,
 };
+use super::run_info::{cpus, mem_total_kb, modified_utc, source_commit, utc_now};
 use anyhow::{bail, Context, Result};
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use steps::Bench;
 
 /// bench-incr.sh's knobs: each a flag and the environment variable the script read, with its default.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// DATASET, SCALE, OLTP_MB.
+    /// The knobs `full` and `incr` share.
     #[command(flatten)]
-    pub data: DatasetArgs,
-    /// Work directory, shared with `full` (default /tmp/strata-loadtest; oltp: /tmp/strata-loadtest-oltp).
-    #[arg(long, env = "BENCH_DIR")]
-    pub bench_dir: Option<PathBuf>,
+    pub paired: PairedArgs,
     /// Reps; each is a full and an incremental backup with each tool (at least 1).
     #[arg(long, env = "REPS", default_value_t = 2)]
     pub reps: u32,
-    /// Keep the cluster in the work directory when it holds the same dataset.
-    #[arg(long, env = "REUSE", default_value = "0", num_args = 0..=1, default_missing_value = "1",
-          value_parser = clap::builder::BoolishValueParser::new())]
-    pub reuse: bool,
     /// Seconds of churn (`pgbench -n -T`) between the full and the incremental backups (at least 1).
     #[arg(long, env = "CHURN_SECS", default_value_t = 10)]
     pub churn_secs: u32,
-    /// Directory of strata, strata-collector, strata-sealer and strata-uploader (default: the
-    /// workspace's release build, $CARGO_TARGET_DIR/release).
-    #[arg(long, env = "STRATA_BIN")]
-    pub strata_bin: Option<PathBuf>,
-    /// "local" (every stage in the strata command) or a nats:// URL (its host and port are ignored: a
-    /// nats-server on a free loopback port plus one collector, sealer and uploader).
-    #[arg(long, env = "STRATA_BUS", default_value = "local")]
-    pub strata_bus: String,
-    /// Pipeline overrides, "key=value key=value" (`STRATA_PIPELINE__<KEY>` variables count too).
-    #[arg(long, env = "STRATA_PIPELINE", default_value = "")]
-    pub strata_pipeline: String,
-    /// pgBackRest compress-type.
-    #[arg(long, env = "PGBR_COMPRESS", default_value = "zst")]
-    pub pgbr_compress: String,
-    /// pgBackRest compress-level.
-    #[arg(long, env = "PGBR_LEVEL", default_value_t = 1)]
-    pub pgbr_level: u32,
-    /// pgBackRest process-max.
-    #[arg(long, env = "PROCESS_MAX", default_value_t = 2)]
-    pub process_max: u32,
-    /// Seconds of pause after `sync` before each measurement.
-    #[arg(long, env = "PAUSE", default_value_t = 3.0)]
-    pub pause: f64,
-    /// PostgreSQL shared_buffers.
-    #[arg(long, env = "SHARED_BUFFERS", default_value = "512MB")]
-    pub shared_buffers: String,
-    /// Leave the last rep's repositories in place at exit.
-    #[arg(long, env = "KEEP_REPOS", default_value = "1", num_args = 0..=1, default_missing_value = "1",
-          value_parser = clap::builder::BoolishValueParser::new())]
-    pub keep_repos: bool,
-}
-
-impl Args {
-    fn bench_dir(&self) -> PathBuf {
-        self.bench_dir
-            .clone()
-            .unwrap_or_else(|| self.data.default_bench_dir())
-    }
-
-    /// Where the measured binaries come from, for run-incr-<id>.info.
-    fn strata_bin_dir(&self) -> PathBuf {
-        strata_source_dir(self.strata_bin.as_deref())
-    }
 }
 
 /// Runs the benchmark: see the module docs.
@@ -126,27 +75,30 @@ pub fn run(args: &Args) -> Result<Kv> {
     if args.churn_secs < 1 {
         bail!("CHURN_SECS must be at least 1");
     }
-    if args.pause.is_nan() || args.pause < 0.0 {
-        bail!("PAUSE must be a number of seconds, not '{}'", args.pause);
+    if args.paired.pause.is_nan() || args.paired.pause < 0.0 {
+        bail!(
+            "PAUSE must be a number of seconds, not '{}'",
+            args.paired.pause
+        );
     }
-    let dataset = args.data.dataset()?;
-    let mode = BusMode::parse(&args.strata_bus)?;
-    let pipeline = Pipeline::from_env(&args.strata_pipeline)?;
+    let dataset = args.paired.data.dataset()?;
+    let mode = BusMode::parse(&args.paired.strata_bus)?;
+    let pipeline = Pipeline::from_env(&args.paired.strata_pipeline)?;
     let run_id = common::run_id();
-    let ws = Workspace::create(&args.bench_dir())?;
-    let srepo = ws.path("strata-repo");
-    let pgbr_dir = ws.path("pgbackrest");
+    let ws = Workspace::create(&args.paired.bench_dir())?;
+    let srepo = ws.path(STRATA_REPO);
+    let pgbr_dir = ws.path(PGBR_DIR);
     // Without KEEP_REPOS, both repositories go; declared before the servers, so it runs after every
     // server and service is stopped (also on an error).
     let _cleanup = RemoveOnDrop {
-        dirs: if args.keep_repos {
+        dirs: if args.paired.keep_repos {
             Vec::new()
         } else {
             vec![srepo.clone(), pgbr_dir.join("repo")]
         },
     };
 
-    let bins = install_binaries(args.strata_bin.as_deref(), &ws)?;
+    let bins = install_binaries(args.paired.strata_bin.as_deref(), &ws)?;
     let help = output_of(
         Command::new(bins.path("strata")).args(["backup", "--help"]),
         "strata backup --help",
@@ -154,68 +106,33 @@ pub fn run(args: &Args) -> Result<Kv> {
     if !help.contains("incr") {
         bail!(
             "{}/strata (built {}) has no incremental backups (backup --type incr): use a newer build",
-            args.strata_bin_dir().display(),
-            modified_utc(&args.strata_bin_dir().join("strata"))
+            args.paired.strata_bin_dir().display(),
+            modified_utc(&args.paired.strata_bin_dir().join("strata"))
         );
     }
     let version = strata_version(&bins);
     let pgbr_version = Pgbackrest::version();
     log(format!(
         "{version} (from {}, built {}), {pgbr_version}, pipeline: {}",
-        args.strata_bin_dir().display(),
-        modified_utc(&args.strata_bin_dir().join("strata")),
+        args.paired.strata_bin_dir().display(),
+        modified_utc(&args.paired.strata_bin_dir().join("strata")),
         pipeline.describe()
     ));
 
-    // Every Strata process (the CLI, the services, and the archive_command PostgreSQL runs) inherits this
-    // environment: the effective pipeline as STRATA_PIPELINE__<KEY>, and STRATA_BUS with the real URL, so
-    // the binaries' own overrides agree with the config (as bench-incr.sh exported them). Set while this
-    // process has no other thread, before the bus and the server start.
-    for var in ["STRATA_PIPELINE", "STRATA_CONFIG", "STRATA_STANZA"] {
-        std::env::remove_var(var);
-    }
-    for (k, v) in pipeline.env_pairs() {
-        std::env::set_var(k, v);
-    }
     let mut fleet = Fleet::start_bus(&ws, &bins, mode, &pipeline)?;
     let bus_url = fleet.url();
-    std::env::set_var("STRATA_BUS", &bus_url);
+    strata_environment(&bus_url, &pipeline);
 
-    // bench-full.sh's settings: the two benchmarks share the cluster.
-    let settings = [
-        ("shared_buffers", args.shared_buffers.clone()),
-        ("max_wal_size", "4GB".to_string()),
-        ("min_wal_size", "256MB".to_string()),
-        ("checkpoint_timeout", "15min".to_string()),
-        ("log_line_prefix", "%m [%p] ".to_string()),
-    ];
-    let mut cluster = BenchCluster::open(&ws, dataset, args.reuse, &settings)?;
-
-    ws.fresh_dir("strata-repo", 0o755)?;
-    let config = write_strata_config(
-        &ws,
-        &bus_url,
-        &cluster,
-        &[("local", &posix_repo(&srepo))],
-        &pipeline.toml(),
-    );
-    let pgbr = Pgbackrest::configure(
-        &pgbr_dir,
-        &cluster,
-        &PgbrOptions {
-            compress_type: args.pgbr_compress.clone(),
-            compress_level: args.pgbr_level,
-            process_max: args.process_max,
-        },
-    )?;
-    pgbr.wipe_repo()?;
-    let archive = archive_both_command(&ws, &bins, &config, &pgbr)?;
-    cluster.set_archive_command(&archive)?;
+    // bench-full.sh's cluster and settings: the two benchmarks share it.
+    let PairedSetup {
+        cluster,
+        config,
+        pgbr,
+    } = open_cluster_and_repos(&args.paired, &ws, &bins, dataset, &bus_url, &pipeline)?;
     fleet.start_services(&config)?;
 
+    let results = open_results(&ws, "results-incr.tsv", report::HEADER, &run_id)?;
     let results_path = ws.path("results-incr.tsv");
-    set_aside_other_columns(&results_path, &run_id)?;
-    let results = Results::open(&results_path, report::HEADER)?;
     let mut bench = Bench::new(args, &ws, bins, config, cluster, fleet, pgbr, srepo);
     bench.prepare()?;
 
@@ -228,7 +145,7 @@ pub fn run(args: &Args) -> Result<Kv> {
     );
     log(format!(
         "run {run_id}: {}, payload {payload} bytes, {} reps, bus {bus_url}, {churn_desc} between full and incr",
-        args.data.desc(),
+        args.paired.data.desc(),
         args.reps
     ));
     write_info(
@@ -271,20 +188,14 @@ pub fn run(args: &Args) -> Result<Kv> {
     let mut kv = Kv::new();
     kv.set("run_id", &run_id);
     kv.set("script", "strata-bench incr");
-    kv.set("dataset", args.data.name());
-    kv.set("dataset_desc", args.data.desc());
+    kv.set("dataset", args.paired.data.name());
+    kv.set("dataset_desc", args.paired.data.desc());
     kv.set("bus", bus);
     kv.set("payload_bytes", payload);
     kv.set("reps", args.reps);
     kv.set("churn_secs", args.churn_secs);
-    kv.set("main_table", args.data.main_table());
-    kv.set(
-        "pgbr",
-        format!(
-            "{}:{} process-max={}",
-            args.pgbr_compress, args.pgbr_level, args.process_max
-        ),
-    );
+    kv.set("main_table", args.paired.data.main_table());
+    kv.set("pgbr", args.paired.pgbr_desc());
     kv.set("pipeline", pipeline.describe());
     let table = report::summary(&rows, &churns, bus, &mut kv);
     kv.write(&kv_path)?;
@@ -298,14 +209,14 @@ pub fn run(args: &Args) -> Result<Kv> {
          between full and incr; Strata pipeline {}; pgBackRest {}:{} process-max {}\n   \
          stored = Strata's stored_bytes / pgBackRest's repository.delta; added = repository du -sb after - before (WAL included)\n\
          {table}\nrows: {} (run_id {run_id}); key=value: {}; logs: {}\n",
-        args.data.desc(),
+        args.paired.data.desc(),
         payload as f64 / 1e6,
         args.reps,
         args.churn_secs,
         pipeline.describe(),
-        args.pgbr_compress,
-        args.pgbr_level,
-        args.process_max,
+        args.paired.pgbr_compress,
+        args.paired.pgbr_level,
+        args.paired.process_max,
         results_path.display(),
         kv_path.display(),
         ws.logs().display(),
@@ -315,23 +226,6 @@ pub fn run(args: &Args) -> Result<Kv> {
         .with_context(|| format!("cannot write {}", summary_path.display()))?;
     drop(bench);
     Ok(kv)
-}
-
-/// A results-incr.tsv written with other columns is moved to `results-incr.tsv.old-<run_id>`.
-fn set_aside_other_columns(path: &Path, run_id: &str) -> Result<()> {
-    let Ok(text) = fs::read_to_string(path) else {
-        return Ok(());
-    };
-    if text.lines().next() == Some(report::HEADER.join("\t").as_str()) {
-        return Ok(());
-    }
-    let old = path.with_file_name(format!("results-incr.tsv.old-{run_id}"));
-    fs::rename(path, &old).with_context(|| format!("cannot move {} aside", path.display()))?;
-    log(format!(
-        "results-incr.tsv had other columns: moved to {}",
-        old.display()
-    ));
-    Ok(())
 }
 
 /// `run-incr-<run_id>.info`: the run's settings, as bench-incr.sh wrote them.
@@ -350,7 +244,7 @@ fn write_info(
     let source = source_commit();
     let mem_kb = mem_total_kb().map(|kb| kb.to_string()).unwrap_or_default();
     let cpus = cpus().unwrap_or(0);
-    let bin_dir = args.strata_bin_dir();
+    let bin_dir = args.paired.strata_bin_dir();
     let churn = if churn_args.is_empty() {
         "(TPC-B)".to_string()
     } else {
@@ -366,16 +260,14 @@ fn write_info(
     let text = format!(
         "run_id={run_id}\nscript=strata-bench incr\ndataset={}\nscale={} churn_secs={} churn_args={churn}\n\
          payload_bytes={payload}\ndata_dir_bytes={}\nstrata={version} ({}, built {})\nsource={source}\n\
-         pgbackrest={pgbr_version} compress={}:{} process-max={}\nbus={bus_url} pipeline: {pipe}\ncpus={cpus} mem_kb={mem_kb}\n",
-        args.data.dataset()?.describe(),
-        args.data.scale,
+         pgbackrest={pgbr_version} compress={}\nbus={bus_url} pipeline: {pipe}\ncpus={cpus} mem_kb={mem_kb}\n",
+        args.paired.data.dataset()?.describe(),
+        args.paired.data.scale,
         args.churn_secs,
         du_bytes(b.cluster.data_dir()),
         bin_dir.display(),
         modified_utc(&bin_dir.join("strata")),
-        args.pgbr_compress,
-        args.pgbr_level,
-        args.process_max,
+        args.paired.pgbr_desc(),
     );
     let path = b.ws.path(&format!("run-incr-{run_id}.info"));
     fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))

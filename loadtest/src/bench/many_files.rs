@@ -191,7 +191,7 @@ pub fn run(args: &Args) -> Result<Kv> {
         cmd
     };
     let m = mode.name();
-    let stanza_log = fresh_log(&ws, &format!("stanza-create-{m}.log"));
+    let stanza_log = ws.fresh_log(&format!("stanza-create-{m}.log"));
     run_logged(
         &mut strata(&["stanza-create"]),
         "strata stanza-create",
@@ -233,7 +233,7 @@ pub fn run(args: &Args) -> Result<Kv> {
         if reset_hwm {
             fleet.reset_hwm();
         }
-        let log = fresh_log(&ws, &format!("{m}-{name}.log"));
+        let log = ws.fresh_log(&format!("{m}-{name}.log"));
         Ok((measure(&mut strata(sub), what, &log)?, log))
     };
     let bus_note = format!("bus={url}");
@@ -421,13 +421,6 @@ pub fn run(args: &Args) -> Result<Kv> {
     kv.set("pgdata_bytes", pgdata_bytes);
     kv.set("summary", summary_path.display());
     Ok(kv)
-}
-
-/// A log file of this run, emptied (the script's `>`).
-fn fresh_log(ws: &Workspace, name: &str) -> PathBuf {
-    let path = ws.log(name);
-    let _ = fs::remove_file(&path);
-    path
 }
 
 fn or_dash(s: &str) -> &str {

@@ -15,6 +15,7 @@ pub mod full;
 pub mod incr;
 pub mod limits;
 pub mod many_files;
+pub mod paired_setup;
 pub mod repos;
 pub mod run_info;
 pub mod verify;

@@ -11,11 +11,12 @@ use strata_integration::StrataBins;
 
 use super::report::Row;
 use super::sampler::{top_summary, Sampler, Whose};
-use super::{open_results, Args, ARCHIVE_IDLE_TIMEOUT};
+use super::{report, Args, ARCHIVE_IDLE_TIMEOUT};
 use crate::bench::common::{
     as_postgres, du_bytes, log, measure, proc_cpu_ticks, proc_hwm_kb, run_logged, settle, wipe_dir,
     BenchCluster, Fleet, Measured, Pgbackrest, Pipeline, Results, Workspace, STANZA,
 };
+use crate::bench::paired_setup::open_results;
 use crate::bench::run_info::{clk_tck, utc_now, vm_busy_ticks};
 
 /// The run's state. Field order is drop order: the server stops before the bus and the services.
@@ -58,7 +59,8 @@ impl<'a> Bench<'a> {
         fleet: Fleet,
         srepo: PathBuf,
     ) -> Result<Bench<'a>> {
-        let (results, results_path) = open_results(ws, &run_id)?;
+        let results = open_results(ws, "results.tsv", report::HEADER, &run_id)?;
+        let results_path = ws.path("results.tsv");
         let bus_url = fleet.url();
         let clk_tck = clk_tck();
         Ok(Bench {
@@ -84,32 +86,25 @@ impl<'a> Bench<'a> {
         self.bins.strata_cmd(&self.config, STANZA)
     }
 
-    /// A step's log, truncated (the script's `>log`): the steps append, and labels are read back from it.
-    fn fresh_log(&self, name: &str) -> PathBuf {
-        let path = self.ws.log(name);
-        let _ = fs::remove_file(&path);
-        path
-    }
-
     /// Both stanzas exist before the first WAL push; `strata check` and `pgbackrest check` prove both
     /// archive paths end to end (each forces a WAL switch and waits for it in its archive).
     pub fn prepare(&mut self) -> Result<()> {
         run_logged(
             self.strata().arg("stanza-create"),
             "strata stanza-create",
-            &self.fresh_log("strata-stanza-create-0.log"),
+            &self.ws.fresh_log("strata-stanza-create-0.log"),
         )?;
         self.pgbr
-            .stanza_create(&self.fresh_log("pgbackrest-stanza-create-0.log"))?;
+            .stanza_create(&self.ws.fresh_log("pgbackrest-stanza-create-0.log"))?;
         run_logged(
             self.strata().arg("check"),
             "strata check",
-            &self.fresh_log("strata-check.log"),
+            &self.ws.fresh_log("strata-check.log"),
         )?;
         run_logged(
             self.pgbr.command().arg("check"),
             "pgbackrest check",
-            &self.fresh_log("pgbackrest-check.log"),
+            &self.ws.fresh_log("pgbackrest-check.log"),
         )
     }
 
@@ -127,8 +122,8 @@ impl<'a> Bench<'a> {
     /// Runs `cmd` after `sync` and the pause, output to `logs/<name>.log`; with `sample`, top samples go
     /// to `logs/top-<name>.log` meanwhile.
     fn timed(&mut self, name: &str, mut cmd: Command, sample: bool) -> Result<Timing> {
-        let log_file = self.fresh_log(&format!("{name}.log"));
-        settle(self.args.pause);
+        let log_file = self.ws.fresh_log(&format!("{name}.log"));
+        settle(self.args.paired.pause);
         let b0 = vm_busy_ticks();
         let sampler = if sample {
             let mut roots: Vec<u32> = self.fleet.services().into_iter().map(|(_, p)| p).collect();
@@ -234,7 +229,9 @@ impl<'a> Bench<'a> {
         run_logged(
             self.strata().arg("stanza-create"),
             "strata stanza-create",
-            &self.fresh_log(&format!("strata-stanza-create-{rep}.log")),
+            &self
+                .ws
+                .fresh_log(&format!("strata-stanza-create-{rep}.log")),
         )?;
         let payload = self.cluster.db_bytes();
         self.fleet.reset_hwm();
@@ -280,7 +277,7 @@ impl<'a> Bench<'a> {
         let _ = run_logged(
             &mut info,
             "strata info",
-            &self.fresh_log(&format!("strata-info-{rep}.json")),
+            &self.ws.fresh_log(&format!("strata-info-{rep}.json")),
         );
         let r = row(
             "strata",
@@ -308,8 +305,11 @@ impl<'a> Bench<'a> {
     pub fn pgbr_backup(&mut self, rep: u32) -> Result<()> {
         self.wait_archive_idle();
         self.pgbr.wipe_repo()?;
-        self.pgbr
-            .stanza_create(&self.fresh_log(&format!("pgbackrest-stanza-create-{rep}.log")))?;
+        self.pgbr.stanza_create(
+            &self
+                .ws
+                .fresh_log(&format!("pgbackrest-stanza-create-{rep}.log")),
+        )?;
         let payload = self.cluster.db_bytes();
         let name = format!("pgbackrest-backup-{rep}");
         let mut cmd = self.pgbr.command();
@@ -320,13 +320,10 @@ impl<'a> Bench<'a> {
             .ok()
             .map(|p| p.display().to_string());
         self.wait_archive_idle();
-        let a = self.args;
         let mut note = format!(
-            "label={} compress={}:{} process-max={}",
+            "label={} compress={}",
             label.as_deref().unwrap_or("?"),
-            a.pgbr_compress,
-            a.pgbr_level,
-            a.process_max
+            self.args.paired.pgbr_desc()
         );
         if let Some(l) = &label {
             note.push_str(&format!(

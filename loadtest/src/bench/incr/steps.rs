@@ -69,13 +69,6 @@ impl<'a> Bench<'a> {
         self.bins.strata_cmd(&self.config, STANZA)
     }
 
-    /// A log file of this run, emptied (the script's `>`; common's `measure` appends).
-    fn fresh_log(&self, name: &str) -> PathBuf {
-        let path = self.ws.log(name);
-        let _ = fs::remove_file(&path);
-        path
-    }
-
     fn sql(&self, sql: &str) -> Result<String> {
         self.cluster
             .pg()
@@ -93,14 +86,19 @@ impl<'a> Bench<'a> {
     }
 
     fn stanza_create(&self, tag: &str) -> Result<()> {
-        let log = self.fresh_log(&format!("strata-stanza-create-{tag}.log"));
+        let log = self
+            .ws
+            .fresh_log(&format!("strata-stanza-create-{tag}.log"));
         run_logged(
             self.strata().arg("stanza-create"),
             "strata stanza-create",
             &log,
         )?;
-        self.pgbr
-            .stanza_create(&self.fresh_log(&format!("pgbackrest-stanza-create-{tag}.log")))
+        self.pgbr.stanza_create(
+            &self
+                .ws
+                .fresh_log(&format!("pgbackrest-stanza-create-{tag}.log")),
+        )
     }
 
     /// Before the reps: both stanzas (before the first WAL push), both checks, and pageinspect (created
@@ -110,12 +108,12 @@ impl<'a> Bench<'a> {
         run_logged(
             self.strata().arg("check"),
             "strata check",
-            &self.fresh_log("strata-check.log"),
+            &self.ws.fresh_log("strata-check.log"),
         )?;
         run_logged(
             self.pgbr.command().arg("check"),
             "pgbackrest check",
-            &self.fresh_log("pgbackrest-check.log"),
+            &self.ws.fresh_log("pgbackrest-check.log"),
         )?;
         match self.sql("CREATE EXTENSION IF NOT EXISTS pageinspect") {
             Ok(_) => self.pageinspect = true,
@@ -184,13 +182,13 @@ impl<'a> Bench<'a> {
 
         // The churn: one pgbench run that both incrementals cover.
         self.wait_archive_idle();
-        let main_table = self.args.data.main_table();
+        let main_table = self.args.paired.data.main_table();
         let lsn0 = self.sql("SELECT pg_current_wal_lsn()")?;
         let main_bytes: u64 = self
             .sql(&format!("SELECT pg_relation_size('{main_table}')"))?
             .parse()
             .context("pg_relation_size")?;
-        let log_path = self.fresh_log(&format!("pgbench-churn-{rep}.log"));
+        let log_path = self.ws.fresh_log(&format!("pgbench-churn-{rep}.log"));
         let (program, churn_args) = self
             .churn
             .as_ref()
@@ -263,7 +261,7 @@ impl<'a> Bench<'a> {
         position: u32,
     ) -> Result<Row> {
         let name = format!("{tool}-{op}-{rep}");
-        let log_path = self.fresh_log(&format!("{name}.log"));
+        let log_path = self.ws.fresh_log(&format!("{name}.log"));
         self.wait_archive_idle();
         let strata = tool == "strata";
         let repo = if strata {
@@ -282,7 +280,7 @@ impl<'a> Bench<'a> {
             c.args(["backup", &format!("--type={op}")]);
             c
         };
-        settle(self.args.pause);
+        settle(self.args.paired.pause);
         let busy0 = vm_busy_ticks();
         let m = measure(
             &mut cmd,
