@@ -26,11 +26,11 @@ use std::time::Duration;
 use strata_integration::pg::pg_bin;
 
 use super::common::{
-    self, du_bytes, install_binaries, log, output_of, strata_environment, strata_version, BusMode,
-    Fleet, Kv, Pgbackrest, Pipeline, RemoveOnDrop, Workspace,
+    self, du_bytes, install_binaries, log, output_of, strata_version, BusMode, Kv, Pgbackrest,
+    Pipeline, RemoveOnDrop, Workspace,
 };
 use super::limits;
-use super::paired_setup::{open_cluster_and_repos, PairedArgs, PairedSetup, PGBR_DIR, STRATA_REPO};
+use super::paired_setup::{self, PairedArgs, PairedSetup, PGBR_DIR, STRATA_REPO};
 use super::run_info::{self, mem_total_kb, modified_utc, source_commit};
 use steps::Bench;
 
@@ -120,17 +120,14 @@ pub fn run(args: &Args) -> Result<Kv> {
         pipeline.describe()
     ));
 
-    let mut fleet = Fleet::start_bus(&ws, &bins, mode, &pipeline)?;
-    let bus_url = fleet.url();
-    strata_environment(&bus_url, &pipeline);
-
+    // bench-full.sh's bus, cluster and repositories: the two benchmarks share them.
     let PairedSetup {
+        fleet,
+        bus_url,
         cluster,
         config,
         pgbr,
-    } = open_cluster_and_repos(&args.paired, &ws, &bins, dataset, &bus_url, &pipeline)?;
-
-    fleet.start_services(&config)?;
+    } = paired_setup::start(&args.paired, &ws, &bins, mode, dataset, &pipeline)?;
     let mut bench = Bench::new(
         args,
         &ws,

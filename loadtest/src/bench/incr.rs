@@ -41,12 +41,10 @@ mod report;
 mod steps;
 
 use super::common::{
-    self, du_bytes, install_binaries, log, output_of, strata_environment, strata_version, BusMode,
-    Fleet, Kv, Pgbackrest, Pipeline, RemoveOnDrop, Workspace,
+    self, du_bytes, install_binaries, log, output_of, strata_version, BusMode, Kv, Pgbackrest,
+    Pipeline, RemoveOnDrop, Workspace,
 };
-use super::paired_setup::{
-    open_cluster_and_repos, open_results, PairedArgs, PairedSetup, PGBR_DIR, STRATA_REPO,
-};
+use super::paired_setup::{self, open_results, PairedArgs, PairedSetup, PGBR_DIR, STRATA_REPO};
 use super::run_info::{cpus, mem_total_kb, modified_utc, source_commit, utc_now};
 use anyhow::{bail, Context, Result};
 use std::fs;
@@ -119,17 +117,14 @@ pub fn run(args: &Args) -> Result<Kv> {
         pipeline.describe()
     ));
 
-    let mut fleet = Fleet::start_bus(&ws, &bins, mode, &pipeline)?;
-    let bus_url = fleet.url();
-    strata_environment(&bus_url, &pipeline);
-
-    // bench-full.sh's cluster and settings: the two benchmarks share it.
+    // bench-full.sh's bus, cluster and repositories: the two benchmarks share them.
     let PairedSetup {
+        fleet,
+        bus_url,
         cluster,
         config,
         pgbr,
-    } = open_cluster_and_repos(&args.paired, &ws, &bins, dataset, &bus_url, &pipeline)?;
-    fleet.start_services(&config)?;
+    } = paired_setup::start(&args.paired, &ws, &bins, mode, dataset, &pipeline)?;
 
     let results = open_results(&ws, "results-incr.tsv", report::HEADER, &run_id)?;
     let results_path = ws.path("results-incr.tsv");

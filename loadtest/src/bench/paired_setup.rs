@@ -1,16 +1,17 @@
 //! What `full` and `incr` share, because they measure the same thing (Strata against pgBackRest on one
-//! cluster) and share its work directory: their common knobs ([`PairedArgs`]), the cluster with bench-full.sh's settings, an empty Strata
+//! cluster) and share its work directory: their common knobs ([`PairedArgs`]), the bus, the cluster with bench-full.sh's settings, an empty Strata
 //! repository and an empty pgBackRest repository, and the `archive_command` that pushes every segment
 //! to both; plus their results file, moved aside when an older version wrote other columns.
 
 use anyhow::{Context, Result};
 use std::fs;
 use std::path::PathBuf;
+use std::process::Command;
 use strata_integration::StrataBins;
 
 use super::common::{
-    archive_both_command, log, posix_repo, write_strata_config, BenchCluster, Pgbackrest,
-    PgbrOptions, Pipeline, Results, Workspace,
+    archive_both_command, log, posix_repo, run_logged, strata_environment, write_strata_config,
+    BenchCluster, BusMode, Fleet, Pgbackrest, PgbrOptions, Pipeline, Results, Workspace,
 };
 use super::dataset_args::DatasetArgs;
 use super::run_info::strata_source_dir;
@@ -99,25 +100,32 @@ pub const STRATA_REPO: &str = "strata-repo";
 /// pgBackRest's directory (config, repository `repo`, logs), `<root>/pgbackrest`.
 pub const PGBR_DIR: &str = "pgbackrest";
 
-/// What [`open_cluster_and_repos`] sets up: the cluster (archiving to both), the Strata config naming
-/// the Strata repository, and pgBackRest configured on its own.
+/// What [`start`] starts: the bus (nats-server and the services in NATS mode), the cluster (archiving to
+/// both tools), the Strata config naming the Strata repository, and pgBackRest configured on its own.
 pub struct PairedSetup {
+    pub fleet: Fleet,
+    pub bus_url: String,
     pub cluster: BenchCluster,
     pub config: PathBuf,
     pub pgbr: Pgbackrest,
 }
 
-/// Opens the cluster holding `dataset` (REUSE) with bench-full.sh's settings (SHARED_BUFFERS), empties both repositories
-/// ([`STRATA_REPO`], `<`[`PGBR_DIR`]`>/repo`: an earlier run's may belong to another cluster after a new
-/// initdb), writes the Strata config and sets the `archive_command` that pushes to both.
-pub fn open_cluster_and_repos(
+/// Starts the bus and sets the environment every Strata process inherits ([`strata_environment`]);
+/// opens the cluster holding `dataset` (REUSE) with bench-full.sh's settings (SHARED_BUFFERS); empties
+/// both repositories ([`STRATA_REPO`], `<`[`PGBR_DIR`]`>/repo`: an earlier run's may belong to another
+/// cluster after a new initdb); writes the Strata config; sets the `archive_command` that pushes to
+/// both; then starts the services (NATS mode).
+pub fn start(
     args: &PairedArgs,
     ws: &Workspace,
     bins: &StrataBins,
+    mode: BusMode,
     dataset: Dataset,
-    bus_url: &str,
     pipeline: &Pipeline,
 ) -> Result<PairedSetup> {
+    let mut fleet = Fleet::start_bus(ws, bins, mode, pipeline)?;
+    let bus_url = fleet.url();
+    strata_environment(&bus_url, pipeline);
     let settings = [
         ("shared_buffers", args.shared_buffers.clone()),
         ("max_wal_size", "4GB".to_string()),
@@ -129,7 +137,7 @@ pub fn open_cluster_and_repos(
     let strata_repo = ws.fresh_dir(STRATA_REPO, 0o755)?;
     let config = write_strata_config(
         ws,
-        bus_url,
+        &bus_url,
         &cluster,
         &[("local", &posix_repo(&strata_repo))],
         &pipeline.toml(),
@@ -138,11 +146,29 @@ pub fn open_cluster_and_repos(
     pgbr.wipe_repo()?;
     let archive = archive_both_command(ws, bins, &config, &pgbr)?;
     cluster.set_archive_command(&archive)?;
+    fleet.start_services(&config)?;
     Ok(PairedSetup {
+        fleet,
+        bus_url,
         cluster,
         config,
         pgbr,
     })
+}
+
+/// `strata check` and `pgbackrest check` (logs `strata-check.log`, `pgbackrest-check.log`): each forces a WAL switch and waits for it in its archive, so both archive
+/// paths are proven end to end before the first measurement.
+pub fn check_both(ws: &Workspace, strata: &mut Command, pgbr: &Pgbackrest) -> Result<()> {
+    run_logged(
+        strata.arg("check"),
+        "strata check",
+        &ws.fresh_log("strata-check.log"),
+    )?;
+    run_logged(
+        pgbr.command().arg("check"),
+        "pgbackrest check",
+        &ws.fresh_log("pgbackrest-check.log"),
+    )
 }
 
 /// Opens the results file `<root>/<name>` with `header`; a file an older version wrote with other

@@ -16,7 +16,7 @@ use crate::bench::common::{
     as_postgres, du_bytes, log, measure, proc_cpu_ticks, proc_hwm_kb, run_logged, settle, wipe_dir,
     BenchCluster, Fleet, Measured, Pgbackrest, Pipeline, Results, Workspace, STANZA,
 };
-use crate::bench::paired_setup::open_results;
+use crate::bench::paired_setup::{check_both, open_results};
 use crate::bench::run_info::{clk_tck, utc_now, vm_busy_ticks};
 
 /// The run's state. Field order is drop order: the server stops before the bus and the services.
@@ -96,16 +96,7 @@ impl<'a> Bench<'a> {
         )?;
         self.pgbr
             .stanza_create(&self.ws.fresh_log("pgbackrest-stanza-create-0.log"))?;
-        run_logged(
-            self.strata().arg("check"),
-            "strata check",
-            &self.ws.fresh_log("strata-check.log"),
-        )?;
-        run_logged(
-            self.pgbr.command().arg("check"),
-            "pgbackrest check",
-            &self.ws.fresh_log("pgbackrest-check.log"),
-        )
+        check_both(self.ws, &mut self.strata(), &self.pgbr)
     }
 
     /// WAL is only written by the backups here; before a repository is wiped the archiver must be idle,

@@ -9,6 +9,7 @@ use crate::bench::common::{
     as_postgres, du_bytes, log, measure, output_of, proc_hwm_kb, run_logged, settle, timed,
     wipe_dir, BenchCluster, Fleet, Pgbackrest, Workspace, STANZA,
 };
+use crate::bench::paired_setup::check_both;
 use crate::bench::run_info::{clk_tck, vm_busy_ticks};
 use crate::dataset::Dataset;
 use anyhow::{anyhow, bail, Context, Result};
@@ -105,16 +106,7 @@ impl<'a> Bench<'a> {
     /// before any backup, so that its catalog rows are not a change an incremental sees).
     pub fn prepare(&mut self) -> Result<()> {
         self.stanza_create("0")?;
-        run_logged(
-            self.strata().arg("check"),
-            "strata check",
-            &self.ws.fresh_log("strata-check.log"),
-        )?;
-        run_logged(
-            self.pgbr.command().arg("check"),
-            "pgbackrest check",
-            &self.ws.fresh_log("pgbackrest-check.log"),
-        )?;
+        check_both(self.ws, &mut self.strata(), &self.pgbr)?;
         match self.sql("CREATE EXTENSION IF NOT EXISTS pageinspect") {
             Ok(_) => self.pageinspect = true,
             Err(e) => log(format!(
