@@ -122,6 +122,14 @@ impl Workspace {
         self.logs().join(name)
     }
 
+    /// `<root>/logs/<name>`, created empty: a log that holds this run's output only (a failure's error
+    /// shows its tail).
+    pub fn empty_log(&self, name: &str) -> Result<PathBuf> {
+        let path = self.log(name);
+        fs::write(&path, "").with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+
     /// `<root>/logs/<name>`, emptied (the scripts' `>log`): [`measure`] appends, and some steps read
     /// their log back, so each run's must hold only its own output.
     pub fn fresh_log(&self, name: &str) -> PathBuf {
@@ -542,6 +550,39 @@ impl Results {
 
 // ------------------------------------------------------------------------------------------------ cluster
 
+/// A new data directory in place of `data_dir` and its dataset `marker` (both removed first): `initdb -k`
+/// as postgres (superuser postgres, trust, UTF8, C locale; output appended to `initdb_log`), with
+/// `include_if_exists = '<include>'` appended to postgresql.conf for the benchmark's own settings.
+pub fn init_data_dir(
+    data_dir: &Path,
+    marker: &Path,
+    include: &str,
+    initdb_log: &Path,
+) -> Result<()> {
+    let _ = fs::remove_file(marker);
+    if data_dir.exists() {
+        fs::remove_dir_all(data_dir)
+            .with_context(|| format!("cannot remove {}", data_dir.display()))?;
+    }
+    log(format!("initdb -k {}", data_dir.display()));
+    let mut initdb = as_postgres(pg_bin("initdb"));
+    initdb.arg("-D").arg(data_dir).args([
+        "-k",
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--locale=C",
+    ]);
+    run_logged(&mut initdb, "initdb", initdb_log)?;
+    let mut conf = fs::OpenOptions::new()
+        .append(true)
+        .open(data_dir.join("postgresql.conf"))?;
+    writeln!(conf, "\ninclude_if_exists = '{include}'")?;
+    Ok(())
+}
+
 /// The PostgreSQL cluster a benchmark measures, in `<root>/pgdata`, kept between runs (see the module docs).
 pub struct BenchCluster {
     pg: PgCluster,
@@ -590,26 +631,7 @@ impl BenchCluster {
                 data_dir.display()
             ));
         }
-        let _ = fs::remove_file(&marker);
-        if data_dir.exists() {
-            fs::remove_dir_all(&data_dir)
-                .with_context(|| format!("cannot remove {}", data_dir.display()))?;
-        }
-        log(format!("initdb -k {}", data_dir.display()));
-        let mut initdb = as_postgres(pg_bin("initdb"));
-        initdb.arg("-D").arg(&data_dir).args([
-            "-k",
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        ]);
-        run_logged(&mut initdb, "initdb", &ws.log("initdb.log"))?;
-        let conf = data_dir.join("postgresql.conf");
-        let mut f = fs::OpenOptions::new().append(true).open(&conf)?;
-        writeln!(f, "\ninclude_if_exists = 'loadtest.conf'")?;
+        init_data_dir(&data_dir, &marker, "loadtest.conf", &ws.log("initdb.log"))?;
         // While loading, WAL is thrown away: the load's WAL is not what is measured.
         let mut cluster = BenchCluster::handle(ws, data_dir, settings, "/bin/true")?;
         cluster.pg.start();

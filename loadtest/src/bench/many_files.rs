@@ -171,8 +171,7 @@ pub fn run(args: &Args) -> Result<Kv> {
     strata_environment(&url, &pipeline);
     fleet.start_services(&config)?;
 
-    let ap_log = ws.log("archive-push-time.log");
-    fs::write(&ap_log, "")?;
+    let ap_log = ws.empty_log("archive-push-time.log")?;
     chown_postgres(&ap_log)?;
     let archive_command = format!(
         "{GNU_TIME} -a -o {} -f '%M kB %e s rc=%x' {} --config {} --stanza {STANZA} archive-push %p",

@@ -120,8 +120,7 @@ pub fn run(args: &Args) -> Result<Kv> {
         ],
     )?;
     // The Strata commands' output, this run's only (a failure's error shows its tail).
-    let strata_log = ws.log("strata-repos.log");
-    fs::write(&strata_log, "").with_context(|| format!("cannot write {}", strata_log.display()))?;
+    let strata_log = ws.empty_log("strata-repos.log")?;
     let mut rows = Vec::new();
     for rep in 1..=args.reps {
         for &variant in &variants {

@@ -26,7 +26,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use crate::dataset::Dataset;
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::common::{
     self, du_bytes, log, median, run_logged, settle, timed, BenchCluster, Kv, Pgbackrest,
@@ -89,8 +89,7 @@ pub fn run(args: &Args) -> Result<Kv> {
     cluster.set_archive_command(&archive)?;
     cluster.pg().psql("SELECT pg_switch_wal()");
     // The setup commands' output, this run's only (a failure's error shows its tail).
-    let setup_log = ws.log("setup.log");
-    fs::write(&setup_log, "").with_context(|| format!("cannot write {}", setup_log.display()))?;
+    let setup_log = ws.empty_log("setup.log")?;
     let strata = |sub: &[&str]| {
         let mut cmd = bins.strata_cmd(&cfg, STANZA);
         cmd.args(sub);

@@ -11,15 +11,14 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use strata_integration::pg::{conf_quote, pg_bin};
+use strata_integration::pg::conf_quote;
 use strata_integration::{poll, PgCluster};
 
-use super::super::common::{as_postgres, chown_postgres, log, run_logged, Workspace};
+use super::super::common::{chown_postgres, init_data_dir, log, Workspace};
 
 /// The database holding the tables.
 pub const DB: &str = "many";
@@ -67,29 +66,12 @@ impl ManyCluster {
                 data_dir.display()
             ));
         }
-        let _ = fs::remove_file(&marker);
-        if data_dir.exists() {
-            fs::remove_dir_all(&data_dir)
-                .with_context(|| format!("cannot remove {}", data_dir.display()))?;
-        }
-        log(format!("initdb -k {}", data_dir.display()));
-        let initdb_log = ws.log("initdb.log");
-        let _ = fs::remove_file(&initdb_log);
-        let mut initdb = as_postgres(pg_bin("initdb"));
-        initdb.arg("-D").arg(&data_dir).args([
-            "-k",
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        ]);
-        run_logged(&mut initdb, "initdb", &initdb_log)?;
-        let mut conf = fs::OpenOptions::new()
-            .append(true)
-            .open(data_dir.join("postgresql.conf"))?;
-        writeln!(conf, "\ninclude_if_exists = 'manyfiles.conf'")?;
+        init_data_dir(
+            &data_dir,
+            &marker,
+            "manyfiles.conf",
+            &ws.fresh_log("initdb.log"),
+        )?;
 
         // While loading, WAL is thrown away: no repository exists yet, and the load's WAL is not measured.
         let mut cluster = ManyCluster::handle(ws, data_dir)?;
