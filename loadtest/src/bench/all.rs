@@ -243,6 +243,32 @@ fn vr(kv: Option<&Kv>, key: &str) -> String {
     }
 }
 
+/// Calls `row` with each dataset and bus's key=value lines of `bench` ("full" or "incr"), in table
+/// order; a part that left none gets its row here instead: "(no result: see <its log>)".
+fn each_result(
+    s: &mut String,
+    out: &Path,
+    bench: &str,
+    datasets: &[String],
+    buses: &[String],
+    mut row: impl FnMut(&mut String, &str, &str, &Kv) -> Result<()>,
+) -> Result<()> {
+    for ds in datasets {
+        for bus in buses {
+            let name = format!("bench-{bench}-{ds}-{bus}");
+            match Kv::read(&out.join(format!("{name}.kv"))) {
+                Ok(kv) => row(s, ds, bus, &kv)?,
+                Err(_) => writeln!(
+                    s,
+                    "{ds:<8} {bus:<6}  (no result: see {})",
+                    out.join(format!("{name}.log")).display()
+                )?,
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The combined table (bench-all.sh's summary.txt) and the verdicts as key=value lines.
 fn summary(
     out: &Path,
@@ -309,42 +335,32 @@ fn summary(
         "{:<8} {:<6} {:>8} | {:>8} {:>8} {:>8} {:>12} {:>12} | {:>8} {:>8} {:>12} | {:>12} {:>12} {:>11}",
         "dataset", "bus", "DB_MB", "strata", "pgbackrest", "pg_basebk", "S/pgbr<=.50", "S/pgbb<=1.25", "S_rest", "pgbr_rest", "S/pgbr<=.80", "S_repo_MB", "pgbr_repo_MB", "S/pgbr_repo"
     )?;
-    for ds in datasets {
-        for bus in buses {
-            let name = format!("bench-full-{ds}-{bus}");
-            let Some(f) = read(name.clone()) else {
-                writeln!(
-                    s,
-                    "{ds:<8} {bus:<6}  (no result: see {})",
-                    out.join(format!("{name}.log")).display()
-                )?;
-                continue;
-            };
-            let f = Some(&f);
-            writeln!(
-                s,
-                "{:<8} {:<6} {:>8} | {:>8} {:>8} {:>8} {:>7} {:<4} {:>7} {:<4} | {:>8} {:>8} {:>7} {:<4} | {:>12} {:>12} {:>6} {:<4}",
-                ds,
-                bus,
-                mb(f, "payload_bytes"),
-                num(f, "strata_backup_s", 2),
-                num(f, "pgbackrest_backup_s", 2),
-                num(f, "pg_basebackup_backup_s", 2),
-                num(f, "ratio_backup_pgbr", 3),
-                vr(f, "ratio_backup_pgbr_verdict"),
-                num(f, "ratio_backup_pgbb", 3),
-                vr(f, "ratio_backup_pgbb_verdict"),
-                num(f, "strata_restore_s", 2),
-                num(f, "pgbackrest_restore_s", 2),
-                num(f, "ratio_restore_pgbr", 3),
-                vr(f, "ratio_restore_pgbr_verdict"),
-                mb(f, "strata_backup_bytes"),
-                mb(f, "pgbackrest_backup_bytes"),
-                num(f, "ratio_repo", 3),
-                vr(f, "ratio_repo_verdict"),
-            )?;
-        }
-    }
+    each_result(&mut s, out, "full", datasets, buses, |s, ds, bus, f| {
+        let f = Some(f);
+        writeln!(
+            s,
+            "{:<8} {:<6} {:>8} | {:>8} {:>8} {:>8} {:>7} {:<4} {:>7} {:<4} | {:>8} {:>8} {:>7} {:<4} | {:>12} {:>12} {:>6} {:<4}",
+            ds,
+            bus,
+            mb(f, "payload_bytes"),
+            num(f, "strata_backup_s", 2),
+            num(f, "pgbackrest_backup_s", 2),
+            num(f, "pg_basebackup_backup_s", 2),
+            num(f, "ratio_backup_pgbr", 3),
+            vr(f, "ratio_backup_pgbr_verdict"),
+            num(f, "ratio_backup_pgbb", 3),
+            vr(f, "ratio_backup_pgbb_verdict"),
+            num(f, "strata_restore_s", 2),
+            num(f, "pgbackrest_restore_s", 2),
+            num(f, "ratio_restore_pgbr", 3),
+            vr(f, "ratio_restore_pgbr_verdict"),
+            mb(f, "strata_backup_bytes"),
+            mb(f, "pgbackrest_backup_bytes"),
+            num(f, "ratio_repo", 3),
+            vr(f, "ratio_repo_verdict"),
+        )?;
+        Ok(())
+    })?;
     writeln!(s)?;
     writeln!(s, "Incremental after a fixed pgbench run (strata-bench incr): seconds, stored bytes (Strata stored_bytes, pgBackRest repository.delta):")?;
     writeln!(
@@ -361,35 +377,25 @@ fn summary(
         "pgbr_stored_MB",
         "S/pgbr<=.333"
     )?;
-    for ds in datasets {
-        for bus in buses {
-            let name = format!("bench-incr-{ds}-{bus}");
-            let Some(f) = read(name.clone()) else {
-                writeln!(
-                    s,
-                    "{ds:<8} {bus:<6}  (no result: see {})",
-                    out.join(format!("{name}.log")).display()
-                )?;
-                continue;
-            };
-            let f = Some(&f);
-            writeln!(
-                s,
-                "{:<8} {:<6} {:>6} {:>9} | {:>8} {:>8} {:>7} | {:>12} {:>12} {:>9} {:<4}",
-                ds,
-                bus,
-                f.and_then(|k| k.get("churn_secs")).unwrap_or("-"),
-                num(f, "churn_xacts", 0),
-                num(f, "strata_incr_s", 2),
-                num(f, "pgbackrest_incr_s", 2),
-                num(f, "ratio_incr_time", 3),
-                mb(f, "strata_incr_stored_bytes"),
-                mb(f, "pgbackrest_incr_stored_bytes"),
-                num(f, "ratio_incr_stored", 3),
-                vr(f, "ratio_incr_stored_verdict"),
-            )?;
-        }
-    }
+    each_result(&mut s, out, "incr", datasets, buses, |s, ds, bus, f| {
+        let f = Some(f);
+        writeln!(
+            s,
+            "{:<8} {:<6} {:>6} {:>9} | {:>8} {:>8} {:>7} | {:>12} {:>12} {:>9} {:<4}",
+            ds,
+            bus,
+            f.and_then(|k| k.get("churn_secs")).unwrap_or("-"),
+            num(f, "churn_xacts", 0),
+            num(f, "strata_incr_s", 2),
+            num(f, "pgbackrest_incr_s", 2),
+            num(f, "ratio_incr_time", 3),
+            mb(f, "strata_incr_stored_bytes"),
+            mb(f, "pgbackrest_incr_stored_bytes"),
+            num(f, "ratio_incr_stored", 3),
+            vr(f, "ratio_incr_stored_verdict"),
+        )?;
+        Ok(())
+    })?;
     writeln!(s)?;
     writeln!(
         s,
