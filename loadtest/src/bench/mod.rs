@@ -16,6 +16,8 @@ pub mod incr;
 pub mod limits;
 pub mod many_files;
 pub mod paired_setup;
+pub mod pgbackrest;
 pub mod repos;
 pub mod run_info;
+pub mod strata_setup;
 pub mod verify;
