@@ -555,6 +555,26 @@ impl Results {
 
 // ------------------------------------------------------------------------------------------------ cluster
 
+/// Writes the file postgresql.conf includes (see [`init_data_dir`]): a header naming `writer`, the
+/// `settings`, then `archive_command`; owned by postgres.
+pub fn write_included_conf<'a>(
+    path: &Path,
+    writer: &str,
+    settings: impl IntoIterator<Item = (&'a str, &'a str)>,
+    archive_command: &str,
+) -> Result<()> {
+    let mut text = format!("# Written by {writer} at every run; included from postgresql.conf.\n");
+    for (k, v) in settings {
+        text.push_str(&format!("{k} = {}\n", conf_quote(v)));
+    }
+    text.push_str(&format!(
+        "archive_command = {}\n",
+        conf_quote(archive_command)
+    ));
+    fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    chown_postgres(path)
+}
+
 /// A new data directory in place of `data_dir` and its dataset `marker` (both removed first): `initdb -k`
 /// as postgres (superuser postgres, trust, UTF8, C locale; output appended to `initdb_log`), with
 /// `include_if_exists = '<include>'` appended to postgresql.conf for the benchmark's own settings.
@@ -671,19 +691,12 @@ impl BenchCluster {
     }
 
     fn write_conf(&self, archive_command: &str) -> Result<()> {
-        let mut text = String::from(
-            "# Written by strata-bench at every run; included from postgresql.conf.\n",
-        );
-        for (k, v) in &self.settings {
-            text.push_str(&format!("{k} = {}\n", conf_quote(v)));
-        }
-        text.push_str(&format!(
-            "archive_command = {}\n",
-            conf_quote(archive_command)
-        ));
-        let path = self.data_dir.join("loadtest.conf");
-        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-        chown_postgres(&path)
+        write_included_conf(
+            &self.data_dir.join("loadtest.conf"),
+            "strata-bench",
+            self.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            archive_command,
+        )
     }
 
     /// The server handle (start, stop, psql, port, socket).

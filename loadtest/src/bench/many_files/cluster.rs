@@ -15,10 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use strata_integration::pg::conf_quote;
 use strata_integration::{poll, PgCluster};
 
-use super::super::common::{chown_postgres, init_data_dir, log, Workspace};
+use super::super::common::{init_data_dir, log, write_included_conf, Workspace};
 
 /// The database holding the tables.
 pub const DB: &str = "many";
@@ -116,19 +115,12 @@ impl ManyCluster {
     /// Writes `manyfiles.conf` with `archive_command`, starts the server and checks that it took the
     /// command (`SHOW archive_command`).
     pub fn start(&mut self, archive_command: &str) -> Result<()> {
-        let mut text = String::from(
-            "# Written by strata-bench many-files at every run; included from postgresql.conf.\n",
-        );
-        for (k, v) in SETTINGS {
-            text.push_str(&format!("{k} = {}\n", conf_quote(v)));
-        }
-        text.push_str(&format!(
-            "archive_command = {}\n",
-            conf_quote(archive_command)
-        ));
-        let path = self.data_dir.join("manyfiles.conf");
-        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-        chown_postgres(&path)?;
+        write_included_conf(
+            &self.data_dir.join("manyfiles.conf"),
+            "strata-bench many-files",
+            SETTINGS,
+            archive_command,
+        )?;
         self.pg.try_start().map_err(|e| {
             anyhow!(
                 "PostgreSQL did not start: {e}\n{}",
