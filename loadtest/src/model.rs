@@ -56,6 +56,7 @@ pub const METRICS_PORTS: [(&str, u16); 4] = [
     ("replicator", 9187),
 ];
 
+/// SIGINT and SIGTERM become an error at the model's next wait: the crate's one flag ([`crate::signals`]).
 pub use crate::signals::{check_interrupted, install_signal_handlers};
 
 /// What the tool measures.

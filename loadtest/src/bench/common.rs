@@ -81,6 +81,7 @@ pub fn run_id() -> String {
 
 // ------------------------------------------------------------------------------------------------ signals
 
+/// SIGINT and SIGTERM become an error at a benchmark's next wait: the crate's one flag ([`crate::signals`]).
 pub use crate::signals::{check_interrupted, install_signal_handlers};
 
 // ------------------------------------------------------------------------------------------------ workspace
