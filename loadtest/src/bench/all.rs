@@ -48,12 +48,12 @@ pub struct Args {
     #[arg(long, env = "STRATA_BIN")]
     pub strata_bin: Option<PathBuf>,
     /// Cluster and work directory of the pgbench dataset.
-    #[arg(long, env = "BENCH_DIR_PGBENCH", default_value = "/tmp/strata-bench")]
+    #[arg(long, env = "BENCH_DIR_PGBENCH", default_value = "/tmp/strata-loadtest")]
     pub bench_dir_pgbench: PathBuf,
     /// Cluster and work directory of the oltp dataset.
-    #[arg(long, env = "BENCH_DIR_OLTP", default_value = "/tmp/strata-bench-oltp")]
+    #[arg(long, env = "BENCH_DIR_OLTP", default_value = "/tmp/strata-loadtest-oltp")]
     pub bench_dir_oltp: PathBuf,
-    /// Logs, key=value files and the summary (default /tmp/strata-bench-all/<run id>).
+    /// Logs, key=value files and the summary (default /tmp/strata-loadtest-all/<run id>).
     #[arg(long, env = "OUT_DIR")]
     pub out_dir: Option<PathBuf>,
     /// Run nothing; rebuild `<out>/summary.txt` from the key=value files in OUT_DIR.
@@ -99,7 +99,7 @@ pub fn run(args: &Args) -> Result<Kv> {
     let out = args
         .out_dir
         .clone()
-        .unwrap_or_else(|| PathBuf::from("/tmp/strata-bench-all").join(run_id()));
+        .unwrap_or_else(|| PathBuf::from("/tmp/strata-loadtest-all").join(run_id()));
     let mut failed = Vec::new();
     if args.report_only {
         if !out.join("bin").is_dir() {
