@@ -438,7 +438,11 @@ impl NatsCluster {
                 cluster_ports[i].get()
             );
             let opts = NatsOptions { extra_config: extra, ..NatsOptions::new(&name) };
-            members.push(NatsServer::configure(dir, &opts, &name, port, Some(reserve_port()), &[]));
+            let mut member = NatsServer::configure(dir, &opts, &name, port, Some(reserve_port()), &[]);
+            // Members dial each other's routes before every one is listening (and again while a member a
+            // test killed is down); they retry until the route is up.
+            member.allow_log(r"\[ERR\] Error trying to connect to route");
+            members.push(member);
         }
         // All are spawned before any is waited for: a member alone cannot form a quorum.
         for m in &mut members {

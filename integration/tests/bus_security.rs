@@ -44,7 +44,12 @@ async fn connect_as(nats: &SecureNats, role: &str) -> NatsBus {
 async fn a_client_without_the_fleets_certificate_or_a_user_cannot_connect() {
     let dir = TestDir::new("bus_security_refused");
     let bins = StrataBins::locate();
-    let nats = SecureNats::start(&dir, &bins);
+    let mut nats = SecureNats::start(&dir, &bins);
+    // Every refusal below is logged by the server.
+    nats.server
+        .allow_log(r"authentication error")
+        .allow_log(r"TLS handshake error: tls: (client didn't provide a certificate|failed to verify certificate)")
+        .allow_log(r"TLS handshake error: (remote error: tls: |EOF|read tcp)");
     let url = nats.url();
     // The uploader's user creates the streams; this is the positive control.
     let _uploader = connect_as(&nats, "uploader").await;
@@ -89,6 +94,7 @@ async fn a_client_without_the_fleets_certificate_or_a_user_cannot_connect() {
     )
     .unwrap();
     let mut sealer = Service::spawn(&bins, "strata-sealer", &config, dir.path());
+    sealer.allow_log(r"authorization violation");
     let status = sealer.wait_exit(Duration::from_secs(60));
     assert!(!status.success(), "{status}");
     let log = std::fs::read_to_string(sealer.log_file()).unwrap();
@@ -101,7 +107,9 @@ async fn a_client_without_the_fleets_certificate_or_a_user_cannot_connect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_and_password_file_log_in_and_a_wrong_password_is_refused() {
     let dir = TestDir::new("bus_security_password");
-    let server = NatsServer::start_with(&dir, "nats", "authorization { users = [ { user: strata, password: \"s3cret pass\" } ] }\n", &[]);
+    let mut server = NatsServer::start_with(&dir, "nats", "authorization { users = [ { user: strata, password: \"s3cret pass\" } ] }\n", &[]);
+    // The wrong password and the missing user below.
+    server.allow_log(r"authentication error");
     let secrets = dir.subdir("secrets");
     let right = secrets.join("right");
     std::fs::write(&right, "s3cret pass\n").unwrap();
@@ -123,7 +131,9 @@ async fn a_user_and_password_file_log_in_and_a_wrong_password_is_refused() {
 async fn a_service_that_may_not_create_the_streams_waits_for_an_uploader() {
     let dir = TestDir::new("bus_security_wait");
     let bins = StrataBins::locate();
-    let nats = SecureNats::start(&dir, &bins);
+    let mut nats = SecureNats::start(&dir, &bins);
+    // The sealer's refused stream creates, checked below.
+    nats.server.allow_log(r#"Publish Violation - Subject "\$JS\.API\.STREAM\.CREATE\."#);
     let config = dir.path().join("sealer.toml");
     std::fs::write(
         &config,
@@ -151,7 +161,9 @@ async fn a_service_that_may_not_create_the_streams_waits_for_an_uploader() {
 async fn a_sealer_can_neither_ask_for_a_commit_nor_read_a_collectors_fetch_replies() {
     let dir = TestDir::new("bus_security_sealer");
     let bins = StrataBins::locate();
-    let nats = SecureNats::start(&dir, &bins);
+    let mut nats = SecureNats::start(&dir, &bins);
+    // What the sealer may not do, tried on purpose below.
+    nats.server.allow_log(r"(Publish|Subscription) Violation");
     let uploader = connect_as(&nats, "uploader").await;
     let collector = connect_as(&nats, "collector").await;
     let sealer = connect_as(&nats, "sealer").await;

@@ -56,6 +56,8 @@ fn verifier_verifies_new_backups_exports_metrics_and_alerts_when_archiving_stops
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
     drop(port);
     let mut verifier = setup.bins.spawn_service("strata-verifier", &setup.config, dir.path());
+    // Archiving is stopped on purpose below: the verifier raises the alert.
+    verifier.allow_log(r"critical alert firing: main: WAL archiving is failing");
     verifier.wait_for_log("verifier running", Duration::from_secs(30));
 
     // The new backup is verified without anyone asking, and info shows it.
@@ -165,6 +167,11 @@ fn a_scheduled_restore_test_that_fails_raises_the_critical_alert() {
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
     drop(port);
     let mut verifier = setup.bins.spawn_service("strata-verifier", &setup.config, dir.path());
+    // The restore test is made to fail (a query on a table that does not exist).
+    verifier
+        .allow_log(r"restore test finished passed=false")
+        .allow_log(r"scheduled restore test failed")
+        .allow_log(r"critical alert firing: main: the restore test of");
     verifier.wait_for_log("verifier running", Duration::from_secs(30));
     let port = port_of(&verifier);
     let firing = wait_slow("the restore test's critical alert", Duration::from_secs(300), || {
@@ -202,6 +209,8 @@ fn a_backup_damaged_after_its_first_verification_is_found_by_the_next_one() {
     let label = setup.backup("full");
     setup.pg.switch_wal_and_wait_archived(Duration::from_secs(60));
     let mut verifier = setup.bins.spawn_service("strata-verifier", &setup.config, dir.path());
+    // The backup is damaged on purpose after its first round.
+    verifier.allow_log(r"backup is damaged").allow_log(r"WAL archive problem").allow_log(r"critical alert firing: main: verify found");
     verifier.wait_for_log("verifier running", Duration::from_secs(30));
     let first = wait_slow("the first verification", Duration::from_secs(120), || {
         let info = setup.info();

@@ -129,6 +129,7 @@ fn a_restore_after_a_primary_crash_holds_every_commit_older_than_a_second() {
     eprintln!("streaming reached segment {segments_streamed}");
 
     let crash = Instant::now();
+    setup.pg.allow_log(r"archive command was terminated by signal 3: Quit");
     setup.pg.stop_immediate();
     writer.join().unwrap();
     drop(bench);
@@ -204,10 +205,13 @@ fn a_slot_left_by_a_dead_streamer_is_reported() {
 fn over_nats_the_stream_goes_through_the_fleets_sealers_and_uploaders_and_shows_in_metrics() {
     let dir = TestDir::new("wal_stream_nats");
     let nats = NatsServer::start(&dir);
+    // Declared before the cluster so they are dropped after it: a cluster shutting down still pushes WAL,
+    // through the sealers and uploaders.
+    let _services;
     let setup = Setup::new(&dir, &nats.url(), "", &[]);
     let port = reserve_port();
     setup.append_config(&format!("[wal_stream]\nflush_ms = 200\nstatus_interval_secs = 1\nmetrics_listen = \"127.0.0.1:{}\"", port.get()));
-    let _services = Services::start(&setup);
+    _services = Services::start(&setup);
     setup.strata_ok(&["stanza-create"]);
     let _streamer = Streamer::start(&setup, "wal-stream");
     wait_until("the streamer's slot to be active", Duration::from_secs(60), || slot_active(&setup.pg).filter(|a| *a));

@@ -434,15 +434,22 @@ pub fn parse_since(text: &str, now: i64) -> Result<i64, String> {
             None => (t, "00:00:00"),
         };
         let time = if time.len() == 5 { format!("{time}:00") } else { time.to_string() };
-        let st = humantime::parse_rfc3339_weak(&format!("{date} {time}"))
+        let at = format!("{date}T{time}")
+            .parse::<jiff::civil::DateTime>()
+            .and_then(|dt| dt.to_zoned(jiff::tz::TimeZone::UTC))
             .map_err(|e| format!("--since '{text}': {e} (expected 2026-12-01, '2026-12-01 10:00' or 24h)"))?;
-        return Ok(st.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0));
+        return Ok(at.timestamp().as_second().max(0));
     }
-    let d = humantime::parse_duration(t)
+    // jiff's friendly durations: 24h, 7d, 90min, "1h 30m"; a day is 24 hours here.
+    let secs = t
+        .parse::<jiff::Span>()
+        .and_then(|span| span.total((jiff::Unit::Second, jiff::SpanRelativeTo::days_are_24_hours())))
         .map_err(|e| format!("--since '{text}': {e} (expected 2026-12-01, '2026-12-01 10:00' or 24h)"))?;
-    i64::try_from(d.as_secs())
-        .ok()
-        .and_then(|secs| now.checked_sub(secs))
+    if secs < 0.0 {
+        return Err(format!("--since '{text}': a duration before now cannot be negative"));
+    }
+    now.checked_sub(secs as i64)
+        .filter(|_| secs < i64::MAX as f64)
         .ok_or_else(|| format!("--since '{text}': too long ago"))
 }
 

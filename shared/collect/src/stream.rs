@@ -200,9 +200,15 @@ async fn session(
     if seg_size != Some(target.wal_segment_size) {
         return SessionEnd::Fatal(anyhow!("the server's wal_segment_size is {seg_size:?} bytes; stanza '{}' has {}", target.stanza, target.wal_segment_size));
     }
-    match client.create_physical_slot(&settings.slot).await {
-        Ok(true) => info!(stanza = %target.stanza, slot = %settings.slot, "replication slot created"),
-        Ok(false) => {}
+    // Looked up before it is created, so that a streamer starting again on its own slot does not make the
+    // server log "already exists" as an ERROR each time.
+    match client.read_slot(&settings.slot).await {
+        Ok(Some(_)) => {}
+        Ok(None) => match client.create_physical_slot(&settings.slot).await {
+            Ok(true) => info!(stanza = %target.stanza, slot = %settings.slot, "replication slot created"),
+            Ok(false) => {}
+            Err(e) => return replication(e),
+        },
         Err(e) => return replication(e),
     }
     let slot = match client.read_slot(&settings.slot).await {

@@ -131,8 +131,7 @@ impl LockHolder {
     }
 
     pub(crate) fn describe(&self) -> String {
-        let since = std::time::UNIX_EPOCH + Duration::from_secs(self.since.max(0) as u64);
-        format!("host {}, pid {}, since {}", self.host, self.pid, humantime::format_rfc3339_seconds(since))
+        format!("host {}, pid {}, since {}", self.host, self.pid, strata_stamp::format_rfc3339(self.since))
     }
 }
 

@@ -29,6 +29,19 @@ pub fn format_time_compact(t: i64) -> String {
     clamped(t).strftime("%Y%m%dT%H%M%SZ").to_string()
 }
 
+/// `2026-12-02T17:30:00Z` (RFC 3339, UTC) for a Unix time; see [`clamped`].
+pub fn format_rfc3339(t: i64) -> String {
+    clamped(t).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// The current Unix time, seconds (0 if the clock is before 1970).
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// The effective user's name (its uid when it has none) and the host's name, looked up once.
 pub fn identity() -> &'static (String, String) {
     static ID: OnceLock<(String, String)> = OnceLock::new();
@@ -78,6 +91,8 @@ mod tests {
     #[test]
     fn any_time_prints() {
         assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_rfc3339(1_796_232_600), "2026-12-02T17:30:00Z");
+        assert_eq!(format_rfc3339(i64::MAX), "9999-12-31T23:59:59Z");
         assert_eq!(format_time(1_796_231_605), "2026-12-02 17:13:25");
         assert_eq!(format_time(951_825_600), "2000-02-29 12:00:00");
         assert_eq!(format_time(1_709_164_800), "2024-02-29 00:00:00");

@@ -80,6 +80,10 @@ struct Shared {
     settings: UploaderSettings,
     index: Mutex<Option<ChunkIndex>>,
     metrics: UploaderMetrics,
+    /// Per stanza, the stop time of the newest backup this uploader committed. A checkpoint of an attempt
+    /// that started before it is superseded: a killed attempt's checkpoint, redelivered after the rerun
+    /// committed and removed every checkpoint, must not be written back.
+    committed_until: std::sync::Mutex<HashMap<String, i64>>,
 }
 
 /// Runs `workers` pack writers until `shutdown` completes, counting what they do in `metrics`. Checks first
@@ -96,7 +100,14 @@ pub async fn run(
     let fetches = bus.subscribe(subjects::FETCH, Some(subjects::UPLOADER_GROUP)).await?;
     repo.check_writable().await?;
     let workers = settings.workers;
-    let shared = Arc::new(Shared { repo, bus, settings, index: Mutex::new(None), metrics });
+    let shared = Arc::new(Shared {
+        repo,
+        bus,
+        settings,
+        index: Mutex::new(None),
+        metrics,
+        committed_until: std::sync::Mutex::new(HashMap::new()),
+    });
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
     for _ in 0..workers {
@@ -292,6 +303,11 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
                         strata_crashpoint::hit("uploader.after-backup-record");
                         shared.metrics.commit(CommitKind::Backup, CommitOutcome::Stored);
                         info!(stanza = %c.stanza, label = %record.summary.label, "backup committed");
+                        {
+                            let mut until = shared.committed_until.lock().unwrap_or_else(|e| e.into_inner());
+                            let t = until.entry(c.stanza.to_string()).or_insert(record.summary.stop_time);
+                            *t = (*t).max(record.summary.stop_time);
+                        }
                         // What interrupted attempts left is superseded: this backup read everything again.
                         drop_checkpoints(shared, c.stanza.as_str()).await;
                         JobEvent::Committed
@@ -321,6 +337,16 @@ async fn process_batch(shared: &Shared, batch: Vec<Box<dyn Delivery>>) {
             }
             ArchivedUploadWork::Checkpoint(c) => {
                 let checkpoint = strata_messages::to_owned::<strata_messages::BackupCheckpoint>(&c.checkpoint);
+                let superseded = shared
+                    .committed_until
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(c.stanza.as_str())
+                    .is_some_and(|until| checkpoint.attempt_start < *until);
+                if superseded {
+                    debug!(stanza = %c.stanza, label = %checkpoint.label, "checkpoint of an attempt a committed backup superseded: dropped");
+                    continue;
+                }
                 let packs: Vec<PackId> = c.packs.iter().copied().collect();
                 match shared.repo.put_checkpoint(c.stanza.as_str(), &packs, &checkpoint).await {
                     Ok(()) => {

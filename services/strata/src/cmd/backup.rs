@@ -200,13 +200,12 @@ impl BackupLock {
                 .max_by_key(|e| e.marker.start_time);
             if let Some(e) = newest {
                 let m = e.marker;
-                let start = std::time::UNIX_EPOCH + Duration::from_secs(m.start_time.max(0) as u64);
                 return format!(
                     "backup {} on host {}, pid {}, started {}",
                     m.label,
                     m.host,
                     m.pid,
-                    humantime::format_rfc3339_seconds(start)
+                    strata_stamp::format_rfc3339(m.start_time)
                 );
             }
         }
@@ -247,7 +246,7 @@ fn label_time(label: &str) -> &str {
 
 /// `20261124-083000F` (or `D`, `I`): when the backup started and its type.
 fn new_label(t: BackupType) -> String {
-    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let now = strata_stamp::format_rfc3339(strata_stamp::now());
     // "2026-11-24T08:30:00Z"
     let digits: String = now.chars().filter(|c| c.is_ascii_digit()).collect();
     let suffix = match t {

@@ -298,7 +298,7 @@ pub async fn run(ctx: &Context_, pg_wal: &Path) -> anyhow::Result<()> {
 }
 
 fn now() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+    strata_stamp::format_rfc3339(strata_stamp::now())
 }
 
 #[derive(Clone)]
