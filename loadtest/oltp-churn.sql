@@ -1,5 +1,5 @@
 -- oltp-churn.sql: the pgbench script (-f) that changes the "oltp" dataset between a full and an incremental
--- backup in bench-incr.sh (DATASET=oltp), the counterpart of pgbench's built-in TPC-B run on the pgbench
+-- backup in `strata-bench incr` (DATASET=oltp), the counterpart of pgbench's built-in TPC-B run on the pgbench
 -- dataset. pgbench -D ncust=<customers> -D norders=<orders at load time>. Every transaction logs one event; then:
 --   45%: a new order of 1 to 5 lines, and the customer's balance is charged
 --   40%: a random existing order changes status

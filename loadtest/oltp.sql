@@ -1,6 +1,6 @@
 -- oltp.sql: the "oltp" dataset of loadtest/ (DATASET=oltp): an OLTP table mix that zstd -1 compresses about
--- 2.3x (pgbench's tables compress about 40x), built with server-side SQL. Run by loadtest/lib.sh with psql in
--- the `bench` database, in four steps selected by psql variables (each 0 or 1), two of them in parallel sessions:
+-- 2.3x (pgbench's tables compress about 40x), built with server-side SQL. Run by strata-bench and the scale model
+-- (loadtest/src/dataset.rs) with psql, in four steps selected by psql variables (each 0 or 1), two of them in parallel sessions:
 --
 --   psql -v ncust=N -v schema=1 -v part1=0 -v part2=0 -v finish=0 -f oltp.sql   -- tables, words, functions
 --   psql -v ncust=N -v schema=0 -v part1=1 -v part2=0 -v finish=0 -f oltp.sql   -- customers, orders  } at once

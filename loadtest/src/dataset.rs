@@ -1,4 +1,4 @@
-//! The datasets of `loadtest/lib.sh`, in Rust: "pgbench" (`pgbench -i -s N`) and "oltp" (`oltp.sql`, the
+//! The datasets of the load tests (as the bash benchmarks' `lib.sh` made them): "pgbench" (`pgbench -i -s N`) and "oltp" (`oltp.sql`, the
 //! compression-bound table mix), and their churn (pgbench's TPC-B, `oltp-churn.sql`). Same SQL files,
 //! same sizing rule (`OLTP_FIXED_BYTES`, `OLTP_BYTES_PER_CUSTOMER`), same two parallel load sessions; the
 //! database is `postgres` rather than `bench`.

@@ -5,7 +5,7 @@
 //!
 //! # What it owns
 //! The model's plumbing ([`net`], [`cgroup`], [`host`]), the fleet and its measurements ([`model`]), the
-//! datasets of `loadtest/lib.sh` in Rust ([`dataset`]), the samplers ([`sample`]), the results
+//! datasets (pgbench, oltp: [`dataset`]), the benchmarks beside pgBackRest ([`bench`], `strata-bench`), the samplers ([`sample`]), the results
 //! ([`report`]) and the removal of a killed run's leftovers ([`cleanup`]). It knows Strata only as a user
 //! does: command lines, the config file, `strata info --output json`, the metrics endpoints.
 //!

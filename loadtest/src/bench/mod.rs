@@ -7,6 +7,10 @@
 //! They start PostgreSQL, nats-server, the S3 server and the Strata services through `strata-integration`
 //! (the harness of the end-to-end tests), so a benchmark and a test start a server the same way, and a
 //! failed command fails the benchmark instead of becoming a number ([`common::measure`]).
+//!
+//! They replaced the bash scripts `loadtest/bench-{full,incr,many-files,repos,verify,all}.sh`, `limits.sh`
+//! and `lib.sh` (in git history), whose knobs, files and key=value keys they keep; a module that says
+//! "as bench-full.sh did" points there. `loadtest/README.md` has both versions' figures side by side.
 
 pub mod all;
 pub mod common;
