@@ -745,18 +745,21 @@ impl BenchCluster {
     /// Waits until no WAL waits for archive_command (no `.ready` file), so no push runs during the next
     /// measurement; false after `timeout`.
     pub fn wait_archive_idle(&self, timeout: Duration) -> bool {
-        let status = self.data_dir.join("pg_wal/archive_status");
-        poll(timeout, Duration::from_millis(100), || {
-            let busy = fs::read_dir(&status)
-                .map(|d| {
-                    d.flatten()
-                        .any(|e| e.file_name().to_string_lossy().ends_with(".ready"))
-                })
-                .unwrap_or(false);
-            (!busy).then_some(())
-        })
-        .is_some()
+        wait_archive_idle(&self.data_dir, timeout)
     }
+}
+
+/// Waits until no WAL of the cluster in `data_dir` waits for archive_command (no `.ready` file in
+/// `pg_wal/archive_status`), so no push runs during the next measurement; false after `timeout`.
+pub fn wait_archive_idle(data_dir: &Path, timeout: Duration) -> bool {
+    let status = data_dir.join("pg_wal/archive_status");
+    poll(timeout, Duration::from_millis(100), || {
+        let busy = fs::read_dir(&status)
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".ready")))
+            .unwrap_or(false);
+        (!busy).then_some(())
+    })
+    .is_some()
 }
 
 #[cfg(test)]

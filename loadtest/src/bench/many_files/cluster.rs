@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use strata_integration::{poll, PgCluster};
+use strata_integration::PgCluster;
 
-use super::super::common::{init_data_dir, log, write_included_conf, Workspace};
+use super::super::common::{init_data_dir, log, wait_archive_idle, write_included_conf, Workspace};
 
 /// The database holding the tables.
 pub const DB: &str = "many";
@@ -159,17 +159,7 @@ impl ManyCluster {
     /// Waits until no WAL waits for archive_command, so that no push runs during the next measurement;
     /// warns after 120 s, as the script did (the same as `BenchCluster::wait_archive_idle`).
     pub fn wait_archive_idle(&self) {
-        let status = self.data_dir.join("pg_wal/archive_status");
-        let idle = poll(Duration::from_secs(120), Duration::from_millis(100), || {
-            let busy = fs::read_dir(&status)
-                .map(|d| {
-                    d.flatten()
-                        .any(|e| e.file_name().to_string_lossy().ends_with(".ready"))
-                })
-                .unwrap_or(false);
-            (!busy).then_some(())
-        });
-        if idle.is_none() {
+        if !wait_archive_idle(&self.data_dir, Duration::from_secs(120)) {
             log(format!(
                 "warning: WAL still waiting for archive_command after 120 s (see {})",
                 self.pg.log_file().display()
