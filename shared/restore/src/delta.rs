@@ -4,7 +4,7 @@
 //!
 //! # Deciding what differs: content, never timestamps
 //! - Relation files: the manifest holds a 64-bit hash of every page, computed by the collector while it
-//!   read the file in `chunk_size` buffers (`strata_collect::increment::hash_buffer`, whose page hashes
+//!   read the file in `chunk_size` buffers (`strata_seal::page_hash::hash_buffer`, whose page hashes
 //!   depend on a page's offset in its buffer). The local file is read in buffers of the same size at the
 //!   same offsets and hashed with the same function, so equal pages hash equal; only pages whose hash
 //!   differs are fetched and written. The chunk size is taken from the manifest's chunk table (its
@@ -371,7 +371,7 @@ async fn rewrite_unit(
         while at < unit.end {
             let len = buffer.min(e.size - at);
             let hashes = tokio::task::block_in_place(|| -> anyhow::Result<Vec<u64>> {
-                Ok(strata_collect::increment::hash_buffer(&read(at, len)?, true, fetcher.sealer.id_key()).1)
+                Ok(strata_seal::page_hash::hash_buffer(&read(at, len)?, true, fetcher.sealer.id_key()).1)
             })?;
             let first = (at / PAGE_SIZE as u64) as usize;
             for (i, h) in hashes.iter().enumerate() {

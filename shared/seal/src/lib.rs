@@ -21,6 +21,8 @@
 //! identical plaintexts in two repositories with different keys must not get the same id, or the ids
 //! would tell which chunks two encrypted repositories have in common.
 
+pub mod page_hash;
+
 const ENVELOPE_VERSION: u8 = 1;
 const HEADER_LEN: usize = 8;
 
