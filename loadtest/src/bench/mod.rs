@@ -13,8 +13,10 @@
 //! "as bench-full.sh did" points there. `loadtest/README.md` has both versions' figures side by side.
 
 pub mod all;
+pub mod cluster;
 pub mod common;
 pub mod dataset_args;
+pub mod figures;
 pub mod full;
 pub mod incr;
 pub mod limits;
